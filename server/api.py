@@ -1,0 +1,281 @@
+"""REST handlers: parse → domain → store → respond. Thin by design."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from server.appkeys import KEYRING, METRICS, PRINCIPAL, SETTINGS, STORE, TOKEN_POLICY
+from server.audit import AuditFacts
+from server.auth import (
+    Principal,
+    Role,
+    issue_token,
+    require_consultation,
+    require_role,
+    verify_token,
+)
+from server.consultations import (
+    OPEN_STATES,
+    URGENCY_RANK,
+    ClinicalContext,
+    State,
+    checklist,
+    due_at,
+)
+from server.errors import BadRequest, NotFound, Unauthorized
+from server.messages import Choice, ShortText, StrictModel, parse, parse_json
+from server.store import ConsultationRow, ParticipantRow
+from server.store.records import iso
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
+
+
+class InviteRequest(StrictModel):
+    role: Choice[Role]
+    name: ShortText
+
+
+class QueueQuery(StrictModel):
+    # Comma-separated states; default: the open ones.
+    state: str | None = None
+
+
+def routes() -> web.RouteTableDef:
+    table = web.RouteTableDef()
+    table.post("/api/consultations")(create_consultation)
+    table.get("/api/consultations")(list_queue)
+    table.get("/api/consultations/{consultation_id}")(get_consultation)
+    table.post("/api/consultations/{consultation_id}/invites")(create_invite)
+    table.get("/api/audit/verify")(verify_audit)
+    return table
+
+
+# Edge helpers
+
+
+def authenticate(request: web.Request) -> Principal:
+    """The verified principal of the request's bearer token."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized(
+            "an 'Authorization: Bearer <token>' header is required", code="token_missing"
+        )
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "the Authorization header must be 'Bearer <token>'", code="token_malformed"
+        )
+    principal = verify_token(token.strip(), request.app[KEYRING], request.app[TOKEN_POLICY])
+    request[PRINCIPAL] = principal
+    return principal
+
+
+async def read_body(request: web.Request) -> bytes:
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    return await request.read()
+
+
+def consultation_id_of(request: web.Request) -> str:
+    value = request.match_info["consultation_id"]
+    if not ID_PATTERN.match(value):
+        raise NotFound("no such consultation", code="consultation_not_found", field="id")
+    return value
+
+
+def facts(
+    request: web.Request, principal: Principal, action: str, obj: str, oid: str
+) -> AuditFacts:
+    return AuditFacts(
+        actor=principal.sub,
+        role=principal.role.value,
+        action=action,
+        object_type=obj,
+        object_id=oid,
+        outcome="ok",
+        source=request.remote or "unknown",
+        detail={},
+    )
+
+
+# Representations
+
+
+def summary(row: ConsultationRow, now: datetime) -> dict[str, Any]:
+    """What the queue shows of a consultation."""
+    check = checklist(row.context)
+    return {
+        "id": row.id,
+        "state": row.state.value,
+        "urgency": row.urgency.value,
+        "application": row.context.application,
+        "clinical_question": row.context.clinical_question,
+        "requested_at": iso(row.requested_at),
+        "due_at": iso(row.due_at),
+        "time_left_seconds": int((row.due_at - now).total_seconds()),
+        "overdue": row.state in OPEN_STATES and now > row.due_at,
+        "checklist": {"complete": check.complete, "missing_count": len(check.missing)},
+    }
+
+
+def checklist_body(row: ConsultationRow) -> dict[str, Any]:
+    check = checklist(row.context)
+    return {
+        "complete": check.complete,
+        "missing": [{"field": m.field, "label": m.label, "why": m.why} for m in check.missing],
+    }
+
+
+def participant_body(p: ParticipantRow) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "role": p.role.value,
+        "name": p.name,
+        "invited_at": iso(p.invited_at),
+        "joined_at": iso(p.joined_at) if p.joined_at else None,
+        "left_at": iso(p.left_at) if p.left_at else None,
+    }
+
+
+async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, Any]:
+    store = request.app[STORE]
+    reports = await store.related_rows("reports", row.id)
+    return {
+        **summary(row, datetime.now(UTC)),
+        "context": row.context.model_dump(mode="json", exclude_none=True),
+        "checklist": checklist_body(row),
+        "participants": [participant_body(p) for p in await store.participants(row.id)],
+        "marks": await store.related_rows("marks", row.id),
+        "key_images": await store.related_rows("key_images", row.id),
+        "report": reports[-1] if reports else None,
+        "turnaround": {
+            "requested_at": iso(row.requested_at),
+            "first_joined_at": iso(row.first_joined_at) if row.first_joined_at else None,
+            "reported_at": iso(row.reported_at) if row.reported_at else None,
+            "signed_at": iso(row.signed_at) if row.signed_at else None,
+        },
+    }
+
+
+# Handlers
+
+
+async def create_consultation(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    require_role(principal, Role.COORDINATOR)
+    context = parse_json(
+        ClinicalContext, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
+    )
+    now = datetime.now(UTC)
+    row = ConsultationRow(
+        id=uuid.uuid4().hex,
+        state=State.REQUESTED,
+        context=context,
+        created_by=principal.sub,
+        requested_at=now,
+        due_at=due_at(context.urgency, now, request.app[SETTINGS].due_minutes()),
+        updated_at=now,
+    )
+    await request.app[STORE].create_consultation(
+        row, facts(request, principal, "consultation.create", "consultation", row.id)
+    )
+    request.app[METRICS].consultations_created.labels(context.urgency.value).inc()
+    return web.json_response(await full_record(request, row), status=201)
+
+
+async def list_queue(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    require_role(principal, Role.COORDINATOR)
+    query = parse(QueueQuery, dict(request.query))
+    states: set[State] = set(OPEN_STATES)
+    if query.state is not None:
+        try:
+            states = {State(s.strip()) for s in query.state.split(",")}
+        except ValueError:
+            allowed = ", ".join(s.value for s in State)
+            raise BadRequest(
+                f"'state' must be a comma-separated list of: {allowed}",
+                code="invalid_field",
+                field="state",
+            ) from None
+    rows = await request.app[STORE].list_consultations(states)
+    rows.sort(key=lambda r: (URGENCY_RANK[r.urgency], r.due_at, r.id))
+    now = datetime.now(UTC)
+    return web.json_response({"consultations": [summary(r, now) for r in rows]})
+
+
+async def get_consultation(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    consultation_id = consultation_id_of(request)
+    require_consultation(principal, consultation_id)
+    row = await request.app[STORE].get_consultation(consultation_id)
+    if row is None:
+        raise NotFound("no such consultation", code="consultation_not_found", field="id")
+    return web.json_response(await full_record(request, row))
+
+
+async def create_invite(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    require_role(principal, Role.COORDINATOR)
+    consultation_id = consultation_id_of(request)
+    settings = request.app[SETTINGS]
+    invite = parse_json(InviteRequest, await read_body(request), max_bytes=settings.max_body_bytes)
+    if invite.role not in INVITABLE_ROLES:
+        raise BadRequest(
+            "'role' must be operator, expert or observer", code="invalid_field", field="role"
+        )
+    now = datetime.now(UTC)
+    participant = ParticipantRow(
+        id=uuid.uuid4().hex,
+        consultation_id=consultation_id,
+        role=invite.role,
+        name=invite.name,
+        invited_by=principal.sub,
+        invited_at=now,
+    )
+    await request.app[STORE].add_participant(
+        participant, facts(request, principal, "invite.create", "participant", participant.id)
+    )
+    token = issue_token(
+        request.app[KEYRING],
+        request.app[TOKEN_POLICY],
+        sub=participant.id,
+        role=invite.role,
+        ttl_seconds=settings.invite_ttl_seconds,
+        consultation_id=consultation_id,
+        name=invite.name,
+    )
+    request.app[METRICS].invites_created.labels(invite.role.value).inc()
+    expires = now + timedelta(seconds=settings.invite_ttl_seconds)
+    return web.json_response(
+        {
+            "participant": participant_body(participant),
+            "token": token,
+            # The token travels in the fragment, which browsers never send to servers or logs.
+            "url": f"{settings.base_url}/join#token={token}",
+            "expires_at": iso(expires),
+        },
+        status=201,
+    )
+
+
+async def verify_audit(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    require_role(principal, Role.COORDINATOR)
+    check = await request.app[STORE].verify_audit()
+    return web.json_response(
+        {
+            "ok": check.ok,
+            "entries": check.entries,
+            "head_hash": check.head_hash,
+            "broken_seq": check.broken_seq,
+            "reason": check.reason,
+        }
+    )

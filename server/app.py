@@ -1,0 +1,97 @@
+"""Builds the aiohttp application: routes, Socket.IO, store, keys; start-up and clean-up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from server import __version__
+from server.api import routes
+from server.appkeys import KEYRING, METRICS, SETTINGS, SIO, STORE, TOKEN_POLICY
+from server.auth import TokenPolicy
+from server.config import Settings
+from server.keyring import KeyRing, from_secret, load_or_create
+from server.metrics import create_metrics
+from server.middleware import errors_middleware
+from server.signaling import LiveNamespace, create_sio
+from server.store import open_store
+
+log = logging.getLogger(__name__)
+
+WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
+
+
+def load_keyring(settings: Settings) -> KeyRing:
+    """The server's signing keys: the configured secret, or the data directory's ring."""
+    if settings.secret_key is not None:
+        return from_secret(settings.secret_key.get_secret_value())
+    return load_or_create(settings.data_dir)
+
+
+def token_policy(settings: Settings) -> TokenPolicy:
+    return TokenPolicy(
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        leeway_seconds=settings.token_leeway_seconds,
+        max_ttl_seconds=settings.token_max_ttl_seconds,
+    )
+
+
+def create_app(settings: Settings) -> web.Application:
+    """One application per settings; every long-lived resource opens in a cleanup context."""
+    app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = create_metrics()
+    app[KEYRING] = load_keyring(settings)
+    app[TOKEN_POLICY] = token_policy(settings)
+    app.cleanup_ctx.append(_store_ctx)
+
+    sio = create_sio(settings)
+    sio.register_namespace(LiveNamespace(app))
+    sio.attach(app)
+    app[SIO] = sio
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.add_routes(routes())
+    if WEB_CLIENT_DIR.is_dir():
+        app.router.add_get("/", _page("index.html"))
+        app.router.add_get("/join", _page("join.html"))
+        app.router.add_static("/static/", WEB_CLIENT_DIR, show_index=False, follow_symlinks=False)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = await open_store(app[SETTINGS].sqlalchemy_url)
+    app[STORE] = store
+    log.info("records store open", extra={"dialect": store.dialect})
+    yield
+    await store.close()
+
+
+def _page(name: str) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
+    async def handler(_request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_CLIENT_DIR / name)
+
+    return handler
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness and readiness: the records store must answer."""
+    store = request.app[STORE]
+    try:
+        await store.ping()
+    except Exception:
+        log.exception("health check: records store does not answer")
+        return web.json_response(
+            {"status": "unavailable", "version": __version__, "store": store.dialect}, status=503
+        )
+    return web.json_response({"status": "ok", "version": __version__, "store": store.dialect})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

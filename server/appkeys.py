@@ -1,0 +1,26 @@
+"""Typed keys for what the application and each request carry."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    import socketio
+
+    from server.auth import TokenPolicy
+    from server.config import Settings
+    from server.keyring import KeyRing
+    from server.metrics import Metrics
+    from server.store import Store
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring")
+TOKEN_POLICY: web.AppKey[TokenPolicy] = web.AppKey("token_policy")
+STORE: web.AppKey[Store] = web.AppKey("store")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
+
+# Set on a request once its token is verified.
+PRINCIPAL = "probelink.principal"

@@ -1,0 +1,142 @@
+"""The one settings object, read once from `PROBELINK_*` environment variables.
+
+Every setting has an embedded default so that `probelink serve` runs on one
+machine with nothing configured. A value that fails its type or rule stops the
+server at start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.errors import ConfigError
+
+ENV_PREFIX = "PROBELINK_"
+SQLITE_FILE_NAME = "probelink.sqlite3"
+SECRET_KEY_MIN_BYTES = 32
+
+
+class Settings(BaseSettings):
+    """probelink's settings; the README has a table of all of them."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        Path("var"), description="Directory for the SQLite records, the key ring and the archive."
+    )
+    host: str = Field("127.0.0.1", description="Address `probelink serve` listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port `probelink serve` listens on.")
+    public_url: str | None = Field(
+        None,
+        description="Base URL that join links point to (default: http://HOST:PORT).",
+    )
+    database_url: str | None = Field(
+        None,
+        description="Records store: a postgresql:// URL to share records between nodes "
+        "(default: SQLite file under the data directory).",
+    )
+    redis_url: str | None = Field(
+        None, description="redis:// URL: fan Socket.IO out across nodes (default: in-process)."
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Token signing key (at least 32 bytes). Default: a random key generated on "
+        "first run and kept in DATA_DIR/keys/jwt.json.",
+    )
+    token_issuer: str = Field("probelink", min_length=1, description="JWT `iss` claim.")
+    token_audience: str = Field("probelink", min_length=1, description="JWT `aud` claim.")
+    token_leeway_seconds: int = Field(
+        30, ge=0, le=300, description="Clock skew tolerated on `exp` and `iat`."
+    )
+    invite_ttl_seconds: int = Field(
+        86400, ge=60, le=30 * 86400, description="Lifetime of a join link's token."
+    )
+    token_max_ttl_seconds: int = Field(
+        30 * 86400, ge=60, description="Longest lifetime a token may have (`exp` - `iat`)."
+    )
+    max_body_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest JSON request body."
+    )
+    due_minutes_emergency: int = Field(
+        60, ge=1, description="Time from request to due for an emergency consultation."
+    )
+    due_minutes_urgent: int = Field(
+        240, ge=1, description="Time from request to due for an urgent consultation."
+    )
+    due_minutes_routine: int = Field(
+        2880, ge=1, description="Time from request to due for a routine consultation."
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: str = Field("json", description="`json` (one object per line) or `text`.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return upper
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in {"json", "text"}:
+            raise ValueError("must be json or text")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < SECRET_KEY_MIN_BYTES:
+            raise ValueError(f"must be at least {SECRET_KEY_MIN_BYTES} bytes")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("sqlite", "postgresql", "postgres")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach this server; join links are built on it."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The records store URL with its async driver named."""
+        url = self.database_url
+        if url is None:
+            return f"sqlite+aiosqlite:///{(self.data_dir / SQLITE_FILE_NAME).resolve()}"
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        if url.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+        return url
+
+    def due_minutes(self) -> dict[str, int]:
+        """Minutes from request to due, by urgency."""
+        return {
+            "emergency": self.due_minutes_emergency,
+            "urgent": self.due_minutes_urgent,
+            "routine": self.due_minutes_routine,
+        }
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; a bad value names its variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,253 @@
+"""The consultation domain: clinical context, life cycle, due time and the reviewer's checklist.
+
+Plain Python: no network, no database. The HTTP and Socket.IO adapters parse
+input into these types, ask this module what follows, then persist and emit.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from server.errors import Conflict
+from server.messages import LIST_MAX_ITEMS, Choice, LongText, ShortText, StrictModel
+
+PATIENT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Urgency(enum.StrEnum):
+    ROUTINE = "routine"
+    URGENT = "urgent"
+    EMERGENCY = "emergency"
+
+
+# Queue order: most urgent first.
+URGENCY_RANK = {Urgency.EMERGENCY: 0, Urgency.URGENT: 1, Urgency.ROUTINE: 2}
+
+
+class Application(enum.StrEnum):
+    """The clinical application; later templates add fields and rules per application."""
+
+    BREAST = "breast"
+    DVT = "dvt"
+    VASCULAR = "vascular"
+    THYROID = "thyroid"
+    ABDOMINAL = "abdominal"
+    OBSTETRIC = "obstetric"
+    EMERGENCY = "emergency"
+    MUSCULOSKELETAL = "musculoskeletal"
+    OTHER = "other"
+
+
+class ImagingMode(enum.StrEnum):
+    B_MODE = "b_mode"
+    M_MODE = "m_mode"
+    COLOR_DOPPLER = "color_doppler"
+    POWER_DOPPLER = "power_doppler"
+    SPECTRAL_DOPPLER = "spectral_doppler"
+    ELASTOGRAPHY = "elastography"
+    CONTRAST = "contrast"
+
+
+DOPPLER_MODES = frozenset(
+    {ImagingMode.COLOR_DOPPLER, ImagingMode.POWER_DOPPLER, ImagingMode.SPECTRAL_DOPPLER}
+)
+
+
+class Laterality(enum.StrEnum):
+    LEFT = "left"
+    RIGHT = "right"
+    BILATERAL = "bilateral"
+    NOT_APPLICABLE = "not_applicable"
+
+
+class TransducerType(enum.StrEnum):
+    LINEAR = "linear"
+    CURVILINEAR = "curvilinear"
+    PHASED_ARRAY = "phased_array"
+    ENDOCAVITARY = "endocavitary"
+    OTHER = "other"
+
+
+class State(enum.StrEnum):
+    """Life of a consultation: requested → live → reported → signed (or cancelled)."""
+
+    REQUESTED = "requested"
+    LIVE = "live"
+    REPORTED = "reported"
+    SIGNED = "signed"
+    CANCELLED = "cancelled"
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.REQUESTED: frozenset({State.LIVE, State.REPORTED, State.CANCELLED}),
+    State.LIVE: frozenset({State.REPORTED, State.CANCELLED}),
+    State.REPORTED: frozenset({State.SIGNED, State.LIVE}),
+    State.SIGNED: frozenset(),
+    State.CANCELLED: frozenset(),
+}
+OPEN_STATES = frozenset({State.REQUESTED, State.LIVE, State.REPORTED})
+
+
+class Device(StrictModel):
+    manufacturer: ShortText | None = None
+    model: ShortText | None = None
+
+
+class Transducer(StrictModel):
+    model: ShortText | None = None
+    type: Choice[TransducerType] | None = None
+    frequency_mhz: float | None = Field(None, gt=0, le=100)
+
+
+class DopplerSettings(StrictModel):
+    prf_hz: float | None = Field(None, gt=0, le=100_000)
+    wall_filter_hz: float | None = Field(None, ge=0, le=10_000)
+    angle_correction_deg: float | None = Field(None, ge=0, le=90)
+    gain_db: float | None = Field(None, ge=-100, le=100)
+    sample_volume_mm: float | None = Field(None, gt=0, le=100)
+
+
+class ClinicalContext(StrictModel):
+    """What the requesting clinician tells the expert; only question and urgency are required."""
+
+    clinical_question: LongText
+    urgency: Choice[Urgency]
+    exam_objective: LongText | None = None
+    application: Choice[Application] | None = None
+    # Pseudonymous reference chosen by the site (never a name or an MRN).
+    patient_ref: Annotated[str, StringConstraints(pattern=PATIENT_REF_PATTERN)] | None = None
+    first_read: LongText | None = None
+    device: Device | None = None
+    transducer: Transducer | None = None
+    imaging_modes: list[Choice[ImagingMode]] | None = Field(None, max_length=LIST_MAX_ITEMS)
+    doppler: DopplerSettings | None = None
+    anatomy: list[ShortText] | None = Field(None, max_length=LIST_MAX_ITEMS)
+    laterality: Choice[Laterality] | None = None
+    patient_position: ShortText | None = None
+    transducer_orientation: ShortText | None = None
+    # Prior studies to compare with; an empty list states that there are none.
+    comparison_studies: list[ShortText] | None = Field(None, max_length=LIST_MAX_ITEMS)
+
+
+@dataclass(frozen=True)
+class MissingItem:
+    """One thing the reviewer needs that the request does not give, and why."""
+
+    field: str
+    label: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Checklist:
+    complete: bool
+    missing: tuple[MissingItem, ...]
+
+
+_CHECKS: tuple[tuple[str, str, str], ...] = (
+    (
+        "exam_objective",
+        "Exam objective",
+        "The expert needs to know what the scan must show to judge whether it answers it.",
+    ),
+    (
+        "application",
+        "Application",
+        "The application (breast, DVT, ...) decides the protocol and the report's categories.",
+    ),
+    (
+        "first_read",
+        "First read",
+        "The second opinion states its concordance with the bedside reader's first read.",
+    ),
+    (
+        "device",
+        "Ultrasound device (manufacturer and model)",
+        "Image appearance, presets and burned-in annotation layout depend on the device.",
+    ),
+    (
+        "transducer",
+        "Transducer",
+        "Resolution and depth depend on the transducer; the expert judges image quality with it.",
+    ),
+    (
+        "imaging_modes",
+        "Imaging modes",
+        "The expert must know which modes (B-mode, Doppler, elastography) were used.",
+    ),
+    (
+        "doppler",
+        "Doppler settings",
+        "PRF, wall filter and angle change what flow looks like; without them flow cannot be read.",
+    ),
+    (
+        "anatomy",
+        "Anatomy covered",
+        "The expert must know which structures were scanned to judge completeness.",
+    ),
+    (
+        "patient_position",
+        "Patient position",
+        "Findings (e.g. compressibility, lesion mobility) depend on position.",
+    ),
+    (
+        "transducer_orientation",
+        "Transducer orientation",
+        "Orientation (transverse, longitudinal, radial) is needed to locate what is on screen.",
+    ),
+    (
+        "comparison_studies",
+        "Comparison studies",
+        "Change over time can only be judged against prior studies; say 'none' with an empty list.",
+    ),
+)
+
+
+def checklist(context: ClinicalContext) -> Checklist:
+    """Name every item the second-opinion reviewer needs that the request lacks."""
+    missing = []
+    for field, label, why in _CHECKS:
+        if field == "doppler" and not DOPPLER_MODES.intersection(context.imaging_modes or ()):
+            continue
+        if not _given(context, field):
+            missing.append(MissingItem(field, label, why))
+    return Checklist(complete=not missing, missing=tuple(missing))
+
+
+def _given(context: ClinicalContext, field: str) -> bool:
+    value = getattr(context, field)
+    if field == "comparison_studies":
+        return value is not None
+    if field == "device":
+        return value is not None and bool(value.manufacturer and value.model)
+    if field == "transducer":
+        return value is not None and bool(value.model or value.type)
+    if field == "doppler":
+        return value is not None and any(v is not None for v in value.model_dump().values())
+    if isinstance(value, list):
+        return bool(value)
+    return value is not None
+
+
+def due_at(urgency: Urgency, requested_at: datetime, due_minutes: dict[str, int]) -> datetime:
+    """When the second opinion is due, from the urgency's configured delay."""
+    return requested_at + timedelta(minutes=due_minutes[urgency.value])
+
+
+def transition(current: State, target: State) -> State:
+    """Move to `target` if the life cycle allows it; otherwise `Conflict` naming both states."""
+    if target not in TRANSITIONS[current]:
+        raise Conflict(
+            f"a consultation that is {current} cannot become {target}", code="invalid_state"
+        )
+    return target
+
+
+def accepts_participants(state: State) -> bool:
+    """Invitations are possible until the consultation is signed or cancelled."""
+    return state in OPEN_STATES

@@ -1,0 +1,65 @@
+"""Prometheus metrics, one registry per application (so tests can run many apps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from server import __version__
+
+LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The application's metrics and the registry that exports them."""
+
+    registry: CollectorRegistry
+    http_requests: Counter
+    http_latency: Histogram
+    auth_refusals: Counter
+    consultations_created: Counter
+    invites_created: Counter
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)
+
+
+def create_metrics() -> Metrics:
+    registry = CollectorRegistry()
+    Gauge("probelink_build_info", "Build information.", ["version"], registry=registry).labels(
+        __version__
+    ).set(1)
+    return Metrics(
+        registry=registry,
+        http_requests=Counter(
+            "probelink_http_requests",
+            "HTTP requests by route and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        ),
+        http_latency=Histogram(
+            "probelink_http_request_seconds",
+            "HTTP request handling time by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        ),
+        auth_refusals=Counter(
+            "probelink_auth_refusals",
+            "Requests refused by authentication or authorization, by reason code.",
+            ["code"],
+            registry=registry,
+        ),
+        consultations_created=Counter(
+            "probelink_consultations_created",
+            "Consultations requested.",
+            ["urgency"],
+            registry=registry,
+        ),
+        invites_created=Counter(
+            "probelink_invites_created", "Join links issued.", ["role"], registry=registry
+        ),
+    )

@@ -1,0 +1,97 @@
+"""HTTP edge: every error becomes `{"error": {code, message, field}}`, every refusal is audited.
+
+No stack trace or exception text ever reaches a client: an unexpected failure
+is logged with a reference id and answered with a 500 that carries only that id.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from server.appkeys import METRICS, PRINCIPAL, STORE
+from server.audit import AuditFacts
+from server.auth import Principal
+from server.errors import Forbidden, ProbelinkError, Unauthorized
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message, "field": field}}, status=status
+    )
+
+
+def route_name(request: web.Request) -> str:
+    """The route's pattern (never the concrete path, which holds ids)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ProbelinkError as exc:
+        status = exc.status
+        if isinstance(exc, Unauthorized | Forbidden):
+            await _audit_refusal(request, exc)
+        return web.json_response(exc.to_dict(), status=exc.status)
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason)
+    except Exception:
+        reference = secrets.token_hex(6)
+        log.exception(
+            "unhandled error", extra={"reference": reference, "route": route_name(request)}
+        )
+        return error_response(500, "internal_error", f"internal error (reference {reference})")
+    finally:
+        metrics = request.app[METRICS]
+        route = route_name(request)
+        metrics.http_requests.labels(request.method, route, str(status)).inc()
+        metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+
+
+async def _audit_refusal(request: web.Request, exc: Unauthorized | Forbidden) -> None:
+    principal: Principal | None = request.get(PRINCIPAL)
+    request.app[METRICS].auth_refusals.labels(exc.code).inc()
+    facts = AuditFacts(
+        actor=principal.sub if principal else "anonymous",
+        role=principal.role.value if principal else "none",
+        action=f"{request.method} {route_name(request)}",
+        object_type="http",
+        object_id=request.match_info.get("consultation_id", ""),
+        outcome=f"refused:{exc.code}",
+        source=request.remote or "unknown",
+        detail={"status": exc.status},
+    )
+    try:
+        await request.app[STORE].record_audit(facts)
+    except Exception:
+        # The refusal stands even if it cannot be recorded; say so loudly.
+        log.exception("could not record an auth refusal in the audit log")

@@ -1,0 +1,106 @@
+"""Opening the records store: engine, per-dialect settings, and migrations.
+
+SQLite runs with WAL and `synchronous=FULL` (a committed row survives power
+loss) and one connection whose transactions take the write lock up front
+(`BEGIN IMMEDIATE`), so concurrent writers queue instead of failing. PostgreSQL
+serializes migrations and audit appends with transaction-scoped advisory locks.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from server.errors import ConfigError
+from server.store.migrations import MIGRATIONS
+from server.store.records import Store
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+MIGRATION_LOCK_ID = 0x70726F62  # "prob": advisory lock key for migrations on PostgreSQL
+POSTGRES_POOL_SIZE = 10
+
+
+async def open_store(url: str) -> Store:
+    """Connect to the records store at `url` and bring its schema up to date."""
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs.update(pool_size=1, max_overflow=0)
+    else:
+        kwargs.update(pool_size=POSTGRES_POOL_SIZE, max_overflow=0, pool_pre_ping=True)
+    engine = create_async_engine(url, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        _configure_sqlite(engine)
+    try:
+        await migrate(engine)
+    except (SQLAlchemyError, OSError) as exc:
+        await engine.dispose()
+        raise ConfigError(
+            f"cannot open the records store ({parsed.get_backend_name()}): {type(exc).__name__}"
+        ) from exc
+    return Store(engine)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (the driver's implicit BEGIN is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            "PRAGMA foreign_keys=ON",
+            f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+async def migrate(engine: AsyncEngine) -> list[int]:
+    """Apply every migration not yet recorded; return the versions applied."""
+    applied_now: list[int] = []
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
+        await conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+        )
+        done = set((await conn.execute(text("SELECT version FROM schema_migrations"))).scalars())
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            await _apply(conn, migration.version, migration.name, migration.statements)
+            applied_now.append(migration.version)
+    if applied_now:
+        log.info("schema migrated", extra={"versions": applied_now})
+    return applied_now
+
+
+async def _apply(
+    conn: AsyncConnection, version: int, name: str, statements: tuple[str, ...]
+) -> None:
+    for statement in statements:
+        await conn.execute(text(statement))
+    await conn.execute(
+        text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)"),
+        {"v": version, "n": name, "t": datetime.now(UTC).isoformat()},
+    )

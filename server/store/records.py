@@ -1,0 +1,293 @@
+"""Queries on the records: consultations, participants, marks, key images, reports, audit log.
+
+Plain SQL through SQLAlchemy's `text()`, the same statements on SQLite and
+PostgreSQL. Every write that changes a record appends its audit entry in the
+same transaction, so the record and its audit trail commit or fail together.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import RowMapping, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from server.audit import GENESIS_HASH, AuditEntry, AuditFacts, ChainCheck, chain_next, verify_chain
+from server.auth import Role
+from server.consultations import ClinicalContext, State, Urgency, accepts_participants
+from server.errors import Conflict, NotFound
+
+AUDIT_LOCK_ID = 0x61756474  # "audt": advisory lock key serializing audit appends on PostgreSQL
+AUDIT_PAGE_ROWS = 1000
+
+
+def iso(moment: datetime) -> str:
+    """The one stored form of a time: ISO-8601 in UTC with microseconds."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def from_iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True)
+class ConsultationRow:
+    """A consultation as stored."""
+
+    id: str
+    state: State
+    context: ClinicalContext
+    created_by: str
+    requested_at: datetime
+    due_at: datetime
+    updated_at: datetime
+    first_joined_at: datetime | None = None
+    reported_at: datetime | None = None
+    signed_at: datetime | None = None
+
+    @property
+    def urgency(self) -> Urgency:
+        return self.context.urgency
+
+
+@dataclass(frozen=True)
+class ParticipantRow:
+    """A person invited into one consultation."""
+
+    id: str
+    consultation_id: str
+    role: Role
+    name: str
+    invited_by: str
+    invited_at: datetime
+    joined_at: datetime | None = None
+    left_at: datetime | None = None
+
+
+class Store:
+    """The records store behind one engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: AsyncEngine):
+        # Pooled async engine; its dialect picks the few dialect-specific statements.
+        self.engine = engine
+        # "sqlite" or "postgresql".
+        self.dialect = engine.dialect.name
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        """Raise unless the store answers a query."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            yield conn
+
+    # Consultations
+
+    async def create_consultation(self, row: ConsultationRow, audit: AuditFacts) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO consultations (id, state, urgency, application, context,"
+                    " created_by, requested_at, due_at, updated_at)"
+                    " VALUES (:id, :state, :urgency, :application, :context,"
+                    " :created_by, :requested_at, :due_at, :updated_at)"
+                ),
+                {
+                    "id": row.id,
+                    "state": row.state.value,
+                    "urgency": row.urgency.value,
+                    "application": row.context.application,
+                    "context": row.context.model_dump_json(exclude_none=True),
+                    "created_by": row.created_by,
+                    "requested_at": iso(row.requested_at),
+                    "due_at": iso(row.due_at),
+                    "updated_at": iso(row.updated_at),
+                },
+            )
+            await self._append_audit(conn, audit)
+
+    async def get_consultation(self, consultation_id: str) -> ConsultationRow | None:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT * FROM consultations WHERE id = :id"), {"id": consultation_id}
+            )
+            found = result.mappings().first()
+        return None if found is None else _consultation(found)
+
+    async def list_consultations(self, states: Iterable[State]) -> list[ConsultationRow]:
+        """Consultations in the given states, earliest due first (the caller ranks urgency)."""
+        wanted = sorted(s.value for s in states)
+        if not wanted:
+            return []
+        names = ", ".join(f":s{i}" for i in range(len(wanted)))
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text(f"SELECT * FROM consultations WHERE state IN ({names}) ORDER BY due_at, id"),  # noqa: S608
+                {f"s{i}": s for i, s in enumerate(wanted)},
+            )
+            return [_consultation(m) for m in result.mappings()]
+
+    # Participants
+
+    async def add_participant(self, row: ParticipantRow, audit: AuditFacts) -> None:
+        """Invite a participant, unless the consultation no longer takes any."""
+        async with self.transaction() as conn:
+            state = (
+                await conn.execute(
+                    text("SELECT state FROM consultations WHERE id = :id"),
+                    {"id": row.consultation_id},
+                )
+            ).scalar()
+            if state is None:
+                raise NotFound("no such consultation", code="consultation_not_found")
+            if not accepts_participants(State(state)):
+                raise Conflict(
+                    f"the consultation is {state}; it takes no new participants",
+                    code="invalid_state",
+                )
+            await conn.execute(
+                text(
+                    "INSERT INTO participants (id, consultation_id, role, name, invited_by,"
+                    " invited_at) VALUES (:id, :cid, :role, :name, :by, :at)"
+                ),
+                {
+                    "id": row.id,
+                    "cid": row.consultation_id,
+                    "role": row.role.value,
+                    "name": row.name,
+                    "by": row.invited_by,
+                    "at": iso(row.invited_at),
+                },
+            )
+            await self._append_audit(conn, audit)
+
+    async def participants(self, consultation_id: str) -> list[ParticipantRow]:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text(
+                    "SELECT * FROM participants WHERE consultation_id = :cid"
+                    " ORDER BY invited_at, id"
+                ),
+                {"cid": consultation_id},
+            )
+            return [
+                ParticipantRow(
+                    id=m["id"],
+                    consultation_id=m["consultation_id"],
+                    role=Role(m["role"]),
+                    name=m["name"],
+                    invited_by=m["invited_by"],
+                    invited_at=datetime.fromisoformat(m["invited_at"]),
+                    joined_at=from_iso(m["joined_at"]),
+                    left_at=from_iso(m["left_at"]),
+                )
+                for m in result.mappings()
+            ]
+
+    async def related_rows(self, table: str, consultation_id: str) -> list[dict[str, Any]]:
+        """Marks, key images or reports of a consultation, as stored columns.
+
+        Partial: these tables are written by the live room, capture and report
+        features; until those land this returns what is stored (nothing).
+        """
+        order = {"marks": "seq", "key_images": "created_at, id", "reports": "version"}[table]
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text(f"SELECT * FROM {table} WHERE consultation_id = :cid ORDER BY {order}"),  # noqa: S608
+                {"cid": consultation_id},
+            )
+            return [dict(m) for m in result.mappings()]
+
+    # Audit log
+
+    async def record_audit(self, facts: AuditFacts) -> AuditEntry:
+        """Append one audit entry in its own transaction."""
+        async with self.transaction() as conn:
+            return await self._append_audit(conn, facts)
+
+    async def _append_audit(self, conn: AsyncConnection, facts: AuditFacts) -> AuditEntry:
+        if self.dialect == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_ID})
+        last = (
+            await conn.execute(text("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"))
+        ).first()
+        seq, prev = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
+        entry = chain_next(seq, iso(datetime.now(UTC)), facts, prev)
+        await conn.execute(
+            text(
+                "INSERT INTO audit_log (seq, at, actor, role, action, object_type, object_id,"
+                " outcome, source, detail, prev_hash, hash) VALUES (:seq, :at, :actor, :role,"
+                " :action, :object_type, :object_id, :outcome, :source, :detail, :prev, :hash)"
+            ),
+            {
+                "seq": entry.seq,
+                "at": entry.at,
+                "actor": facts.actor,
+                "role": facts.role,
+                "action": facts.action,
+                "object_type": facts.object_type,
+                "object_id": facts.object_id,
+                "outcome": facts.outcome,
+                "source": facts.source,
+                "detail": json.dumps(facts.detail, sort_keys=True),
+                "prev": entry.prev_hash,
+                "hash": entry.hash,
+            },
+        )
+        return entry
+
+    async def audit_entries(
+        self, after_seq: int = 0, limit: int = AUDIT_PAGE_ROWS
+    ) -> list[AuditEntry]:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT * FROM audit_log WHERE seq > :after ORDER BY seq LIMIT :limit"),
+                {"after": after_seq, "limit": limit},
+            )
+            return [_audit_entry(m) for m in result.mappings()]
+
+    async def verify_audit(self) -> ChainCheck:
+        """Walk the whole chain page by page; report the first entry that does not fit."""
+        check = verify_chain([])
+        while check.ok and (page := await self.audit_entries(check.entries)):
+            check = verify_chain(page, resume=check)
+        return check
+
+
+def _consultation(m: RowMapping) -> ConsultationRow:
+    return ConsultationRow(
+        id=m["id"],
+        state=State(m["state"]),
+        context=ClinicalContext.model_validate_json(m["context"]),
+        created_by=m["created_by"],
+        requested_at=datetime.fromisoformat(m["requested_at"]),
+        due_at=datetime.fromisoformat(m["due_at"]),
+        updated_at=datetime.fromisoformat(m["updated_at"]),
+        first_joined_at=from_iso(m["first_joined_at"]),
+        reported_at=from_iso(m["reported_at"]),
+        signed_at=from_iso(m["signed_at"]),
+    )
+
+
+def _audit_entry(m: RowMapping) -> AuditEntry:
+    facts = AuditFacts(
+        actor=m["actor"],
+        role=m["role"],
+        action=m["action"],
+        object_type=m["object_type"],
+        object_id=m["object_id"],
+        outcome=m["outcome"],
+        source=m["source"],
+        detail=json.loads(m["detail"]),
+    )
+    return AuditEntry(m["seq"], m["at"], facts, m["prev_hash"], m["hash"])
