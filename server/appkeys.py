@@ -23,4 +23,4 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
 
 # Set on a request once its token is verified.
-PRINCIPAL = "probelink.principal"
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

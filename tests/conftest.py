@@ -1,0 +1,128 @@
+"""Fixtures that start the real things: the app on a free port, SQLite files, a PostgreSQL database.
+
+A test that needs a component which is missing skips with the reason on a
+developer's machine; with PROBELINK_REQUIRE_ALL=1 (as in CI) it fails instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app, load_keyring, token_policy
+from server.auth import Role, issue_token
+from server.config import Settings, load_settings
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "PROBELINK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+DATA_TABLES = ("audit_log", "reports", "key_images", "marks", "participants", "consultations")
+
+
+def require(component: str, available: bool, why: str) -> None:
+    """Skip (developer machine) or fail (CI) when a real component is missing."""
+    if available:
+        return
+    message = f"{component} is not available: {why}"
+    if os.environ.get("PROBELINK_REQUIRE_ALL") == "1":
+        pytest.fail(f"PROBELINK_REQUIRE_ALL=1 but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str | None]:
+    """A throwaway PostgreSQL database for this test run, dropped at the end; None if absent."""
+    name = f"probelink_test_{secrets.token_hex(4)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        pytest.postgres_error = f"{type(exc).__name__}: {exc}"  # type: ignore[attr-defined]
+        yield None
+        return
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def postgres_url(postgres_database: str | None) -> str:
+    """The run's PostgreSQL database, emptied of records for this test."""
+    require(
+        "PostgreSQL",
+        postgres_database is not None,
+        getattr(pytest, "postgres_error", f"cannot reach {POSTGRES_ADMIN_URL}"),
+    )
+    assert postgres_database is not None
+    conn = await asyncpg.connect(postgres_database)
+    try:
+        existing = {
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")
+        }
+        tables = [t for t in DATA_TABLES if t in existing]
+        if tables:
+            await conn.execute(f"TRUNCATE {', '.join(tables)}")
+    finally:
+        await conn.close()
+    return postgres_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The records store URL, once per backend: the store suite runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'records.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(data_dir=tmp_path / "var")
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[..., Any], settings: Settings
+) -> AsyncIterator[TestClient[Any, Any]]:
+    yield await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def token_for(settings: Settings) -> Callable[..., str]:
+    """Sign a token the way `probelink token` does, for this test's data directory."""
+
+    def make(role: str, sub: str = "tester", consultation: str | None = None, **kw: Any) -> str:
+        return issue_token(
+            load_keyring(settings),
+            token_policy(settings),
+            sub=sub,
+            role=Role(role),
+            ttl_seconds=kw.pop("ttl_seconds", 3600),
+            consultation_id=consultation,
+            **kw,
+        )
+
+    return make
+
+
+@pytest.fixture
+def coordinator(token_for: Callable[..., str]) -> dict[str, str]:
+    """Headers of a coordinator."""
+    return {"Authorization": f"Bearer {token_for('coordinator', sub='coord-1')}"}

@@ -1,0 +1,226 @@
+"""A coordinator requests a consultation, sees the queue and invites the people who will join."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+from aiohttp.test_utils import TestClient
+
+from server.appkeys import STORE
+from server.consultations import State
+
+FULL_CONTEXT: dict[str, Any] = {
+    "clinical_question": "Palpable lump left breast at 2 o'clock: solid or cystic?",
+    "urgency": "urgent",
+    "exam_objective": "Characterise the palpable lump",
+    "application": "breast",
+    "patient_ref": "PSN-0042",
+    "first_read": "Oval circumscribed hypoechoic mass, BI-RADS 3",
+    "device": {"manufacturer": "Acme Ultrasound", "model": "Sono 9"},
+    "transducer": {"model": "L12-5", "type": "linear", "frequency_mhz": 12},
+    "imaging_modes": ["b_mode", "color_doppler"],
+    "doppler": {"prf_hz": 1200, "wall_filter_hz": 50},
+    "anatomy": ["left breast upper outer quadrant", "left axilla"],
+    "laterality": "left",
+    "patient_position": "supine oblique",
+    "transducer_orientation": "radial and antiradial",
+    "comparison_studies": [],
+}
+
+
+async def create(
+    client: TestClient[Any, Any], headers: dict[str, str], body: dict[str, Any]
+) -> Any:
+    response = await client.post("/api/consultations", json=body, headers=headers)
+    assert response.status == 201, await response.text()
+    return await response.json()
+
+
+async def test_minimal_request_is_accepted_and_checklist_names_what_is_missing(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    record = await create(
+        client, coordinator, {"clinical_question": "DVT left leg?", "urgency": "emergency"}
+    )
+    assert record["state"] == "requested"
+    assert record["urgency"] == "emergency"
+    assert record["checklist"]["complete"] is False
+    missing = {m["field"]: m for m in record["checklist"]["missing"]}
+    assert {"exam_objective", "device", "transducer", "anatomy", "comparison_studies"} <= set(
+        missing
+    )
+    assert "doppler" not in missing  # only asked for when a Doppler mode was used
+    assert all(m["why"] and m["label"] for m in missing.values())
+    assert record["participants"] == [] and record["marks"] == [] and record["report"] is None
+
+
+async def test_complete_request_has_a_complete_checklist_and_round_trips(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    record = await create(client, coordinator, FULL_CONTEXT)
+    assert record["checklist"] == {"complete": True, "missing": []}
+    again = await client.get(f"/api/consultations/{record['id']}", headers=coordinator)
+    assert again.status == 200
+    body = await again.json()
+    assert body["context"]["device"] == FULL_CONTEXT["device"]
+    assert body["context"]["comparison_studies"] == []
+    assert body["due_at"] > body["requested_at"]
+
+
+async def test_doppler_mode_without_settings_is_flagged(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    body = {**FULL_CONTEXT}
+    del body["doppler"]
+    record = await create(client, coordinator, body)
+    assert [m["field"] for m in record["checklist"]["missing"]] == ["doppler"]
+
+
+async def test_queue_puts_emergencies_first_then_earliest_due(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    routine = await create(client, coordinator, {"clinical_question": "q1", "urgency": "routine"})
+    emergency = await create(
+        client, coordinator, {"clinical_question": "q2", "urgency": "emergency"}
+    )
+    urgent = await create(client, coordinator, {"clinical_question": "q3", "urgency": "urgent"})
+    response = await client.get("/api/consultations", headers=coordinator)
+    assert response.status == 200
+    queue = (await response.json())["consultations"]
+    assert [c["id"] for c in queue] == [emergency["id"], urgent["id"], routine["id"]]
+    assert all(c["time_left_seconds"] > 0 and c["overdue"] is False for c in queue)
+
+    signed_only = await client.get("/api/consultations?state=signed", headers=coordinator)
+    assert (await signed_only.json())["consultations"] == []
+    bad = await client.get("/api/consultations?state=bogus", headers=coordinator)
+    assert bad.status == 400
+    assert (await bad.json())["error"]["field"] == "state"
+
+
+async def test_invite_gives_a_scoped_join_link_that_opens_only_its_consultation(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    mine = await create(client, coordinator, FULL_CONTEXT)
+    other = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    response = await client.post(
+        f"/api/consultations/{mine['id']}/invites",
+        json={"role": "expert", "name": "Dr Breast Expert"},
+        headers=coordinator,
+    )
+    assert response.status == 201, await response.text()
+    invite = await response.json()
+    assert invite["url"].endswith(f"/join#token={invite['token']}")
+    claims = jwt.decode(invite["token"], options={"verify_signature": False})
+    assert claims["role"] == "expert" and claims["consultation"] == mine["id"]
+
+    expert = {"Authorization": f"Bearer {invite['token']}"}
+    record = await (await client.get(f"/api/consultations/{mine['id']}", headers=expert)).json()
+    assert [(p["role"], p["name"]) for p in record["participants"]] == [
+        ("expert", "Dr Breast Expert")
+    ]
+
+    refused = await client.get(f"/api/consultations/{other['id']}", headers=expert)
+    assert refused.status == 403
+    assert (await refused.json())["error"]["code"] == "consultation_not_granted"
+    queue = await client.get("/api/consultations", headers=expert)
+    assert queue.status == 403
+    assert (await queue.json())["error"]["code"] == "role_not_allowed"
+    invite_more = await client.post(
+        f"/api/consultations/{mine['id']}/invites",
+        json={"role": "expert", "name": "x"},
+        headers=expert,
+    )
+    assert invite_more.status == 403
+
+
+async def test_invite_refuses_coordinator_role_and_unknown_consultation(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    bad_role = await client.post(
+        f"/api/consultations/{record['id']}/invites",
+        json={"role": "coordinator", "name": "x"},
+        headers=coordinator,
+    )
+    assert bad_role.status == 400
+    assert (await bad_role.json())["error"]["field"] == "role"
+    missing = await client.post(
+        f"/api/consultations/{'0' * 32}/invites",
+        json={"role": "expert", "name": "x"},
+        headers=coordinator,
+    )
+    assert missing.status == 404
+    malformed = await client.get("/api/consultations/..%2Fetc", headers=coordinator)
+    assert malformed.status == 404
+
+
+async def test_bad_bodies_get_a_clear_error_naming_the_field_and_change_nothing(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    cases: list[tuple[Any, int, str, str | None]] = [
+        ({"urgency": "routine"}, 400, "missing_field", "clinical_question"),
+        ({"clinical_question": "q", "urgency": "soon"}, 400, "invalid_field", "urgency"),
+        ({"clinical_question": 5, "urgency": "routine"}, 400, "invalid_field", "clinical_question"),
+        ({"clinical_question": "q", "urgency": "routine", "mrn": "1"}, 400, "unknown_field", "mrn"),
+        (
+            {"clinical_question": "q", "urgency": "routine", "patient_ref": "Jane Doe"},
+            400,
+            "invalid_field",
+            "patient_ref",
+        ),
+        (
+            {"clinical_question": "q", "urgency": "routine", "transducer": {"frequency_mhz": -1}},
+            400,
+            "invalid_field",
+            "transducer.frequency_mhz",
+        ),
+        (
+            {"clinical_question": "   ", "urgency": "routine"},
+            400,
+            "invalid_field",
+            "clinical_question",
+        ),
+        ([1, 2], 400, "invalid_json", None),
+    ]
+    for body, status, code, field in cases:
+        response = await client.post("/api/consultations", json=body, headers=coordinator)
+        assert response.status == status, body
+        error = (await response.json())["error"]
+        assert (error["code"], error["field"]) == (code, field), body
+        assert "Jane" not in error["message"]
+    for raw in (b"", b"{", b"\xff\xfe", b'{"clinical_question": NaN, "urgency": "routine"}'):
+        response = await client.post("/api/consultations", data=raw, headers=coordinator)
+        assert response.status == 400, raw
+    big = {"clinical_question": "x" * 70_000, "urgency": "routine"}
+    response = await client.post("/api/consultations", json=big, headers=coordinator)
+    assert response.status == 413
+    assert (await response.json())["error"]["code"] == "payload_too_large"
+    assert await client.app[STORE].list_consultations(set(State)) == []
+
+
+async def test_unknown_route_and_method_answer_in_the_error_format(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    response = await client.get("/api/nothing-here", headers=coordinator)
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "not_found"
+    response = await client.delete("/api/consultations", headers=coordinator)
+    assert response.status == 405
+    assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_health_and_metrics(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    health = await client.get("/healthz")
+    assert health.status == 200
+    assert (await health.json())["status"] == "ok"
+    await create(client, coordinator, {"clinical_question": "q", "urgency": "urgent"})
+    await client.get("/api/consultations")  # refused: no token
+    text = await (await client.get("/metrics")).text()
+    assert 'probelink_consultations_created_total{urgency="urgent"} 1.0' in text
+    assert 'probelink_auth_refusals_total{code="token_missing"} 1.0' in text
+    assert 'route="/api/consultations"' in text
+    assert "probelink_build_info" in text
