@@ -9,7 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     import socketio
 
-    from server.auth import TokenPolicy
+    from server.auth import Principal, TokenPolicy
     from server.config import Settings
     from server.keyring import KeyRing
     from server.metrics import Metrics

@@ -51,7 +51,7 @@ def postgres_database() -> Iterator[str | None]:
 
     try:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         pytest.postgres_error = f"{type(exc).__name__}: {exc}"  # type: ignore[attr-defined]
         yield None
         return

@@ -1,4 +1,4 @@
-"""Only valid tokens get in: forged, expired, wrong-audience and alg=none tokens are refused and audited."""
+"""Only valid tokens get in: forged, expired, wrong-audience, alg=none tokens are refused."""
 
 from __future__ import annotations
 
