@@ -1,0 +1,144 @@
+"""Random bodies, queries, ids and headers at every endpoint: always a clear 4xx, never a change."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server.appkeys import STORE
+from server.consultations import ClinicalContext, State
+
+FUZZ = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+CONTEXT_FIELDS = sorted(ClinicalContext.model_fields)
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+    | st.sampled_from(["routine", "urgent", "emergency", "breast", "linear", "b_mode", "expert"])
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+plausible = st.text(min_size=1, max_size=50) | json_values
+context_like = st.fixed_dictionaries(
+    {"clinical_question": plausible, "urgency": plausible},
+    optional={f: plausible for f in CONTEXT_FIELDS if f not in {"clinical_question", "urgency"}},
+)
+bodies = st.one_of(
+    json_values.map(lambda v: json.dumps(v).encode()),
+    context_like.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(st.sampled_from([*CONTEXT_FIELDS, "mrn", "name"]), json_values, max_size=8).map(
+        lambda v: json.dumps(v).encode()
+    ),
+    st.binary(max_size=300),
+)
+
+
+def assert_error_shape(status: int, body: Any) -> None:
+    assert 400 <= status < 500, (status, body)
+    error = body["error"]
+    assert set(error) == {"code", "message", "field"}
+    assert isinstance(error["code"], str) and isinstance(error["message"], str)
+    assert "Traceback" not in error["message"]
+
+
+async def count_records(client: TestClient[Any, Any]) -> tuple[int, int]:
+    store = client.app[STORE]
+    consultations = await store.list_consultations(set(State))
+    participants = sum([len(await store.participants(c.id)) for c in consultations])
+    return len(consultations), participants
+
+
+@FUZZ
+@given(body=bodies)
+async def test_random_consultation_bodies(
+    client: TestClient[Any, Any], coordinator: dict[str, str], body: bytes
+) -> None:
+    before = await count_records(client)
+    response = await client.post("/api/consultations", data=body, headers=coordinator)
+    payload = await response.json()
+    if response.status == 201:
+        assert (await count_records(client))[0] == before[0] + 1
+        again = await client.get(f"/api/consultations/{payload['id']}", headers=coordinator)
+        assert (await again.json())["context"] == payload["context"]
+    else:
+        assert_error_shape(response.status, payload)
+        assert await count_records(client) == before
+
+
+@FUZZ
+@given(body=bodies)
+async def test_random_invite_bodies(
+    client: TestClient[Any, Any], coordinator: dict[str, str], body: bytes
+) -> None:
+    queue = (await (await client.get("/api/consultations", headers=coordinator)).json())["consultations"]
+    if not queue:
+        created = await client.post(
+            "/api/consultations", json={"clinical_question": "q", "urgency": "routine"}, headers=coordinator
+        )
+        queue = [await created.json()]
+    before = await count_records(client)
+    response = await client.post(
+        f"/api/consultations/{queue[0]['id']}/invites", data=body, headers=coordinator
+    )
+    payload = await response.json()
+    if response.status == 201:
+        assert payload["participant"]["role"] in {"operator", "expert", "observer"}
+        assert (await count_records(client))[1] == before[1] + 1
+    else:
+        assert_error_shape(response.status, payload)
+        assert await count_records(client) == before
+
+
+@FUZZ
+@given(
+    query=st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=3),
+    consultation_id=st.text(max_size=40),
+)
+async def test_random_queries_and_ids(
+    client: TestClient[Any, Any], coordinator: dict[str, str], query: dict[str, str], consultation_id: str
+) -> None:
+    response = await client.get("/api/consultations", params=query, headers=coordinator)
+    if response.status != 200:
+        assert_error_shape(response.status, await response.json())
+    response = await client.get(f"/api/consultations/{consultation_id}", headers=coordinator)
+    assert response.status in {404, 405} or response.status == 200 and consultation_id == ""
+    if response.status == 404:
+        assert_error_shape(404, await response.json())
+
+
+@FUZZ
+@given(
+    header=st.one_of(
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200),
+        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=300).map(
+            lambda t: f"Bearer {t}"
+        ),
+        st.lists(st.text(st.characters(min_codepoint=0x2D, max_codepoint=0x7A), max_size=60),
+                 min_size=3, max_size=3).map(lambda parts: "Bearer " + ".".join(parts)),
+    )
+)
+async def test_random_authorization_headers_are_refused(
+    client: TestClient[Any, Any], token_for: Callable[..., str], header: str
+) -> None:
+    before = await count_records(client)
+    response = await client.post(
+        "/api/consultations",
+        json={"clinical_question": "q", "urgency": "routine"},
+        headers={"Authorization": header},
+    )
+    assert response.status == 401
+    assert_error_shape(401, await response.json())
+    assert await count_records(client) == before

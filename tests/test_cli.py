@@ -1,0 +1,166 @@
+"""A new user's path: `probelink serve` starts with embedded defaults, `probelink token` signs for it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from server.audit import AuditFacts
+from server.config import Settings
+from server.store import open_store
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROBELINK_")}
+    env.update(PROBELINK_DATA_DIR=str(data_dir), **extra)
+    return env
+
+
+def probelink(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[str]]]:
+    port = free_port()
+    env = cli_env(tmp_path / "var")
+    with subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        yield from _until_stopped(process, port, env)
+
+
+def _until_stopped(
+    process: subprocess.Popen[str], port: int, env: dict[str, str]
+) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[str]]]:
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail(f"probelink serve exited: {process.stderr.read() if process.stderr else ''}")
+            time.sleep(0.1)
+    yield base, env, process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
+
+
+async def test_serve_answers_health_and_a_cli_token_creates_a_consultation_and_invite(
+    served: tuple[str, dict[str, str], subprocess.Popen[str]],
+) -> None:
+    base, env, process = served
+    token = probelink("token", "--role", "coordinator", "--sub", "desk-1", env=env)
+    assert token.returncode == 0, token.stderr
+    headers = {"Authorization": f"Bearer {token.stdout.strip()}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 200
+            assert (await response.json())["store"] == "sqlite"
+        async with http.post(
+            f"{base}/api/consultations",
+            json={"clinical_question": "Lump?", "urgency": "urgent"},
+            headers=headers,
+        ) as response:
+            assert response.status == 201
+            consultation = await response.json()
+        async with http.post(
+            f"{base}/api/consultations/{consultation['id']}/invites",
+            json={"role": "operator", "name": "Bedside sonographer"},
+            headers=headers,
+        ) as response:
+            assert response.status == 201
+            invite = await response.json()
+        assert invite["url"].startswith(f"{base}/join#token=")
+        async with http.get(f"{base}/") as response:
+            assert response.status == 200
+
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=20)
+    assert process.returncode == 0
+    assert f"serving on {base}" in out
+    assert f"coordinator link (valid 12 h): {base}/#token=" in out
+    assert "Lump" not in err and "Bedside sonographer" not in err  # no clinical text in logs
+
+
+def test_token_for_a_scoped_role_needs_its_consultation(tmp_path: Path) -> None:
+    refused = probelink("token", "--role", "expert", "--sub", "dr", env=cli_env(tmp_path))
+    assert refused.returncode == 2
+    assert "needs a consultation" in refused.stderr
+    ok = probelink(
+        "token", "--role", "expert", "--sub", "dr", "--consultation", "a" * 32, env=cli_env(tmp_path)
+    )
+    assert ok.returncode == 0 and ok.stdout.count(".") == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PROBELINK_PORT", "eighty"),
+        ("PROBELINK_SECRET_KEY", "short"),
+        ("PROBELINK_DATABASE_URL", "mysql://x"),
+        ("PROBELINK_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
+    result = probelink("serve", env=cli_env(tmp_path, **{variable: value}))
+    assert result.returncode == 2
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr
+    assert value not in result.stderr or value == "LOUD"  # a secret is never echoed
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = README.read_text()
+    for name in Settings.model_fields:
+        assert f"`PROBELINK_{name.upper()}`" in readme, name
+
+
+async def test_audit_chain_detects_a_one_byte_edit_of_the_database_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    store = await open_store(f"sqlite+aiosqlite:///{path}")
+    for i in range(5):
+        await store.record_audit(
+            AuditFacts("coord-7", "coordinator", f"step{i}", "x", "y", "ok", "127.0.0.1", {})
+        )
+    assert (await store.verify_audit()).ok
+    await store.close()  # checkpoints the WAL into the main file
+
+    data = bytearray(path.read_bytes())
+    at = data.find(b"step3")
+    assert at > 0
+    data[at + 4] = ord("9")  # step3 -> step9: one byte
+    path.write_bytes(bytes(data))
+
+    store = await open_store(f"sqlite+aiosqlite:///{path}")
+    check = await store.verify_audit()
+    await store.close()
+    assert not check.ok
+    assert check.broken_seq == 4
+    assert check.reason == "entry altered"
