@@ -65,6 +65,8 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    # The data directory holds clinical records and keys: its owner only.
+    app[SETTINGS].data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = await open_store(app[SETTINGS].sqlalchemy_url)
     app[STORE] = store
     log.info("records store open", extra={"dialect": store.dialect})

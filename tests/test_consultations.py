@@ -1,0 +1,96 @@
+"""The consultation domain on its own: checklist, due time, life cycle (no server)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from server.consultations import (
+    ClinicalContext,
+    State,
+    Urgency,
+    accepts_participants,
+    checklist,
+    due_at,
+    transition,
+)
+from server.errors import BadRequest, Conflict
+from server.messages import parse
+
+
+def context(**fields: object) -> ClinicalContext:
+    return parse(ClinicalContext, {"clinical_question": "Thrombus?", "urgency": "urgent", **fields})
+
+
+def test_checklist_names_each_missing_item_in_the_reviewers_order() -> None:
+    missing = [m.field for m in checklist(context()).missing]
+    assert missing == [
+        "exam_objective",
+        "application",
+        "first_read",
+        "device",
+        "transducer",
+        "imaging_modes",
+        "anatomy",
+        "patient_position",
+        "transducer_orientation",
+        "comparison_studies",
+    ]
+
+
+def test_device_needs_both_manufacturer_and_model() -> None:
+    half = context(device={"manufacturer": "Acme"})
+    assert "device" in [m.field for m in checklist(half).missing]
+    whole = context(device={"manufacturer": "Acme", "model": "S9"})
+    assert "device" not in [m.field for m in checklist(whole).missing]
+
+
+def test_doppler_settings_are_asked_for_only_when_doppler_was_used() -> None:
+    b_mode = context(imaging_modes=["b_mode"])
+    assert "doppler" not in [m.field for m in checklist(b_mode).missing]
+    spectral = context(imaging_modes=["b_mode", "spectral_doppler"])
+    assert "doppler" in [m.field for m in checklist(spectral).missing]
+    empty_settings = context(imaging_modes=["color_doppler"], doppler={})
+    assert "doppler" in [m.field for m in checklist(empty_settings).missing]
+    given = context(imaging_modes=["color_doppler"], doppler={"prf_hz": 1500.0})
+    assert "doppler" not in [m.field for m in checklist(given).missing]
+
+
+def test_an_empty_comparison_list_states_there_are_none() -> None:
+    assert "comparison_studies" not in [m.field for m in checklist(context(comparison_studies=[])).missing]
+
+
+def test_due_time_follows_urgency() -> None:
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    minutes = {"emergency": 60, "urgent": 240, "routine": 2880}
+    assert due_at(Urgency.EMERGENCY, start, minutes) == start + timedelta(hours=1)
+    assert due_at(Urgency.ROUTINE, start, minutes) == start + timedelta(days=2)
+
+
+def test_life_cycle_allows_only_its_transitions() -> None:
+    assert transition(State.REQUESTED, State.LIVE) is State.LIVE
+    assert transition(State.REPORTED, State.SIGNED) is State.SIGNED
+    for frozen in (State.SIGNED, State.CANCELLED):
+        with pytest.raises(Conflict):
+            transition(frozen, State.LIVE)
+        assert not accepts_participants(frozen)
+    with pytest.raises(Conflict):
+        transition(State.REQUESTED, State.SIGNED)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"patient_ref": "John Smith"}, "patient_ref"),
+        ({"anatomy": ["x"] * 51}, "anatomy"),
+        ({"imaging_modes": ["x_ray"]}, "imaging_modes.0"),
+        ({"transducer": {"type": "linear", "serial": "1"}}, "transducer.serial"),
+        ({"doppler": {"angle_correction_deg": 120.0}}, "doppler.angle_correction_deg"),
+        ({"first_read": True}, "first_read"),
+    ],
+)
+def test_bad_context_is_refused_naming_the_field(fields: dict[str, object], field: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        context(**fields)
+    assert refused.value.field == field
