@@ -28,7 +28,9 @@ scalars = (
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 plausible = st.text(min_size=1, max_size=50) | json_values
@@ -83,10 +85,14 @@ async def test_random_consultation_bodies(
 async def test_random_invite_bodies(
     client: TestClient[Any, Any], coordinator: dict[str, str], body: bytes
 ) -> None:
-    queue = (await (await client.get("/api/consultations", headers=coordinator)).json())["consultations"]
+    queue = (await (await client.get("/api/consultations", headers=coordinator)).json())[
+        "consultations"
+    ]
     if not queue:
         created = await client.post(
-            "/api/consultations", json={"clinical_question": "q", "urgency": "routine"}, headers=coordinator
+            "/api/consultations",
+            json={"clinical_question": "q", "urgency": "routine"},
+            headers=coordinator,
         )
         queue = [await created.json()]
     before = await count_records(client)
@@ -108,13 +114,16 @@ async def test_random_invite_bodies(
     consultation_id=st.text(max_size=40),
 )
 async def test_random_queries_and_ids(
-    client: TestClient[Any, Any], coordinator: dict[str, str], query: dict[str, str], consultation_id: str
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    query: dict[str, str],
+    consultation_id: str,
 ) -> None:
     response = await client.get("/api/consultations", params=query, headers=coordinator)
     if response.status != 200:
         assert_error_shape(response.status, await response.json())
     response = await client.get(f"/api/consultations/{consultation_id}", headers=coordinator)
-    assert response.status in {404, 405} or response.status == 200 and consultation_id == ""
+    assert response.status in {404, 405} or (response.status == 200 and consultation_id == "")
     if response.status == 404:
         assert_error_shape(404, await response.json())
 
@@ -126,8 +135,11 @@ async def test_random_queries_and_ids(
         st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=300).map(
             lambda t: f"Bearer {t}"
         ),
-        st.lists(st.text(st.characters(min_codepoint=0x2D, max_codepoint=0x7A), max_size=60),
-                 min_size=3, max_size=3).map(lambda parts: "Bearer " + ".".join(parts)),
+        st.lists(
+            st.text(st.characters(min_codepoint=0x2D, max_codepoint=0x7A), max_size=60),
+            min_size=3,
+            max_size=3,
+        ).map(lambda parts: "Bearer " + ".".join(parts)),
     )
 )
 async def test_random_authorization_headers_are_refused(

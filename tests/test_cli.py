@@ -1,4 +1,4 @@
-"""A new user's path: `probelink serve` starts with embedded defaults, `probelink token` signs for it."""
+"""A new user's path: `probelink serve` with embedded defaults, `probelink token` for it."""
 
 from __future__ import annotations
 
@@ -64,7 +64,9 @@ def _until_stopped(
             break
         except OSError:
             if process.poll() is not None:
-                pytest.fail(f"probelink serve exited: {process.stderr.read() if process.stderr else ''}")
+                pytest.fail(
+                    f"probelink serve exited: {process.stderr.read() if process.stderr else ''}"
+                )
             time.sleep(0.1)
     yield base, env, process
     if process.poll() is None:
@@ -114,7 +116,14 @@ def test_token_for_a_scoped_role_needs_its_consultation(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "needs a consultation" in refused.stderr
     ok = probelink(
-        "token", "--role", "expert", "--sub", "dr", "--consultation", "a" * 32, env=cli_env(tmp_path)
+        "token",
+        "--role",
+        "expert",
+        "--sub",
+        "dr",
+        "--consultation",
+        "a" * 32,
+        env=cli_env(tmp_path),
     )
     assert ok.returncode == 0 and ok.stdout.count(".") == 2
 
@@ -128,7 +137,9 @@ def test_token_for_a_scoped_role_needs_its_consultation(tmp_path: Path) -> None:
         ("PROBELINK_LOG_LEVEL", "LOUD"),
     ],
 )
-def test_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
+def test_bad_setting_stops_start_up_naming_the_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
     result = probelink("serve", env=cli_env(tmp_path, **{variable: value}))
     assert result.returncode == 2
     assert variable in result.stderr

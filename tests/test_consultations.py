@@ -58,7 +58,9 @@ def test_doppler_settings_are_asked_for_only_when_doppler_was_used() -> None:
 
 
 def test_an_empty_comparison_list_states_there_are_none() -> None:
-    assert "comparison_studies" not in [m.field for m in checklist(context(comparison_studies=[])).missing]
+    assert "comparison_studies" not in [
+        m.field for m in checklist(context(comparison_studies=[])).missing
+    ]
 
 
 def test_due_time_follows_urgency() -> None:
