@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(routes())
     if WEB_CLIENT_DIR.is_dir():
         app.router.add_get("/", _page("index.html"))
-        app.router.add_get("/join", _page("join.html"))
+        app.router.add_get("/join", _page("index.html"))
         app.router.add_static("/static/", WEB_CLIENT_DIR, show_index=False, follow_symlinks=False)
     return app
 

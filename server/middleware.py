@@ -78,20 +78,40 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def _audit_refusal(request: web.Request, exc: Unauthorized | Forbidden) -> None:
-    principal: Principal | None = request.get(PRINCIPAL)
-    request.app[METRICS].auth_refusals.labels(exc.code).inc()
-    facts = AuditFacts(
-        actor=principal.sub if principal else "anonymous",
-        role=principal.role.value if principal else "none",
+    await record_refusal(
+        request.app,
+        exc,
+        principal=request.get(PRINCIPAL),
         action=f"{request.method} {route_name(request)}",
         object_type="http",
         object_id=request.match_info.get("consultation_id", ""),
-        outcome=f"refused:{exc.code}",
         source=request.remote or "unknown",
+    )
+
+
+async def record_refusal(
+    app: web.Application,
+    exc: ProbelinkError,
+    *,
+    principal: Principal | None,
+    action: str,
+    object_type: str,
+    object_id: str,
+    source: str,
+) -> None:
+    """Count and audit a refused request (HTTP or Socket.IO); the refusal stands regardless."""
+    app[METRICS].auth_refusals.labels(exc.code).inc()
+    facts = AuditFacts(
+        actor=principal.sub if principal else "anonymous",
+        role=principal.role.value if principal else "none",
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        outcome=f"refused:{exc.code}",
+        source=source,
         detail={"status": exc.status},
     )
     try:
-        await request.app[STORE].record_audit(facts)
+        await app[STORE].record_audit(facts)
     except Exception:
-        # The refusal stands even if it cannot be recorded; say so loudly.
-        log.exception("could not record an auth refusal in the audit log")
+        log.exception("could not record a refusal in the audit log")

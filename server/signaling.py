@@ -8,18 +8,15 @@ added on top of this by the live-room work.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import socketio
 
-from server.appkeys import KEYRING, METRICS, STORE, TOKEN_POLICY
-from server.audit import AuditFacts
+from server.appkeys import KEYRING, TOKEN_POLICY
 from server.auth import Principal, verify_token
 from server.config import Settings
 from server.errors import Forbidden, ProbelinkError, Unauthorized
-
-log = logging.getLogger(__name__)
+from server.middleware import record_refusal
 
 NAMESPACE = "/live"
 
@@ -68,20 +65,13 @@ class LiveNamespace(socketio.AsyncNamespace):
         return verify_token(auth["token"], self.app[KEYRING], self.app[TOKEN_POLICY])
 
     async def _audit_refusal(self, environ: dict[str, Any], exc: ProbelinkError) -> None:
-        self.app[METRICS].auth_refusals.labels(exc.code).inc()
         request = environ.get("aiohttp.request")
-        source = getattr(request, "remote", None) or "unknown"
-        facts = AuditFacts(
-            actor="anonymous",
-            role="none",
+        await record_refusal(
+            self.app,
+            exc,
+            principal=None,
             action="socketio connect /live",
             object_type="socketio",
             object_id="",
-            outcome=f"refused:{exc.code}",
-            source=source,
-            detail={},
+            source=getattr(request, "remote", None) or "unknown",
         )
-        try:
-            await self.app[STORE].record_audit(facts)
-        except Exception:
-            log.exception("could not record a Socket.IO refusal in the audit log")

@@ -39,7 +39,8 @@ async def open_store(url: str) -> Store:
         kwargs.update(pool_size=1, max_overflow=0)
     else:
         kwargs.update(pool_size=POSTGRES_POOL_SIZE, max_overflow=0, pool_pre_ping=True)
-    engine = create_async_engine(url, **kwargs)
+    # hide_parameters: SQL errors must not carry clinical text into logs.
+    engine = create_async_engine(url, hide_parameters=True, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         _configure_sqlite(engine)
     try:
