@@ -30,7 +30,7 @@ from server.consultations import (
 from server.errors import BadRequest, NotFound, Unauthorized
 from server.messages import Choice, ShortText, StrictModel, parse, parse_json
 from server.store import ConsultationRow, ParticipantRow
-from server.store.records import iso
+from server.store.times import iso
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)

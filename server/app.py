@@ -14,6 +14,7 @@ from server.appkeys import KEYRING, METRICS, SETTINGS, SIO, STORE, TOKEN_POLICY
 from server.auth import TokenPolicy
 from server.config import Settings
 from server.keyring import KeyRing, from_secret, load_or_create
+from server.live import live_context
 from server.metrics import create_metrics
 from server.middleware import errors_middleware
 from server.signaling import LiveNamespace, create_sio
@@ -50,9 +51,11 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_store_ctx)
 
     sio = create_sio(settings)
-    sio.register_namespace(LiveNamespace(app))
+    namespace = LiveNamespace(app)
+    sio.register_namespace(namespace)
     sio.attach(app)
     app[SIO] = sio
+    app.cleanup_ctx.append(live_context(namespace))
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from server.auth import Principal, TokenPolicy
     from server.config import Settings
     from server.keyring import KeyRing
+    from server.live import Live
     from server.metrics import Metrics
     from server.store import Store
 
@@ -21,6 +22,7 @@ TOKEN_POLICY: web.AppKey[TokenPolicy] = web.AppKey("token_policy")
 STORE: web.AppKey[Store] = web.AppKey("store")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
+LIVE: web.AppKey[Live] = web.AppKey("live")
 
 # Set on a request once its token is verified.
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

@@ -41,6 +41,23 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="redis:// URL: fan Socket.IO out across nodes (default: in-process)."
     )
+    redis_prefix: str = Field(
+        "probelink",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Prefix of every Redis key and channel, so deployments can share a Redis.",
+    )
+    presence_ttl_seconds: int = Field(
+        15, ge=3, le=300, description="How long a silent node's participants stay listed (Redis)."
+    )
+    pointer_hz: float = Field(
+        60, gt=0, le=1000, description="Pointer events per second a socket may send."
+    )
+    events_per_second: float = Field(
+        20, gt=0, le=10_000, description="Other live-room events per second a socket may send."
+    )
+    event_burst: int = Field(
+        40, ge=1, le=100_000, description="Burst of live-room events allowed above the rate."
+    )
     secret_key: SecretStr | None = Field(
         None,
         description="Token signing key (at least 32 bytes). Default: a random key generated on "

@@ -8,6 +8,7 @@
     ├── NotFound              404  no such object (or not visible to the caller)
     ├── Conflict              409  the object's state forbids it
     ├── RateLimited           429  too many events
+    ├── Unavailable           503  a component it needs is down; nothing was changed
     └── ConfigError                a setting is wrong; stops start-up
 
 Each is mapped once to an HTTP response (`server.middleware`) and once to a
@@ -72,6 +73,11 @@ class Conflict(ProbelinkError):
 class RateLimited(ProbelinkError):
     status = 429
     default_code = "rate_limited"
+
+
+class Unavailable(ProbelinkError):
+    status = 503
+    default_code = "unavailable"
 
 
 class ConfigError(ProbelinkError):

@@ -76,4 +76,5 @@ def _bad_request(exc: ValidationError) -> BadRequest:
     if kind == "missing":
         return BadRequest(f"'{field}' is required", code="missing_field", field=field)
     where = f"'{field}': " if field else ""
-    return BadRequest(f"{where}{first['msg']}", code="invalid_field", field=field)
+    message = first["msg"].removeprefix("Value error, ")
+    return BadRequest(f"{where}{message}", code="invalid_field", field=field)

@@ -1,29 +1,74 @@
-"""Socket.IO on `/live`: the live room's signaling adapter.
+"""Socket.IO on `/live`: the live room's adapter (parse → rule → store → emit).
 
-Partial (foundation): a client connects with `auth={"token": JWT}`, the token is
-verified and the socket joins its consultation's room; refusals are audited.
-The room events (presence, pointer, marks, guidance, capture, rtc_offer) are
-added on top of this by the live-room work.
+A client connects with `auth={"token": JWT}`; the token's consultation is the
+room and no event can name another. Every client event is answered through its
+acknowledgement with the result or `{"error": {...}}`. Persistent events (mark,
+mark_clear, guidance) are sequenced and stored before they are acknowledged and
+reach the room through the room bus in sequence order; the pointer is relayed at
+once and coalesced per sender while a relay is in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import socketio
+from aiohttp import web
 
-from server.appkeys import KEYRING, TOKEN_POLICY
-from server.auth import Principal, verify_token
+from server.appkeys import KEYRING, LIVE, SETTINGS, STORE, TOKEN_POLICY
+from server.auth import Principal, Role, verify_token
 from server.config import Settings
-from server.errors import Forbidden, ProbelinkError, Unauthorized
+from server.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    ProbelinkError,
+    RateLimited,
+    Unauthorized,
+)
+from server.live import NAMESPACE, room_of
+from server.messages import parse
 from server.middleware import record_refusal
+from server.presence import Attendee
+from server.ratelimit import TokenBucket
+from server.room import (
+    SYNC_EVENTS_MAX,
+    Guidance,
+    Mark,
+    MarkClear,
+    Pointer,
+    Sync,
+    guidance_body,
+    mark_body,
+    may_clear,
+    may_clear_any,
+    may_guide,
+    may_mark,
+    may_point,
+    refuse_unknown_event,
+)
 
-NAMESPACE = "/live"
+log = logging.getLogger(__name__)
+
+CONNECT_SETTLE_TRIES = 50
+
+Handler = Callable[["LiveSocket", Any], Awaitable[dict[str, Any]]]
 
 
 def create_sio(settings: Settings) -> socketio.AsyncServer:
     """The Socket.IO server; with a Redis URL it fans out across nodes."""
-    manager = socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None
+    manager = (
+        socketio.AsyncRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}:socketio")
+        if settings.redis_url
+        else None
+    )
     return socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,
@@ -33,19 +78,88 @@ def create_sio(settings: Settings) -> socketio.AsyncServer:
     )
 
 
-def room_of(consultation_id: str) -> str:
-    return f"consultation:{consultation_id}"
+@dataclass
+class LiveSocket:
+    """One connected socket: who it is, its room, its rate limits and pointer relay state."""
+
+    sid: str
+    principal: Principal
+    consultation_id: str
+    pointer_bucket: TokenBucket
+    event_bucket: TokenBucket
+    # The newest pointer not yet relayed, while a relay is in flight.
+    pending_pointer: dict[str, Any] | None = None
+    pointer_relaying: bool = False
+
+
+def participant_view(attendees: list[Attendee]) -> list[dict[str, Any]]:
+    """Present participants, one entry per person however many tabs they have open."""
+    seen: dict[str, dict[str, Any]] = {}
+    for a in attendees:
+        entry = seen.setdefault(
+            a.sub, {"id": a.sub, "role": a.role, "name": a.name, "connections": 0}
+        )
+        entry["connections"] += 1
+    return sorted(seen.values(), key=lambda p: (p["role"], p["id"]))
 
 
 class LiveNamespace(socketio.AsyncNamespace):
-    """Handlers for `/live`; `app` gives access to the store, keys and metrics."""
+    """Handlers for `/live`."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: web.Application):
         super().__init__(NAMESPACE)
         # The aiohttp application, for its AppKeys.
         self.app = app
+        # Sockets connected to this node, by sid.
+        self.sockets: dict[str, LiveSocket] = {}
+        self.events: dict[str, Handler] = {
+            "pointer": self._pointer,
+            "mark": self._mark,
+            "mark_clear": self._mark_clear,
+            "guidance": self._guidance,
+            "sync": self._sync,
+        }
+
+    # Dispatch
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        sid = args[0] if args else None
+        if event in ("connect", "disconnect"):
+            # A client may send an event with a reserved name; the real ones arrive
+            # while the socket is not (yet, or any more) connected.
+            if self.server.manager.is_connected(sid, self.namespace):
+                return BadRequest(f"'{event}' is reserved", code="unknown_event").to_dict()
+            return await super().trigger_event(event, *args)
+        socket = self.sockets.get(sid) if isinstance(sid, str) else None
+        if socket is None:
+            return Unauthorized("not connected", code="not_connected").to_dict()
+        try:
+            if event != "pointer" and not socket.event_bucket.allow(time.monotonic()):
+                raise RateLimited("too many events; slow down", code="rate_limited")
+            handler = self.events.get(event)
+            if handler is None:
+                raise refuse_unknown_event(event)
+            if len(args) != 2:
+                raise BadRequest(f"'{event}' takes one object", code="invalid_event")
+            return await handler(socket, args[1])
+        except ProbelinkError as exc:
+            return exc.to_dict()
+        except Exception:
+            reference = secrets.token_hex(6)
+            log.exception("live event failed", extra={"reference": reference, "event": event})
+            return {
+                "error": {
+                    "code": "internal_error",
+                    "message": f"internal error (reference {reference})",
+                    "field": None,
+                }
+            }
+
+    # Connection
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        request = environ.get("aiohttp.request")
+        source = getattr(request, "remote", None) or "unknown"
         try:
             principal = self._authenticate(auth)
             if principal.consultation_id is None:
@@ -53,25 +167,194 @@ class LiveNamespace(socketio.AsyncNamespace):
                     "a live room is joined with a consultation's token, not a coordinator's",
                     code="consultation_not_granted",
                 )
+            if await self.app[STORE].get_consultation(principal.consultation_id) is None:
+                raise Forbidden(
+                    "the token's consultation does not exist", code="consultation_not_found"
+                )
         except (Unauthorized, Forbidden) as exc:
-            await self._audit_refusal(environ, exc)
+            await record_refusal(
+                self.app,
+                exc,
+                principal=None,
+                action="socketio connect /live",
+                object_type="socketio",
+                object_id="",
+                source=source,
+            )
             raise socketio.exceptions.ConnectionRefusedError(exc.to_dict()["error"]) from None
-        await self.save_session(sid, {"principal": principal})
-        await self.enter_room(sid, room_of(principal.consultation_id))
+        settings = self.app[SETTINGS]
+        now = time.monotonic()
+        cid = principal.consultation_id
+        socket = LiveSocket(
+            sid=sid,
+            principal=principal,
+            consultation_id=cid,
+            pointer_bucket=TokenBucket.full(settings.pointer_hz, settings.pointer_hz, now),
+            event_bucket=TokenBucket.full(settings.events_per_second, settings.event_burst, now),
+        )
+        self.sockets[sid] = socket
+        await self.enter_room(sid, room_of(cid))
+        live = self.app[LIVE]
+        attendee = Attendee(sid, principal.sub, principal.role.value, principal.name, live.node)
+        await live.presence.join(cid, attendee)
+        await self.app[STORE].room.participant_joined(
+            cid, principal.sub, is_expert=principal.role is Role.EXPERT
+        )
+        live.spawn(self._welcome(socket, attendee))
+
+    async def _welcome(self, socket: LiveSocket, attendee: Attendee) -> None:
+        """Send room_state once the connection is confirmed, then announce the arrival."""
+        for _ in range(CONNECT_SETTLE_TRIES):
+            if self.server.manager.is_connected(socket.sid, self.namespace):
+                break
+            await asyncio.sleep(0.01)
+        await self.emit("room_state", await self._room_state(socket), to=socket.sid)
+        await self._announce("join", socket.consultation_id, attendee)
+
+    async def _room_state(self, socket: LiveSocket) -> dict[str, Any]:
+        cid = socket.consultation_id
+        store = self.app[STORE]
+        row = await store.get_consultation(cid)
+        if row is None:
+            raise NotFound("no such consultation", code="consultation_not_found")
+        snapshot = await store.room.snapshot(cid)
+        members = await self.app[LIVE].presence.members(cid)
+        return {
+            "consultation": {
+                "id": row.id,
+                "state": row.state.value,
+                "urgency": row.urgency.value,
+                "application": row.context.application,
+                "clinical_question": row.context.clinical_question,
+            },
+            "you": {
+                "id": socket.principal.sub,
+                "role": socket.principal.role.value,
+                "name": socket.principal.name,
+            },
+            "participants": participant_view(members),
+            "marks": snapshot.marks,
+            "guidance": snapshot.guidance,
+            "last_seq": snapshot.last_seq,
+        }
+
+    async def _announce(self, change: str, consultation_id: str, attendee: Attendee) -> None:
+        members = await self.app[LIVE].presence.members(consultation_id)
+        await self.emit(
+            "presence",
+            {
+                "event": change,
+                "participant": {"id": attendee.sub, "role": attendee.role, "name": attendee.name},
+                "participants": participant_view(members),
+            },
+            room=room_of(consultation_id),
+        )
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        socket = self.sockets.pop(sid, None)
+        if socket is None:
+            return
+        live = self.app[LIVE]
+        gone = await live.presence.leave(socket.consultation_id, sid)
+        if gone is not None:
+            await self._announce("leave", socket.consultation_id, gone)
+
+    async def reap(self) -> None:
+        """Announce the departure of participants whose node has died (Redis presence)."""
+        live = self.app[LIVE]
+        for cid in {s.consultation_id for s in self.sockets.values()}:
+            for gone in await live.presence.reap(cid):
+                await self._announce("leave", cid, gone)
 
     def _authenticate(self, auth: Any) -> Principal:
         if not isinstance(auth, dict) or not isinstance(auth.get("token"), str):
             raise Unauthorized("connect with auth={'token': '<JWT>'}", code="token_missing")
         return verify_token(auth["token"], self.app[KEYRING], self.app[TOKEN_POLICY])
 
-    async def _audit_refusal(self, environ: dict[str, Any], exc: ProbelinkError) -> None:
-        request = environ.get("aiohttp.request")
-        await record_refusal(
-            self.app,
-            exc,
-            principal=None,
-            action="socketio connect /live",
-            object_type="socketio",
-            object_id="",
-            source=getattr(request, "remote", None) or "unknown",
+    # Events
+
+    async def _pointer(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
+        may_point(socket.principal.role)
+        if not socket.pointer_bucket.allow(time.monotonic()):
+            raise RateLimited("pointer faster than allowed; dropped", code="rate_limited")
+        pointer = parse(Pointer, data)
+        socket.pending_pointer = {
+            "from": socket.principal.sub,
+            **pointer.model_dump(exclude_none=True),
+        }
+        if socket.pointer_relaying:
+            return {"ok": True, "coalesced": True}
+        socket.pointer_relaying = True
+        try:
+            while socket.pending_pointer is not None:
+                message, socket.pending_pointer = socket.pending_pointer, None
+                await self.emit(
+                    "pointer", message, room=room_of(socket.consultation_id), skip_sid=socket.sid
+                )
+        finally:
+            socket.pointer_relaying = False
+        return {"ok": True}
+
+    async def _mark(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
+        mark = parse(Mark, data)
+        may_mark(socket.principal.role, mark)
+        body = mark_body(
+            mark,
+            mark_id=uuid.uuid4().hex,
+            author=socket.principal.sub,
+            author_role=socket.principal.role,
         )
+        cid = socket.consultation_id
+        live = self.app[LIVE]
+        async with live.bus.sequenced(cid):
+            event = await self.app[STORE].room.add_mark(
+                cid, body, kind=mark.kind.value, media_ts=mark.media_ts
+            )
+            await live.publish(cid, event)
+        return {"id": body["id"], "seq": event.seq}
+
+    async def _mark_clear(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
+        request = parse(MarkClear, data)
+        role, sub = socket.principal.role, socket.principal.sub
+        may_clear_any(role)
+        cid = socket.consultation_id
+        live = self.app[LIVE]
+        async with live.bus.sequenced(cid):
+            event = await self.app[STORE].room.clear_marks(
+                cid,
+                mark_id=request.id,
+                author=sub,
+                permitted=lambda author: may_clear(role, sub, author),
+            )
+            if event is not None:
+                await live.publish(cid, event)
+        if event is None:
+            return {"ids": [], "seq": None}
+        return {"ids": event.body["ids"], "seq": event.seq}
+
+    async def _guidance(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
+        guidance = parse(Guidance, data)
+        may_guide(socket.principal.role)
+        body = guidance_body(
+            guidance, author=socket.principal.sub, author_role=socket.principal.role
+        )
+        cid = socket.consultation_id
+        live = self.app[LIVE]
+        async with live.bus.sequenced(cid):
+            event = await self.app[STORE].room.add_guidance(cid, body)
+            await live.publish(cid, event)
+        return {"seq": event.seq}
+
+    async def _sync(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
+        request = parse(Sync, data)
+        events = await self.app[STORE].room.events_after(
+            socket.consultation_id, request.after_seq, SYNC_EVENTS_MAX + 1
+        )
+        more = len(events) > SYNC_EVENTS_MAX
+        events = events[:SYNC_EVENTS_MAX]
+        last = events[-1].seq if events else request.after_seq
+        return {
+            "events": [{"type": e.type, "seq": e.seq, "data": e.body} for e in events],
+            "last_seq": last,
+            "more": more,
+        }

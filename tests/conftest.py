@@ -24,7 +24,7 @@ from server.config import Settings, load_settings
 POSTGRES_ADMIN_URL = os.environ.get(
     "PROBELINK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-DATA_TABLES = ("audit_log", "reports", "key_images", "marks", "participants", "consultations")
+DATA_TABLES = ("audit_log", "room_events", "reports", "key_images", "marks", "participants", "consultations")
 
 
 def require(component: str, available: bool, why: str) -> None:
@@ -77,7 +77,7 @@ async def postgres_url(postgres_database: str | None) -> str:
         }
         tables = [t for t in DATA_TABLES if t in existing]
         if tables:
-            await conn.execute(f"TRUNCATE {', '.join(tables)}")
+            await conn.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
     finally:
         await conn.close()
     return postgres_database

@@ -173,10 +173,23 @@ async def test_forbidden_is_403_and_audited_with_the_actor(
 
 
 async def test_live_socket_refuses_bad_tokens_and_accepts_a_join_token(
-    client: TestClient[Any, Any], settings: Settings, token_for: Callable[..., str]
+    client: TestClient[Any, Any],
+    settings: Settings,
+    token_for: Callable[..., str],
+    coordinator: dict[str, str],
 ) -> None:
+    created = await client.post(
+        "/api/consultations", json={"clinical_question": "q", "urgency": "routine"}, headers=coordinator
+    )
+    consultation = (await created.json())["id"]
     url = str(client.make_url("/"))
-    for token in (bad_tokens(settings)["forged"][0], token_for("coordinator"), None):
+    refused_tokens = (
+        bad_tokens(settings)["forged"][0],
+        token_for("coordinator"),
+        None,
+        token_for("expert", consultation="b" * 32),
+    )
+    for token in refused_tokens:
         sio = socketio.AsyncClient(reconnection=False)
         with pytest.raises(socketio.exceptions.ConnectionError):
             await sio.connect(url, namespaces=["/live"], auth={"token": token}, wait_timeout=5)
@@ -185,14 +198,19 @@ async def test_live_socket_refuses_bad_tokens_and_accepts_a_join_token(
     await sio.connect(
         url,
         namespaces=["/live"],
-        auth={"token": token_for("expert", consultation="a" * 32)},
+        auth={"token": token_for("expert", consultation=consultation)},
         wait_timeout=5,
     )
     assert sio.connected
     await sio.disconnect()
-    outcomes = [e.facts.outcome for e in await client.app[STORE].audit_entries()]
+    outcomes = [
+        e.facts.outcome
+        for e in await client.app[STORE].audit_entries()
+        if e.facts.outcome.startswith("refused")
+    ]
     assert outcomes == [
         "refused:token_bad_signature",
         "refused:consultation_not_granted",
         "refused:token_missing",
+        "refused:consultation_not_found",
     ]

@@ -101,4 +101,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "live room event log",
+        (
+            "ALTER TABLE consultations ADD COLUMN last_seq BIGINT NOT NULL DEFAULT 0",
+            """CREATE TABLE room_events (
+                consultation_id TEXT NOT NULL REFERENCES consultations (id),
+                seq BIGINT NOT NULL,
+                type TEXT NOT NULL,
+                author TEXT NOT NULL,
+                body TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (consultation_id, seq)
+            )""",
+        ),
+    ),
 )

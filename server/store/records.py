@@ -21,18 +21,11 @@ from server.audit import GENESIS_HASH, AuditEntry, AuditFacts, ChainCheck, chain
 from server.auth import Role
 from server.consultations import ClinicalContext, State, Urgency, accepts_participants
 from server.errors import Conflict, NotFound
+from server.store.room_log import RoomLog
+from server.store.times import from_iso, iso
 
 AUDIT_LOCK_ID = 0x61756474  # "audt": advisory lock key serializing audit appends on PostgreSQL
 AUDIT_PAGE_ROWS = 1000
-
-
-def iso(moment: datetime) -> str:
-    """The one stored form of a time: ISO-8601 in UTC with microseconds."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def from_iso(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
 
 
 @dataclass(frozen=True)
@@ -77,6 +70,8 @@ class Store:
         self.engine = engine
         # "sqlite" or "postgresql".
         self.dialect = engine.dialect.name
+        # The live room's sequenced events.
+        self.room = RoomLog(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -1,0 +1,143 @@
+"""The live rooms' shared machinery: presence, the ordered room bus, background tasks.
+
+One `Live` per application, opened in a cleanup context: in-memory on one node,
+Redis-backed when `PROBELINK_REDIS_URL` is set. The Socket.IO handlers in
+`signaling.py` use it; nothing else in them changes between one node and many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from server.appkeys import LIVE, SETTINGS, SIO
+from server.errors import ConfigError
+from server.presence import MemoryPresence, Presence, RedisPresence
+from server.roombus import LocalRoomBus, RedisRoomBus, RoomBus
+from server.store.room_log import RoomEvent
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/live"
+
+
+def room_of(consultation_id: str) -> str:
+    return f"consultation:{consultation_id}"
+
+
+class Reaper(Protocol):
+    async def reap(self) -> None: ...
+
+
+@dataclass
+class Live:
+    """Presence and ordered delivery for this node's live rooms."""
+
+    # This node's id in presence entries.
+    node: str
+    presence: Presence
+    bus: RoomBus
+    # Background tasks this node owns; cancelled and awaited on close.
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` in the background, owned by this node; failures are logged."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("live background task failed", exc_info=task.exception())
+
+    async def publish(self, consultation_id: str, event: RoomEvent) -> None:
+        """Publish a stored event; if that fails, clients still get it by `sync`."""
+        try:
+            await self.bus.publish(consultation_id, event)
+        except Exception:
+            log.exception(
+                "room event stored but not published",
+                extra={"consultation": consultation_id, "seq": event.seq},
+            )
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for task in list(self.tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.bus.close()
+        await self.presence.close()
+
+
+def live_context(
+    reaper: Reaper,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """The cleanup context that opens presence and the room bus for `create_app`."""
+
+    @contextlib.asynccontextmanager
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        sio = app[SIO]
+        node = secrets.token_hex(6)
+
+        async def deliver(consultation_id: str, event: RoomEvent) -> None:
+            await sio.emit(
+                event.type,
+                event.body,
+                room=room_of(consultation_id),
+                namespace=NAMESPACE,
+                ignore_queue=True,
+            )
+
+        redis: aioredis.Redis | None = None
+        if settings.redis_url:
+            redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+            presence = RedisPresence(
+                redis,
+                prefix=settings.redis_prefix,
+                node=node,
+                ttl_seconds=settings.presence_ttl_seconds,
+            )
+            bus = RedisRoomBus(redis, prefix=settings.redis_prefix, deliver=deliver)
+            try:
+                await presence.start()
+                await bus.start()
+            except (RedisError, OSError, TimeoutError) as exc:
+                await bus.close()
+                await presence.close()
+                await redis.aclose()
+                raise ConfigError(f"cannot reach Redis ({type(exc).__name__})") from None
+            live = Live(node, presence, bus)
+            live.spawn(_reap_forever(reaper, settings.presence_ttl_seconds / 3))
+        else:
+            live = Live(node, MemoryPresence(), LocalRoomBus(deliver))
+        app[LIVE] = live
+        log.info("live rooms ready", extra={"node": node, "shared": redis is not None})
+        try:
+            yield
+        finally:
+            await live.close()
+            if redis is not None:
+                await redis.aclose()
+
+    return context
+
+
+async def _reap_forever(reaper: Reaper, interval_seconds: float) -> None:
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            await reaper.reap()
+        except Exception:
+            log.warning("presence reaper failed", exc_info=True)

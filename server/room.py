@@ -1,0 +1,204 @@
+"""The live room's domain: typed events, who may send them, and what is stored and relayed.
+
+Plain Python: no Socket.IO, no database. Coordinates are normalized to [0, 1]
+of the video frame (x right, y down); `media_ts` is the 90 kHz RTP timestamp
+of the frame the sender was looking at.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Annotated, Any
+
+from pydantic import Field, model_validator
+
+from server.auth import Role
+from server.errors import BadRequest, Forbidden
+from server.messages import Choice, ShortText, StrictModel
+
+MEDIA_TS_MAX = 2**32 - 1
+MARK_POINTS_MAX = 500
+TEXT_LABEL_MAX_CHARS = 200
+SYNC_EVENTS_MAX = 500
+
+Coordinate = Annotated[float, Field(ge=0.0, le=1.0)]
+Point = Annotated[tuple[Coordinate, Coordinate], Field(strict=False)]
+MediaTs = Annotated[int, Field(ge=0, le=MEDIA_TS_MAX)]
+Id = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+
+
+class MarkKind(enum.StrEnum):
+    ARROW = "arrow"
+    CIRCLE = "circle"
+    FREEHAND = "freehand"
+    TEXT = "text"
+    CALIPER = "caliper"
+
+
+# How many points each kind takes: (fewest, most).
+MARK_POINTS = {
+    MarkKind.ARROW: (2, 2),  # tail, head
+    MarkKind.CIRCLE: (2, 2),  # centre, a point on the circle
+    MarkKind.FREEHAND: (2, MARK_POINTS_MAX),
+    MarkKind.TEXT: (1, 1),  # anchor
+    MarkKind.CALIPER: (2, 2),  # the two ends
+}
+
+
+class Cue(enum.StrEnum):
+    """Probe guidance cues, in sonographers' words."""
+
+    SLIDE = "slide"
+    ROTATE = "rotate"
+    TILT = "tilt"
+    ROCK = "rock"
+    FAN = "fan"
+    COMPRESS = "compress"
+    HOLD = "hold"
+
+
+# The directions that make sense for each cue (HOLD takes none).
+CUE_DIRECTIONS: dict[Cue, frozenset[str]] = {
+    Cue.SLIDE: frozenset({"left", "right", "up", "down", "cranial", "caudal", "medial", "lateral"}),
+    Cue.ROTATE: frozenset({"clockwise", "counterclockwise"}),
+    Cue.TILT: frozenset({"cranial", "caudal", "medial", "lateral", "left", "right"}),
+    Cue.ROCK: frozenset({"toward_marker", "away_from_marker"}),
+    Cue.FAN: frozenset({"left", "right", "up", "down", "cranial", "caudal", "medial", "lateral"}),
+    Cue.COMPRESS: frozenset({"more", "less", "release"}),
+    Cue.HOLD: frozenset(),
+}
+
+
+class Pointer(StrictModel):
+    """The expert's live cursor: relayed, never stored."""
+
+    x: Coordinate
+    y: Coordinate
+    media_ts: MediaTs | None = None
+
+
+class Mark(StrictModel):
+    """A persistent annotation on the live image."""
+
+    kind: Choice[MarkKind]
+    points: list[Point] = Field(min_length=1, max_length=MARK_POINTS_MAX)
+    text: Annotated[str, Field(min_length=1, max_length=TEXT_LABEL_MAX_CHARS)] | None = None
+    media_ts: MediaTs | None = None
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> Mark:
+        fewest, most = MARK_POINTS[self.kind]
+        if not fewest <= len(self.points) <= most:
+            count = str(fewest) if fewest == most else f"{fewest} to {most}"
+            raise ValueError(f"a {self.kind} mark takes {count} points")
+        if self.kind is MarkKind.TEXT and not (self.text and self.text.strip()):
+            raise ValueError("a text mark needs its text")
+        if self.kind is not MarkKind.TEXT and self.text is not None:
+            raise ValueError("only a text mark carries text")
+        return self
+
+    def length(self) -> float | None:
+        """A caliper's length in normalized units (straight distance between its ends)."""
+        if self.kind is not MarkKind.CALIPER:
+            return None
+        (x0, y0), (x1, y1) = self.points
+        return math.hypot(x1 - x0, y1 - y0)
+
+
+class MarkClear(StrictModel):
+    """Clear one mark, or (without id) every mark the sender may clear."""
+
+    id: Id | None = None
+
+
+class Guidance(StrictModel):
+    cue: Choice[Cue]
+    direction: ShortText | None = None
+    note: ShortText | None = None
+
+    @model_validator(mode="after")
+    def _direction_fits_cue(self) -> Guidance:
+        allowed = CUE_DIRECTIONS[self.cue]
+        if self.direction is not None and self.direction not in allowed:
+            if not allowed:
+                raise ValueError(f"'{self.cue}' takes no direction")
+            choices = ", ".join(sorted(allowed))
+            raise ValueError(f"direction for '{self.cue}' must be one of {choices}")
+        return self
+
+
+class Sync(StrictModel):
+    """Ask for every persistent event after a sequence number (after a reconnect)."""
+
+    after_seq: int = Field(ge=0)
+
+
+# Rules: who may send what.
+
+
+def may_point(role: Role) -> None:
+    if role is not Role.EXPERT:
+        raise Forbidden("only an expert's pointer is shared", code="not_allowed_pointer")
+
+
+def may_mark(role: Role, mark: Mark) -> None:
+    if role is Role.EXPERT:
+        return
+    if role is Role.OPERATOR and mark.kind is MarkKind.TEXT:
+        return
+    if role is Role.OPERATOR:
+        raise Forbidden("an operator may add text labels only", code="not_allowed_mark")
+    raise Forbidden("observers only watch", code="not_allowed_mark")
+
+
+def may_clear(role: Role, sub: str, mark_author: str) -> bool:
+    """Experts clear any mark; operators clear their own; observers none."""
+    return role is Role.EXPERT or (role is Role.OPERATOR and sub == mark_author)
+
+
+def may_clear_any(role: Role) -> None:
+    if role not in (Role.EXPERT, Role.OPERATOR):
+        raise Forbidden("observers only watch", code="not_allowed_clear")
+
+
+def may_guide(role: Role) -> None:
+    if role is not Role.EXPERT:
+        raise Forbidden("only an expert gives probe guidance", code="not_allowed_guidance")
+
+
+def mark_body(mark: Mark, *, mark_id: str, author: str, author_role: Role) -> dict[str, Any]:
+    """What is stored and relayed for a mark (its `seq` is added when it is sequenced)."""
+    body: dict[str, Any] = {
+        "id": mark_id,
+        "kind": mark.kind.value,
+        "points": [list(p) for p in mark.points],
+        "author": author,
+        "author_role": author_role.value,
+    }
+    if mark.text is not None:
+        body["text"] = mark.text
+    if mark.media_ts is not None:
+        body["media_ts"] = mark.media_ts
+    length = mark.length()
+    if length is not None:
+        body["length"] = round(length, 6)
+    return body
+
+
+def guidance_body(guidance: Guidance, *, author: str, author_role: Role) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "cue": guidance.cue.value,
+        "author": author,
+        "author_role": author_role.value,
+    }
+    if guidance.direction is not None:
+        body["direction"] = guidance.direction
+    if guidance.note is not None:
+        body["note"] = guidance.note
+    return body
+
+
+def refuse_unknown_event(event: str) -> BadRequest:
+    shown = event if event.isidentifier() and len(event) <= 40 else "(unprintable)"
+    return BadRequest(f"unknown event '{shown}'", code="unknown_event")
