@@ -30,7 +30,7 @@ Deliver = Callable[[str, RoomEvent], Awaitable[None]]
 
 ROOM_LOCK_TIMEOUT_SECONDS = 10.0
 ROOM_LOCK_WAIT_SECONDS = 5.0
-ROOM_LOCK_POLL_SECONDS = 0.002
+ROOM_LOCK_POLL_SECONDS = 0.005
 LISTEN_RETRY_MAX_SECONDS = 5.0
 
 
@@ -40,16 +40,15 @@ class RoomBus(Protocol):
     async def close(self) -> None: ...
 
 
-class LocalRoomBus:
-    """One node: an asyncio lock per room; publishing delivers directly."""
+class RoomLocks:
+    """An asyncio lock per room, kept only while someone holds or waits for it."""
 
-    def __init__(self, deliver: Deliver):
-        self.deliver = deliver
-        # room -> [lock, holders]; an entry lives only while someone holds or waits.
+    def __init__(self) -> None:
+        # room -> [lock, holders and waiters]
         self.locks: dict[str, list[Any]] = {}
 
     @contextlib.asynccontextmanager
-    async def sequenced(self, consultation_id: str) -> AsyncIterator[None]:
+    async def hold(self, consultation_id: str) -> AsyncIterator[None]:
         entry = self.locks.setdefault(consultation_id, [asyncio.Lock(), 0])
         entry[1] += 1
         try:
@@ -60,11 +59,22 @@ class LocalRoomBus:
             if entry[1] == 0:
                 del self.locks[consultation_id]
 
+
+class LocalRoomBus:
+    """One node: an asyncio lock per room; publishing delivers directly."""
+
+    def __init__(self, deliver: Deliver):
+        self.deliver = deliver
+        self.locks = RoomLocks()
+
+    def sequenced(self, consultation_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.locks.hold(consultation_id)
+
     async def publish(self, consultation_id: str, event: RoomEvent) -> None:
         await self.deliver(consultation_id, event)
 
     async def close(self) -> None:
-        self.locks.clear()
+        pass
 
 
 class RedisRoomBus:
@@ -79,6 +89,8 @@ class RedisRoomBus:
         self.listener: asyncio.Task[None] | None = None
         # Set once the subscription is in place, so nothing published after start() is missed.
         self.subscribed = asyncio.Event()
+        # This node's writers queue here first, so only one per room polls the Redis lock.
+        self.local = RoomLocks()
 
     async def start(self) -> None:
         self.listener = asyncio.create_task(self._listen(), name="room-bus-listener")
@@ -86,6 +98,11 @@ class RedisRoomBus:
 
     @contextlib.asynccontextmanager
     async def sequenced(self, consultation_id: str) -> AsyncIterator[None]:
+        async with self.local.hold(consultation_id), self._shared_lock(consultation_id):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _shared_lock(self, consultation_id: str) -> AsyncIterator[None]:
         lock = self.redis.lock(
             f"{self.prefix}:room-lock:{consultation_id}",
             timeout=ROOM_LOCK_TIMEOUT_SECONDS,

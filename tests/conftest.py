@@ -21,10 +21,19 @@ from server.app import create_app, load_keyring, token_policy
 from server.auth import Role, issue_token
 from server.config import Settings, load_settings
 
+REDIS_URL = os.environ.get("PROBELINK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_ADMIN_URL = os.environ.get(
     "PROBELINK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-DATA_TABLES = ("audit_log", "room_events", "reports", "key_images", "marks", "participants", "consultations")
+DATA_TABLES = (
+    "audit_log",
+    "room_events",
+    "reports",
+    "key_images",
+    "marks",
+    "participants",
+    "consultations",
+)
 
 
 def require(component: str, available: bool, why: str) -> None:
@@ -90,6 +99,29 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'records.sqlite3'}"
     url: str = request.getfixturevalue("postgres_url")
     return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@pytest.fixture(scope="session")
+def redis_available() -> str | None:
+    """None when the local Redis answers PING, else why not."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture
+def redis_url(redis_available: str | None) -> str:
+    require("Redis", redis_available is None, redis_available or "")
+    return REDIS_URL
+
+
+def unique_prefix() -> str:
+    """A Redis key prefix of its own, so tests never see each other's keys or messages."""
+    return f"probelink-test-{secrets.token_hex(6)}"
 
 
 @pytest.fixture
