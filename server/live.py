@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from server.appkeys import LIVE, SETTINGS, SIO
+from server.appkeys import LIVE, SETTINGS, SIO, STORE
 from server.errors import ConfigError
 from server.presence import MemoryPresence, Presence, RedisPresence
 from server.roombus import LocalRoomBus, RedisRoomBus, RoomBus
@@ -28,6 +28,7 @@ from server.store.room_log import RoomEvent
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/live"
+CATCH_UP_EVENTS_MAX = 1000
 
 
 def room_of(consultation_id: str) -> str:
@@ -100,6 +101,11 @@ def live_context(
                 ignore_queue=True,
             )
 
+        async def fetch_after(consultation_id: str, after_seq: int) -> list[RoomEvent]:
+            return await app[STORE].room.events_after(
+                consultation_id, after_seq, CATCH_UP_EVENTS_MAX
+            )
+
         redis: aioredis.Redis | None = None
         if settings.redis_url:
             redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
@@ -109,7 +115,9 @@ def live_context(
                 node=node,
                 ttl_seconds=settings.presence_ttl_seconds,
             )
-            bus = RedisRoomBus(redis, prefix=settings.redis_prefix, deliver=deliver)
+            bus = RedisRoomBus(
+                redis, prefix=settings.redis_prefix, deliver=deliver, fetch=fetch_after
+            )
             try:
                 await presence.start()
                 await bus.start()

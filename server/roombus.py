@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -27,11 +28,14 @@ from server.store.room_log import RoomEvent
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[str, RoomEvent], Awaitable[None]]
+# fetch(room, after_seq) -> the stored events after it, in order (the room log).
+Fetch = Callable[[str, int], Awaitable[list[RoomEvent]]]
 
 ROOM_LOCK_TIMEOUT_SECONDS = 10.0
 ROOM_LOCK_WAIT_SECONDS = 5.0
 ROOM_LOCK_POLL_SECONDS = 0.005
 LISTEN_RETRY_MAX_SECONDS = 5.0
+ROOMS_TRACKED_MAX = 10_000
 
 
 class RoomBus(Protocol):
@@ -80,10 +84,14 @@ class LocalRoomBus:
 class RedisRoomBus:
     """Many nodes: a Redis lock per room and one Redis channel that every node listens to."""
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, deliver: Deliver):
+    def __init__(self, redis: aioredis.Redis, *, prefix: str, deliver: Deliver, fetch: Fetch):
         self.redis = redis
         self.prefix = prefix
         self.deliver = deliver
+        self.fetch = fetch
+        # room -> last seq delivered on this node; a gap (a message lost while Redis or the
+        # subscription was down) is filled from the room log before delivering what follows.
+        self.delivered: OrderedDict[str, int] = OrderedDict()
         self.channel = f"{prefix}:room-events"
         # The listener task, started by start().
         self.listener: asyncio.Task[None] | None = None
@@ -139,6 +147,8 @@ class RedisRoomBus:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
+                if self.subscribed.is_set():
+                    await self._catch_up()
                 self.subscribed.set()
                 retry = 0.1
                 async for message in pubsub.listen():
@@ -159,9 +169,34 @@ class RedisRoomBus:
         try:
             data = json.loads(message["data"])
             event = RoomEvent(int(data["seq"]), str(data["type"]), dict(data["body"]))
-            await self.deliver(str(data["room"]), event)
+            await self._deliver_in_order(str(data["room"]), event)
         except Exception:
             log.exception("room bus: could not deliver a message")
+
+    async def _deliver_in_order(self, room: str, event: RoomEvent) -> None:
+        last = self.delivered.get(room)
+        if last is not None and event.seq <= last:
+            return  # already delivered (by a catch-up)
+        if last is not None and event.seq > last + 1:
+            for missed in await self.fetch(room, last):
+                if missed.seq >= event.seq:
+                    break
+                await self.deliver(room, missed)
+        await self.deliver(room, event)
+        self._mark_delivered(room, event.seq)
+
+    def _mark_delivered(self, room: str, seq: int) -> None:
+        self.delivered[room] = seq
+        self.delivered.move_to_end(room)
+        while len(self.delivered) > ROOMS_TRACKED_MAX:
+            self.delivered.popitem(last=False)
+
+    async def _catch_up(self) -> None:
+        """After the subscription was lost: deliver what every known room missed meanwhile."""
+        for room, last in list(self.delivered.items()):
+            for missed in await self.fetch(room, last):
+                await self.deliver(room, missed)
+                self._mark_delivered(room, missed.seq)
 
     async def close(self) -> None:
         if self.listener is not None:

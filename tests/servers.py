@@ -1,0 +1,78 @@
+"""Real `probelink serve` processes for tests, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+START_TIMEOUT_SECONDS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a probelink process: ours without PROBELINK_*, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROBELINK_")}
+    env.update(PROBELINK_DATA_DIR=str(data_dir), **extra)
+    return env
+
+
+class Server:
+    """`probelink serve` in a child process; `with Server(...) as s:` waits until it listens."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None):
+        self.port = port or free_port()
+        self.env = env
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[str] | None = None
+        self.out = ""
+        self.err = ""
+
+    def __enter__(self) -> Server:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"probelink serve exited early: {self.err}") from None
+                time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"probelink serve did not listen within {START_TIMEOUT_SECONDS} s")
+
+    def stop(self) -> int:
+        """SIGTERM, wait, collect output; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.out, self.err = self.process.communicate(timeout=30)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies without cleaning up, as on a crash."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.kill()
+        self.out, self.err = self.process.communicate(timeout=30)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.stop()
