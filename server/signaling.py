@@ -193,7 +193,6 @@ class LiveNamespace(socketio.AsyncNamespace):
             event_bucket=TokenBucket.full(settings.events_per_second, settings.event_burst, now),
         )
         self.sockets[sid] = socket
-        await self.enter_room(sid, room_of(cid))
         live = self.app[LIVE]
         attendee = Attendee(sid, principal.sub, principal.role.value, principal.name, live.node)
         await live.presence.join(cid, attendee)
@@ -203,11 +202,18 @@ class LiveNamespace(socketio.AsyncNamespace):
         live.spawn(self._welcome(socket, attendee))
 
     async def _welcome(self, socket: LiveSocket, attendee: Attendee) -> None:
-        """Send room_state once the connection is confirmed, then announce the arrival."""
+        """Once the connection is confirmed: join the room, send room_state, announce the arrival.
+
+        The room is entered before the state is read, so nothing is missed; an event that
+        arrives just before room_state and has `seq <= last_seq` is already in it.
+        """
         for _ in range(CONNECT_SETTLE_TRIES):
             if self.server.manager.is_connected(socket.sid, self.namespace):
                 break
             await asyncio.sleep(0.01)
+        if socket.sid not in self.sockets:
+            return  # gone already
+        await self.enter_room(socket.sid, room_of(socket.consultation_id))
         await self.emit("room_state", await self._room_state(socket), to=socket.sid)
         await self._announce("join", socket.consultation_id, attendee)
 
