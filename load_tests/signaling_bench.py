@@ -79,7 +79,10 @@ def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def process(args: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    logfile = Path(tempfile.gettempdir()) / f"probelink-bench-{port}.log"
+    log(f"server log: {logfile}")
+    with logfile.open("wb") as sink:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=sink)
     try:
         wait_listening(port, proc)
         yield proc
@@ -89,6 +92,7 @@ def process(args: list[str], env: dict[str, str], port: int) -> Iterator[subproc
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 @dataclass
@@ -255,8 +259,7 @@ async def run_load(
         result.mark_p50_ms = percentile(mms, 50)
         result.mark_p99_ms = percentile(mms, 99)
         result.events_per_second = (len(pointer_latency) + len(mark_latency)) / wall
-        for conn in [*operators, *pointing, *others]:
-            await conn.close()
+        await asyncio.gather(*(conn.close() for conn in [*operators, *pointing, *others]))
     return result
 
 

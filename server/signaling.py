@@ -58,6 +58,7 @@ from server.room import (
 log = logging.getLogger(__name__)
 
 CONNECT_SETTLE_TRIES = 50
+LIVE_PACKET_MAX_BYTES = 1024 * 1024
 
 Handler = Callable[["LiveSocket", Any], Awaitable[dict[str, Any]]]
 
@@ -74,7 +75,11 @@ def create_sio(settings: Settings) -> socketio.AsyncServer:
         client_manager=manager,
         logger=False,
         engineio_logger=False,
-        max_http_buffer_size=settings.max_body_bytes,
+        # Up to this size a bad event gets an error ack; a bigger packet closes the connection.
+        max_http_buffer_size=LIVE_PACKET_MAX_BYTES,
+        # One socket's events are handled one after the other, in arrival order, without a
+        # task per event (measured: cheaper under pointer load); sockets still run concurrently.
+        async_handlers=False,
     )
 
 

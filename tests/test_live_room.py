@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -289,6 +290,7 @@ async def test_flooding_socket_is_rate_limited_and_other_rooms_keep_working(
     calm_operator = await join("operator", calm_room)
 
     mark = {"kind": "arrow", "points": [[0.1, 0.1], [0.2, 0.2]]}
+    started = time.monotonic()
     flood = asyncio.gather(*(flooder.call("mark", mark) for _ in range(300)))
     for i in range(10):
         ack = await calm_expert.call(
@@ -296,11 +298,32 @@ async def test_flooding_socket_is_rate_limited_and_other_rooms_keep_working(
         )
         assert "seq" in ack
     results = await flood
+    elapsed = time.monotonic() - started
     limited = [r for r in results if "error" in r]
     accepted = [r for r in results if "seq" in r]
     assert limited and all(r["error"]["code"] == "rate_limited" for r in limited)
-    assert len(accepted) <= 40 + 5  # the burst, plus what the rate refilled meanwhile
+    assert (
+        len(accepted) <= 40 + 20 * elapsed + 1
+    )  # the burst, plus what the rate refilled meanwhile
     calm_marks = await calm_operator.wait_for("mark", 10)
     assert [m["seq"] for m in calm_marks] == list(range(1, 11))
     snapshot = await client.app[STORE].room.snapshot(join.consultation)
     assert snapshot.last_seq == len(accepted)
+
+
+async def test_huge_payloads_are_refused_and_a_giant_packet_only_drops_its_sender(
+    join: Any,
+) -> None:
+    operator = await join("operator")
+    expert = await join("expert")
+    big = await expert.call("mark", {"kind": "freehand", "points": [[0.5, 0.5]] * 20_000})
+    assert big["error"]["code"] == "invalid_field" and big["error"]["field"] == "points"
+    assert (
+        await expert.call("mark", {"kind": "text", "points": [[0.1, 0.1]], "text": "x" * 300_000})
+    )["error"]["field"] == "text"
+    with pytest.raises(Exception):  # noqa: B017 - the server closes the connection; no ack comes
+        await expert.sio.call("mark", {"blob": "x" * 2_000_000}, namespace="/live", timeout=3)
+    await operator.wait_until(lambda r: any(p["event"] == "leave" for p in r["presence"]))
+    assert operator.sio.connected
+    ok = await operator.call("mark", {"kind": "text", "points": [[0.2, 0.2]], "text": "still here"})
+    assert ok["seq"] == 1
