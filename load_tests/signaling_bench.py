@@ -383,12 +383,12 @@ def run_mode(mode: str, args: argparse.Namespace, stack: ExitStack, workdir: Pat
 
 
 def table(results: list[Result]) -> str:
-    base = next((r for r in results if r.name == "baseline"), None)
     lines = [
         "| mode | rooms × Hz | pointer p50 / p95 / p99 ms | delivered | mark p50 / p99 ms | events/s | server CPU % | server RSS MiB | generator CPU % | CPU vs baseline |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
+        base = next((b for b in results if b.name == "baseline" and b.rooms == r.rooms), None)
         delivered = 100 * r.pointer_deliveries / max(1, r.pointer_deliveries_expected)
         ratio = (
             f"{r.server_cpu_percent / base.server_cpu_percent:.2f}×"
@@ -407,7 +407,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rooms", type=int, default=200)
+    parser.add_argument("--rooms", default="200", help="room counts, comma-separated (a sweep)")
     parser.add_argument("--experts", type=int, default=2, help="experts per room")
     parser.add_argument("--hz", type=float, default=30, help="pointer rate of one expert per room")
     parser.add_argument("--seconds", type=float, default=20, help="measured duration per mode")
@@ -423,10 +423,12 @@ def main() -> None:
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in args.modes.split(","):
-            with ExitStack() as stack:
-                results.append(run_mode(mode, args, stack, Path(tmp)))
-            log(f"{mode}: done")
+        for rooms in [int(r) for r in args.rooms.split(",")]:
+            for mode in args.modes.split(","):
+                run_args = argparse.Namespace(**{**vars(args), "rooms": rooms})
+                with ExitStack() as stack:
+                    results.append(run_mode(mode, run_args, stack, Path(tmp) / f"{mode}-{rooms}"))
+                log(f"{mode} with {rooms} rooms: done")
     print(table(results))
     if args.json:
         machine = {
