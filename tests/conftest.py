@@ -24,7 +24,15 @@ from server.config import Settings, load_settings
 POSTGRES_ADMIN_URL = os.environ.get(
     "PROBELINK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-DATA_TABLES = ("audit_log", "room_events", "reports", "key_images", "marks", "participants", "consultations")
+DATA_TABLES = (
+    "audit_log",
+    "room_events",
+    "reports",
+    "key_images",
+    "marks",
+    "participants",
+    "consultations",
+)
 
 
 def require(component: str, available: bool, why: str) -> None:
@@ -93,7 +101,16 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The app's records store: SQLite unless a module parametrizes it (indirect=True)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Settings:
+    if backend == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return load_settings(data_dir=tmp_path / "var", database_url=url)
     return load_settings(data_dir=tmp_path / "var")
 
 

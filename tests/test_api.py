@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import jwt
+import pytest
 from aiohttp.test_utils import TestClient
 
 from server.appkeys import STORE
 from server.consultations import State
+
+# The app runs on each records store.
+pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 FULL_CONTEXT: dict[str, Any] = {
     "clinical_question": "Palpable lump left breast at 2 o'clock: solid or cystic?",

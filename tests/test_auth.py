@@ -179,7 +179,9 @@ async def test_live_socket_refuses_bad_tokens_and_accepts_a_join_token(
     coordinator: dict[str, str],
 ) -> None:
     created = await client.post(
-        "/api/consultations", json={"clinical_question": "q", "urgency": "routine"}, headers=coordinator
+        "/api/consultations",
+        json={"clinical_question": "q", "urgency": "routine"},
+        headers=coordinator,
     )
     consultation = (await created.json())["id"]
     url = str(client.make_url("/"))
