@@ -100,10 +100,14 @@ def issue_token(
 
 def verify_token(token: str, ring: KeyRing, policy: TokenPolicy) -> Principal:
     """Check a token's signature and claims; raise `Unauthorized` saying why not."""
+    malformed = Unauthorized("the token is not a well-formed JWT", code="token_malformed")
+    # A JWT is ASCII; other text (e.g. raw header bytes) is refused before any decoding.
+    if not isinstance(token, str) or not token.isascii():
+        raise malformed
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise Unauthorized("the token is not a well-formed JWT", code="token_malformed") from None
+    except Exception:
+        raise malformed from None
     if header.get("alg") != ALGORITHM:
         raise Unauthorized(
             f"the token's algorithm is not accepted (only {ALGORITHM})",
@@ -120,7 +124,8 @@ def verify_token(token: str, ring: KeyRing, policy: TokenPolicy) -> Principal:
             audience=policy.audience,
             issuer=policy.issuer,
             leeway=policy.leeway_seconds,
-            options={"require": list(REQUIRED_CLAIMS)},
+            # strict_aud: `aud` must be our audience as a string, not a list holding it.
+            options={"require": list(REQUIRED_CLAIMS), "strict_aud": True},
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("the token has expired", code="token_expired") from None
@@ -153,6 +158,10 @@ def _principal(claims: dict[str, Any], policy: TokenPolicy) -> Principal:
         raise Unauthorized(
             "the token's 'role' claim is not a known role", code="token_bad_claim"
         ) from None
+    times = (claims["exp"], claims["iat"])
+    # PyJWT accepts numeric strings; a NumericDate is a JSON number.
+    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in times):
+        raise Unauthorized("the token's 'exp' and 'iat' must be numbers", code="token_bad_claim")
     if claims["exp"] - claims["iat"] > policy.max_ttl_seconds:
         raise Unauthorized("the token's lifetime is longer than allowed", code="token_bad_claim")
     consultation = claims.get("consultation")

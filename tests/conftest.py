@@ -7,9 +7,10 @@ developer's machine; with PROBELINK_REQUIRE_ALL=1 (as in CI) it fails instead.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,31 @@ async def client(
     aiohttp_client: Callable[..., Any], settings: Settings
 ) -> AsyncIterator[TestClient[Any, Any]]:
     yield await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def raw_request(
+    client: TestClient[Any, Any],
+) -> Callable[..., Awaitable[tuple[int, Any]]]:
+    """Send a request byte for byte (headers no HTTP client would encode); get status and JSON."""
+
+    async def send(
+        method: str, path: str, headers: dict[str, bytes], body: bytes = b""
+    ) -> tuple[int, Any]:
+        lines = [f"{method} {path} HTTP/1.1".encode(), f"Host: {client.host}".encode()]
+        lines += [name.encode() + b": " + value for name, value in headers.items()]
+        lines += [f"Content-Length: {len(body)}".encode(), b"Connection: close", b"", b""]
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            writer.write(b"\r\n".join(lines) + body)
+            response = await reader.read()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        head, _, payload = response.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), json.loads(payload)
+
+    return send
 
 
 @pytest.fixture

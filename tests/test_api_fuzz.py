@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -50,6 +50,11 @@ bodies = st.one_of(
     ),
     st.binary(max_size=300),
 )
+
+
+def random_encoding(text: str) -> str:
+    """latin-1 for some texts, UTF-8 for others (both reach servers in the wild)."""
+    return "latin-1" if len(text) % 2 else "utf-8"
 
 
 def assert_error_shape(status: int, body: Any) -> None:
@@ -132,29 +137,46 @@ async def test_random_queries_and_ids(
         assert_error_shape(404, await response.json())
 
 
+# Header bytes an HTTP parser lets through: visible ASCII, space, tab and obs-text (0x80-0xFF).
+header_bytes = st.binary(max_size=200).map(
+    lambda b: bytes(c for c in b if c in (0x09, 0x20) or 0x21 <= c <= 0x7E or c >= 0x80)
+)
+token_parts = st.text(st.characters(min_codepoint=0x2D, max_codepoint=0x7A), max_size=60)
+
+
 @FUZZ
 @given(
     header=st.one_of(
-        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200),
-        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=300).map(
-            lambda t: f"Bearer {t}"
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200).map(
+            str.encode
         ),
-        st.lists(
-            st.text(st.characters(min_codepoint=0x2D, max_codepoint=0x7A), max_size=60),
-            min_size=3,
-            max_size=3,
-        ).map(lambda parts: "Bearer " + ".".join(parts)),
+        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=300).map(
+            lambda t: f"Bearer {t}".encode()
+        ),
+        st.lists(token_parts, min_size=3, max_size=3).map(
+            lambda parts: ("Bearer " + ".".join(parts)).encode()
+        ),
+        # Non-ASCII: raw bytes (invalid UTF-8 included) and latin-1 / UTF-8 text.
+        header_bytes.map(lambda b: b"Bearer " + b),
+        st.lists(header_bytes, min_size=3, max_size=3).map(lambda p: b"Bearer " + b".".join(p)),
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=100).map(
+            lambda t: ("Bearer " + t).encode(random_encoding(t))
+        ),
     )
 )
 async def test_random_authorization_headers_are_refused(
-    client: TestClient[Any, Any], token_for: Callable[..., str], header: str
+    client: TestClient[Any, Any],
+    raw_request: Callable[..., Awaitable[tuple[int, Any]]],
+    header: bytes,
 ) -> None:
     before = await count_records(client)
-    response = await client.post(
+    body = json.dumps({"clinical_question": "q", "urgency": "routine"}).encode()
+    status, payload = await raw_request(
+        "POST",
         "/api/consultations",
-        json={"clinical_question": "q", "urgency": "routine"},
-        headers={"Authorization": header},
+        headers={"Authorization": header, "Content-Type": b"application/json"},
+        body=body,
     )
-    assert response.status == 401
-    assert_error_shape(401, await response.json())
+    assert status == 401, (header, payload)
+    assert_error_shape(401, payload)
     assert await count_records(client) == before

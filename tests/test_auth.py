@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,17 @@ def bad_tokens(settings: Settings) -> dict[str, tuple[str, str]]:
         ),
         "future_iat": (sign(claims(settings, iat=int(time.time()) + 3600)), "token_not_yet_valid"),
         "garbage": ("not.a.jwt", "token_malformed"),
+        # Raw bytes \xff\xfe.\xed\xa0\x80.a in a header, as the server decodes them.
+        "non_ascii_bytes": ("\udcff\udcfe.\udced\udca0\udc80.a", "token_malformed"),
+        "non_ascii_text": (sign(claims(settings)) + "é", "token_malformed"),
+        "string_times": (
+            sign(claims(settings, iat=str(int(time.time())), exp=str(int(time.time()) + 60))),
+            "token_bad_claim",
+        ),
+        "audience_list": (
+            sign(claims(settings, aud=[settings.token_audience])),
+            "token_wrong_audience",
+        ),
     }
 
 
@@ -128,17 +139,20 @@ def test_rotation_signs_with_the_new_key_and_still_accepts_the_old(tmp_path: Pat
 
 
 async def test_http_refusals_are_401_with_reason_and_audited(
-    client: TestClient[Any, Any], settings: Settings
+    client: TestClient[Any, Any],
+    settings: Settings,
+    raw_request: Callable[..., Awaitable[tuple[int, Any]]],
 ) -> None:
     cases = bad_tokens(settings)
     for name, (token, code) in cases.items():
-        response = await client.get(
-            "/api/consultations", headers={"Authorization": f"Bearer {token}"}
+        # Sent as raw bytes: a client library would refuse to encode some of these.
+        header = b"Bearer " + token.encode("utf-8", "surrogateescape")
+        status, body = await raw_request(
+            "GET", "/api/consultations", headers={"Authorization": header}
         )
-        assert response.status == 401, name
-        error = (await response.json())["error"]
-        assert error["code"] == code, name
-        assert "Traceback" not in error["message"]
+        assert status == 401, name
+        assert body["error"]["code"] == code, name
+        assert "Traceback" not in body["error"]["message"]
     for header, code in (
         ({}, "token_missing"),
         ({"Authorization": "Basic abc"}, "token_malformed"),
