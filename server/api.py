@@ -28,17 +28,18 @@ from server.consultations import (
     due_at,
 )
 from server.errors import BadRequest, NotFound, Unauthorized
-from server.messages import Choice, ShortText, StrictModel, parse, parse_json
+from server.messages import Choice, Name, StrictModel, parse, parse_json
 from server.store import ConsultationRow, ParticipantRow
 from server.store.times import iso
 
-ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
 
 
 class InviteRequest(StrictModel):
     role: Choice[Role]
-    name: ShortText
+    # Carried in the join token too, so the same limit as verify_token's.
+    name: Name
 
 
 class QueueQuery(StrictModel):
@@ -85,7 +86,7 @@ async def read_body(request: web.Request) -> bytes:
 
 def consultation_id_of(request: web.Request) -> str:
     value = request.match_info["consultation_id"]
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise NotFound("no such consultation", code="consultation_not_found", field="id")
     return value
 

@@ -19,11 +19,11 @@ import jwt
 
 from server.errors import Forbidden, Unauthorized
 from server.keyring import KeyRing
+from server.messages import NAME_MAX_CHARS
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub")
 SUB_MAX_CHARS = 128
-NAME_MAX_CHARS = 128
 
 
 class Role(enum.StrEnum):

@@ -51,6 +51,35 @@ bodies = st.one_of(
     st.binary(max_size=300),
 )
 
+names = st.one_of(
+    st.text(min_size=1, max_size=40),
+    # Text with a control character somewhere in it.
+    st.tuples(st.text(max_size=10), st.characters(max_codepoint=0x1F), st.text(max_size=10)).map(
+        "".join
+    ),
+    st.text(min_size=120, max_size=260),
+    st.sampled_from(["Dr Lee", "Søren Ørsted", "李医生", "  ", "a\u0000", "x" * 128, "x" * 129]),
+    json_values,
+)
+# Mostly the invitable roles, so the 201 path is exercised; some junk.
+ROLES_AND_JUNK = ["operator", "expert", "observer"] * 3 + ["coordinator", "Expert", "", 1, None]
+invite_like = st.fixed_dictionaries({"role": st.sampled_from(ROLES_AND_JUNK), "name": names})
+invite_with_extra = st.fixed_dictionaries(
+    {"role": st.sampled_from(ROLES_AND_JUNK), "name": names},
+    optional={"mrn": json_values, "consultation": json_values},
+)
+
+
+def invite_or_any_body(kind: int) -> st.SearchStrategy[bytes]:
+    """Mostly invite-shaped bodies, so that the 201 path is exercised; any body otherwise."""
+    if kind == 0:
+        return bodies
+    shape = invite_with_extra if kind == 1 else invite_like
+    return shape.map(lambda v: json.dumps(v).encode())
+
+
+invite_bodies = st.integers(0, 3).flatmap(invite_or_any_body)
+
 
 def random_encoding(text: str) -> str:
     """latin-1 for some texts, UTF-8 for others (both reach servers in the wild)."""
@@ -90,7 +119,7 @@ async def test_random_consultation_bodies(
 
 
 @FUZZ
-@given(body=bodies)
+@given(body=invite_bodies)
 async def test_random_invite_bodies(
     client: TestClient[Any, Any], coordinator: dict[str, str], body: bytes
 ) -> None:
@@ -112,6 +141,11 @@ async def test_random_invite_bodies(
     if response.status == 201:
         assert payload["participant"]["role"] in {"operator", "expert", "observer"}
         assert (await count_records(client))[1] == before[1] + 1
+        joined = await client.get(
+            f"/api/consultations/{queue[0]['id']}",
+            headers={"Authorization": f"Bearer {payload['token']}"},
+        )
+        assert joined.status == 200, await joined.text()
     else:
         assert_error_shape(response.status, payload)
         assert await count_records(client) == before
@@ -159,9 +193,10 @@ token_parts = st.text(st.characters(min_codepoint=0x2D, max_codepoint=0x7A), max
         # Non-ASCII: raw bytes (invalid UTF-8 included) and latin-1 / UTF-8 text.
         header_bytes.map(lambda b: b"Bearer " + b),
         st.lists(header_bytes, min_size=3, max_size=3).map(lambda p: b"Bearer " + b".".join(p)),
-        st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=100).map(
-            lambda t: ("Bearer " + t).encode(random_encoding(t))
-        ),
+        st.text(
+            st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+            max_size=100,
+        ).map(lambda t: ("Bearer " + t).encode(random_encoding(t))),
     )
 )
 async def test_random_authorization_headers_are_refused(
