@@ -13,6 +13,7 @@ from server.api import routes
 from server.appkeys import KEYRING, METRICS, SETTINGS, SIO, STORE, TOKEN_POLICY
 from server.auth import TokenPolicy
 from server.config import Settings
+from server.files import ensure_private_dir
 from server.keyring import KeyRing, from_secret, load_or_create
 from server.live import live_context
 from server.metrics import create_metrics
@@ -43,6 +44,8 @@ def token_policy(settings: Settings) -> TokenPolicy:
 
 def create_app(settings: Settings) -> web.Application:
     """One application per settings; every long-lived resource opens in a cleanup context."""
+    # The data directory holds clinical records and keys: its owner only.
+    ensure_private_dir(settings.data_dir)
     app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = create_metrics()
@@ -68,8 +71,6 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    # The data directory holds clinical records and keys: its owner only.
-    app[SETTINGS].data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = await open_store(app[SETTINGS].sqlalchemy_url)
     app[STORE] = store
     log.info("records store open", extra={"dialect": store.dialect})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ from server.logs import setup_logging
 
 COORDINATOR_LINK_TTL_SECONDS = 12 * 3600
 CLI_TOKEN_TTL_SECONDS = 12 * 3600
+SERVE_UMASK = 0o077
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Before anything is created: records, keys, archive and exports are the owner's only.
+    os.umask(SERVE_UMASK)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = load_settings(**overrides)
     setup_logging(settings.log_level, settings.log_format)

@@ -49,6 +49,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Pop
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        umask=0o022,  # a common default, under which new files are world-readable
     ) as process:
         yield from _until_stopped(process, port, env)
 
@@ -102,6 +103,14 @@ async def test_serve_answers_health_and_a_cli_token_creates_a_consultation_and_i
         assert invite["url"].startswith(f"{base}/join#token=")
         async with http.get(f"{base}/") as response:
             assert response.status == 200
+
+    # Whatever the server creates later (archive, exports) is its owner's only.
+    status = Path(f"/proc/{process.pid}/status")
+    if status.exists():
+        assert "Umask:\t0077" in status.read_text()
+    data_dir = Path(env["PROBELINK_DATA_DIR"])
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert (data_dir / "probelink.sqlite3").stat().st_mode & 0o777 == 0o600
 
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=20)
