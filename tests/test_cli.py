@@ -39,6 +39,15 @@ def probelink(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
+def assert_owner_only(pid: int, data_dir: Path) -> None:
+    """The server's records are its owner's, and so is whatever it creates later."""
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        assert "Umask:\t0077" in status.read_text()
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert (data_dir / "probelink.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[str]]]:
     port = free_port()
@@ -104,13 +113,7 @@ async def test_serve_answers_health_and_a_cli_token_creates_a_consultation_and_i
         async with http.get(f"{base}/") as response:
             assert response.status == 200
 
-    # Whatever the server creates later (archive, exports) is its owner's only.
-    status = Path(f"/proc/{process.pid}/status")
-    if status.exists():
-        assert "Umask:\t0077" in status.read_text()
-    data_dir = Path(env["PROBELINK_DATA_DIR"])
-    assert data_dir.stat().st_mode & 0o777 == 0o700
-    assert (data_dir / "probelink.sqlite3").stat().st_mode & 0o777 == 0o600
+    assert_owner_only(process.pid, Path(env["PROBELINK_DATA_DIR"]))
 
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=20)
