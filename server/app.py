@@ -11,10 +11,17 @@ from aiohttp import web
 from server import __version__
 from server.api import routes
 from server.appkeys import KEYRING, METRICS, SETTINGS, SIO, STORE, TOKEN_POLICY
-from server.auth import TokenPolicy
+from server.auth import Keys, TokenPolicy
 from server.config import Settings
 from server.files import ensure_private_dir
-from server.keyring import KeyRing, from_secret, load_or_create
+from server.keyring import (
+    KEYRING_RELATIVE_PATH,
+    KeyRing,
+    KeyRingFile,
+    from_secret,
+    load,
+    load_or_create,
+)
 from server.live import live_context
 from server.metrics import create_metrics
 from server.middleware import errors_middleware
@@ -27,10 +34,18 @@ WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
 
 
 def load_keyring(settings: Settings) -> KeyRing:
-    """The server's signing keys: the configured secret, or the data directory's ring."""
+    """The server's signing keys: the configured secret, or the data directory's existing ring."""
     if settings.secret_key is not None:
         return from_secret(settings.secret_key.get_secret_value())
-    return load_or_create(settings.data_dir)
+    return load(settings.data_dir)
+
+
+def serving_keys(settings: Settings) -> Keys:
+    """The keys a server uses: the configured secret, or the ring file (created on first run)."""
+    if settings.secret_key is not None:
+        return from_secret(settings.secret_key.get_secret_value())
+    load_or_create(settings.data_dir)
+    return KeyRingFile(settings.data_dir / KEYRING_RELATIVE_PATH)
 
 
 def token_policy(settings: Settings) -> TokenPolicy:
@@ -49,7 +64,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = create_metrics()
-    app[KEYRING] = load_keyring(settings)
+    app[KEYRING] = serving_keys(settings)
     app[TOKEN_POLICY] = token_policy(settings)
     app.cleanup_ctx.append(_store_ctx)
 

@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 
 from server.errors import Forbidden, Unauthorized
-from server.keyring import KeyRing
+from server.keyring import KeyRing, KeyRingFile
 from server.messages import NAME_MAX_CHARS
 
 ALGORITHM = "HS256"
@@ -53,6 +53,10 @@ class Principal:
     jti: str | None = None
 
 
+# Signing keys: a fixed ring (a configured secret) or the data directory's ring file.
+Keys = KeyRing | KeyRingFile
+
+
 @dataclass(frozen=True)
 class TokenPolicy:
     """What a token must say to be accepted."""
@@ -64,7 +68,7 @@ class TokenPolicy:
 
 
 def issue_token(
-    ring: KeyRing,
+    keys: Keys,
     policy: TokenPolicy,
     *,
     sub: str,
@@ -95,10 +99,12 @@ def issue_token(
         claims["consultation"] = consultation_id
     if name:
         claims["name"] = name
+    # Sign with the newest key, also when it was rotated after the server started.
+    ring = keys.refresh() if isinstance(keys, KeyRingFile) else keys
     return jwt.encode(claims, ring.active_secret, algorithm=ALGORITHM, headers={"kid": ring.active})
 
 
-def verify_token(token: str, ring: KeyRing, policy: TokenPolicy) -> Principal:
+def verify_token(token: str, keys: Keys, policy: TokenPolicy) -> Principal:
     """Check a token's signature and claims; raise `Unauthorized` saying why not."""
     malformed = Unauthorized("the token is not a well-formed JWT", code="token_malformed")
     # A JWT is ASCII; other text (e.g. raw header bytes) is refused before any decoding.
@@ -114,6 +120,9 @@ def verify_token(token: str, ring: KeyRing, policy: TokenPolicy) -> Principal:
             code="token_algorithm_refused",
         )
     kid = header.get("kid")
+    ring = keys.ring if isinstance(keys, KeyRingFile) else keys
+    if isinstance(kid, str) and kid not in ring.keys and isinstance(keys, KeyRingFile):
+        ring = keys.refresh_for_unknown_kid()  # `probelink rotate-key` may have run since
     if not isinstance(kid, str) or kid not in ring.keys:
         raise Unauthorized("the token was signed with an unknown key", code="token_unknown_key")
     try:

@@ -113,5 +113,8 @@ def _rotate_key() -> int:
     if settings.secret_key is not None:
         raise ConfigError("PROBELINK_SECRET_KEY is set: rotate it where it is configured")
     ring = rotate(settings.data_dir)
-    print(f"active key is now {ring.active}; {len(ring.keys) - 1} earlier key(s) still verify")
+    print(
+        f"active key is now {ring.active}; {len(ring.keys) - 1} earlier key(s) still verify; "
+        "running servers pick it up without a restart"
+    )
     return 0

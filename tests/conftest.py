@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from server.app import create_app, load_keyring, token_policy
 from server.auth import Role, issue_token
 from server.config import Settings, load_settings
+from server.keyring import load_or_create
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "PROBELINK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -109,6 +110,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Settings:
+    """A server's settings; its data directory has its key ring, as after a first `serve`."""
+    load_or_create(tmp_path / "var")
     if backend == "postgresql":
         url: str = request.getfixturevalue("postgres_url")
         return load_settings(data_dir=tmp_path / "var", database_url=url)

@@ -19,7 +19,13 @@ from server.appkeys import STORE
 from server.auth import Principal, Role, issue_token, require_consultation, verify_token
 from server.config import Settings, load_settings
 from server.errors import Forbidden, Unauthorized
-from server.keyring import load_or_create, rotate
+from server.keyring import (
+    KEYS_KEPT_AFTER_ROTATION,
+    RELOAD_MIN_INTERVAL_SECONDS,
+    KeyRingFile,
+    load_or_create,
+    rotate,
+)
 
 KID_HEADER = "kid"
 
@@ -136,6 +142,34 @@ def test_rotation_signs_with_the_new_key_and_still_accepts_the_old(tmp_path: Pat
     assert verify_token(old, reloaded, policy).sub == "c"
     assert verify_token(new, reloaded, policy).sub == "c"
     assert (tmp_path / "keys" / "jwt.json").stat().st_mode & 0o077 == 0
+
+
+def test_rotation_keeps_the_newest_keys_only(tmp_path: Path) -> None:
+    actives = [load_or_create(tmp_path).active]
+    for _ in range(5):
+        actives.append(rotate(tmp_path).active)
+    ring = load_or_create(tmp_path)
+    assert list(ring.keys) == actives[-KEYS_KEPT_AFTER_ROTATION:]
+    assert ring.active == actives[-1]
+
+
+def test_a_rotated_ring_file_is_reread_at_most_once_a_second(tmp_path: Path) -> None:
+    policy = token_policy(load_settings(data_dir=tmp_path))
+    load_or_create(tmp_path)
+    ring_file = KeyRingFile(tmp_path / "keys" / "jwt.json")
+
+    def token_from(ring: Any) -> str:
+        return issue_token(ring, policy, sub="c", role=Role.COORDINATOR, ttl_seconds=60)
+
+    first = token_from(rotate(tmp_path))
+    assert verify_token(first, ring_file, policy).sub == "c"
+    second = token_from(rotate(tmp_path))
+    with pytest.raises(Unauthorized) as refused:
+        verify_token(second, ring_file, policy)  # the file was looked at less than 1 s ago
+    assert refused.value.code == "token_unknown_key"
+    time.sleep(RELOAD_MIN_INTERVAL_SECONDS)
+    assert verify_token(second, ring_file, policy).sub == "c"
+    assert verify_token(first, ring_file, policy).sub == "c"
 
 
 async def test_http_refusals_are_401_with_reason_and_audited(

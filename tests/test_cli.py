@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
 
 from server.audit import AuditFacts
 from server.config import Settings
+from server.keyring import load_or_create
 from server.store import open_store
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -123,7 +126,55 @@ async def test_serve_answers_health_and_a_cli_token_creates_a_consultation_and_i
     assert "Lump" not in err and "Bedside sonographer" not in err  # no clinical text in logs
 
 
+async def test_tokens_from_a_key_rotated_while_serving_are_accepted_without_restart(
+    served: tuple[str, dict[str, str], subprocess.Popen[str]],
+) -> None:
+    base, env, _process = served
+
+    def cli(*args: str) -> str:
+        result = probelink(*args, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    before = await asyncio.to_thread(cli, "token", "--role", "coordinator", "--sub", "desk-1")
+    await asyncio.to_thread(cli, "rotate-key")
+    after = await asyncio.to_thread(cli, "token", "--role", "coordinator", "--sub", "desk-2")
+    assert jwt.get_unverified_header(after)["kid"] != jwt.get_unverified_header(before)["kid"]
+    async with aiohttp.ClientSession() as http:
+        for token in (after, before):
+            async with http.get(
+                f"{base}/api/consultations", headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                assert response.status == 200, await response.text()
+        # Join links the server signs from now on use the new key too.
+        headers = {"Authorization": f"Bearer {before}"}
+        async with http.post(
+            f"{base}/api/consultations",
+            json={"clinical_question": "q", "urgency": "routine"},
+            headers=headers,
+        ) as response:
+            consultation = await response.json()
+        async with http.post(
+            f"{base}/api/consultations/{consultation['id']}/invites",
+            json={"role": "expert", "name": "Dr Lee"},
+            headers=headers,
+        ) as response:
+            invite = await response.json()
+    new_kid = jwt.get_unverified_header(after)["kid"]
+    assert jwt.get_unverified_header(invite["token"])["kid"] == new_kid
+
+
+def test_token_refuses_a_data_directory_without_a_key_ring(tmp_path: Path) -> None:
+    for command in (("token", "--role", "coordinator", "--sub", "desk-1"), ("rotate-key",)):
+        result = probelink(*command, env=cli_env(tmp_path / "elsewhere"))
+        assert result.returncode == 2, command
+        assert "no key ring" in result.stderr and "probelink serve" in result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
+        assert not (tmp_path / "elsewhere").exists()
+
+
 def test_token_for_a_scoped_role_needs_its_consultation(tmp_path: Path) -> None:
+    load_or_create(tmp_path)  # as `probelink serve` does on its first run
     refused = probelink("token", "--role", "expert", "--sub", "dr", env=cli_env(tmp_path))
     assert refused.returncode == 2
     assert "needs a consultation" in refused.stderr
