@@ -241,9 +241,7 @@ async def create_invite(request: web.Request) -> web.Response:
         invited_by=principal.sub,
         invited_at=now,
     )
-    await request.app[STORE].add_participant(
-        participant, facts(request, principal, "invite.create", "participant", participant.id)
-    )
+    # Signed before the participant is committed: an invite that cannot be signed leaves nothing.
     token = issue_token(
         request.app[KEYRING],
         request.app[TOKEN_POLICY],
@@ -252,6 +250,9 @@ async def create_invite(request: web.Request) -> web.Response:
         ttl_seconds=settings.invite_ttl_seconds,
         consultation_id=consultation_id,
         name=invite.name,
+    )
+    await request.app[STORE].add_participant(
+        participant, facts(request, principal, "invite.create", "participant", participant.id)
     )
     request.app[METRICS].invites_created.labels(invite.role.value).inc()
     expires = now + timedelta(seconds=settings.invite_ttl_seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -12,13 +13,12 @@ from aiohttp import web
 from server import __version__
 from server.app import create_app, load_keyring, token_policy
 from server.auth import Role, issue_token
-from server.config import Settings, load_settings
+from server.config import COORDINATOR_LINK_TTL_SECONDS, Settings, load_settings
 from server.errors import ConfigError
 from server.keyring import rotate
 from server.logs import setup_logging
 
-COORDINATOR_LINK_TTL_SECONDS = 12 * 3600
-CLI_TOKEN_TTL_SECONDS = 12 * 3600
+CLI_TOKEN_TTL_SECONDS = COORDINATOR_LINK_TTL_SECONDS
 SERVE_UMASK = 0o077
 
 
@@ -72,13 +72,17 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
 
-    async def announce(_app: web.Application) -> None:
+    def announce(*_banner: object) -> None:
+        # run_app calls this once the socket is bound: only then is the link any use.
         link = _coordinator_link(settings)
         print(f"probelink {__version__} serving on {settings.base_url}", flush=True)
         print(f"coordinator link (valid 12 h): {link}", flush=True)
 
-    app.on_startup.append(announce)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=announce, access_log=None)
+    except OSError as exc:
+        why = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {why}") from None
     return 0
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
+from server.app import create_app
 from server.appkeys import STORE
+from server.config import Settings
 from server.consultations import State
 
 # The app runs on each records store.
@@ -325,3 +328,21 @@ async def test_invite_name_fits_the_join_token(
         f"/api/consultations/{record['id']}", headers={"Authorization": f"Bearer {token}"}
     )
     assert joined.status == 200
+
+
+async def test_an_invite_that_cannot_be_signed_leaves_no_participant(
+    aiohttp_client: Callable[..., Any], settings: Settings, coordinator: dict[str, str]
+) -> None:
+    # A configuration that load_settings refuses, as if it had slipped through.
+    unsigned = settings.model_copy(update={"token_max_ttl_seconds": 3600})
+    client = await aiohttp_client(create_app(unsigned))
+    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    response = await client.post(
+        f"/api/consultations/{record['id']}/invites",
+        json={"role": "expert", "name": "Dr Lee"},
+        headers=coordinator,
+    )
+    assert response.status == 500
+    store = client.app[STORE]
+    assert await store.participants(record["id"]) == []
+    assert [e.facts.action for e in await store.audit_entries()] == ["consultation.create"]

@@ -198,6 +198,8 @@ def test_token_for_a_scoped_role_needs_its_consultation(tmp_path: Path) -> None:
         ("PROBELINK_SECRET_KEY", "short"),
         ("PROBELINK_DATABASE_URL", "mysql://x"),
         ("PROBELINK_LOG_LEVEL", "LOUD"),
+        ("PROBELINK_TOKEN_MAX_TTL_SECONDS", "3600"),  # shorter than a join link's token
+        ("PROBELINK_DUE_MINUTES_ROUTINE", "999999999"),
     ],
 )
 def test_bad_setting_stops_start_up_naming_the_variable(
@@ -208,6 +210,20 @@ def test_bad_setting_stops_start_up_naming_the_variable(
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
     assert value not in result.stderr or value == "LOUD"  # a secret is never echoed
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = probelink("serve", "--port", port, env=cli_env(tmp_path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"probelink: cannot listen on 127.0.0.1:{port}: the address is already in use"
+    )
+    assert "coordinator link" not in result.stdout
 
 
 def test_readme_documents_every_setting() -> None:
