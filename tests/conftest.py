@@ -87,6 +87,8 @@ async def postgres_url(postgres_database: str | None) -> str:
         }
         tables = [t for t in DATA_TABLES if t in existing]
         if tables:
+            # Replica mode skips triggers, among them the audit log's append-only guard.
+            await conn.execute("SET session_replication_role = replica")
             await conn.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
     finally:
         await conn.close()

@@ -105,7 +105,8 @@ async def migrate(engine: AsyncEngine) -> list[int]:
         for migration in MIGRATIONS:
             if migration.version in done:
                 continue
-            await _apply(conn, migration.version, migration.name, migration.statements)
+            statements = migration.statements_for(conn.dialect.name)
+            await _apply(conn, migration.version, migration.name, statements)
             applied_now.append(migration.version)
     if applied_now:
         log.info("schema migrated", extra={"versions": applied_now})
