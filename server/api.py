@@ -216,10 +216,16 @@ async def get_consultation(request: web.Request) -> web.Response:
     principal = authenticate(request)
     consultation_id = consultation_id_of(request)
     require_consultation(principal, consultation_id)
-    row = await request.app[STORE].get_consultation(consultation_id)
+    store = request.app[STORE]
+    row = await store.get_consultation(consultation_id)
     if row is None:
         raise NotFound("no such consultation", code="consultation_not_found", field="id")
-    return web.json_response(await full_record(request, row))
+    record = await full_record(request, row)
+    # Who read which clinical record; recorded before the record leaves the server.
+    await store.record_audit(
+        facts(request, principal, "consultation.read", "consultation", consultation_id)
+    )
+    return web.json_response(record)
 
 
 async def create_invite(request: web.Request) -> web.Response:

@@ -346,3 +346,19 @@ async def test_an_invite_that_cannot_be_signed_leaves_no_participant(
     store = client.app[STORE]
     assert await store.participants(record["id"]) == []
     assert [e.facts.action for e in await store.audit_entries()] == ["consultation.create"]
+
+
+async def test_reading_a_record_is_audited_with_who_read_it(
+    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Callable[..., str]
+) -> None:
+    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    expert = {"Authorization": f"Bearer {token_for('expert', 'dr-lee', record['id'])}"}
+    assert (await client.get(f"/api/consultations/{record['id']}", headers=expert)).status == 200
+    missing = await client.get(f"/api/consultations/{'0' * 32}", headers=coordinator)
+    assert missing.status == 404
+    entries = await client.app[STORE].audit_entries()
+    reads = [e.facts for e in entries if e.facts.action == "consultation.read"]
+    assert [(f.actor, f.role, f.object_type, f.object_id, f.outcome) for f in reads] == [
+        ("dr-lee", "expert", "consultation", record["id"], "ok")
+    ]
+    assert (await client.app[STORE].verify_audit()).ok
