@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from server.errors import ConfigError
+from server.files import ensure_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def _version(path: Path) -> tuple[int, int, int]:
 
 
 def _write_temp(path: Path, ring: KeyRing) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:

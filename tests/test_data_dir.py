@@ -13,6 +13,7 @@ import pytest
 
 from server.app import create_app
 from server.config import load_settings
+from server.keyring import load_or_create
 from server.store import open_store
 
 
@@ -70,3 +71,10 @@ async def test_an_existing_data_directory_open_to_others_is_kept_with_a_warning(
         await aiohttp_client(create_app(load_settings(data_dir=data_dir)))
     assert mode(data_dir) == 0o750  # the administrator's choice
     assert any("other users" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.usefixtures("permissive_umask")
+def test_the_first_key_ring_creates_an_owner_only_data_directory(tmp_path: Path) -> None:
+    load_or_create(tmp_path / "var")
+    assert mode(tmp_path / "var") == 0o700
+    assert mode(tmp_path / "var" / "keys") == 0o700
