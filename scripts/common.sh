@@ -21,6 +21,8 @@ apt_install() {
 # ensure_venv EXTRAS: a .venv with probelink installed (editable) and the given extras.
 ensure_venv() {
   local extras="$1"
+  # A minimal Debian image may have no Python at all.
+  if ! command -v python3 >/dev/null; then apt_install python3 python3-venv; fi
   if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     echo "probelink: Python 3.11 or newer is required as python3" >&2; return 1
   fi

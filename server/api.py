@@ -28,17 +28,18 @@ from server.consultations import (
     due_at,
 )
 from server.errors import BadRequest, NotFound, Unauthorized
-from server.messages import Choice, ShortText, StrictModel, parse, parse_json
+from server.messages import Choice, Name, StrictModel, parse, parse_json
 from server.store import ConsultationRow, ParticipantRow
 from server.store.times import iso
 
-ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
 
 
 class InviteRequest(StrictModel):
     role: Choice[Role]
-    name: ShortText
+    # Carried in the join token too, so the same limit as verify_token's.
+    name: Name
 
 
 class QueueQuery(StrictModel):
@@ -85,7 +86,7 @@ async def read_body(request: web.Request) -> bytes:
 
 def consultation_id_of(request: web.Request) -> str:
     value = request.match_info["consultation_id"]
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise NotFound("no such consultation", code="consultation_not_found", field="id")
     return value
 
@@ -215,10 +216,16 @@ async def get_consultation(request: web.Request) -> web.Response:
     principal = authenticate(request)
     consultation_id = consultation_id_of(request)
     require_consultation(principal, consultation_id)
-    row = await request.app[STORE].get_consultation(consultation_id)
+    store = request.app[STORE]
+    row = await store.get_consultation(consultation_id)
     if row is None:
         raise NotFound("no such consultation", code="consultation_not_found", field="id")
-    return web.json_response(await full_record(request, row))
+    record = await full_record(request, row)
+    # Who read which clinical record; recorded before the record leaves the server.
+    await store.record_audit(
+        facts(request, principal, "consultation.read", "consultation", consultation_id)
+    )
+    return web.json_response(record)
 
 
 async def create_invite(request: web.Request) -> web.Response:
@@ -240,9 +247,7 @@ async def create_invite(request: web.Request) -> web.Response:
         invited_by=principal.sub,
         invited_at=now,
     )
-    await request.app[STORE].add_participant(
-        participant, facts(request, principal, "invite.create", "participant", participant.id)
-    )
+    # Signed before the participant is committed: an invite that cannot be signed leaves nothing.
     token = issue_token(
         request.app[KEYRING],
         request.app[TOKEN_POLICY],
@@ -251,6 +256,9 @@ async def create_invite(request: web.Request) -> web.Response:
         ttl_seconds=settings.invite_ttl_seconds,
         consultation_id=consultation_id,
         name=invite.name,
+    )
+    await request.app[STORE].add_participant(
+        participant, facts(request, principal, "invite.create", "participant", participant.id)
     )
     request.app[METRICS].invites_created.labels(invite.role.value).inc()
     expires = now + timedelta(seconds=settings.invite_ttl_seconds)

@@ -11,9 +11,17 @@ from aiohttp import web
 from server import __version__
 from server.api import routes
 from server.appkeys import KEYRING, METRICS, SETTINGS, SIO, STORE, TOKEN_POLICY
-from server.auth import TokenPolicy
+from server.auth import Keys, TokenPolicy
 from server.config import Settings
-from server.keyring import KeyRing, from_secret, load_or_create
+from server.files import ensure_private_dir
+from server.keyring import (
+    KEYRING_RELATIVE_PATH,
+    KeyRing,
+    KeyRingFile,
+    from_secret,
+    load,
+    load_or_create,
+)
 from server.live import live_context
 from server.metrics import create_metrics
 from server.middleware import errors_middleware
@@ -26,10 +34,18 @@ WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
 
 
 def load_keyring(settings: Settings) -> KeyRing:
-    """The server's signing keys: the configured secret, or the data directory's ring."""
+    """The server's signing keys: the configured secret, or the data directory's existing ring."""
     if settings.secret_key is not None:
         return from_secret(settings.secret_key.get_secret_value())
-    return load_or_create(settings.data_dir)
+    return load(settings.data_dir)
+
+
+def serving_keys(settings: Settings) -> Keys:
+    """The keys a server uses: the configured secret, or the ring file (created on first run)."""
+    if settings.secret_key is not None:
+        return from_secret(settings.secret_key.get_secret_value())
+    load_or_create(settings.data_dir)
+    return KeyRingFile(settings.data_dir / KEYRING_RELATIVE_PATH)
 
 
 def token_policy(settings: Settings) -> TokenPolicy:
@@ -43,10 +59,12 @@ def token_policy(settings: Settings) -> TokenPolicy:
 
 def create_app(settings: Settings) -> web.Application:
     """One application per settings; every long-lived resource opens in a cleanup context."""
+    # The data directory holds clinical records and keys: its owner only.
+    ensure_private_dir(settings.data_dir)
     app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = create_metrics()
-    app[KEYRING] = load_keyring(settings)
+    app[KEYRING] = serving_keys(settings)
     app[TOKEN_POLICY] = token_policy(settings)
     app.cleanup_ctx.append(_store_ctx)
 
@@ -68,8 +86,6 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    # The data directory holds clinical records and keys: its owner only.
-    app[SETTINGS].data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = await open_store(app[SETTINGS].sqlalchemy_url)
     app[STORE] = store
     log.info("records store open", extra={"dialect": store.dialect})

@@ -9,15 +9,14 @@ from aiohttp import web
 if TYPE_CHECKING:
     import socketio
 
-    from server.auth import Principal, TokenPolicy
+    from server.auth import Keys, Principal, TokenPolicy
     from server.config import Settings
-    from server.keyring import KeyRing
     from server.live import Live
     from server.metrics import Metrics
     from server.store import Store
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
-KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring")
+KEYRING: web.AppKey[Keys] = web.AppKey("keyring")
 TOKEN_POLICY: web.AppKey[TokenPolicy] = web.AppKey("token_policy")
 STORE: web.AppKey[Store] = web.AppKey("store")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

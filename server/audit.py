@@ -1,9 +1,11 @@
 """The audit log's hash chain, as plain functions (no I/O).
 
 Each entry's hash covers its own fields and the previous entry's hash, so
-changing, removing or reordering any stored entry breaks every hash after it.
-The chain proves integrity against edits, not against someone who rewrites the
-whole chain: export the head hash (`GET /api/audit/verify`) to anchor it.
+changing, removing or reordering an entry inside the chain breaks it there.
+Removing the newest entries, or rewriting the whole chain, leaves a valid
+shorter chain: only a head (`entries`, `head_hash`) exported earlier from
+`GET /api/audit/verify` shows that. The store also refuses updates and deletes
+with triggers (migration 3); the chain is for whoever drops them.
 """
 
 from __future__ import annotations

@@ -18,12 +18,12 @@ from typing import Any
 import jwt
 
 from server.errors import Forbidden, Unauthorized
-from server.keyring import KeyRing
+from server.keyring import KeyRing, KeyRingFile
+from server.messages import NAME_MAX_CHARS
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub")
 SUB_MAX_CHARS = 128
-NAME_MAX_CHARS = 128
 
 
 class Role(enum.StrEnum):
@@ -53,6 +53,10 @@ class Principal:
     jti: str | None = None
 
 
+# Signing keys: a fixed ring (a configured secret) or the data directory's ring file.
+Keys = KeyRing | KeyRingFile
+
+
 @dataclass(frozen=True)
 class TokenPolicy:
     """What a token must say to be accepted."""
@@ -64,7 +68,7 @@ class TokenPolicy:
 
 
 def issue_token(
-    ring: KeyRing,
+    keys: Keys,
     policy: TokenPolicy,
     *,
     sub: str,
@@ -95,21 +99,30 @@ def issue_token(
         claims["consultation"] = consultation_id
     if name:
         claims["name"] = name
+    # Sign with the newest key, also when it was rotated after the server started.
+    ring = keys.refresh() if isinstance(keys, KeyRingFile) else keys
     return jwt.encode(claims, ring.active_secret, algorithm=ALGORITHM, headers={"kid": ring.active})
 
 
-def verify_token(token: str, ring: KeyRing, policy: TokenPolicy) -> Principal:
+def verify_token(token: str, keys: Keys, policy: TokenPolicy) -> Principal:
     """Check a token's signature and claims; raise `Unauthorized` saying why not."""
+    malformed = Unauthorized("the token is not a well-formed JWT", code="token_malformed")
+    # A JWT is ASCII; other text (e.g. raw header bytes) is refused before any decoding.
+    if not isinstance(token, str) or not token.isascii():
+        raise malformed
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise Unauthorized("the token is not a well-formed JWT", code="token_malformed") from None
+    except Exception:
+        raise malformed from None
     if header.get("alg") != ALGORITHM:
         raise Unauthorized(
             f"the token's algorithm is not accepted (only {ALGORITHM})",
             code="token_algorithm_refused",
         )
     kid = header.get("kid")
+    ring = keys.ring if isinstance(keys, KeyRingFile) else keys
+    if isinstance(kid, str) and kid not in ring.keys and isinstance(keys, KeyRingFile):
+        ring = keys.refresh_for_unknown_kid()  # `probelink rotate-key` may have run since
     if not isinstance(kid, str) or kid not in ring.keys:
         raise Unauthorized("the token was signed with an unknown key", code="token_unknown_key")
     try:
@@ -120,7 +133,8 @@ def verify_token(token: str, ring: KeyRing, policy: TokenPolicy) -> Principal:
             audience=policy.audience,
             issuer=policy.issuer,
             leeway=policy.leeway_seconds,
-            options={"require": list(REQUIRED_CLAIMS)},
+            # strict_aud: `aud` must be our audience as a string, not a list holding it.
+            options={"require": list(REQUIRED_CLAIMS), "strict_aud": True},
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("the token has expired", code="token_expired") from None
@@ -153,6 +167,10 @@ def _principal(claims: dict[str, Any], policy: TokenPolicy) -> Principal:
         raise Unauthorized(
             "the token's 'role' claim is not a known role", code="token_bad_claim"
         ) from None
+    times = (claims["exp"], claims["iat"])
+    # PyJWT accepts numeric strings; a NumericDate is a JSON number.
+    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in times):
+        raise Unauthorized("the token's 'exp' and 'iat' must be numbers", code="token_bad_claim")
     if claims["exp"] - claims["iat"] > policy.max_ttl_seconds:
         raise Unauthorized("the token's lifetime is longer than allowed", code="token_bad_claim")
     consultation = claims.get("consultation")

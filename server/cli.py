@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Sequence
 
@@ -11,13 +13,13 @@ from aiohttp import web
 from server import __version__
 from server.app import create_app, load_keyring, token_policy
 from server.auth import Role, issue_token
-from server.config import Settings, load_settings
+from server.config import COORDINATOR_LINK_TTL_SECONDS, Settings, load_settings
 from server.errors import ConfigError
 from server.keyring import rotate
 from server.logs import setup_logging
 
-COORDINATOR_LINK_TTL_SECONDS = 12 * 3600
-CLI_TOKEN_TTL_SECONDS = 12 * 3600
+CLI_TOKEN_TTL_SECONDS = COORDINATOR_LINK_TTL_SECONDS
+SERVE_UMASK = 0o077
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,18 +65,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Before anything is created: records, keys, archive and exports are the owner's only.
+    os.umask(SERVE_UMASK)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = load_settings(**overrides)
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
 
-    async def announce(_app: web.Application) -> None:
+    def announce(*_banner: object) -> None:
+        # run_app calls this once the socket is bound: only then is the link any use.
         link = _coordinator_link(settings)
         print(f"probelink {__version__} serving on {settings.base_url}", flush=True)
         print(f"coordinator link (valid 12 h): {link}", flush=True)
 
-    app.on_startup.append(announce)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=announce, access_log=None)
+    except OSError as exc:
+        why = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {why}") from None
     return 0
 
 
@@ -109,5 +117,8 @@ def _rotate_key() -> int:
     if settings.secret_key is not None:
         raise ConfigError("PROBELINK_SECRET_KEY is set: rotate it where it is configured")
     ring = rotate(settings.data_dir)
-    print(f"active key is now {ring.active}; {len(ring.keys) - 1} earlier key(s) still verify")
+    print(
+        f"active key is now {ring.active}; {len(ring.keys) - 1} earlier key(s) still verify; "
+        "running servers pick it up without a restart"
+    )
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.errors import ConfigError
@@ -17,6 +17,10 @@ from server.errors import ConfigError
 ENV_PREFIX = "PROBELINK_"
 SQLITE_FILE_NAME = "probelink.sqlite3"
 SECRET_KEY_MIN_BYTES = 32
+# Lifetime of the coordinator link `probelink serve` prints (and of `probelink token`'s default).
+COORDINATOR_LINK_TTL_SECONDS = 12 * 3600
+# Longest time from request to due: a year (a larger one overflows dates).
+DUE_MINUTES_MAX = 365 * 24 * 60
 
 
 class Settings(BaseSettings):
@@ -72,19 +76,31 @@ class Settings(BaseSettings):
         86400, ge=60, le=30 * 86400, description="Lifetime of a join link's token."
     )
     token_max_ttl_seconds: int = Field(
-        30 * 86400, ge=60, description="Longest lifetime a token may have (`exp` - `iat`)."
+        30 * 86400,
+        ge=60,
+        description="Longest lifetime a token may have (`exp` - `iat`); at least the invite TTL "
+        "and 12 h (the coordinator link).",
     )
     max_body_bytes: int = Field(
         64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest JSON request body."
     )
     due_minutes_emergency: int = Field(
-        60, ge=1, description="Time from request to due for an emergency consultation."
+        60,
+        ge=1,
+        le=DUE_MINUTES_MAX,
+        description="Time from request to due for an emergency consultation.",
     )
     due_minutes_urgent: int = Field(
-        240, ge=1, description="Time from request to due for an urgent consultation."
+        240,
+        ge=1,
+        le=DUE_MINUTES_MAX,
+        description="Time from request to due for an urgent consultation.",
     )
     due_minutes_routine: int = Field(
-        2880, ge=1, description="Time from request to due for a routine consultation."
+        2880,
+        ge=1,
+        le=DUE_MINUTES_MAX,
+        description="Time from request to due for a routine consultation.",
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field("json", description="`json` (one object per line) or `text`.")
@@ -120,6 +136,17 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
         return value
 
+    @model_validator(mode="after")
+    def _token_lifetimes_fit(self) -> Settings:
+        # Otherwise every invite (or the coordinator link) would fail to be signed.
+        if self.token_max_ttl_seconds < max(self.invite_ttl_seconds, COORDINATOR_LINK_TTL_SECONDS):
+            raise ValueError(
+                f"{ENV_PREFIX}TOKEN_MAX_TTL_SECONDS must be at least "
+                f"{ENV_PREFIX}INVITE_TTL_SECONDS ({self.invite_ttl_seconds}) and 12 h "
+                f"({COORDINATOR_LINK_TTL_SECONDS}), the coordinator link's lifetime"
+            )
+        return self
+
     @property
     def base_url(self) -> str:
         """Where clients reach this server; join links are built on it."""
@@ -152,8 +179,11 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{ENV_PREFIX}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
+        problems = []
+        for err in exc.errors():
+            message = err["msg"].removeprefix("Value error, ")
+            if err["loc"]:  # one variable; otherwise the message names those involved
+                name = "_".join(str(part) for part in err["loc"]).upper()
+                message = f"{ENV_PREFIX}{name}: {message}"
+            problems.append(message)
+        raise ConfigError(f"invalid configuration: {'; '.join(problems)}") from None

@@ -1,10 +1,12 @@
 """Token signing keys: generated on first run, kept under the data directory, rotated by `kid`.
 
 The key ring is one JSON file, `DATA_DIR/keys/jwt.json`, readable by its owner
-only. `probelink serve` and `probelink token` load the same file, so a token
+only. `probelink serve` creates it on first run; `probelink token` only loads
+it (a token signed with a key no server knows would be useless), so a token
 printed on the command line verifies on the server of that data directory.
 Rotation adds a new active key and keeps the previous ones for verification
-until their tokens have expired.
+until their tokens have expired; a running server re-reads the file when it
+meets an unknown key id (`KeyRingFile`).
 """
 
 from __future__ import annotations
@@ -13,17 +15,26 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
+import math
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from server.errors import ConfigError
+from server.files import ensure_private_dir
+
+log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
+# Keys in the ring after a rotation, the new active one included.
 KEYS_KEPT_AFTER_ROTATION = 3
 KEYRING_RELATIVE_PATH = Path("keys") / "jwt.json"
+# Unknown key ids come from anyone: look at the file at most this often for them.
+RELOAD_MIN_INTERVAL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,52 @@ def from_secret(secret: str) -> KeyRing:
     return KeyRing(active=kid, keys={kid: raw})
 
 
+class KeyRingFile:
+    """The data directory's key ring as a running server holds it, re-read once rotated."""
+
+    def __init__(self, path: Path):
+        # The ring file, DATA_DIR/keys/jwt.json.
+        self.path = path
+        # The keys as last read.
+        self.ring = _read(path)
+        # Identity of the file last read: `rotate` replaces it with a new one.
+        self._version = _version(path)
+        # When the file was last looked at for an unknown key id (monotonic seconds).
+        self._unknown_kid_checked_at = -math.inf
+
+    def refresh(self) -> KeyRing:
+        """The ring, re-read first if the file was replaced since (`probelink rotate-key`)."""
+        try:
+            version = _version(self.path)
+            if version != self._version:
+                self.ring, self._version = _read(self.path), version
+                log.info("key ring re-read", extra={"active_kid": self.ring.active})
+        except (OSError, ConfigError) as exc:
+            log.warning(
+                "cannot re-read the key ring %s; keeping the loaded keys: %s", self.path, exc
+            )
+        return self.ring
+
+    def refresh_for_unknown_kid(self) -> KeyRing:
+        """`refresh`, at most once per RELOAD_MIN_INTERVAL_SECONDS."""
+        now = time.monotonic()
+        if now - self._unknown_kid_checked_at < RELOAD_MIN_INTERVAL_SECONDS:
+            return self.ring
+        self._unknown_kid_checked_at = now
+        return self.refresh()
+
+
+def load(data_dir: Path) -> KeyRing:
+    """Load the data directory's key ring; refuse if there is none yet."""
+    path = data_dir / KEYRING_RELATIVE_PATH
+    if not path.exists():
+        raise ConfigError(
+            f"no key ring at {path}: run `probelink serve` once with this data directory "
+            "(PROBELINK_DATA_DIR, relative to the working directory) to create it"
+        )
+    return _read(path)
+
+
 def load_or_create(data_dir: Path) -> KeyRing:
     """Load the data directory's key ring, creating it with a fresh key on first run."""
     path = data_dir / KEYRING_RELATIVE_PATH
@@ -61,13 +118,13 @@ def load_or_create(data_dir: Path) -> KeyRing:
 
 
 def rotate(data_dir: Path) -> KeyRing:
-    """Make a fresh key active, keeping the last few for verifying older tokens."""
+    """Make a fresh key active, keeping the newest earlier ones for verifying older tokens."""
     path = data_dir / KEYRING_RELATIVE_PATH
-    ring = load_or_create(data_dir)
+    ring = load(data_dir)
     fresh = secrets.token_bytes(KEY_BYTES)
     kid = kid_for(fresh)
-    kept = [k for k in ring.keys if k != ring.active][-(KEYS_KEPT_AFTER_ROTATION - 1) :]
-    keys = {k: ring.keys[k] for k in [*kept, ring.active]}
+    earlier = [k for k in ring.keys if k != ring.active] + [ring.active]
+    keys = {k: ring.keys[k] for k in earlier[-(KEYS_KEPT_AFTER_ROTATION - 1) :]}
     keys[kid] = fresh
     rotated = KeyRing(active=kid, keys=keys)
     _replace(path, rotated)
@@ -101,8 +158,13 @@ def _read(path: Path) -> KeyRing:
     return KeyRing(active=active, keys=keys)
 
 
+def _version(path: Path) -> tuple[int, int, int]:
+    info = path.stat()
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
 def _write_temp(path: Path, ring: KeyRing) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:

@@ -1,31 +1,63 @@
 """The one parsing layer: untrusted input becomes typed messages here, or a clear error.
 
-Models are strict (no type coercion, no unknown fields, no NaN); a failure is
-reported as `BadRequest` naming the first offending field and why. The input
-value itself is never echoed back: it may hold patient data.
+Models are strict (no type coercion, no unknown fields, no NaN, no control
+characters in text); a failure is reported as `BadRequest` naming the first
+offending field and why. The input value itself is never echoed back: it may
+hold patient data (an unknown key is named only when it looks like a field name).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Strict, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Strict,
+    StringConstraints,
+    ValidationError,
+)
 
 from server.errors import BadRequest, PayloadTooLarge
 
 SHORT_TEXT_MAX_CHARS = 200
 LONG_TEXT_MAX_CHARS = 4000
 LIST_MAX_ITEMS = 50
+# A person's display name: invites store it and join tokens carry it (auth checks the same limit).
+NAME_MAX_CHARS = 128
+# An unknown key is echoed in an error only if it looks like this (else it may be patient data).
+FIELD_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+# C0 control characters except tab, line feed and carriage return (NUL breaks PostgreSQL text).
+CONTROL_CHARS_PATTERN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 M = TypeVar("M", bound=BaseModel)
 
-# A trimmed, non-empty string of bounded length.
+
+def _no_control_chars(value: str) -> str:
+    if CONTROL_CHARS_PATTERN.search(value):
+        raise ValueError("must not contain control characters (only tab and line breaks)")
+    return value
+
+
+# Trimmed, non-empty strings of bounded length, without control characters.
+NoControlChars = AfterValidator(_no_control_chars)
 ShortText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=SHORT_TEXT_MAX_CHARS)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=SHORT_TEXT_MAX_CHARS),
+    NoControlChars,
 ]
 LongText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=LONG_TEXT_MAX_CHARS)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=LONG_TEXT_MAX_CHARS),
+    NoControlChars,
+]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_MAX_CHARS),
+    NoControlChars,
 ]
 # Enum fields accept their string values (strict mode would demand enum instances).
 E = TypeVar("E")
@@ -72,7 +104,12 @@ def _bad_request(exc: ValidationError) -> BadRequest:
     field = ".".join(str(part) for part in first["loc"]) or None
     kind = first["type"]
     if kind == "extra_forbidden":
-        return BadRequest(f"unknown field '{field}'", code="unknown_field", field=field)
+        *parents, key = first["loc"]
+        if isinstance(key, str) and FIELD_NAME_PATTERN.fullmatch(key):
+            return BadRequest(f"unknown field '{field}'", code="unknown_field", field=field)
+        parent = ".".join(str(part) for part in parents) or None
+        message = f"unknown field in '{parent}'" if parent else "unknown field"
+        return BadRequest(message, code="unknown_field", field=parent)
     if kind == "missing":
         return BadRequest(f"'{field}' is required", code="missing_field", field=field)
     where = f"'{field}': " if field else ""

@@ -7,6 +7,7 @@ is logged with a reference id and answered with a 500 that carries only that id.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,10 @@ from server.errors import Forbidden, ProbelinkError, Unauthorized
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# A refused request's object id comes from its path: the audit log keeps a short, safe form.
+AUDIT_OBJECT_ID_MAX_CHARS = 64
+UNSAFE_ID_CHARS_PATTERN = re.compile(r"[^0-9a-zA-Z_-]")
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -106,7 +111,7 @@ async def record_refusal(
         role=principal.role.value if principal else "none",
         action=action,
         object_type=object_type,
-        object_id=object_id,
+        object_id=audit_object_id(object_id),
         outcome=f"refused:{exc.code}",
         source=source,
         detail={"status": exc.status},
@@ -115,3 +120,8 @@ async def record_refusal(
         await app[STORE].record_audit(facts)
     except Exception:
         log.exception("could not record a refusal in the audit log")
+
+
+def audit_object_id(raw: str) -> str:
+    """An untrusted id as the audit log keeps it: capped, with only [0-9a-zA-Z_-] left."""
+    return UNSAFE_ID_CHARS_PATTERN.sub("_", raw[:AUDIT_OBJECT_ID_MAX_CHARS])

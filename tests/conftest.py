@@ -7,9 +7,10 @@ developer's machine; with PROBELINK_REQUIRE_ALL=1 (as in CI) it fails instead.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from server.app import create_app, load_keyring, token_policy
 from server.auth import Role, issue_token
 from server.config import Settings, load_settings
+from server.keyring import load_or_create
 
 REDIS_URL = os.environ.get("PROBELINK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -86,6 +88,8 @@ async def postgres_url(postgres_database: str | None) -> str:
         }
         tables = [t for t in DATA_TABLES if t in existing]
         if tables:
+            # Replica mode skips triggers, among them the audit log's append-only guard.
+            await conn.execute("SET session_replication_role = replica")
             await conn.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
     finally:
         await conn.close()
@@ -125,7 +129,18 @@ def unique_prefix() -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The app's records store: SQLite unless a module parametrizes it (indirect=True)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Settings:
+    """A server's settings; its data directory has its key ring, as after a first `serve`."""
+    load_or_create(tmp_path / "var")
+    if backend == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return load_settings(data_dir=tmp_path / "var", database_url=url)
     return load_settings(data_dir=tmp_path / "var")
 
 
@@ -134,6 +149,31 @@ async def client(
     aiohttp_client: Callable[..., Any], settings: Settings
 ) -> AsyncIterator[TestClient[Any, Any]]:
     yield await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def raw_request(
+    client: TestClient[Any, Any],
+) -> Callable[..., Awaitable[tuple[int, Any]]]:
+    """Send a request byte for byte (headers no HTTP client would encode); get status and JSON."""
+
+    async def send(
+        method: str, path: str, headers: dict[str, bytes], body: bytes = b""
+    ) -> tuple[int, Any]:
+        lines = [f"{method} {path} HTTP/1.1".encode(), f"Host: {client.host}".encode()]
+        lines += [name.encode() + b": " + value for name, value in headers.items()]
+        lines += [f"Content-Length: {len(body)}".encode(), b"Connection: close", b"", b""]
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            writer.write(b"\r\n".join(lines) + body)
+            response = await reader.read()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        head, _, payload = response.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), json.loads(payload)
+
+    return send
 
 
 @pytest.fixture

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jwt
+import pytest
 from aiohttp.test_utils import TestClient
 
+from server.app import create_app
 from server.appkeys import STORE
+from server.config import Settings
 from server.consultations import State
+
+# The app runs on each records store.
+pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 FULL_CONTEXT: dict[str, Any] = {
     "clinical_question": "Palpable lump left breast at 2 o'clock: solid or cystic?",
@@ -223,3 +230,135 @@ async def test_health_and_metrics(
     assert 'probelink_auth_refusals_total{code="token_missing"} 1.0' in text
     assert 'route="/api/consultations"' in text
     assert "probelink_build_info" in text
+
+
+async def test_text_with_control_characters_is_refused_naming_the_field(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    invites = f"/api/consultations/{record['id']}/invites"
+    for name in ("a\u0000", "Dr\u0007Lee", "\u001bLee", "x\u000by"):
+        response = await client.post(
+            invites, json={"role": "expert", "name": name}, headers=coordinator
+        )
+        assert response.status == 400, name
+        error = (await response.json())["error"]
+        assert (error["code"], error["field"]) == ("invalid_field", "name")
+        assert "control character" in error["message"]
+    response = await client.post(
+        "/api/consultations",
+        json={"clinical_question": "lump\u0000?", "urgency": "routine", "anatomy": ["a\u001f"]},
+        headers=coordinator,
+    )
+    assert response.status == 400
+    assert (await response.json())["error"]["field"] == "clinical_question"
+    # Tabs and line breaks are text, not control.
+    multiline = {"clinical_question": "Lump?\r\n\tSolid or cystic?", "urgency": "routine"}
+    assert (await create(client, coordinator, multiline))["clinical_question"] == (
+        multiline["clinical_question"]
+    )
+    assert len(await client.app[STORE].participants(record["id"])) == 0
+
+
+async def test_unknown_field_is_named_only_when_it_looks_like_a_field_name(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    for key, field in (
+        ("mrn", "mrn"),
+        ("Jane Doe 1970-01-01", None),
+        ("x" * 200, None),
+        ("mrn\u0000", None),
+    ):
+        response = await client.post(
+            "/api/consultations",
+            json={"clinical_question": "q", "urgency": "routine", key: "1"},
+            headers=coordinator,
+        )
+        error = (await response.json())["error"]
+        assert (response.status, error["code"], error["field"]) == (400, "unknown_field", field)
+        if field is None:
+            assert error["message"] == "unknown field"
+    response = await client.post(
+        "/api/consultations",
+        json={"clinical_question": "q", "urgency": "routine", "device": {"Jane Doe": 1}},
+        headers=coordinator,
+    )
+    error = (await response.json())["error"]
+    assert (error["field"], error["message"]) == ("device", "unknown field in 'device'")
+
+
+async def test_consultation_id_with_a_trailing_newline_is_not_found(
+    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
+) -> None:
+    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    expert = {"Authorization": f"Bearer {token_for('expert', consultation=record['id'])}"}
+    response = await client.get(f"/api/consultations/{record['id']}%0A", headers=expert)
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "consultation_not_found"
+
+
+async def test_refusal_audit_keeps_a_short_safe_object_id(client: TestClient[Any, Any]) -> None:
+    for path_id, stored in (
+        ("%00" + "a" * 5000, "_" + "a" * 63),
+        ("abc%0Adef..%2F", "abc_def___"),
+    ):
+        response = await client.get(f"/api/consultations/{path_id}")
+        assert response.status == 401
+        last = (await client.app[STORE].audit_entries())[-1]
+        assert (last.facts.outcome, last.facts.object_id) == ("refused:token_missing", stored)
+    assert (await client.app[STORE].verify_audit()).entries == 2
+
+
+async def test_invite_name_fits_the_join_token(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    invites = f"/api/consultations/{record['id']}/invites"
+    too_long = await client.post(
+        invites, json={"role": "expert", "name": "n" * 129}, headers=coordinator
+    )
+    assert too_long.status == 400
+    assert (await too_long.json())["error"]["field"] == "name"
+    longest = await client.post(
+        invites, json={"role": "expert", "name": "n" * 128}, headers=coordinator
+    )
+    assert longest.status == 201
+    token = (await longest.json())["token"]
+    joined = await client.get(
+        f"/api/consultations/{record['id']}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert joined.status == 200
+
+
+async def test_an_invite_that_cannot_be_signed_leaves_no_participant(
+    aiohttp_client: Callable[..., Any], settings: Settings, coordinator: dict[str, str]
+) -> None:
+    # A configuration that load_settings refuses, as if it had slipped through.
+    unsigned = settings.model_copy(update={"token_max_ttl_seconds": 3600})
+    client = await aiohttp_client(create_app(unsigned))
+    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    response = await client.post(
+        f"/api/consultations/{record['id']}/invites",
+        json={"role": "expert", "name": "Dr Lee"},
+        headers=coordinator,
+    )
+    assert response.status == 500
+    store = client.app[STORE]
+    assert await store.participants(record["id"]) == []
+    assert [e.facts.action for e in await store.audit_entries()] == ["consultation.create"]
+
+
+async def test_reading_a_record_is_audited_with_who_read_it(
+    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Callable[..., str]
+) -> None:
+    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    expert = {"Authorization": f"Bearer {token_for('expert', 'dr-lee', record['id'])}"}
+    assert (await client.get(f"/api/consultations/{record['id']}", headers=expert)).status == 200
+    missing = await client.get(f"/api/consultations/{'0' * 32}", headers=coordinator)
+    assert missing.status == 404
+    entries = await client.app[STORE].audit_entries()
+    reads = [e.facts for e in entries if e.facts.action == "consultation.read"]
+    assert [(f.actor, f.role, f.object_type, f.object_id, f.outcome) for f in reads] == [
+        ("dr-lee", "expert", "consultation", record["id"], "ok")
+    ]
+    assert (await client.app[STORE].verify_audit()).ok

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.appkeys import STORE
 from server.consultations import ClinicalContext, State
+
+# The app runs on each records store.
+pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 FUZZ = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -47,6 +51,40 @@ bodies = st.one_of(
     st.binary(max_size=300),
 )
 
+names = st.one_of(
+    st.text(min_size=1, max_size=40),
+    # Text with a control character somewhere in it.
+    st.tuples(st.text(max_size=10), st.characters(max_codepoint=0x1F), st.text(max_size=10)).map(
+        "".join
+    ),
+    st.text(min_size=120, max_size=260),
+    st.sampled_from(["Dr Lee", "Søren Ørsted", "李医生", "  ", "a\u0000", "x" * 128, "x" * 129]),
+    json_values,
+)
+# Mostly the invitable roles, so the 201 path is exercised; some junk.
+ROLES_AND_JUNK = ["operator", "expert", "observer"] * 3 + ["coordinator", "Expert", "", 1, None]
+invite_like = st.fixed_dictionaries({"role": st.sampled_from(ROLES_AND_JUNK), "name": names})
+invite_with_extra = st.fixed_dictionaries(
+    {"role": st.sampled_from(ROLES_AND_JUNK), "name": names},
+    optional={"mrn": json_values, "consultation": json_values},
+)
+
+
+def invite_or_any_body(kind: int) -> st.SearchStrategy[bytes]:
+    """Mostly invite-shaped bodies, so that the 201 path is exercised; any body otherwise."""
+    if kind == 0:
+        return bodies
+    shape = invite_with_extra if kind == 1 else invite_like
+    return shape.map(lambda v: json.dumps(v).encode())
+
+
+invite_bodies = st.integers(0, 3).flatmap(invite_or_any_body)
+
+
+def random_encoding(text: str) -> str:
+    """latin-1 for some texts, UTF-8 for others (both reach servers in the wild)."""
+    return "latin-1" if len(text) % 2 else "utf-8"
+
 
 def assert_error_shape(status: int, body: Any) -> None:
     assert 400 <= status < 500, (status, body)
@@ -81,7 +119,7 @@ async def test_random_consultation_bodies(
 
 
 @FUZZ
-@given(body=bodies)
+@given(body=invite_bodies)
 async def test_random_invite_bodies(
     client: TestClient[Any, Any], coordinator: dict[str, str], body: bytes
 ) -> None:
@@ -103,6 +141,11 @@ async def test_random_invite_bodies(
     if response.status == 201:
         assert payload["participant"]["role"] in {"operator", "expert", "observer"}
         assert (await count_records(client))[1] == before[1] + 1
+        joined = await client.get(
+            f"/api/consultations/{queue[0]['id']}",
+            headers={"Authorization": f"Bearer {payload['token']}"},
+        )
+        assert joined.status == 200, await joined.text()
     else:
         assert_error_shape(response.status, payload)
         assert await count_records(client) == before
@@ -128,29 +171,47 @@ async def test_random_queries_and_ids(
         assert_error_shape(404, await response.json())
 
 
+# Header bytes an HTTP parser lets through: visible ASCII, space, tab and obs-text (0x80-0xFF).
+header_bytes = st.binary(max_size=200).map(
+    lambda b: bytes(c for c in b if c in (0x09, 0x20) or 0x21 <= c <= 0x7E or c >= 0x80)
+)
+token_parts = st.text(st.characters(min_codepoint=0x2D, max_codepoint=0x7A), max_size=60)
+
+
 @FUZZ
 @given(
     header=st.one_of(
-        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200),
-        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=300).map(
-            lambda t: f"Bearer {t}"
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200).map(
+            str.encode
         ),
-        st.lists(
-            st.text(st.characters(min_codepoint=0x2D, max_codepoint=0x7A), max_size=60),
-            min_size=3,
-            max_size=3,
-        ).map(lambda parts: "Bearer " + ".".join(parts)),
+        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=300).map(
+            lambda t: f"Bearer {t}".encode()
+        ),
+        st.lists(token_parts, min_size=3, max_size=3).map(
+            lambda parts: ("Bearer " + ".".join(parts)).encode()
+        ),
+        # Non-ASCII: raw bytes (invalid UTF-8 included) and latin-1 / UTF-8 text.
+        header_bytes.map(lambda b: b"Bearer " + b),
+        st.lists(header_bytes, min_size=3, max_size=3).map(lambda p: b"Bearer " + b".".join(p)),
+        st.text(
+            st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+            max_size=100,
+        ).map(lambda t: ("Bearer " + t).encode(random_encoding(t))),
     )
 )
 async def test_random_authorization_headers_are_refused(
-    client: TestClient[Any, Any], token_for: Callable[..., str], header: str
+    client: TestClient[Any, Any],
+    raw_request: Callable[..., Awaitable[tuple[int, Any]]],
+    header: bytes,
 ) -> None:
     before = await count_records(client)
-    response = await client.post(
+    body = json.dumps({"clinical_question": "q", "urgency": "routine"}).encode()
+    status, payload = await raw_request(
+        "POST",
         "/api/consultations",
-        json={"clinical_question": "q", "urgency": "routine"},
-        headers={"Authorization": header},
+        headers={"Authorization": header, "Content-Type": b"application/json"},
+        body=body,
     )
-    assert response.status == 401
-    assert_error_shape(401, await response.json())
+    assert status == 401, (header, payload)
+    assert_error_shape(401, payload)
     assert await count_records(client) == before

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,13 @@ from server.appkeys import STORE
 from server.auth import Principal, Role, issue_token, require_consultation, verify_token
 from server.config import Settings, load_settings
 from server.errors import Forbidden, Unauthorized
-from server.keyring import load_or_create, rotate
+from server.keyring import (
+    KEYS_KEPT_AFTER_ROTATION,
+    RELOAD_MIN_INTERVAL_SECONDS,
+    KeyRingFile,
+    load_or_create,
+    rotate,
+)
 
 KID_HEADER = "kid"
 
@@ -79,6 +85,17 @@ def bad_tokens(settings: Settings) -> dict[str, tuple[str, str]]:
         ),
         "future_iat": (sign(claims(settings, iat=int(time.time()) + 3600)), "token_not_yet_valid"),
         "garbage": ("not.a.jwt", "token_malformed"),
+        # Raw bytes \xff\xfe.\xed\xa0\x80.a in a header, as the server decodes them.
+        "non_ascii_bytes": ("\udcff\udcfe.\udced\udca0\udc80.a", "token_malformed"),
+        "non_ascii_text": (sign(claims(settings)) + "é", "token_malformed"),
+        "string_times": (
+            sign(claims(settings, iat=str(int(time.time())), exp=str(int(time.time()) + 60))),
+            "token_bad_claim",
+        ),
+        "audience_list": (
+            sign(claims(settings, aud=[settings.token_audience])),
+            "token_wrong_audience",
+        ),
     }
 
 
@@ -127,18 +144,49 @@ def test_rotation_signs_with_the_new_key_and_still_accepts_the_old(tmp_path: Pat
     assert (tmp_path / "keys" / "jwt.json").stat().st_mode & 0o077 == 0
 
 
+def test_rotation_keeps_the_newest_keys_only(tmp_path: Path) -> None:
+    actives = [load_or_create(tmp_path).active]
+    for _ in range(5):
+        actives.append(rotate(tmp_path).active)
+    ring = load_or_create(tmp_path)
+    assert list(ring.keys) == actives[-KEYS_KEPT_AFTER_ROTATION:]
+    assert ring.active == actives[-1]
+
+
+def test_a_rotated_ring_file_is_reread_at_most_once_a_second(tmp_path: Path) -> None:
+    policy = token_policy(load_settings(data_dir=tmp_path))
+    load_or_create(tmp_path)
+    ring_file = KeyRingFile(tmp_path / "keys" / "jwt.json")
+
+    def token_from(ring: Any) -> str:
+        return issue_token(ring, policy, sub="c", role=Role.COORDINATOR, ttl_seconds=60)
+
+    first = token_from(rotate(tmp_path))
+    assert verify_token(first, ring_file, policy).sub == "c"
+    second = token_from(rotate(tmp_path))
+    with pytest.raises(Unauthorized) as refused:
+        verify_token(second, ring_file, policy)  # the file was looked at less than 1 s ago
+    assert refused.value.code == "token_unknown_key"
+    time.sleep(RELOAD_MIN_INTERVAL_SECONDS)
+    assert verify_token(second, ring_file, policy).sub == "c"
+    assert verify_token(first, ring_file, policy).sub == "c"
+
+
 async def test_http_refusals_are_401_with_reason_and_audited(
-    client: TestClient[Any, Any], settings: Settings
+    client: TestClient[Any, Any],
+    settings: Settings,
+    raw_request: Callable[..., Awaitable[tuple[int, Any]]],
 ) -> None:
     cases = bad_tokens(settings)
     for name, (token, code) in cases.items():
-        response = await client.get(
-            "/api/consultations", headers={"Authorization": f"Bearer {token}"}
+        # Sent as raw bytes: a client library would refuse to encode some of these.
+        header = b"Bearer " + token.encode("utf-8", "surrogateescape")
+        status, body = await raw_request(
+            "GET", "/api/consultations", headers={"Authorization": header}
         )
-        assert response.status == 401, name
-        error = (await response.json())["error"]
-        assert error["code"] == code, name
-        assert "Traceback" not in error["message"]
+        assert status == 401, name
+        assert body["error"]["code"] == code, name
+        assert "Traceback" not in body["error"]["message"]
     for header, code in (
         ({}, "token_missing"),
         ({"Authorization": "Basic abc"}, "token_malformed"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
 
 from server.audit import AuditFacts
 from server.config import Settings
+from server.keyring import load_or_create
 from server.store import open_store
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -39,6 +42,15 @@ def probelink(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
+def assert_owner_only(pid: int, data_dir: Path) -> None:
+    """The server's records are its owner's, and so is whatever it creates later."""
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        assert "Umask:\t0077" in status.read_text()
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert (data_dir / "probelink.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[str]]]:
     port = free_port()
@@ -49,6 +61,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Pop
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        umask=0o022,  # a common default, under which new files are world-readable
     ) as process:
         yield from _until_stopped(process, port, env)
 
@@ -103,6 +116,8 @@ async def test_serve_answers_health_and_a_cli_token_creates_a_consultation_and_i
         async with http.get(f"{base}/") as response:
             assert response.status == 200
 
+    assert_owner_only(process.pid, Path(env["PROBELINK_DATA_DIR"]))
+
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=20)
     assert process.returncode == 0
@@ -111,7 +126,55 @@ async def test_serve_answers_health_and_a_cli_token_creates_a_consultation_and_i
     assert "Lump" not in err and "Bedside sonographer" not in err  # no clinical text in logs
 
 
+async def test_tokens_from_a_key_rotated_while_serving_are_accepted_without_restart(
+    served: tuple[str, dict[str, str], subprocess.Popen[str]],
+) -> None:
+    base, env, _process = served
+
+    def cli(*args: str) -> str:
+        result = probelink(*args, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    before = await asyncio.to_thread(cli, "token", "--role", "coordinator", "--sub", "desk-1")
+    await asyncio.to_thread(cli, "rotate-key")
+    after = await asyncio.to_thread(cli, "token", "--role", "coordinator", "--sub", "desk-2")
+    assert jwt.get_unverified_header(after)["kid"] != jwt.get_unverified_header(before)["kid"]
+    async with aiohttp.ClientSession() as http:
+        for token in (after, before):
+            async with http.get(
+                f"{base}/api/consultations", headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                assert response.status == 200, await response.text()
+        # Join links the server signs from now on use the new key too.
+        headers = {"Authorization": f"Bearer {before}"}
+        async with http.post(
+            f"{base}/api/consultations",
+            json={"clinical_question": "q", "urgency": "routine"},
+            headers=headers,
+        ) as response:
+            consultation = await response.json()
+        async with http.post(
+            f"{base}/api/consultations/{consultation['id']}/invites",
+            json={"role": "expert", "name": "Dr Lee"},
+            headers=headers,
+        ) as response:
+            invite = await response.json()
+    new_kid = jwt.get_unverified_header(after)["kid"]
+    assert jwt.get_unverified_header(invite["token"])["kid"] == new_kid
+
+
+def test_token_refuses_a_data_directory_without_a_key_ring(tmp_path: Path) -> None:
+    for command in (("token", "--role", "coordinator", "--sub", "desk-1"), ("rotate-key",)):
+        result = probelink(*command, env=cli_env(tmp_path / "elsewhere"))
+        assert result.returncode == 2, command
+        assert "no key ring" in result.stderr and "probelink serve" in result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
+        assert not (tmp_path / "elsewhere").exists()
+
+
 def test_token_for_a_scoped_role_needs_its_consultation(tmp_path: Path) -> None:
+    load_or_create(tmp_path)  # as `probelink serve` does on its first run
     refused = probelink("token", "--role", "expert", "--sub", "dr", env=cli_env(tmp_path))
     assert refused.returncode == 2
     assert "needs a consultation" in refused.stderr
@@ -135,6 +198,8 @@ def test_token_for_a_scoped_role_needs_its_consultation(tmp_path: Path) -> None:
         ("PROBELINK_SECRET_KEY", "short"),
         ("PROBELINK_DATABASE_URL", "mysql://x"),
         ("PROBELINK_LOG_LEVEL", "LOUD"),
+        ("PROBELINK_TOKEN_MAX_TTL_SECONDS", "3600"),  # shorter than a join link's token
+        ("PROBELINK_DUE_MINUTES_ROUTINE", "999999999"),
     ],
 )
 def test_bad_setting_stops_start_up_naming_the_variable(
@@ -145,6 +210,20 @@ def test_bad_setting_stops_start_up_naming_the_variable(
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
     assert value not in result.stderr or value == "LOUD"  # a secret is never echoed
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = probelink("serve", "--port", port, env=cli_env(tmp_path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"probelink: cannot listen on 127.0.0.1:{port}: the address is already in use"
+    )
+    assert "coordinator link" not in result.stdout
 
 
 def test_readme_documents_every_setting() -> None:

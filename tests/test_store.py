@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from server.audit import AuditFacts
 from server.auth import Role
@@ -98,14 +101,23 @@ async def test_failed_write_leaves_neither_record_nor_audit_entry(store: Store) 
     row = consultation("e" * 32)
     await store.create_consultation(row, facts())
     before = (await store.verify_audit()).entries
-    with pytest.raises(Exception):  # noqa: B017 - duplicate primary key, either driver's error
+    with pytest.raises(IntegrityError):  # duplicate primary key
         await store.create_consultation(row, facts())
     check = await store.verify_audit()
     assert check.ok and check.entries == before
 
 
-async def test_concurrent_audit_appends_keep_one_unbroken_chain(store: Store) -> None:
-    await asyncio.gather(*(store.record_audit(facts(f"a{i}")) for i in range(40)))
+async def test_concurrent_audit_appends_keep_one_unbroken_chain(
+    store: Store, store_url: str
+) -> None:
+    # A second engine on the same database, as a second node or process would have.
+    other = await open_store(store_url)
+    try:
+        await asyncio.gather(
+            *((store, other)[i % 2].record_audit(facts(f"a{i}")) for i in range(40))
+        )
+    finally:
+        await other.close()
     check = await store.verify_audit()
     assert check.ok, check
     assert check.entries == 40
@@ -113,25 +125,88 @@ async def test_concurrent_audit_appends_keep_one_unbroken_chain(store: Store) ->
     assert actions == {f"a{i}" for i in range(40)}
 
 
+@asynccontextmanager
+async def append_only_guard_dropped(store: Store) -> AsyncIterator[None]:
+    """Tamper as someone with admin rights on the database would: drop the guard first."""
+    drop = {
+        "sqlite": ("DROP TRIGGER audit_log_no_update", "DROP TRIGGER audit_log_no_delete"),
+        "postgresql": (
+            "DROP TRIGGER audit_log_append_only ON audit_log",
+            "DROP TRIGGER audit_log_no_truncate ON audit_log",
+        ),
+    }[store.dialect]
+    async with store.transaction() as conn:
+        for statement in drop:
+            await conn.execute(text(statement))
+    try:
+        yield
+    finally:  # the PostgreSQL database is shared by the whole run: put the guard back
+        guard = next(m for m in MIGRATIONS if m.name == "audit log is append-only")
+        async with store.transaction() as conn:
+            for statement in guard.statements_for(store.dialect):
+                await conn.execute(text(statement))
+
+
+async def test_audit_log_refuses_updates_and_deletes(store: Store) -> None:
+    for i in range(3):
+        await store.record_audit(facts(f"step{i}"))
+    tampering = [
+        "UPDATE audit_log SET actor = 'mallory' WHERE seq = 2",
+        "DELETE FROM audit_log WHERE seq = 3",
+        "DELETE FROM audit_log",
+    ]
+    if store.dialect == "postgresql":
+        tampering.append("TRUNCATE audit_log")
+    for statement in tampering:
+        with pytest.raises(DBAPIError, match="audit_log is append-only"):
+            async with store.transaction() as conn:
+                await conn.execute(text(statement))
+    check = await store.verify_audit()
+    assert check.ok and check.entries == 3
+    assert [e.facts.actor for e in await store.audit_entries()] == ["coord-1"] * 3
+
+
 @pytest.mark.parametrize(
-    "edit",
+    ("edit", "broken_seq", "reason"),
     [
-        "UPDATE audit_log SET actor = 'coord-2' WHERE seq = 3",  # one byte: 1 -> 2
-        "UPDATE audit_log SET outcome = 'ol' WHERE seq = 5",
-        "DELETE FROM audit_log WHERE seq = 4",
-        "UPDATE audit_log SET detail = '{\"x\": 1}' WHERE seq = 2",
+        ("UPDATE audit_log SET actor = 'coord-2' WHERE seq = 3", 3, "entry altered"),  # 1 byte
+        ("UPDATE audit_log SET outcome = 'ol' WHERE seq = 5", 5, "entry altered"),
+        ("DELETE FROM audit_log WHERE seq = 4", 5, "sequence gap or reorder"),
+        ("UPDATE audit_log SET detail = '{\"x\": 1}' WHERE seq = 2", 2, "entry altered"),
+        ("DELETE FROM audit_log WHERE seq = 1", 2, "sequence gap or reorder"),
+        (
+            "UPDATE audit_log SET seq = seq + 100 WHERE seq IN (2, 3);"
+            "UPDATE audit_log SET seq = 5 - (seq - 100) WHERE seq > 100",
+            2,
+            "previous hash mismatch",
+        ),
     ],
 )
-async def test_audit_chain_detects_an_edited_or_removed_entry(store: Store, edit: str) -> None:
+async def test_audit_chain_detects_an_edited_or_removed_entry(
+    store: Store, edit: str, broken_seq: int, reason: str
+) -> None:
     for i in range(6):
         await store.record_audit(facts(f"step{i}"))
     assert (await store.verify_audit()).ok
-    async with store.transaction() as conn:
-        await conn.execute(text(edit))
+    async with append_only_guard_dropped(store), store.transaction() as conn:
+        for statement in edit.split(";"):
+            await conn.execute(text(statement))
     check = await store.verify_audit()
-    assert not check.ok
-    assert check.broken_seq in {2, 3, 5}
-    assert check.reason
+    assert (check.ok, check.broken_seq, check.reason) == (False, broken_seq, reason)
+
+
+async def test_removing_the_newest_entries_shows_only_against_an_exported_head(
+    store: Store,
+) -> None:
+    for i in range(6):
+        await store.record_audit(facts(f"step{i}"))
+    exported = await store.verify_audit()  # what GET /api/audit/verify reports
+    async with append_only_guard_dropped(store), store.transaction() as conn:
+        await conn.execute(text("DELETE FROM audit_log WHERE seq > 4"))
+    check = await store.verify_audit()
+    # The rest of the chain is intact; only the exported head shows that the tail is gone.
+    assert check.ok and check.entries == 4
+    assert (check.entries, check.head_hash) != (exported.entries, exported.head_hash)
 
 
 async def test_audit_chain_verifies_across_pages(

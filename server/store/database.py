@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from server.errors import ConfigError
+from server.files import create_private_file, ensure_private_dir, restrict_file
 from server.store.migrations import MIGRATIONS
 from server.store.records import Store
 
@@ -27,15 +28,20 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 MIGRATION_LOCK_ID = 0x70726F62  # "prob": advisory lock key for migrations on PostgreSQL
 POSTGRES_POOL_SIZE = 10
+# The database file and the files SQLite keeps beside it in WAL mode.
+SQLITE_FILE_SUFFIXES = ("", "-wal", "-shm")
 
 
 async def open_store(url: str) -> Store:
     """Connect to the records store at `url` and bring its schema up to date."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {}
+    sqlite_file = _sqlite_file(parsed.get_backend_name(), parsed.database)
+    if sqlite_file is not None:
+        ensure_private_dir(sqlite_file.parent)
+        # SQLite gives its -wal and -shm files the database file's mode.
+        create_private_file(sqlite_file)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs.update(pool_size=1, max_overflow=0)
     else:
         kwargs.update(pool_size=POSTGRES_POOL_SIZE, max_overflow=0, pool_pre_ping=True)
@@ -50,7 +56,17 @@ async def open_store(url: str) -> Store:
         raise ConfigError(
             f"cannot open the records store ({parsed.get_backend_name()}): {type(exc).__name__}"
         ) from exc
+    if sqlite_file is not None:
+        # Files made by an earlier version (or by hand) may be readable by others.
+        for suffix in SQLITE_FILE_SUFFIXES:
+            restrict_file(sqlite_file.with_name(sqlite_file.name + suffix))
     return Store(engine)
+
+
+def _sqlite_file(backend: str, database: str | None) -> Path | None:
+    if backend != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -89,7 +105,8 @@ async def migrate(engine: AsyncEngine) -> list[int]:
         for migration in MIGRATIONS:
             if migration.version in done:
                 continue
-            await _apply(conn, migration.version, migration.name, migration.statements)
+            statements = migration.statements_for(conn.dialect.name)
+            await _apply(conn, migration.version, migration.name, statements)
             applied_now.append(migration.version)
     if applied_now:
         log.info("schema migrated", extra={"versions": applied_now})

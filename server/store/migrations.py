@@ -1,5 +1,6 @@
 """Versioned schema migrations, written in SQL that SQLite and PostgreSQL both accept.
 
+Where the dialects differ (triggers), a migration adds statements for each.
 A migration is applied once, in order, inside a transaction, and recorded in
 `schema_migrations`. Never edit a migration that has shipped: add the next one.
 Times are stored as ISO-8601 UTC text (they sort as they read); JSON as text.
@@ -12,9 +13,23 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Migration:
+    """One schema step."""
+
     version: int
     name: str
+    # SQL both dialects accept, run first.
     statements: tuple[str, ...]
+    # Then the statements of the store's dialect only.
+    sqlite: tuple[str, ...] = ()
+    postgresql: tuple[str, ...] = ()
+
+    def statements_for(self, dialect: str) -> tuple[str, ...]:
+        """Everything to run on a store of `dialect` ("sqlite" or "postgresql")."""
+        only = {"sqlite": self.sqlite, "postgresql": self.postgresql}[dialect]
+        return self.statements + only
+
+
+APPEND_ONLY_MESSAGE = "audit_log is append-only"
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -115,6 +130,30 @@ MIGRATIONS: tuple[Migration, ...] = (
                 created_at TEXT NOT NULL,
                 PRIMARY KEY (consultation_id, seq)
             )""",
+        ),
+    ),
+    Migration(
+        3,
+        "audit log is append-only",
+        (),
+        # The hash chain detects tampering; these refuse it for anyone short of dropping them.
+        sqlite=(
+            f"""CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+            BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}'); END""",
+            f"""CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+            BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}'); END""",
+        ),
+        postgresql=(
+            f"""CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION '{APPEND_ONLY_MESSAGE}';
+            END
+            $$""",
+            """CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+            FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()""",
+            """CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()""",
         ),
     ),
 )

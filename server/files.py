@@ -1,0 +1,51 @@
+"""Directories and files that hold clinical records or keys: readable by their owner only.
+
+Mode bits from `mkdir`/`open` are filtered by the umask, so modes are set
+explicitly after creating. An existing directory is the administrator's choice:
+it is left as it is, with a warning when other users can reach it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+# Mode bits that give the group or other users any access.
+SHARED_MODE_BITS = 0o077
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` (and its missing parents) owner-only; warn if it exists and is shared."""
+    if path.is_dir():
+        if stat.S_IMODE(path.stat().st_mode) & SHARED_MODE_BITS:
+            log.warning(
+                "the directory %s is open to other users; it holds clinical records and keys",
+                path,
+            )
+        return
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    for created in missing:
+        created.chmod(PRIVATE_DIR_MODE)
+
+
+def create_private_file(path: Path) -> None:
+    """Create `path` empty and owner-only unless it exists."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
+
+
+def restrict_file(path: Path) -> None:
+    """Make an existing file owner-only; warn (not fail) if that is not allowed."""
+    try:
+        if stat.S_IMODE(path.stat().st_mode) != PRIVATE_FILE_MODE:
+            path.chmod(PRIVATE_FILE_MODE)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("cannot make %s owner-only: %s", path, exc.strerror)
