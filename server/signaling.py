@@ -23,6 +23,7 @@ import socketio
 from aiohttp import web
 
 from server.appkeys import KEYRING, LIVE, SETTINGS, STORE, TOKEN_POLICY
+from server.audit import AuditFacts
 from server.auth import Principal, Role, verify_token
 from server.config import Settings
 from server.errors import (
@@ -201,8 +202,22 @@ class LiveNamespace(socketio.AsyncNamespace):
         live = self.app[LIVE]
         attendee = Attendee(sid, principal.sub, principal.role.value, principal.name, live.node)
         await live.presence.join(cid, attendee)
-        await self.app[STORE].room.participant_joined(
+        store = self.app[STORE]
+        await store.room.participant_joined(
             cid, principal.sub, is_expert=principal.role is Role.EXPERT
+        )
+        # Joining shows the record's summary and marks: a read, so it is audited like one.
+        await store.record_audit(
+            AuditFacts(
+                principal.sub,
+                principal.role.value,
+                "room.join",
+                "consultation",
+                cid,
+                "ok",
+                source,
+                {},
+            )
         )
         live.spawn(self._welcome(socket, attendee))
 

@@ -72,10 +72,18 @@ async def join(
         await participant.close()
 
 
-async def test_joining_gives_room_state_and_everyone_sees_presence(join: Any) -> None:
+async def test_joining_gives_room_state_and_everyone_sees_presence(
+    join: Any, client: TestClient[Any, Any]
+) -> None:
     operator = await join("operator")
     assert operator.state["you"]["role"] == "operator"
     assert operator.state["last_seq"] == 0
+    joins = [
+        e.facts for e in await client.app[STORE].audit_entries() if e.facts.action == "room.join"
+    ]
+    assert [(f.actor, f.role, f.object_id) for f in joins] == [
+        (operator.state["you"]["id"], "operator", join.consultation)
+    ]
     assert operator.state["marks"] == [] and operator.state["guidance"] is None
     assert operator.state["consultation"]["urgency"] == "urgent"
 
