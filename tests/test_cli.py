@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import jwt
 import pytest
+from servers import cli_env, free_port
 
 from server.audit import AuditFacts
 from server.config import Settings
@@ -22,18 +22,6 @@ from server.keyring import load_or_create
 from server.store import open_store
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROBELINK_")}
-    env.update(PROBELINK_DATA_DIR=str(data_dir), **extra)
-    return env
 
 
 def probelink(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
