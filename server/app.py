@@ -10,7 +10,7 @@ from aiohttp import web
 
 from server import __version__
 from server.api import routes
-from server.appkeys import KEYRING, METRICS, SETTINGS, SIO, STORE, TOKEN_POLICY
+from server.appkeys import KEYRING, METRICS, RELAY, SETTINGS, SIO, STORE, TOKEN_POLICY
 from server.auth import Keys, TokenPolicy
 from server.config import Settings
 from server.files import ensure_private_dir
@@ -23,6 +23,8 @@ from server.keyring import (
     load_or_create,
 )
 from server.live import live_context
+from server.media import forwarding
+from server.media.relay import Relay
 from server.metrics import create_metrics
 from server.middleware import errors_middleware
 from server.signaling import LiveNamespace, create_sio
@@ -74,6 +76,7 @@ def create_app(settings: Settings) -> web.Application:
     sio.attach(app)
     app[SIO] = sio
     app.cleanup_ctx.append(live_context(namespace))
+    app.cleanup_ctx.append(_relay_ctx)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -91,6 +94,14 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("records store open", extra={"dialect": store.dialect})
     yield
     await store.close()
+
+
+async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
+    forwarding.install()
+    relay = Relay()
+    app[RELAY] = relay
+    yield
+    await relay.close()
 
 
 def _page(name: str) -> Callable[[web.Request], Awaitable[web.FileResponse]]:

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from server.auth import Keys, Principal, TokenPolicy
     from server.config import Settings
     from server.live import Live
+    from server.media.relay import Relay
     from server.metrics import Metrics
     from server.store import Store
 
@@ -22,6 +23,7 @@ STORE: web.AppKey[Store] = web.AppKey("store")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
 LIVE: web.AppKey[Live] = web.AppKey("live")
+RELAY: web.AppKey[Relay] = web.AppKey("relay")
 
 # Set on a request once its token is verified.
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

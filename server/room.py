@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -126,6 +126,13 @@ class Guidance(StrictModel):
             choices = ", ".join(sorted(allowed))
             raise ValueError(f"direction for '{self.cue}' must be one of {choices}")
         return self
+
+
+class RtcOffer(StrictModel):
+    """A WebRTC offer: the operator's publishes, an expert's or observer's subscribes."""
+
+    sdp: Annotated[str, Field(min_length=1, max_length=64 * 1024)]
+    type: Literal["offer"]
 
 
 class Sync(StrictModel):

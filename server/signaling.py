@@ -22,7 +22,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from server.appkeys import KEYRING, LIVE, SETTINGS, STORE, TOKEN_POLICY
+from server.appkeys import KEYRING, LIVE, RELAY, SETTINGS, STORE, TOKEN_POLICY
 from server.audit import AuditFacts
 from server.auth import Principal, Role, verify_token
 from server.config import Settings
@@ -45,6 +45,7 @@ from server.room import (
     Mark,
     MarkClear,
     Pointer,
+    RtcOffer,
     Sync,
     guidance_body,
     mark_body,
@@ -124,6 +125,7 @@ class LiveNamespace(socketio.AsyncNamespace):
             "mark_clear": self._mark_clear,
             "guidance": self._guidance,
             "sync": self._sync,
+            "rtc_offer": self._rtc_offer,
         }
 
     # Dispatch
@@ -280,6 +282,7 @@ class LiveNamespace(socketio.AsyncNamespace):
         socket = self.sockets.pop(sid, None)
         if socket is None:
             return
+        await self.app[RELAY].leave(socket.consultation_id, sid)
         live = self.app[LIVE]
         gone = await live.presence.leave(socket.consultation_id, sid)
         if gone is not None:
@@ -370,6 +373,13 @@ class LiveNamespace(socketio.AsyncNamespace):
             event = await self.app[STORE].room.add_guidance(cid, body)
             await live.publish(cid, event)
         return {"seq": event.seq}
+
+    async def _rtc_offer(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
+        offer = parse(RtcOffer, data)
+        answer = await self.app[RELAY].offer(
+            socket.consultation_id, socket.sid, socket.principal.role, offer.sdp
+        )
+        return {"sdp": answer.sdp, "type": answer.type}
 
     async def _sync(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
         request = parse(Sync, data)

@@ -1,0 +1,143 @@
+"""The aiortc hook that makes received tracks yield encoded frames, so they are forwarded, not transcoded.
+
+This module reaches into aiortc internals; it is the only one that does. It
+depends on aiortc == 1.16.0 (pinned in pyproject) and `tests/test_media_hook.py`
+fails if any of these assumptions stops holding:
+
+1. `aiortc.rtcrtpreceiver.decoder_worker` builds its decoder through the module
+   global `get_decoder(codec)` and passes what `decoder.decode(jitter_frame)`
+   returns to the track's queue. We replace that global with a factory whose
+   decoder returns the jitter buffer's encoded frame as an `av.Packet`
+   (pts = RTP timestamp, time base 1/clock rate): the received track then yields
+   packets, and `RTCRtpSender` packs packets without encoding them.
+2. The receiver's jitter buffer is `RTCRtpReceiver._RTCRtpReceiver__jitter_buffer`.
+   The stock one releases a frame only when the next frame's first packet
+   arrives (a frame time of delay per hop) and prefetches 4 audio packets
+   (80 ms). We swap in one that releases a video frame at its marker bit and
+   every audio packet at once.
+3. A sender asks its own encoder for a keyframe through `RTCRtpSender._send_keyframe()`
+   when a subscriber sends PLI/FIR; we route that to the publisher instead.
+4. `RTCRtpReceiver._send_rtcp_pli(media_ssrc)` sends a PLI upstream.
+
+The decoder factory is process-wide: in this process every aiortc receiver yields
+packets. Code that needs pictures (captures, tests) decodes packets itself.
+"""
+
+from __future__ import annotations
+
+import fractions
+from collections.abc import Callable
+from typing import Any
+
+import aiortc
+import av
+from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import rtcrtpreceiver as _receiver_module
+from aiortc.codecs.base import Decoder
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+AIORTC_VERSION = "1.16.0"
+VIDEO_CLOCK_RATE_HZ = 90_000
+VIDEO_JITTER_CAPACITY_PACKETS = 512
+AUDIO_JITTER_CAPACITY_PACKETS = 16
+
+
+
+class PassthroughDecoder(Decoder):
+    """A 'decoder' that hands the encoded frame on as an `av.Packet`."""
+
+    def __init__(self, codec: RTCRtpCodecParameters):
+        self.mime_type = codec.mimeType.lower()
+        self.time_base = fractions.Fraction(1, codec.clockRate)
+
+    def decode(self, encoded_frame: JitterFrame) -> list[Any]:
+        packet = av.Packet(encoded_frame.data)
+        packet.pts = encoded_frame.timestamp
+        packet.dts = encoded_frame.timestamp
+        packet.time_base = self.time_base
+        packet.is_keyframe = is_keyframe(self.mime_type, encoded_frame.data)
+        return [packet]
+
+
+def _passthrough_get_decoder(codec: RTCRtpCodecParameters) -> Decoder:
+    return PassthroughDecoder(codec)
+
+
+def install() -> None:
+    """Make every aiortc receiver in this process yield encoded packets (idempotent)."""
+    if aiortc.__version__ != AIORTC_VERSION:
+        raise RuntimeError(
+            f"probelink's forwarding hook is written for aiortc {AIORTC_VERSION}, "
+            f"not {aiortc.__version__}"
+        )
+    _receiver_module.get_decoder = _passthrough_get_decoder  # type: ignore[attr-defined]
+
+
+def is_keyframe(mime_type: str, data: bytes) -> bool:
+    """Whether an encoded frame can be decoded on its own (VP8 key frame, H.264 IDR)."""
+    if not data:
+        return False
+    if mime_type == "video/vp8":
+        return data[0] & 0x01 == 0  # frame tag: P bit clear means key frame
+    if mime_type == "video/h264":
+        return any(nal_type in (5, 7) for nal_type in _h264_nal_types(data))
+    return True  # audio frames stand alone
+
+
+def _h264_nal_types(data: bytes) -> list[int]:
+    types = []
+    start = data.find(b"\x00\x00\x01")
+    while start != -1 and start + 3 < len(data):
+        types.append(data[start + 3] & 0x1F)
+        start = data.find(b"\x00\x00\x01", start + 3)
+    return types
+
+
+class MarkerJitterBuffer(JitterBuffer):
+    """Releases a video frame as soon as its last (marker) packet is in, audio at once."""
+
+    def __init__(self, *, is_video: bool):
+        capacity = VIDEO_JITTER_CAPACITY_PACKETS if is_video else AUDIO_JITTER_CAPACITY_PACKETS
+        super().__init__(capacity=capacity, prefetch=0, is_video=is_video)
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli_flag, frame = super().add(packet)
+        if frame is not None:
+            return pli_flag, frame
+        return pli_flag, self._complete_frame()
+
+    def _complete_frame(self) -> JitterFrame | None:
+        """The frame at the origin, if all its packets are in and the last has the marker."""
+        if self._origin is None:
+            return None
+        packets: list[RtpPacket] = []
+        for count in range(self.capacity):
+            packet = self._packets[(self._origin + count) % self.capacity]
+            if packet is None or (packets and packet.timestamp != packets[0].timestamp):
+                return None
+            packets.append(packet)
+            if packet.marker or not self._is_video:
+                self.remove(count + 1)
+                data = b"".join(p._data for p in packets)  # type: ignore[attr-defined]
+                return JitterFrame(data=data, timestamp=packets[0].timestamp)
+        return None
+
+
+def use_low_latency_jitter_buffer(receiver: RTCRtpReceiver, kind: str) -> None:
+    """Swap the receiver's jitter buffer for one that adds no frame of delay."""
+    receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(  # type: ignore[attr-defined]
+        is_video=kind == "video"
+    )
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call `callback` instead of the sender's own encoder when its peer asks for a keyframe."""
+    sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+async def request_keyframe(receiver: RTCRtpReceiver) -> None:
+    """Send a PLI for every source the receiver has heard from."""
+    for source in receiver.getSynchronizationSources():
+        await receiver._send_rtcp_pli(source.source)

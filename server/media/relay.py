@@ -1,0 +1,313 @@
+"""The SFU-lite relay: one media room per consultation, forwarding encoded frames.
+
+The operator's offer publishes (video + voice); an expert's or observer's offer
+subscribes to that video and voice. Audio transceivers a client offers beyond
+the first, and the operator's first one, are voice slots: each expert's voice is
+forwarded into a free slot of every other participant, so nobody renegotiates
+when someone joins or leaves. The publisher's video codec, once negotiated, is
+the room's: every later offer is answered with that codec only, because
+nothing on the forwarding path can transcode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.sdp import SessionDescription
+
+from server.auth import Role
+from server.errors import BadRequest, Conflict
+from server.media.forwarding import (
+    on_keyframe_request,
+    request_keyframe,
+    use_low_latency_jitter_buffer,
+)
+from server.media.tracks import ForwardedTrack, Source
+
+log = logging.getLogger(__name__)
+
+KEYFRAME_REQUEST_MIN_INTERVAL_SECONDS = 0.5
+SDP_MAX_CHARS = 64 * 1024
+
+
+@dataclass
+class Peer:
+    """One participant's peer connection and what flows through it."""
+
+    sid: str
+    role: Role
+    pc: RTCPeerConnection
+    # What this peer is sent: the operator's video and voice (subscribers).
+    outputs: list[ForwardedTrack] = field(default_factory=list)
+    # Voice slots: audio this peer is sent from other participants' voices.
+    slots: list[ForwardedTrack] = field(default_factory=list)
+    # sid of the voice each slot carries (None: free).
+    slot_voice: list[str | None] = field(default_factory=list)
+    # What this peer sends: video and voice (operator), voice (expert).
+    sources: list[Source] = field(default_factory=list)
+
+
+class MediaRoom:
+    """A consultation's media: the publisher, the subscribers, the voices."""
+
+    def __init__(self, consultation_id: str):
+        self.consultation_id = consultation_id
+        self.peers: dict[str, Peer] = {}
+        self.publisher: str | None = None
+        self.video: Source | None = None
+        self.video_receiver: object | None = None
+        self.audio: Source | None = None
+        # The room's video codec (mime type), fixed by the first negotiation.
+        self.codec: str | None = None
+        self.video_outputs: set[ForwardedTrack] = set()
+        self.audio_outputs: set[ForwardedTrack] = set()
+        # Voices (experts' and the operator's microphones) by the sid that sends them.
+        self.voices: dict[str, Source] = {}
+        self._keyframe_at = 0.0
+        self._keyframe_pending = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # Keyframes
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, at most every KEYFRAME_REQUEST_MIN_INTERVAL_SECONDS."""
+        if self._keyframe_pending:
+            return
+        wait = self._keyframe_at + KEYFRAME_REQUEST_MIN_INTERVAL_SECONDS - time.monotonic()
+        self._keyframe_pending = True
+        self._spawn(self._send_keyframe_request(max(0.0, wait)))
+
+    async def _send_keyframe_request(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        self._keyframe_pending = False
+        self._keyframe_at = time.monotonic()
+        receiver = self.video_receiver
+        if receiver is not None:
+            await request_keyframe(receiver)  # type: ignore[arg-type]
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Negotiation
+
+    async def offer(self, sid: str, role: Role, sdp: str) -> RTCSessionDescription:
+        """Answer a participant's offer; a new offer from the same socket replaces its peer."""
+        if len(sdp) > SDP_MAX_CHARS:
+            raise BadRequest(
+                f"the SDP offer is longer than {SDP_MAX_CHARS} characters",
+                code="invalid_sdp",
+                field="sdp",
+            )
+        await self.leave(sid)
+        if role is Role.OPERATOR and self.publisher is not None:
+            await self.leave(self.publisher)  # the operator reconnected: the old peer is gone
+        pc = RTCPeerConnection()
+        peer = Peer(sid, role, pc)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            self._wire(peer)
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except (BadRequest, Conflict):
+            await pc.close()
+            raise
+        except Exception as exc:
+            await pc.close()
+            raise BadRequest(
+                f"the SDP offer could not be used ({type(exc).__name__})",
+                code="invalid_sdp",
+                field="sdp",
+            ) from None
+        self.peers[sid] = peer
+        if role is Role.OPERATOR:
+            self.publisher = sid
+            self.codec = self.codec or _video_codec(pc.localDescription.sdp)
+        self._start(peer)
+        return pc.localDescription
+
+    def _wire(self, peer: Peer) -> None:
+        """Attach tracks to the peer's transceivers, by role and order."""
+        audio_index = 0
+        video_done = False
+        for transceiver in peer.pc.getTransceivers():
+            offered = transceiver._offerDirection or "inactive"
+            client_sends = offered in ("sendonly", "sendrecv")
+            client_receives = offered in ("recvonly", "sendrecv")
+            if transceiver.kind == "video" and not video_done:
+                video_done = True
+                self._restrict_codec(transceiver)
+                if peer.role is Role.OPERATOR and client_sends:
+                    use_low_latency_jitter_buffer(transceiver.receiver, "video")
+                    peer.sources.append(Source("video", transceiver.receiver.track))
+                    self.video_receiver = transceiver.receiver
+                elif peer.role is not Role.OPERATOR and client_receives:
+                    self._send(peer, transceiver, self.video_outputs, "video", peer.outputs)
+            elif transceiver.kind == "audio":
+                first = audio_index == 0
+                audio_index += 1
+                if first and client_sends and peer.role is not Role.OBSERVER:
+                    use_low_latency_jitter_buffer(transceiver.receiver, "audio")
+                    peer.sources.append(Source("audio", transceiver.receiver.track))
+                if not client_receives:
+                    continue
+                if first and peer.role is not Role.OPERATOR:
+                    self._send(peer, transceiver, self.audio_outputs, "audio", peer.outputs)
+                else:
+                    slot = ForwardedTrack("audio", self.request_keyframe)
+                    transceiver.sender.replaceTrack(slot)
+                    transceiver.direction = "sendrecv" if client_sends else "sendonly"
+                    peer.slots.append(slot)
+                    peer.slot_voice.append(None)
+
+    def _send(
+        self,
+        peer: Peer,
+        transceiver: RTCRtpTransceiver,
+        outputs: set[ForwardedTrack],
+        kind: str,
+        owned: list[ForwardedTrack],
+    ) -> None:
+        track = ForwardedTrack(kind, self.request_keyframe)
+        transceiver.sender.replaceTrack(track)
+        transceiver.direction = (
+            "sendrecv" if transceiver._offerDirection == "sendrecv" else "sendonly"
+        )
+        if kind == "video":
+            on_keyframe_request(transceiver.sender, self.request_keyframe)
+        outputs.add(track)
+        owned.append(track)
+
+    def _restrict_codec(self, transceiver: RTCRtpTransceiver) -> None:
+        if self.codec is None:
+            return
+        preferred = [
+            c
+            for c in RTCRtpSender.getCapabilities("video").codecs
+            if c.mimeType.lower() in (self.codec, "video/rtx")
+        ]
+        transceiver.setCodecPreferences(preferred)
+
+    def _start(self, peer: Peer) -> None:
+        for source in peer.sources:
+            source.start()
+            if peer.role is Role.OPERATOR and source.kind == "video":
+                self.video = source
+                for output in self.video_outputs:
+                    source.attach(output)
+            elif peer.role is Role.OPERATOR:
+                self.audio = source
+                for output in self.audio_outputs:
+                    source.attach(output)
+                self.voices[peer.sid] = source
+            else:
+                self.voices[peer.sid] = source
+        if peer.role is not Role.OPERATOR:
+            for output in peer.outputs:
+                current = self.video if output.kind == "video" else self.audio
+                if current is not None:
+                    current.attach(output)
+        self._assign_voices()
+
+    def _assign_voices(self) -> None:
+        """Give every other participant's voice a slot in each peer, where slots allow."""
+        for peer in self.peers.values():
+            wanted = [
+                sid
+                for sid in self.voices
+                if sid != peer.sid and not self._is_operator_voice_for_subscriber(sid, peer)
+            ]
+            for index, voice in enumerate(peer.slot_voice):
+                if voice is not None and voice not in wanted:
+                    source = self.voices.get(voice)
+                    if source is not None:
+                        source.detach(peer.slots[index])
+                    peer.slot_voice[index] = None
+            for sid in wanted:
+                if sid in peer.slot_voice:
+                    continue
+                if None not in peer.slot_voice:
+                    break
+                index = peer.slot_voice.index(None)
+                peer.slot_voice[index] = sid
+                self.voices[sid].attach(peer.slots[index])
+
+    def _is_operator_voice_for_subscriber(self, voice_sid: str, peer: Peer) -> bool:
+        # Subscribers hear the operator on their first audio transceiver, not in a slot.
+        return voice_sid == self.publisher and peer.role is not Role.OPERATOR
+
+    async def leave(self, sid: str) -> None:
+        """Release a participant's peer connection, tasks and tracks; others carry on."""
+        peer = self.peers.pop(sid, None)
+        if peer is None:
+            return
+        if self.publisher == sid:
+            self.publisher = None
+            self.video = self.audio = None
+            self.video_receiver = None
+        self.voices.pop(sid, None)
+        for source in peer.sources:
+            await source.stop()
+        for track in [*peer.outputs, *peer.slots]:
+            candidates: list[Source | None] = [self.video, self.audio, *self.voices.values()]
+            for source in candidates:
+                if source is not None:
+                    source.detach(track)
+            self.video_outputs.discard(track)
+            self.audio_outputs.discard(track)
+            track.stop()
+        await peer.pc.close()
+        self._assign_voices()
+
+    async def close(self) -> None:
+        for sid in list(self.peers):
+            await self.leave(sid)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _video_codec(sdp: str) -> str | None:
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind == "video" and media.rtp.codecs:
+            return media.rtp.codecs[0].mimeType.lower()
+    return None
+
+
+class Relay:
+    """Every media room on this node."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, MediaRoom] = {}
+
+    async def offer(
+        self, consultation_id: str, sid: str, role: Role, sdp: str
+    ) -> RTCSessionDescription:
+        room = self.rooms.setdefault(consultation_id, MediaRoom(consultation_id))
+        return await room.offer(sid, role, sdp)
+
+    async def leave(self, consultation_id: str, sid: str) -> None:
+        room = self.rooms.get(consultation_id)
+        if room is None:
+            return
+        await room.leave(sid)
+        if not room.peers:
+            await room.close()
+            self.rooms.pop(consultation_id, None)
+
+    def peer_connections(self) -> int:
+        return sum(len(r.peers) for r in self.rooms.values())
+
+    async def close(self) -> None:
+        for room in list(self.rooms.values()):
+            await room.close()
+        self.rooms.clear()

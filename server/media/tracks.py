@@ -1,0 +1,142 @@
+"""Encoded-frame fan-out: one reader per received track, a bounded queue per subscriber.
+
+A `Source` reads one received track (which yields encoded `Packet`s, see
+`forwarding.py`) and offers every packet to each attached `ForwardedTrack`. A
+forwarded track is what a subscriber's `RTCRtpSender` sends: a bounded queue
+that, when it overflows, drops to the next keyframe and asks for one, so a slow
+subscriber never grows memory and never gets a broken chain of frames. A
+forwarded track outlives its source: when the operator reconnects, the new
+source is attached and the track's timestamps carry on monotonically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import av
+from av.packet import Packet
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+log = logging.getLogger(__name__)
+
+FORWARD_QUEUE_FRAMES = 60
+# Timestamp step used to bridge a change of source (one frame at 30 fps; one 20 ms Opus frame).
+SOURCE_SWITCH_STEP = {"video": 3000, "audio": 960}
+
+
+class ForwardedTrack(MediaStreamTrack):
+    """The encoded frames one subscriber is sent, from whichever source is current."""
+
+    def __init__(self, kind: str, request_keyframe: Callable[[], None]):
+        super().__init__()
+        self.kind = kind
+        # Asks the current source's publisher for a keyframe (rate-limited by the caller).
+        self.request_keyframe = request_keyframe
+        self.queue: collections.deque[Packet[Any]] = collections.deque()
+        self.ready = asyncio.Event()
+        # Video after an overflow or a new source: drop until a keyframe arrives.
+        self.waiting_for_keyframe = kind == "video"
+        # pts offset applied to the current source, and the last pts sent.
+        self.offset = 0
+        self.last_pts: int | None = None
+        self.rebase = False
+        # Counters for statistics and tests.
+        self.frames_in = 0
+        self.frames_dropped = 0
+
+    def new_source(self) -> None:
+        """A different source will feed this track: rebase timestamps, wait for a keyframe."""
+        self.rebase = True
+        if self.kind == "video":
+            self.waiting_for_keyframe = True
+            self.request_keyframe()
+
+    def offer(self, packet: Packet[Any]) -> None:
+        """Queue a packet from the source (called by the source's reader)."""
+        self.frames_in += 1
+        if self.waiting_for_keyframe:
+            if not packet.is_keyframe:
+                self.frames_dropped += 1
+                return
+            self.waiting_for_keyframe = False
+        if len(self.queue) >= FORWARD_QUEUE_FRAMES:
+            self.frames_dropped += len(self.queue)
+            self.queue.clear()
+            if self.kind == "video" and not packet.is_keyframe:
+                self.waiting_for_keyframe = True
+                self.frames_dropped += 1
+                self.request_keyframe()
+                return
+        self.queue.append(packet)
+        self.ready.set()
+
+    async def recv(self) -> Packet[Any]:
+        while not self.queue:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self.ready.clear()
+            await self.ready.wait()
+        packet = self.queue.popleft()
+        assert packet.pts is not None
+        if self.rebase:
+            self.rebase = False
+            if self.last_pts is not None:
+                self.offset = self.last_pts + SOURCE_SWITCH_STEP[self.kind] - packet.pts
+        if self.offset:
+            # The packet is shared by every subscriber of the source: shift a copy.
+            shifted = av.Packet(bytes(packet))
+            shifted.pts = packet.pts + self.offset
+            shifted.time_base = packet.time_base
+            shifted.is_keyframe = packet.is_keyframe
+            packet = shifted
+        self.last_pts = packet.pts
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self.ready.set()
+
+
+class Source:
+    """One received track, read by one task and fanned out to the attached forwarded tracks."""
+
+    def __init__(self, kind: str, track: MediaStreamTrack):
+        self.kind = kind
+        self.track = track
+        self.targets: set[ForwardedTrack] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.frames = 0
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._read(), name=f"source-{self.kind}")
+
+    def attach(self, target: ForwardedTrack) -> None:
+        self.targets.add(target)
+        target.new_source()
+
+    def detach(self, target: ForwardedTrack) -> None:
+        self.targets.discard(target)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                packet = await self.track.recv()
+                if not isinstance(packet, Packet):
+                    continue  # a decoded frame: the forwarding hook is not installed
+                self.frames += 1
+                for target in list(self.targets):
+                    target.offer(packet)
+        except MediaStreamError:
+            return
+
+    async def stop(self) -> None:
+        self.targets.clear()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
