@@ -1,4 +1,4 @@
-"""The aiortc hook that makes received tracks yield encoded frames, so they are forwarded, not transcoded.
+"""The aiortc hook: received tracks yield encoded frames, so they are forwarded, not transcoded.
 
 This module reaches into aiortc internals; it is the only one that does. It
 depends on aiortc == 1.16.0 (pinned in pyproject) and `tests/test_media_hook.py`
@@ -42,7 +42,6 @@ AIORTC_VERSION = "1.16.0"
 VIDEO_CLOCK_RATE_HZ = 90_000
 VIDEO_JITTER_CAPACITY_PACKETS = 512
 AUDIO_JITTER_CAPACITY_PACKETS = 16
-
 
 
 class PassthroughDecoder(Decoder):

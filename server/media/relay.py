@@ -135,12 +135,22 @@ class MediaRoom:
 
     def _wire(self, peer: Peer) -> None:
         """Attach tracks to the peer's transceivers, by role and order."""
+        video = [t for t in peer.pc.getTransceivers() if t.kind == "video"]
+        if not video:
+            raise BadRequest("the offer has no video section", code="invalid_sdp", field="sdp")
+        wanted = "recvonly" if peer.role is Role.OPERATOR else "sendonly"
+        if video[0]._offerDirection not in (wanted, "sendrecv"):
+            need = "send" if peer.role is Role.OPERATOR else "receive"
+            raise BadRequest(
+                f"a {peer.role}'s offer must {need} video", code="invalid_sdp", field="sdp"
+            )
         audio_index = 0
         video_done = False
         for transceiver in peer.pc.getTransceivers():
-            offered = transceiver._offerDirection or "inactive"
-            client_sends = offered in ("sendonly", "sendrecv")
-            client_receives = offered in ("recvonly", "sendrecv")
+            # aiortc stores the offer's direction reversed, from our side.
+            ours = transceiver._offerDirection or "inactive"
+            client_sends = ours in ("recvonly", "sendrecv")
+            client_receives = ours in ("sendonly", "sendrecv")
             if transceiver.kind == "video" and not video_done:
                 video_done = True
                 self._restrict_codec(transceiver)
@@ -256,10 +266,9 @@ class MediaRoom:
         for source in peer.sources:
             await source.stop()
         for track in [*peer.outputs, *peer.slots]:
-            candidates: list[Source | None] = [self.video, self.audio, *self.voices.values()]
-            for source in candidates:
-                if source is not None:
-                    source.detach(track)
+            for current in (self.video, self.audio, *self.voices.values()):
+                if current is not None:
+                    current.detach(track)
             self.video_outputs.discard(track)
             self.audio_outputs.discard(track)
             track.stop()

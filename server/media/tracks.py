@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 import av
-from av.packet import Packet
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.packet import Packet
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,192 @@
+"""The relay forwards the operator's encoded video and voice to experts, and experts' voices back."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiortc
+import pytest
+from aiohttp.test_utils import TestClient
+from live_client import Participant
+from media_bots import CounterVideoTrack, decode_counters, expert_bot, operator_bot
+
+from server.appkeys import RELAY
+
+Invite = Callable[[str], Awaitable[Participant]]
+
+
+@pytest.fixture
+async def invite(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> AsyncIterator[Invite]:
+    created = await client.post(
+        "/api/consultations",
+        json={"clinical_question": "q", "urgency": "urgent"},
+        headers=coordinator,
+    )
+    cid = (await created.json())["id"]
+
+    async def connect(role: str) -> Participant:
+        response = await client.post(
+            f"/api/consultations/{cid}/invites",
+            json={"role": role, "name": role},
+            headers=coordinator,
+        )
+        token = (await response.json())["token"]
+        return await Participant(str(client.make_url("/")), token).connect()
+
+    yield connect
+
+
+async def test_expert_receives_the_operators_frames_forwarded_unaltered_and_in_order(
+    invite: Invite,
+) -> None:
+    track = CounterVideoTrack()
+    operator = await operator_bot(await invite("operator"), track)
+    expert = await expert_bot(await invite("expert"))
+    try:
+        assert "sdp" in await operator.negotiate()
+        assert "sdp" in await expert.negotiate()
+        packets = await expert.wait_packets("video", 45)
+        counters = decode_counters(packets)
+        assert len(counters) >= 30
+        assert counters == list(range(counters[0], counters[0] + len(counters))), (
+            "lost or reordered"
+        )
+        # Forwarded, not re-encoded: every frame's bytes are the operator encoder's own.
+        first = counters[0]
+        start = next(i for i, p in enumerate(packets) if p.is_keyframe)
+        for offset, packet in enumerate(packets[start : start + len(counters)]):
+            assert hashlib.sha256(bytes(packet)).hexdigest() == track.sent[first + offset]
+        await expert.wait_packets("audio", 20)  # the operator's voice
+        await operator.wait_packets("audio", 20)  # the expert's voice, back in the operator's slot
+    finally:
+        await expert.close()
+        await operator.close()
+
+
+async def test_late_expert_gets_a_keyframe_through_the_forwarded_request(invite: Invite) -> None:
+    track = CounterVideoTrack(keyframe_interval=100_000)  # keyframes only when asked
+    operator = await operator_bot(await invite("operator"), track)
+    first = await expert_bot(await invite("expert"))
+    try:
+        await operator.negotiate()
+        await first.negotiate()
+        await first.wait_packets("video", 30)
+        requests_before = track.keyframe_requests
+        late = await expert_bot(await invite("expert"))
+        try:
+            await late.negotiate()
+            packets = await late.wait_packets("video", 10)
+            assert packets[0].is_keyframe  # the relay waits for a keyframe before forwarding
+            assert len(decode_counters(packets)) >= 10
+            assert track.keyframe_requests > requests_before
+        finally:
+            await late.close()
+    finally:
+        await first.close()
+        await operator.close()
+
+
+async def test_operator_reconnect_brings_video_back_without_experts_rejoining(
+    invite: Invite,
+) -> None:
+    operator_socket = await invite("operator")
+    track = CounterVideoTrack()
+    operator = await operator_bot(operator_socket, track)
+    expert = await expert_bot(await invite("expert"))
+    try:
+        await operator.negotiate()
+        await expert.negotiate()
+        await expert.wait_packets("video", 20)
+        await operator.pc.close()  # the bedside connection drops
+
+        second_track = CounterVideoTrack(start=2000)
+        operator = await operator_bot(operator_socket, second_track)
+        assert "sdp" in await operator.negotiate()
+        await asyncio.sleep(0)
+        before = len(expert.received["video"])
+        packets = await expert.wait_packets("video", before + 30)
+        counters = decode_counters(packets[before:])
+        assert counters and counters[-1] > 2000, "no frames from the new connection"
+        pts = [p.pts for p in packets]
+        assert pts == sorted(pts), "timestamps went back when the source changed"
+    finally:
+        await expert.close()
+        await operator.close()
+
+
+async def test_malformed_sdp_gets_a_clear_error(invite: Invite) -> None:
+    expert = await invite("expert")
+    try:
+        for data, field in (
+            ({"sdp": "v=0\r\nthis is not sdp", "type": "offer"}, "sdp"),
+            ({"sdp": "x" * 70_000, "type": "offer"}, "sdp"),
+            ({"sdp": "v=0", "type": "answer"}, "type"),
+        ):
+            ack = await expert.call("rtc_offer", data)
+            assert ack["error"]["field"] == field, ack
+            assert ack["error"]["code"] in ("invalid_sdp", "invalid_field"), ack
+            assert "Traceback" not in ack["error"]["message"]
+    finally:
+        await expert.close()
+
+
+def running_tasks() -> collections.Counter[str]:
+    """Tasks by coroutine, less engine.io's ping tasks (each ends within its ping interval)."""
+    names = (t.get_coro().__qualname__ for t in asyncio.all_tasks())  # type: ignore[union-attr]
+    return collections.Counter(n for n in names if n != "AsyncSocket._send_ping")
+
+
+async def test_peer_connections_and_tasks_are_released_after_many_joins_and_leaves(
+    invite: Invite, client: TestClient[Any, Any]
+) -> None:
+    operator = await operator_bot(await invite("operator"), CounterVideoTrack())
+    relay = client.app[RELAY]
+
+    async def expert_visit() -> None:
+        expert = await expert_bot(await invite("expert"))
+        await expert.negotiate()
+        await expert.wait_packets("video", 3)
+        await expert.close()
+
+    async def settled() -> collections.Counter[str]:
+        """The running tasks once they stop changing (bounded wait)."""
+        last = running_tasks()
+        for _ in range(50):
+            await asyncio.sleep(0.2)
+            now = running_tasks()
+            if now == last and relay.peer_connections() == 1:
+                return now
+            last = now
+        return last
+
+    try:
+        await operator.negotiate()
+        await expert_visit()  # warm: the operator's media tasks are all running now
+        baseline = await settled()
+        for _ in range(8):
+            await expert_visit()
+        leftover = await settled() - baseline
+        assert relay.peer_connections() == 1  # only the operator's
+        assert not leftover, leftover
+    finally:
+        await operator.close()
+
+
+def test_the_forwarding_hook_still_fits_aiortc() -> None:
+    """Fails when aiortc changes under the hook (see server/media/forwarding.py)."""
+    from aiortc import RTCRtpReceiver, RTCRtpSender, rtcrtpreceiver
+
+    assert aiortc.__version__ == "1.16.0"
+    assert "get_decoder" in rtcrtpreceiver.decoder_worker.__code__.co_names
+    assert callable(getattr(RTCRtpSender, "_send_keyframe", None))
+    assert callable(getattr(RTCRtpReceiver, "_send_rtcp_pli", None))
+    assert "_RTCRtpReceiver__jitter_buffer" in RTCRtpReceiver.__init__.__code__.co_names or (
+        "__jitter_buffer" in str(RTCRtpReceiver.__init__.__code__.co_names)
+    )
+    assert hasattr(rtcrtpreceiver, "get_decoder")
