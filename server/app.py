@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,7 +24,7 @@ from server.keyring import (
     load,
     load_or_create,
 )
-from server.live import live_context
+from server.live import NAMESPACE, live_context, room_of
 from server.media import forwarding
 from server.media.relay import Relay
 from server.metrics import create_metrics
@@ -32,6 +34,7 @@ from server.store import open_store
 
 log = logging.getLogger(__name__)
 
+MEDIA_STATS_INTERVAL_SECONDS = 3.0
 WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
 
 
@@ -100,8 +103,44 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     forwarding.install()
     relay = Relay()
     app[RELAY] = relay
+    reporter = asyncio.create_task(_report_media_stats(app), name="media-stats")
     yield
+    reporter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reporter
     await relay.close()
+
+
+async def _report_media_stats(app: web.Application) -> None:
+    """Every few seconds: tell each room how its media flows, and export it on /metrics."""
+    metrics, relay, sio = app[METRICS], app[RELAY], app[SIO]
+    shown: set[tuple[str, str, str]] = set()
+    while True:
+        await asyncio.sleep(MEDIA_STATS_INTERVAL_SECONDS)
+        try:
+            report = await relay.statistics()
+            current = set()
+            for consultation_id, entries in report.items():
+                await sio.emit(
+                    "media_stats",
+                    {"participants": entries},
+                    room=room_of(consultation_id),
+                    namespace=NAMESPACE,
+                )
+                for entry in entries:
+                    labels = (consultation_id, entry["id"], entry["role"])
+                    current.add(labels)
+                    for stat, gauge in metrics.media.items():
+                        if entry.get(stat) is not None:
+                            gauge.labels(*labels).set(entry[stat])
+            for labels in shown - current:
+                for gauge in metrics.media.values():
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(*labels)
+            shown = current
+            metrics.peer_connections.set(relay.peer_connections())
+        except Exception:
+            log.exception("media statistics failed")
 
 
 def _page(name: str) -> Callable[[web.Request], Awaitable[web.FileResponse]]:

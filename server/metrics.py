@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from server import __version__
 
+MEDIA_STATS = ("bitrate_in_kbps", "bitrate_out_kbps", "frame_rate", "packet_loss_percent", "rtt_ms")
 LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -21,6 +22,9 @@ class Metrics:
     auth_refusals: Counter
     consultations_created: Counter
     invites_created: Counter
+    # Media statistics per participant of a live consultation (labels removed when it ends).
+    media: dict[str, Gauge]
+    peer_connections: Gauge
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
@@ -61,5 +65,17 @@ def create_metrics() -> Metrics:
         ),
         invites_created=Counter(
             "probelink_invites_created", "Join links issued.", ["role"], registry=registry
+        ),
+        media={
+            stat: Gauge(
+                f"probelink_media_{stat}",
+                f"Live media {stat.replace('_', ' ')} per participant.",
+                ["consultation", "participant", "role"],
+                registry=registry,
+            )
+            for stat in MEDIA_STATS
+        },
+        peer_connections=Gauge(
+            "probelink_media_peer_connections", "Open WebRTC peer connections.", registry=registry
         ),
     )

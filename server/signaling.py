@@ -377,7 +377,11 @@ class LiveNamespace(socketio.AsyncNamespace):
     async def _rtc_offer(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
         offer = parse(RtcOffer, data)
         answer = await self.app[RELAY].offer(
-            socket.consultation_id, socket.sid, socket.principal.role, offer.sdp
+            socket.consultation_id,
+            socket.sid,
+            socket.principal.sub,
+            socket.principal.role,
+            offer.sdp,
         )
         return {"sdp": answer.sdp, "type": answer.type}
 

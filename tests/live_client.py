@@ -9,7 +9,15 @@ from typing import Any
 import socketio
 
 LIVE = "/live"
-SERVER_EVENTS = ("room_state", "presence", "pointer", "mark", "mark_clear", "guidance")
+SERVER_EVENTS = (
+    "room_state",
+    "presence",
+    "pointer",
+    "mark",
+    "mark_clear",
+    "guidance",
+    "media_stats",
+)
 
 
 class Participant:

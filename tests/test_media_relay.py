@@ -190,3 +190,36 @@ def test_the_forwarding_hook_still_fits_aiortc() -> None:
         "__jitter_buffer" in str(RTCRtpReceiver.__init__.__code__.co_names)
     )
     assert hasattr(rtcrtpreceiver, "get_decoder")
+
+
+async def test_statistics_reach_the_room_and_metrics(
+    invite: Invite, client: TestClient[Any, Any]
+) -> None:
+    operator = await operator_bot(await invite("operator"), CounterVideoTrack())
+    expert_socket = await invite("expert")
+    expert = await expert_bot(expert_socket)
+    try:
+        await operator.negotiate()
+        await expert.negotiate()
+        await expert_socket.wait_until(
+            lambda r: any(
+                e["role"] == "expert" and e["frame_rate"] > 5 and e["bitrate_out_kbps"] > 10
+                for m in r["media_stats"]
+                for e in m["participants"]
+            ),
+            within=20,
+        )
+        operator_stats = [
+            e
+            for m in expert_socket.received["media_stats"]
+            for e in m["participants"]
+            if e["role"] == "operator"
+        ]
+        assert operator_stats and operator_stats[-1]["bitrate_in_kbps"] > 10
+        assert {"packet_loss_percent", "rtt_ms"} <= set(operator_stats[-1])
+        text = await (await client.get("/metrics")).text()
+        assert "probelink_media_frame_rate{" in text
+        assert "probelink_media_peer_connections 2.0" in text
+    finally:
+        await expert.close()
+        await operator.close()

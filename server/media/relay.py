@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.sdp import SessionDescription
@@ -27,6 +28,7 @@ from server.media.forwarding import (
     request_keyframe,
     use_low_latency_jitter_buffer,
 )
+from server.media.stats import Sample, rates, sample
 from server.media.tracks import ForwardedTrack, Source
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class Peer:
     """One participant's peer connection and what flows through it."""
 
     sid: str
+    sub: str
     role: Role
     pc: RTCPeerConnection
     # What this peer is sent: the operator's video and voice (subscribers).
@@ -50,6 +53,13 @@ class Peer:
     slot_voice: list[str | None] = field(default_factory=list)
     # What this peer sends: video and voice (operator), voice (expert).
     sources: list[Source] = field(default_factory=list)
+    # The last statistics sample, to compute rates from.
+    last_sample: Sample | None = None
+
+    def video_frames(self) -> int:
+        """Video frames received (publisher) or sent (subscriber) so far."""
+        sources = sum(s.frames for s in self.sources if s.kind == "video")
+        return sources + sum(t.frames_out for t in self.outputs if t.kind == "video")
 
 
 class MediaRoom:
@@ -98,7 +108,7 @@ class MediaRoom:
 
     # Negotiation
 
-    async def offer(self, sid: str, role: Role, sdp: str) -> RTCSessionDescription:
+    async def offer(self, sid: str, sub: str, role: Role, sdp: str) -> RTCSessionDescription:
         """Answer a participant's offer; a new offer from the same socket replaces its peer."""
         if len(sdp) > SDP_MAX_CHARS:
             raise BadRequest(
@@ -110,7 +120,7 @@ class MediaRoom:
         if role is Role.OPERATOR and self.publisher is not None:
             await self.leave(self.publisher)  # the operator reconnected: the old peer is gone
         pc = RTCPeerConnection()
-        peer = Peer(sid, role, pc)
+        peer = Peer(sid, sub, role, pc)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             self._wire(peer)
@@ -299,10 +309,30 @@ class Relay:
         self.rooms: dict[str, MediaRoom] = {}
 
     async def offer(
-        self, consultation_id: str, sid: str, role: Role, sdp: str
+        self, consultation_id: str, sid: str, sub: str, role: Role, sdp: str
     ) -> RTCSessionDescription:
         room = self.rooms.setdefault(consultation_id, MediaRoom(consultation_id))
-        return await room.offer(sid, role, sdp)
+        return await room.offer(sid, sub, role, sdp)
+
+    async def statistics(self) -> dict[str, list[dict[str, Any]]]:
+        """Each room's participants' current rates (since the previous call)."""
+        now = time.monotonic()
+        result: dict[str, list[dict[str, Any]]] = {}
+        for consultation_id, room in list(self.rooms.items()):
+            entries = []
+            for peer in list(room.peers.values()):
+                try:
+                    current = await sample(peer.pc, peer.video_frames(), now)
+                except Exception:
+                    log.debug("no statistics for a closing peer", exc_info=True)
+                    continue
+                if peer.last_sample is not None:
+                    rated = rates(peer.last_sample, current)
+                    entries.append({"id": peer.sub, "role": peer.role.value, **rated})
+                peer.last_sample = current
+            if entries:
+                result[consultation_id] = entries
+        return result
 
     async def leave(self, consultation_id: str, sid: str) -> None:
         room = self.rooms.get(consultation_id)

@@ -48,6 +48,7 @@ class ForwardedTrack(MediaStreamTrack):
         # Counters for statistics and tests.
         self.frames_in = 0
         self.frames_dropped = 0
+        self.frames_out = 0
 
     def new_source(self) -> None:
         """A different source will feed this track: rebase timestamps, wait for a keyframe."""
@@ -95,6 +96,7 @@ class ForwardedTrack(MediaStreamTrack):
             shifted.is_keyframe = packet.is_keyframe
             packet = shifted
         self.last_pts = packet.pts
+        self.frames_out += 1
         return packet
 
     def stop(self) -> None:
