@@ -167,3 +167,44 @@ def decode_counters(packets: list[Any]) -> list[int]:
         for frame in decoder.decode(av.Packet(bytes(packet))):
             counters.append(read_counter(frame))
     return counters
+
+
+class CounterFrameTrack(MediaStreamTrack):
+    """Raw counter frames: the bot's own aiortc sender encodes them (any codec)."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+        self.started = time.monotonic()
+
+    async def recv(self) -> Any:
+        self.n += 1
+        await asyncio.sleep(max(0.0, self.started + self.n / FPS - time.monotonic()))
+        frame = av.VideoFrame.from_ndarray(
+            counter_image(self.n % (1 << COUNTER_BITS)), format="rgb24"
+        )
+        frame.pts = self.n * (90000 // FPS)
+        frame.time_base = VIDEO_TIME_BASE
+        return frame
+
+
+def prefer_codec(transceiver: Any, mime_type: str) -> None:
+    from aiortc import RTCRtpSender
+
+    transceiver.setCodecPreferences(
+        [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == mime_type]
+    )
+
+
+def decode_counters_with(codec: str, packets: list[Any]) -> list[int]:
+    decoder = av.CodecContext.create(codec, "r")
+    counters = []
+    for packet in packets:
+        try:
+            frames = decoder.decode(av.Packet(bytes(packet)))
+        except av.FFmpegError:
+            continue  # before the first keyframe
+        counters.extend(read_counter(frame) for frame in frames)
+    return counters

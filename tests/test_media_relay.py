@@ -11,8 +11,18 @@ from typing import Any
 import aiortc
 import pytest
 from aiohttp.test_utils import TestClient
+from aiortc.mediastreams import AudioStreamTrack
 from live_client import Participant
-from media_bots import CounterVideoTrack, decode_counters, expert_bot, operator_bot
+from media_bots import (
+    Bot,
+    CounterFrameTrack,
+    CounterVideoTrack,
+    decode_counters,
+    decode_counters_with,
+    expert_bot,
+    operator_bot,
+    prefer_codec,
+)
 
 from server.appkeys import RELAY
 
@@ -221,5 +231,29 @@ async def test_statistics_reach_the_room_and_metrics(
         assert "probelink_media_frame_rate{" in text
         assert "probelink_media_peer_connections 2.0" in text
     finally:
+        await expert.close()
+        await operator.close()
+
+
+async def test_h264_publisher_is_forwarded_and_the_room_keeps_its_codec(invite: Invite) -> None:
+    operator = Bot(await invite("operator"))
+    video = operator.pc.addTransceiver(CounterFrameTrack(), direction="sendonly")
+    prefer_codec(video, "video/h264")
+    operator.pc.addTransceiver(AudioStreamTrack(), direction="sendrecv")
+    expert = await expert_bot(await invite("expert"))  # offers VP8 and H.264
+    vp8_only = Bot(await invite("expert"))
+    prefer_codec(vp8_only.pc.addTransceiver("video", direction="recvonly"), "video/vp8")
+    try:
+        assert "sdp" in await operator.negotiate()
+        answer = await expert.negotiate()
+        assert "H264" in answer["sdp"] and "VP8" not in answer["sdp"]
+        packets = await expert.wait_packets("video", 40)
+        counters = decode_counters_with("h264", packets)
+        assert len(counters) >= 20
+        assert counters == sorted(counters)
+        refused = await vp8_only.negotiate()
+        assert refused["error"]["code"] == "codec_mismatch"
+    finally:
+        await vp8_only.close()
         await expert.close()
         await operator.close()

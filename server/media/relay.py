@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from server.auth import Role
@@ -119,6 +119,8 @@ class MediaRoom:
         await self.leave(sid)
         if role is Role.OPERATOR and self.publisher is not None:
             await self.leave(self.publisher)  # the operator reconnected: the old peer is gone
+        if self.codec is not None:
+            sdp = restrict_video_codec(sdp, self.codec)
         pc = RTCPeerConnection()
         peer = Peer(sid, sub, role, pc)
         try:
@@ -163,7 +165,6 @@ class MediaRoom:
             client_receives = ours in ("sendonly", "sendrecv")
             if transceiver.kind == "video" and not video_done:
                 video_done = True
-                self._restrict_codec(transceiver)
                 if peer.role is Role.OPERATOR and client_sends:
                     use_low_latency_jitter_buffer(transceiver.receiver, "video")
                     peer.sources.append(Source("video", transceiver.receiver.track))
@@ -204,16 +205,6 @@ class MediaRoom:
             on_keyframe_request(transceiver.sender, self.request_keyframe)
         outputs.add(track)
         owned.append(track)
-
-    def _restrict_codec(self, transceiver: RTCRtpTransceiver) -> None:
-        if self.codec is None:
-            return
-        preferred = [
-            c
-            for c in RTCRtpSender.getCapabilities("video").codecs
-            if c.mimeType.lower() in (self.codec, "video/rtx")
-        ]
-        transceiver.setCodecPreferences(preferred)
 
     def _start(self, peer: Peer) -> None:
         for source in peer.sources:
@@ -293,6 +284,34 @@ class MediaRoom:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def restrict_video_codec(sdp: str, mime_type: str) -> str:
+    """The offer with only the room's video codec (and its retransmission) left in it."""
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception:
+        raise BadRequest(
+            "the SDP offer could not be parsed", code="invalid_sdp", field="sdp"
+        ) from None
+    for media in description.media:
+        if media.kind != "video":
+            continue
+        kept = {c.payloadType for c in media.rtp.codecs if c.mimeType.lower() == mime_type}
+        if not kept:
+            name = mime_type.split("/")[1].upper()
+            raise Conflict(
+                f"this consultation's video is {name}; the offer does not include it",
+                code="codec_mismatch",
+            )
+        kept |= {
+            c.payloadType
+            for c in media.rtp.codecs
+            if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") in kept
+        }
+        media.rtp.codecs = [c for c in media.rtp.codecs if c.payloadType in kept]
+        media.fmt = [f for f in media.fmt if f in kept]
+    return str(description)
 
 
 def _video_codec(sdp: str) -> str | None:
