@@ -200,6 +200,9 @@ def test_the_forwarding_hook_still_fits_aiortc() -> None:
         "__jitter_buffer" in str(RTCRtpReceiver.__init__.__code__.co_names)
     )
     assert hasattr(rtcrtpreceiver, "get_decoder")
+    names = RTCRtpReceiver._handle_rtp_packet.__code__.co_names
+    assert "_RTCRtpReceiver__decoder_queue" in names and "_RTCRtpReceiver__decoder_thread" in names
+    assert "get" in rtcrtpreceiver.decoder_worker.__code__.co_names
 
 
 async def test_statistics_reach_the_room_and_metrics(

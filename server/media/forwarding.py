@@ -18,6 +18,12 @@ fails if any of these assumptions stops holding:
 3. A sender asks its own encoder for a keyframe through `RTCRtpSender._send_keyframe()`
    when a subscriber sends PLI/FIR; we route that to the publisher instead.
 4. `RTCRtpReceiver._send_rtcp_pli(media_ssrc)` sends a PLI upstream.
+5. The receiver hands complete frames to its decoder thread with
+   `self._RTCRtpReceiver__decoder_queue.put((codec, frame))` from the event loop,
+   `put(None)` to stop, and the thread reads that queue with `get()`. For the
+   relay's own receivers we replace that queue with one that puts the packet
+   straight on the track's queue: no thread hop per frame (the idle thread stays
+   parked until the receiver stops).
 
 The decoder factory is process-wide: in this process every aiortc receiver yields
 packets. Code that needs pictures (captures, tests) decodes packets itself.
@@ -25,7 +31,9 @@ packets. Code that needs pictures (captures, tests) decodes packets itself.
 
 from __future__ import annotations
 
+import asyncio
 import fractions
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -129,6 +137,37 @@ def use_low_latency_jitter_buffer(receiver: RTCRtpReceiver, kind: str) -> None:
     receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(  # type: ignore[attr-defined]
         is_video=kind == "video"
     )
+
+
+class InlineDelivery:
+    """Stands in for a receiver's decoder queue: frames go straight to the track as packets."""
+
+    def __init__(self, track_queue: asyncio.Queue[Any]):
+        self.track_queue = track_queue
+        self.stopped = threading.Event()
+        self.decoders: dict[str, PassthroughDecoder] = {}
+
+    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
+        if item is None:
+            self.stopped.set()  # the parked thread wakes, ends the track and exits
+            return
+        codec, frame = item
+        decoder = self.decoders.get(codec.mimeType)
+        if decoder is None:
+            decoder = self.decoders[codec.mimeType] = PassthroughDecoder(codec)
+        for packet in decoder.decode(frame):
+            self.track_queue.put_nowait(packet)
+
+    def get(self) -> None:
+        self.stopped.wait()
+        return None
+
+
+def prepare_receiver(receiver: RTCRtpReceiver, kind: str) -> None:
+    """Low-latency jitter buffer and inline delivery of encoded frames for a relay receiver."""
+    use_low_latency_jitter_buffer(receiver, kind)
+    track = receiver.track
+    receiver._RTCRtpReceiver__decoder_queue = InlineDelivery(track._queue)  # type: ignore[attr-defined]
 
 
 def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:

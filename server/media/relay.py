@@ -25,8 +25,8 @@ from server.auth import Role
 from server.errors import BadRequest, Conflict
 from server.media.forwarding import (
     on_keyframe_request,
+    prepare_receiver,
     request_keyframe,
-    use_low_latency_jitter_buffer,
 )
 from server.media.stats import Sample, rates, sample
 from server.media.tracks import ForwardedTrack, Source
@@ -166,7 +166,7 @@ class MediaRoom:
             if transceiver.kind == "video" and not video_done:
                 video_done = True
                 if peer.role is Role.OPERATOR and client_sends:
-                    use_low_latency_jitter_buffer(transceiver.receiver, "video")
+                    prepare_receiver(transceiver.receiver, "video")
                     peer.sources.append(Source("video", transceiver.receiver.track))
                     self.video_receiver = transceiver.receiver
                 elif peer.role is not Role.OPERATOR and client_receives:
@@ -175,7 +175,7 @@ class MediaRoom:
                 first = audio_index == 0
                 audio_index += 1
                 if first and client_sends and peer.role is not Role.OBSERVER:
-                    use_low_latency_jitter_buffer(transceiver.receiver, "audio")
+                    prepare_receiver(transceiver.receiver, "audio")
                     peer.sources.append(Source("audio", transceiver.receiver.track))
                 if not client_receives:
                     continue

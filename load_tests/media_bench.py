@@ -1,0 +1,411 @@
+"""Media benchmark: N consultations, operator 720p30 VP8 (~1.5 Mbit/s) + Opus, two experts with voice.
+
+Runs, one after the other in one invocation on one machine:
+  baseline   aiortc's MediaRelay (decode + re-encode per subscriber), load_tests/mediarelay_server.py
+  probelink  probelink serve (forwarding encoded frames), negotiated over Socket.IO rtc_offer
+
+The operators send a pre-encoded clip in a loop (2 s, a keyframe at the start of each loop), so
+the generator spends no CPU encoding. Reported per run: server CPU (% of one core) and CPU per
+forwarded video stream, frames delivered to the experts, end-to-end frame latency p50/p99
+(operator send → complete frame at the expert, both on this machine's loopback), server RSS.
+
+    .venv/bin/python load_tests/media_bench.py --consultations 1,2,5,10 --seconds 15 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fractions
+import json
+import math
+import os
+import platform
+import secrets
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from eio_client import LiveConnection
+from procstat import cpu_seconds, rss_bytes
+from signaling_bench import free_port, log, percentile, probelink_env, process, provision
+
+from server.media import forwarding
+
+ROOT = Path(__file__).resolve().parent.parent
+WIDTH, HEIGHT, FPS = 1280, 720, 30
+VIDEO_BITRATE = 1_500_000
+CLIP_SECONDS = 2
+VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
+AUDIO_TIME_BASE = fractions.Fraction(1, 48000)
+PTS_PER_FRAME = 90000 // FPS
+
+
+def synthetic_ultrasound(n: int) -> np.ndarray:
+    """A speckled fan of grey with a slowly moving bright structure: realistic to encode."""
+    rng = np.random.default_rng(n)
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    fan = ((x - WIDTH / 2) ** 2 + (y + 100) ** 2 < (HEIGHT * 1.1) ** 2) & (
+        np.abs(x - WIDTH / 2) < (y + 100) * 0.9
+    )
+    speckle = rng.integers(0, 90, size=(HEIGHT, WIDTH), dtype=np.uint8)
+    blob = (((x - 640 - 80 * math.sin(n / 15)) ** 2 + (y - 360) ** 2) < 60**2) * 120
+    gray = np.where(fan, speckle + blob.astype(np.uint8), 0).astype(np.uint8)
+    return np.stack([gray] * 3, axis=-1)
+
+
+def encode_clip() -> tuple[list[bytes], list[bool]]:
+    encoder = av.CodecContext.create("libvpx", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    encoder.time_base = VIDEO_TIME_BASE
+    encoder.bit_rate = VIDEO_BITRATE
+    encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    data, keys = [], []
+    for n in range(FPS * CLIP_SECONDS):
+        frame = av.VideoFrame.from_ndarray(synthetic_ultrasound(n), format="rgb24").reformat(
+            format="yuv420p"
+        )
+        frame.pts, frame.time_base = n * PTS_PER_FRAME, VIDEO_TIME_BASE
+        if n == 0:
+            frame.pict_type = av.video.frame.PictureType.I
+        for packet in encoder.encode(frame):
+            data.append(bytes(packet))
+            keys.append(bool(packet.is_keyframe))
+    return data, keys
+
+
+def encode_voice() -> list[bytes]:
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = 48000, "mono", "s16"
+    encoder.bit_rate = 32000
+    out = []
+    for n in range(50):
+        t = (np.arange(960) + n * 960) / 48000
+        samples = (3000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48000, n * 960
+        out.extend(bytes(p) for p in encoder.encode(frame))
+    return out
+
+
+class LoopTrack(MediaStreamTrack):
+    """Sends pre-encoded frames in a loop at their real cadence; records video send times."""
+
+    def __init__(
+        self, kind: str, frames: list[bytes], keys: list[bool] | None, sent: list[float] | None
+    ):
+        super().__init__()
+        self.kind = kind
+        self.frames, self.keys, self.sent = frames, keys, sent
+        self.period = 1 / FPS if kind == "video" else 0.02
+        self.step = PTS_PER_FRAME if kind == "video" else 960
+        self.i = 0
+        self.t0 = time.perf_counter()
+
+    async def recv(self) -> Any:
+        due = self.t0 + self.i * self.period
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        packet = av.Packet(self.frames[self.i % len(self.frames)])
+        packet.pts = self.i * self.step
+        packet.time_base = VIDEO_TIME_BASE if self.kind == "video" else AUDIO_TIME_BASE
+        packet.is_keyframe = self.keys[self.i % len(self.keys)] if self.keys else True
+        if self.sent is not None:
+            self.sent.append(time.perf_counter())
+        self.i += 1
+        return packet
+
+
+@dataclass
+class Result:
+    name: str
+    consultations: int
+    seconds: float
+    video_frames_expected: int = 0
+    video_frames_delivered: int = 0
+    latency_measured: int = 0
+    latency_p50_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+    server_cpu_percent: float = 0.0
+    cpu_percent_per_stream: float = 0.0
+    server_rss_mib: float = 0.0
+    generator_cpu_percent: float = 0.0
+
+
+class Expert:
+    def __init__(self, voice: list[bytes]):
+        self.pc = RTCPeerConnection()
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTransceiver(LoopTrack("audio", voice, None, None), direction="sendrecv")
+        self.arrivals: list[tuple[float, int]] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.pc.on("track", self.on_track)
+
+    def on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video":
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    forwarding.use_low_latency_jitter_buffer(transceiver.receiver, "video")
+        self.tasks.append(asyncio.ensure_future(self.read(track)))
+
+    async def read(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                packet = await track.recv()
+                if track.kind == "video":
+                    self.arrivals.append((time.perf_counter(), hash(bytes(packet))))
+        except MediaStreamError:
+            return
+
+
+def operator_pc(
+    clip: tuple[list[bytes], list[bool]], voice: list[bytes], sent: list[float]
+) -> RTCPeerConnection:
+    pc = RTCPeerConnection()
+    pc.addTransceiver(LoopTrack("video", clip[0], clip[1], sent), direction="sendonly")
+    pc.addTransceiver(LoopTrack("audio", voice, None, None), direction="sendrecv")
+    return pc
+
+
+def latencies(
+    sent: list[float], arrivals: list[tuple[float, int]], window: tuple[float, float]
+) -> list[float]:
+    """Frame latency in ms. The expert's pts count from its first frame, k frames after the
+    operator's first; k is found from that first arrival (latency below one frame time)."""
+    if not arrivals or not sent:
+        return []
+    first_at, first_pts = arrivals[0]
+    k = max(0, math.floor((first_at - sent[0]) * FPS - first_pts / PTS_PER_FRAME))
+    out = []
+    for at, pts in arrivals:
+        index = pts // PTS_PER_FRAME + k
+        if window[0] <= at <= window[1] and index < len(sent):
+            out.append(1000 * (at - sent[index]))
+    return out
+
+
+async def run(
+    name: str,
+    negotiate: Any,
+    consultations: int,
+    seconds: float,
+    warmup: float,
+    pids: list[int],
+    clip: Any,
+    voice: list[bytes],
+) -> Result:
+    result = Result(name, consultations, seconds)
+    clip_index = {hash(frame): i for i, frame in enumerate(clip[0])}
+    operators, experts, sent_lists = [], [], []
+    for room in range(consultations):
+        sent: list[float] = []
+        pc = operator_pc(clip, voice, sent)
+        await negotiate(room, "operator", 0, pc)
+        operators.append(pc)
+        sent_lists.append(sent)
+        pair = []
+        for index in range(2):
+            expert = Expert(voice)
+            await negotiate(room, "expert", index, expert.pc)
+            pair.append(expert)
+        experts.append(pair)
+    log(f"{name}: {consultations} consultations connected; warming up {warmup:.0f} s")
+    await asyncio.sleep(warmup)
+    start = time.perf_counter()
+    cpu0 = sum(cpu_seconds(p) for p in pids)
+    self0 = time.process_time()
+    counts0 = [[len(e.arrivals) for e in pair] for pair in experts]
+    sent0 = [len(s) for s in sent_lists]
+    await asyncio.sleep(seconds)
+    wall = time.perf_counter() - start
+    result.server_cpu_percent = 100 * (sum(cpu_seconds(p) for p in pids) - cpu0) / wall
+    result.generator_cpu_percent = 100 * (time.process_time() - self0) / wall
+    result.server_rss_mib = sum(rss_bytes(p) for p in pids) / 2**20
+    lat: list[float] = []
+    for room, pair in enumerate(experts):
+        sent_in_window = len(sent_lists[room]) - sent0[room]
+        for expert, before in zip(pair, counts0[room], strict=True):
+            result.video_frames_expected += sent_in_window
+            result.video_frames_delivered += len(expert.arrivals) - before
+            lat += latencies(sent_lists[room], expert.arrivals, (start, start + wall), clip_index)
+    result.latency_measured = len(lat)
+    result.latency_p50_ms = percentile(lat, 50)
+    result.latency_p99_ms = percentile(lat, 99)
+    result.cpu_percent_per_stream = result.server_cpu_percent / (2 * consultations)
+    for pair in experts:
+        for expert in pair:
+            await expert.pc.close()
+    for pc in operators:
+        await pc.close()
+    return result
+
+
+def bench_baseline(args: argparse.Namespace, n: int, clip: Any, voice: list[bytes]) -> Result:
+    port = free_port()
+    with ExitStack() as stack:
+        proc = stack.enter_context(
+            process(
+                [
+                    sys.executable,
+                    str(ROOT / "load_tests" / "mediarelay_server.py"),
+                    "--port",
+                    str(port),
+                ],
+                dict(os.environ),
+                port,
+            )
+        )
+
+        async def main() -> Result:
+            async with aiohttp.ClientSession() as http:
+
+                async def negotiate(
+                    room: int, role: str, index: int, pc: RTCPeerConnection
+                ) -> None:
+                    await pc.setLocalDescription(await pc.createOffer())
+                    async with http.post(
+                        f"http://127.0.0.1:{port}/offer",
+                        json={"room": str(room), "role": role, "sdp": pc.localDescription.sdp},
+                    ) as r:
+                        await pc.setRemoteDescription(RTCSessionDescription(**await r.json()))
+
+                return await run(
+                    "baseline", negotiate, n, args.seconds, args.warmup, [proc.pid], clip, voice
+                )
+
+        return asyncio.run(main())
+
+
+def bench_probelink(
+    args: argparse.Namespace, n: int, clip: Any, voice: list[bytes], workdir: Path
+) -> Result:
+    port = free_port()
+    secret = secrets.token_urlsafe(32)
+    with ExitStack() as stack:
+        env = probelink_env(workdir / f"probelink-{n}", secret)
+        proc = stack.enter_context(
+            process([sys.executable, "-m", "server", "serve", "--port", str(port)], env, port)
+        )
+        base = f"http://127.0.0.1:{port}"
+        tokens = asyncio.run(provision(base, secret, n, 2))
+
+        async def main() -> Result:
+            connections: list[LiveConnection] = []
+            async with aiohttp.ClientSession() as session:
+
+                async def negotiate(
+                    room: int, role: str, index: int, pc: RTCPeerConnection
+                ) -> None:
+                    conn = await LiveConnection.open(
+                        session,
+                        base,
+                        "/live",
+                        {"token": tokens[(room, role, index)]},
+                        lambda e, d: None,
+                    )
+                    connections.append(conn)
+                    await pc.setLocalDescription(await pc.createOffer())
+                    answer = await conn.call(
+                        "rtc_offer", {"sdp": pc.localDescription.sdp, "type": "offer"}
+                    )
+                    await pc.setRemoteDescription(
+                        RTCSessionDescription(sdp=answer["sdp"], type=answer["type"])
+                    )
+
+                result = await run(
+                    "probelink", negotiate, n, args.seconds, args.warmup, [proc.pid], clip, voice
+                )
+                for conn in connections:
+                    await conn.close()
+                return result
+
+        return asyncio.run(main())
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| relay | consultations | server CPU % | CPU % per stream | vs baseline | frames delivered | latency p50 / p99 ms | server RSS MiB | generator CPU % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        base = next(
+            (b for b in results if b.name == "baseline" and b.consultations == r.consultations),
+            None,
+        )
+        ratio = (
+            f"{base.cpu_percent_per_stream / r.cpu_percent_per_stream:.0f}× less"
+            if base and r.name != "baseline" and r.cpu_percent_per_stream
+            else "-"
+        )
+        delivered = 100 * r.video_frames_delivered / max(1, r.video_frames_expected)
+        latency = (
+            f"{r.latency_p50_ms:.1f} / {r.latency_p99_ms:.1f}"
+            if r.latency_measured
+            else "n/a (re-encoded)"
+        )
+        lines.append(
+            f"| {r.name} | {r.consultations} | {r.server_cpu_percent:.1f} | {r.cpu_percent_per_stream:.2f} | {ratio} "
+            f"| {delivered:.1f}% | {latency} | {r.server_rss_mib:.0f} | {r.generator_cpu_percent:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--consultations", default="1,2,5", help="comma-separated counts")
+    parser.add_argument(
+        "--baseline-max", type=int, default=2, help="largest count to run the baseline at"
+    )
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--warmup", type=float, default=4)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    forwarding.install()  # the experts count encoded frames; nothing in the generator decodes
+    log("encoding the 720p clip and the voice once")
+    clip, voice = encode_clip(), encode_voice()
+    log(
+        f"clip: {len(clip[0])} frames, {8 * sum(map(len, clip[0])) / CLIP_SECONDS / 1e6:.2f} Mbit/s"
+    )
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in [int(c) for c in args.consultations.split(",")]:
+            if n <= args.baseline_max:
+                results.append(bench_baseline(args, n, clip, voice))
+                log(f"baseline with {n}: done")
+            results.append(bench_probelink(args, n, clip, voice, Path(tmp)))
+            log(f"probelink with {n}: done")
+    print(table(results))
+    if args.json:
+        machine = {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        }
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": [asdict(r) for r in results],
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
