@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
-from server.config import load_settings
+from server.app import create_app
+from server.config import Settings, load_settings
 from server.errors import ConfigError
 from server.turn import ice_servers_for, turn_credential, turn_user
 
@@ -110,3 +114,50 @@ def test_turn_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_ipv6_turn_url_is_accepted() -> None:
     settings = load_settings(turn_urls="turn:[2001:db8::1]:3478", turn_secret=SECRET)
     assert settings.turn_urls == ("turn:[2001:db8::1]:3478",)
+
+
+async def test_any_participant_fetches_ice_servers_with_its_own_turn_credential(
+    aiohttp_client: Callable[..., Any],
+    settings: Settings,
+    token_for: Callable[..., str],
+) -> None:
+    turned = load_settings(
+        data_dir=settings.data_dir, turn_urls="turn:127.0.0.1:3478", turn_secret=SECRET
+    )
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(turned))
+    before = int(time.time())
+    for role, sub in [("operator", "4e1c0a7b"), ("expert", "9d2f4e6a"), ("coordinator", "desk-1")]:
+        consultation = None if role == "coordinator" else "0" * 32
+        token = token_for(role, sub=sub, consultation=consultation)
+        response = await client.get(
+            "/api/ice-servers", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status == 200
+        assert response.headers["Cache-Control"] == "no-store"
+        body = await response.json()
+        (server,) = body["ice_servers"]
+        assert server["urls"] == ["turn:127.0.0.1:3478"]
+        expiry_text, user = server["username"].split(":")
+        assert user == sub
+        assert before + settings.turn_ttl_seconds <= int(expiry_text)
+        assert int(expiry_text) <= int(time.time()) + settings.turn_ttl_seconds
+        assert server["credential"] == turn_credential(SECRET, sub, int(expiry_text)).password
+        assert body["expires_at"] == datetime.fromtimestamp(int(expiry_text), UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S.000000Z"
+        )
+
+
+async def test_ice_servers_need_a_valid_token(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/api/ice-servers")
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "token_missing"
+    response = await client.get("/api/ice-servers", headers={"Authorization": "Bearer x.y.z"})
+    assert response.status == 401
+
+
+async def test_without_turn_the_ice_server_list_is_empty(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    response = await client.get("/api/ice-servers", headers=coordinator)
+    assert response.status == 200
+    assert await response.json() == {"ice_servers": [], "expires_at": None}
