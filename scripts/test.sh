@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install everything the tests need (Debian and pip packages), start the real components
-# that are not running (PostgreSQL, Redis), lint, and run the whole test suite.
+# that are not running (PostgreSQL, Redis), lint, and run the whole test suite. coturn is only
+# installed: the tests start their own turnserver on loopback.
 # Arguments go to pytest. With PROBELINK_REQUIRE_ALL=1 a missing component fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
-DEBIAN_PACKAGES=(postgresql postgresql-client redis-server)
+DEBIAN_PACKAGES=(postgresql postgresql-client redis-server coturn)
 PG_URL="${PROBELINK_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
 
 start_postgres() {
@@ -39,7 +40,19 @@ start_redis() {
   for _ in $(seq 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
 }
 
+# Installing coturn enables its system service, which with Debian's default configuration is
+# an unauthenticated relay on every address: when this script installs it, it stops and
+# disables that service (a coturn installed before is left as it was).
+coturn_was_installed() { dpkg-query -W -f='${Status}' coturn 2>/dev/null | grep -q "install ok installed"; }
+disable_new_coturn_service() {
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now coturn.service >/dev/null 2>&1 || true
+  fi
+}
+
+had_coturn=0; coturn_was_installed && had_coturn=1
 apt_install "${DEBIAN_PACKAGES[@]}"
+[ "$had_coturn" = 1 ] || disable_new_coturn_service
 start_postgres
 trust_local_postgres
 start_redis

@@ -31,6 +31,7 @@ from server.errors import BadRequest, NotFound, Unauthorized
 from server.messages import Choice, Name, StrictModel, parse, parse_json
 from server.store import ConsultationRow, ParticipantRow
 from server.store.times import iso
+from server.turn import ice_servers_for
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
@@ -54,6 +55,7 @@ def routes() -> web.RouteTableDef:
     table.get("/api/consultations/{consultation_id}")(get_consultation)
     table.post("/api/consultations/{consultation_id}/invites")(create_invite)
     table.get("/api/audit/verify")(verify_audit)
+    table.get("/api/ice-servers")(get_ice_servers)
     return table
 
 
@@ -287,3 +289,11 @@ async def verify_audit(request: web.Request) -> web.Response:
             "reason": check.reason,
         }
     )
+
+
+async def get_ice_servers(request: web.Request) -> web.Response:
+    """The STUN/TURN servers (with a fresh TURN credential) of the token's holder."""
+    principal = authenticate(request)
+    body = ice_servers_for(request.app[SETTINGS], principal.sub, datetime.now(UTC))
+    # A credential: never kept by a cache along the way.
+    return web.json_response(body, headers={"Cache-Control": "no-store"})

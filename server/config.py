@@ -7,10 +7,12 @@ server at start-up with a message naming the variable.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.errors import ConfigError
 
@@ -21,6 +23,19 @@ SECRET_KEY_MIN_BYTES = 32
 COORDINATOR_LINK_TTL_SECONDS = 12 * 3600
 # Longest time from request to due: a year (a larger one overflows dates).
 DUE_MINUTES_MAX = 365 * 24 * 60
+# stun:/stuns:/turn:/turns: URLs as browsers and aiortc take them (RFC 7064, RFC 7065).
+ICE_URL_PATTERN = re.compile(
+    r"(?P<scheme>stuns?|turns?):(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?(?:\?transport=(?P<transport>udp|tcp))?"
+)
+PORT_MAX = 65535
+# The TURN REST API secret is an HMAC-SHA1 key shared with coturn: as long as a signing key.
+TURN_SECRET_MIN_BYTES = 32
+# TURN credentials outlive the longest consultation a little: a participant who reconnects or
+# restarts ICE in the middle of a scan allocates a new relay with the credential it holds, and
+# coturn checks the expiry at each new allocation (a running one is refreshed past it).
+TURN_TTL_SECONDS_DEFAULT = 4 * 3600
+TURN_TTL_SECONDS_MAX = 24 * 3600
 
 
 class Settings(BaseSettings):
@@ -102,6 +117,22 @@ class Settings(BaseSettings):
         le=DUE_MINUTES_MAX,
         description="Time from request to due for a routine consultation.",
     )
+    turn_urls: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated stun:, stuns:, turn: and turns: URLs handed to every "
+        "participant as ICE servers (default: none, host candidates only).",
+    )
+    turn_secret: SecretStr | None = Field(
+        None,
+        description="Secret shared with coturn (`static-auth-secret`) to sign TURN credentials; "
+        "required with turn: or turns: URLs.",
+    )
+    turn_ttl_seconds: int = Field(
+        TURN_TTL_SECONDS_DEFAULT,
+        ge=300,
+        le=TURN_TTL_SECONDS_MAX,
+        description="Lifetime of a TURN credential.",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field("json", description="`json` (one object per line) or `text`.")
 
@@ -127,6 +158,36 @@ class Settings(BaseSettings):
             raise ValueError(f"must be at least {SECRET_KEY_MIN_BYTES} bytes")
         return value
 
+    @field_validator("turn_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(url.strip() for url in value.split(",") if url.strip())
+        return value
+
+    @field_validator("turn_urls")
+    @classmethod
+    def _ice_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            match = ICE_URL_PATTERN.fullmatch(url)
+            if match is None:
+                raise ValueError(
+                    f"{url!r} is not a stun:, stuns:, turn: or turns: URL "
+                    "(scheme:host[:port][?transport=udp|tcp])"
+                )
+            if match["port"] is not None and not 0 < int(match["port"]) <= PORT_MAX:
+                raise ValueError(f"{url!r}: the port must be 1 to {PORT_MAX}")
+            if match["transport"] is not None and match["scheme"].startswith("stun"):
+                raise ValueError(f"{url!r}: only turn: and turns: URLs take a transport")
+        return value
+
+    @field_validator("turn_secret")
+    @classmethod
+    def _turn_secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < TURN_SECRET_MIN_BYTES:
+            raise ValueError(f"must be at least {TURN_SECRET_MIN_BYTES} bytes")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:
@@ -144,6 +205,16 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}TOKEN_MAX_TTL_SECONDS must be at least "
                 f"{ENV_PREFIX}INVITE_TTL_SECONDS ({self.invite_ttl_seconds}) and 12 h "
                 f"({COORDINATOR_LINK_TTL_SECONDS}), the coordinator link's lifetime"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _turn_has_secret(self) -> Settings:
+        # Otherwise every participant would get TURN URLs without a credential coturn accepts.
+        if self.turn_secret is None and any(u.startswith("turn") for u in self.turn_urls):
+            raise ValueError(
+                f"{ENV_PREFIX}TURN_SECRET is required when {ENV_PREFIX}TURN_URLS has turn: or "
+                "turns: URLs (the static-auth-secret of coturn)"
             )
         return self
 

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from turn_server import TURNSERVER, TurnServer
 
 from server.app import create_app, load_keyring, token_policy
 from server.auth import Role, issue_token
@@ -121,6 +122,23 @@ def redis_available() -> str | None:
 def redis_url(redis_available: str | None) -> str:
     require("Redis", redis_available is None, redis_available or "")
     return REDIS_URL
+
+
+def require_coturn() -> None:
+    """Skip (or fail, in CI) unless coturn's `turnserver` is installed."""
+    require(
+        "coturn", TURNSERVER is not None, "`turnserver` is not installed (Debian package coturn)"
+    )
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[TurnServer]:
+    """A real coturn on 127.0.0.1 (free port, test-only config, random secret), stopped after."""
+    require_coturn()
+    directory = tmp_path / "coturn"
+    directory.mkdir()
+    with TurnServer(directory) as server:
+        yield server
 
 
 def unique_prefix() -> str:
