@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import socketio
@@ -56,6 +57,7 @@ from server.room import (
     may_point,
     refuse_unknown_event,
 )
+from server.turn import ice_servers_for
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +263,8 @@ class LiveNamespace(socketio.AsyncNamespace):
                 "name": socket.principal.name,
             },
             "participants": participant_view(members),
+            # STUN/TURN servers for this participant's peer connection (ephemeral credentials).
+            "ice": ice_servers_for(self.app[SETTINGS], socket.principal.sub, datetime.now(UTC)),
             "marks": snapshot.marks,
             "guidance": snapshot.guidance,
             "last_seq": snapshot.last_seq,

@@ -85,6 +85,7 @@ async def test_joining_gives_room_state_and_everyone_sees_presence(
         (operator.state["you"]["id"], "operator", join.consultation)
     ]
     assert operator.state["marks"] == [] and operator.state["guidance"] is None
+    assert operator.state["ice"]["ice_servers"] == []  # no STUN/TURN configured here
     assert operator.state["consultation"]["urgency"] == "urgent"
 
     expert = await join("expert")
