@@ -180,19 +180,25 @@ def operator_pc(
 
 
 def latencies(
-    sent: list[float], arrivals: list[tuple[float, int]], window: tuple[float, float]
+    sent: list[float],
+    arrivals: list[tuple[float, int]],
+    window: tuple[float, float],
+    clip_index: dict[int, int],
 ) -> list[float]:
-    """Frame latency in ms. The expert's pts count from its first frame, k frames after the
-    operator's first; k is found from that first arrival (latency below one frame time)."""
-    if not arrivals or not sent:
-        return []
-    first_at, first_pts = arrivals[0]
-    k = max(0, math.floor((first_at - sent[0]) * FPS - first_pts / PTS_PER_FRAME))
+    """Frame latency in ms. A forwarded frame is byte-identical to the one sent, so its bytes
+    name its place in the clip; the latest send of that clip frame before arrival is the one.
+    Re-encoded frames (the baseline) match nothing and are not measured."""
     out = []
-    for at, pts in arrivals:
-        index = pts // PTS_PER_FRAME + k
-        if window[0] <= at <= window[1] and index < len(sent):
-            out.append(1000 * (at - sent[index]))
+    period = len(clip_index)
+    for at, digest in arrivals:
+        j = clip_index.get(digest)
+        if j is None or not window[0] <= at <= window[1] or len(sent) <= j:
+            continue
+        i = len(sent) - 1 - ((len(sent) - 1 - j) % period)
+        while i >= 0 and sent[i] > at:
+            i -= period
+        if i >= 0:
+            out.append(1000 * (at - sent[i]))
     return out
 
 
