@@ -340,6 +340,18 @@ def bench_probelink(
         return asyncio.run(main())
 
 
+def continuous_decode_cost(clip: tuple[list[bytes], list[bool]], loops: int = 5) -> float:
+    """% of one core that decoding one 720p30 publisher continuously would take."""
+    decoder = av.CodecContext.create("vp8", "r")
+    start = time.process_time()
+    frames = 0
+    for _ in range(loops):
+        for data in clip[0]:
+            frames += len(decoder.decode(av.Packet(data)))
+    seconds_per_frame = (time.process_time() - start) / max(1, frames)
+    return 100 * seconds_per_frame * FPS
+
+
 def table(results: list[Result]) -> str:
     lines = [
         "| relay | consultations | server CPU % | CPU % per stream | vs baseline | frames delivered | latency p50 / p99 ms | server RSS MiB | generator CPU % |",
@@ -386,6 +398,8 @@ def main() -> None:
     log(
         f"clip: {len(clip[0])} frames, {8 * sum(map(len, clip[0])) / CLIP_SECONDS / 1e6:.2f} Mbit/s"
     )
+    decode_cost = continuous_decode_cost(clip)
+    log(f"decoding one 720p30 publisher continuously: {decode_cost:.1f}% of a core")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in [int(c) for c in args.consultations.split(",")]:
@@ -395,6 +409,9 @@ def main() -> None:
             results.append(bench_probelink(args, n, clip, voice, Path(tmp)))
             log(f"probelink with {n}: done")
     print(table(results))
+    print(
+        f"\nContinuous decode of one 720p30 VP8 publisher (for captures): {decode_cost:.1f}% of a core"
+    )
     if args.json:
         machine = {
             "python": platform.python_version(),
@@ -407,6 +424,7 @@ def main() -> None:
                     "machine": machine,
                     "args": {k: str(v) for k, v in vars(args).items()},
                     "results": [asdict(r) for r in results],
+                    "continuous_decode_percent": decode_cost,
                 },
                 indent=2,
             )

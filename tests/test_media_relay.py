@@ -97,6 +97,11 @@ async def test_late_expert_gets_a_keyframe_through_the_forwarded_request(invite:
             assert track.keyframe_requests > requests_before
         finally:
             await late.close()
+        # The first expert was not interrupted by the join or the leave.
+        counters = decode_counters(
+            await first.wait_packets("video", len(first.received["video"]) + 15)
+        )
+        assert counters == list(range(counters[0], counters[0] + len(counters)))
     finally:
         await first.close()
         await operator.close()
