@@ -12,7 +12,7 @@ from aiohttp import web
 
 from server import __version__
 from server.api import routes
-from server.appkeys import KEYRING, METRICS, RELAY, SETTINGS, SIO, STORE, TOKEN_POLICY
+from server.appkeys import KEYRING, LIVE, METRICS, RELAY, SETTINGS, SIO, STORE, TOKEN_POLICY
 from server.auth import Keys, TokenPolicy
 from server.config import Settings
 from server.files import ensure_private_dir
@@ -139,6 +139,7 @@ async def _report_media_stats(app: web.Application) -> None:
                         gauge.remove(*labels)
             shown = current
             metrics.peer_connections.set(relay.peer_connections())
+            await app[LIVE].keep_media(list(relay.rooms))
         except Exception:
             log.exception("media statistics failed")
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from server.appkeys import LIVE, SETTINGS, SIO, STORE
-from server.errors import ConfigError
+from server.errors import ConfigError, Unavailable
 from server.presence import MemoryPresence, Presence, RedisPresence
 from server.roombus import LocalRoomBus, RedisRoomBus, RoomBus
 from server.store.room_log import RoomEvent
@@ -28,6 +28,8 @@ from server.store.room_log import RoomEvent
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/live"
+# A pin outlives a crashed node by this much; live rooms refresh it every few seconds.
+MEDIA_PIN_TTL_SECONDS = 30
 CATCH_UP_EVENTS_MAX = 1000
 
 
@@ -49,6 +51,47 @@ class Live:
     bus: RoomBus
     # Background tasks this node owns; cancelled and awaited on close.
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # With many nodes: Redis, where each consultation's media is pinned to one node.
+    redis: aioredis.Redis | None = None
+    # Key prefix in Redis, and this node's public URL (what another node tells clients).
+    prefix: str = "probelink"
+    public_url: str = ""
+
+    async def claim_media(self, consultation_id: str) -> str | None:
+        """Pin the consultation's media to this node; the other node's URL if it is elsewhere."""
+        if self.redis is None:
+            return None
+        key = f"{self.prefix}:media:{consultation_id}"
+        try:
+            if await self.redis.set(key, self.public_url, nx=True, ex=MEDIA_PIN_TTL_SECONDS):
+                return None
+            owner = await self.redis.get(key)
+        except RedisError:
+            raise Unavailable(
+                "cannot tell which node carries this consultation's media (Redis is unreachable)",
+                code="bus_unavailable",
+            ) from None
+        return None if owner in (None, self.public_url) else str(owner)
+
+    async def keep_media(self, consultation_ids: list[str]) -> None:
+        """Refresh the pins of the consultations whose media this node carries."""
+        if self.redis is None:
+            return
+        for consultation_id in consultation_ids:
+            with contextlib.suppress(RedisError):
+                await self.redis.set(
+                    f"{self.prefix}:media:{consultation_id}",
+                    self.public_url,
+                    ex=MEDIA_PIN_TTL_SECONDS,
+                )
+
+    async def release_media(self, consultation_id: str) -> None:
+        if self.redis is None:
+            return
+        key = f"{self.prefix}:media:{consultation_id}"
+        with contextlib.suppress(RedisError):
+            if await self.redis.get(key) == self.public_url:
+                await self.redis.delete(key)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` in the background, owned by this node; failures are logged."""
@@ -126,7 +169,14 @@ def live_context(
                 await presence.close()
                 await redis.aclose()
                 raise ConfigError(f"cannot reach Redis ({type(exc).__name__})") from None
-            live = Live(node, presence, bus)
+            live = Live(
+                node,
+                presence,
+                bus,
+                redis=redis,
+                prefix=settings.redis_prefix,
+                public_url=settings.base_url,
+            )
             live.spawn(_reap_forever(reaper, settings.presence_ttl_seconds / 3))
         else:
             live = Live(node, MemoryPresence(), LocalRoomBus(deliver))

@@ -29,6 +29,7 @@ from server.auth import Principal, Role, verify_token
 from server.config import Settings
 from server.errors import (
     BadRequest,
+    Conflict,
     Forbidden,
     NotFound,
     ProbelinkError,
@@ -286,8 +287,11 @@ class LiveNamespace(socketio.AsyncNamespace):
         socket = self.sockets.pop(sid, None)
         if socket is None:
             return
-        await self.app[RELAY].leave(socket.consultation_id, sid)
+        relay = self.app[RELAY]
         live = self.app[LIVE]
+        await relay.leave(socket.consultation_id, sid)
+        if socket.consultation_id not in relay.rooms:
+            await live.release_media(socket.consultation_id)
         gone = await live.presence.leave(socket.consultation_id, sid)
         if gone is not None:
             await self._announce("leave", socket.consultation_id, gone)
@@ -380,13 +384,23 @@ class LiveNamespace(socketio.AsyncNamespace):
 
     async def _rtc_offer(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
         offer = parse(RtcOffer, data)
-        answer = await self.app[RELAY].offer(
+        relay = self.app[RELAY]
+        elsewhere = await self.app[LIVE].claim_media(socket.consultation_id)
+        if elsewhere is not None:
+            raise Conflict(
+                f"this consultation's media is carried by {elsewhere}: connect there",
+                code="media_on_other_node",
+            )
+        answer = await relay.offer(
             socket.consultation_id,
             socket.sid,
             socket.principal.sub,
             socket.principal.role,
             offer.sdp,
         )
+        if socket.sid not in self.sockets:
+            # The socket went away while the offer was being answered: release what it made.
+            await relay.leave(socket.consultation_id, socket.sid)
         return {"sdp": answer.sdp, "type": answer.type}
 
     async def _sync(self, socket: LiveSocket, data: Any) -> dict[str, Any]:

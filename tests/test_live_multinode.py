@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiortc import RTCPeerConnection, VideoStreamTrack
 from conftest import unique_prefix
 from live_client import Participant
 from servers import Server, cli_env
@@ -104,4 +105,49 @@ async def test_expert_and_operator_on_two_nodes_see_presence_marks_and_guidance_
             assert expert.received["presence"][-1]["event"] == "leave"
         finally:
             await expert.close()
+            await operator.close()
+
+
+async def offer_sdp(role: str) -> tuple[RTCPeerConnection, str]:
+    pc = RTCPeerConnection()
+    if role == "operator":
+        pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+    else:
+        pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, pc.localDescription.sdp
+
+
+async def test_a_consultations_media_stays_on_the_node_that_carries_it(
+    shared_env: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    env_a, env_b = shared_env
+    with Server(env_a) as node_a, Server(env_b) as node_b:
+        secret = env_a["PROBELINK_SECRET_KEY"]
+        tokens = await setup_room(node_a.url, secret)
+        headers = {"Authorization": f"Bearer {coordinator_token(secret)}"}
+        operator = await Participant(node_a.url, tokens["operator"]).connect()
+        expert_b = await Participant(node_b.url, tokens["expert"]).connect()
+        peers = []
+        try:
+            pc, sdp = await offer_sdp("operator")
+            peers.append(pc)
+            assert "sdp" in await operator.call("rtc_offer", {"sdp": sdp, "type": "offer"})
+            pc, sdp = await offer_sdp("expert")
+            peers.append(pc)
+            refused = await expert_b.call("rtc_offer", {"sdp": sdp, "type": "offer"})
+            assert refused["error"]["code"] == "media_on_other_node"
+            assert node_a.url in refused["error"]["message"]
+            await expert_b.close()
+            async with aiohttp.ClientSession(headers=headers) as http:
+                assert (await http.get(f"{node_b.url}/healthz")).status == 200
+            expert_a = await Participant(node_a.url, tokens["expert"]).connect()
+            try:
+                assert "sdp" in await expert_a.call("rtc_offer", {"sdp": sdp, "type": "offer"})
+            finally:
+                await expert_a.close()
+        finally:
+            for pc in peers:
+                await pc.close()
             await operator.close()
