@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fractions
-import json
 import math
 import os
-import platform
 import secrets
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eio_client import LiveConnection
 from procstat import cpu_seconds, rss_bytes
-from signaling_bench import free_port, log, percentile, probelink_env, process, provision
+from signaling_bench import (
+    free_port,
+    log,
+    percentile,
+    probelink_env,
+    process,
+    provision,
+    write_results,
+)
 
 from server.media import forwarding
 
@@ -413,22 +419,7 @@ def main() -> None:
         f"\nContinuous decode of one 720p30 VP8 publisher (for captures): {decode_cost:.1f}% of a core"
     )
     if args.json:
-        machine = {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        }
-        args.json.write_text(
-            json.dumps(
-                {
-                    "machine": machine,
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "results": [asdict(r) for r in results],
-                    "continuous_decode_percent": decode_cost,
-                },
-                indent=2,
-            )
-        )
+        write_results(args.json, args, results, continuous_decode_percent=decode_cost)
 
 
 if __name__ == "__main__":

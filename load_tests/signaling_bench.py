@@ -382,6 +382,22 @@ def run_mode(mode: str, args: argparse.Namespace, stack: ExitStack, workdir: Pat
     )
 
 
+def write_results(path: Path, args: argparse.Namespace, results: list[Any], **extra: Any) -> None:
+    """The run as JSON: machine, arguments, one object per result, and any extra figures."""
+    machine = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    document = {
+        "machine": machine,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": [asdict(r) for r in results],
+        **extra,
+    }
+    path.write_text(json.dumps(document, indent=2))
+
+
 def table(results: list[Result]) -> str:
     lines = [
         "| mode | rooms × Hz | pointer p50 / p95 / p99 ms | delivered | mark p50 / p99 ms | events/s | server CPU % | server RSS MiB | generator CPU % | CPU vs baseline |",
@@ -431,21 +447,7 @@ def main() -> None:
                 log(f"{mode} with {rooms} rooms: done")
     print(table(results))
     if args.json:
-        machine = {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        }
-        args.json.write_text(
-            json.dumps(
-                {
-                    "machine": machine,
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "results": [asdict(r) for r in results],
-                },
-                indent=2,
-            )
-        )
+        write_results(args.json, args, results)
 
 
 if __name__ == "__main__":
