@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/live"
 # A pin outlives a crashed node by this much; live rooms refresh it every few seconds.
 MEDIA_PIN_TTL_SECONDS = 30
+# Atomic: only the node that holds a pin refreshes or releases it.
+_REFRESH_IF_MINE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
+)
+_DELETE_IF_MINE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 CATCH_UP_EVENTS_MAX = 1000
 
 
@@ -79,19 +87,18 @@ class Live:
             return
         for consultation_id in consultation_ids:
             with contextlib.suppress(RedisError):
-                await self.redis.set(
-                    f"{self.prefix}:media:{consultation_id}",
-                    self.public_url,
-                    ex=MEDIA_PIN_TTL_SECONDS,
+                key = f"{self.prefix}:media:{consultation_id}"
+                await self.redis.eval(
+                    _REFRESH_IF_MINE, 1, key, self.public_url, str(MEDIA_PIN_TTL_SECONDS)
                 )
 
     async def release_media(self, consultation_id: str) -> None:
         if self.redis is None:
             return
-        key = f"{self.prefix}:media:{consultation_id}"
         with contextlib.suppress(RedisError):
-            if await self.redis.get(key) == self.public_url:
-                await self.redis.delete(key)
+            await self.redis.eval(
+                _DELETE_IF_MINE, 1, f"{self.prefix}:media:{consultation_id}", self.public_url
+            )
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` in the background, owned by this node; failures are logged."""

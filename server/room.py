@@ -138,7 +138,7 @@ class RtcOffer(StrictModel):
 class Sync(StrictModel):
     """Ask for every persistent event after a sequence number (after a reconnect)."""
 
-    after_seq: int = Field(ge=0)
+    after_seq: int = Field(ge=0, le=2**63 - 1)
 
 
 # Rules: who may send what.

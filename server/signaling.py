@@ -27,6 +27,7 @@ from server.appkeys import KEYRING, LIVE, RELAY, SETTINGS, STORE, TOKEN_POLICY
 from server.audit import AuditFacts
 from server.auth import Principal, Role, verify_token
 from server.config import Settings
+from server.consultations import OPEN_STATES
 from server.errors import (
     BadRequest,
     Conflict,
@@ -224,7 +225,16 @@ class LiveNamespace(socketio.AsyncNamespace):
                 {},
             )
         )
+        if not self._transport_alive(sid):
+            # The client closed while we were connecting it; python-socketio will not call
+            # on_disconnect for a socket that never finished connecting.
+            await self.on_disconnect(sid)
+            raise socketio.exceptions.ConnectionRefusedError("closed while connecting")
         live.spawn(self._welcome(socket, attendee))
+
+    def _transport_alive(self, sid: str) -> bool:
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
+        return eio_sid is not None and eio_sid in self.server.eio.sockets
 
     async def _welcome(self, socket: LiveSocket, attendee: Attendee) -> None:
         """Once the connection is confirmed: join the room, send room_state, announce the arrival.
@@ -287,6 +297,7 @@ class LiveNamespace(socketio.AsyncNamespace):
         socket = self.sockets.pop(sid, None)
         if socket is None:
             return
+        await self.leave_room(sid, room_of(socket.consultation_id))
         relay = self.app[RELAY]
         live = self.app[LIVE]
         await relay.leave(socket.consultation_id, sid)
@@ -384,6 +395,12 @@ class LiveNamespace(socketio.AsyncNamespace):
 
     async def _rtc_offer(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
         offer = parse(RtcOffer, data)
+        row = await self.app[STORE].get_consultation(socket.consultation_id)
+        if row is None or row.state not in OPEN_STATES:
+            state = row.state.value if row else "gone"
+            raise Conflict(
+                f"the consultation is {state}; its media room is closed", code="invalid_state"
+            )
         relay = self.app[RELAY]
         elsewhere = await self.app[LIVE].claim_media(socket.consultation_id)
         if elsewhere is not None:

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 KEYFRAME_REQUEST_MIN_INTERVAL_SECONDS = 0.5
 SDP_MAX_CHARS = 64 * 1024
+# Video, the first audio, and up to six voice slots.
+MEDIA_SECTIONS_MAX = 8
 
 
 @dataclass
@@ -78,6 +80,9 @@ class MediaRoom:
         self.audio_outputs: set[ForwardedTrack] = set()
         # Voices (experts' and the operator's microphones) by the sid that sends them.
         self.voices: dict[str, Source] = {}
+        # Negotiations one at a time; the room is not closed while one is under way.
+        self.negotiating = asyncio.Lock()
+        self.pending = 0
         self._keyframe_at = 0.0
         self._keyframe_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -116,6 +121,12 @@ class MediaRoom:
                 code="invalid_sdp",
                 field="sdp",
             )
+        if sdp.count("\nm=") > MEDIA_SECTIONS_MAX:
+            raise BadRequest(
+                f"the offer has more than {MEDIA_SECTIONS_MAX} media sections",
+                code="invalid_sdp",
+                field="sdp",
+            )
         await self.leave(sid)
         if role is Role.OPERATOR and self.publisher is not None:
             await self.leave(self.publisher)  # the operator reconnected: the old peer is gone
@@ -141,7 +152,7 @@ class MediaRoom:
         self.peers[sid] = peer
         if role is Role.OPERATOR:
             self.publisher = sid
-            self.codec = self.codec or _video_codec(pc.localDescription.sdp)
+        self.codec = self.codec or _video_codec(pc.localDescription.sdp)
         self._start(peer)
         return pc.localDescription
 
@@ -163,30 +174,40 @@ class MediaRoom:
             ours = transceiver._offerDirection or "inactive"
             client_sends = ours in ("recvonly", "sendrecv")
             client_receives = ours in ("sendonly", "sendrecv")
+            # Receive only what a Source reads: anything else would queue unread forever.
+            reads = sends = False
             if transceiver.kind == "video" and not video_done:
                 video_done = True
                 if peer.role is Role.OPERATOR and client_sends:
                     prepare_receiver(transceiver.receiver, "video")
                     peer.sources.append(Source("video", transceiver.receiver.track))
                     self.video_receiver = transceiver.receiver
+                    reads = True
                 elif peer.role is not Role.OPERATOR and client_receives:
                     self._send(peer, transceiver, self.video_outputs, "video", peer.outputs)
+                    sends = True
             elif transceiver.kind == "audio":
                 first = audio_index == 0
                 audio_index += 1
                 if first and client_sends and peer.role is not Role.OBSERVER:
                     prepare_receiver(transceiver.receiver, "audio")
                     peer.sources.append(Source("audio", transceiver.receiver.track))
-                if not client_receives:
-                    continue
-                if first and peer.role is not Role.OPERATOR:
+                    reads = True
+                if client_receives and first and peer.role is not Role.OPERATOR:
                     self._send(peer, transceiver, self.audio_outputs, "audio", peer.outputs)
-                else:
+                    sends = True
+                elif client_receives:
                     slot = ForwardedTrack("audio", self.request_keyframe)
                     transceiver.sender.replaceTrack(slot)
-                    transceiver.direction = "sendrecv" if client_sends else "sendonly"
                     peer.slots.append(slot)
                     peer.slot_voice.append(None)
+                    sends = True
+            transceiver.direction = {
+                (True, True): "sendrecv",
+                (True, False): "recvonly",
+                (False, True): "sendonly",
+                (False, False): "inactive",
+            }[(reads, sends)]
 
     def _send(
         self,
@@ -198,9 +219,6 @@ class MediaRoom:
     ) -> None:
         track = ForwardedTrack(kind, self.request_keyframe)
         transceiver.sender.replaceTrack(track)
-        transceiver.direction = (
-            "sendrecv" if transceiver._offerDirection == "sendrecv" else "sendonly"
-        )
         if kind == "video":
             on_keyframe_request(transceiver.sender, self.request_keyframe)
         outputs.add(track)
@@ -331,7 +349,13 @@ class Relay:
         self, consultation_id: str, sid: str, sub: str, role: Role, sdp: str
     ) -> RTCSessionDescription:
         room = self.rooms.setdefault(consultation_id, MediaRoom(consultation_id))
-        return await room.offer(sid, sub, role, sdp)
+        room.pending += 1
+        try:
+            async with room.negotiating:
+                return await room.offer(sid, sub, role, sdp)
+        finally:
+            room.pending -= 1
+            await self._close_if_empty(consultation_id, room)
 
     async def statistics(self) -> dict[str, list[dict[str, Any]]]:
         """Each room's participants' current rates (since the previous call)."""
@@ -358,9 +382,12 @@ class Relay:
         if room is None:
             return
         await room.leave(sid)
-        if not room.peers:
-            await room.close()
+        await self._close_if_empty(consultation_id, room)
+
+    async def _close_if_empty(self, consultation_id: str, room: MediaRoom) -> None:
+        if not room.peers and not room.pending and self.rooms.get(consultation_id) is room:
             self.rooms.pop(consultation_id, None)
+            await room.close()
 
     def peer_connections(self) -> int:
         return sum(len(r.peers) for r in self.rooms.values())

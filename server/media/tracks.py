@@ -71,7 +71,10 @@ class ForwardedTrack(MediaStreamTrack):
             if self.kind == "video" and not packet.is_keyframe:
                 self.waiting_for_keyframe = True
                 self.frames_dropped += 1
-                self.request_keyframe()
+                if self.frames_out:
+                    # Only a subscriber that reads deserves a keyframe; one whose connection
+                    # never came up would otherwise force keyframes on everyone forever.
+                    self.request_keyframe()
                 return
         self.queue.append(packet)
         self.ready.set()
