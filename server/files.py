@@ -7,8 +7,10 @@ it is left as it is, with a warning when other users can reach it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -49,3 +51,48 @@ def restrict_file(path: Path) -> None:
         return
     except OSError as exc:
         log.warning("cannot make %s owner-only: %s", path, exc.strerror)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a rename, a new link) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(
+    path: Path, data: bytes, *, replace: bool = True, tmp_dir: Path | None = None
+) -> bool:
+    """Write `data` to `path` so that it is complete on disk or absent, never partial.
+
+    The bytes go to an owner-only temporary file (a dot name in the same directory,
+    or in `tmp_dir` on the same file system), which is fsynced, then renamed
+    (`replace`) or linked (first writer wins) into place, and the directory is
+    fsynced. Returns False when `replace` is off and `path` already existed (it is
+    left as it was).
+    """
+    ensure_private_dir(path.parent)
+    staging = tmp_dir if tmp_dir is not None else path.parent
+    ensure_private_dir(staging)
+    tmp = staging / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    created = True
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                created = False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    fsync_dir(path.parent)
+    return created

@@ -12,12 +12,10 @@ meets an unknown key id (`KeyRingFile`).
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from server.errors import ConfigError
-from server.files import ensure_private_dir
+from server.files import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -163,37 +161,10 @@ def _version(path: Path) -> tuple[int, int, int]:
     return info.st_ino, info.st_mtime_ns, info.st_size
 
 
-def _write_temp(path: Path, ring: KeyRing) -> Path:
-    ensure_private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(_encode(ring))
-        handle.flush()
-        os.fsync(handle.fileno())
-    return tmp
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_new(path: Path, ring: KeyRing) -> None:
     """Create the ring unless another process just did (first writer wins)."""
-    tmp = _write_temp(path, ring)
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-    finally:
-        tmp.unlink()
-    _fsync_dir(path.parent)
+    write_durably(path, _encode(ring), replace=False)
 
 
 def _replace(path: Path, ring: KeyRing) -> None:
-    tmp = _write_temp(path, ring)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_durably(path, _encode(ring))

@@ -156,4 +156,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()""",
         ),
     ),
+    Migration(
+        4,
+        "archived DICOM objects and the PACS outbox",
+        (
+            # What was on screen (guidance) and how the key image was made (size, frames, source).
+            "ALTER TABLE key_images ADD COLUMN guidance TEXT NOT NULL DEFAULT 'null'",
+            "ALTER TABLE key_images ADD COLUMN detail TEXT NOT NULL DEFAULT '{}'",
+            # Every DICOM object in the archive: key images, their presentation states, the
+            # key object selections, imported priors. The file's name is its SHA-256.
+            """CREATE TABLE dicom_objects (
+                sop_instance_uid TEXT PRIMARY KEY,
+                consultation_id TEXT NOT NULL REFERENCES consultations (id),
+                key_image_id TEXT REFERENCES key_images (id),
+                kind TEXT NOT NULL,
+                path TEXT NOT NULL,
+                sha256 TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                created_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX dicom_objects_consultation ON dicom_objects (consultation_id)",
+            # Objects to push to the PACS; a row leaves 'pending' only when the PACS has it.
+            """CREATE TABLE pacs_outbox (
+                sop_instance_uid TEXT PRIMARY KEY REFERENCES dicom_objects (sop_instance_uid),
+                consultation_id TEXT NOT NULL REFERENCES consultations (id),
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at TEXT NOT NULL,
+                claimed_until TEXT,
+                last_error TEXT,
+                updated_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX pacs_outbox_due ON pacs_outbox (state, next_attempt_at)",
+        ),
+    ),
 )

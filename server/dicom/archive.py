@@ -1,0 +1,78 @@
+"""The local archive: DICOM files, durable before they are acknowledged, named by content.
+
+Layout under `DATA_DIR/archive`: `<study UID>/<series UID>/<sha256>.dcm`. UIDs are
+keyed-HMAC pseudonyms (`deid.derived_uid`), so no path holds patient data, and
+a file's name is the SHA-256 of its bytes, so a read can prove it intact.
+Files are written in `.incoming/` (same file system), fsynced, linked into
+place and the directory fsynced; whatever a crash leaves in `.incoming/` is
+cleared at start-up. Synchronous: callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.files import ensure_private_dir, write_durably
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_DIR = "archive"
+INCOMING_DIR = ".incoming"
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_RELATIVE = re.compile(r"[0-9.]{1,64}/[0-9.]{1,64}/[0-9a-f]{64}\.dcm")
+
+
+class ArchiveCorrupt(Exception):
+    """An archived file is missing or does not hash to its name."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    path: str  # relative to the archive root
+    sha256: str
+    size: int
+
+
+class Archive:
+    def __init__(self, data_dir: Path):
+        self.root = data_dir / ARCHIVE_DIR
+        self.incoming = self.root / INCOMING_DIR
+
+    def open(self) -> None:
+        """Create the archive and clear what a crash left half-written."""
+        ensure_private_dir(self.root)
+        if self.incoming.exists():
+            leftovers = sum(1 for _ in self.incoming.iterdir())
+            if leftovers:
+                log.warning("cleared %d unfinished archive writes", leftovers)
+            shutil.rmtree(self.incoming)
+        ensure_private_dir(self.incoming)
+
+    def store(self, data: bytes, study_uid: str, series_uid: str) -> Stored:
+        """Write durably; an identical file already there is kept (content-addressed)."""
+        for uid in (study_uid, series_uid):
+            if not _UID.fullmatch(uid) or len(uid) > 64:
+                raise ValueError("study and series must be DICOM UIDs")
+        digest = hashlib.sha256(data).hexdigest()
+        relative = f"{study_uid}/{series_uid}/{digest}.dcm"
+        target = self.root / relative
+        ensure_private_dir(target.parent)
+        write_durably(target, data, replace=False, tmp_dir=self.incoming)
+        return Stored(relative, digest, len(data))
+
+    def read(self, relative: str, sha256: str) -> bytes:
+        """The file's bytes, checked against the recorded hash."""
+        if not _RELATIVE.fullmatch(relative):
+            raise ArchiveCorrupt("not an archive path")
+        try:
+            data = (self.root / relative).read_bytes()
+        except FileNotFoundError:
+            raise ArchiveCorrupt("an archived file is missing") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ArchiveCorrupt("an archived file does not match its recorded SHA-256")
+        return data

@@ -1,0 +1,126 @@
+"""Device profiles: where each ultrasound device burns text into its video, to mask it.
+
+The data file format is documented in `device_profiles.toml` (bundled); a site's
+own file (PROBELINK_DEVICE_PROFILES) is read first and takes precedence. Reading
+is strict: a malformed file stops start-up naming the file and the entry.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.errors import ConfigError
+
+BUNDLED_PROFILES = Path(__file__).with_name("device_profiles.toml")
+# A frame of another size is matched when its aspect ratio is this close to the profile's.
+ASPECT_TOLERANCE = 0.01
+
+Rect = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Profile:
+    manufacturer: str
+    model: str
+    width: int
+    height: int
+    mask: tuple[Rect, ...]
+
+    def matches_device(self, manufacturer: str, model: str) -> bool:
+        return _norm(manufacturer) == _norm(self.manufacturer) and _norm(model) == _norm(self.model)
+
+    def rects_for(self, width: int, height: int) -> tuple[Rect, ...] | None:
+        """The mask for a frame of this size: exact, scaled outwards at the same aspect, or None."""
+        if (width, height) == (self.width, self.height):
+            return self.mask
+        if abs(width / height - self.width / self.height) > ASPECT_TOLERANCE * (
+            self.width / self.height
+        ):
+            return None
+        sx, sy = width / self.width, height / self.height
+        scaled = []
+        for x, y, w, h in self.mask:
+            x0, y0 = math.floor(x * sx), math.floor(y * sy)
+            x1, y1 = math.ceil((x + w) * sx), math.ceil((y + h) * sy)
+            scaled.append((x0, y0, min(x1, width) - x0, min(y1, height) - y0))
+        return tuple(scaled)
+
+
+class Profiles:
+    """The profiles in force: the site's first, then the bundled ones."""
+
+    def __init__(self, profiles: tuple[Profile, ...]):
+        self.profiles = profiles
+
+    def mask_for(self, manufacturer: str, model: str, width: int, height: int) -> tuple[Rect, ...]:
+        """The rectangles to mask; `LookupError` (with no device names in it) when none fits."""
+        for exact in (True, False):
+            for profile in self.profiles:
+                if not profile.matches_device(manufacturer, model):
+                    continue
+                if exact and (width, height) != (profile.width, profile.height):
+                    continue
+                rects = profile.rects_for(width, height)
+                if rects is not None:
+                    return rects
+        raise LookupError(f"no device profile for this device at {width}x{height}")
+
+
+def load_profiles(site_file: Path | None) -> Profiles:
+    files = ([site_file] if site_file is not None else []) + [BUNDLED_PROFILES]
+    return Profiles(tuple(p for path in files for p in _read(path)))
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _read(path: Path) -> list[Profile]:
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the device profiles {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"the device profiles {path} are not valid TOML: {exc}") from None
+    entries = doc.get("profile", [])
+    if not isinstance(entries, list) or set(doc) - {"profile"}:
+        raise ConfigError(f"the device profiles {path} must hold only [[profile]] tables")
+    return [_profile(path, n, entry) for n, entry in enumerate(entries, 1)]
+
+
+def _profile(path: Path, n: int, entry: object) -> Profile:
+    where = f"the device profiles {path}, profile {n}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(entry) - {"manufacturer", "model", "width", "height", "mask", "note"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    for key in ("manufacturer", "model"):
+        if not isinstance(entry.get(key), str) or not entry[key].strip():
+            raise ConfigError(f"{where}: '{key}' must be a non-empty string")
+    width, height = entry.get("width"), entry.get("height")
+    for key, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 16 <= value <= 8192:
+            raise ConfigError(f"{where}: '{key}' must be a whole number of pixels (16-8192)")
+    assert isinstance(width, int) and isinstance(height, int)
+    mask = entry.get("mask")
+    if not isinstance(mask, list) or not mask:
+        raise ConfigError(f"{where}: 'mask' must list at least one [x, y, width, height]")
+    rects: list[Rect] = []
+    for rect in mask:
+        if (
+            not isinstance(rect, list)
+            or len(rect) != 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in rect)
+        ):
+            raise ConfigError(f"{where}: each mask rectangle is [x, y, width, height] in pixels")
+        x, y, w, h = rect
+        if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
+            raise ConfigError(f"{where}: mask rectangle {rect} lies outside {width}x{height}")
+        rects.append((x, y, w, h))
+    return Profile(
+        entry["manufacturer"].strip(), entry["model"].strip(), width, height, tuple(rects)
+    )

@@ -1,0 +1,348 @@
+"""DICOM objects from de-identified captures (pydicom; highdicom for KOS and presentation state).
+
+Every object is built from an allow-list: only the attributes written here
+exist, so nothing identifying can slip in from elsewhere. Callers pass pixels
+that are already masked (`deid.mask`) and the pseudonymous identifiers.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageCms
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite
+from pydicom.sr.codedict import codes
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
+)
+
+from server import __version__
+from server.dicom import deid
+
+CHARSET = "ISO_IR 192"  # UTF-8
+MANUFACTURER = "probelink"
+JPEG_QUALITY = 90
+# DICOM body part terms for the applications that name one (PS3.16 Annex L).
+BODY_PART = {
+    "breast": "BREAST",
+    "dvt": "LEG",
+    "thyroid": "THYROID",
+    "abdominal": "ABDOMEN",
+}
+LATERALITY = {"left": "L", "right": "R", "bilateral": "B"}
+# How the video reached the relay, when it was decoded from the live stream.
+STREAM_COMPRESSION = {"video/H264": "ISO_14496_10"}
+
+
+@dataclass(frozen=True)
+class Study:
+    """What every object of one consultation shares; pseudonymous only."""
+
+    patient: str
+    study_uid: str
+    started_at: datetime
+    manufacturer: str | None = None
+    model: str | None = None
+    transducer: str | None = None
+    application: str | None = None
+    laterality: str | None = None
+
+
+@dataclass(frozen=True)
+class Instance:
+    series_uid: str
+    series_number: int
+    sop_uid: str
+    instance_number: int
+    acquired_at: datetime
+    # Whether masking cleaned the pixels (else the source carries no burned-in text).
+    pixels_cleaned: bool = True
+    # The codec of the live stream the pixels were decoded from (None: lossless upload).
+    stream_codec: str | None = None
+
+
+def _da(when: datetime) -> str:
+    return when.strftime("%Y%m%d")
+
+
+def _tm(when: datetime) -> str:
+    return when.strftime("%H%M%S.%f")
+
+
+def _common(study: Study, inst: Instance, sop_class: str, modality: str) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = CHARSET
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = inst.sop_uid
+    ds.InstanceCreationDate = _da(inst.acquired_at)
+    ds.InstanceCreationTime = _tm(inst.acquired_at)
+    ds.TimezoneOffsetFromUTC = "+0000"
+    # Patient: the pseudonym; Type 2 attributes present and empty.
+    # Family name ^ given name: the pseudonym as the family name.
+    ds.PatientName = f"{study.patient}^"
+    ds.PatientID = study.patient
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    # General study: empty Type 2 attributes, never absent.
+    ds.StudyInstanceUID = study.study_uid
+    ds.StudyDate = _da(study.started_at)
+    ds.StudyTime = _tm(study.started_at)
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    # General series and equipment.
+    ds.Modality = modality
+    ds.SeriesInstanceUID = inst.series_uid
+    ds.SeriesNumber = inst.series_number
+    ds.Manufacturer = study.manufacturer or ""
+    if study.model:
+        ds.ManufacturerModelName = study.model
+    ds.InstanceNumber = inst.instance_number
+    deid.stamp(ds, pixels_cleaned=inst.pixels_cleaned, when=inst.acquired_at)
+    return ds
+
+
+def _image(ds: Dataset, study: Study, inst: Instance, rows: int, columns: int) -> None:
+    ds.SeriesDate = _da(inst.acquired_at)
+    ds.SeriesTime = _tm(inst.acquired_at)
+    ds.ContentDate = _da(inst.acquired_at)
+    ds.ContentTime = _tm(inst.acquired_at)
+    ds.AcquisitionDateTime = inst.acquired_at.strftime("%Y%m%d%H%M%S.%f+0000")
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.PatientOrientation = ""
+    if study.application in BODY_PART:
+        ds.BodyPartExamined = BODY_PART[study.application]
+    side = LATERALITY.get(study.laterality or "")
+    if side:
+        ds.ImageLaterality = side
+    if study.transducer:
+        ds.TransducerData = [study.transducer]
+    ds.SamplesPerPixel = 3
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.SoftwareVersions = f"probelink {__version__}"
+    if inst.stream_codec is not None:
+        # Decoded from the live stream: the pixels have been through a lossy codec.
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = STREAM_COMPRESSION.get(inst.stream_codec, "VP8")
+
+
+def still(pixels: np.ndarray, study: Study, inst: Instance) -> Dataset:
+    """Ultrasound Image Storage, RGB, uncompressed."""
+    _check_rgb(pixels)
+    ds = _common(study, inst, UltrasoundImageStorage, "US")
+    _image(ds, study, inst, *pixels.shape[:2])
+    ds.PhotometricInterpretation = "RGB"
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    return _with_meta(ds, ExplicitVRLittleEndian)
+
+
+def clip(frames: Seq[np.ndarray], fps: float, study: Study, inst: Instance) -> Dataset:
+    """Ultrasound Multi-frame Image Storage, JPEG baseline (4:2:2), with cine timing."""
+    if not frames:
+        raise ValueError("a clip needs at least one frame")
+    for frame in frames:
+        _check_rgb(frame)
+    rows, columns = frames[0].shape[:2]
+    ds = _common(study, inst, UltrasoundMultiFrameImageStorage, "US")
+    _image(ds, study, inst, rows, columns)
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.NumberOfFrames = len(frames)
+    ds.FrameIncrementPointer = 0x00181063  # Frame Time
+    ds.FrameTime = f"{1000.0 / fps:.3f}"
+    ds.CineRate = round(fps)
+    ds.RecommendedDisplayFrameRate = round(fps)
+    encoded = [_jpeg(frame) for frame in frames]
+    raw = rows * columns * 3 * len(frames)
+    ds.LossyImageCompression = "01"
+    methods = [STREAM_COMPRESSION.get(inst.stream_codec or "", "VP8")] if inst.stream_codec else []
+    ds.LossyImageCompressionMethod = [*methods, "ISO_10918_1"]
+    ds.LossyImageCompressionRatio = [
+        *(["1"] if methods else []),
+        f"{raw / sum(len(e) for e in encoded):.2f}"[:16],
+    ]
+    ds.PixelData = encapsulate(encoded, has_bot=True)
+    ds["PixelData"].VR = "OB"
+    return _with_meta(ds, JPEGBaseline8Bit)
+
+
+def _jpeg(frame: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    # subsampling=1 is 4:2:2, which YBR_FULL_422 declares.
+    Image.fromarray(frame, "RGB").save(out, "JPEG", quality=JPEG_QUALITY, subsampling=1)
+    return out.getvalue()
+
+
+def _check_rgb(pixels: np.ndarray) -> None:
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError("pixels must be an HxWx3 array of uint8 (RGB)")
+
+
+def _with_meta(ds: Dataset, transfer_syntax: str) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"PROBELINK_{__version__}"[:16]
+    ds.file_meta = meta
+    return ds
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    """The Part 10 file: preamble, file meta, dataset."""
+    buffer = DicomBytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _series_facts(study: Study, inst: Instance) -> dict[str, Any]:
+    return {
+        "series_instance_uid": inst.series_uid,
+        "series_number": inst.series_number,
+        "sop_instance_uid": inst.sop_uid,
+        "instance_number": inst.instance_number,
+    }
+
+
+def _finish(ds: Dataset, study: Study, inst: Instance) -> Dataset:
+    """Shared attributes highdicom leaves to us, then the de-identification stamp."""
+    ds.SpecificCharacterSet = CHARSET
+    ds.PatientName = f"{study.patient}^"
+    ds.PatientID = study.patient
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    ds.InstanceCreationDate = _da(inst.acquired_at)
+    ds.InstanceCreationTime = _tm(inst.acquired_at)
+    ds.TimezoneOffsetFromUTC = "+0000"
+    deid.stamp(ds, pixels_cleaned=True, when=inst.acquired_at)
+    # The presentation state and KOS have no pixels: BurnedInAnnotation is an image attribute.
+    del ds.BurnedInAnnotation
+    ds.DeidentificationMethod = "PS3.15 E basic"
+    ds.DeidentificationMethodCodeSequence = [
+        item
+        for item in ds.DeidentificationMethodCodeSequence
+        if item.CodeValue != deid.CLEAN_PIXEL[0]
+    ]
+    return _with_meta(ds, ExplicitVRLittleEndian)
+
+
+def key_object_selection(evidence: Seq[Dataset], study: Study, inst: Instance) -> Dataset:
+    """The consultation's Key Object Selection: every key image captured so far."""
+    content = hd.ko.KeyObjectSelection(
+        document_title=codes.DCM.OfInterest,
+        referenced_objects=list(evidence),
+    )
+    ds = hd.ko.KeyObjectSelectionDocument(
+        evidence=list(evidence),
+        content=content,
+        manufacturer=MANUFACTURER,
+        **_series_facts(study, inst),
+    )
+    ds.ContentDate = _da(inst.acquired_at)
+    ds.ContentTime = _tm(inst.acquired_at)
+    return _finish(ds, study, inst)
+
+
+def _srgb_profile() -> bytes:
+    """sRGB as an input-device ICC profile, the class DICOM asks for (PS3.3 C.11.15).
+
+    LittleCMS builds sRGB as a display ('mntr') profile; an input ('scnr') profile
+    with the same matrix and curves describes the same colours. The header's
+    profile id (an MD5, optional) is zeroed because the header changed.
+    """
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    profile[12:16] = b"scnr"
+    profile[84:100] = bytes(16)
+    return bytes(profile)
+
+
+def presentation_state(
+    image: Dataset, marks: Seq[dict[str, Any]], study: Study, inst: Instance
+) -> Dataset:
+    """A colour softcopy presentation state drawing `marks` (normalized points) on `image`."""
+    rows, columns = int(image.Rows), int(image.Columns)
+    layer = hd.pr.GraphicLayer(layer_name="MARKS", order=1, description="Expert marks")
+    graphics: list[hd.pr.GraphicObject] = []
+    texts: list[hd.pr.TextObject] = []
+    for mark in marks:
+        points = np.array(
+            [
+                [min(max(x, 0.0), 1.0) * columns, min(max(y, 0.0), 1.0) * rows]
+                for x, y in mark["points"]
+            ],
+            dtype=float,
+        )
+        kind = mark["kind"]
+        if kind == "circle" and len(points) >= 2:
+            graphics.append(
+                hd.pr.GraphicObject(
+                    graphic_type=hd.pr.GraphicTypeValues.CIRCLE,
+                    graphic_data=points[:2],
+                    units=hd.pr.AnnotationUnitsValues.PIXEL,
+                )
+            )
+        elif kind == "text" or len(points) == 1:
+            x, y = points[0]
+            texts.append(
+                hd.pr.TextObject(
+                    text_value=(mark.get("text") or kind)[:64],
+                    units=hd.pr.AnnotationUnitsValues.PIXEL,
+                    anchor_point=(float(x), float(y)),
+                )
+            )
+        else:
+            graphics.append(
+                hd.pr.GraphicObject(
+                    graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+                    graphic_data=points,
+                    units=hd.pr.AnnotationUnitsValues.PIXEL,
+                )
+            )
+    annotation = hd.pr.GraphicAnnotation(
+        referenced_images=[image],
+        graphic_layer=layer,
+        graphic_objects=graphics or None,
+        text_objects=texts or None,
+    )
+    ds = hd.pr.ColorSoftcopyPresentationState(
+        referenced_images=[image],
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name="probelink",
+        software_versions=__version__,
+        device_serial_number="",
+        content_label="MARKS",
+        content_description="Marks on screen at capture",
+        graphic_layers=[layer],
+        graphic_annotations=[annotation],
+        icc_profile=_srgb_profile(),
+        **_series_facts(study, inst),
+    )
+    # A series of a paired body part states its side when its objects carry no image laterality.
+    side = LATERALITY.get(study.laterality or "")
+    if side in ("L", "R"):
+        ds.Laterality = side
+    elif "BodyPartExamined" in ds:
+        del ds.BodyPartExamined
+    return _finish(ds, study, inst)
