@@ -109,7 +109,7 @@ class Store:
                     "updated_at": iso(row.updated_at),
                 },
             )
-            await self._append_audit(conn, audit)
+            await self.append_audit(conn, audit)
 
     async def get_consultation(self, consultation_id: str) -> ConsultationRow | None:
         async with self.engine.connect() as conn:
@@ -164,7 +164,7 @@ class Store:
                     "at": iso(row.invited_at),
                 },
             )
-            await self._append_audit(conn, audit)
+            await self.append_audit(conn, audit)
 
     async def participants(self, consultation_id: str) -> list[ParticipantRow]:
         async with self.engine.connect() as conn:
@@ -208,9 +208,9 @@ class Store:
     async def record_audit(self, facts: AuditFacts) -> AuditEntry:
         """Append one audit entry in its own transaction."""
         async with self.transaction() as conn:
-            return await self._append_audit(conn, facts)
+            return await self.append_audit(conn, facts)
 
-    async def _append_audit(self, conn: AsyncConnection, facts: AuditFacts) -> AuditEntry:
+    async def append_audit(self, conn: AsyncConnection, facts: AuditFacts) -> AuditEntry:
         if self.dialect == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_ID})
         last = (

@@ -56,7 +56,7 @@ class RoomLog:
         self, consultation_id: str, body: dict[str, Any], *, kind: str, media_ts: int | None
     ) -> RoomEvent:
         async with self.engine.begin() as conn:
-            seq = await _next_seq(conn, consultation_id)
+            seq = await next_seq(conn, consultation_id)
             event = RoomEvent(seq, "mark", {**body, "seq": seq})
             await conn.execute(
                 text(
@@ -74,7 +74,7 @@ class RoomLog:
                     "at": iso(datetime.now(UTC)),
                 },
             )
-            await _insert_event(conn, consultation_id, event, body["author"])
+            await insert_event(conn, consultation_id, event, body["author"])
             return event
 
     async def clear_marks(
@@ -107,7 +107,7 @@ class RoomLog:
             ids = [r[0] for r in rows if permitted(r[1])]
             if not ids:
                 return None
-            seq = await _next_seq(conn, consultation_id)
+            seq = await next_seq(conn, consultation_id)
             now = iso(datetime.now(UTC))
             for cleared in ids:
                 await conn.execute(
@@ -115,14 +115,14 @@ class RoomLog:
                     {"at": now, "id": cleared},
                 )
             event = RoomEvent(seq, "mark_clear", {"ids": ids, "author": author, "seq": seq})
-            await _insert_event(conn, consultation_id, event, author)
+            await insert_event(conn, consultation_id, event, author)
             return event
 
     async def add_guidance(self, consultation_id: str, body: dict[str, Any]) -> RoomEvent:
         async with self.engine.begin() as conn:
-            seq = await _next_seq(conn, consultation_id)
+            seq = await next_seq(conn, consultation_id)
             event = RoomEvent(seq, "guidance", {**body, "seq": seq})
-            await _insert_event(conn, consultation_id, event, body["author"])
+            await insert_event(conn, consultation_id, event, body["author"])
             return event
 
     async def events_after(
@@ -201,7 +201,7 @@ class RoomLog:
                 )
 
 
-async def _next_seq(conn: AsyncConnection, consultation_id: str) -> int:
+async def next_seq(conn: AsyncConnection, consultation_id: str) -> int:
     seq = (await conn.execute(_NEXT_SEQ, {"cid": consultation_id})).scalar()
     if seq is None:
         state = (
@@ -215,7 +215,7 @@ async def _next_seq(conn: AsyncConnection, consultation_id: str) -> int:
     return int(seq)
 
 
-async def _insert_event(
+async def insert_event(
     conn: AsyncConnection, consultation_id: str, event: RoomEvent, author: str
 ) -> None:
     await conn.execute(

@@ -1,0 +1,197 @@
+"""Pictures from the forwarded stream, decoded only when someone captures.
+
+`CineBuffer` keeps the publisher's recent encoded video frames, whole groups of
+pictures (each starting at a keyframe), bounded in seconds and bytes, like the
+cine memory of an ultrasound machine: "save the last N seconds" works after the
+fact, and a still is the newest frame decoded from its keyframe on. A recording
+(start .. stop) collects frames the same way, bounded too. Nothing is decoded
+until a capture asks: `decode` runs in a worker thread on a copy of the frames.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+from av.packet import Packet
+
+from server.errors import Conflict
+
+RTP_VIDEO_CLOCK = 90_000
+DECODERS = {"video/vp8": "vp8", "video/h264": "h264"}
+# A group of pictures older than this asks the publisher for a keyframe, which bounds
+# how many frames a still must decode (and how far back a clip may need to start).
+KEYFRAME_EVERY_SECONDS_DEFAULT = 2.0
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One encoded video frame and when it arrived (monotonic seconds)."""
+
+    packet: Packet[Any]
+    arrived: float
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Pictures decoded from frames: RGB arrays, their RTP timestamps, and the frame rate."""
+
+    pictures: list[np.ndarray]
+    timestamps: list[int]
+    fps: float
+
+
+class CineBuffer:
+    """The recent encoded frames of one publisher's video, whole GOPs, bounded."""
+
+    def __init__(
+        self,
+        codec: str,
+        *,
+        seconds: float,
+        max_bytes: int,
+        request_keyframe: Callable[[], None],
+        keyframe_every: float = KEYFRAME_EVERY_SECONDS_DEFAULT,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if codec not in DECODERS:
+            raise ValueError(f"no decoder for {codec}")
+        self.codec = codec
+        self.seconds = seconds
+        self.max_bytes = max_bytes
+        self.request_keyframe = request_keyframe
+        self.keyframe_every = keyframe_every
+        self.clock = clock
+        self.gops: collections.deque[list[Frame]] = collections.deque()
+        self.bytes = 0
+        # A prospective recording: its frames (from a keyframe) and when it started.
+        self.recording: list[Frame] | None = None
+        self.recording_started = 0.0
+        self.recording_bytes = 0
+        self.recording_max_bytes = max_bytes
+        self.recording_overflowed = False
+
+    def add(self, packet: Packet[Any]) -> None:
+        """Called for every frame the publisher's source reads (on the event loop: cheap)."""
+        now = self.clock()
+        frame = Frame(packet, now)
+        size = packet.size
+        if packet.is_keyframe:
+            self.gops.append([frame])
+        elif self.gops:
+            self.gops[-1].append(frame)
+        else:
+            self.request_keyframe()  # nothing decodable yet
+            return
+        self.bytes += size
+        self._trim(now)
+        gop_start = self.gops[-1][0].arrived
+        if now - gop_start >= self.keyframe_every and not packet.is_keyframe:
+            self.request_keyframe()  # rate-limited by the room
+        if self.recording is not None:
+            self._record(frame, size)
+
+    def _trim(self, now: float) -> None:
+        # Keep whole GOPs: drop the oldest while the rest still covers `seconds`.
+        while len(self.gops) > 1 and now - self.gops[1][0].arrived >= self.seconds:
+            self._drop_oldest()
+        while self.bytes > self.max_bytes and len(self.gops) > 1:
+            self._drop_oldest()
+        if self.bytes > self.max_bytes:
+            # One GOP larger than the budget: start again from the next keyframe.
+            self._drop_oldest()
+            self.request_keyframe()
+
+    def _drop_oldest(self) -> None:
+        gop = self.gops.popleft()
+        self.bytes -= sum(f.packet.size for f in gop)
+
+    def _record(self, frame: Frame, size: int) -> None:
+        assert self.recording is not None
+        if not self.recording and not frame.packet.is_keyframe:
+            return
+        if self.recording_bytes + size > self.recording_max_bytes:
+            self.recording_overflowed = True
+            return
+        self.recording.append(frame)
+        self.recording_bytes += size
+
+    # What captures take
+
+    def still_frames(self) -> list[Frame]:
+        """The newest frame and the frames since its keyframe (decode them all, keep the last)."""
+        if not self.gops:
+            raise Conflict(
+                "no decodable picture from the operator yet; try again in a moment",
+                code="no_picture",
+            )
+        return list(self.gops[-1])
+
+    def last_frames(self, seconds: float) -> tuple[list[Frame], float]:
+        """Frames to decode for the last `seconds`, from a keyframe; and the first time to keep."""
+        if not self.gops:
+            raise Conflict(
+                "no decodable picture from the operator yet; try again in a moment",
+                code="no_picture",
+            )
+        newest = self.gops[-1][-1].arrived
+        keep_from = newest - seconds
+        start = len(self.gops) - 1
+        while start > 0 and self.gops[start][0].arrived > keep_from:
+            start -= 1
+        frames = [f for gop in list(self.gops)[start:] for f in gop]
+        return frames, keep_from
+
+    def start_recording(self) -> None:
+        if self.recording is not None:
+            raise Conflict("a recording is already under way", code="recording_active")
+        # Begin with the current GOP so the first frames can be decoded.
+        current = list(self.gops[-1]) if self.gops else []
+        self.recording = current
+        self.recording_bytes = sum(f.packet.size for f in current)
+        self.recording_started = self.clock()
+        self.recording_overflowed = False
+
+    def stop_recording(self) -> tuple[list[Frame], float, bool]:
+        """The recorded frames, the time the recording started, and whether it hit its limit."""
+        if self.recording is None:
+            raise Conflict("no recording is under way", code="no_recording")
+        frames, self.recording = self.recording, None
+        self.recording_bytes = 0
+        return frames, self.recording_started, self.recording_overflowed
+
+
+def decode(codec: str, frames: Sequence[Frame], keep_from: float | None = None) -> Decoded:
+    """Decode `frames` (starting at a keyframe) to RGB; keep those that arrived at `keep_from` on.
+
+    `keep_from=None` keeps only the newest picture (a still). Runs in a worker thread.
+    """
+    context = av.CodecContext.create(DECODERS[codec], "r")
+    pictures: list[np.ndarray] = []
+    timestamps: list[int] = []
+    wanted = {id(f.packet) for f in frames if keep_from is not None and f.arrived >= keep_from}
+    last = frames[-1].packet if frames else None
+    for frame in frames:
+        keep = id(frame.packet) in wanted or (keep_from is None and frame.packet is last)
+        packet = av.Packet(bytes(frame.packet))
+        for picture in context.decode(packet):
+            if keep:
+                pictures.append(picture.to_ndarray(format="rgb24"))
+                timestamps.append(int(frame.packet.pts or 0))
+    if not pictures:
+        raise Conflict("the operator's video could not be decoded", code="no_picture")
+    return Decoded(pictures, timestamps, _fps(timestamps))
+
+
+def _fps(timestamps: list[int]) -> float:
+    if len(timestamps) < 2:
+        return 30.0
+    deltas = sorted((b - a) % 2**32 for a, b in itertools.pairwise(timestamps))
+    median = deltas[len(deltas) // 2]
+    return RTP_VIDEO_CLOCK / median if median else 30.0
