@@ -12,10 +12,23 @@ from aiohttp import web
 
 from server import __version__
 from server.api import routes
-from server.appkeys import KEYRING, LIVE, METRICS, RELAY, SETTINGS, SIO, STORE, TOKEN_POLICY
+from server.appkeys import (
+    KEY_IMAGES,
+    KEYRING,
+    LIVE,
+    METRICS,
+    RELAY,
+    SETTINGS,
+    SIO,
+    STORE,
+    TOKEN_POLICY,
+)
 from server.auth import Keys, TokenPolicy
 from server.config import Settings
+from server.dicom.archive import Archive
+from server.dicom.profiles import load_profiles
 from server.files import ensure_private_dir
+from server.key_images import KeyImages, load_deid_key
 from server.keyring import (
     KEYRING_RELATIVE_PATH,
     KeyRing,
@@ -26,11 +39,13 @@ from server.keyring import (
 )
 from server.live import NAMESPACE, live_context, room_of
 from server.media import forwarding
+from server.media.capture import CineBuffer
 from server.media.relay import Relay
 from server.metrics import create_metrics
 from server.middleware import errors_middleware
 from server.signaling import LiveNamespace, create_sio
 from server.store import open_store
+from server.store.key_images import KeyImageLog
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +87,7 @@ def create_app(settings: Settings) -> web.Application:
     app[KEYRING] = serving_keys(settings)
     app[TOKEN_POLICY] = token_policy(settings)
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_key_images_ctx(settings))
 
     sio = create_sio(settings)
     namespace = LiveNamespace(app)
@@ -99,9 +115,40 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+def _key_images_ctx(
+    settings: Settings,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """Captures: profiles and key are read at once, so a bad one stops start-up."""
+    profiles = load_profiles(settings.device_profiles)
+    key = load_deid_key(settings)
+    archive = Archive(settings.data_dir)
+    archive.open()
+
+    @contextlib.asynccontextmanager
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        app[KEY_IMAGES] = KeyImages(settings, KeyImageLog(app[STORE]), archive, profiles, key)
+        yield
+
+    return context
+
+
+def _cine_factory(settings: Settings) -> Callable[[str, Callable[[], None]], CineBuffer]:
+    def make(codec: str, request_keyframe: Callable[[], None]) -> CineBuffer:
+        return CineBuffer(
+            codec,
+            seconds=settings.clip_seconds_max,
+            max_bytes=int(settings.cine_buffer_mib * 1024 * 1024),
+            request_keyframe=request_keyframe,
+            keyframe_every=settings.capture_keyframe_seconds,
+            recording_seconds=settings.recording_seconds_max,
+        )
+
+    return make
+
+
 async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     forwarding.install()
-    relay = Relay()
+    relay = Relay(_cine_factory(app[SETTINGS]))
     app[RELAY] = relay
     reporter = asyncio.create_task(_report_media_stats(app), name="media-stats")
     yield

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
     from server.auth import Keys, Principal, TokenPolicy
     from server.config import Settings
+    from server.key_images import KeyImages
     from server.live import Live
     from server.media.relay import Relay
     from server.metrics import Metrics
@@ -24,6 +25,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
 LIVE: web.AppKey[Live] = web.AppKey("live")
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
+KEY_IMAGES: web.AppKey[KeyImages] = web.AppKey("key_images")
 
 # Set on a request once its token is verified.
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

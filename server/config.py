@@ -133,6 +133,39 @@ class Settings(BaseSettings):
         le=TURN_TTL_SECONDS_MAX,
         description="Lifetime of a TURN credential.",
     )
+    device_profiles: Path | None = Field(
+        None,
+        description="A site's device profiles file (TOML, the format of "
+        "server/dicom/device_profiles.toml): where each device burns in text, to mask it.",
+    )
+    deid_secret: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC that derives pseudonyms and DICOM UIDs (default: "
+        "generated on first run under the data directory); the same on every node.",
+    )
+    dicomweb_url: str | None = Field(
+        None,
+        description="DICOMweb base URL of the PACS (STOW-RS at URL/studies); unset: archive "
+        "locally only.",
+    )
+    clip_seconds_default: float = Field(
+        6.0, gt=0, le=120, description="Length of a clip saved after the fact."
+    )
+    clip_seconds_max: float = Field(
+        20.0, gt=0, le=120, description="Seconds of video kept per publisher for clips."
+    )
+    cine_buffer_mib: float = Field(
+        6.0, gt=0, le=256, description="Memory kept per publisher for clips (MiB)."
+    )
+    recording_seconds_max: float = Field(
+        60.0, gt=0, le=600, description="Longest prospective recording (start .. stop)."
+    )
+    capture_keyframe_seconds: float = Field(
+        2.0,
+        ge=0.5,
+        le=60,
+        description="Ask the operator for a keyframe this often, bounding what a capture decodes.",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field("json", description="`json` (one object per line) or `text`.")
 
@@ -181,6 +214,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"{url!r}: only turn: and turns: URLs take a transport")
         return value
 
+    @field_validator("deid_secret")
+    @classmethod
+    def _deid_secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < SECRET_KEY_MIN_BYTES:
+            raise ValueError(f"must be at least {SECRET_KEY_MIN_BYTES} bytes")
+        return value
+
+    @field_validator("dicomweb_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
     @field_validator("turn_secret")
     @classmethod
     def _turn_secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -205,6 +254,14 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}TOKEN_MAX_TTL_SECONDS must be at least "
                 f"{ENV_PREFIX}INVITE_TTL_SECONDS ({self.invite_ttl_seconds}) and 12 h "
                 f"({COORDINATOR_LINK_TTL_SECONDS}), the coordinator link's lifetime"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _clips_fit(self) -> Settings:
+        if self.clip_seconds_default > self.clip_seconds_max:
+            raise ValueError(
+                f"{ENV_PREFIX}CLIP_SECONDS_DEFAULT must not exceed {ENV_PREFIX}CLIP_SECONDS_MAX"
             )
         return self
 

@@ -96,6 +96,9 @@ OPEN_STATES = frozenset({State.REQUESTED, State.LIVE, State.REPORTED})
 class Device(StrictModel):
     manufacturer: ShortText | None = None
     model: ShortText | None = None
+    # False declares a video source with no burned-in text (captures are then not masked);
+    # otherwise a device profile must say where the text is (server/dicom/device_profiles.toml).
+    burned_in_text: bool | None = None
 
 
 class Transducer(StrictModel):

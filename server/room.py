@@ -135,6 +135,27 @@ class RtcOffer(StrictModel):
     type: Literal["offer"]
 
 
+class CaptureKind(enum.StrEnum):
+    STILL = "still"
+    CLIP = "clip"
+
+
+class CaptureRequest(StrictModel):
+    """Capture a still, save the last `seconds` as a clip, or start/stop recording a clip."""
+
+    kind: Choice[CaptureKind]
+    seconds: float | None = Field(None, gt=0, le=120)
+    record: Literal["start", "stop"] | None = None
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> CaptureRequest:
+        if self.kind is CaptureKind.STILL and (self.seconds is not None or self.record):
+            raise ValueError("a still takes neither seconds nor record")
+        if self.record is not None and self.seconds is not None:
+            raise ValueError("a recording takes no seconds: it lasts from start to stop")
+        return self
+
+
 class Sync(StrictModel):
     """Ask for every persistent event after a sequence number (after a reconnect)."""
 
@@ -167,6 +188,11 @@ def may_clear(role: Role, sub: str, mark_author: str) -> bool:
 def may_clear_any(role: Role) -> None:
     if role not in (Role.EXPERT, Role.OPERATOR):
         raise Forbidden("observers only watch", code="not_allowed_clear")
+
+
+def may_capture(role: Role) -> None:
+    if role not in (Role.EXPERT, Role.OPERATOR):
+        raise Forbidden("observers only watch", code="not_allowed_capture")
 
 
 def may_guide(role: Role) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from server.appkeys import KEYRING, LIVE, RELAY, SETTINGS, STORE, TOKEN_POLICY
+from server.appkeys import KEY_IMAGES, KEYRING, LIVE, RELAY, SETTINGS, STORE, TOKEN_POLICY
 from server.audit import AuditFacts
 from server.auth import Principal, Role, verify_token
 from server.config import Settings
@@ -37,6 +37,7 @@ from server.errors import (
     RateLimited,
     Unauthorized,
 )
+from server.key_images import Capture, Commit
 from server.live import NAMESPACE, room_of
 from server.messages import parse
 from server.middleware import record_refusal
@@ -44,6 +45,8 @@ from server.presence import Attendee
 from server.ratelimit import TokenBucket
 from server.room import (
     SYNC_EVENTS_MAX,
+    CaptureKind,
+    CaptureRequest,
     Guidance,
     Mark,
     MarkClear,
@@ -52,6 +55,7 @@ from server.room import (
     Sync,
     guidance_body,
     mark_body,
+    may_capture,
     may_clear,
     may_clear_any,
     may_guide,
@@ -59,6 +63,8 @@ from server.room import (
     may_point,
     refuse_unknown_event,
 )
+from server.store.key_images import NewKeyImage
+from server.store.room_log import RoomEvent
 from server.turn import ice_servers_for
 
 log = logging.getLogger(__name__)
@@ -101,6 +107,8 @@ class LiveSocket:
     # The newest pointer not yet relayed, while a relay is in flight.
     pending_pointer: dict[str, Any] | None = None
     pointer_relaying: bool = False
+    # The client's address, for the audit log.
+    source: str = "unknown"
 
 
 def participant_view(attendees: list[Attendee]) -> list[dict[str, Any]]:
@@ -130,6 +138,7 @@ class LiveNamespace(socketio.AsyncNamespace):
             "guidance": self._guidance,
             "sync": self._sync,
             "rtc_offer": self._rtc_offer,
+            "capture": self._capture,
         }
 
     # Dispatch
@@ -203,6 +212,7 @@ class LiveNamespace(socketio.AsyncNamespace):
             consultation_id=cid,
             pointer_bucket=TokenBucket.full(settings.pointer_hz, settings.pointer_hz, now),
             event_bucket=TokenBucket.full(settings.events_per_second, settings.event_burst, now),
+            source=source,
         )
         self.sockets[sid] = socket
         live = self.app[LIVE]
@@ -419,6 +429,67 @@ class LiveNamespace(socketio.AsyncNamespace):
             # The socket went away while the offer was being answered: release what it made.
             await relay.leave(socket.consultation_id, socket.sid)
         return {"sdp": answer.sdp, "type": answer.type}
+
+    async def _capture(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
+        """A still or clip of the operator's video, acknowledged once durable and recorded."""
+        request = parse(CaptureRequest, data)
+        may_capture(socket.principal.role)
+        cid = socket.consultation_id
+        store = self.app[STORE]
+        row = await store.get_consultation(cid)
+        if row is None or row.state not in OPEN_STATES:
+            state = row.state.value if row else "gone"
+            raise Conflict(
+                f"the consultation is {state}; nothing can be captured", code="invalid_state"
+            )
+        key_images = self.app[KEY_IMAGES]
+        key_images.check_device(row)
+        room = self.app[RELAY].rooms.get(cid)
+        cine = room.cine if room is not None else None
+        if cine is None:
+            raise Conflict("there is no video from the operator here to capture", code="no_video")
+        settings = self.app[SETTINGS]
+        keep_from: float | None = None
+        detail: dict[str, Any] = {}
+        if request.kind is CaptureKind.STILL:
+            frames = cine.still_frames()
+        elif request.record == "start":
+            cine.start_recording()
+            return {"recording": True}
+        elif request.record == "stop":
+            frames, keep_from, overflowed = cine.stop_recording()
+            detail["truncated"] = overflowed
+        else:
+            seconds = min(
+                request.seconds or settings.clip_seconds_default, settings.clip_seconds_max
+            )
+            frames, keep_from = cine.last_frames(seconds)
+        snapshot = await store.room.snapshot(cid)
+        capture = Capture(
+            consultation=row,
+            kind=request.kind.value,
+            author=socket.principal.sub,
+            author_role=socket.principal.role.value,
+            source=socket.source,
+            marks=snapshot.marks,
+            guidance=snapshot.guidance,
+        )
+        event = await key_images.from_stream(
+            capture, cine.codec, frames, keep_from, self._key_image_commit(cid)
+        )
+        return {"key_image_id": event.body["id"], "seq": event.seq, **detail}
+
+    def _key_image_commit(self, consultation_id: str) -> Commit:
+        """Record a key image and tell the room, in the room's sequence."""
+
+        async def commit(image: NewKeyImage, audit: AuditFacts) -> RoomEvent:
+            live = self.app[LIVE]
+            async with live.bus.sequenced(consultation_id):
+                event = await self.app[KEY_IMAGES].commit_alone(image, audit)
+                await live.publish(consultation_id, event)
+            return event
+
+        return commit
 
     async def _sync(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
         request = parse(Sync, data)

@@ -23,11 +23,13 @@ from pydicom.filewriter import dcmwrite
 from pydicom.sr.codedict import codes
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
 )
+from pydicom.valuerep import DA, TM
 
 from server import __version__
 from server.dicom import deid
@@ -44,7 +46,7 @@ BODY_PART = {
 }
 LATERALITY = {"left": "L", "right": "R", "bilateral": "B"}
 # How the video reached the relay, when it was decoded from the live stream.
-STREAM_COMPRESSION = {"video/H264": "ISO_14496_10"}
+STREAM_COMPRESSION = {"video/h264": "ISO_14496_10"}
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ def _with_meta(ds: Dataset, transfer_syntax: str) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = f"PROBELINK_{__version__}"[:16]
     ds.file_meta = meta
@@ -260,8 +262,8 @@ def key_object_selection(evidence: Seq[Dataset], study: Study, inst: Instance) -
         manufacturer=MANUFACTURER,
         **_series_facts(study, inst),
     )
-    ds.ContentDate = _da(inst.acquired_at)
-    ds.ContentTime = _tm(inst.acquired_at)
+    ds.ContentDate = DA(_da(inst.acquired_at))
+    ds.ContentTime = TM(_tm(inst.acquired_at))
     return _finish(ds, study, inst)
 
 

@@ -15,11 +15,12 @@ import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import av
 import numpy as np
 from av.packet import Packet
+from av.video.codeccontext import VideoCodecContext
 
 from server.errors import Conflict
 
@@ -58,6 +59,7 @@ class CineBuffer:
         max_bytes: int,
         request_keyframe: Callable[[], None],
         keyframe_every: float = KEYFRAME_EVERY_SECONDS_DEFAULT,
+        recording_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         if codec not in DECODERS:
@@ -75,6 +77,7 @@ class CineBuffer:
         self.recording_started = 0.0
         self.recording_bytes = 0
         self.recording_max_bytes = max_bytes
+        self.recording_seconds = recording_seconds
         self.recording_overflowed = False
 
     def add(self, packet: Packet[Any]) -> None:
@@ -116,7 +119,8 @@ class CineBuffer:
         assert self.recording is not None
         if not self.recording and not frame.packet.is_keyframe:
             return
-        if self.recording_bytes + size > self.recording_max_bytes:
+        too_long = frame.arrived - self.recording_started > self.recording_seconds
+        if too_long or self.recording_bytes + size > self.recording_max_bytes:
             self.recording_overflowed = True
             return
         self.recording.append(frame)
@@ -172,7 +176,7 @@ def decode(codec: str, frames: Sequence[Frame], keep_from: float | None = None) 
 
     `keep_from=None` keeps only the newest picture (a still). Runs in a worker thread.
     """
-    context = av.CodecContext.create(DECODERS[codec], "r")
+    context = cast(VideoCodecContext, av.CodecContext.create(DECODERS[codec], "r"))
     pictures: list[np.ndarray] = []
     timestamps: list[int] = []
     wanted = {id(f.packet) for f in frames if keep_from is not None and f.arrived >= keep_from}

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from aiortc.sdp import SessionDescription
 
 from server.auth import Role
 from server.errors import BadRequest, Conflict
+from server.media.capture import CineBuffer
 from server.media.forwarding import (
     on_keyframe_request,
     prepare_receiver,
@@ -30,6 +32,9 @@ from server.media.forwarding import (
 )
 from server.media.stats import Sample, rates, sample
 from server.media.tracks import ForwardedTrack, Source
+
+# Makes the cine buffer of a room's publisher: (codec, request_keyframe) -> buffer.
+CineFactory = Callable[[str, Callable[[], None]], CineBuffer]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +72,11 @@ class Peer:
 class MediaRoom:
     """A consultation's media: the publisher, the subscribers, the voices."""
 
-    def __init__(self, consultation_id: str):
+    def __init__(self, consultation_id: str, cine_factory: CineFactory | None = None):
         self.consultation_id = consultation_id
+        self.cine_factory = cine_factory
+        # The current publisher's recent video, for captures (None: no publisher).
+        self.cine: CineBuffer | None = None
         self.peers: dict[str, Peer] = {}
         self.publisher: str | None = None
         self.video: Source | None = None
@@ -229,6 +237,8 @@ class MediaRoom:
             source.start()
             if peer.role is Role.OPERATOR and source.kind == "video":
                 self.video = source
+                if self.cine_factory is not None and self.codec is not None:
+                    self.cine = source.cine = self.cine_factory(self.codec, self.request_keyframe)
                 for output in self.video_outputs:
                     source.attach(output)
             elif peer.role is Role.OPERATOR:
@@ -281,6 +291,7 @@ class MediaRoom:
             self.publisher = None
             self.video = self.audio = None
             self.video_receiver = None
+            self.cine = None
         self.voices.pop(sid, None)
         for source in peer.sources:
             await source.stop()
@@ -342,13 +353,16 @@ def _video_codec(sdp: str) -> str | None:
 class Relay:
     """Every media room on this node."""
 
-    def __init__(self) -> None:
+    def __init__(self, cine_factory: CineFactory | None = None) -> None:
         self.rooms: dict[str, MediaRoom] = {}
+        self.cine_factory = cine_factory
 
     async def offer(
         self, consultation_id: str, sid: str, sub: str, role: Role, sdp: str
     ) -> RTCSessionDescription:
-        room = self.rooms.setdefault(consultation_id, MediaRoom(consultation_id))
+        room = self.rooms.get(consultation_id)
+        if room is None:
+            room = self.rooms[consultation_id] = MediaRoom(consultation_id, self.cine_factory)
         room.pending += 1
         try:
             async with room.negotiating:

@@ -22,6 +22,8 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.packet import Packet
 
+from server.media.capture import CineBuffer
+
 log = logging.getLogger(__name__)
 
 FORWARD_QUEUE_FRAMES = 60
@@ -116,6 +118,8 @@ class Source:
         self.targets: set[ForwardedTrack] = set()
         self.task: asyncio.Task[None] | None = None
         self.frames = 0
+        # The publisher's video keeps its recent frames for captures.
+        self.cine: CineBuffer | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._read(), name=f"source-{self.kind}")
@@ -134,6 +138,8 @@ class Source:
                 if not isinstance(packet, Packet):
                     continue  # a decoded frame: the forwarding hook is not installed
                 self.frames += 1
+                if self.cine is not None:
+                    self.cine.add(packet)
                 for target in list(self.targets):
                     target.offer(packet)
         except MediaStreamError:

@@ -1,0 +1,339 @@
+"""Captures become key images: decode, de-identify, write DICOM, archive, record.
+
+The adapter between the live room (or an upload) and the DICOM core. A capture
+is refused before any work when the consultation's device has no profile (and
+does not declare a clean source). The pixel work runs in a worker thread; the
+capture is acknowledged only once every file is durable and the row committed.
+One capture at a time per consultation on a node (instance numbers and the key
+object selection's versions follow each other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
+
+from server.audit import AuditFacts
+from server.config import Settings
+from server.dicom import deid, writer
+from server.dicom.archive import Archive
+from server.dicom.profiles import Profiles
+from server.errors import BadRequest, Conflict
+from server.files import write_durably
+from server.media.capture import Decoded, Frame, decode
+from server.store.key_images import ArchivedObject, KeyImageLog, NewKeyImage
+from server.store.records import ConsultationRow
+from server.store.room_log import RoomEvent
+
+log = logging.getLogger(__name__)
+
+DEID_KEY_RELATIVE_PATH = "keys/deid.key"
+SERIES = {"still": 1, "clip": 2, "presentation_state": 3, "key_object_selection": 4}
+SOP_CLASS = {"still": UltrasoundImageStorage, "clip": UltrasoundMultiFrameImageStorage}
+UPLOAD_MAX_PIXELS = 4096 * 4096
+
+# Records a durable key image and tells the room, in sequence: returns the room event.
+Commit = Callable[[NewKeyImage, AuditFacts], Awaitable[RoomEvent]]
+
+
+def load_deid_key(settings: Settings) -> bytes:
+    """The HMAC key for pseudonyms and UIDs: configured, or generated once in the data dir."""
+    if settings.deid_secret is not None:
+        return settings.deid_secret.get_secret_value().encode()
+    path = settings.data_dir / DEID_KEY_RELATIVE_PATH
+    if not path.exists():
+        write_durably(path, secrets.token_hex(32).encode(), replace=False)
+    key = path.read_bytes().strip()
+    if len(key) < 32:
+        raise ValueError(f"{path} holds no usable key: remove it to generate a new one")
+    return key
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What was asked for and what was on screen."""
+
+    consultation: ConsultationRow
+    kind: str  # still or clip
+    author: str
+    author_role: str
+    source: str  # the address it came from, for the audit log
+    marks: list[dict[str, Any]]
+    guidance: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Built:
+    objects: list[tuple[str, str, bytes]]  # (kind, sop uid, file bytes), image first
+    media_ts: int | None
+    detail: dict[str, Any]
+
+
+class KeyImages:
+    def __init__(
+        self,
+        settings: Settings,
+        log_: KeyImageLog,
+        archive: Archive,
+        profiles: Profiles,
+        key: bytes,
+    ):
+        self.settings = settings
+        self.log = log_
+        self.archive = archive
+        self.profiles = profiles
+        self.key = key
+        self.push = settings.dicomweb_url is not None
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # Rules checked before any work
+
+    def check_device(self, row: ConsultationRow) -> None:
+        """Refuse at once when nothing could mask this device's burned-in text."""
+        device = row.context.device
+        if device is not None and device.burned_in_text is False:
+            return
+        if device is None or not device.manufacturer or not device.model:
+            raise Conflict(
+                "captures are refused until the consultation names its device (device."
+                "manufacturer and device.model) so its burned-in text can be masked, or "
+                "declares that its video carries none (device.burned_in_text = false)",
+                code="device_unknown",
+            )
+        if not any(
+            p.matches_device(device.manufacturer, device.model) for p in self.profiles.profiles
+        ):
+            raise Conflict(
+                "no de-identification profile for this consultation's device: add one to the "
+                "file named by PROBELINK_DEVICE_PROFILES (format: server/dicom/"
+                "device_profiles.toml), or declare device.burned_in_text = false if its video "
+                "carries no burned-in text",
+                code="no_device_profile",
+            )
+
+    def _rects(
+        self, row: ConsultationRow, width: int, height: int
+    ) -> tuple[tuple[int, int, int, int], ...] | None:
+        device = row.context.device
+        if device is not None and device.burned_in_text is False:
+            return None
+        assert device is not None and device.manufacturer and device.model
+        try:
+            return self.profiles.mask_for(device.manufacturer, device.model, width, height)
+        except LookupError:
+            raise Conflict(
+                f"the device's profile does not cover {width}x{height} captures: add that size "
+                "to the device profiles (PROBELINK_DEVICE_PROFILES)",
+                code="no_device_profile",
+            ) from None
+
+    # Capture paths
+
+    async def from_stream(
+        self,
+        capture: Capture,
+        codec: str,
+        frames: Sequence[Frame],
+        keep_from: float | None,
+        commit: Commit,
+    ) -> RoomEvent:
+        """A still (keep_from None) or clip decoded from the operator's forwarded video."""
+        self.check_device(capture.consultation)
+        decoded = await asyncio.to_thread(decode, codec, frames, keep_from)
+        return await self._store(capture, decoded, codec, {"source": "relay"}, commit)
+
+    async def from_upload(self, capture: Capture, image: bytes, commit: Commit) -> RoomEvent:
+        """A lossless still uploaded by the bedside page (PNG), preferred over the relay's."""
+        self.check_device(capture.consultation)
+        pixels = await asyncio.to_thread(_read_png, image)
+        decoded = Decoded([pixels], [0], 30.0)
+        return await self._store(capture, decoded, None, {"source": "upload"}, commit)
+
+    async def commit_alone(self, image: NewKeyImage, audit: AuditFacts) -> RoomEvent:
+        """A commit for callers with no live room to tell (imports, tests)."""
+        return await self.log.add(image, push=self.push, audit=audit)
+
+    async def _store(
+        self,
+        capture: Capture,
+        decoded: Decoded,
+        codec: str | None,
+        detail: dict[str, Any],
+        commit: Commit,
+    ) -> RoomEvent:
+        row = capture.consultation
+        height, width = decoded.pictures[0].shape[:2]
+        rects = self._rects(row, width, height)
+        lock = self._locks.setdefault(row.id, asyncio.Lock())
+        async with lock:
+            number = await self.log.count(row.id) + 1
+            earlier = [
+                (o.sop_instance_uid, o.kind)
+                for kind in ("still", "clip")
+                for o in await self.log.objects(row.id, kind)
+            ]
+            key_image_id = uuid.uuid4().hex
+            built = await asyncio.to_thread(
+                self._build, capture, decoded, codec, rects, key_image_id, number, earlier
+            )
+            stored = []
+            for kind, sop, data in built.objects:
+                where = await asyncio.to_thread(
+                    self.archive.store, data, self.study_uid(row.id), self.series_uid(row.id, kind)
+                )
+                stored.append(ArchivedObject(sop, kind, where.path, where.sha256, where.size))
+            image = NewKeyImage(
+                id=key_image_id,
+                consultation_id=row.id,
+                kind=capture.kind,
+                sop_instance_uid=stored[0].sop_instance_uid,
+                media_ts=built.media_ts,
+                marks=capture.marks,
+                guidance=capture.guidance,
+                detail={**detail, **built.detail},
+                created_by=capture.author,
+                objects=stored,
+            )
+            audit = AuditFacts(
+                capture.author,
+                capture.author_role,
+                f"key_image.{capture.kind}",
+                "key_image",
+                key_image_id,
+                "ok",
+                capture.source,
+                {"consultation": row.id, "frames": built.detail["frames"]},
+            )
+            event = await commit(image, audit)
+        if len(self._locks) > 1000:
+            self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+        return event
+
+    # UIDs
+
+    def study_uid(self, consultation_id: str) -> str:
+        return deid.derived_uid(self.key, "study", consultation_id)
+
+    def series_uid(self, consultation_id: str, kind: str) -> str:
+        return deid.derived_uid(self.key, "series", consultation_id, kind)
+
+    def _study(self, row: ConsultationRow) -> writer.Study:
+        ctx = row.context
+        return writer.Study(
+            patient=deid.pseudonym(self.key, row.id),
+            study_uid=self.study_uid(row.id),
+            started_at=row.requested_at,
+            manufacturer=ctx.device.manufacturer if ctx.device else None,
+            model=ctx.device.model if ctx.device else None,
+            transducer=ctx.transducer.model if ctx.transducer else None,
+            application=ctx.application.value if ctx.application else None,
+            laterality=ctx.laterality.value if ctx.laterality else None,
+        )
+
+    def _instance(
+        self, row: ConsultationRow, kind: str, sop: str, number: int, now: datetime, **more: Any
+    ) -> writer.Instance:
+        return writer.Instance(
+            series_uid=self.series_uid(row.id, kind),
+            series_number=SERIES[kind],
+            sop_uid=sop,
+            instance_number=number,
+            acquired_at=now,
+            **more,
+        )
+
+    # The pixel work (worker thread)
+
+    def _build(
+        self,
+        capture: Capture,
+        decoded: Decoded,
+        codec: str | None,
+        rects: tuple[tuple[int, int, int, int], ...] | None,
+        key_image_id: str,
+        number: int,
+        earlier: list[tuple[str, str]],
+    ) -> Built:
+        row = capture.consultation
+        now = datetime.now(UTC)
+        for picture in decoded.pictures:
+            if rects is not None:
+                deid.mask(picture, rects)
+        study = self._study(row)
+        sop = deid.derived_uid(self.key, "instance", key_image_id)
+        inst = self._instance(
+            row,
+            capture.kind,
+            sop,
+            number,
+            now,
+            pixels_cleaned=rects is not None,
+            stream_codec=codec,
+        )
+        if capture.kind == "still":
+            image = writer.still(decoded.pictures[-1], study, inst)
+        else:
+            image = writer.clip(decoded.pictures, decoded.fps, study, inst)
+        objects = [(capture.kind, sop, writer.to_bytes(image))]
+        if capture.kind == "still" and capture.marks:
+            pr_sop = deid.derived_uid(self.key, "presentation_state", key_image_id)
+            pr_inst = self._instance(row, "presentation_state", pr_sop, number, now)
+            state = writer.presentation_state(image, capture.marks, study, pr_inst)
+            objects.append(("presentation_state", pr_sop, writer.to_bytes(state)))
+        evidence = [self._evidence(study, row.id, s, k) for s, k in earlier] + [image]
+        kos_sop = deid.derived_uid(self.key, "key_object_selection", row.id, str(len(evidence)))
+        kos_inst = self._instance(row, "key_object_selection", kos_sop, len(evidence), now)
+        kos = writer.key_object_selection(evidence, study, kos_inst)
+        objects.append(("key_object_selection", kos_sop, writer.to_bytes(kos)))
+        height, width = decoded.pictures[0].shape[:2]
+        detail = {
+            "width": width,
+            "height": height,
+            "frames": len(decoded.pictures),
+            "fps": round(decoded.fps, 2),
+            "masked": rects is not None,
+        }
+        return Built(objects, decoded.timestamps[-1] if codec else None, detail)
+
+    def _evidence(self, study: writer.Study, consultation_id: str, sop: str, kind: str) -> Dataset:
+        """What the key object selection needs of an earlier key image: its identity."""
+        ds = Dataset()
+        ds.SOPClassUID = SOP_CLASS[kind]
+        ds.SOPInstanceUID = sop
+        ds.StudyInstanceUID = study.study_uid
+        ds.SeriesInstanceUID = self.series_uid(consultation_id, kind)
+        ds.PatientName = f"{study.patient}^"
+        ds.PatientID = study.patient
+        ds.PatientBirthDate = ""
+        ds.PatientSex = ""
+        ds.StudyDate = study.started_at.strftime("%Y%m%d")
+        ds.StudyTime = study.started_at.strftime("%H%M%S")
+        ds.StudyID = ""
+        ds.AccessionNumber = ""
+        ds.ReferringPhysicianName = ""
+        ds.Modality = "US"
+        return ds
+
+
+def _read_png(data: bytes) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "PNG":
+                raise BadRequest("the capture must be a PNG image", code="invalid_image")
+            if image.width * image.height > UPLOAD_MAX_PIXELS:
+                raise BadRequest("the capture is larger than 4096x4096", code="invalid_image")
+            return np.array(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise BadRequest("the capture is not a readable PNG image", code="invalid_image") from None
