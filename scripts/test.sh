@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Install everything the tests need (Debian and pip packages), start the real components
-# that are not running (PostgreSQL, Redis), lint, and run the whole test suite. coturn is only
-# installed: the tests start their own turnserver on loopback.
+# that are not running (PostgreSQL, Redis), lint, and run the whole test suite. coturn and Orthanc
+# are only installed: the tests start their own on loopback.
 # Arguments go to pytest. With PROBELINK_REQUIRE_ALL=1 a missing component fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
-DEBIAN_PACKAGES=(postgresql postgresql-client redis-server coturn)
+# dicom3tools: dciodvfy validates every DICOM object; tesseract-ocr proves burned-in text is gone;
+# orthanc + orthanc-dicomweb: the PACS that key images are pushed to (tests start their own).
+DEBIAN_PACKAGES=(postgresql postgresql-client redis-server coturn dicom3tools tesseract-ocr
+  orthanc orthanc-dicomweb)
 PG_URL="${PROBELINK_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
 
 start_postgres() {
@@ -40,19 +43,23 @@ start_redis() {
   for _ in $(seq 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
 }
 
-# Installing coturn enables its system service, which with Debian's default configuration is
-# an unauthenticated relay on every address: when this script installs it, it stops and
-# disables that service (a coturn installed before is left as it was).
-coturn_was_installed() { dpkg-query -W -f='${Status}' coturn 2>/dev/null | grep -q "install ok installed"; }
-disable_new_coturn_service() {
+# Installing coturn or Orthanc enables its system service: coturn's Debian default is an
+# unauthenticated relay on every address, Orthanc's a PACS on ports 8042 and 4242. The tests
+# start their own on loopback, so when this script installs one it stops and disables the
+# service (one installed before is left as it was).
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+disable_service() {
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    as_root systemctl disable --now coturn.service >/dev/null 2>&1 || true
+    as_root systemctl disable --now "$1.service" >/dev/null 2>&1 || true
+  elif command -v service >/dev/null; then
+    as_root service "$1" stop >/dev/null 2>&1 || true
   fi
 }
 
-had_coturn=0; coturn_was_installed && had_coturn=1
+new_services=()
+for service in coturn orthanc; do installed "$service" || new_services+=("$service"); done
 apt_install "${DEBIAN_PACKAGES[@]}"
-[ "$had_coturn" = 1 ] || disable_new_coturn_service
+for service in "${new_services[@]}"; do disable_service "$service"; done
 start_postgres
 trust_local_postgres
 start_redis

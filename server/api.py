@@ -9,7 +9,15 @@ from typing import Any
 
 from aiohttp import web
 
-from server.appkeys import KEYRING, METRICS, PRINCIPAL, SETTINGS, STORE, TOKEN_POLICY
+from server.appkeys import (
+    KEY_IMAGES,
+    KEYRING,
+    METRICS,
+    PRINCIPAL,
+    SETTINGS,
+    STORE,
+    TOKEN_POLICY,
+)
 from server.audit import AuditFacts
 from server.auth import (
     Principal,
@@ -49,6 +57,8 @@ class QueueQuery(StrictModel):
 
 
 def routes() -> web.RouteTableDef:
+    from server import images_api  # its handlers use this module's edge helpers
+
     table = web.RouteTableDef()
     table.post("/api/consultations")(create_consultation)
     table.get("/api/consultations")(list_queue)
@@ -56,6 +66,7 @@ def routes() -> web.RouteTableDef:
     table.post("/api/consultations/{consultation_id}/invites")(create_invite)
     table.get("/api/audit/verify")(verify_audit)
     table.get("/api/ice-servers")(get_ice_servers)
+    images_api.routes(table)
     return table
 
 
@@ -156,7 +167,8 @@ async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, A
         "checklist": checklist_body(row),
         "participants": [participant_body(p) for p in await store.participants(row.id)],
         "marks": await store.related_rows("marks", row.id),
-        "key_images": await store.related_rows("key_images", row.id),
+        "key_images": await request.app[KEY_IMAGES].log.images(row.id),
+        "pacs": await request.app[KEY_IMAGES].log.outbox_state(row.id),
         "report": reports[-1] if reports else None,
         "turnaround": {
             "requested_at": iso(row.requested_at),

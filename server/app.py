@@ -26,6 +26,7 @@ from server.appkeys import (
 from server.auth import Keys, TokenPolicy
 from server.config import Settings
 from server.dicom.archive import Archive
+from server.dicom.pacs import PacsPusher
 from server.dicom.profiles import load_profiles
 from server.files import ensure_private_dir
 from server.key_images import KeyImages, load_deid_key
@@ -126,8 +127,16 @@ def _key_images_ctx(
 
     @contextlib.asynccontextmanager
     async def context(app: web.Application) -> AsyncIterator[None]:
-        app[KEY_IMAGES] = KeyImages(settings, KeyImageLog(app[STORE]), archive, profiles, key)
+        key_images = KeyImages(settings, KeyImageLog(app[STORE]), archive, profiles, key)
+        app[KEY_IMAGES] = key_images
+        pusher = None
+        if settings.dicomweb_url is not None:
+            pusher = PacsPusher(settings.dicomweb_url, key_images.log, archive)
+            key_images.on_outbox = pusher.kick
+            pusher.start()
         yield
+        if pusher is not None:
+            await pusher.stop()
 
     return context
 

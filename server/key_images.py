@@ -32,6 +32,7 @@ from server.dicom.archive import Archive
 from server.dicom.profiles import Profiles
 from server.errors import BadRequest, Conflict
 from server.files import write_durably
+from server.live import Live
 from server.media.capture import Decoded, Frame, decode
 from server.store.key_images import ArchivedObject, KeyImageLog, NewKeyImage
 from server.store.records import ConsultationRow
@@ -46,6 +47,18 @@ UPLOAD_MAX_PIXELS = 4096 * 4096
 
 # Records a durable key image and tells the room, in sequence: returns the room event.
 Commit = Callable[[NewKeyImage, AuditFacts], Awaitable[RoomEvent]]
+
+
+def room_commit(live: Live, key_images: KeyImages, consultation_id: str) -> Commit:
+    """Record a key image and tell the live room, in the room's sequence."""
+
+    async def commit(image: NewKeyImage, audit: AuditFacts) -> RoomEvent:
+        async with live.bus.sequenced(consultation_id):
+            event = await key_images.commit_alone(image, audit)
+            await live.publish(consultation_id, event)
+        return event
+
+    return commit
 
 
 def load_deid_key(settings: Settings) -> bytes:
@@ -96,6 +109,8 @@ class KeyImages:
         self.profiles = profiles
         self.key = key
         self.push = settings.dicomweb_url is not None
+        # Told when the outbox has something new (set by the app when a PACS is configured).
+        self.on_outbox: Callable[[], None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
 
     # Rules checked before any work
@@ -162,8 +177,11 @@ class KeyImages:
         return await self._store(capture, decoded, None, {"source": "upload"}, commit)
 
     async def commit_alone(self, image: NewKeyImage, audit: AuditFacts) -> RoomEvent:
-        """A commit for callers with no live room to tell (imports, tests)."""
-        return await self.log.add(image, push=self.push, audit=audit)
+        """Record the key image (for callers with no live room to tell, the whole commit)."""
+        event = await self.log.add(image, push=self.push, audit=audit)
+        if self.push and self.on_outbox is not None:
+            self.on_outbox()
+        return event
 
     async def _store(
         self,

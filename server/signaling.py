@@ -37,7 +37,7 @@ from server.errors import (
     RateLimited,
     Unauthorized,
 )
-from server.key_images import Capture, Commit
+from server.key_images import Capture, room_commit
 from server.live import NAMESPACE, room_of
 from server.messages import parse
 from server.middleware import record_refusal
@@ -63,8 +63,6 @@ from server.room import (
     may_point,
     refuse_unknown_event,
 )
-from server.store.key_images import NewKeyImage
-from server.store.room_log import RoomEvent
 from server.turn import ice_servers_for
 
 log = logging.getLogger(__name__)
@@ -475,21 +473,9 @@ class LiveNamespace(socketio.AsyncNamespace):
             guidance=snapshot.guidance,
         )
         event = await key_images.from_stream(
-            capture, cine.codec, frames, keep_from, self._key_image_commit(cid)
+            capture, cine.codec, frames, keep_from, room_commit(self.app[LIVE], key_images, cid)
         )
         return {"key_image_id": event.body["id"], "seq": event.seq, **detail}
-
-    def _key_image_commit(self, consultation_id: str) -> Commit:
-        """Record a key image and tell the room, in the room's sequence."""
-
-        async def commit(image: NewKeyImage, audit: AuditFacts) -> RoomEvent:
-            live = self.app[LIVE]
-            async with live.bus.sequenced(consultation_id):
-                event = await self.app[KEY_IMAGES].commit_alone(image, audit)
-                await live.publish(consultation_id, event)
-            return event
-
-        return commit
 
     async def _sync(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
         request = parse(Sync, data)

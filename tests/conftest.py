@@ -29,6 +29,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "PROBELINK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 DATA_TABLES = (
+    "pacs_outbox",
+    "dicom_objects",
     "audit_log",
     "room_events",
     "reports",

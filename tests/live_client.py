@@ -17,6 +17,7 @@ SERVER_EVENTS = (
     "mark_clear",
     "guidance",
     "media_stats",
+    "key_image",
 )
 
 

@@ -184,8 +184,8 @@ class KeyImageLog:
 
     # PACS outbox
 
-    async def claim_due(self, node: str, limit: int, lease_seconds: float) -> list[OutboxItem]:
-        """Pending entries whose time has come, leased to this node for `lease_seconds`."""
+    async def claim_due(self, limit: int, lease_seconds: float) -> list[OutboxItem]:
+        """Pending entries whose time has come, leased to the caller for `lease_seconds`."""
         now = datetime.now(UTC)
         until = iso(now + timedelta(seconds=lease_seconds))
         async with self.store.transaction() as conn:

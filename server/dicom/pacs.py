@@ -1,0 +1,150 @@
+"""The PACS outbox: every archived object goes to the PACS by DICOMweb STOW-RS, eventually.
+
+A worker per node claims due entries (a lease, so nodes sharing a database do
+not push the same object at once), sends each file from the archive, and marks
+it sent only when the PACS lists its SOP Instance UID as stored. A failure is
+retried with exponential back-off; a PACS that is down delays pushes, never
+loses one. Re-sending an object the PACS already has is harmless (same SOP
+Instance UID, same bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from typing import Any
+
+import aiohttp
+
+from server.dicom.archive import Archive, ArchiveCorrupt
+from server.store.key_images import KeyImageLog, OutboxItem
+
+log = logging.getLogger(__name__)
+
+BATCH = 8
+LEASE_SECONDS = 120.0
+IDLE_POLL_SECONDS = 2.0
+RETRY_MIN_SECONDS = 1.0
+RETRY_MAX_SECONDS = 300.0
+REQUEST_TIMEOUT_SECONDS = 60.0
+# Referenced SOP Sequence, Failed SOP Sequence, SOP Instance UID (DICOM JSON tags).
+REFERENCED_SOP_SEQUENCE = "00081199"
+FAILED_SOP_SEQUENCE = "00081198"
+SOP_INSTANCE_UID = "00081155"
+
+
+class PushFailed(Exception):
+    """The PACS did not take the object; the message says why (no patient data in it)."""
+
+
+def retry_delay(attempts: int) -> float:
+    """Exponential back-off with jitter: 1 s, 2 s, 4 s ... up to 5 minutes."""
+    base = min(RETRY_MAX_SECONDS, RETRY_MIN_SECONDS * 2 ** min(attempts, 16))
+    return float(base * random.uniform(0.8, 1.0))
+
+
+def stow_body(files: list[bytes]) -> tuple[bytes, str]:
+    """A multipart/related body of application/dicom parts, and its Content-Type."""
+    boundary = f"probelink-{secrets.token_hex(16)}"
+    parts = []
+    for data in files:
+        parts.append(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def stored_uids(response: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """SOP Instance UIDs the STOW-RS response says were stored, and those that failed."""
+
+    def uids(tag: str) -> set[str]:
+        items = response.get(tag, {}).get("Value", [])
+        found: set[str] = set()
+        for item in items if isinstance(items, list) else []:
+            values = (
+                item.get(SOP_INSTANCE_UID, {}).get("Value", []) if isinstance(item, dict) else []
+            )
+            found.update(v for v in values if isinstance(v, str))
+        return found
+
+    return uids(REFERENCED_SOP_SEQUENCE), uids(FAILED_SOP_SEQUENCE)
+
+
+class PacsPusher:
+    def __init__(self, url: str, log_: KeyImageLog, archive: Archive):
+        self.url = url.rstrip("/") + "/studies"
+        self.log = log_
+        self.archive = archive
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.session: aiohttp.ClientSession | None = None
+
+    def start(self) -> None:
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+        )
+        self.task = asyncio.create_task(self._run(), name="pacs-outbox")
+
+    def kick(self) -> None:
+        """Something new is in the outbox: look now rather than at the next poll."""
+        self.wake.set()
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.session is not None:
+            await self.session.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                due = await self.log.claim_due(BATCH, LEASE_SECONDS)
+            except Exception:
+                log.exception("PACS outbox: cannot read the outbox")
+                due = []
+            for item in due:
+                await self._push(item)
+            if len(due) < BATCH:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), IDLE_POLL_SECONDS)
+                self.wake.clear()
+
+    async def _push(self, item: OutboxItem) -> None:
+        try:
+            data = await asyncio.to_thread(self.archive.read, item.path, item.sha256)
+            await self.send(item.sop_instance_uid, data)
+        except (PushFailed, ArchiveCorrupt) as exc:
+            delay = retry_delay(item.attempts)
+            log.warning(
+                "PACS push failed; will retry",
+                extra={"attempts": item.attempts + 1, "retry_in": round(delay, 1), "why": str(exc)},
+            )
+            await self.log.push_failed(item.sop_instance_uid, str(exc), delay)
+            return
+        await self.log.pushed(item.sop_instance_uid)
+
+    async def send(self, sop_instance_uid: str, data: bytes) -> None:
+        """STOW-RS one object; return only if the PACS says it stored it."""
+        assert self.session is not None
+        body, content_type = stow_body([data])
+        headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
+        try:
+            async with self.session.post(self.url, data=body, headers=headers) as response:
+                text = await response.text()
+                if response.status not in (200, 202):
+                    raise PushFailed(f"the PACS answered HTTP {response.status}")
+                try:
+                    parsed = await response.json(content_type=None) if text.strip() else {}
+                except ValueError:
+                    raise PushFailed("the PACS's STOW-RS answer is not JSON") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PushFailed(f"the PACS is unreachable ({type(exc).__name__})") from None
+        stored, failed = stored_uids(parsed if isinstance(parsed, dict) else {})
+        if sop_instance_uid in failed or sop_instance_uid not in stored:
+            raise PushFailed("the PACS did not confirm storing the object")

@@ -1,0 +1,149 @@
+"""REST handlers for key images: list, download the DICOM, preview, and upload a still."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from typing import Any
+
+import numpy as np
+import pydicom
+from aiohttp import web
+from PIL import Image
+
+from server.api import authenticate, consultation_id_of, facts
+from server.appkeys import KEY_IMAGES, LIVE, STORE
+from server.auth import Role, require_consultation, require_role
+from server.consultations import OPEN_STATES
+from server.dicom.archive import ArchiveCorrupt
+from server.errors import Conflict, NotFound, PayloadTooLarge, Unavailable
+from server.key_images import Capture, room_commit
+
+KEY_IMAGE_ID = re.compile(r"[0-9a-f]{32}")
+UPLOAD_MAX_BYTES = 32 * 1024 * 1024
+PREVIEW_MAX_WIDTH = 640
+
+
+def routes(table: web.RouteTableDef) -> None:
+    table.get("/api/consultations/{consultation_id}/key-images")(list_key_images)
+    table.post("/api/consultations/{consultation_id}/captures")(upload_capture)
+    table.get("/api/key-images/{key_image_id}/dicom")(get_dicom)
+    table.get("/api/key-images/{key_image_id}/preview")(get_preview)
+
+
+async def read_upload(request: web.Request, limit: int = UPLOAD_MAX_BYTES) -> bytes:
+    """A request body of up to `limit` bytes (larger than the JSON limit), streamed."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
+    chunks, size = [], 0
+    while chunk := await request.content.read(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def list_key_images(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    cid = consultation_id_of(request)
+    require_consultation(principal, cid)
+    key_images = request.app[KEY_IMAGES]
+    if await request.app[STORE].get_consultation(cid) is None:
+        raise NotFound("no such consultation", code="consultation_not_found", field="id")
+    return web.json_response(
+        {
+            "key_images": await key_images.log.images(cid),
+            "pacs": await key_images.log.outbox_state(cid),
+        }
+    )
+
+
+async def upload_capture(request: web.Request) -> web.Response:
+    """The bedside page's own full-resolution frame (PNG): the preferred still."""
+    principal = authenticate(request)
+    require_role(principal, Role.OPERATOR, Role.EXPERT)
+    cid = consultation_id_of(request)
+    require_consultation(principal, cid)
+    store, key_images = request.app[STORE], request.app[KEY_IMAGES]
+    row = await store.get_consultation(cid)
+    if row is None:
+        raise NotFound("no such consultation", code="consultation_not_found", field="id")
+    if row.state not in OPEN_STATES:
+        raise Conflict(
+            f"the consultation is {row.state}; nothing can be captured", code="invalid_state"
+        )
+    key_images.check_device(row)
+    body = await read_upload(request)
+    snapshot = await store.room.snapshot(cid)
+    capture = Capture(
+        consultation=row,
+        kind="still",
+        author=principal.sub,
+        author_role=principal.role.value,
+        source=request.remote or "unknown",
+        marks=snapshot.marks,
+        guidance=snapshot.guidance,
+    )
+    event = await key_images.from_upload(
+        capture, body, room_commit(request.app[LIVE], key_images, cid)
+    )
+    return web.json_response({"key_image_id": event.body["id"], "seq": event.seq}, status=201)
+
+
+async def _archived(request: web.Request) -> tuple[dict[str, Any], bytes]:
+    principal = authenticate(request)
+    key_image_id = request.match_info["key_image_id"]
+    if not KEY_IMAGE_ID.fullmatch(key_image_id):
+        raise NotFound("no such key image", code="key_image_not_found", field="id")
+    key_images = request.app[KEY_IMAGES]
+    found = await key_images.log.image(key_image_id)
+    if found is None:
+        raise NotFound("no such key image", code="key_image_not_found", field="id")
+    row, obj = found
+    require_consultation(principal, row["consultation_id"])
+    try:
+        data = await asyncio.to_thread(key_images.archive.read, obj.path, obj.sha256)
+    except ArchiveCorrupt as exc:
+        raise Unavailable(
+            f"the key image cannot be served: {exc}", code="archive_corrupt"
+        ) from None
+    await request.app[STORE].record_audit(
+        facts(request, principal, "key_image.read", "key_image", key_image_id)
+    )
+    return row, data
+
+
+async def get_dicom(request: web.Request) -> web.Response:
+    row, data = await _archived(request)
+    return web.Response(
+        body=data,
+        headers={
+            "Content-Type": "application/dicom",
+            # The key image's id, never anything about the patient.
+            "Content-Disposition": f'attachment; filename="{row["id"]}.dcm"',
+        },
+    )
+
+
+async def get_preview(request: web.Request) -> web.Response:
+    _row, data = await _archived(request)
+    png = await asyncio.to_thread(_preview, data)
+    return web.Response(body=png, headers={"Content-Type": "image/png"})
+
+
+def _preview(data: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    pixels = ds.pixel_array
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    # pydicom hands JPEG (YBR_FULL_422) pixels over as RGB already.
+    image = Image.fromarray(np.ascontiguousarray(pixels).astype(np.uint8), "RGB")
+    if image.width > PREVIEW_MAX_WIDTH:
+        image = image.resize(
+            (PREVIEW_MAX_WIDTH, round(image.height * PREVIEW_MAX_WIDTH / image.width))
+        )
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()

@@ -1,0 +1,158 @@
+"""Key images reach a real PACS (Orthanc + DICOMweb) through the durable outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient
+from conftest import require
+from dicom_checks import read
+from orthanc_server import OrthancServer, available
+from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_frame
+from PIL import Image
+
+from server.config import Settings, load_settings
+from server.dicom.pacs import stored_uids, stow_body
+from server.keyring import load_or_create
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    require("Orthanc", available(), "install the Debian packages orthanc and orthanc-dicomweb")
+    directory = tmp_path / "orthanc"
+    directory.mkdir()
+    server = OrthancServer(directory)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, orthanc: OrthancServer) -> Settings:
+    load_or_create(tmp_path / "var")
+    return load_settings(data_dir=tmp_path / "var", dicomweb_url=orthanc.dicomweb_url)
+
+
+def png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, "PNG")
+    return out.getvalue()
+
+
+async def setup(
+    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
+) -> tuple[str, dict[str, str]]:
+    body = {"clinical_question": "q", "urgency": "routine", "device": PHANTOM_DEVICE}
+    created = await client.post("/api/consultations", json=body, headers=coordinator)
+    cid = (await created.json())["id"]
+    operator = {"Authorization": f"Bearer {token_for('operator', sub='op', consultation=cid)}"}
+    return cid, operator
+
+
+async def upload(client: TestClient[Any, Any], cid: str, headers: dict[str, str]) -> str:
+    response = await client.post(
+        f"/api/consultations/{cid}/captures",
+        data=png(phantom_frame(5)),
+        headers={**headers, "Content-Type": "image/png"},
+    )
+    assert response.status == 201, await response.text()
+    return str((await response.json())["key_image_id"])
+
+
+async def wait_for_state(
+    client: TestClient[Any, Any], cid: str, headers: dict[str, str], done: Any, within: float = 30
+) -> dict[str, Any]:
+    for _ in range(int(within / 0.2)):
+        listing = await (
+            await client.get(f"/api/consultations/{cid}/key-images", headers=headers)
+        ).json()
+        if done(listing):
+            return listing  # type: ignore[no-any-return]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not reached: {listing}")
+
+
+def wado_instance(orthanc: OrthancServer, study: str, series: str, sop: str) -> bytes:
+    """WADO-RS retrieve of one instance (multipart/related), the DICOM part's bytes."""
+    raw = orthanc.get(
+        f"/dicom-web/studies/{study}/series/{series}/instances/{sop}",
+        accept='multipart/related; type="application/dicom"',
+    )
+    # Orthanc's answer starts at the first boundary; give the parser the header it needs.
+    boundary = raw.split(b"\r\n", 1)[0][2:].decode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f'Content-Type: multipart/related; boundary="{boundary}"\r\n\r\n'.encode() + raw
+    )
+    parts = [p.get_payload(decode=True) for p in message.iter_parts()]
+    assert len(parts) == 1
+    return bytes(parts[0])
+
+
+async def test_key_image_is_pushed_and_reads_back_identical(
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    token_for: Any,
+    orthanc: OrthancServer,
+) -> None:
+    cid, operator = await setup(client, coordinator, token_for)
+    key_image_id = await upload(client, cid, operator)
+    listing = await wait_for_state(
+        client, cid, operator, lambda r: r["key_images"][0]["pacs_state"] == "sent"
+    )
+    assert listing["pacs"]["pending"] == 0 and listing["pacs"]["sent"] == 2  # image and KOS
+    ours = read(
+        await (await client.get(f"/api/key-images/{key_image_id}/dicom", headers=operator)).read()
+    )
+    study, series, sop = ours.StudyInstanceUID, ours.SeriesInstanceUID, ours.SOPInstanceUID
+    # QIDO-RS finds it in the study; WADO-RS returns the same pixels.
+    found = json.loads(orthanc.get(f"/dicom-web/studies/{study}/instances"))
+    assert sop in {i["00080018"]["Value"][0] for i in found}
+    theirs = read(wado_instance(orthanc, study, series, sop))
+    assert np.array_equal(theirs.pixel_array, ours.pixel_array)
+    assert not theirs.pixel_array[:BANNER_HEIGHT].any()
+    # The record shows the PACS state too.
+    record = await (await client.get(f"/api/consultations/{cid}", headers=coordinator)).json()
+    assert record["key_images"][0]["pacs_state"] == "sent"
+
+
+async def test_capture_succeeds_while_the_pacs_is_down_and_arrives_when_it_is_back(
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    token_for: Any,
+    orthanc: OrthancServer,
+) -> None:
+    cid, operator = await setup(client, coordinator, token_for)
+    orthanc.stop()
+    key_image_id = await upload(client, cid, operator)
+    listing = await wait_for_state(client, cid, operator, lambda r: r["pacs"]["last_error"])
+    assert listing["key_images"][0]["pacs_state"] == "pending"
+    assert "unreachable" in listing["pacs"]["last_error"]
+    orthanc.start()
+    await wait_for_state(
+        client, cid, operator, lambda r: r["key_images"][0]["pacs_state"] == "sent", within=40
+    )
+    ours = read(
+        await (await client.get(f"/api/key-images/{key_image_id}/dicom", headers=operator)).read()
+    )
+    found = json.loads(orthanc.get(f"/dicom-web/studies/{ours.StudyInstanceUID}/instances"))
+    assert ours.SOPInstanceUID in {i["00080018"]["Value"][0] for i in found}
+
+
+def test_stow_answer_is_read_strictly() -> None:
+    body, content_type = stow_body([b"A", b"B"])
+    assert content_type.startswith('multipart/related; type="application/dicom"; boundary=')
+    assert body.count(b"Content-Type: application/dicom") == 2
+    ok = {"00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.2"]}}]}}
+    assert stored_uids(ok) == ({"1.2"}, set())
+    failed = {"00081198": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.3"]}}]}}
+    assert stored_uids(failed) == (set(), {"1.3"})
+    assert stored_uids({"00081199": {"Value": "nonsense"}}) == (set(), set())
