@@ -45,6 +45,8 @@ BODY_PART = {
     "abdominal": "ABDOMEN",
 }
 LATERALITY = {"left": "L", "right": "R", "bilateral": "B"}
+# Body parts that come in pairs (the series then states laterality, PS3.3 C.7.3.1).
+PAIRED_BODY_PARTS = {"BREAST", "LEG"}
 # How the video reached the relay, when it was decoded from the live stream.
 STREAM_COMPRESSION = {"video/h264": "ISO_14496_10"}
 
@@ -130,6 +132,8 @@ def _image(ds: Dataset, study: Study, inst: Instance, rows: int, columns: int) -
     side = LATERALITY.get(study.laterality or "")
     if side:
         ds.ImageLaterality = side
+    elif _maybe_paired(study):
+        ds.Laterality = ""  # Type 2C: a paired (or unnamed) part whose side is not known
     if study.transducer:
         ds.TransducerData = [study.transducer]
     ds.SamplesPerPixel = 3
@@ -145,6 +149,11 @@ def _image(ds: Dataset, study: Study, inst: Instance, rows: int, columns: int) -
         # Decoded from the live stream: the pixels have been through a lossy codec.
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = STREAM_COMPRESSION.get(inst.stream_codec, "VP8")
+
+
+def _maybe_paired(study: Study) -> bool:
+    part = BODY_PART.get(study.application or "")
+    return part is None or part in PAIRED_BODY_PARTS
 
 
 def still(pixels: np.ndarray, study: Study, inst: Instance) -> Dataset:
@@ -341,10 +350,10 @@ def presentation_state(
         icc_profile=_srgb_profile(),
         **_series_facts(study, inst),
     )
-    # A series of a paired body part states its side when its objects carry no image laterality.
+    # The series of a paired body part states its side (its objects carry no image laterality).
     side = LATERALITY.get(study.laterality or "")
     if side in ("L", "R"):
         ds.Laterality = side
-    elif "BodyPartExamined" in ds:
-        del ds.BodyPartExamined
+    elif ds.get("BodyPartExamined") in (None, *PAIRED_BODY_PARTS):
+        ds.Laterality = ""
     return _finish(ds, study, inst)
