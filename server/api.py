@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
+from server import images_api
 from server.appkeys import (
     KEY_IMAGES,
     KEYRING,
     METRICS,
-    PRINCIPAL,
     SETTINGS,
     STORE,
     TOKEN_POLICY,
 )
-from server.audit import AuditFacts
 from server.auth import (
-    Principal,
     Role,
     issue_token,
     require_consultation,
     require_role,
-    verify_token,
 )
 from server.consultations import (
     OPEN_STATES,
@@ -35,13 +31,13 @@ from server.consultations import (
     checklist,
     due_at,
 )
-from server.errors import BadRequest, NotFound, Unauthorized
+from server.edge import authenticate, consultation_id_of, facts, read_body
+from server.errors import BadRequest, NotFound
 from server.messages import Choice, Name, StrictModel, parse, parse_json
 from server.store import ConsultationRow, ParticipantRow
 from server.store.times import iso
 from server.turn import ice_servers_for
 
-ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
 
 
@@ -57,8 +53,6 @@ class QueueQuery(StrictModel):
 
 
 def routes() -> web.RouteTableDef:
-    from server import images_api  # its handlers use this module's edge helpers
-
     table = web.RouteTableDef()
     table.post("/api/consultations")(create_consultation)
     table.get("/api/consultations")(list_queue)
@@ -68,55 +62,6 @@ def routes() -> web.RouteTableDef:
     table.get("/api/ice-servers")(get_ice_servers)
     images_api.routes(table)
     return table
-
-
-# Edge helpers
-
-
-def authenticate(request: web.Request) -> Principal:
-    """The verified principal of the request's bearer token."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
-        raise Unauthorized(
-            "an 'Authorization: Bearer <token>' header is required", code="token_missing"
-        )
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized(
-            "the Authorization header must be 'Bearer <token>'", code="token_malformed"
-        )
-    principal = verify_token(token.strip(), request.app[KEYRING], request.app[TOKEN_POLICY])
-    request[PRINCIPAL] = principal
-    return principal
-
-
-async def read_body(request: web.Request) -> bytes:
-    limit = request.app[SETTINGS].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    return await request.read()
-
-
-def consultation_id_of(request: web.Request) -> str:
-    value = request.match_info["consultation_id"]
-    if not ID_PATTERN.fullmatch(value):
-        raise NotFound("no such consultation", code="consultation_not_found", field="id")
-    return value
-
-
-def facts(
-    request: web.Request, principal: Principal, action: str, obj: str, oid: str
-) -> AuditFacts:
-    return AuditFacts(
-        actor=principal.sub,
-        role=principal.role.value,
-        action=action,
-        object_type=obj,
-        object_id=oid,
-        outcome="ok",
-        source=request.remote or "unknown",
-        detail={},
-    )
 
 
 # Representations
@@ -159,6 +104,7 @@ def participant_body(p: ParticipantRow) -> dict[str, Any]:
 
 
 async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, Any]:
+
     store = request.app[STORE]
     reports = await store.related_rows("reports", row.id)
     return {
@@ -169,6 +115,10 @@ async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, A
         "marks": await store.related_rows("marks", row.id),
         "key_images": await request.app[KEY_IMAGES].log.images(row.id),
         "pacs": await request.app[KEY_IMAGES].log.outbox_state(row.id),
+        "priors": [
+            images_api.prior_view(o)
+            for o in await request.app[KEY_IMAGES].log.objects(row.id, "prior")
+        ],
         "report": reports[-1] if reports else None,
         "turnaround": {
             "requested_at": iso(row.requested_at),

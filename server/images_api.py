@@ -12,15 +12,18 @@ import pydicom
 from aiohttp import web
 from PIL import Image
 
-from server.api import authenticate, consultation_id_of, facts
 from server.appkeys import KEY_IMAGES, LIVE, STORE
 from server.auth import Role, require_consultation, require_role
 from server.consultations import OPEN_STATES
+from server.dicom import priors, writer
 from server.dicom.archive import ArchiveCorrupt
-from server.errors import Conflict, NotFound, PayloadTooLarge, Unavailable
+from server.edge import authenticate, consultation_id_of, facts
+from server.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
 from server.key_images import Capture, room_commit
+from server.store.key_images import ArchivedObject
 
 KEY_IMAGE_ID = re.compile(r"[0-9a-f]{32}")
+UID = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40}){1,30}")
 UPLOAD_MAX_BYTES = 32 * 1024 * 1024
 PREVIEW_MAX_WIDTH = 640
 
@@ -30,6 +33,8 @@ def routes(table: web.RouteTableDef) -> None:
     table.post("/api/consultations/{consultation_id}/captures")(upload_capture)
     table.get("/api/key-images/{key_image_id}/dicom")(get_dicom)
     table.get("/api/key-images/{key_image_id}/preview")(get_preview)
+    table.post("/api/consultations/{consultation_id}/priors")(import_prior)
+    table.get("/api/priors/{sop_instance_uid}/dicom")(get_prior)
 
 
 async def read_upload(request: web.Request, limit: int = UPLOAD_MAX_BYTES) -> bytes:
@@ -147,3 +152,73 @@ def _preview(data: bytes) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
+
+
+def prior_view(obj: ArchivedObject) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": obj.sop_instance_uid,
+        "sha256": obj.sha256,
+        "size": obj.size,
+        "dicom_url": f"/api/priors/{obj.sop_instance_uid}/dicom",
+    }
+
+
+async def import_prior(request: web.Request) -> web.Response:
+    """A prior study's image, uploaded as DICOM, de-identified and attached for comparison."""
+    principal = authenticate(request)
+    require_role(principal, Role.COORDINATOR, Role.OPERATOR, Role.EXPERT)
+    cid = consultation_id_of(request)
+    require_consultation(principal, cid)
+    store, key_images = request.app[STORE], request.app[KEY_IMAGES]
+    row = await store.get_consultation(cid)
+    if row is None:
+        raise NotFound("no such consultation", code="consultation_not_found", field="id")
+    if row.state not in OPEN_STATES:
+        raise Conflict(
+            f"the consultation is {row.state}; nothing can be attached", code="invalid_state"
+        )
+    body = await read_upload(request)
+
+    def build() -> bytes:
+        imported = priors.deidentify_prior(
+            priors.read_upload(body),
+            key=key_images.key,
+            consultation_id=cid,
+            profiles=key_images.profiles,
+        )
+        return writer.to_bytes(imported.dataset)
+
+    try:
+        data = await asyncio.to_thread(build)
+    except priors.ImportRefused as exc:
+        status = Conflict if exc.code == "no_device_profile" else BadRequest
+        raise status(str(exc), code=exc.code) from None
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    where = await asyncio.to_thread(
+        key_images.archive.store, data, ds.StudyInstanceUID, ds.SeriesInstanceUID
+    )
+    obj = ArchivedObject(ds.SOPInstanceUID, "prior", where.path, where.sha256, where.size)
+    audit = facts(request, principal, "prior.import", "dicom_object", obj.sop_instance_uid)
+    created = await key_images.log.add_prior(cid, obj, audit)
+    return web.json_response(prior_view(obj), status=201 if created else 200)
+
+
+async def get_prior(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    sop = request.match_info["sop_instance_uid"]
+    if not UID.fullmatch(sop) or len(sop) > 64:
+        raise NotFound("no such prior", code="prior_not_found", field="id")
+    key_images = request.app[KEY_IMAGES]
+    found = await key_images.log.prior(sop)
+    if found is None:
+        raise NotFound("no such prior", code="prior_not_found", field="id")
+    cid, obj = found
+    require_consultation(principal, cid)
+    try:
+        data = await asyncio.to_thread(key_images.archive.read, obj.path, obj.sha256)
+    except ArchiveCorrupt as exc:
+        raise Unavailable(f"the prior cannot be served: {exc}", code="archive_corrupt") from None
+    await request.app[STORE].record_audit(
+        facts(request, principal, "prior.read", "dicom_object", sop)
+    )
+    return web.Response(body=data, headers={"Content-Type": "application/dicom"})

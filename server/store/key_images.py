@@ -182,6 +182,49 @@ class KeyImageLog:
             await self.store.append_audit(conn, audit)
             return event
 
+    async def add_prior(self, consultation_id: str, obj: ArchivedObject, audit: AuditFacts) -> bool:
+        """Attach an imported prior; False when this very object is attached already."""
+        async with self.store.transaction() as conn:
+            exists = (
+                await conn.execute(
+                    text("SELECT 1 FROM dicom_objects WHERE sop_instance_uid = :sop"),
+                    {"sop": obj.sop_instance_uid},
+                )
+            ).first()
+            if exists is not None:
+                return False
+            await conn.execute(
+                text(
+                    "INSERT INTO dicom_objects (sop_instance_uid, consultation_id, key_image_id,"
+                    " kind, path, sha256, size, created_at)"
+                    " VALUES (:sop, :cid, NULL, :kind, :path, :sha, :size, :at)"
+                ),
+                {
+                    "sop": obj.sop_instance_uid,
+                    "cid": consultation_id,
+                    "kind": obj.kind,
+                    "path": obj.path,
+                    "sha": obj.sha256,
+                    "size": obj.size,
+                    "at": iso(datetime.now(UTC)),
+                },
+            )
+            await self.store.append_audit(conn, audit)
+            return True
+
+    async def prior(self, sop_instance_uid: str) -> tuple[str, ArchivedObject] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT consultation_id, sop_instance_uid, kind, path, sha256, size"
+                        " FROM dicom_objects WHERE sop_instance_uid = :sop AND kind = 'prior'"
+                    ),
+                    {"sop": sop_instance_uid},
+                )
+            ).first()
+        return None if row is None else (row[0], ArchivedObject(*row[1:]))
+
     # PACS outbox
 
     async def claim_due(self, limit: int, lease_seconds: float) -> list[OutboxItem]:

@@ -1,0 +1,125 @@
+"""A prior study uploaded for comparison is de-identified like a capture, private tags and all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from dicom_checks import dciodvfy_errors, every_value, read
+from phantom import BANNER_HEIGHT, PATIENT_DOB, PATIENT_MRN, PATIENT_NAME, phantom_frame
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+
+from server.dicom import writer
+
+HOSPITAL = "ST ELSEWHERE GENERAL"
+OPERATOR = "SONOGRAPHER^SALLY"
+
+
+def hospital_file(**changes: Any) -> bytes:
+    """An ultrasound image as a hospital PACS holds it: full of identifying data."""
+    ds = Dataset()
+    ds.SOPClassUID = UltrasoundImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = PATIENT_NAME.replace(" ", "^")
+    ds.PatientID = PATIENT_MRN.split()[1]
+    ds.PatientBirthDate = PATIENT_DOB.split()[1].replace("-", "")
+    ds.PatientSex = "F"
+    ds.InstitutionName = HOSPITAL
+    ds.OperatorsName = OPERATOR
+    ds.StudyDate, ds.StudyTime = "20250102", "101500"
+    ds.AccessionNumber = "ACC998877"
+    ds.Modality = "US"
+    ds.Manufacturer, ds.ManufacturerModelName = "probelink", "Synthetic phantom"
+    other = Dataset()
+    other.PatientID = PATIENT_MRN.split()[1]
+    other.IssuerOfPatientID = HOSPITAL
+    ds.OtherPatientIDsSequence = Sequence([other])
+    block = ds.private_block(0x0099, "ACME PRIVATE", create=True)
+    block.add_new(0x01, "LO", PATIENT_NAME)
+    pixels = phantom_frame(2)
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.BurnedInAnnotation = "YES"
+    ds.PixelData = pixels.tobytes()
+    for name, value in changes.items():
+        setattr(ds, name, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return writer.to_bytes(ds)
+
+
+async def consultation(client: TestClient[Any, Any], coordinator: dict[str, str]) -> str:
+    body = {"clinical_question": "interval change?", "urgency": "routine"}
+    response = await client.post("/api/consultations", json=body, headers=coordinator)
+    return str((await response.json())["id"])
+
+
+async def test_prior_is_de_identified_masked_and_attached(
+    client: TestClient[Any, Any], coordinator: dict[str, str], tmp_path: Path
+) -> None:
+    cid = await consultation(client, coordinator)
+    original = hospital_file()
+    headers = {**coordinator, "Content-Type": "application/dicom"}
+    response = await client.post(f"/api/consultations/{cid}/priors", data=original, headers=headers)
+    assert response.status == 201, await response.text()
+    prior = await response.json()
+    data = await (await client.get(prior["dicom_url"], headers=coordinator)).read()
+    assert dciodvfy_errors(data, tmp_path) == []
+    ds = read(data)
+    for text in (
+        *PATIENT_NAME.split(),
+        PATIENT_MRN.split()[1],
+        "19570314",
+        HOSPITAL,
+        "SALLY",
+        "ACC998877",
+    ):
+        assert text.encode() not in data
+        assert not any(text in str(v) for v in every_value(ds))
+    assert not any(e.tag.is_private for e in ds.iterall())
+    assert "OtherPatientIDsSequence" not in ds and "InstitutionName" not in ds
+    assert ds.PatientIdentityRemoved == "YES" and ds.BurnedInAnnotation == "NO"
+    assert not ds.pixel_array[:BANNER_HEIGHT].any()
+    assert ds.StudyDate == "20250102"  # the prior's date is kept: it is what makes it a prior
+    # The same file again is the same object, attached once.
+    again = await client.post(f"/api/consultations/{cid}/priors", data=original, headers=headers)
+    assert (
+        again.status == 200
+        and (await again.json())["sop_instance_uid"] == prior["sop_instance_uid"]
+    )
+    record = await (await client.get(f"/api/consultations/{cid}", headers=coordinator)).json()
+    assert [p["sop_instance_uid"] for p in record["priors"]] == [prior["sop_instance_uid"]]
+
+
+async def test_prior_without_profile_or_not_an_image_is_refused(
+    client: TestClient[Any, Any], coordinator: dict[str, str], settings: Any
+) -> None:
+    cid = await consultation(client, coordinator)
+    headers = {**coordinator, "Content-Type": "application/dicom"}
+    url = f"/api/consultations/{cid}/priors"
+    cases = [
+        (hospital_file(Manufacturer="Acme"), 409, "no_device_profile"),
+        (hospital_file(Modality="MG"), 400, "unsupported_modality"),
+        (b"not dicom at all", 400, "invalid_dicom"),
+        (b"", 400, "invalid_dicom"),
+    ]
+    for body, status, code in cases:
+        response = await client.post(url, data=body, headers=headers)
+        assert response.status == status, await response.text()
+        error = (await response.json())["error"]
+        assert error["code"] == code
+        assert PATIENT_NAME.split()[0] not in error["message"]
+    # A header that says there is no burned-in text is taken at its word (no profile needed).
+    clean = hospital_file(Manufacturer="Acme", BurnedInAnnotation="NO")
+    assert (await client.post(url, data=clean, headers=headers)).status == 201
+    # Nothing refused reached the archive: one prior file only.
+    files = list((settings.data_dir / "archive").rglob("*.dcm"))
+    assert len(files) == 1
