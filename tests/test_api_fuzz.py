@@ -215,3 +215,61 @@ async def test_random_authorization_headers_are_refused(
     assert status == 401, (header, payload)
     assert_error_shape(401, payload)
     assert await count_records(client) == before
+
+
+# Uploads: random bytes, truncated and bit-flipped PNGs and DICOM files.
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+VALID_PNG = _png()
+uploads = st.one_of(
+    st.binary(max_size=400),
+    st.integers(0, len(VALID_PNG)).map(lambda n: VALID_PNG[:n]),
+    st.tuples(st.integers(0, len(VALID_PNG) - 1), st.integers(1, 255)).map(
+        lambda t: VALID_PNG[: t[0]] + bytes([VALID_PNG[t[0]] ^ t[1]]) + VALID_PNG[t[0] + 1 :]
+    ),
+    st.binary(max_size=300).map(lambda b: b"\0" * 128 + b"DICM" + b),
+)
+
+
+async def count_objects(client: TestClient[Any, Any], cid: str) -> int:
+    from server.appkeys import KEY_IMAGES
+
+    log = client.app[KEY_IMAGES].log
+    return len(await log.images(cid)) + len(await log.objects(cid, "prior"))
+
+
+@FUZZ
+@given(body=uploads, path=st.sampled_from(["captures", "priors"]))
+async def test_random_uploads_are_refused_cleanly(
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    token_for: Callable[..., str],
+    body: bytes,
+    path: str,
+) -> None:
+    created = await client.post(
+        "/api/consultations",
+        json={
+            "clinical_question": "q",
+            "urgency": "routine",
+            "device": {"manufacturer": "Acme", "model": "X", "burned_in_text": False},
+        },
+        headers=coordinator,
+    )
+    cid = (await created.json())["id"]
+    operator = {"Authorization": f"Bearer {token_for('operator', consultation=cid)}"}
+    response = await client.post(f"/api/consultations/{cid}/{path}", data=body, headers=operator)
+    payload = await response.json()
+    if response.status == 201:  # a byte flip in a PNG's ancillary chunk can leave it readable
+        assert path == "captures" and await count_objects(client, cid) == 1
+    else:
+        assert_error_shape(response.status, payload)
+        assert await count_objects(client, cid) == 0
