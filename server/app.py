@@ -127,11 +127,17 @@ def _key_images_ctx(
 
     @contextlib.asynccontextmanager
     async def context(app: web.Application) -> AsyncIterator[None]:
-        key_images = KeyImages(settings, KeyImageLog(app[STORE]), archive, profiles, key)
+        metrics = app[METRICS]
+        key_images = KeyImages(settings, KeyImageLog(app[STORE]), archive, profiles, key, metrics)
         app[KEY_IMAGES] = key_images
         pusher = None
         if settings.dicomweb_url is not None:
-            pusher = PacsPusher(settings.dicomweb_url, key_images.log, archive)
+            pusher = PacsPusher(
+                settings.dicomweb_url,
+                key_images.log,
+                archive,
+                lambda outcome: metrics.pacs_pushes.labels(outcome).inc(),
+            )
             key_images.on_outbox = pusher.kick
             pusher.start()
         yield

@@ -14,6 +14,7 @@ import asyncio
 import io
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from server.errors import BadRequest, Conflict
 from server.files import write_durably
 from server.live import Live
 from server.media.capture import Decoded, Frame, decode
+from server.metrics import Metrics
 from server.store.key_images import ArchivedObject, KeyImageLog, NewKeyImage
 from server.store.records import ConsultationRow
 from server.store.room_log import RoomEvent
@@ -102,7 +104,9 @@ class KeyImages:
         archive: Archive,
         profiles: Profiles,
         key: bytes,
+        metrics: Metrics | None = None,
     ):
+        self.metrics = metrics
         self.settings = settings
         self.log = log_
         self.archive = archive
@@ -165,16 +169,27 @@ class KeyImages:
         commit: Commit,
     ) -> RoomEvent:
         """A still (keep_from None) or clip decoded from the operator's forwarded video."""
+        started = time.monotonic()
         self.check_device(capture.consultation)
         decoded = await asyncio.to_thread(decode, codec, frames, keep_from)
-        return await self._store(capture, decoded, codec, {"source": "relay"}, commit)
+        event = await self._store(capture, decoded, codec, {"source": "relay"}, commit)
+        self._count(capture.kind, "relay", started)
+        return event
 
     async def from_upload(self, capture: Capture, image: bytes, commit: Commit) -> RoomEvent:
         """A lossless still uploaded by the bedside page (PNG), preferred over the relay's."""
+        started = time.monotonic()
         self.check_device(capture.consultation)
         pixels = await asyncio.to_thread(_read_png, image)
         decoded = Decoded([pixels], [0], 30.0)
-        return await self._store(capture, decoded, None, {"source": "upload"}, commit)
+        event = await self._store(capture, decoded, None, {"source": "upload"}, commit)
+        self._count(capture.kind, "upload", started)
+        return event
+
+    def _count(self, kind: str, source: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.key_images.labels(kind, source).inc()
+            self.metrics.capture_seconds.labels(kind).observe(time.monotonic() - started)
 
     async def commit_alone(self, image: NewKeyImage, audit: AuditFacts) -> RoomEvent:
         """Record the key image (for callers with no live room to tell, the whole commit)."""

@@ -10,6 +10,7 @@ from server import __version__
 
 MEDIA_STATS = ("bitrate_in_kbps", "bitrate_out_kbps", "frame_rate", "packet_loss_percent", "rtt_ms")
 LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+CAPTURE_BUCKETS_SECONDS = (0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class Metrics:
     # Media statistics per participant of a live consultation (labels removed when it ends).
     media: dict[str, Gauge]
     peer_connections: Gauge
+    # Key images made (kind: still, clip; source: relay, upload) and how long until durable.
+    key_images: Counter
+    capture_seconds: Histogram
+    # PACS pushes by outcome (sent, failed).
+    pacs_pushes: Counter
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
@@ -77,5 +83,21 @@ def create_metrics() -> Metrics:
         },
         peer_connections=Gauge(
             "probelink_media_peer_connections", "Open WebRTC peer connections.", registry=registry
+        ),
+        key_images=Counter(
+            "probelink_key_images",
+            "Key images archived, by kind and source.",
+            ["kind", "source"],
+            registry=registry,
+        ),
+        capture_seconds=Histogram(
+            "probelink_capture_seconds",
+            "Capture request to durable, recorded key image.",
+            ["kind"],
+            buckets=CAPTURE_BUCKETS_SECONDS,
+            registry=registry,
+        ),
+        pacs_pushes=Counter(
+            "probelink_pacs_pushes", "PACS pushes by outcome.", ["outcome"], registry=registry
         ),
     )

@@ -145,6 +145,10 @@ async def test_capture_succeeds_while_the_pacs_is_down_and_arrives_when_it_is_ba
     )
     found = json.loads(orthanc.get(f"/dicom-web/studies/{ours.StudyInstanceUID}/instances"))
     assert ours.SOPInstanceUID in {i["00080018"]["Value"][0] for i in found}
+    metrics = await (await client.get("/metrics")).text()
+    assert 'probelink_pacs_pushes_total{outcome="sent"} 2.0' in metrics
+    assert 'probelink_pacs_pushes_total{outcome="failed"}' in metrics
+    assert 'probelink_key_images_total{kind="still",source="upload"} 1.0' in metrics
 
 
 def test_stow_answer_is_read_strictly() -> None:

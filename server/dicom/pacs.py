@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -75,8 +76,12 @@ def stored_uids(response: dict[str, Any]) -> tuple[set[str], set[str]]:
 
 
 class PacsPusher:
-    def __init__(self, url: str, log_: KeyImageLog, archive: Archive):
+    def __init__(
+        self, url: str, log_: KeyImageLog, archive: Archive, on_push: Callable[[str], None]
+    ):
         self.url = url.rstrip("/") + "/studies"
+        # Told each push's outcome ("sent" or "failed"), for metrics.
+        self.on_push = on_push
         self.log = log_
         self.archive = archive
         self.wake = asyncio.Event()
@@ -126,8 +131,10 @@ class PacsPusher:
                 extra={"attempts": item.attempts + 1, "retry_in": round(delay, 1), "why": str(exc)},
             )
             await self.log.push_failed(item.sop_instance_uid, str(exc), delay)
+            self.on_push("failed")
             return
         await self.log.pushed(item.sop_instance_uid)
+        self.on_push("sent")
 
     async def send(self, sop_instance_uid: str, data: bytes) -> None:
         """STOW-RS one object; return only if the PACS says it stored it."""
