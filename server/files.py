@@ -35,6 +35,9 @@ def ensure_private_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
     for created in missing:
         created.chmod(PRIVATE_DIR_MODE)
+    # A new directory's entry must be durable too, or a file in it could vanish on power loss.
+    for created in reversed(missing):
+        fsync_dir(created.parent)
 
 
 def create_private_file(path: Path) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 from aiohttp import web
 from PIL import Image
+from pydicom.pixels.utils import pixel_array
 
 from server.appkeys import KEY_IMAGES, LIVE, STORE
 from server.auth import Role, require_consultation, require_role
@@ -140,9 +141,8 @@ async def get_preview(request: web.Request) -> web.Response:
 
 def _preview(data: bytes) -> bytes:
     ds = pydicom.dcmread(io.BytesIO(data))
-    pixels = ds.pixel_array
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[0]
+    # The first frame only: a clip's other frames are not needed for a thumbnail.
+    pixels = pixel_array(ds, index=0)
     # pydicom hands JPEG (YBR_FULL_422) pixels over as RGB already.
     image = Image.fromarray(np.ascontiguousarray(pixels).astype(np.uint8), "RGB")
     if image.width > PREVIEW_MAX_WIDTH:
@@ -179,25 +179,28 @@ async def import_prior(request: web.Request) -> web.Response:
         )
     body = await read_upload(request)
 
-    def build() -> bytes:
+    def build() -> tuple[bytes, str, str, str]:
         imported = priors.deidentify_prior(
             priors.read_upload(body),
             key=key_images.key,
             consultation_id=cid,
             profiles=key_images.profiles,
+            undated=row.requested_at,
+        ).dataset
+        return (
+            writer.to_bytes(imported),
+            imported.StudyInstanceUID,
+            imported.SeriesInstanceUID,
+            imported.SOPInstanceUID,
         )
-        return writer.to_bytes(imported.dataset)
 
     try:
-        data = await asyncio.to_thread(build)
+        data, study, series, sop = await asyncio.to_thread(build)
     except priors.ImportRefused as exc:
         status = Conflict if exc.code == "no_device_profile" else BadRequest
         raise status(str(exc), code=exc.code) from None
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    where = await asyncio.to_thread(
-        key_images.archive.store, data, ds.StudyInstanceUID, ds.SeriesInstanceUID
-    )
-    obj = ArchivedObject(ds.SOPInstanceUID, "prior", where.path, where.sha256, where.size)
+    where = await asyncio.to_thread(key_images.archive.store, data, study, series)
+    obj = ArchivedObject(sop, "prior", where.path, where.sha256, where.size)
     audit = facts(request, principal, "prior.import", "dicom_object", obj.sop_instance_uid)
     created = await key_images.log.add_prior(cid, obj, audit)
     return web.json_response(prior_view(obj), status=201 if created else 200)

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +34,7 @@ from server.dicom.profiles import Profiles
 from server.errors import BadRequest, Conflict
 from server.files import write_durably
 from server.live import Live
-from server.media.capture import Decoded, Frame, decode
+from server.media.capture import Frame, decode_pictures, frame_rate
 from server.metrics import Metrics
 from server.store.key_images import ArchivedObject, KeyImageLog, NewKeyImage
 from server.store.records import ConsultationRow
@@ -96,6 +96,17 @@ class Built:
     detail: dict[str, Any]
 
 
+# Decoding, masking and encoding at once, across all consultations (2 cores: more would
+# only queue inside the threads and hold more pictures in memory).
+BUILD_CONCURRENCY = 2
+# A clip holds at most this many frames (20 s at 30 fps), one at a time in memory as pixels.
+CLIP_FRAMES_MAX = 600
+# Instance numbers: tenths of a second since the request (ordered, no shared counter needed).
+INSTANCE_NUMBER_MAX = 2**31 - 1
+
+Rects = tuple[tuple[int, int, int, int], ...]
+
+
 class KeyImages:
     def __init__(
         self,
@@ -115,9 +126,14 @@ class KeyImages:
         self.push = settings.dicomweb_url is not None
         # Told when the outbox has something new (set by the app when a PACS is configured).
         self.on_outbox: Callable[[], None] | None = None
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._building = asyncio.Semaphore(BUILD_CONCURRENCY)
 
     # Rules checked before any work
+
+    def _profile_exists(self, manufacturer: str | None, model: str | None) -> bool:
+        return bool(manufacturer and model) and any(
+            p.matches_device(manufacturer or "", model or "") for p in self.profiles.profiles
+        )
 
     def check_device(self, row: ConsultationRow) -> None:
         """Refuse at once when nothing could mask this device's burned-in text."""
@@ -131,9 +147,7 @@ class KeyImages:
                 "declares that its video carries none (device.burned_in_text = false)",
                 code="device_unknown",
             )
-        if not any(
-            p.matches_device(device.manufacturer, device.model) for p in self.profiles.profiles
-        ):
+        if not self._profile_exists(device.manufacturer, device.model):
             raise Conflict(
                 "no de-identification profile for this consultation's device: add one to the "
                 "file named by PROBELINK_DEVICE_PROFILES (format: server/dicom/"
@@ -142,21 +156,29 @@ class KeyImages:
                 code="no_device_profile",
             )
 
-    def _rects(
-        self, row: ConsultationRow, width: int, height: int
-    ) -> tuple[tuple[int, int, int, int], ...] | None:
+    def rects_for(self, row: ConsultationRow, width: int, height: int) -> Rects | None:
+        """The mask for a frame of this size; None only for a declared clean source.
+
+        A device with a profile is masked even when declared clean: the profile is the
+        stronger statement.
+        """
         device = row.context.device
+        if device is not None and self._profile_exists(device.manufacturer, device.model):
+            assert device.manufacturer and device.model
+            try:
+                return self.profiles.mask_for(device.manufacturer, device.model, width, height)
+            except LookupError:
+                if device.burned_in_text is False:
+                    return None
+                raise Conflict(
+                    f"the device's profile does not cover {width}x{height} captures: add that "
+                    "size to the device profiles (PROBELINK_DEVICE_PROFILES)",
+                    code="no_device_profile",
+                ) from None
         if device is not None and device.burned_in_text is False:
             return None
-        assert device is not None and device.manufacturer and device.model
-        try:
-            return self.profiles.mask_for(device.manufacturer, device.model, width, height)
-        except LookupError:
-            raise Conflict(
-                f"the device's profile does not cover {width}x{height} captures: add that size "
-                "to the device profiles (PROBELINK_DEVICE_PROFILES)",
-                code="no_device_profile",
-            ) from None
+        self.check_device(row)
+        raise Conflict("no de-identification profile for this device", code="no_device_profile")
 
     # Capture paths
 
@@ -167,12 +189,18 @@ class KeyImages:
         frames: Sequence[Frame],
         keep_from: float | None,
         commit: Commit,
+        detail: dict[str, Any] | None = None,
     ) -> RoomEvent:
         """A still (keep_from None) or clip decoded from the operator's forwarded video."""
         started = time.monotonic()
         self.check_device(capture.consultation)
-        decoded = await asyncio.to_thread(decode, codec, frames, keep_from)
-        event = await self._store(capture, decoded, codec, {"source": "relay"}, commit)
+        frames = list(frames)
+
+        def pictures() -> Iterator[tuple[np.ndarray, int]]:
+            return decode_pictures(codec, frames, keep_from)
+
+        extra = {"source": "relay", **(detail or {})}
+        event = await self._store(capture, pictures, codec, extra, commit)
         self._count(capture.kind, "relay", started)
         return event
 
@@ -180,9 +208,11 @@ class KeyImages:
         """A lossless still uploaded by the bedside page (PNG), preferred over the relay's."""
         started = time.monotonic()
         self.check_device(capture.consultation)
-        pixels = await asyncio.to_thread(_read_png, image)
-        decoded = Decoded([pixels], [0], 30.0)
-        event = await self._store(capture, decoded, None, {"source": "upload"}, commit)
+
+        def pictures() -> Iterator[tuple[np.ndarray, int]]:
+            yield _read_png(image), 0
+
+        event = await self._store(capture, pictures, None, {"source": "upload"}, commit)
         self._count(capture.kind, "upload", started)
         return event
 
@@ -201,25 +231,21 @@ class KeyImages:
     async def _store(
         self,
         capture: Capture,
-        decoded: Decoded,
+        pictures: Callable[[], Iterator[tuple[np.ndarray, int]]],
         codec: str | None,
         detail: dict[str, Any],
         commit: Commit,
     ) -> RoomEvent:
         row = capture.consultation
-        height, width = decoded.pictures[0].shape[:2]
-        rects = self._rects(row, width, height)
-        lock = self._locks.setdefault(row.id, asyncio.Lock())
-        async with lock:
-            number = await self.log.count(row.id) + 1
-            earlier = [
-                (o.sop_instance_uid, o.kind)
-                for kind in ("still", "clip")
-                for o in await self.log.objects(row.id, kind)
-            ]
-            key_image_id = uuid.uuid4().hex
+        earlier = [
+            (o.sop_instance_uid, o.kind)
+            for kind in ("still", "clip")
+            for o in await self.log.objects(row.id, kind)
+        ]
+        key_image_id = uuid.uuid4().hex
+        async with self._building:
             built = await asyncio.to_thread(
-                self._build, capture, decoded, codec, rects, key_image_id, number, earlier
+                self._build, capture, pictures, codec, key_image_id, earlier
             )
             stored = []
             for kind, sop, data in built.objects:
@@ -227,32 +253,29 @@ class KeyImages:
                     self.archive.store, data, self.study_uid(row.id), self.series_uid(row.id, kind)
                 )
                 stored.append(ArchivedObject(sop, kind, where.path, where.sha256, where.size))
-            image = NewKeyImage(
-                id=key_image_id,
-                consultation_id=row.id,
-                kind=capture.kind,
-                sop_instance_uid=stored[0].sop_instance_uid,
-                media_ts=built.media_ts,
-                marks=capture.marks,
-                guidance=capture.guidance,
-                detail={**detail, **built.detail},
-                created_by=capture.author,
-                objects=stored,
-            )
-            audit = AuditFacts(
-                capture.author,
-                capture.author_role,
-                f"key_image.{capture.kind}",
-                "key_image",
-                key_image_id,
-                "ok",
-                capture.source,
-                {"consultation": row.id, "frames": built.detail["frames"]},
-            )
-            event = await commit(image, audit)
-        if len(self._locks) > 1000:
-            self._locks = {k: v for k, v in self._locks.items() if v.locked()}
-        return event
+        image = NewKeyImage(
+            id=key_image_id,
+            consultation_id=row.id,
+            kind=capture.kind,
+            sop_instance_uid=stored[0].sop_instance_uid,
+            media_ts=built.media_ts,
+            marks=capture.marks,
+            guidance=capture.guidance,
+            detail={**detail, **built.detail},
+            created_by=capture.author,
+            objects=stored,
+        )
+        audit = AuditFacts(
+            capture.author,
+            capture.author_role,
+            f"key_image.{capture.kind}",
+            "key_image",
+            key_image_id,
+            "ok",
+            capture.source,
+            {"consultation": row.id, "frames": built.detail["frames"]},
+        )
+        return await commit(image, audit)
 
     # UIDs
 
@@ -276,13 +299,14 @@ class KeyImages:
         )
 
     def _instance(
-        self, row: ConsultationRow, kind: str, sop: str, number: int, now: datetime, **more: Any
+        self, row: ConsultationRow, kind: str, sop: str, now: datetime, **more: Any
     ) -> writer.Instance:
+        tenths = int((now - row.requested_at).total_seconds() * 10)
         return writer.Instance(
             series_uid=self.series_uid(row.id, kind),
             series_number=SERIES[kind],
             sop_uid=sop,
-            instance_number=number,
+            instance_number=min(max(tenths, 1), INSTANCE_NUMBER_MAX),
             acquired_at=now,
             **more,
         )
@@ -292,53 +316,74 @@ class KeyImages:
     def _build(
         self,
         capture: Capture,
-        decoded: Decoded,
+        pictures: Callable[[], Iterator[tuple[np.ndarray, int]]],
         codec: str | None,
-        rects: tuple[tuple[int, int, int, int], ...] | None,
         key_image_id: str,
-        number: int,
         earlier: list[tuple[str, str]],
     ) -> Built:
+        """Decode, mask each picture as it comes (own size, one at a time), write the objects."""
         row = capture.consultation
         now = datetime.now(UTC)
-        for picture in decoded.pictures:
+        size: tuple[int, int] | None = None  # (height, width) of the first picture: the clip's
+        rects: Rects | None = None
+        still: np.ndarray | None = None
+        jpegs: list[bytes] = []
+        timestamps: list[int] = []
+        for picture, timestamp in pictures():
+            if size is None:
+                size = (picture.shape[0], picture.shape[1])
+                rects = self.rects_for(row, size[1], size[0])
+            elif picture.shape[:2] != size:
+                # The resolution changed mid-clip (WebRTC adapting): one size for the clip,
+                # masked at that size.
+                picture = _resize(picture, size)
             if rects is not None:
-                deid.mask(picture, rects)
+                try:
+                    deid.mask(picture, rects)
+                except deid.MaskingFailed:
+                    raise Conflict(
+                        "the device profile's mask does not fit the picture; nothing was stored",
+                        code="masking_failed",
+                    ) from None
+            timestamps.append(timestamp)
+            if capture.kind == "still":
+                still = picture
+            else:
+                if len(jpegs) >= CLIP_FRAMES_MAX:
+                    break
+                jpegs.append(writer.jpeg_frame(picture))
+        if size is None:
+            raise Conflict("the operator's video could not be decoded", code="no_picture")
         study = self._study(row)
         sop = deid.derived_uid(self.key, "instance", key_image_id)
         inst = self._instance(
-            row,
-            capture.kind,
-            sop,
-            number,
-            now,
-            pixels_cleaned=rects is not None,
-            stream_codec=codec,
+            row, capture.kind, sop, now, pixels_cleaned=rects is not None, stream_codec=codec
         )
+        fps = frame_rate(timestamps)
         if capture.kind == "still":
-            image = writer.still(decoded.pictures[-1], study, inst)
+            assert still is not None
+            image = writer.still(still, study, inst)
         else:
-            image = writer.clip(decoded.pictures, decoded.fps, study, inst)
+            image = writer.clip(jpegs, size, fps, study, inst)
         objects = [(capture.kind, sop, writer.to_bytes(image))]
         if capture.kind == "still" and capture.marks:
             pr_sop = deid.derived_uid(self.key, "presentation_state", key_image_id)
-            pr_inst = self._instance(row, "presentation_state", pr_sop, number, now)
+            pr_inst = self._instance(row, "presentation_state", pr_sop, now)
             state = writer.presentation_state(image, capture.marks, study, pr_inst)
             objects.append(("presentation_state", pr_sop, writer.to_bytes(state)))
         evidence = [self._evidence(study, row.id, s, k) for s, k in earlier] + [image]
-        kos_sop = deid.derived_uid(self.key, "key_object_selection", row.id, str(len(evidence)))
-        kos_inst = self._instance(row, "key_object_selection", kos_sop, len(evidence), now)
+        kos_sop = deid.derived_uid(self.key, "key_object_selection", key_image_id)
+        kos_inst = self._instance(row, "key_object_selection", kos_sop, now)
         kos = writer.key_object_selection(evidence, study, kos_inst)
         objects.append(("key_object_selection", kos_sop, writer.to_bytes(kos)))
-        height, width = decoded.pictures[0].shape[:2]
         detail = {
-            "width": width,
-            "height": height,
-            "frames": len(decoded.pictures),
-            "fps": round(decoded.fps, 2),
+            "width": size[1],
+            "height": size[0],
+            "frames": len(timestamps) if capture.kind == "still" else len(jpegs),
+            "fps": round(fps, 2),
             "masked": rects is not None,
         }
-        return Built(objects, decoded.timestamps[-1] if codec else None, detail)
+        return Built(objects, timestamps[-1] if codec else None, detail)
 
     def _evidence(self, study: writer.Study, consultation_id: str, sop: str, kind: str) -> Dataset:
         """What the key object selection needs of an earlier key image: its identity."""
@@ -358,6 +403,11 @@ class KeyImages:
         ds.ReferringPhysicianName = ""
         ds.Modality = "US"
         return ds
+
+
+def _resize(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    return np.array(Image.fromarray(picture, "RGB").resize((width, height)))
 
 
 def _read_png(data: bytes) -> np.ndarray:

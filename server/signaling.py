@@ -473,7 +473,12 @@ class LiveNamespace(socketio.AsyncNamespace):
             guidance=snapshot.guidance,
         )
         event = await key_images.from_stream(
-            capture, cine.codec, frames, keep_from, room_commit(self.app[LIVE], key_images, cid)
+            capture,
+            cine.codec,
+            frames,
+            keep_from,
+            room_commit(self.app[LIVE], key_images, cid),
+            detail,
         )
         return {"key_image_id": event.body["id"], "seq": event.seq, **detail}
 

@@ -55,15 +55,18 @@ def test_every_object_passes_dciodvfy(
     s = study(application, laterality)
     pixels = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     image = writer.still(pixels, s, instance("still", stream_codec="video/vp8"))
-    clip = writer.clip([pixels, pixels], 30.0, s, instance("clip", stream_codec="video/h264"))
+    frames = [writer.jpeg_frame(pixels)] * 2
+    clip = writer.clip(frames, (48, 64), 30.0, s, instance("clip", stream_codec="video/h264"))
     marks = [
         {"kind": "arrow", "points": [[0.1, 0.1], [0.5, 0.5]]},
         {"kind": "circle", "points": [[0.5, 0.5], [0.6, 0.5]]},
-        {"kind": "text", "points": [[0.2, 0.8]], "text": "cyst?"},
+        {"kind": "text", "points": [[0.2, 0.8]], "text": "ZEBULON QUIXOTE L\\R"},
         {"kind": "freehand", "points": [[0.1, 0.1], [0.2, 0.3], [0.4, 0.2]]},
         {"kind": "caliper", "points": [[0.1, 0.9], [0.4, 0.9]]},
     ]
     state = writer.presentation_state(image, marks, s, instance("presentation_state"))
+    # Free text typed in a session may name the patient: it stays out of the DICOM.
+    assert b"ZEBULON" not in writer.to_bytes(state)
     kos = writer.key_object_selection([image, clip], s, instance("key_object_selection"))
     for ds in (image, clip, state, kos):
         data = writer.to_bytes(ds)
@@ -77,7 +80,8 @@ def test_every_object_passes_dciodvfy(
 def test_clip_frames_read_back_close_to_the_original() -> None:
     pixels = np.zeros((64, 64, 3), dtype=np.uint8)
     pixels[16:48, 16:48] = (200, 60, 30)
-    ds = read(writer.to_bytes(writer.clip([pixels] * 3, 25.0, study(), instance("clip"))))
+    frames = [writer.jpeg_frame(pixels)] * 3
+    ds = read(writer.to_bytes(writer.clip(frames, (64, 64), 25.0, study(), instance("clip"))))
     frames = ds.pixel_array
     assert frames.shape == (3, 64, 64, 3)
     assert np.abs(frames.astype(int) - pixels).mean() < 6

@@ -159,4 +159,10 @@ def test_stow_answer_is_read_strictly() -> None:
     assert stored_uids(ok) == ({"1.2"}, set())
     failed = {"00081198": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.3"]}}]}}
     assert stored_uids(failed) == (set(), {"1.3"})
-    assert stored_uids({"00081199": {"Value": "nonsense"}}) == (set(), set())
+    for nonsense in (
+        {"00081199": {"Value": "nonsense"}},
+        {"00081199": []},
+        {"00081199": {"Value": [1, None, {"00081155": "x"}, {"00081155": {"Value": [2]}}]}},
+        {"00081198": None},
+    ):
+        assert stored_uids(nonsense) == (set(), set())

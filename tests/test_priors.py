@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from dicom_checks import dciodvfy_errors, every_value, read
 from phantom import BANNER_HEIGHT, PATIENT_DOB, PATIENT_MRN, PATIENT_NAME, phantom_frame
+from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
@@ -47,8 +48,9 @@ def hospital_file(**changes: Any) -> bytes:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.BurnedInAnnotation = "YES"
     ds.PixelData = pixels.tobytes()
-    for name, value in changes.items():
-        setattr(ds, name, value)
+    with config.disable_value_validation():  # hostile values, as a hospital file may hold
+        for name, value in changes.items():
+            setattr(ds, name, value)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -110,6 +112,7 @@ async def test_prior_without_profile_or_not_an_image_is_refused(
         (hospital_file(Modality="MG"), 400, "unsupported_modality"),
         (b"not dicom at all", 400, "invalid_dicom"),
         (b"", 400, "invalid_dicom"),
+        (hospital_file(Rows=0), 400, "unsupported_dicom"),
     ]
     for body, status, code in cases:
         response = await client.post(url, data=body, headers=headers)
@@ -117,9 +120,23 @@ async def test_prior_without_profile_or_not_an_image_is_refused(
         error = (await response.json())["error"]
         assert error["code"] == code
         assert PATIENT_NAME.split()[0] not in error["message"]
-    # A header that says there is no burned-in text is taken at its word (no profile needed).
-    clean = hospital_file(Manufacturer="Acme", BurnedInAnnotation="NO")
-    assert (await client.post(url, data=clean, headers=headers)).status == 201
+    # A header that says there is no burned-in text is taken at its word (no profile needed);
+    # its free-text device names and compression method are not (they could hold anything).
+    clean = hospital_file(
+        Manufacturer=HOSPITAL,
+        ManufacturerModelName=PATIENT_NAME,
+        BurnedInAnnotation="NO",
+        LossyImageCompression="01",
+        LossyImageCompressionMethod=OPERATOR,
+    )
+    response = await client.post(url, data=clean, headers=headers)
+    assert response.status == 201, await response.text()
+    data = await (
+        await client.get((await response.json())["dicom_url"], headers=coordinator)
+    ).read()
+    for text in (HOSPITAL, PATIENT_NAME.split()[0], "SALLY"):
+        assert text.encode() not in data
+    assert read(data).LossyImageCompression == "01"
     # Nothing refused reached the archive: one prior file only.
     files = list((settings.data_dir / "archive").rglob("*.dcm"))
     assert len(files) == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import secrets
@@ -26,11 +27,12 @@ from server.store.key_images import KeyImageLog, OutboxItem
 log = logging.getLogger(__name__)
 
 BATCH = 8
-LEASE_SECONDS = 120.0
 IDLE_POLL_SECONDS = 2.0
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 300.0
 REQUEST_TIMEOUT_SECONDS = 60.0
+# Long enough for a whole batch at the request timeout: no other node takes a claimed entry.
+LEASE_SECONDS = BATCH * REQUEST_TIMEOUT_SECONDS + 60.0
 # Referenced SOP Sequence, Failed SOP Sequence, SOP Instance UID (DICOM JSON tags).
 REFERENCED_SOP_SEQUENCE = "00081199"
 FAILED_SOP_SEQUENCE = "00081198"
@@ -63,13 +65,14 @@ def stored_uids(response: dict[str, Any]) -> tuple[set[str], set[str]]:
     """SOP Instance UIDs the STOW-RS response says were stored, and those that failed."""
 
     def uids(tag: str) -> set[str]:
-        items = response.get(tag, {}).get("Value", [])
+        element = response.get(tag)
+        items = element.get("Value") if isinstance(element, dict) else None
         found: set[str] = set()
         for item in items if isinstance(items, list) else []:
-            values = (
-                item.get(SOP_INSTANCE_UID, {}).get("Value", []) if isinstance(item, dict) else []
-            )
-            found.update(v for v in values if isinstance(v, str))
+            uid = item.get(SOP_INSTANCE_UID) if isinstance(item, dict) else None
+            values = uid.get("Value") if isinstance(uid, dict) else None
+            if isinstance(values, list):
+                found.update(v for v in values if isinstance(v, str))
         return found
 
     return uids(REFERENCED_SOP_SEQUENCE), uids(FAILED_SOP_SEQUENCE)
@@ -114,7 +117,17 @@ class PacsPusher:
                 log.exception("PACS outbox: cannot read the outbox")
                 due = []
             for item in due:
-                await self._push(item)
+                try:
+                    await self._push(item)
+                except Exception as exc:
+                    # Never let one entry stop the worker; the entry is retried later.
+                    log.warning("PACS push failed unexpectedly", extra={"why": type(exc).__name__})
+                    with contextlib.suppress(Exception):
+                        await self.log.push_failed(
+                            item.sop_instance_uid,
+                            f"internal error ({type(exc).__name__})",
+                            retry_delay(item.attempts),
+                        )
             if len(due) < BATCH:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), IDLE_POLL_SECONDS)
@@ -143,12 +156,12 @@ class PacsPusher:
         headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
         try:
             async with self.session.post(self.url, data=body, headers=headers) as response:
-                text = await response.text()
+                raw = await response.read()
                 if response.status not in (200, 202):
                     raise PushFailed(f"the PACS answered HTTP {response.status}")
                 try:
-                    parsed = await response.json(content_type=None) if text.strip() else {}
-                except ValueError:
+                    parsed = json.loads(raw) if raw.strip() else {}
+                except (ValueError, UnicodeDecodeError):
                     raise PushFailed("the PACS's STOW-RS answer is not JSON") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PushFailed(f"the PACS is unreachable ({type(exc).__name__})") from None

@@ -15,18 +15,30 @@ by its VOI LUT. Other modalities are refused with a message that says so.
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.pixels.utils import pixel_array
 
 from server.dicom import deid, writer
 from server.dicom.profiles import Profiles
 
 SERIES_NUMBER = 90
+# The file meta group (with the transfer syntax) lies within the first bytes of a file.
+FILE_META_SCAN_BYTES = 4096
+# Decoded samples an import may need (rows x columns x samples x frames), bounding memory.
+DECODED_SAMPLES_MAX = 400_000_000
+LOSSY_METHODS = {
+    pydicom.uid.JPEGBaseline8Bit: "ISO_10918_1",
+    pydicom.uid.JPEGExtended12Bit: "ISO_10918_1",
+    pydicom.uid.JPEGLSNearLossless: "ISO_14495_1",
+    pydicom.uid.JPEG2000: "ISO_15444_1",
+}
 LOSSLESS = {
     pydicom.uid.RLELossless,
     pydicom.uid.JPEGLossless,
@@ -52,67 +64,114 @@ class Imported:
 
 
 def read_upload(data: bytes) -> Dataset:
+    """Parse an upload, refusing what could not be read safely (a clear `ImportRefused`)."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError):
-        raise ImportRefused("the upload is not a DICOM Part 10 file", "invalid_dicom") from None
-    return ds
+        if pydicom.uid.DeflatedExplicitVRLittleEndian.encode() in data[:FILE_META_SCAN_BYTES]:
+            # Inflating happens whole, in memory: a small upload could become gigabytes.
+            raise ImportRefused("deflated DICOM files are not accepted", "unsupported_dicom")
+        return pydicom.dcmread(io.BytesIO(data))
+    except ImportRefused:
+        raise
+    except MemoryError:
+        raise
+    except Exception:
+        raise ImportRefused(
+            "the upload is not a readable DICOM Part 10 file", "invalid_dicom"
+        ) from None
 
 
-def _pixels(ds: Dataset) -> list[np.ndarray]:
-    """The frames as 8-bit RGB arrays."""
+def _frames(ds: Dataset) -> Iterator[np.ndarray]:
+    """The frames as 8-bit RGB arrays, one at a time."""
     if "PixelData" not in ds:
         raise ImportRefused("the DICOM object has no image to compare with", "not_an_image")
     try:
-        array = np.asarray(ds.pixel_array)
-    except Exception:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1))
+    except (AttributeError, TypeError, ValueError):
+        raise ImportRefused("the DICOM image's size cannot be read", "invalid_dicom") from None
+    if samples not in (1, 3) or not 0 < rows * columns * samples * frames <= DECODED_SAMPLES_MAX:
         raise ImportRefused(
-            "the DICOM image cannot be decoded here (its transfer syntax is not supported)",
-            "unsupported_dicom",
-        ) from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1))
-    if frames == 1:
-        array = array[np.newaxis]
-    if samples == 1:
-        array = np.repeat(array[..., np.newaxis], 3, axis=-1)
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise ImportRefused("the DICOM image's layout is not supported", "unsupported_dicom")
-    if array.dtype != np.uint8:
-        low, high = float(array.min()), float(array.max())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        array = ((array.astype(np.float64) - low) * scale).clip(0, 255).astype(np.uint8)
-    return [np.ascontiguousarray(frame) for frame in array]
+            "the DICOM image is too large or malformed to import", "unsupported_dicom"
+        )
+    for index in range(frames):
+        try:
+            array = np.asarray(pixel_array(ds, index=index))
+        except MemoryError:
+            raise
+        except Exception:
+            raise ImportRefused(
+                "the DICOM image cannot be decoded here (its transfer syntax is not supported)",
+                "unsupported_dicom",
+            ) from None
+        if samples == 1:
+            array = np.repeat(array[..., np.newaxis], 3, axis=-1)
+        if array.shape != (rows, columns, 3):
+            raise ImportRefused("the DICOM image's layout is not supported", "unsupported_dicom")
+        if array.dtype != np.uint8:
+            low, high = float(array.min()), float(array.max())
+            scale = 255.0 / (high - low) if high > low else 0.0
+            array = ((array.astype(np.float32) - low) * scale).clip(0, 255).astype(np.uint8)
+        yield np.ascontiguousarray(array)
 
 
-def _when(ds: Dataset) -> datetime:
+def _when(ds: Dataset) -> datetime | None:
     for date_tag, time_tag in (("StudyDate", "StudyTime"), ("AcquisitionDate", "AcquisitionTime")):
         date = str(ds.get(date_tag, "") or "")
         if len(date) == 8 and date.isdigit():
-            clock = "".join(c for c in str(ds.get(time_tag, "") or "")[:6] if c.isdigit()).ljust(
-                6, "0"
-            )
+            digits = "".join(c for c in str(ds.get(time_tag, "") or "")[:6] if c.isdigit())
             try:
-                return datetime.strptime(date + clock, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+                return datetime.strptime(date + digits.ljust(6, "0"), "%Y%m%d%H%M%S").replace(
+                    tzinfo=UTC
+                )
             except ValueError:
                 continue
-    return datetime.now(UTC)
+    return None
+
+
+def _fps(ds: Dataset) -> float:
+    try:
+        frame_time = float(ds.get("FrameTime", 0) or 0)
+    except (TypeError, ValueError):
+        return 30.0
+    return 1000.0 / frame_time if math.isfinite(frame_time) and 1 <= frame_time <= 10_000 else 30.0
 
 
 def deidentify_prior(
-    ds: Dataset, *, key: bytes, consultation_id: str, profiles: Profiles
+    ds: Dataset, *, key: bytes, consultation_id: str, profiles: Profiles, undated: datetime
 ) -> Imported:
-    """A new, de-identified ultrasound object from an uploaded one, or `ImportRefused`."""
+    """A new, de-identified ultrasound object from an uploaded one, or `ImportRefused`.
+
+    `undated`: the acquisition time to use when the prior's header has none (stable, so
+    that importing the same file twice gives the same object).
+    """
+    try:
+        return _deidentify(ds, key, consultation_id, profiles, undated)
+    except (ImportRefused, MemoryError):
+        raise
+    except Exception:
+        # Nothing of the file (its values may be patient data) goes into the message.
+        raise ImportRefused("the DICOM file could not be read", "invalid_dicom") from None
+
+
+def _deidentify(
+    ds: Dataset, key: bytes, consultation_id: str, profiles: Profiles, undated: datetime
+) -> Imported:
     if str(ds.get("Modality", "")) != "US":
         raise ImportRefused(
             "only ultrasound (Modality US) priors can be imported for now", "unsupported_modality"
         )
-    frames = _pixels(ds)
-    height, width = frames[0].shape[:2]
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if rows <= 0 or columns <= 0:
+        raise ImportRefused(
+            "the DICOM image is too large or malformed to import", "unsupported_dicom"
+        )
     manufacturer = str(ds.get("Manufacturer", "") or "").strip()
     model = str(ds.get("ManufacturerModelName", "") or "").strip()
     try:
-        rects = profiles.mask_for(manufacturer, model, width, height)
+        rects: tuple[tuple[int, int, int, int], ...] | None = profiles.mask_for(
+            manufacturer, model, columns, rows
+        )
     except LookupError:
         if str(ds.get("BurnedInAnnotation", "")).upper() != "NO":
             raise ImportRefused(
@@ -122,39 +181,52 @@ def deidentify_prior(
                 "no_device_profile",
             ) from None
         rects = None
-    for frame in frames:
+    pixels: list[np.ndarray] = []
+    jpegs: list[bytes] = []
+    multi = int(ds.get("NumberOfFrames", 1) or 1) > 1
+    for frame in _frames(ds):
         if rects is not None:
             deid.mask(frame, rects)
-    original_study = str(ds.get("StudyInstanceUID", "") or "")
-    original_series = str(ds.get("SeriesInstanceUID", "") or "")
-    original_sop = str(ds.get("SOPInstanceUID", "") or "")
-    when = _when(ds)
+        if multi:
+            jpegs.append(writer.jpeg_frame(frame))
+        else:
+            pixels.append(frame)
+    when = _when(ds) or undated
+    # The device's names are kept only when a profile knows them (then they are a device's,
+    # not free text that might hold anything).
+    known = rects is not None
     study = writer.Study(
         patient=deid.pseudonym(key, consultation_id),
-        study_uid=deid.derived_uid(key, "prior-study", consultation_id, original_study),
+        study_uid=deid.derived_uid(
+            key, "prior-study", consultation_id, str(ds.get("StudyInstanceUID", ""))
+        ),
         started_at=when,
-        manufacturer=manufacturer or None,
-        model=model or None,
+        manufacturer=manufacturer if known else None,
+        model=model if known else None,
     )
     inst = writer.Instance(
-        series_uid=deid.derived_uid(key, "prior-series", consultation_id, original_series),
+        series_uid=deid.derived_uid(
+            key, "prior-series", consultation_id, str(ds.get("SeriesInstanceUID", ""))
+        ),
         series_number=SERIES_NUMBER,
-        sop_uid=deid.derived_uid(key, "prior-instance", consultation_id, original_sop),
+        sop_uid=deid.derived_uid(
+            key, "prior-instance", consultation_id, str(ds.get("SOPInstanceUID", ""))
+        ),
         instance_number=1,
         acquired_at=when,
         pixels_cleaned=rects is not None,
         stream_codec=None,
     )
-    if len(frames) == 1:
-        out = writer.still(frames[0], study, inst)
-    else:
-        frame_time = float(ds.get("FrameTime", 0) or 0)
-        out = writer.clip(frames, 1000.0 / frame_time if frame_time > 0 else 30.0, study, inst)
-    # Once lossy, always declared lossy.
+    out = (
+        writer.clip(jpegs, (rows, columns), _fps(ds), study, inst)
+        if multi
+        else writer.still(pixels[0], study, inst)
+    )
+    # Once lossy, always declared lossy (with a defined term, never the file's own text).
     syntax = ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)
     lossy_syntax = syntax.is_compressed and syntax not in LOSSLESS
     lossy = str(ds.get("LossyImageCompression", "")) == "01" or lossy_syntax
     if lossy and "LossyImageCompression" not in out:
         out.LossyImageCompression = "01"
-        out.LossyImageCompressionMethod = ds.get("LossyImageCompressionMethod") or "ISO_10918_1"
+        out.LossyImageCompressionMethod = LOSSY_METHODS.get(syntax, "ISO_10918_1")
     return Imported(out, rects is not None)

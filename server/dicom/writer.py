@@ -166,13 +166,14 @@ def still(pixels: np.ndarray, study: Study, inst: Instance) -> Dataset:
     return _with_meta(ds, ExplicitVRLittleEndian)
 
 
-def clip(frames: Seq[np.ndarray], fps: float, study: Study, inst: Instance) -> Dataset:
-    """Ultrasound Multi-frame Image Storage, JPEG baseline (4:2:2), with cine timing."""
+def clip(
+    frames: Seq[bytes], size: tuple[int, int], fps: float, study: Study, inst: Instance
+) -> Dataset:
+    """Ultrasound Multi-frame Image Storage from JPEG baseline frames (`jpeg_frame`), with cine
+    timing. `size` is (rows, columns), the size every frame was encoded at."""
     if not frames:
         raise ValueError("a clip needs at least one frame")
-    for frame in frames:
-        _check_rgb(frame)
-    rows, columns = frames[0].shape[:2]
+    rows, columns = size
     ds = _common(study, inst, UltrasoundMultiFrameImageStorage, "US")
     _image(ds, study, inst, rows, columns)
     ds.PhotometricInterpretation = "YBR_FULL_422"
@@ -181,24 +182,24 @@ def clip(frames: Seq[np.ndarray], fps: float, study: Study, inst: Instance) -> D
     ds.FrameTime = f"{1000.0 / fps:.3f}"
     ds.CineRate = round(fps)
     ds.RecommendedDisplayFrameRate = round(fps)
-    encoded = [_jpeg(frame) for frame in frames]
     raw = rows * columns * 3 * len(frames)
     ds.LossyImageCompression = "01"
     methods = [STREAM_COMPRESSION.get(inst.stream_codec or "", "VP8")] if inst.stream_codec else []
     ds.LossyImageCompressionMethod = [*methods, "ISO_10918_1"]
     ds.LossyImageCompressionRatio = [
         *(["1"] if methods else []),
-        f"{raw / sum(len(e) for e in encoded):.2f}"[:16],
+        f"{raw / sum(len(f) for f in frames):.2f}"[:16],
     ]
-    ds.PixelData = encapsulate(encoded, has_bot=True)
+    ds.PixelData = encapsulate(list(frames), has_bot=True)
     ds["PixelData"].VR = "OB"
     return _with_meta(ds, JPEGBaseline8Bit)
 
 
-def _jpeg(frame: np.ndarray) -> bytes:
+def jpeg_frame(pixels: np.ndarray) -> bytes:
+    """One RGB frame as JPEG baseline, 4:2:2 (what YBR_FULL_422 declares)."""
+    _check_rgb(pixels)
     out = io.BytesIO()
-    # subsampling=1 is 4:2:2, which YBR_FULL_422 declares.
-    Image.fromarray(frame, "RGB").save(out, "JPEG", quality=JPEG_QUALITY, subsampling=1)
+    Image.fromarray(pixels, "RGB").save(out, "JPEG", quality=JPEG_QUALITY, subsampling=1)
     return out.getvalue()
 
 
@@ -292,50 +293,34 @@ def _srgb_profile() -> bytes:
 def presentation_state(
     image: Dataset, marks: Seq[dict[str, Any]], study: Study, inst: Instance
 ) -> Dataset:
-    """A colour softcopy presentation state drawing `marks` (normalized points) on `image`."""
+    """A colour softcopy presentation state drawing `marks` (normalized points) on `image`.
+
+    Shapes only: a text label is drawn as a point at its anchor, its words stay in the
+    record. Free text typed during a session may name the patient, and nothing could tell.
+    """
     rows, columns = int(image.Rows), int(image.Columns)
     layer = hd.pr.GraphicLayer(layer_name="MARKS", order=1, description="Expert marks")
     graphics: list[hd.pr.GraphicObject] = []
-    texts: list[hd.pr.TextObject] = []
     for mark in marks:
-        points = np.array(
-            [
-                [min(max(x, 0.0), 1.0) * columns, min(max(y, 0.0), 1.0) * rows]
-                for x, y in mark["points"]
-            ],
-            dtype=float,
-        )
+        points = np.clip(np.array(mark["points"], dtype=float), 0.0, 1.0) * (columns, rows)
         kind = mark["kind"]
         if kind == "circle" and len(points) >= 2:
-            graphics.append(
-                hd.pr.GraphicObject(
-                    graphic_type=hd.pr.GraphicTypeValues.CIRCLE,
-                    graphic_data=points[:2],
-                    units=hd.pr.AnnotationUnitsValues.PIXEL,
-                )
-            )
-        elif kind == "text" or len(points) == 1:
-            x, y = points[0]
-            texts.append(
-                hd.pr.TextObject(
-                    text_value=(mark.get("text") or kind)[:64],
-                    units=hd.pr.AnnotationUnitsValues.PIXEL,
-                    anchor_point=(float(x), float(y)),
-                )
-            )
+            graphic_type, data = hd.pr.GraphicTypeValues.CIRCLE, points[:2]
+        elif len(points) == 1:
+            graphic_type, data = hd.pr.GraphicTypeValues.POINT, points[:1]
         else:
-            graphics.append(
-                hd.pr.GraphicObject(
-                    graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-                    graphic_data=points,
-                    units=hd.pr.AnnotationUnitsValues.PIXEL,
-                )
+            graphic_type, data = hd.pr.GraphicTypeValues.POLYLINE, points
+        graphics.append(
+            hd.pr.GraphicObject(
+                graphic_type=graphic_type,
+                graphic_data=data,
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
             )
+        )
     annotation = hd.pr.GraphicAnnotation(
         referenced_images=[image],
         graphic_layer=layer,
         graphic_objects=graphics or None,
-        text_objects=texts or None,
     )
     ds = hd.pr.ColorSoftcopyPresentationState(
         referenced_images=[image],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -37,15 +37,6 @@ class Frame:
 
     packet: Packet[Any]
     arrived: float
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """Pictures decoded from frames: RGB arrays, their RTP timestamps, and the frame rate."""
-
-    pictures: list[np.ndarray]
-    timestamps: list[int]
-    fps: float
 
 
 class CineBuffer:
@@ -94,6 +85,8 @@ class CineBuffer:
             return
         self.bytes += size
         self._trim(now)
+        if not self.gops:
+            return  # the one GOP outgrew the budget: dropped, a keyframe is on its way
         gop_start = self.gops[-1][0].arrived
         if now - gop_start >= self.keyframe_every and not packet.is_keyframe:
             self.request_keyframe()  # rate-limited by the room
@@ -171,29 +164,31 @@ class CineBuffer:
         return frames, self.recording_started, self.recording_overflowed
 
 
-def decode(codec: str, frames: Sequence[Frame], keep_from: float | None = None) -> Decoded:
-    """Decode `frames` (starting at a keyframe) to RGB; keep those that arrived at `keep_from` on.
+def decode_pictures(
+    codec: str, frames: Sequence[Frame], keep_from: float | None = None
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Decode `frames` (from a keyframe) and yield (RGB picture, RTP timestamp) of those kept.
 
-    `keep_from=None` keeps only the newest picture (a still). Runs in a worker thread.
+    `keep_from=None` keeps only the newest picture (a still); otherwise the pictures of
+    frames that arrived at `keep_from` or later. A frame the decoder refuses (damaged in
+    transit) is skipped. One picture at a time: the caller masks and encodes it before the
+    next. Runs in a worker thread.
     """
     context = cast(VideoCodecContext, av.CodecContext.create(DECODERS[codec], "r"))
-    pictures: list[np.ndarray] = []
-    timestamps: list[int] = []
-    wanted = {id(f.packet) for f in frames if keep_from is not None and f.arrived >= keep_from}
     last = frames[-1].packet if frames else None
     for frame in frames:
-        keep = id(frame.packet) in wanted or (keep_from is None and frame.packet is last)
-        packet = av.Packet(bytes(frame.packet))
-        for picture in context.decode(packet):
+        keep = frame.packet is last if keep_from is None else frame.arrived >= keep_from
+        try:
+            pictures = context.decode(av.Packet(bytes(frame.packet)))
+        except av.FFmpegError:
+            continue
+        for picture in pictures:
             if keep:
-                pictures.append(picture.to_ndarray(format="rgb24"))
-                timestamps.append(int(frame.packet.pts or 0))
-    if not pictures:
-        raise Conflict("the operator's video could not be decoded", code="no_picture")
-    return Decoded(pictures, timestamps, _fps(timestamps))
+                yield picture.to_ndarray(format="rgb24"), int(frame.packet.pts or 0)
 
 
-def _fps(timestamps: list[int]) -> float:
+def frame_rate(timestamps: list[int]) -> float:
+    """Frames per second from RTP timestamps (median spacing); 30 when it cannot be told."""
     if len(timestamps) < 2:
         return 30.0
     deltas = sorted((b - a) % 2**32 for a, b in itertools.pairwise(timestamps))

@@ -139,7 +139,12 @@ class Source:
                     continue  # a decoded frame: the forwarding hook is not installed
                 self.frames += 1
                 if self.cine is not None:
-                    self.cine.add(packet)
+                    try:
+                        self.cine.add(packet)
+                    except Exception:
+                        # Captures may suffer; forwarding to the room must not.
+                        log.exception("cine buffer failed; captures are off for this stream")
+                        self.cine = None
                 for target in list(self.targets):
                     target.offer(packet)
         except MediaStreamError:

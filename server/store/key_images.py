@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from server.audit import AuditFacts
 from server.store.room_log import RoomEvent, insert_event, next_seq
@@ -184,33 +185,36 @@ class KeyImageLog:
 
     async def add_prior(self, consultation_id: str, obj: ArchivedObject, audit: AuditFacts) -> bool:
         """Attach an imported prior; False when this very object is attached already."""
-        async with self.store.transaction() as conn:
-            exists = (
+        try:
+            async with self.store.transaction() as conn:
+                exists = (
+                    await conn.execute(
+                        text("SELECT 1 FROM dicom_objects WHERE sop_instance_uid = :sop"),
+                        {"sop": obj.sop_instance_uid},
+                    )
+                ).first()
+                if exists is not None:
+                    return False
                 await conn.execute(
-                    text("SELECT 1 FROM dicom_objects WHERE sop_instance_uid = :sop"),
-                    {"sop": obj.sop_instance_uid},
+                    text(
+                        "INSERT INTO dicom_objects (sop_instance_uid, consultation_id,"
+                        " key_image_id, kind, path, sha256, size, created_at)"
+                        " VALUES (:sop, :cid, NULL, :kind, :path, :sha, :size, :at)"
+                    ),
+                    {
+                        "sop": obj.sop_instance_uid,
+                        "cid": consultation_id,
+                        "kind": obj.kind,
+                        "path": obj.path,
+                        "sha": obj.sha256,
+                        "size": obj.size,
+                        "at": iso(datetime.now(UTC)),
+                    },
                 )
-            ).first()
-            if exists is not None:
-                return False
-            await conn.execute(
-                text(
-                    "INSERT INTO dicom_objects (sop_instance_uid, consultation_id, key_image_id,"
-                    " kind, path, sha256, size, created_at)"
-                    " VALUES (:sop, :cid, NULL, :kind, :path, :sha, :size, :at)"
-                ),
-                {
-                    "sop": obj.sop_instance_uid,
-                    "cid": consultation_id,
-                    "kind": obj.kind,
-                    "path": obj.path,
-                    "sha": obj.sha256,
-                    "size": obj.size,
-                    "at": iso(datetime.now(UTC)),
-                },
-            )
-            await self.store.append_audit(conn, audit)
-            return True
+                await self.store.append_audit(conn, audit)
+                return True
+        except IntegrityError:
+            return False  # the same prior, attached at the same moment by another request
 
     async def prior(self, sop_instance_uid: str) -> tuple[str, ArchivedObject] | None:
         async with self.engine.connect() as conn:
@@ -250,10 +254,10 @@ class KeyImageLog:
                 result = await conn.execute(
                     text(
                         "UPDATE pacs_outbox SET claimed_until = :until"
-                        " WHERE sop_instance_uid = :sop"
+                        " WHERE sop_instance_uid = :sop AND state = :pending"
                         " AND (claimed_until IS NULL OR claimed_until < :now)"
                     ),
-                    {"until": until, "sop": row[0], "now": iso(now)},
+                    {"until": until, "sop": row[0], "now": iso(now), "pending": PENDING},
                 )
                 if result.rowcount == 1:
                     claimed.append(OutboxItem(row[0], row[1], row[2], row[3], row[4]))

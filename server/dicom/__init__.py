@@ -1,0 +1,14 @@
+"""DICOM: device profiles, de-identification, the writer, the archive, the PACS outbox, priors.
+
+pydicom reports an invalid value read from a file by logging and warning with the value
+itself, which in an uploaded prior may be patient data. Values read are therefore not
+validated here (the writer builds every object from its own values, which are), and
+pydicom's logger is kept quiet.
+"""
+
+import logging
+
+import pydicom.config
+
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
