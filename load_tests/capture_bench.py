@@ -1,7 +1,7 @@
-"""Capture benchmark: 1280×720 stills and clips, request → acknowledged DICOM on disk.
+"""Capture benchmark: 1280x720 stills and clips, request → acknowledged DICOM on disk.
 
 Runs `probelink serve` as a subprocess. One consultation (the phantom device, so its banner is
-masked) has an operator publishing a pre-encoded 1280×720 VP8 phantom clip at 30 fps (a keyframe
+masked) has an operator publishing a pre-encoded 1280x720 VP8 phantom clip at 30 fps (a keyframe
 every 2 s, the server's keyframe interval) and Opus voice, and an expert watching; the expert
 captures over Socket.IO. Measured, one after the other in the same invocation:
 
@@ -12,14 +12,15 @@ captures over Socket.IO. Measured, one after the other in the same invocation:
   clip            expert `capture {"kind": "clip", "seconds": 6}` → ack, CLIPS times; frames and
                   file size read back afterwards
   baseline        in this process, interleaved with the relay stills (same moment, same disk):
-                  a decoded 1280×720 RGB frame written as a plain uncompressed pydicom dataset to
+                  a decoded 1280x720 RGB frame written as a plain uncompressed pydicom dataset to
                   a temporary file, fsync, rename, directory fsync; no decode, mask, KOS or DB
 
-Server CPU and RSS are read from /proc during each phase (and while only publishing, for
-reference). Then, unless `--breakdown 0`, a second, short run against a server whose capture
-stages are wrapped with timers (this script's `_instrumented` mode: same code, `time.perf_counter`
-around decode, mask, DICOM build, serialization, archive writes and the database) says where the
-time goes. Usage:
+Each kind starts with one unmeasured capture (the first after start-up pays lazy imports; it is
+reported apart). Server CPU and RSS are read from /proc during each phase (and while only
+publishing, for reference). Then, unless `--breakdown 0`, a second run (as many captures, or
+BREAKDOWN per kind) against a server whose capture stages are wrapped with timers (this script's
+`_instrumented` mode: probelink's own code, with `time.perf_counter` around decode, mask, DICOM
+build, serialization, archive writes and the database) says where the time goes. Usage:
 
     .venv/bin/python load_tests/capture_bench.py --stills 40 --uploads 40 --clips 5 --json out.json
 """
@@ -28,9 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
+import inspect
 import io
 import json
+import math
 import os
 import secrets
 import statistics
@@ -40,7 +44,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +102,7 @@ UPLOAD_VARIANTS = 7  # phantom_frame's speckle repeats every 7 frames
 
 
 def encode_phantom_clip() -> tuple[list[bytes], list[bool]]:
-    """GOP_SECONDS of 1280×720 phantom frames, VP8, one keyframe at the start (looped)."""
+    """GOP_SECONDS of 1280x720 phantom frames, VP8, one keyframe at the start (looped)."""
     encoder = av.CodecContext.create("libvpx", "w")
     encoder.width, encoder.height, encoder.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     encoder.time_base = VIDEO_TIME_BASE
@@ -119,9 +123,9 @@ def encode_phantom_clip() -> tuple[list[bytes], list[bool]]:
 
 
 def decoded_picture(clip: tuple[list[bytes], list[bool]], index: int) -> np.ndarray:
-    """Frame `index` of the clip as the relay would decode it: 1280×720 RGB."""
+    """Frame `index` of the clip as the relay would decode it: 1280x720 RGB."""
     decoder = av.CodecContext.create("vp8", "r")
-    pictures = []
+    pictures: list[np.ndarray] = []
     for data in clip[0][: index + 1]:
         pictures.extend(f.to_ndarray(format="rgb24") for f in decoder.decode(av.Packet(data)))
     return pictures[-1]
@@ -189,6 +193,9 @@ class Series:
     p95_ms: float = float("nan")
     max_ms: float = float("nan")
     mean_ms: float = float("nan")
+    # The first capture of its kind after the server started (lazy imports, first thread),
+    # made before the measured ones and left out of the figures.
+    first_ms: float = float("nan")
     server_cpu_percent: float = float("nan")
     server_cpu_ms_per_capture: float = float("nan")
     server_rss_mib_peak: float = float("nan")
@@ -227,6 +234,13 @@ class ServerWatch:
         self.task.cancel()
         self.peak = max(self.peak, rss_bytes(self.pid))
         return cpu_seconds(self.pid) - self.cpu0, time.perf_counter() - self.t0, self.peak / 2**20
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all processes of the machine have used (from /proc/stat), in seconds."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def account(series: Series, watch: ServerWatch, idle_cpu_rate: float) -> None:
@@ -271,9 +285,13 @@ class Run:
     baseline: Series
     idle_cpu_percent: float
     idle_rss_mib: float
+    end_rss_mib: float  # two seconds after the last clip
     masked: dict[str, bool]
     log_file: str
     log_problems: list[str]
+    # CPU used by everything but the server and this generator during the run (% of one core):
+    # other work on the machine (tests, builds) that makes the figures noisy.
+    others_cpu_percent: float
 
 
 async def session(
@@ -287,7 +305,7 @@ async def session(
     picture: np.ndarray,
     scratch: Path,
     counts: tuple[int, int, int],
-) -> tuple[Series, Series, Series, Series, float, float, dict[str, bool]]:
+) -> tuple[Series, Series, Series, Series, float, float, float, dict[str, bool]]:
     n_stills, n_uploads, n_clips = counts
     coordinator = {"Authorization": f"Bearer {coordinator_token(secret)}"}
     stills, uploads = Series("still (relay)"), Series("still (PNG upload)")
@@ -319,8 +337,10 @@ async def session(
         log(f"publishing only: server {100 * idle_rate:.1f}% CPU, {idle_rss:.0f} MiB")
         received0 = len(expert.arrivals)
 
-        async def capture(series: Series, request: dict[str, Any], gop: int | None) -> None:
-            series.requested += 1
+        async def capture(
+            series: Series, request: dict[str, Any], gop: int | None, first: bool = False
+        ) -> None:
+            series.requested += 0 if first else 1
             t0, w0 = time.perf_counter(), time.time()
             try:
                 ack = await capturer.call("capture", request, timeout=CALL_TIMEOUT)
@@ -330,10 +350,15 @@ async def session(
             ms = 1000 * (time.perf_counter() - t0)
             if not isinstance(ack, dict) or "key_image_id" not in ack:
                 series.errors.append(json.dumps(ack)[:200])
-                return
-            series.samples.append(Sample(ms, w0, time.time(), gop, ack["key_image_id"]))
+            elif first:
+                series.first_ms = ms
+            else:
+                series.samples.append(Sample(ms, w0, time.time(), gop, ack["key_image_id"]))
 
-        log(f"still (relay): {n_stills} captures, {args.spacing:g} s apart")
+        log(f"still (relay): one first, then {n_stills} captures, {args.spacing:g} s apart")
+        await capture(stills, {"kind": "still"}, None, first=True)
+        log(f"  first: {stills.first_ms:.0f} ms")
+        await asyncio.sleep(args.spacing)
         watch = ServerWatch(pid)
         for i in range(n_stills):
             await capture(stills, {"kind": "still"}, len(sent) % GOP)
@@ -349,37 +374,54 @@ async def session(
         account(stills, watch, idle_rate)
         baseline.summarize()
 
-        log(f"still (PNG upload): {n_uploads} uploads, {args.spacing:g} s apart")
+        log(f"still (PNG upload): one first, then {n_uploads} uploads, {args.spacing:g} s apart")
         headers = {"Authorization": f"Bearer {bedside['operator']}", "Content-Type": "image/png"}
         url = f"{base}/api/consultations/{bedside['id']}/captures"
-        watch = ServerWatch(pid)
         async with aiohttp.ClientSession(headers=headers) as bedside_http:
-            for i in range(n_uploads):
-                uploads.requested += 1
+
+            async def upload(body: bytes, first: bool = False) -> None:
+                uploads.requested += 0 if first else 1
                 t0, w0 = time.perf_counter(), time.time()
-                async with bedside_http.post(url, data=pngs[i % len(pngs)]) as r:
-                    body = await r.read()
+                async with bedside_http.post(url, data=body) as r:
+                    answer = await r.read()
                 ms = 1000 * (time.perf_counter() - t0)
-                if r.status == 201:
-                    key_image_id = json.loads(body)["key_image_id"]
-                    uploads.samples.append(Sample(ms, w0, time.time(), None, key_image_id))
+                if r.status != 201:
+                    uploads.errors.append(f"{r.status} {answer[:200]!r}")
+                elif first:
+                    uploads.first_ms = ms
                 else:
-                    uploads.errors.append(f"{r.status} {body[:200]!r}")
+                    key_image_id = json.loads(answer)["key_image_id"]
+                    uploads.samples.append(Sample(ms, w0, time.time(), None, key_image_id))
+
+            await upload(pngs[-1], first=True)
+            log(f"  first: {uploads.first_ms:.0f} ms")
+            await asyncio.sleep(args.spacing)
+            watch = ServerWatch(pid)
+            for i in range(n_uploads):
+                await upload(pngs[i % len(pngs)])
                 if (i + 1) % 10 == 0:
                     done = [s.ms for s in uploads.samples]
                     log(f"  {i + 1}/{n_uploads}, p50 so far {percentile(done, 50):.0f} ms")
                 await asyncio.sleep(args.spacing)
         account(uploads, watch, idle_rate)
 
-        log(f"clip: {n_clips} × {args.clip_seconds:g} s")
+        log(f"clip: one first, then {n_clips} × {args.clip_seconds:g} s")
+        clip_request = {"kind": "clip", "seconds": args.clip_seconds}
+        if n_clips:
+            await capture(clips, clip_request, None, first=True)
+            log(f"  first: {clips.first_ms:.0f} ms")
+            await asyncio.sleep(args.clip_spacing)
         watch = ServerWatch(pid)
         for i in range(n_clips):
-            await capture(clips, {"kind": "clip", "seconds": args.clip_seconds}, len(sent) % GOP)
+            await capture(clips, clip_request, len(sent) % GOP)
             if clips.samples:
                 log(f"  {i + 1}/{n_clips}: {clips.samples[-1].ms:.0f} ms")
             await asyncio.sleep(args.clip_spacing)
         account(clips, watch, idle_rate)
 
+        await asyncio.sleep(2)
+        end_rss = rss_bytes(pid) / 2**20
+        log(f"server RSS after the clips: {end_rss:.0f} MiB")
         delivered = len(expert.arrivals) - received0
         log(f"expert received {delivered} video frames while capturing")
         # Read back: clip frames and sizes, and whether the banner is blank in what was stored.
@@ -401,11 +443,11 @@ async def session(
             await conn.close()
         await expert.pc.close()
         await operator.close()
-    return stills, uploads, clips, baseline, 100 * idle_rate, idle_rss, masked
+    return stills, uploads, clips, baseline, 100 * idle_rate, idle_rss, end_rss, masked
 
 
 def server_log_problems(path: Path) -> list[str]:
-    """Lines of the server's log at ERROR or above, or tracebacks (the log level is WARNING)."""
+    """The server's log lines at WARNING or above (its level in these runs), and tracebacks."""
     problems = []
     for line in path.read_text(errors="replace").splitlines():
         try:
@@ -427,8 +469,10 @@ def probelink(
     if instrumented is not None:
         prefix = [sys.executable, str(Path(__file__).resolve()), INSTRUMENTED, str(instrumented)]
     with process([*prefix, "serve", "--port", str(port)], env, port) as proc:
-        yield f"http://127.0.0.1:{port}", proc, Path(tempfile.gettempdir()) / (
-            f"probelink-bench-{port}.log"
+        yield (
+            f"http://127.0.0.1:{port}",
+            proc,
+            Path(tempfile.gettempdir()) / (f"probelink-bench-{port}.log"),
         )
 
 
@@ -446,15 +490,30 @@ def bench(
     scratch = workdir / "baseline"
     scratch.mkdir(parents=True)
     with probelink(workdir, secret, instrumented) as (base, proc, logfile):
+        busy0, server0, self0 = machine_busy_seconds(), cpu_seconds(proc.pid), time.process_time()
+        start = time.perf_counter()
         got = asyncio.run(
             session(args, base, secret, proc.pid, clip, voice, pngs, picture, scratch, counts)
         )
-    stills, uploads, clips, baseline, idle_cpu, idle_rss, masked = got
+        ours = cpu_seconds(proc.pid) - server0 + time.process_time() - self0
+        others = 100 * (machine_busy_seconds() - busy0 - ours) / (time.perf_counter() - start)
+    log(f"other processes on this machine during the run: {others:.0f}% of a core")
+    stills, uploads, clips, baseline, idle_cpu, idle_rss, end_rss, masked = got
     problems = server_log_problems(logfile)
     if problems:
         log(f"server log {logfile}: {len(problems)} warnings/errors, first: {problems[0][:200]}")
     return Run(
-        stills, uploads, clips, baseline, idle_cpu, idle_rss, masked, str(logfile), problems
+        stills,
+        uploads,
+        clips,
+        baseline,
+        idle_cpu,
+        idle_rss,
+        end_rss,
+        masked,
+        str(logfile),
+        problems,
+        others,
     )
 
 
@@ -462,7 +521,12 @@ def bench(
 
 
 def instrumented_server(timings: Path, argv: list[str]) -> int:
-    """Run probelink's CLI with each capture stage timed into `timings` (JSON lines)."""
+    """Run probelink's CLI with each capture stage timed into `timings` (JSON lines).
+
+    Stages are module attributes looked up at call time, wrapped if present (the capture code
+    changes; what is absent is skipped and named on stderr, i.e. in the server's log). A
+    generator (pictures decoded one at a time) is timed across all its steps.
+    """
     import server.key_images as key_images
     from server.cli import main
     from server.dicom import archive, deid, writer
@@ -471,14 +535,14 @@ def instrumented_server(timings: Path, argv: list[str]) -> int:
     lock = threading.Lock()
     sink = timings.open("a")
 
-    def note(stage: str, start: float, wall_start: float) -> None:
-        record = {"stage": stage, "ms": 1000 * (time.perf_counter() - start), "at": wall_start}
+    def note(stage: str, seconds: float, wall_start: float) -> None:
+        record = {"stage": stage, "ms": 1000 * seconds, "at": wall_start}
         with lock:
             sink.write(json.dumps(record) + "\n")
             sink.flush()
 
     def timed(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        if asyncio.iscoroutinefunction(fn):
+        if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def run_async(*a: Any, **k: Any) -> Any:
@@ -486,9 +550,31 @@ def instrumented_server(timings: Path, argv: list[str]) -> int:
                 try:
                     return await fn(*a, **k)
                 finally:
-                    note(stage, start, wall)
+                    note(stage, time.perf_counter() - start, wall)
 
             return run_async
+
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def run_generator(*a: Any, **k: Any) -> Any:
+                wall, spent = time.time(), 0.0
+                inner = fn(*a, **k)
+                try:
+                    while True:
+                        start = time.perf_counter()
+                        try:
+                            item = next(inner)
+                        except StopIteration as stop:
+                            spent += time.perf_counter() - start
+                            return stop.value
+                        spent += time.perf_counter() - start
+                        yield item
+                finally:
+                    inner.close()
+                    note(stage, spent, wall)
+
+            return run_generator
 
         @functools.wraps(fn)
         def run(*a: Any, **k: Any) -> Any:
@@ -496,39 +582,76 @@ def instrumented_server(timings: Path, argv: list[str]) -> int:
             try:
                 return fn(*a, **k)
             finally:
-                note(stage, start, wall)
+                note(stage, time.perf_counter() - start, wall)
 
         return run
 
-    key_images.decode = timed("decode (VP8 → RGB)", key_images.decode)
-    key_images._read_png = timed("PNG read", key_images._read_png)
-    deid.mask = timed("mask", deid.mask)
-    writer.still = timed("DICOM still dataset", writer.still)
-    writer.clip = timed("DICOM clip dataset (JPEG per frame)", writer.clip)
-    writer.key_object_selection = timed("key object selection", writer.key_object_selection)
-    writer.to_bytes = timed("serialize (to_bytes)", writer.to_bytes)
-    archive.Archive.store = timed("archive write (hash, fsync)", archive.Archive.store)  # type: ignore[method-assign]
-    log_ = store.KeyImageLog
-    log_.count = timed("DB reads (count, objects)", log_.count)  # type: ignore[method-assign]
-    log_.objects = timed("DB reads (count, objects)", log_.objects)  # type: ignore[method-assign]
-    log_.add = timed("DB commit (row, audit, room event)", log_.add)  # type: ignore[method-assign]
+    split_jpeg = hasattr(writer, "jpeg_frame")  # JPEG outside the clip dataset
+    wanted: list[tuple[Any, str, str]] = [
+        (key_images, "decode", DECODE),
+        (key_images, "decode_pictures", DECODE),
+        (key_images, "_read_png", "PNG read"),
+        (deid, "mask", "mask"),
+        (writer, "still", "DICOM still dataset"),
+        (writer, "jpeg_frame", JPEG),
+        (writer, "clip", "DICOM clip dataset" if split_jpeg else CLIP_WITH_JPEG),
+        (writer, "key_object_selection", "key object selection"),
+        (writer, "to_bytes", "serialize (to_bytes)"),
+        (archive.Archive, "store", "archive write (hash, fsync)"),
+        (store.KeyImageLog, "count", DB_READS),
+        (store.KeyImageLog, "objects", DB_READS),
+        (store.KeyImageLog, "add", "DB commit (row, audit, room event)"),
+    ]
+    absent = []
+    for owner, name, stage in wanted:
+        if hasattr(owner, name):
+            setattr(owner, name, timed(stage, getattr(owner, name)))
+        else:
+            absent.append(f"{getattr(owner, '__name__', owner)}.{name}")
+    if absent:
+        print(f"capture_bench: not in this server, not timed: {absent}", file=sys.stderr)
     return main(argv)
 
 
-def breakdown(series: Series, timings: list[dict[str, Any]]) -> dict[str, float]:
-    """Median ms per stage over the series' captures; 'other' is the rest of the request."""
+DECODE = "decode (VP8 → RGB)"
+JPEG = "JPEG per frame"
+CLIP_WITH_JPEG = "DICOM clip dataset (JPEG per frame)"
+DB_READS = "DB reads (count, objects)"
+OTHER = "other (event loop, thread hops, Socket.IO/HTTP, small queries)"
+STAGES = (
+    DECODE,
+    "PNG read",
+    "mask",
+    "DICOM still dataset",
+    JPEG,
+    "DICOM clip dataset",
+    CLIP_WITH_JPEG,
+    "key object selection",
+    "serialize (to_bytes)",
+    "archive write (hash, fsync)",
+    DB_READS,
+    "DB commit (row, audit, room event)",
+    OTHER,
+    "total",
+)
+
+
+def stages_per_capture(series: Series, timings: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """ms per stage of each of the series' captures; 'other' is the rest of the request."""
     per_capture: list[dict[str, float]] = []
     for sample in series.samples:
         stages: dict[str, float] = {}
         for record in timings:
             if sample.started <= record["at"] <= sample.ended:
                 stages[record["stage"]] = stages.get(record["stage"], 0.0) + record["ms"]
-        stages["other (event loop, thread hops, Socket.IO/HTTP, small queries)"] = (
-            sample.ms - sum(stages.values())
-        )
+        stages[OTHER] = sample.ms - sum(stages.values())
         stages["total"] = sample.ms
         per_capture.append(stages)
-    names = list(dict.fromkeys(name for stages in per_capture for name in stages))
+    return per_capture
+
+
+def medians(per_capture: list[dict[str, float]]) -> dict[str, float]:
+    names = [n for n in STAGES if any(n in stages for stages in per_capture)]
     return {n: statistics.median(s.get(n, 0.0) for s in per_capture) for n in names}
 
 
@@ -541,16 +664,14 @@ def ratio(value: float, base: float) -> str:
 
 def table(run: Run) -> str:
     lines = [
-        "| capture | n (errors) | p50 ms | p95 ms | max ms | p50 / p95 vs baseline | frames | file MiB | server CPU % | server CPU ms per capture | server RSS MiB peak |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| capture | n (errors) | p50 ms | p95 ms | max ms | first after start ms | p50 / p95 vs baseline | frames | file MiB | server CPU % | server CPU ms per capture | server RSS MiB peak |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     b = run.baseline
     for s in (run.baseline, run.stills, run.uploads, run.clips):
-        vs = (
-            "1.0× / 1.0×"
-            if s is b
-            else f"{ratio(s.p50_ms, b.p50_ms)} / {ratio(s.p95_ms, b.p95_ms)}"
-        )
+        vs = f"{ratio(s.p50_ms, b.p50_ms)} / {ratio(s.p95_ms, b.p95_ms)}"
+        if s is run.clips:
+            vs = "n/a (the baseline is a still)"
         frames = f"{statistics.median(s.frames):.0f}" if s.frames else "1"
         size = (
             f"{statistics.median(s.file_bytes) / 2**20:.2f}"
@@ -560,7 +681,7 @@ def table(run: Run) -> str:
         where = "in-process" if s is b else None
         lines.append(
             f"| {s.name} | {s.acknowledged} ({len(s.errors)}) | {s.p50_ms:.1f} | {s.p95_ms:.1f} "
-            f"| {s.max_ms:.1f} | {vs} | {frames} | {size} "
+            f"| {s.max_ms:.1f} | {'-' if s is b else f'{s.first_ms:.0f}'} | {vs} | {frames} | {size} "
             f"| {where or f'{s.server_cpu_percent:.0f}'} "
             f"| {where or f'{s.server_cpu_ms_per_capture:.0f}'} "
             f"| {where or f'{s.server_rss_mib_peak:.0f}'} |"
@@ -570,23 +691,36 @@ def table(run: Run) -> str:
 
 def breakdown_table(stages: dict[str, dict[str, float]]) -> str:
     kinds = list(stages)
-    names = list(dict.fromkeys(n for k in kinds for n in stages[k] if n != "total"))
+    names = [n for n in STAGES if n != "total" and any(n in stages[k] for k in kinds)]
     lines = [
         "| stage (median ms) | " + " | ".join(kinds) + " |",
         "| --- |" + " --- |" * len(kinds),
     ]
     for name in [*names, "total"]:
-        cells = [
-            f"{stages[k][name]:.1f}" if stages[k].get(name) else "-" for k in kinds
-        ]
+        cells = [f"{stages[k][name]:.1f}" if stages[k].get(name) else "-" for k in kinds]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def growth(series: Series, n: int = 10) -> str:
+    """p50 of the first and last `n` captures: whether captures slow down as a study grows."""
+    values = [s.ms for s in series.samples]
+    if len(values) < 2 * n:
+        return ""
+    return (
+        f"{series.name}: p50 of captures 1-{n} {percentile(values[:n], 50):.0f} ms, "
+        f"of captures {len(values) - n + 1}-{len(values)} {percentile(values[-n:], 50):.0f} ms"
+    )
+
+
 def gop_effect(series: Series) -> str:
     """Still latency by how far into its GOP the capture landed (frames the relay decodes)."""
-    early = [s.ms for s in series.samples if s.gop_position is not None and s.gop_position < GOP / 2]
-    late = [s.ms for s in series.samples if s.gop_position is not None and s.gop_position >= GOP / 2]
+    early = [
+        s.ms for s in series.samples if s.gop_position is not None and s.gop_position < GOP / 2
+    ]
+    late = [
+        s.ms for s in series.samples if s.gop_position is not None and s.gop_position >= GOP / 2
+    ]
     if not early or not late:
         return ""
     return (
@@ -610,7 +744,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=8, help="publishing before capturing")
     parser.add_argument("--idle-seconds", type=float, default=5, help="publishing-only CPU")
     parser.add_argument(
-        "--breakdown", type=int, default=10, help="stills per kind in the timed run (0: skip)"
+        "--breakdown",
+        type=int,
+        default=None,
+        help="captures per kind in the timed run (default: as many as measured; 0: skip)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -625,29 +762,39 @@ def main() -> None:
     log(f"PNG uploads: {statistics.fmean(map(len, pngs)) / 2**20:.2f} MiB each")
     picture = decoded_picture(clip, GOP // 2)
     stages: dict[str, dict[str, float]] = {}
+    per_capture: dict[str, list[dict[str, float]]] = {}
+    timed_problems: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         counts = (args.stills, args.uploads, args.clips)
         run = bench(args, Path(tmp) / "main", clip, voice, pngs, picture, counts)
         log("main run: done")
-        if args.breakdown:
+        if args.breakdown != 0:
             timings_file = Path(tmp) / "timings.jsonl"
             timings_file.touch()
-            small = (args.breakdown, args.breakdown, min(2, args.clips))
+            small = counts
+            if args.breakdown is not None:
+                small = (args.breakdown, args.breakdown, min(args.breakdown, args.clips))
             timed = bench(
                 args, Path(tmp) / "timed", clip, voice, pngs, picture, small, timings_file
             )
             records = [json.loads(line) for line in timings_file.read_text().splitlines()]
             for series in (timed.stills, timed.uploads, timed.clips):
                 if series.samples:
-                    stages[series.name] = breakdown(series, records)
+                    per_capture[series.name] = stages_per_capture(series, records)
+                    stages[series.name] = medians(per_capture[series.name])
+            timed_problems = timed.log_problems
             log("timed run: done")
     print(table(run))
     effect = gop_effect(run.stills)
-    if effect:
-        print(f"\n{effect}")
+    print("")
+    for line in (effect, growth(run.stills), growth(run.uploads)):
+        if line:
+            print(line)
     print(
         f"\nPublishing only (no captures): server {run.idle_cpu_percent:.1f}% CPU, "
-        f"{run.idle_rss_mib:.0f} MiB RSS. Banner blank in stored files: {run.masked}"
+        f"{run.idle_rss_mib:.0f} MiB RSS; after the clips {run.end_rss_mib:.0f} MiB RSS.\n"
+        f"Banner blank in the stored files: {run.masked}.\n"
+        f"Other processes on the machine during the run: {run.others_cpu_percent:.0f}% of a core."
     )
     met = run.stills.p95_ms <= TARGET_P95_MS and not run.stills.errors
     print(
@@ -656,25 +803,40 @@ def main() -> None:
         f"PNG upload p95 {run.uploads.p95_ms:.0f} ms"
     )
     if stages:
-        print(f"\nWhere the time goes (timed run, {args.breakdown} stills per kind):\n")
+        timed_counts = ", ".join(f"{k} {len(v)}" for k, v in per_capture.items())
+        print(f"\nWhere the time goes (timed run: {timed_counts}):\n")
         print(breakdown_table(stages))
-    if run.log_problems:
-        print(f"\nServer log {run.log_file}: {len(run.log_problems)} warnings/errors")
+    if run.log_problems or timed_problems:
+        print(
+            f"\nServer log {run.log_file}: {len(run.log_problems)} warnings/errors; "
+            f"timed run's: {len(timed_problems)}"
+        )
     if args.json:
         write_results(
             args.json,
             args,
-            [run.baseline, run.stills, run.uploads, run.clips],
+            [without_nan(s) for s in (run.baseline, run.stills, run.uploads, run.clips)],
             idle_cpu_percent=run.idle_cpu_percent,
             idle_rss_mib=run.idle_rss_mib,
+            others_cpu_percent=run.others_cpu_percent,
             banner_blank=run.masked,
             target_p95_ms=TARGET_P95_MS,
             target_met=met,
             gop_effect=effect,
             breakdown_ms=stages,
+            breakdown_per_capture_ms=per_capture,
+            growth=[growth(run.stills), growth(run.uploads)],
+            server_rss_mib_end=run.end_rss_mib,
             server_log_problems=run.log_problems[:50],
+            timed_server_log_problems=timed_problems[:50],
             server_revision=revision(),
         )
+
+
+def without_nan(series: Series) -> Series:
+    """The series with figures it does not have (NaN) as null, which JSON can hold."""
+    missing = {k: None for k, v in vars(series).items() if isinstance(v, float) and math.isnan(v)}
+    return dataclasses.replace(series, **missing)
 
 
 def revision() -> str:
