@@ -17,7 +17,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,6 +101,7 @@ class Built:
 BUILD_CONCURRENCY = 2
 # A clip holds at most this many frames (20 s at 30 fps), one at a time in memory as pixels.
 CLIP_FRAMES_MAX = 600
+KOS_CLOSE_TIMEOUT_SECONDS = 10.0
 # Instance numbers: tenths of a second since the request (ordered, no shared counter needed).
 INSTANCE_NUMBER_MAX = 2**31 - 1
 
@@ -127,6 +128,9 @@ class KeyImages:
         # Told when the outbox has something new (set by the app when a PACS is configured).
         self.on_outbox: Callable[[], None] | None = None
         self._building = asyncio.Semaphore(BUILD_CONCURRENCY)
+        # Key object selection writers, by consultation, and those asked for again meanwhile.
+        self._kos_jobs: dict[str, asyncio.Task[None]] = {}
+        self._kos_dirty: set[str] = set()
 
     # Rules checked before any work
 
@@ -237,16 +241,9 @@ class KeyImages:
         commit: Commit,
     ) -> RoomEvent:
         row = capture.consultation
-        earlier = [
-            (o.sop_instance_uid, o.kind)
-            for kind in ("still", "clip")
-            for o in await self.log.objects(row.id, kind)
-        ]
         key_image_id = uuid.uuid4().hex
         async with self._building:
-            built = await asyncio.to_thread(
-                self._build, capture, pictures, codec, key_image_id, earlier
-            )
+            built = await asyncio.to_thread(self._build, capture, pictures, codec, key_image_id)
             stored = []
             for kind, sop, data in built.objects:
                 where = await asyncio.to_thread(
@@ -275,7 +272,86 @@ class KeyImages:
             capture.source,
             {"consultation": row.id, "frames": built.detail["frames"]},
         )
-        return await commit(image, audit)
+        event = await commit(image, audit)
+        self._key_object_selection_due(row)
+        return event
+
+    # The key object selection: after the ack, one for a burst of captures
+
+    def _key_object_selection_due(self, row: ConsultationRow) -> None:
+        """Write the consultation's key object selection soon (coalesced, off the ack path)."""
+        job = self._kos_jobs.get(row.id)
+        if job is not None and not job.done():
+            self._kos_dirty.add(row.id)
+            return
+        task = asyncio.create_task(self._write_key_object_selection(row), name="kos")
+        self._kos_jobs[row.id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._kos_jobs.get(row.id) is done:
+                del self._kos_jobs[row.id]
+
+        task.add_done_callback(forget)
+
+    async def _write_key_object_selection(self, row: ConsultationRow) -> None:
+        """A KOS listing every key image recorded so far, unless one for that many exists.
+
+        Objects are immutable: each version is a new instance (UID from the consultation and
+        the number of key images, so nodes agree), and the newest is the consultation's.
+        A crash before it is written leaves the previous version; the next capture writes it.
+        """
+        while True:
+            self._kos_dirty.discard(row.id)
+            try:
+                await self._write_kos_version(row)
+            except Exception:
+                log.exception("key object selection not written", extra={"consultation": row.id})
+            if row.id not in self._kos_dirty:
+                return
+
+    async def _write_kos_version(self, row: ConsultationRow) -> None:
+        listed = [
+            (o.sop_instance_uid, o.kind)
+            for kind in ("still", "clip")
+            for o in await self.log.objects(row.id, kind)
+        ]
+        if not listed:
+            return
+        sop = deid.derived_uid(self.key, "key_object_selection", row.id, str(len(listed)))
+        if await self.log.has_object(sop):
+            return
+        study = self._study(row)
+        inst = self._instance(row, "key_object_selection", sop, datetime.now(UTC))
+        inst = replace(inst, instance_number=len(listed))
+        evidence = [self._evidence(study, row.id, s, k) for s, k in listed]
+        async with self._building:
+            data = await asyncio.to_thread(
+                lambda: writer.to_bytes(writer.key_object_selection(evidence, study, inst))
+            )
+            where = await asyncio.to_thread(
+                self.archive.store,
+                data,
+                study.study_uid,
+                self.series_uid(row.id, "key_object_selection"),
+            )
+        obj = ArchivedObject(sop, "key_object_selection", where.path, where.sha256, where.size)
+        if await self.log.add_object(row.id, obj, push=self.push) and self.push:
+            if self.on_outbox is not None:
+                self.on_outbox()
+
+    async def settled(self) -> None:
+        """Wait for the key object selections due so far (and those they re-queue)."""
+        while jobs := [j for j in self._kos_jobs.values() if not j.done()]:
+            await asyncio.wait(jobs)
+
+    async def close(self) -> None:
+        """Let pending key object selections finish (they are short); the next capture of a
+        consultation whose selection was cut short writes it."""
+        try:
+            async with asyncio.timeout(KOS_CLOSE_TIMEOUT_SECONDS):
+                await self.settled()
+        except TimeoutError:
+            log.warning("key object selections still pending at shutdown")
 
     # UIDs
 
@@ -319,7 +395,6 @@ class KeyImages:
         pictures: Callable[[], Iterator[tuple[np.ndarray, int]]],
         codec: str | None,
         key_image_id: str,
-        earlier: list[tuple[str, str]],
     ) -> Built:
         """Decode, mask each picture as it comes (own size, one at a time), write the objects."""
         row = capture.consultation
@@ -371,11 +446,6 @@ class KeyImages:
             pr_inst = self._instance(row, "presentation_state", pr_sop, now)
             state = writer.presentation_state(image, capture.marks, study, pr_inst)
             objects.append(("presentation_state", pr_sop, writer.to_bytes(state)))
-        evidence = [self._evidence(study, row.id, s, k) for s, k in earlier] + [image]
-        kos_sop = deid.derived_uid(self.key, "key_object_selection", key_image_id)
-        kos_inst = self._instance(row, "key_object_selection", kos_sop, now)
-        kos = writer.key_object_selection(evidence, study, kos_inst)
-        objects.append(("key_object_selection", kos_sop, writer.to_bytes(kos)))
         detail = {
             "width": size[1],
             "height": size[0],

@@ -79,7 +79,6 @@ def test_clip_that_changes_resolution_is_masked_on_every_frame(tmp_path: Path) -
         lambda: decode_pictures("video/vp8", frames, keep_from=0.0),
         "video/vp8",
         uuid.uuid4().hex,
-        [],
     )
     data = built.objects[0][2]
     assert dciodvfy_errors(data, tmp_path) == []
@@ -106,12 +105,11 @@ def test_damaged_frame_is_skipped_and_a_clean_source_with_a_profile_is_still_mas
         lambda: decode_pictures("video/vp8", frames),
         "video/vp8",
         uuid.uuid4().hex,
-        [],
     )
     assert not read(built.objects[0][2]).pixel_array[:BANNER_HEIGHT].any()
     assert built.detail["masked"] is True
     kinds = [kind for kind, _sop, _data in built.objects]
-    assert kinds == ["still", "presentation_state", "key_object_selection"]
+    assert kinds == ["still", "presentation_state"]  # the KOS is written after the ack
 
 
 def test_nothing_decodable_is_refused(tmp_path: Path) -> None:
@@ -123,7 +121,6 @@ def test_nothing_decodable_is_refused(tmp_path: Path) -> None:
             lambda: decode_pictures("video/vp8", [Frame(damaged, 0.0)]),
             "video/vp8",
             uuid.uuid4().hex,
-            [],
         )
     assert refused.value.code == "no_picture"
 

@@ -25,6 +25,7 @@ from phantom import (
     PhantomTrack,
 )
 
+from server.appkeys import KEY_IMAGES
 from server.config import Settings
 
 # Every form the fake patient's data could take in a file.
@@ -197,8 +198,10 @@ async def test_capture_masks_banner_text_before_archiving(
     for path in archive.rglob("*"):
         for text in PHI:
             assert text.lower() not in str(path.relative_to(archive)).lower()
-    # Every object written with it (presentation state with the mark, key object selection)
-    # is valid and clean too.
+    # Every object written with it (presentation state with the mark, and the key object
+    # selection, written just after the acknowledgement) is valid and clean too.
+    await client.app[KEY_IMAGES].settled()
+    files = [p for p in archive.rglob("*") if p.is_file()]
     others = [p.read_bytes() for p in files if p.name != hashlib.sha256(data).hexdigest() + ".dcm"]
     kinds = {read(o).SOPClassUID for o in others}
     assert kinds == {"1.2.840.10008.5.1.4.1.1.11.2", "1.2.840.10008.5.1.4.1.1.88.59"}
@@ -206,6 +209,40 @@ async def test_capture_masks_banner_text_before_archiving(
         assert dciodvfy_errors(other, tmp_path) == []
         assert_no_patient_data(other)
         assert read(other).StudyInstanceUID == ds.StudyInstanceUID
+
+
+async def test_key_object_selection_lists_every_key_image_after_a_burst(
+    session: tuple[str, Bot, Bot],
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    _cid, operator, expert = session
+    acks = await asyncio.gather(
+        expert.participant.call("capture", {"kind": "still"}),
+        operator.participant.call("capture", {"kind": "still"}),
+        expert.participant.call("capture", {"kind": "still"}),
+    )
+    assert all("key_image_id" in ack for ack in acks), acks
+    sops = {
+        read(await dicom_of(client, coordinator, a["key_image_id"])).SOPInstanceUID for a in acks
+    }
+    await client.app[KEY_IMAGES].settled()
+    files = [p.read_bytes() for p in (settings.data_dir / "archive").rglob("*.dcm")]
+    selections = [d for d in files if read(d).SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59"]
+    # Coalesced: fewer versions than captures is fine; the newest lists all three.
+    assert 1 <= len(selections) <= 3
+    data = max(selections, key=lambda d: int(read(d).InstanceNumber))
+    newest = read(data)
+    listed = {
+        sop.ReferencedSOPInstanceUID
+        for study in newest.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert listed == sops
+    assert dciodvfy_errors(data, tmp_path) == []
 
 
 async def test_clip_saves_the_last_seconds_masked_on_every_frame(

@@ -105,10 +105,14 @@ async def test_key_image_is_pushed_and_reads_back_identical(
 ) -> None:
     cid, operator = await setup(client, coordinator, token_for)
     key_image_id = await upload(client, cid, operator)
+    # The image, then the key object selection written just after it.
     listing = await wait_for_state(
-        client, cid, operator, lambda r: r["key_images"][0]["pacs_state"] == "sent"
+        client,
+        cid,
+        operator,
+        lambda r: r["key_images"][0]["pacs_state"] == "sent" and r["pacs"]["sent"] == 2,
     )
-    assert listing["pacs"]["pending"] == 0 and listing["pacs"]["sent"] == 2  # image and KOS
+    assert listing["pacs"]["pending"] == 0
     ours = read(
         await (await client.get(f"/api/key-images/{key_image_id}/dicom", headers=operator)).read()
     )
@@ -138,7 +142,11 @@ async def test_capture_succeeds_while_the_pacs_is_down_and_arrives_when_it_is_ba
     assert "unreachable" in listing["pacs"]["last_error"]
     orthanc.start()
     await wait_for_state(
-        client, cid, operator, lambda r: r["key_images"][0]["pacs_state"] == "sent", within=40
+        client,
+        cid,
+        operator,
+        lambda r: r["key_images"][0]["pacs_state"] == "sent" and r["pacs"]["sent"] == 2,
+        within=40,
     )
     ours = read(
         await (await client.get(f"/api/key-images/{key_image_id}/dicom", headers=operator)).read()

@@ -216,6 +216,52 @@ class KeyImageLog:
         except IntegrityError:
             return False  # the same prior, attached at the same moment by another request
 
+    async def has_object(self, sop_instance_uid: str) -> bool:
+        async with self.engine.connect() as conn:
+            found = await conn.execute(
+                text("SELECT 1 FROM dicom_objects WHERE sop_instance_uid = :sop"),
+                {"sop": sop_instance_uid},
+            )
+            return found.first() is not None
+
+    async def add_object(self, consultation_id: str, obj: ArchivedObject, *, push: bool) -> bool:
+        """Record an object that belongs to no one key image (a key object selection)."""
+        now = iso(datetime.now(UTC))
+        try:
+            async with self.store.transaction() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO dicom_objects (sop_instance_uid, consultation_id,"
+                        " key_image_id, kind, path, sha256, size, created_at)"
+                        " VALUES (:sop, :cid, NULL, :kind, :path, :sha, :size, :at)"
+                    ),
+                    {
+                        "sop": obj.sop_instance_uid,
+                        "cid": consultation_id,
+                        "kind": obj.kind,
+                        "path": obj.path,
+                        "sha": obj.sha256,
+                        "size": obj.size,
+                        "at": now,
+                    },
+                )
+                if push:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO pacs_outbox (sop_instance_uid, consultation_id, state,"
+                            " next_attempt_at, updated_at) VALUES (:sop, :cid, :state, :at, :at)"
+                        ),
+                        {
+                            "sop": obj.sop_instance_uid,
+                            "cid": consultation_id,
+                            "state": PENDING,
+                            "at": now,
+                        },
+                    )
+                return True
+        except IntegrityError:
+            return False  # the same version, written by another node a moment before
+
     async def prior(self, sop_instance_uid: str) -> tuple[str, ArchivedObject] | None:
         async with self.engine.connect() as conn:
             row = (
