@@ -25,15 +25,17 @@ from server.auth import (
 )
 from server.consultations import (
     OPEN_STATES,
+    REQUIRED_ITEMS,
     URGENCY_RANK,
     ClinicalContext,
+    MissingItem,
     State,
     checklist,
     due_at,
 )
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest, NotFound
-from server.messages import Choice, Name, StrictModel, parse, parse_json
+from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
 from server.store import ConsultationRow, ParticipantRow
 from server.store.times import iso
 from server.turn import ice_servers_for
@@ -55,6 +57,7 @@ class QueueQuery(StrictModel):
 def routes() -> web.RouteTableDef:
     table = web.RouteTableDef()
     table.post("/api/consultations")(create_consultation)
+    table.post("/api/consultations/checklist")(draft_checklist)
     table.get("/api/consultations")(list_queue)
     table.get("/api/consultations/{consultation_id}")(get_consultation)
     table.post("/api/consultations/{consultation_id}/invites")(create_invite)
@@ -84,12 +87,13 @@ def summary(row: ConsultationRow, now: datetime) -> dict[str, Any]:
     }
 
 
+def item_body(item: MissingItem) -> dict[str, str]:
+    return {"field": item.field, "label": item.label, "why": item.why}
+
+
 def checklist_body(row: ConsultationRow) -> dict[str, Any]:
     check = checklist(row.context)
-    return {
-        "complete": check.complete,
-        "missing": [{"field": m.field, "label": m.label, "why": m.why} for m in check.missing],
-    }
+    return {"complete": check.complete, "missing": [item_body(m) for m in check.missing]}
 
 
 def participant_body(p: ParticipantRow) -> dict[str, Any]:
@@ -153,6 +157,35 @@ async def create_consultation(request: web.Request) -> web.Response:
     )
     request.app[METRICS].consultations_created.labels(context.urgency.value).inc()
     return web.json_response(await full_record(request, row), status=201)
+
+
+async def draft_checklist(request: web.Request) -> web.Response:
+    """The checklist of a request being written: nothing is stored.
+
+    The required items may still be missing (they are named first); every other field is
+    validated as for `POST /api/consultations`, so the form can show field errors as it goes.
+    """
+    principal = authenticate(request)
+    require_role(principal, Role.COORDINATOR)
+    draft = decode_json(await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes)
+    required = [
+        item
+        for item in REQUIRED_ITEMS
+        if not (isinstance(draft.get(item.field), str) and draft[item.field].strip())
+    ]
+    # Stand-ins for what is still missing, so the rest can be checked now.
+    placeholders = {"clinical_question": "(draft)", "urgency": "routine"}
+    context = parse(
+        ClinicalContext, {**draft, **{i.field: placeholders[i.field] for i in required}}
+    )
+    check = checklist(context)
+    return web.json_response(
+        {
+            "complete": check.complete and not required,
+            "required_missing": [item_body(m) for m in required],
+            "missing": [item_body(m) for m in check.missing],
+        }
+    )
 
 
 async def list_queue(request: web.Request) -> web.Response:

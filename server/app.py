@@ -52,6 +52,26 @@ log = logging.getLogger(__name__)
 
 MEDIA_STATS_INTERVAL_SECONDS = 3.0
 WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
+# The web client's pages by path; /join sends each invitee to the page of their role.
+WEB_PAGES = {
+    "/": "index.html",
+    "/join": "join.html",
+    "/queue": "queue.html",
+    "/bedside": "bedside.html",
+    "/expert": "expert.html",
+}
+# Pages load only their own scripts and talk only to this server; tokens travel in the URL
+# fragment (never sent to a server) and must not leak through a Referer either.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:;"
+        " connect-src 'self' ws: wss:; style-src 'self'; object-src 'none';"
+        " base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
 
 
 def load_keyring(settings: Settings) -> KeyRing:
@@ -102,8 +122,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.add_routes(routes())
     if WEB_CLIENT_DIR.is_dir():
-        app.router.add_get("/", _page("index.html"))
-        app.router.add_get("/join", _page("index.html"))
+        for path, page in WEB_PAGES.items():
+            app.router.add_get(path, _page(page))
         app.router.add_static("/static/", WEB_CLIENT_DIR, show_index=False, follow_symlinks=False)
     return app
 
@@ -141,6 +161,7 @@ def _key_images_ctx(
             key_images.on_outbox = pusher.kick
             pusher.start()
         yield
+        await key_images.close()
         if pusher is not None:
             await pusher.stop()
 
@@ -208,7 +229,7 @@ async def _report_media_stats(app: web.Application) -> None:
 
 def _page(name: str) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
     async def handler(_request: web.Request) -> web.FileResponse:
-        return web.FileResponse(WEB_CLIENT_DIR / name)
+        return web.FileResponse(WEB_CLIENT_DIR / name, headers=PAGE_HEADERS)
 
     return handler
 

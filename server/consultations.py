@@ -211,6 +211,21 @@ _CHECKS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# Without these a request cannot be sent at all (the draft checklist names them first).
+REQUIRED_ITEMS: tuple[MissingItem, ...] = (
+    MissingItem(
+        "clinical_question",
+        "Clinical question",
+        "The second opinion answers this question; a request cannot be sent without it.",
+    ),
+    MissingItem(
+        "urgency",
+        "Urgency",
+        "Urgency sets when the opinion is due and where the request stands in the queue.",
+    ),
+)
+
+
 def checklist(context: ClinicalContext) -> Checklist:
     """Name every item the second-opinion reviewer needs that the request lacks."""
     missing = []

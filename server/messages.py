@@ -82,6 +82,11 @@ def parse(model: type[M], data: Any) -> M:
 
 def parse_json(model: type[M], body: bytes, *, max_bytes: int) -> M:
     """Decode a JSON body and validate it into `model`."""
+    return parse(model, decode_json(body, max_bytes=max_bytes))
+
+
+def decode_json(body: bytes, *, max_bytes: int) -> dict[str, Any]:
+    """Decode a JSON body that must be an object (not yet validated)."""
     if len(body) > max_bytes:
         raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
     if not body.strip():
@@ -92,7 +97,7 @@ def parse_json(model: type[M], body: bytes, *, max_bytes: int) -> M:
         raise BadRequest("the body is not valid UTF-8 JSON", code="invalid_json") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
-    return parse(model, data)
+    return data
 
 
 def _refuse_constant(name: str) -> Any:

@@ -62,6 +62,46 @@ async def test_minimal_request_is_accepted_and_checklist_names_what_is_missing(
     assert record["participants"] == [] and record["marks"] == [] and record["report"] is None
 
 
+async def test_draft_checklist_follows_the_form_and_stores_nothing(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    async def check(body: dict[str, Any]) -> Any:
+        response = await client.post("/api/consultations/checklist", json=body, headers=coordinator)
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+    empty = await check({})
+    assert [m["field"] for m in empty["required_missing"]] == ["clinical_question", "urgency"]
+    assert empty["complete"] is False and "device" in {m["field"] for m in empty["missing"]}
+    blank = await check({"clinical_question": "   ", "urgency": "urgent"})
+    assert [m["field"] for m in blank["required_missing"]] == ["clinical_question"]
+    assert await check(FULL_CONTEXT) == {"complete": True, "required_missing": [], "missing": []}
+    # Choosing a Doppler mode adds its settings to what is missing.
+    doppler = await check({"imaging_modes": ["power_doppler"]})
+    assert "doppler" in {m["field"] for m in doppler["missing"]}
+    # Every other field is validated as for a real request, naming the field.
+    bad = await client.post(
+        "/api/consultations/checklist",
+        json={"transducer": {"frequency_mhz": 500}},
+        headers=coordinator,
+    )
+    assert bad.status == 400
+    assert (await bad.json())["error"]["field"] == "transducer.frequency_mhz"
+    not_object = await client.post("/api/consultations/checklist", data=b"[]", headers=coordinator)
+    assert (await not_object.json())["error"]["code"] == "invalid_json"
+    queue = await (await client.get("/api/consultations", headers=coordinator)).json()
+    assert queue["consultations"] == []
+
+
+async def test_draft_checklist_is_for_coordinators(
+    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
+) -> None:
+    record = await create(client, coordinator, {"clinical_question": "q?", "urgency": "routine"})
+    expert = {"Authorization": f"Bearer {token_for('expert', consultation=record['id'])}"}
+    response = await client.post("/api/consultations/checklist", json={}, headers=expert)
+    assert response.status == 403
+
+
 async def test_complete_request_has_a_complete_checklist_and_round_trips(
     client: TestClient[Any, Any], coordinator: dict[str, str]
 ) -> None:

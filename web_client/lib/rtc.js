@@ -1,0 +1,72 @@
+// Media with the relay: one RTCPeerConnection per page, offered through the live room
+// (rtc_offer → answer). The relay forwards encoded frames; see docs/protocol.md, "Media".
+
+const GATHER_TIMEOUT_MS = 3000;
+// Voice slots for further experts' voices (nobody renegotiates when someone joins).
+const EXTRA_VOICE_SLOTS = 2;
+
+function gathered(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);
+    pc.addEventListener("icegatheringstatechange", () => {
+      if (pc.iceGatheringState === "complete") {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+}
+
+// role: operator publishes `stream` (video + voice); expert and observer receive, and an
+// expert sends the microphone track of `stream` if it has one. onTrack(track, transceiverIndex).
+export async function connectMedia(live, { role, stream, iceServers, onTrack, onState }) {
+  const pc = new RTCPeerConnection({ iceServers: iceServers || [] });
+  const video = stream?.getVideoTracks()[0] || null;
+  const voice = stream?.getAudioTracks()[0] || null;
+  if (role === "operator") {
+    pc.addTransceiver(video, { direction: "sendonly", streams: [stream] });
+    pc.addTransceiver(voice || "audio", { direction: "sendrecv" });
+  } else {
+    pc.addTransceiver("video", { direction: "recvonly" });
+    const speaks = role === "expert" && voice;
+    pc.addTransceiver(speaks ? voice : "audio", { direction: speaks ? "sendrecv" : "recvonly" });
+  }
+  for (let i = 0; i < EXTRA_VOICE_SLOTS; i++) pc.addTransceiver("audio", { direction: "recvonly" });
+  pc.addEventListener("track", (event) => {
+    const index = pc.getTransceivers().indexOf(event.transceiver);
+    onTrack?.(event.track, index);
+  });
+  pc.addEventListener("connectionstatechange", () => onState?.(pc.connectionState));
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered(pc);
+  try {
+    const answer = await live.call("rtc_offer", {
+      sdp: pc.localDescription.sdp,
+      type: "offer",
+    });
+    await pc.setRemoteDescription(answer);
+  } catch (error) {
+    pc.close();
+    throw error;
+  }
+  return pc;
+}
+
+// Connection quality from the browser's own statistics: "good", "fair", "poor".
+export async function quality(pc) {
+  let lost = 0, received = 0, rtt = null;
+  const report = await pc.getStats();
+  report.forEach((s) => {
+    if (s.type === "inbound-rtp" || s.type === "remote-inbound-rtp") {
+      lost += Math.max(0, s.packetsLost || 0);
+      received += s.packetsReceived || 0;
+    }
+    if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime != null) {
+      rtt = s.currentRoundTripTime * 1000;
+    }
+  });
+  const loss = received + lost > 0 ? (100 * lost) / (received + lost) : 0;
+  const level = loss > 5 || (rtt ?? 0) > 400 ? "poor" : loss > 1 || (rtt ?? 0) > 150 ? "fair" : "good";
+  return { level, loss, rtt };
+}

@@ -1,0 +1,159 @@
+// Start page: a coordinator writes the request (the checklist follows as they type, from the
+// server's own rules), sends it, and creates a join link per person.
+import { api, claims, describe, el, pageToken } from "./lib/api.js";
+import { PHANTOM_DEVICE } from "./lib/phantom.js";
+
+const CHECK_DELAY_MS = 300;
+const $ = (id) => document.getElementById(id);
+const token = pageToken();
+const form = $("request");
+let consultationId = null;
+
+async function health() {
+  try {
+    const h = await (await fetch("/healthz")).json();
+    $("status").textContent = `Server ${h.status}, version ${h.version}, records in ${h.store}.`;
+  } catch {
+    $("status").textContent = "The server cannot be reached.";
+  }
+}
+
+function text(name) {
+  const value = form.elements[name]?.value.trim();
+  return value ? value : undefined;
+}
+
+function number(name) {
+  const value = form.elements[name]?.value;
+  return value === "" || value === undefined ? undefined : Number(value);
+}
+
+function prune(object) {
+  const kept = Object.fromEntries(Object.entries(object).filter(([, v]) => v !== undefined));
+  return Object.keys(kept).length ? kept : undefined;
+}
+
+// The request body, with only what was filled in.
+export function body() {
+  const modes = [...form.querySelectorAll('input[name="imaging_modes"]:checked')].map((i) => i.value);
+  const anatomy = (text("anatomy") || "").split(",").map((s) => s.trim()).filter(Boolean);
+  const comparison = ($("comparison").value || "").split("\n").map((s) => s.trim()).filter(Boolean);
+  return prune({
+    clinical_question: text("clinical_question"),
+    urgency: text("urgency"),
+    application: text("application"),
+    patient_ref: text("patient_ref"),
+    exam_objective: text("exam_objective"),
+    first_read: text("first_read"),
+    device: prune({
+      manufacturer: text("device.manufacturer"),
+      model: text("device.model"),
+      burned_in_text: $("device_clean").checked ? false : undefined,
+    }),
+    transducer: prune({
+      model: text("transducer.model"),
+      type: text("transducer.type"),
+      frequency_mhz: number("transducer.frequency_mhz"),
+    }),
+    imaging_modes: modes.length ? modes : undefined,
+    doppler: prune({
+      prf_hz: number("doppler.prf_hz"),
+      wall_filter_hz: number("doppler.wall_filter_hz"),
+      angle_correction_deg: number("doppler.angle_correction_deg"),
+    }),
+    anatomy: anatomy.length ? anatomy : undefined,
+    laterality: text("laterality"),
+    patient_position: text("patient_position"),
+    transducer_orientation: text("transducer_orientation"),
+    comparison_studies: $("no_comparison").checked ? [] : comparison.length ? comparison : undefined,
+  }) || {};
+}
+
+function renderChecklist(check) {
+  const items = [...check.required_missing, ...check.missing];
+  $("checklist").replaceChildren(
+    ...items.map((m) =>
+      el("li", { "data-field": m.field },
+        el("strong", { text: m.label }),
+        check.required_missing.includes(m) ? el("span", { class: "error", text: " (required)" }) : null,
+        el("span", { class: "why", text: m.why }),
+      ),
+    ),
+  );
+  $("checklist-summary").textContent = check.complete
+    ? "Complete: the expert has everything the checklist asks for."
+    : `${items.length} item${items.length === 1 ? "" : "s"} missing. A request can be sent without the optional ones.`;
+}
+
+let timer = null;
+let asked = 0;
+function checkSoon() {
+  clearTimeout(timer);
+  timer = setTimeout(async () => {
+    const mine = ++asked;
+    try {
+      const check = await api(token, "/api/consultations/checklist", { method: "POST", json: body() });
+      if (mine !== asked) return;
+      $("form-error").textContent = "";
+      renderChecklist(check);
+    } catch (error) {
+      if (mine === asked) $("form-error").textContent = describe(error);
+    }
+  }, CHECK_DELAY_MS);
+}
+
+async function submit(event) {
+  event.preventDefault();
+  $("form-error").textContent = "";
+  try {
+    const record = await api(token, "/api/consultations", { method: "POST", json: body() });
+    consultationId = record.id;
+    for (const fieldset of form.querySelectorAll("fieldset")) fieldset.disabled = true;
+    $("submit").disabled = true;
+    $("submit").textContent = "Request sent";
+    $("invites").classList.remove("hidden");
+    $("status").textContent = `Consultation ${record.id.slice(0, 8)} requested, due ${new Date(record.due_at).toLocaleString()}.`;
+    renderChecklist({ ...record.checklist, required_missing: [] });
+    $("invite-name").focus();
+  } catch (error) {
+    $("form-error").textContent = describe(error);
+  }
+}
+
+async function invite() {
+  const role = $("invite-role").value;
+  const name = $("invite-name").value.trim() || role;
+  try {
+    const made = await api(token, `/api/consultations/${consultationId}/invites`, {
+      method: "POST",
+      json: { role, name },
+    });
+    const link = el("a", { href: made.url, target: "_blank", rel: "noopener", "data-role": role, text: made.url });
+    const copy = el("button", { type: "button", text: "Copy",
+      onclick: () => navigator.clipboard?.writeText(made.url) });
+    $("links").append(el("li", {}, el("strong", { text: `${name} (${role}) ` }), copy, el("br"), link));
+    $("invite-role").value = role === "operator" ? "expert" : role;
+    $("invite-name").value = role === "operator" ? "Expert" : "";
+  } catch (error) {
+    $("form-error").textContent = describe(error);
+  }
+}
+
+health();
+if (!token || claims(token)?.role !== "coordinator") {
+  $("no-token").classList.remove("hidden");
+  $("queue-link").classList.add("hidden");
+} else {
+  $("queue-link").href = `/queue#token=${encodeURIComponent(token)}`;
+  form.classList.remove("hidden");
+  form.addEventListener("input", checkSoon);
+  form.addEventListener("change", checkSoon);
+  form.addEventListener("submit", submit);
+  $("invite").addEventListener("click", invite);
+  $("use-phantom").addEventListener("click", () => {
+    $("device_manufacturer").value = PHANTOM_DEVICE.manufacturer;
+    $("device_model").value = PHANTOM_DEVICE.model;
+    checkSoon();
+  });
+  checkSoon();
+}
