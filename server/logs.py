@@ -15,7 +15,15 @@ from datetime import UTC, datetime
 # Attributes every LogRecord has; anything else came from `extra=`.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 # Libraries that are chatty at INFO.
-_QUIET_LIBRARIES = ("aiohttp.access", "engineio", "socketio", "aioice", "aiortc", "asyncio")
+_QUIET_LIBRARIES = (
+    "aiohttp.access",
+    "engineio",
+    "socketio",
+    "aioice",
+    "aiortc",
+    "asyncio",
+    "highdicom",  # narrates every object it builds
+)
 
 
 class JsonFormatter(logging.Formatter):

@@ -200,7 +200,10 @@ class LiveNamespace(socketio.AsyncNamespace):
                 object_id="",
                 source=source,
             )
-            raise socketio.exceptions.ConnectionRefusedError(exc.to_dict()["error"]) from None
+            # Message first, then the error object: python-socketio sends a single argument as
+            # {"message": str(arg)}, and two as {"message": first, "data": second}.
+            error = exc.to_dict()["error"]
+            raise socketio.exceptions.ConnectionRefusedError(error["message"], error) from None
         settings = self.app[SETTINGS]
         now = time.monotonic()
         cid = principal.consultation_id

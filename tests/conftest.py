@@ -24,6 +24,7 @@ from server.auth import Role, issue_token
 from server.config import Settings, load_settings
 from server.keyring import load_or_create
 
+pytest_plugins = ["browser"]  # tests/browser.py: Chromium, live server and the phantom camera
 REDIS_URL = os.environ.get("PROBELINK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_ADMIN_URL = os.environ.get(
     "PROBELINK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

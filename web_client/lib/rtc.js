@@ -25,7 +25,13 @@ export async function connectMedia(live, { role, stream, iceServers, onTrack, on
   const video = stream?.getVideoTracks()[0] || null;
   const voice = stream?.getAudioTracks()[0] || null;
   if (role === "operator") {
-    pc.addTransceiver(video, { direction: "sendonly", streams: [stream] });
+    // Ultrasound is fine detail on a still-ish picture: on a poor link keep the resolution
+    // and give up frame rate rather than the other way round.
+    if (video) video.contentHint = "detail";
+    const sender = pc.addTransceiver(video, { direction: "sendonly", streams: [stream] }).sender;
+    const parameters = sender.getParameters();
+    parameters.degradationPreference = "maintain-resolution";
+    sender.setParameters(parameters).catch(() => {}); // not every browser lets it be set before negotiation
     pc.addTransceiver(voice || "audio", { direction: "sendrecv" });
   } else {
     pc.addTransceiver("video", { direction: "recvonly" });

@@ -1,0 +1,239 @@
+// Expert page (observers get the same page without the tools): the operator's live video at
+// its own aspect ratio, voice both ways, pointer and marks drawn on the picture, probe guidance,
+// captures decoded by the relay from the exact stream on screen, key images, stream statistics.
+import { describe, el, pageToken } from "./lib/api.js";
+import { Overlay, toNormalized } from "./lib/overlay.js";
+import { Room } from "./lib/room.js";
+
+const POINTER_INTERVAL_MS = 33; // 30 Hz, under the server's per-socket limit
+const FREEHAND_POINTS_MAX = 500;
+const FREEHAND_STEP = 0.004; // normalized distance between kept freehand points
+const DIRECTIONS = {
+  slide: ["left", "right", "up", "down", "cranial", "caudal", "medial", "lateral"],
+  fan: ["left", "right", "up", "down", "cranial", "caudal", "medial", "lateral"],
+  rotate: ["clockwise", "counterclockwise"],
+  tilt: ["cranial", "caudal", "medial", "lateral", "left", "right"],
+  rock: ["toward_marker", "away_from_marker"],
+  compress: ["more", "less", "release"],
+  hold: [],
+};
+const TOOL_KEYS = { p: "pointer", a: "arrow", c: "circle", f: "freehand", t: "text", l: "caliper" };
+
+const $ = (id) => document.getElementById(id);
+const token = pageToken();
+const video = $("video");
+const overlay = new Overlay($("overlay"), video);
+const room = new Room(token, overlay, {
+  status: $("connection"), participants: $("participants"), gallery: $("gallery"), log: $("log"),
+});
+let tool = "pointer", drawing = null, lastPointer = 0, mediaTs = null, recording = false, role = "expert";
+
+function fail(error) {
+  $("error").textContent = describe(error);
+  room.say(describe(error), true);
+}
+
+async function call(event, payload, timeoutMs) {
+  $("error").textContent = "";
+  try {
+    return await room.live.call(event, payload, timeoutMs);
+  } catch (error) {
+    fail(error);
+    return null;
+  }
+}
+
+// The RTP timestamp of the frame on screen, so marks and captures name the exact frame.
+function trackFrames() {
+  if (!video.requestVideoFrameCallback) return;
+  const tick = (_now, meta) => {
+    if (meta.rtpTimestamp !== undefined) mediaTs = meta.rtpTimestamp >>> 0;
+    $("video-size").textContent = `${video.videoWidth}×${video.videoHeight}`;
+    video.requestVideoFrameCallback(tick);
+  };
+  video.requestVideoFrameCallback(tick);
+}
+
+function withTs(payload) {
+  return mediaTs === null ? payload : { ...payload, media_ts: mediaTs };
+}
+
+function selectTool(name) {
+  tool = name;
+  for (const b of $("tools").querySelectorAll("[data-tool]")) {
+    b.setAttribute("aria-pressed", String(b.dataset.tool === name));
+  }
+  $("stage").style.cursor = name === "pointer" ? "crosshair" : "cell";
+}
+
+function draft(points) {
+  const mark = { kind: drawing.kind, points, author_role: role };
+  overlay.setDraft(mark);
+  return mark;
+}
+
+function pointerDown(event) {
+  if (role !== "expert") return;
+  const at = toNormalized(video, event.clientX, event.clientY);
+  if (!at) return;
+  const p = [at.x, at.y];
+  if (tool === "pointer") return pointerMove(event);
+  if (tool === "text") {
+    const text = $("label-text").value.trim();
+    if (!text) return fail(new Error("Type the label's text first (the field beside the tools)."));
+    call("mark", withTs({ kind: "text", points: [p], text }));
+    return;
+  }
+  $("stage").setPointerCapture(event.pointerId);
+  drawing = { kind: tool, points: [p, p] };
+  if (tool === "freehand") drawing.points = [p];
+  draft(drawing.points);
+}
+
+function pointerMove(event) {
+  const at = toNormalized(video, event.clientX, event.clientY);
+  if (!at || role !== "expert") return;
+  if (drawing) {
+    const p = [at.x, at.y];
+    if (drawing.kind === "freehand") {
+      const last = drawing.points[drawing.points.length - 1];
+      if (Math.hypot(p[0] - last[0], p[1] - last[1]) >= FREEHAND_STEP && drawing.points.length < FREEHAND_POINTS_MAX) {
+        drawing.points.push(p);
+      }
+    } else {
+      drawing.points[1] = p;
+    }
+    draft(drawing.points);
+  } else if (tool === "pointer" && performance.now() - lastPointer >= POINTER_INTERVAL_MS) {
+    lastPointer = performance.now();
+    room.live.send("pointer", withTs({ x: at.x, y: at.y }));
+  }
+}
+
+async function pointerUp() {
+  if (!drawing) return;
+  const { kind, points } = drawing;
+  drawing = null;
+  overlay.setDraft(null);
+  const tooSmall = kind !== "freehand" && Math.hypot(points[1][0] - points[0][0], points[1][1] - points[0][1]) < 0.005;
+  if (tooSmall || (kind === "freehand" && points.length < 2)) return;
+  await call("mark", withTs({ kind, points }));
+}
+
+function fillDirections() {
+  const choices = DIRECTIONS[$("cue").value];
+  $("direction").replaceChildren(...choices.map((d) => el("option", { value: d, text: d.replaceAll("_", " ") })));
+  $("direction").disabled = !choices.length;
+}
+
+async function guide(cue) {
+  const body = { cue };
+  if (DIRECTIONS[cue].length) body.direction = $("direction").value;
+  const note = $("guidance-note").value.trim();
+  if (note) body.note = note;
+  if (await call("guidance", body)) $("guidance-note").value = "";
+}
+
+async function capture(kind) {
+  if (kind === "still") {
+    const ack = await call("capture", { kind: "still" }, 60000);
+    if (ack) room.say("Still captured");
+  } else if (kind === "clip") {
+    const seconds = Number($("clip-seconds").value) || 6;
+    const ack = await call("capture", { kind: "clip", seconds }, 60000);
+    if (ack) room.say(`Last ${seconds} s saved`);
+  } else {
+    const ack = await call("capture", { kind: "clip", record: recording ? "stop" : "start" }, 60000);
+    if (ack) {
+      recording = !recording;
+      $("record").setAttribute("aria-pressed", String(recording));
+      $("record").textContent = recording ? "Stop recording" : "Record clip";
+    }
+  }
+}
+
+function showStats(participants) {
+  $("stats").replaceChildren(...participants.map((p) => el("tr", {},
+    el("td", { text: p.role }),
+    el("td", { text: `${Math.round(p.bitrate_in_kbps ?? 0)} / ${Math.round(p.bitrate_out_kbps ?? 0)}` }),
+    el("td", { text: p.frame_rate != null ? p.frame_rate.toFixed(0) : "–" }),
+    el("td", { text: p.packet_loss_percent != null ? `${p.packet_loss_percent.toFixed(1)}%` : "–" }),
+    el("td", { text: p.rtt_ms != null ? `${Math.round(p.rtt_ms)} ms` : "–" }),
+  )));
+}
+
+async function microphone() {
+  if (role !== "expert" || !$("mic").checked) return null;
+  try {
+    return await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (error) {
+    room.say(`Listening only (no microphone): ${describe(error)}`, true);
+    return null;
+  }
+}
+
+async function startMedia() {
+  const stream = await microphone();
+  room.startMedia({
+    role,
+    stream,
+    onTrack: (track) => {
+      if (track.kind === "video") {
+        video.srcObject = new MediaStream([track]);
+        video.addEventListener("playing", () => $("waiting").classList.add("hidden"), { once: true });
+        return;
+      }
+      const audio = el("audio", { autoplay: true });
+      audio.srcObject = new MediaStream([track]);
+      $("voices").append(audio);
+    },
+  });
+}
+
+room.on("state", (state, first) => {
+  $("question").textContent = state.consultation.clinical_question;
+  if (!first) return;
+  role = state.you.role;
+  $("role-title").textContent = role === "observer" ? "Observer" : "Expert";
+  if (role !== "expert") {
+    for (const id of ["tools", "guidance"]) $(id).classList.add("hidden");
+    $("capture-still").closest(".toolbar").classList.add("hidden");
+  }
+  startMedia();
+});
+room.on("stats", showStats);
+
+for (const b of $("tools").querySelectorAll("[data-tool]")) b.addEventListener("click", () => selectTool(b.dataset.tool));
+$("clear-marks").addEventListener("click", () => call("mark_clear", {}));
+$("cue").addEventListener("change", fillDirections);
+$("send-guidance").addEventListener("click", () => guide($("cue").value));
+$("hold").addEventListener("click", () => guide("hold"));
+$("capture-still").addEventListener("click", () => capture("still"));
+$("capture-clip").addEventListener("click", () => capture("clip"));
+$("record").addEventListener("click", () => capture("record"));
+$("mic").addEventListener("change", startMedia);
+const stage = $("stage");
+stage.addEventListener("pointerdown", pointerDown);
+stage.addEventListener("pointermove", pointerMove);
+stage.addEventListener("pointerup", pointerUp);
+stage.addEventListener("pointercancel", () => { drawing = null; overlay.setDraft(null); });
+document.addEventListener("keydown", (event) => {
+  if (event.target.closest("input, select, textarea") || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (role !== "expert") return;
+  const key = event.key.toLowerCase();
+  if (TOOL_KEYS[key]) selectTool(TOOL_KEYS[key]);
+  else if (key === "x") call("mark_clear", {});
+  else if (key === "g") guide($("cue").value);
+  else if (key === "h") guide("hold");
+  else if (key === "s") capture("still");
+  else if (key === "k") capture("clip");
+  else if (key === "r") capture("record");
+  else if (key === "escape" && drawing) { drawing = null; overlay.setDraft(null); }
+  else return;
+  event.preventDefault();
+});
+
+fillDirections();
+selectTool("pointer");
+trackFrames();
+if (!token) $("error").textContent = "This page needs the join link you were sent.";
