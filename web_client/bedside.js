@@ -13,6 +13,7 @@ const video = $("video");
 const overlay = new Overlay($("overlay"), video);
 const room = new Room(token, overlay, {
   status: $("connection"), participants: $("participants"), gallery: $("gallery"), log: $("log"),
+  guidance: $("guidance-text"), marks: $("marks-text"),
 });
 let stream = null, phantom = null, live = false, recording = false;
 

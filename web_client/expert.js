@@ -25,6 +25,7 @@ const video = $("video");
 const overlay = new Overlay($("overlay"), video);
 const room = new Room(token, overlay, {
   status: $("connection"), participants: $("participants"), gallery: $("gallery"), log: $("log"),
+  guidance: $("guidance-text"), marks: $("marks-text"),
 });
 let tool = "pointer", drawing = null, lastPointer = 0, mediaTs = null, recording = false, role = "expert";
 

@@ -31,9 +31,15 @@ export class Room {
     on("room_state", (state) => this.welcome(state));
     on("presence", (p) => this.people(p.participants));
     on("pointer", (p) => overlay.setPointer(p.from, p.x, p.y));
-    on("mark", (m) => overlay.addMark(m));
-    on("mark_clear", (c) => overlay.removeMarks(c.ids));
-    on("guidance", (g) => overlay.setGuidance(g));
+    on("mark", (m) => {
+      overlay.addMark(m);
+      this.describeMarks();
+    });
+    on("mark_clear", (c) => {
+      overlay.removeMarks(c.ids);
+      this.describeMarks();
+    });
+    on("guidance", (g) => this.guidance(g));
     on("key_image", (k) => this.addKeyImage(k));
     on("media_stats", (s) => this.handlers.stats?.(s.participants));
     setInterval(() => this.indicate(), QUALITY_EVERY_MS);
@@ -48,12 +54,28 @@ export class Room {
     const first = this.state === null;
     this.state = state;
     this.overlay.setMarks(state.marks);
+    this.describeMarks();
     this.overlay.setGuidance(state.guidance);
     this.people(state.participants);
     this.handlers.state?.(state, first);
     if (first) this.loadGallery();
     // Every (re)connection renegotiates: after a drop the relay may have let the peer go.
     if (this.media) this.connect();
+  }
+
+  // The canvas is invisible to screen readers: the same facts as text.
+  guidance(g) {
+    this.overlay.setGuidance(g);
+    if (this.ui.guidance && g) {
+      const words = [g.cue, g.direction, g.note].filter(Boolean).join(" ").replaceAll("_", " ");
+      this.ui.guidance.textContent = `Guidance: ${words}`;
+    }
+  }
+
+  describeMarks() {
+    if (!this.ui.marks) return;
+    const marks = this.overlay.state.marks.length;
+    this.ui.marks.textContent = marks ? `${marks} mark${marks === 1 ? "" : "s"} on the picture` : "No marks";
   }
 
   people(list) {
