@@ -39,6 +39,7 @@ from server.messages import Choice, Name, StrictModel, decode_json, parse, parse
 from server.store import ConsultationRow, ParticipantRow
 from server.store.times import iso
 from server.turn import ice_servers_for
+from server.turnaround import Summary, Times, summarise
 
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
 
@@ -63,6 +64,7 @@ def routes() -> web.RouteTableDef:
     table.post("/api/consultations/{consultation_id}/invites")(create_invite)
     table.get("/api/audit/verify")(verify_audit)
     table.get("/api/ice-servers")(get_ice_servers)
+    table.get("/api/turnaround")(get_turnaround)
     images_api.routes(table)
     return table
 
@@ -292,3 +294,41 @@ async def get_ice_servers(request: web.Request) -> web.Response:
     body = ice_servers_for(request.app[SETTINGS], principal.sub, datetime.now(UTC))
     # A credential: never kept by a cache along the way.
     return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def turnaround_summary(app: web.Application) -> Summary:
+    """Turnaround over every consultation not cancelled; also refreshes the /metrics gauges."""
+    rows = await app[STORE].list_consultations(set(State) - {State.CANCELLED})
+    summary = summarise(
+        (Times(r.state, r.requested_at, r.due_at, r.first_joined_at, r.signed_at) for r in rows),
+        datetime.now(UTC),
+    )
+    metrics = app[METRICS]
+    for stage, figures in summary.stages.items():
+        for quantile, value in (("0.5", figures.median_seconds), ("0.9", figures.p90_seconds)):
+            if value is not None:
+                metrics.turnaround.labels(stage, quantile).set(value)
+    metrics.overdue.labels("open").set(summary.overdue_open)
+    metrics.overdue.labels("signed_late").set(summary.signed_late)
+    return summary
+
+
+async def get_turnaround(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    require_role(principal, Role.COORDINATOR)
+    summary = await turnaround_summary(request.app)
+    return web.json_response(
+        {
+            "consultations": summary.consultations,
+            "overdue_open": summary.overdue_open,
+            "signed_late": summary.signed_late,
+            "stages": {
+                stage: {
+                    "count": s.count,
+                    "median_seconds": s.median_seconds,
+                    "p90_seconds": s.p90_seconds,
+                }
+                for stage, s in summary.stages.items()
+            },
+        }
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from server import __version__
-from server.api import routes
+from server.api import routes, turnaround_summary
 from server.appkeys import (
     KEY_IMAGES,
     KEYRING,
@@ -248,5 +248,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    try:
+        await turnaround_summary(request.app)
+    except Exception:
+        # The other metrics still matter when the store does not answer.
+        log.exception("turnaround metrics not refreshed")
     body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -31,6 +31,9 @@ class Metrics:
     capture_seconds: Histogram
     # PACS pushes by outcome (sent, failed).
     pacs_pushes: Counter
+    # Turnaround per stage (quantile 0.5, 0.9) and overdue requests, refreshed at each scrape.
+    turnaround: Gauge
+    overdue: Gauge
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
@@ -99,5 +102,17 @@ def create_metrics() -> Metrics:
         ),
         pacs_pushes=Counter(
             "probelink_pacs_pushes", "PACS pushes by outcome.", ["outcome"], registry=registry
+        ),
+        turnaround=Gauge(
+            "probelink_turnaround_seconds",
+            "Turnaround of second opinions by stage (median and 90th percentile).",
+            ["stage", "quantile"],
+            registry=registry,
+        ),
+        overdue=Gauge(
+            "probelink_consultations_overdue",
+            "Consultations past their due time: open now (open), or signed after it (signed_late).",
+            ["kind"],
+            registry=registry,
         ),
     )

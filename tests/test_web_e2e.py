@@ -266,6 +266,41 @@ async def test_bedside_and_expert_run_a_session_in_two_browsers(
     upload = [i for i in images if i["detail"]["source"] == "upload"]
     assert len(upload) == 1 and upload[0]["detail"]["width"] == 640
 
+    # A clip of the last seconds from the bedside: every frame masked too.
+    await bedside.fill("#clip-seconds", "2")
+    await bedside.click("#capture-clip")
+    await bedside.wait_for_function(
+        "() => document.querySelectorAll('#gallery figure').length === 3", timeout=TIMEOUT_MS
+    )
+    images = http(live_server, f"/api/consultations/{cid}/key-images", token)["key_images"]
+    clip = next(i for i in images if i["kind"] == "clip")
+    frames = read(http(live_server, f"/api/key-images/{clip['id']}/dicom", token)).pixel_array
+    assert frames.ndim == 4 and frames.shape[0] >= 10 and frames.shape[1:] == (480, 640, 3)
+    assert not frames[:, :BANNER_HEIGHT].any()
+
+    # The bedside hears the expert (Chromium's fake microphone beeps), through the relay.
+    assert await bedside.evaluate(
+        """async () => {
+          const context = new AudioContext();
+          const analysers = [...document.querySelectorAll("#voices audio")].map((audio) => {
+            const analyser = context.createAnalyser();
+            context.createMediaStreamSource(audio.srcObject).connect(analyser);
+            return analyser;
+          });
+          const samples = new Float32Array(2048);
+          let loudest = 0;
+          for (let i = 0; i < 40 && loudest < 0.05; i++) {
+            await new Promise((r) => setTimeout(r, 100));
+            for (const analyser of analysers) {
+              analyser.getFloatTimeDomainData(samples);
+              for (const v of samples) loudest = Math.max(loudest, Math.abs(v));
+            }
+          }
+          await context.close();
+          return loudest;
+        }"""
+    ) >= 0.05
+
     await save_screenshot(bedside, "e2e-bedside")
     await save_screenshot(expert, "e2e-expert")
     assert bedside_errors == [] and expert_errors == []
