@@ -264,7 +264,12 @@ def coordinator_token(secret: str) -> str:
 
 async def consultation(http: aiohttp.ClientSession, base: str, roles: list[str]) -> dict[str, str]:
     """A phantom-device consultation; its id and one invite token per role."""
-    body = {"clinical_question": "bench", "urgency": "urgent", "device": PHANTOM_DEVICE}
+    body = {
+        "clinical_question": "bench",
+        "urgency": "urgent",
+        "incomplete_reason": "test request",
+        "device": PHANTOM_DEVICE,
+    }
     async with http.post(f"{base}/api/consultations", json=body) as r:
         assert r.status == 201, await r.text()
         out = {"id": (await r.json())["id"]}

@@ -280,7 +280,11 @@ async def provision(
             async with gate:
                 async with http.post(
                     f"{base}/api/consultations",
-                    json={"clinical_question": "bench", "urgency": "routine"},
+                    json={
+                        "clinical_question": "bench",
+                        "urgency": "routine",
+                        "incomplete_reason": "test request",
+                    },
                 ) as r:
                     cid = (await r.json())["id"]
                 people = [("operator", 0)] + [("expert", i) for i in range(experts)]

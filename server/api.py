@@ -30,8 +30,10 @@ from server.consultations import (
     ClinicalContext,
     MissingItem,
     State,
+    check_sendable,
     checklist,
     due_at,
+    flags,
 )
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest, NotFound
@@ -86,6 +88,8 @@ def summary(row: ConsultationRow, now: datetime) -> dict[str, Any]:
         "time_left_seconds": int((row.due_at - now).total_seconds()),
         "overdue": row.state in OPEN_STATES and now > row.due_at,
         "checklist": {"complete": check.complete, "missing_count": len(check.missing)},
+        "incomplete_reason": row.context.incomplete_reason,
+        "flags": [{"code": f.code, "message": f.message} for f in flags(row.context)],
     }
 
 
@@ -144,6 +148,7 @@ async def create_consultation(request: web.Request) -> web.Response:
     context = parse_json(
         ClinicalContext, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
     )
+    check_sendable(context)
     now = datetime.now(UTC)
     row = ConsultationRow(
         id=uuid.uuid4().hex,
@@ -183,6 +188,7 @@ async def draft_checklist(request: web.Request) -> web.Response:
     check = checklist(context)
     return web.json_response(
         {
+            "flags": [{"code": f.code, "message": f.message} for f in flags(context)],
             "complete": check.complete and not required,
             "required_missing": [item_body(m) for m in required],
             "missing": [item_body(m) for m in check.missing],

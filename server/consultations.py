@@ -13,8 +13,19 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from server.errors import Conflict
+from server.applications import (
+    Application,
+    BreastContext,
+    DvtContext,
+    Flag,
+    MissingItem,
+    template_flags,
+    template_items,
+)
+from server.errors import BadRequest, Conflict
 from server.messages import LIST_MAX_ITEMS, Choice, LongText, ShortText, StrictModel
+
+__all__ = ["Application", "Flag", "MissingItem"]  # re-exported: part of the request's vocabulary
 
 PATIENT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -27,20 +38,6 @@ class Urgency(enum.StrEnum):
 
 # Queue order: most urgent first.
 URGENCY_RANK = {Urgency.EMERGENCY: 0, Urgency.URGENT: 1, Urgency.ROUTINE: 2}
-
-
-class Application(enum.StrEnum):
-    """The clinical application; later templates add fields and rules per application."""
-
-    BREAST = "breast"
-    DVT = "dvt"
-    VASCULAR = "vascular"
-    THYROID = "thyroid"
-    ABDOMINAL = "abdominal"
-    OBSTETRIC = "obstetric"
-    EMERGENCY = "emergency"
-    MUSCULOSKELETAL = "musculoskeletal"
-    OTHER = "other"
 
 
 class ImagingMode(enum.StrEnum):
@@ -135,15 +132,11 @@ class ClinicalContext(StrictModel):
     transducer_orientation: ShortText | None = None
     # Prior studies to compare with; an empty list states that there are none.
     comparison_studies: list[ShortText] | None = Field(None, max_length=LIST_MAX_ITEMS)
-
-
-@dataclass(frozen=True)
-class MissingItem:
-    """One thing the reviewer needs that the request does not give, and why."""
-
-    field: str
-    label: str
-    why: str
+    # The application's own fields (server/applications.py), for breast and DVT requests.
+    breast: BreastContext | None = None
+    dvt: DvtContext | None = None
+    # Why the request is sent although the checklist is not complete; the expert sees it.
+    incomplete_reason: LongText | None = None
 
 
 @dataclass(frozen=True)
@@ -227,14 +220,37 @@ REQUIRED_ITEMS: tuple[MissingItem, ...] = (
 
 
 def checklist(context: ClinicalContext) -> Checklist:
-    """Name every item the second-opinion reviewer needs that the request lacks."""
+    """Name every item the second-opinion reviewer needs that the request lacks, the
+    application template's own items last."""
     missing = []
     for field, label, why in _CHECKS:
         if field == "doppler" and not DOPPLER_MODES.intersection(context.imaging_modes or ()):
             continue
         if not _given(context, field):
             missing.append(MissingItem(field, label, why))
+    application = context.application.value if context.application else None
+    missing.extend(template_items(application, context.breast, context.dvt))
     return Checklist(complete=not missing, missing=tuple(missing))
+
+
+def flags(context: ClinicalContext) -> tuple[Flag, ...]:
+    """What the expert must see at once about this request (e.g. review before biopsy)."""
+    application = context.application.value if context.application else None
+    return template_flags(application, context.breast, context.dvt)
+
+
+def check_sendable(context: ClinicalContext) -> Checklist:
+    """A request is sent complete, or incomplete with a stated reason; otherwise `BadRequest`
+    naming what is missing."""
+    check = checklist(context)
+    if not check.complete and context.incomplete_reason is None:
+        labels = ", ".join(item.label for item in check.missing)
+        raise BadRequest(
+            f"the request lacks: {labels}. Complete it, or say why it is sent incomplete",
+            code="incomplete_request",
+            field="incomplete_reason",
+        )
+    return check
 
 
 def _given(context: ClinicalContext, field: str) -> bool:

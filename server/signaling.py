@@ -27,7 +27,7 @@ from server.appkeys import KEY_IMAGES, KEYRING, LIVE, RELAY, SETTINGS, STORE, TO
 from server.audit import AuditFacts
 from server.auth import Principal, Role, verify_token
 from server.config import Settings
-from server.consultations import OPEN_STATES
+from server.consultations import OPEN_STATES, flags
 from server.errors import (
     BadRequest,
     Conflict,
@@ -179,8 +179,15 @@ class LiveNamespace(socketio.AsyncNamespace):
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         request = environ.get("aiohttp.request")
         source = getattr(request, "remote", None) or "unknown"
+        known: Principal | None = None  # who was refused, once the token is verified
         try:
-            principal = self._authenticate(auth)
+            principal = known = self._authenticate(auth)
+            if principal.is_reading_room:
+                raise Forbidden(
+                    "an expert's reading-room token joins no live room: accept the consultation"
+                    " and join with the token it gives",
+                    code="consultation_not_granted",
+                )
             if principal.consultation_id is None:
                 raise Forbidden(
                     "a live room is joined with a consultation's token, not a coordinator's",
@@ -194,7 +201,7 @@ class LiveNamespace(socketio.AsyncNamespace):
             await record_refusal(
                 self.app,
                 exc,
-                principal=None,
+                principal=known,
                 action="socketio connect /live",
                 object_type="socketio",
                 object_id="",
@@ -278,6 +285,9 @@ class LiveNamespace(socketio.AsyncNamespace):
                 "urgency": row.urgency.value,
                 "application": row.context.application,
                 "clinical_question": row.context.clinical_question,
+                # Sent incomplete: why (the expert sees it before the first picture).
+                "incomplete_reason": row.context.incomplete_reason,
+                "flags": [{"code": f.code, "message": f.message} for f in flags(row.context)],
             },
             "you": {
                 "id": socket.principal.sub,

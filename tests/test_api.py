@@ -33,6 +33,7 @@ FULL_CONTEXT: dict[str, Any] = {
     "patient_position": "supine oblique",
     "transducer_orientation": "radial and antiradial",
     "comparison_studies": [],
+    "breast": {"lesion_clock": "2", "distance_from_nipple_cm": 4, "first_read_birads": "3"},
 }
 
 
@@ -48,7 +49,13 @@ async def test_minimal_request_is_accepted_and_checklist_names_what_is_missing(
     client: TestClient[Any, Any], coordinator: dict[str, str]
 ) -> None:
     record = await create(
-        client, coordinator, {"clinical_question": "DVT left leg?", "urgency": "emergency"}
+        client,
+        coordinator,
+        {
+            "clinical_question": "DVT left leg?",
+            "urgency": "emergency",
+            "incomplete_reason": "test request",
+        },
     )
     assert record["state"] == "requested"
     assert record["urgency"] == "emergency"
@@ -73,9 +80,16 @@ async def test_draft_checklist_follows_the_form_and_stores_nothing(
     empty = await check({})
     assert [m["field"] for m in empty["required_missing"]] == ["clinical_question", "urgency"]
     assert empty["complete"] is False and "device" in {m["field"] for m in empty["missing"]}
-    blank = await check({"clinical_question": "   ", "urgency": "urgent"})
+    blank = await check(
+        {"clinical_question": "   ", "urgency": "urgent", "incomplete_reason": "test request"}
+    )
     assert [m["field"] for m in blank["required_missing"]] == ["clinical_question"]
-    assert await check(FULL_CONTEXT) == {"complete": True, "required_missing": [], "missing": []}
+    assert await check(FULL_CONTEXT) == {
+        "complete": True,
+        "required_missing": [],
+        "missing": [],
+        "flags": [],
+    }
     # Choosing a Doppler mode adds its settings to what is missing.
     doppler = await check({"imaging_modes": ["power_doppler"]})
     assert "doppler" in {m["field"] for m in doppler["missing"]}
@@ -93,10 +107,77 @@ async def test_draft_checklist_follows_the_form_and_stores_nothing(
     assert queue["consultations"] == []
 
 
+async def test_incomplete_request_is_sent_only_with_a_reason_the_expert_sees(
+    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
+) -> None:
+    bare = {"clinical_question": "DVT left leg?", "urgency": "emergency"}
+    refused = await client.post("/api/consultations", json=bare, headers=coordinator)
+    assert refused.status == 400
+    error = (await refused.json())["error"]
+    assert error["code"] == "incomplete_request" and error["field"] == "incomplete_reason"
+    assert "Exam objective" in error["message"]
+    queue = await (await client.get("/api/consultations", headers=coordinator)).json()
+    assert queue["consultations"] == []  # nothing stored
+    reason = "Patient is unstable; scanning what we can now"
+    record = await create(client, coordinator, {**bare, "incomplete_reason": reason})
+    assert record["incomplete_reason"] == reason
+    expert = {"Authorization": f"Bearer {token_for('expert', consultation=record['id'])}"}
+    seen = await (await client.get(f"/api/consultations/{record['id']}", headers=expert)).json()
+    assert seen["incomplete_reason"] == reason
+    # A complete request needs no reason.
+    assert (await create(client, coordinator, FULL_CONTEXT))["incomplete_reason"] is None
+
+
+async def test_breast_and_dvt_templates_add_their_items_and_flags(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    breast = {
+        **FULL_CONTEXT,
+        "breast": {"lesion_clock": "2:30", "distance_from_nipple_cm": 3, "first_read_birads": "4B"},
+    }
+    record = await create(client, coordinator, breast)
+    assert record["checklist"]["complete"] is True
+    assert [f["code"] for f in record["flags"]] == ["review_before_biopsy"]
+    # Category 0 asks what additional imaging: not complete, so a reason is needed to send it.
+    zero = {
+        **FULL_CONTEXT,
+        "breast": {"lesion_clock": "2", "distance_from_nipple_cm": 3, "first_read_birads": "0"},
+    }
+    refused = await client.post("/api/consultations", json=zero, headers=coordinator)
+    assert (await refused.json())["error"]["code"] == "incomplete_request"
+    check = await client.post("/api/consultations/checklist", json=zero, headers=coordinator)
+    assert [m["field"] for m in (await check.json())["missing"]] == ["breast.additional_imaging"]
+    dvt = {
+        **FULL_CONTEXT,
+        "application": "dvt",
+        "dvt": {
+            "segments_examined": ["common_femoral", "popliteal"],
+            "compressibility": {"common_femoral": "compressible"},
+            "symptoms_persist_after_negative": True,
+        },
+    }
+    check = await client.post("/api/consultations/checklist", json=dvt, headers=coordinator)
+    answer = await check.json()
+    assert [m["field"] for m in answer["missing"]] == [
+        "dvt.compressibility.popliteal",
+        "dvt.prior_scan",
+    ]
+    assert [f["code"] for f in answer["flags"]] == ["repeat_scan"]
+    bad_segment = {**dvt, "dvt": {"segments_examined": ["left_ear"]}}
+    bad = await client.post("/api/consultations", json=bad_segment, headers=coordinator)
+    assert bad.status == 400 and (await bad.json())["error"]["field"].startswith(
+        "dvt.segments_examined"
+    )
+
+
 async def test_draft_checklist_is_for_coordinators(
     client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
 ) -> None:
-    record = await create(client, coordinator, {"clinical_question": "q?", "urgency": "routine"})
+    record = await create(
+        client,
+        coordinator,
+        {"clinical_question": "q?", "urgency": "routine", "incomplete_reason": "test request"},
+    )
     expert = {"Authorization": f"Bearer {token_for('expert', consultation=record['id'])}"}
     response = await client.post("/api/consultations/checklist", json={}, headers=expert)
     assert response.status == 403
@@ -118,7 +199,7 @@ async def test_complete_request_has_a_complete_checklist_and_round_trips(
 async def test_doppler_mode_without_settings_is_flagged(
     client: TestClient[Any, Any], coordinator: dict[str, str]
 ) -> None:
-    body = {**FULL_CONTEXT}
+    body = {**FULL_CONTEXT, "incomplete_reason": "settings not shown on this scanner"}
     del body["doppler"]
     record = await create(client, coordinator, body)
     assert [m["field"] for m in record["checklist"]["missing"]] == ["doppler"]
@@ -127,11 +208,21 @@ async def test_doppler_mode_without_settings_is_flagged(
 async def test_queue_puts_emergencies_first_then_earliest_due(
     client: TestClient[Any, Any], coordinator: dict[str, str]
 ) -> None:
-    routine = await create(client, coordinator, {"clinical_question": "q1", "urgency": "routine"})
-    emergency = await create(
-        client, coordinator, {"clinical_question": "q2", "urgency": "emergency"}
+    routine = await create(
+        client,
+        coordinator,
+        {"clinical_question": "q1", "urgency": "routine", "incomplete_reason": "test request"},
     )
-    urgent = await create(client, coordinator, {"clinical_question": "q3", "urgency": "urgent"})
+    emergency = await create(
+        client,
+        coordinator,
+        {"clinical_question": "q2", "urgency": "emergency", "incomplete_reason": "test request"},
+    )
+    urgent = await create(
+        client,
+        coordinator,
+        {"clinical_question": "q3", "urgency": "urgent", "incomplete_reason": "test request"},
+    )
     response = await client.get("/api/consultations", headers=coordinator)
     assert response.status == 200
     queue = (await response.json())["consultations"]
@@ -149,7 +240,11 @@ async def test_invite_gives_a_scoped_join_link_that_opens_only_its_consultation(
     client: TestClient[Any, Any], coordinator: dict[str, str]
 ) -> None:
     mine = await create(client, coordinator, FULL_CONTEXT)
-    other = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    other = await create(
+        client,
+        coordinator,
+        {"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"},
+    )
     response = await client.post(
         f"/api/consultations/{mine['id']}/invites",
         json={"role": "expert", "name": "Dr Breast Expert"},
@@ -184,7 +279,11 @@ async def test_invite_gives_a_scoped_join_link_that_opens_only_its_consultation(
 async def test_invite_refuses_coordinator_role_and_unknown_consultation(
     client: TestClient[Any, Any], coordinator: dict[str, str]
 ) -> None:
-    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    record = await create(
+        client,
+        coordinator,
+        {"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"},
+    )
     bad_role = await client.post(
         f"/api/consultations/{record['id']}/invites",
         json={"role": "coordinator", "name": "x"},
@@ -208,22 +307,47 @@ async def test_bad_bodies_get_a_clear_error_naming_the_field_and_change_nothing(
     cases: list[tuple[Any, int, str, str | None]] = [
         ({"urgency": "routine"}, 400, "missing_field", "clinical_question"),
         ({"clinical_question": "q", "urgency": "soon"}, 400, "invalid_field", "urgency"),
-        ({"clinical_question": 5, "urgency": "routine"}, 400, "invalid_field", "clinical_question"),
-        ({"clinical_question": "q", "urgency": "routine", "mrn": "1"}, 400, "unknown_field", "mrn"),
         (
-            {"clinical_question": "q", "urgency": "routine", "patient_ref": "Jane Doe"},
+            {"clinical_question": 5, "urgency": "routine", "incomplete_reason": "test request"},
+            400,
+            "invalid_field",
+            "clinical_question",
+        ),
+        (
+            {
+                "clinical_question": "q",
+                "urgency": "routine",
+                "incomplete_reason": "test request",
+                "mrn": "1",
+            },
+            400,
+            "unknown_field",
+            "mrn",
+        ),
+        (
+            {
+                "clinical_question": "q",
+                "urgency": "routine",
+                "incomplete_reason": "test request",
+                "patient_ref": "Jane Doe",
+            },
             400,
             "invalid_field",
             "patient_ref",
         ),
         (
-            {"clinical_question": "q", "urgency": "routine", "transducer": {"frequency_mhz": -1}},
+            {
+                "clinical_question": "q",
+                "urgency": "routine",
+                "incomplete_reason": "test request",
+                "transducer": {"frequency_mhz": -1},
+            },
             400,
             "invalid_field",
             "transducer.frequency_mhz",
         ),
         (
-            {"clinical_question": "   ", "urgency": "routine"},
+            {"clinical_question": "   ", "urgency": "routine", "incomplete_reason": "test request"},
             400,
             "invalid_field",
             "clinical_question",
@@ -236,10 +360,19 @@ async def test_bad_bodies_get_a_clear_error_naming_the_field_and_change_nothing(
         error = (await response.json())["error"]
         assert (error["code"], error["field"]) == (code, field), body
         assert "Jane" not in error["message"]
-    for raw in (b"", b"{", b"\xff\xfe", b'{"clinical_question": NaN, "urgency": "routine"}'):
+    for raw in (
+        b"",
+        b"{",
+        b"\xff\xfe",
+        b'{"clinical_question": NaN, "urgency": "routine", "incomplete_reason": "test request"}',
+    ):
         response = await client.post("/api/consultations", data=raw, headers=coordinator)
         assert response.status == 400, raw
-    big = {"clinical_question": "x" * 70_000, "urgency": "routine"}
+    big = {
+        "clinical_question": "x" * 70_000,
+        "urgency": "routine",
+        "incomplete_reason": "test request",
+    }
     response = await client.post("/api/consultations", json=big, headers=coordinator)
     assert response.status == 413
     assert (await response.json())["error"]["code"] == "payload_too_large"
@@ -263,7 +396,11 @@ async def test_health_and_metrics(
     health = await client.get("/healthz")
     assert health.status == 200
     assert (await health.json())["status"] == "ok"
-    await create(client, coordinator, {"clinical_question": "q", "urgency": "urgent"})
+    await create(
+        client,
+        coordinator,
+        {"clinical_question": "q", "urgency": "urgent", "incomplete_reason": "test request"},
+    )
     await client.get("/api/consultations")  # refused: no token
     text = await (await client.get("/metrics")).text()
     assert 'probelink_consultations_created_total{urgency="urgent"} 1.0' in text
@@ -275,7 +412,11 @@ async def test_health_and_metrics(
 async def test_text_with_control_characters_is_refused_naming_the_field(
     client: TestClient[Any, Any], coordinator: dict[str, str]
 ) -> None:
-    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    record = await create(
+        client,
+        coordinator,
+        {"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"},
+    )
     invites = f"/api/consultations/{record['id']}/invites"
     for name in ("a\u0000", "Dr\u0007Lee", "\u001bLee", "x\u000by"):
         response = await client.post(
@@ -287,13 +428,22 @@ async def test_text_with_control_characters_is_refused_naming_the_field(
         assert "control character" in error["message"]
     response = await client.post(
         "/api/consultations",
-        json={"clinical_question": "lump\u0000?", "urgency": "routine", "anatomy": ["a\u001f"]},
+        json={
+            "clinical_question": "lump\u0000?",
+            "urgency": "routine",
+            "incomplete_reason": "test request",
+            "anatomy": ["a\u001f"],
+        },
         headers=coordinator,
     )
     assert response.status == 400
     assert (await response.json())["error"]["field"] == "clinical_question"
     # Tabs and line breaks are text, not control.
-    multiline = {"clinical_question": "Lump?\r\n\tSolid or cystic?", "urgency": "routine"}
+    multiline = {
+        "clinical_question": "Lump?\r\n\tSolid or cystic?",
+        "urgency": "routine",
+        "incomplete_reason": "test request",
+    }
     assert (await create(client, coordinator, multiline))["clinical_question"] == (
         multiline["clinical_question"]
     )
@@ -311,7 +461,12 @@ async def test_unknown_field_is_named_only_when_it_looks_like_a_field_name(
     ):
         response = await client.post(
             "/api/consultations",
-            json={"clinical_question": "q", "urgency": "routine", key: "1"},
+            json={
+                "clinical_question": "q",
+                "urgency": "routine",
+                "incomplete_reason": "test request",
+                key: "1",
+            },
             headers=coordinator,
         )
         error = (await response.json())["error"]
@@ -320,7 +475,12 @@ async def test_unknown_field_is_named_only_when_it_looks_like_a_field_name(
             assert error["message"] == "unknown field"
     response = await client.post(
         "/api/consultations",
-        json={"clinical_question": "q", "urgency": "routine", "device": {"Jane Doe": 1}},
+        json={
+            "clinical_question": "q",
+            "urgency": "routine",
+            "incomplete_reason": "test request",
+            "device": {"Jane Doe": 1},
+        },
         headers=coordinator,
     )
     error = (await response.json())["error"]
@@ -330,7 +490,11 @@ async def test_unknown_field_is_named_only_when_it_looks_like_a_field_name(
 async def test_consultation_id_with_a_trailing_newline_is_not_found(
     client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
 ) -> None:
-    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    record = await create(
+        client,
+        coordinator,
+        {"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"},
+    )
     expert = {"Authorization": f"Bearer {token_for('expert', consultation=record['id'])}"}
     response = await client.get(f"/api/consultations/{record['id']}%0A", headers=expert)
     assert response.status == 404
@@ -352,7 +516,11 @@ async def test_refusal_audit_keeps_a_short_safe_object_id(client: TestClient[Any
 async def test_invite_name_fits_the_join_token(
     client: TestClient[Any, Any], coordinator: dict[str, str]
 ) -> None:
-    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    record = await create(
+        client,
+        coordinator,
+        {"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"},
+    )
     invites = f"/api/consultations/{record['id']}/invites"
     too_long = await client.post(
         invites, json={"role": "expert", "name": "n" * 129}, headers=coordinator
@@ -376,7 +544,11 @@ async def test_an_invite_that_cannot_be_signed_leaves_no_participant(
     # A configuration that load_settings refuses, as if it had slipped through.
     unsigned = settings.model_copy(update={"token_max_ttl_seconds": 3600})
     client = await aiohttp_client(create_app(unsigned))
-    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    record = await create(
+        client,
+        coordinator,
+        {"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"},
+    )
     response = await client.post(
         f"/api/consultations/{record['id']}/invites",
         json={"role": "expert", "name": "Dr Lee"},
@@ -391,7 +563,11 @@ async def test_an_invite_that_cannot_be_signed_leaves_no_participant(
 async def test_reading_a_record_is_audited_with_who_read_it(
     client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Callable[..., str]
 ) -> None:
-    record = await create(client, coordinator, {"clinical_question": "q", "urgency": "routine"})
+    record = await create(
+        client,
+        coordinator,
+        {"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"},
+    )
     expert = {"Authorization": f"Bearer {token_for('expert', 'dr-lee', record['id'])}"}
     assert (await client.get(f"/api/consultations/{record['id']}", headers=expert)).status == 200
     missing = await client.get(f"/api/consultations/{'0' * 32}", headers=coordinator)

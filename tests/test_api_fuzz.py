@@ -129,7 +129,11 @@ async def test_random_invite_bodies(
     if not queue:
         created = await client.post(
             "/api/consultations",
-            json={"clinical_question": "q", "urgency": "routine"},
+            json={
+                "clinical_question": "q",
+                "urgency": "routine",
+                "incomplete_reason": "test request",
+            },
             headers=coordinator,
         )
         queue = [await created.json()]
@@ -205,7 +209,9 @@ async def test_random_authorization_headers_are_refused(
     header: bytes,
 ) -> None:
     before = await count_records(client)
-    body = json.dumps({"clinical_question": "q", "urgency": "routine"}).encode()
+    body = json.dumps(
+        {"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"}
+    ).encode()
     status, payload = await raw_request(
         "POST",
         "/api/consultations",
@@ -272,6 +278,7 @@ async def test_random_uploads_are_refused_cleanly(
         json={
             "clinical_question": "q",
             "urgency": "routine",
+            "incomplete_reason": "test request",
             "device": {"manufacturer": "Acme", "model": "X", "burned_in_text": False},
         },
         headers=coordinator,

@@ -207,7 +207,7 @@ async def test_forbidden_is_403_and_audited_with_the_actor(
     observer = token_for("observer", sub="obs-1", consultation="a" * 32)
     response = await client.post(
         "/api/consultations",
-        json={"clinical_question": "q", "urgency": "routine"},
+        json={"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"},
         headers={"Authorization": f"Bearer {observer}"},
     )
     assert response.status == 403
@@ -228,7 +228,7 @@ async def test_live_socket_refuses_bad_tokens_and_accepts_a_join_token(
 ) -> None:
     created = await client.post(
         "/api/consultations",
-        json={"clinical_question": "q", "urgency": "routine"},
+        json={"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"},
         headers=coordinator,
     )
     consultation = (await created.json())["id"]

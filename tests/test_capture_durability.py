@@ -65,7 +65,12 @@ async def test_every_acknowledged_capture_survives_sigkill(tmp_path: Path) -> No
     acked: list[str] = []
     with Server(env) as first:
         async with aiohttp.ClientSession(headers=coordinator) as http:
-            body = {"clinical_question": "q", "urgency": "urgent", "device": PHANTOM_DEVICE}
+            body = {
+                "clinical_question": "q",
+                "urgency": "urgent",
+                "incomplete_reason": "test request",
+                "device": PHANTOM_DEVICE,
+            }
             async with http.post(f"{first.url}/api/consultations", json=body) as r:
                 cid = (await r.json())["id"]
         operator = token(secret, Role.OPERATOR, cid)

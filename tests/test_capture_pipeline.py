@@ -52,7 +52,12 @@ def consultation(**device: Any) -> ConsultationRow:
         id=uuid.uuid4().hex,
         state=State.LIVE,
         context=ClinicalContext.model_validate(
-            {"clinical_question": "q", "urgency": "urgent", "device": device or PHANTOM_DEVICE}
+            {
+                "clinical_question": "q",
+                "urgency": "urgent",
+                "incomplete_reason": "test request",
+                "device": device or PHANTOM_DEVICE,
+            }
         ),
         created_by="desk",
         requested_at=now,

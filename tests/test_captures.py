@@ -43,7 +43,12 @@ Room = Callable[[str], Awaitable[Participant]]
 
 
 async def create(client: TestClient[Any, Any], coordinator: dict[str, str], **context: Any) -> str:
-    body = {"clinical_question": "solid or cystic?", "urgency": "urgent", **context}
+    body = {
+        "clinical_question": "solid or cystic?",
+        "urgency": "urgent",
+        "incomplete_reason": "test request",
+        **context,
+    }
     response = await client.post("/api/consultations", json=body, headers=coordinator)
     assert response.status == 201, await response.text()
     return str((await response.json())["id"])

@@ -88,7 +88,11 @@ async def test_serve_answers_health_and_a_cli_token_creates_a_consultation_and_i
             assert (await response.json())["store"] == "sqlite"
         async with http.post(
             f"{base}/api/consultations",
-            json={"clinical_question": "Lump?", "urgency": "urgent"},
+            json={
+                "clinical_question": "Lump?",
+                "urgency": "urgent",
+                "incomplete_reason": "test request",
+            },
             headers=headers,
         ) as response:
             assert response.status == 201
@@ -138,7 +142,11 @@ async def test_tokens_from_a_key_rotated_while_serving_are_accepted_without_rest
         headers = {"Authorization": f"Bearer {before}"}
         async with http.post(
             f"{base}/api/consultations",
-            json={"clinical_question": "q", "urgency": "routine"},
+            json={
+                "clinical_question": "q",
+                "urgency": "routine",
+                "incomplete_reason": "test request",
+            },
             headers=headers,
         ) as response:
             consultation = await response.json()

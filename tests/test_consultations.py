@@ -20,7 +20,15 @@ from server.messages import parse
 
 
 def context(**fields: object) -> ClinicalContext:
-    return parse(ClinicalContext, {"clinical_question": "Thrombus?", "urgency": "urgent", **fields})
+    return parse(
+        ClinicalContext,
+        {
+            "clinical_question": "Thrombus?",
+            "urgency": "urgent",
+            "incomplete_reason": "test request",
+            **fields,
+        },
+    )
 
 
 def test_checklist_names_each_missing_item_in_the_reviewers_order() -> None:

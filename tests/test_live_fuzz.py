@@ -68,7 +68,7 @@ async def expert(
     client = await aiohttp_client(create_app(settings))
     created = await client.post(
         "/api/consultations",
-        json={"clinical_question": "q", "urgency": "routine"},
+        json={"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"},
         headers=coordinator,
     )
     cid = (await created.json())["id"]

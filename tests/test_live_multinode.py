@@ -45,7 +45,12 @@ async def setup_room(base: str, secret: str) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {coordinator_token(secret)}"}
     async with aiohttp.ClientSession(headers=headers) as http:
         async with http.post(
-            f"{base}/api/consultations", json={"clinical_question": "DVT?", "urgency": "emergency"}
+            f"{base}/api/consultations",
+            json={
+                "clinical_question": "DVT?",
+                "urgency": "emergency",
+                "incomplete_reason": "test request",
+            },
         ) as response:
             assert response.status == 201
             cid = (await response.json())["id"]

@@ -80,7 +80,7 @@ async def test_marks_are_refused_while_redis_is_down_and_flow_again_after(
     client = await aiohttp_client(create_app(settings))
     created = await client.post(
         "/api/consultations",
-        json={"clinical_question": "q", "urgency": "urgent"},
+        json={"clinical_question": "q", "urgency": "urgent", "incomplete_reason": "test request"},
         headers=coordinator,
     )
     cid = (await created.json())["id"]

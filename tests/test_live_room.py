@@ -23,7 +23,11 @@ Join = Callable[[str], Awaitable[Participant]]
 async def new_consultation(client: TestClient[Any, Any], coordinator: dict[str, str]) -> str:
     response = await client.post(
         "/api/consultations",
-        json={"clinical_question": "Thrombus in the left femoral vein?", "urgency": "urgent"},
+        json={
+            "clinical_question": "Thrombus in the left femoral vein?",
+            "urgency": "urgent",
+            "incomplete_reason": "test request",
+        },
         headers=coordinator,
     )
     return str((await response.json())["id"])

@@ -23,7 +23,7 @@ async def room(
 ) -> AsyncIterator[tuple[str, Invite]]:
     created = await client.post(
         "/api/consultations",
-        json={"clinical_question": "q", "urgency": "urgent"},
+        json={"clinical_question": "q", "urgency": "urgent", "incomplete_reason": "test request"},
         headers=coordinator,
     )
     cid = (await created.json())["id"]

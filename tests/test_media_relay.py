@@ -35,7 +35,7 @@ async def invite(
 ) -> AsyncIterator[Invite]:
     created = await client.post(
         "/api/consultations",
-        json={"clinical_question": "q", "urgency": "urgent"},
+        json={"clinical_question": "q", "urgency": "urgent", "incomplete_reason": "test request"},
         headers=coordinator,
     )
     cid = (await created.json())["id"]

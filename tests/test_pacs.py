@@ -51,7 +51,12 @@ def png(pixels: np.ndarray) -> bytes:
 async def setup(
     client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
 ) -> tuple[str, dict[str, str]]:
-    body = {"clinical_question": "q", "urgency": "routine", "device": PHANTOM_DEVICE}
+    body = {
+        "clinical_question": "q",
+        "urgency": "routine",
+        "incomplete_reason": "test request",
+        "device": PHANTOM_DEVICE,
+    }
     created = await client.post("/api/consultations", json=body, headers=coordinator)
     cid = (await created.json())["id"]
     operator = {"Authorization": f"Bearer {token_for('operator', sub='op', consultation=cid)}"}

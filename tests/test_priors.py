@@ -59,7 +59,11 @@ def hospital_file(**changes: Any) -> bytes:
 
 
 async def consultation(client: TestClient[Any, Any], coordinator: dict[str, str]) -> str:
-    body = {"clinical_question": "interval change?", "urgency": "routine"}
+    body = {
+        "clinical_question": "interval change?",
+        "urgency": "routine",
+        "incomplete_reason": "test request",
+    }
     response = await client.post("/api/consultations", json=body, headers=coordinator)
     return str((await response.json())["id"])
 

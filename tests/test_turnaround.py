@@ -69,7 +69,9 @@ async def test_turnaround_endpoint_and_metrics_follow_the_records(
     old = ConsultationRow(
         id=uuid.uuid4().hex,
         state=State.REQUESTED,
-        context=ClinicalContext.model_validate({"clinical_question": "DVT?", "urgency": "urgent"}),
+        context=ClinicalContext.model_validate(
+            {"clinical_question": "DVT?", "urgency": "urgent", "incomplete_reason": "test request"}
+        ),
         created_by="desk",
         requested_at=now - timedelta(hours=2),
         due_at=now - timedelta(hours=1),
@@ -88,7 +90,7 @@ async def test_turnaround_endpoint_and_metrics_follow_the_records(
     # A fresh one nobody joined yet.
     await client.post(
         "/api/consultations",
-        json={"clinical_question": "q?", "urgency": "routine"},
+        json={"clinical_question": "q?", "urgency": "routine", "incomplete_reason": "test request"},
         headers=coordinator,
     )
 

@@ -279,8 +279,9 @@ async def test_bedside_and_expert_run_a_session_in_two_browsers(
     assert not frames[:, :BANNER_HEIGHT].any()
 
     # The bedside hears the expert (Chromium's fake microphone beeps), through the relay.
-    assert await bedside.evaluate(
-        """async () => {
+    assert (
+        await bedside.evaluate(
+            """async () => {
           const context = new AudioContext();
           const analysers = [...document.querySelectorAll("#voices audio")].map((audio) => {
             const analyser = context.createAnalyser();
@@ -299,7 +300,9 @@ async def test_bedside_and_expert_run_a_session_in_two_browsers(
           await context.close();
           return loudest;
         }"""
-    ) >= 0.05
+        )
+        >= 0.05
+    )
 
     await save_screenshot(bedside, "e2e-bedside")
     await save_screenshot(expert, "e2e-expert")
@@ -323,6 +326,7 @@ async def test_pages_recover_after_the_server_drops_and_returns(
             {
                 "clinical_question": "DVT left leg?",
                 "urgency": "emergency",
+                "incomplete_reason": "test request",
                 "device": {"manufacturer": "probelink", "model": "Synthetic phantom"},
             },
         )

@@ -235,7 +235,7 @@ def _series_facts(study: Study, inst: Instance) -> dict[str, Any]:
     }
 
 
-def _finish(ds: Dataset, study: Study, inst: Instance) -> Dataset:
+def finish(ds: Dataset, study: Study, inst: Instance) -> Dataset:
     """Shared attributes highdicom leaves to us, then the de-identification stamp."""
     ds.SpecificCharacterSet = CHARSET
     ds.PatientName = f"{study.patient}^"
@@ -274,7 +274,7 @@ def key_object_selection(evidence: Seq[Dataset], study: Study, inst: Instance) -
     )
     ds.ContentDate = DA(_da(inst.acquired_at))
     ds.ContentTime = TM(_tm(inst.acquired_at))
-    return _finish(ds, study, inst)
+    return finish(ds, study, inst)
 
 
 def _srgb_profile() -> bytes:
@@ -341,4 +341,4 @@ def presentation_state(
         ds.Laterality = side
     elif ds.get("BodyPartExamined") in (None, *PAIRED_BODY_PARTS):
         ds.Laterality = ""
-    return _finish(ds, study, inst)
+    return finish(ds, study, inst)

@@ -1,0 +1,209 @@
+"""The expert's signed second opinion as a DICOM Comprehensive SR (highdicom).
+
+The report joins the consultation's study next to the key images it cites and is
+de-identified exactly like the key object selection: highdicom copies the patient
+and study modules from the evidence (our own de-identified key images), then
+`writer.finish` rewrites the patient attributes and stamps PS3.15 Annex E.
+
+The tree has the shape of TID 2000 (Basic Diagnostic Imaging Report) without
+claiming it: a title from CID 7000, the signer as observer context, sections from
+CID 7001 holding items named from CID 7002, study quality from CID 7036 (RadLex).
+Concordance with the first read and quality limitations have no standard codes:
+they use a local scheme ("99" prefix, PS3.16 8.2) declared in the header.
+Signers are pseudonymous reader ids; no person's name is ever written.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.valuerep import DA, DT, TM
+
+from server.dicom import writer
+
+LOCAL = "99PROBELINK"
+ORGANIZATION = "probelink"
+# A reader id, never a name: no spaces, nothing that would split a PN into components.
+SIGNER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+CONCORDANCE = hd.sr.CodedConcept("CONCORDANCE", LOCAL, "Concordance with first read")
+CONCORDANCE_VALUES = {
+    "agree": hd.sr.CodedConcept("AGREE", LOCAL, "Agrees with first read"),
+    "minor_discrepancy": hd.sr.CodedConcept("MINORDISC", LOCAL, "Minor discrepancy"),
+    "major_discrepancy": hd.sr.CodedConcept("MAJORDISC", LOCAL, "Major discrepancy"),
+}
+QUALITY_VALUES = {
+    "adequate": codes.RADLEX.DiagnosticQuality,
+    "limited": codes.RADLEX.LimitedQuality,
+    "non_diagnostic": codes.RADLEX.NonDiagnosticQuality,
+}
+QUALITY_REASON = hd.sr.CodedConcept("QUALITYREASON", LOCAL, "Image quality limitation")
+
+Concept = Code | hd.sr.CodedConcept
+Relation = hd.sr.RelationshipTypeValues
+CONTAINS = Relation.CONTAINS
+PROPERTY = Relation.HAS_PROPERTIES
+OBS_CONTEXT = Relation.HAS_OBS_CONTEXT
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """What the expert signed. Texts are clinical content the expert wrote."""
+
+    application_label: str
+    findings: str
+    category: tuple[str, str] | None  # (value, label), e.g. ("4A", "BI-RADS 4A")
+    recommendation: str | None
+    concordance: str | None  # a key of CONCORDANCE_VALUES
+    quality_grade: str  # a key of QUALITY_VALUES
+    quality_reasons: tuple[str, ...]
+    quality_note: str | None
+    key_images: tuple[tuple[str, str], ...]  # (SOP Class UID, SOP Instance UID), all in evidence
+    signer: str  # pseudonymous reader id
+    signed_at: datetime  # timezone-aware
+    addenda: tuple[tuple[str, str, datetime], ...] = ()  # (text, signer, signed at)
+
+    def __post_init__(self) -> None:
+        # Refuse bad content when it is made, not halfway through building the document.
+        if not self.findings.strip():
+            raise ValueError("a report needs findings")
+        if self.quality_grade not in QUALITY_VALUES:
+            raise ValueError(f"unknown quality grade {self.quality_grade!r}")
+        if self.concordance not in (None, *CONCORDANCE_VALUES):
+            raise ValueError(f"unknown concordance {self.concordance!r}")
+        for _, signer, at in ((None, self.signer, self.signed_at), *self.addenda):
+            _person(signer)
+            _dt(at)
+
+
+def _dt(when: datetime) -> DT:
+    if when.tzinfo is None:
+        raise ValueError("signing times must be timezone-aware")
+    return DT(when.astimezone(UTC).strftime("%Y%m%d%H%M%S.%f+0000"))
+
+
+def _person(signer: str) -> str:
+    if not SIGNER_PATTERN.fullmatch(signer):
+        raise ValueError(f"not a pseudonymous reader id: {signer!r}")
+    # The id as the family name; the caret tells highdicom it is a PN on purpose.
+    return f"{signer}^"
+
+
+def _text(name: Concept, value: str, rel: Relation = CONTAINS) -> hd.sr.ContentItem:
+    return hd.sr.TextContentItem(name=name, value=value, relationship_type=rel)
+
+
+def _code(name: Concept, value: Concept) -> hd.sr.ContentItem:
+    return hd.sr.CodeContentItem(name=name, value=value, relationship_type=CONTAINS)
+
+
+def _section(name: Concept, items: Sequence[hd.sr.ContentItem]) -> hd.sr.ContainerContentItem:
+    section = hd.sr.ContainerContentItem(
+        name=name, is_content_continuous=False, relationship_type=CONTAINS
+    )
+    section.ContentSequence = hd.sr.ContentSequence(items)
+    return section
+
+
+def _observer(signer: str) -> list[hd.sr.ContentItem]:
+    """TID 1002/1003 observer context: the signer is the person responsible below this item."""
+    kind = hd.sr.CodeContentItem(codes.DCM.ObserverType, codes.DCM.Person, OBS_CONTEXT)
+    name = hd.sr.PnameContentItem(codes.DCM.PersonObserverName, _person(signer), OBS_CONTEXT)
+    return [kind, name]
+
+
+def _content(content: ReportContent) -> hd.sr.ContainerContentItem:
+    sections = [_section(codes.LN.Findings, [_text(codes.DCM.Finding, content.findings)])]
+    impressions = []
+    if content.category is not None:
+        impressions.append(_text(codes.DCM.AssessmentCategory, content.category[1]))
+    if content.concordance is not None:
+        impressions.append(_code(CONCORDANCE, CONCORDANCE_VALUES[content.concordance]))
+    if impressions:
+        sections.append(_section(codes.LN.Impressions, impressions))
+    if content.recommendation:
+        recommendation = _text(codes.DCM.Recommendation, content.recommendation)
+        sections.append(_section(codes.LN.Recommendations, [recommendation]))
+    # Study quality, with what limited it as properties of the grade.
+    quality = _code(codes.DCM.ImagingStudyQuality, QUALITY_VALUES[content.quality_grade])
+    properties = [_text(QUALITY_REASON, reason, PROPERTY) for reason in content.quality_reasons]
+    if content.quality_note:
+        properties.append(_text(codes.DCM.Comment, content.quality_note, PROPERTY))
+    if properties:
+        quality.ContentSequence = hd.sr.ContentSequence(properties)
+    procedure = _text(codes.DCM.ProcedureDescription, content.application_label)
+    sections.append(_section(codes.LN.CurrentProcedureDescriptions, [procedure, quality]))
+    if content.key_images:
+        images = [
+            hd.sr.ImageContentItem(
+                codes.DCM.BestIllustrationOfFinding, sop_class, sop, relationship_type=CONTAINS
+            )
+            for sop_class, sop in content.key_images
+        ]
+        sections.append(_section(codes.LN.KeyImages, images))
+    # Each addendum is its own section, observed by its own signer at its own time.
+    for text, signer, at in content.addenda:
+        addendum = _section(codes.LN.Addendum, [*_observer(signer), _text(codes.DCM.Comment, text)])
+        addendum.add_new("ObservationDateTime", "DT", _dt(at))
+        sections.append(addendum)
+    root = hd.sr.ContainerContentItem(codes.LN.DiagnosticImagingReport, False)
+    root.ContentSequence = hd.sr.ContentSequence([*_observer(content.signer), *sections])
+    return root
+
+
+def _verifier(signer: str, at: datetime) -> Dataset:
+    item = Dataset()
+    item.VerifyingObserverName = _person(signer)
+    item.VerifyingObserverIdentificationCodeSequence = []  # Type 2: no identifying code
+    item.VerifyingOrganization = ORGANIZATION
+    item.VerificationDateTime = _dt(at)
+    return item
+
+
+def report_sr(
+    content: ReportContent, evidence: Sequence[Dataset], study: writer.Study, inst: writer.Instance
+) -> Dataset:
+    """The signed report as a Comprehensive SR in the consultation's study.
+
+    `evidence` are the key images (our de-identified objects); every `key_images`
+    reference must be among them. `inst.acquired_at` is when this object is written.
+    """
+    # highdicom takes the study from the evidence: it must be this consultation's.
+    if not evidence or any(
+        e.StudyInstanceUID != study.study_uid or e.PatientID != study.patient for e in evidence
+    ):
+        raise ValueError("the evidence must be key images of this consultation's study")
+    ds = hd.sr.ComprehensiveSR(
+        evidence=list(evidence),
+        content=_content(content),
+        series_instance_uid=inst.series_uid,
+        series_number=inst.series_number,
+        sop_instance_uid=inst.sop_uid,
+        instance_number=inst.instance_number,
+        manufacturer=writer.MANUFACTURER,
+        is_complete=True,
+        is_final=True,
+        is_verified=True,
+        verifying_observer_name=_person(content.signer),
+        verifying_organization=ORGANIZATION,
+    )
+    signed = content.signed_at.astimezone(UTC)
+    ds.ContentDate, ds.ContentTime = DA(signed.date()), TM(signed.time())
+    # highdicom stamps verification with its local clock: every signature at its own time.
+    ds.VerifyingObserverSequence = [
+        _verifier(content.signer, content.signed_at),
+        *(_verifier(signer, at) for _, signer, at in content.addenda),
+    ]
+    local = Dataset()
+    local.CodingSchemeDesignator = LOCAL
+    local.CodingSchemeName = "probelink local codes"
+    local.CodingSchemeResponsibleOrganization = ORGANIZATION
+    ds.CodingSchemeIdentificationSequence = [local]
+    return writer.finish(ds, study, inst)
