@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import images_api
+from server import experts_api, images_api, reports_api
 from server.appkeys import (
     KEY_IMAGES,
     KEYRING,
@@ -24,6 +24,7 @@ from server.auth import (
     require_role,
 )
 from server.consultations import (
+    LANDMARKS_ITEM,
     OPEN_STATES,
     REQUIRED_ITEMS,
     URGENCY_RANK,
@@ -34,10 +35,12 @@ from server.consultations import (
     checklist,
     due_at,
     flags,
+    landmarks_missing,
 )
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest, NotFound
 from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
+from server.reports import ReportState
 from server.store import ConsultationRow, ParticipantRow
 from server.store.times import iso
 from server.turn import ice_servers_for
@@ -68,6 +71,8 @@ def routes() -> web.RouteTableDef:
     table.get("/api/ice-servers")(get_ice_servers)
     table.get("/api/turnaround")(get_turnaround)
     images_api.routes(table)
+    experts_api.routes(table)
+    reports_api.routes(table)
     return table
 
 
@@ -88,6 +93,7 @@ def summary(row: ConsultationRow, now: datetime) -> dict[str, Any]:
         "time_left_seconds": int((row.due_at - now).total_seconds()),
         "overdue": row.state in OPEN_STATES and now > row.due_at,
         "checklist": {"complete": check.complete, "missing_count": len(check.missing)},
+        "assigned_expert": row.assigned_expert,
         "incomplete_reason": row.context.incomplete_reason,
         "flags": [{"code": f.code, "message": f.message} for f in flags(row.context)],
     }
@@ -97,9 +103,14 @@ def item_body(item: MissingItem) -> dict[str, str]:
     return {"field": item.field, "label": item.label, "why": item.why}
 
 
-def checklist_body(row: ConsultationRow) -> dict[str, Any]:
-    check = checklist(row.context)
-    return {"complete": check.complete, "missing": [item_body(m) for m in check.missing]}
+def checklist_body(
+    row: ConsultationRow, key_images: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The request's checklist; with the key images, also whether any is labelled."""
+    missing = list(checklist(row.context).missing)
+    if key_images is not None and landmarks_missing([k["marks"] for k in key_images]):
+        missing.append(LANDMARKS_ITEM)
+    return {"complete": not missing, "missing": [item_body(m) for m in missing]}
 
 
 def participant_body(p: ParticipantRow) -> dict[str, Any]:
@@ -114,22 +125,25 @@ def participant_body(p: ParticipantRow) -> dict[str, Any]:
 
 
 async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, Any]:
-
+    """The whole record: context, checklist (key images' landmarks included), people, marks,
+    key images, report and turnaround."""
     store = request.app[STORE]
-    reports = await store.related_rows("reports", row.id)
+    application = row.context.application.value if row.context.application else None
+    report = ReportState(application, await store.reports.versions(row.id))
+    key_images = await request.app[KEY_IMAGES].log.images(row.id)
     return {
         **summary(row, datetime.now(UTC)),
         "context": row.context.model_dump(mode="json", exclude_none=True),
-        "checklist": checklist_body(row),
+        "checklist": checklist_body(row, key_images),
         "participants": [participant_body(p) for p in await store.participants(row.id)],
         "marks": await store.related_rows("marks", row.id),
-        "key_images": await request.app[KEY_IMAGES].log.images(row.id),
+        "key_images": key_images,
         "pacs": await request.app[KEY_IMAGES].log.outbox_state(row.id),
         "priors": [
             images_api.prior_view(o)
             for o in await request.app[KEY_IMAGES].log.objects(row.id, "prior")
         ],
-        "report": reports[-1] if reports else None,
+        "report": await reports_api.report_view(request, row, report),
         "turnaround": {
             "requested_at": iso(row.requested_at),
             "first_joined_at": iso(row.first_joined_at) if row.first_joined_at else None,
@@ -198,6 +212,8 @@ async def draft_checklist(request: web.Request) -> web.Response:
 
 async def list_queue(request: web.Request) -> web.Response:
     principal = authenticate(request)
+    if principal.is_reading_room:
+        return await experts_api.expert_queue(request, principal)
     require_role(principal, Role.COORDINATOR)
     query = parse(QueueQuery, dict(request.query))
     states: set[State] = set(OPEN_STATES)
@@ -253,30 +269,34 @@ async def create_invite(request: web.Request) -> web.Response:
         invited_at=now,
     )
     # Signed before the participant is committed: an invite that cannot be signed leaves nothing.
-    token = issue_token(
-        request.app[KEYRING],
-        request.app[TOKEN_POLICY],
-        sub=participant.id,
-        role=invite.role,
-        ttl_seconds=settings.invite_ttl_seconds,
-        consultation_id=consultation_id,
-        name=invite.name,
-    )
+    body = join_body(request, participant)
     await request.app[STORE].add_participant(
         participant, facts(request, principal, "invite.create", "participant", participant.id)
     )
     request.app[METRICS].invites_created.labels(invite.role.value).inc()
-    expires = now + timedelta(seconds=settings.invite_ttl_seconds)
-    return web.json_response(
-        {
-            "participant": participant_body(participant),
-            "token": token,
-            # The token travels in the fragment, which browsers never send to servers or logs.
-            "url": f"{settings.base_url}/join#token={token}",
-            "expires_at": iso(expires),
-        },
-        status=201,
+    return web.json_response(body, status=201)
+
+
+def join_body(request: web.Request, participant: ParticipantRow) -> dict[str, Any]:
+    """A participant's join token and link (an invite's answer); sign it before storing them."""
+    settings = request.app[SETTINGS]
+    token = issue_token(
+        request.app[KEYRING],
+        request.app[TOKEN_POLICY],
+        sub=participant.id,
+        role=participant.role,
+        ttl_seconds=settings.invite_ttl_seconds,
+        consultation_id=participant.consultation_id,
+        name=participant.name,
     )
+    expires = participant.invited_at + timedelta(seconds=settings.invite_ttl_seconds)
+    return {
+        "participant": participant_body(participant),
+        "token": token,
+        # The token travels in the fragment, which browsers never send to servers or logs.
+        "url": f"{settings.base_url}/join#token={token}",
+        "expires_at": iso(expires),
+    }
 
 
 async def verify_audit(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from server.appkeys import (
     SETTINGS,
     SIO,
     STORE,
+    TERMINOLOGY,
     TOKEN_POLICY,
 )
 from server.auth import Keys, TokenPolicy
@@ -28,6 +29,7 @@ from server.config import Settings
 from server.dicom.archive import Archive
 from server.dicom.pacs import PacsPusher
 from server.dicom.profiles import load_profiles
+from server.errors import ConfigError
 from server.files import ensure_private_dir
 from server.key_images import KeyImages, load_deid_key
 from server.keyring import (
@@ -44,6 +46,7 @@ from server.media.capture import CineBuffer
 from server.media.relay import Relay
 from server.metrics import create_metrics
 from server.middleware import errors_middleware
+from server.reports import load_terminology
 from server.signaling import LiveNamespace, create_sio
 from server.store import open_store
 from server.store.key_images import KeyImageLog
@@ -107,6 +110,10 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = create_metrics()
     app[KEYRING] = serving_keys(settings)
     app[TOKEN_POLICY] = token_policy(settings)
+    try:
+        app[TERMINOLOGY] = load_terminology(settings.terminology)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_key_images_ctx(settings))
 

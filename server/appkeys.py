@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from server.live import Live
     from server.media.relay import Relay
     from server.metrics import Metrics
+    from server.reports import Term
     from server.store import Store
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -26,6 +27,7 @@ SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
 LIVE: web.AppKey[Live] = web.AppKey("live")
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
 KEY_IMAGES: web.AppKey[KeyImages] = web.AppKey("key_images")
+TERMINOLOGY: web.AppKey[tuple[Term, ...]] = web.AppKey("terminology")
 
 # Set on a request once its token is verified.
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

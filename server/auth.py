@@ -3,8 +3,11 @@
 One algorithm is accepted (HS256); every token names its key (`kid`) and must
 carry `exp`, `iat`, `iss`, `aud`, `sub` and `role`. Operators, experts and
 observers are granted one consultation (`consultation` claim); coordinators are
-global. Every refusal raises `Unauthorized` (401) or `Forbidden` (403) with a
-code saying why.
+global. An expert's token may also name no consultation: their reading-room
+token, with which they see the requests they are credentialed for and accept
+one (getting a join token for it), but which is granted no consultation itself.
+Every refusal raises `Unauthorized` (401) or `Forbidden` (403) with a code
+saying why.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class Role(enum.StrEnum):
 
 
 SCOPED_ROLES = frozenset({Role.OPERATOR, Role.EXPERT, Role.OBSERVER})
+# Scoped roles that also have a token without a consultation (the expert's reading room).
+UNSCOPED_ALLOWED = frozenset({Role.EXPERT})
 
 
 @dataclass(frozen=True)
@@ -45,12 +50,18 @@ class Principal:
     # Opaque subject: a participant id or a staff account name; never a patient detail.
     sub: str
     role: Role
-    # The one consultation a scoped role may act in; None for coordinators.
+    # The one consultation a scoped role may act in; None for coordinators and for an
+    # expert's reading-room token (see `is_reading_room`).
     consultation_id: str | None
     # Display name for the room, when the token carries one.
     name: str | None = None
     # Token id, for the audit log.
     jti: str | None = None
+
+    @property
+    def is_reading_room(self) -> bool:
+        """An expert's own token: their queue, but no consultation until they accept one."""
+        return self.role is Role.EXPERT and self.consultation_id is None
 
 
 # Signing keys: a fixed ring (a configured secret) or the data directory's ring file.
@@ -79,7 +90,7 @@ def issue_token(
     now: float | None = None,
 ) -> str:
     """Sign a token for `sub` acting as `role`."""
-    if role in SCOPED_ROLES and not consultation_id:
+    if role in SCOPED_ROLES - UNSCOPED_ALLOWED and not consultation_id:
         raise ValueError(f"a {role} token needs a consultation")
     if role is Role.COORDINATOR and consultation_id:
         raise ValueError("a coordinator token is global; it takes no consultation")
@@ -175,7 +186,8 @@ def _principal(claims: dict[str, Any], policy: TokenPolicy) -> Principal:
         raise Unauthorized("the token's lifetime is longer than allowed", code="token_bad_claim")
     consultation = claims.get("consultation")
     if role in SCOPED_ROLES:
-        if not isinstance(consultation, str) or not consultation:
+        reading_room = consultation is None and role in UNSCOPED_ALLOWED
+        if not reading_room and (not isinstance(consultation, str) or not consultation):
             raise Unauthorized(
                 f"a {role} token must name its consultation", code="token_missing_claim"
             )
@@ -208,5 +220,11 @@ def require_consultation(principal: Principal, consultation_id: str) -> None:
     """Refuse a scoped token that is not for this consultation (coordinators see all)."""
     if principal.role is Role.COORDINATOR:
         return
+    if principal.consultation_id is None:
+        raise Forbidden(
+            "a reading-room token is granted no consultation: accept the consultation"
+            " (POST /api/consultations/{id}/accept) and use the join token it gives",
+            code="consultation_not_granted",
+        )
     if principal.consultation_id != consultation_id:
         raise Forbidden("the token is for another consultation", code="consultation_not_granted")

@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         description="A site's device profiles file (TOML, the format of "
         "server/dicom/device_profiles.toml): where each device burns in text, to mask it.",
     )
+    terminology: Path | None = Field(
+        None,
+        description="A site's reporting terminology (TOML, the format of "
+        "server/terminology.toml): ambiguous phrases and their preferred terms, read first.",
+    )
     deid_secret: SecretStr | None = Field(
         None,
         description="Key of the HMAC that derives pseudonyms and DICOM UIDs (default: "

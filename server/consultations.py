@@ -233,6 +233,20 @@ def checklist(context: ClinicalContext) -> Checklist:
     return Checklist(complete=not missing, missing=tuple(missing))
 
 
+LANDMARKS_ITEM = MissingItem(
+    "key_images.landmarks",
+    "Labelled landmarks on the key images",
+    "Without a label (side, site, orientation) the reviewer cannot tell where an image was taken.",
+)
+
+
+def landmarks_missing(key_image_marks: list[list[dict[str, object]]]) -> bool:
+    """True when there are key images and none carries a text label (a landmark) on screen."""
+    return bool(key_image_marks) and not any(
+        mark.get("kind") == "text" for marks in key_image_marks for mark in marks
+    )
+
+
 def flags(context: ClinicalContext) -> tuple[Flag, ...]:
     """What the expert must see at once about this request (e.g. review before biopsy)."""
     application = context.application.value if context.application else None

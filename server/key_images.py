@@ -43,7 +43,13 @@ from server.store.room_log import RoomEvent
 log = logging.getLogger(__name__)
 
 DEID_KEY_RELATIVE_PATH = "keys/deid.key"
-SERIES = {"still": 1, "clip": 2, "presentation_state": 3, "key_object_selection": 4}
+SERIES = {
+    "still": 1,
+    "clip": 2,
+    "presentation_state": 3,
+    "key_object_selection": 4,
+    "report": 5,
+}
 SOP_CLASS = {"still": UltrasoundImageStorage, "clip": UltrasoundMultiFrameImageStorage}
 UPLOAD_MAX_PIXELS = 4096 * 4096
 
@@ -320,10 +326,10 @@ class KeyImages:
         sop = deid.derived_uid(self.key, "key_object_selection", row.id, str(len(listed)))
         if await self.log.has_object(sop):
             return
-        study = self._study(row)
-        inst = self._instance(row, "key_object_selection", sop, datetime.now(UTC))
+        study = self.study_of(row)
+        inst = self.instance_of(row, "key_object_selection", sop, datetime.now(UTC))
         inst = replace(inst, instance_number=len(listed))
-        evidence = [self._evidence(study, row.id, s, k) for s, k in listed]
+        evidence = [self.evidence_of(study, row.id, s, k) for s, k in listed]
         async with self._building:
             data = await asyncio.to_thread(
                 lambda: writer.to_bytes(writer.key_object_selection(evidence, study, inst))
@@ -361,7 +367,7 @@ class KeyImages:
     def series_uid(self, consultation_id: str, kind: str) -> str:
         return deid.derived_uid(self.key, "series", consultation_id, kind)
 
-    def _study(self, row: ConsultationRow) -> writer.Study:
+    def study_of(self, row: ConsultationRow) -> writer.Study:
         ctx = row.context
         return writer.Study(
             patient=deid.pseudonym(self.key, row.id),
@@ -374,7 +380,7 @@ class KeyImages:
             laterality=ctx.laterality.value if ctx.laterality else None,
         )
 
-    def _instance(
+    def instance_of(
         self, row: ConsultationRow, kind: str, sop: str, now: datetime, **more: Any
     ) -> writer.Instance:
         tenths = int((now - row.requested_at).total_seconds() * 10)
@@ -429,9 +435,9 @@ class KeyImages:
                 jpegs.append(writer.jpeg_frame(picture))
         if size is None:
             raise Conflict("the operator's video could not be decoded", code="no_picture")
-        study = self._study(row)
+        study = self.study_of(row)
         sop = deid.derived_uid(self.key, "instance", key_image_id)
-        inst = self._instance(
+        inst = self.instance_of(
             row, capture.kind, sop, now, pixels_cleaned=rects is not None, stream_codec=codec
         )
         fps = frame_rate(timestamps)
@@ -443,7 +449,7 @@ class KeyImages:
         objects = [(capture.kind, sop, writer.to_bytes(image))]
         if capture.kind == "still" and capture.marks:
             pr_sop = deid.derived_uid(self.key, "presentation_state", key_image_id)
-            pr_inst = self._instance(row, "presentation_state", pr_sop, now)
+            pr_inst = self.instance_of(row, "presentation_state", pr_sop, now)
             state = writer.presentation_state(image, capture.marks, study, pr_inst)
             objects.append(("presentation_state", pr_sop, writer.to_bytes(state)))
         detail = {
@@ -455,7 +461,9 @@ class KeyImages:
         }
         return Built(objects, timestamps[-1] if codec else None, detail)
 
-    def _evidence(self, study: writer.Study, consultation_id: str, sop: str, kind: str) -> Dataset:
+    def evidence_of(
+        self, study: writer.Study, consultation_id: str, sop: str, kind: str
+    ) -> Dataset:
         """What the key object selection needs of an earlier key image: its identity."""
         ds = Dataset()
         ds.SOPClassUID = SOP_CLASS[kind]

@@ -131,6 +131,13 @@ def missing_for_signing(
             "A limited study is repeated or completed only if its shortfall is named.",
         ),
         (
+            not body.key_image_ids,
+            "key_image_ids",
+            "Key images",
+            "The signed report cites the key images that show its findings and joins them in"
+            " the study.",
+        ),
+        (
             not known_key_images.issuperset(body.key_image_ids),
             "key_image_ids",
             "Key images from this consultation",

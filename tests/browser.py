@@ -153,15 +153,15 @@ def live_server(tmp_path: Path) -> Iterator[Server]:
         yield server
 
 
-def probelink_token(server_or_data_dir: Server | Path, *args: str) -> str:
-    """`probelink token ARGS...` against a server's (or a data directory's) key ring."""
+def probelink(server_or_data_dir: Server | Path, *args: str) -> str:
+    """`probelink ARGS...` against a server's (or a data directory's) data; its output."""
     env = (
         server_or_data_dir.env
         if isinstance(server_or_data_dir, Server)
         else cli_env(server_or_data_dir)
     )
     result = subprocess.run(
-        [sys.executable, "-m", "server", "token", *args],
+        [sys.executable, "-m", "server", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -170,6 +170,11 @@ def probelink_token(server_or_data_dir: Server | Path, *args: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+def probelink_token(server_or_data_dir: Server | Path, *args: str) -> str:
+    """`probelink token ARGS...` against a server's (or a data directory's) key ring."""
+    return probelink(server_or_data_dir, "token", *args)
 
 
 def coordinator_token(server_or_data_dir: Server | Path, sub: str = "desk-1") -> str:

@@ -39,6 +39,7 @@ DATA_TABLES = (
     "marks",
     "participants",
     "consultations",
+    "experts",  # referenced by consultations.assigned_expert
 )
 
 

@@ -75,8 +75,8 @@ def bad_tokens(settings: Settings) -> dict[str, tuple[str, str]]:
         "no_exp": (sign(claims(settings, exp=None)), "token_missing_claim"),
         "no_iat": (sign(claims(settings, iat=None)), "token_missing_claim"),
         "no_sub": (sign(claims(settings, sub=None)), "token_missing_claim"),
-        "expert_without_consultation": (
-            sign(claims(settings, role="expert")),
+        "operator_without_consultation": (
+            sign(claims(settings, role="operator")),
             "token_missing_claim",
         ),
         "too_long_lived": (
@@ -126,7 +126,7 @@ def test_scoped_token_reaches_only_its_consultation(settings: Settings) -> None:
     with pytest.raises(Forbidden):
         require_consultation(principal, "c2")
     with pytest.raises(ValueError):
-        issue_token(ring, policy, sub="p", role=Role.EXPERT, ttl_seconds=60)
+        issue_token(ring, policy, sub="p", role=Role.OBSERVER, ttl_seconds=60)
 
 
 def test_rotation_signs_with_the_new_key_and_still_accepts_the_old(tmp_path: Path) -> None:

@@ -171,13 +171,13 @@ def test_token_refuses_a_data_directory_without_a_key_ring(tmp_path: Path) -> No
 
 def test_token_for_a_scoped_role_needs_its_consultation(tmp_path: Path) -> None:
     load_or_create(tmp_path)  # as `probelink serve` does on its first run
-    refused = probelink("token", "--role", "expert", "--sub", "dr", env=cli_env(tmp_path))
+    refused = probelink("token", "--role", "operator", "--sub", "dr", env=cli_env(tmp_path))
     assert refused.returncode == 2
     assert "needs a consultation" in refused.stderr
     ok = probelink(
         "token",
         "--role",
-        "expert",
+        "operator",
         "--sub",
         "dr",
         "--consultation",

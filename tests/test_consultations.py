@@ -13,6 +13,7 @@ from server.consultations import (
     accepts_participants,
     checklist,
     due_at,
+    landmarks_missing,
     transition,
 )
 from server.errors import BadRequest, Conflict
@@ -104,3 +105,9 @@ def test_bad_context_is_refused_naming_the_field(fields: dict[str, object], fiel
     with pytest.raises(BadRequest) as refused:
         context(**fields)
     assert refused.value.field == field
+
+
+def test_landmarks_are_asked_for_only_once_there_are_key_images() -> None:
+    assert landmarks_missing([]) is False
+    assert landmarks_missing([[], [{"kind": "arrow"}]]) is True
+    assert landmarks_missing([[], [{"kind": "text", "text": "RT CFV"}]]) is False

@@ -179,3 +179,48 @@ def test_stow_answer_is_read_strictly() -> None:
         {"00081198": None},
     ):
         assert stored_uids(nonsense) == (set(), set())
+
+
+async def test_signed_report_reaches_the_pacs_as_a_structured_report(
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    token_for: Any,
+    orthanc: OrthancServer,
+) -> None:
+    cid, operator = await setup(client, coordinator, token_for)
+    key_image_id = await upload(client, cid, operator)
+    expert = {"Authorization": f"Bearer {token_for('expert', sub='reader', consultation=cid)}"}
+    report = {
+        "findings": "Simple cyst at 2 o'clock.",
+        "recommendation": "No follow-up needed.",
+        "technical_quality": {"grade": "adequate"},
+        "key_image_ids": [key_image_id],
+    }
+    url = f"/api/consultations/{cid}/report"
+    assert (await client.put(url, json=report, headers=expert)).status == 200
+    assert (await client.post(f"{url}/sign", headers=expert)).status == 200
+    # Image, key object selection and report: all three confirmed by the PACS.
+    await wait_for_state(client, cid, operator, lambda r: r["pacs"]["sent"] == 3)
+    ours = read(
+        await (await client.get(f"/api/key-images/{key_image_id}/dicom", headers=operator)).read()
+    )
+    found = json.loads(orthanc.get(f"/dicom-web/studies/{ours.StudyInstanceUID}/instances"))
+    classes = {i["00080016"]["Value"][0]: i for i in found}
+    assert "1.2.840.10008.5.1.4.1.1.88.33" in classes  # Comprehensive SR
+    sr = classes["1.2.840.10008.5.1.4.1.1.88.33"]
+    theirs = read(
+        wado_instance(
+            orthanc,
+            ours.StudyInstanceUID,
+            sr["0020000E"]["Value"][0],
+            sr["00080018"]["Value"][0],
+        )
+    )
+    assert theirs.VerificationFlag == "VERIFIED" and theirs.PatientID == ours.PatientID
+    assert "Simple cyst at 2 o'clock." in str(
+        [
+            item.get("TextValue")
+            for section in theirs.ContentSequence
+            for item in section.get("ContentSequence", [])
+        ]
+    )

@@ -60,11 +60,13 @@ def test_empty_draft_lists_everything_signing_needs() -> None:
         "recommendation",
         "concordance",
         "technical_quality",
+        "key_image_ids",  # a signed report cites at least one key image
     ]
     assert missing("thyroid", body(), first_read=False) == [
         "findings",
         "recommendation",
         "technical_quality",
+        "key_image_ids",
     ]
     assert missing("dvt", body(**COMPLETE)) == []
 

@@ -3,6 +3,7 @@
 // captures decoded by the relay from the exact stream on screen, key images, stream statistics.
 import { describe, el, pageToken } from "./lib/api.js";
 import { Overlay, toNormalized } from "./lib/overlay.js";
+import { ReportForm } from "./lib/report.js";
 import { Room } from "./lib/room.js";
 
 const POINTER_INTERVAL_MS = 33; // 30 Hz, under the server's per-socket limit
@@ -27,6 +28,7 @@ const room = new Room(token, overlay, {
   status: $("connection"), participants: $("participants"), gallery: $("gallery"), log: $("log"),
   guidance: $("guidance-text"), marks: $("marks-text"),
 });
+let report = null;
 let tool = "pointer", drawing = null, lastPointer = 0, mediaTs = null, recording = false, role = "expert";
 
 function fail(error) {
@@ -196,6 +198,9 @@ room.on("state", (state, first) => {
   if (!first) return;
   role = state.you.role;
   $("role-title").textContent = role === "observer" ? "Observer" : "Expert";
+  report = new ReportForm(token, state.consultation, { readOnly: role !== "expert" });
+  for (const k of room.gallery.keys()) report.addKeyImage({ id: k, kind: "key image" });
+  report.load();
   if (role !== "expert") {
     for (const id of ["tools", "guidance"]) $(id).classList.add("hidden");
     $("capture-still").closest(".toolbar").classList.add("hidden");
@@ -203,6 +208,7 @@ room.on("state", (state, first) => {
   startMedia();
 });
 room.on("stats", showStats);
+room.on("keyImage", (k) => report?.addKeyImage(k));
 
 for (const b of $("tools").querySelectorAll("[data-tool]")) b.addEventListener("click", () => selectTool(b.dataset.tool));
 $("clear-marks").addEventListener("click", () => call("mark_clear", {}));

@@ -1,13 +1,29 @@
 // The queue: open consultations, most urgent first, then by due time (the server's order),
-// with the time left; refreshed every few seconds. A coordinator page for now: experts get a
-// join link from here (credentialed expert accounts come with the second-opinion workflow).
-import { api, describe, el, pageToken, timeLeft } from "./lib/api.js";
+// with the time left; refreshed every few seconds. A credentialed expert (their own
+// reading-room link) sees what they are credentialed for and accepts it; a coordinator sees
+// everything, gives experts a join link and reassigns.
+import { api, claims, describe, el, pageToken, timeLeft } from "./lib/api.js";
 
 const REFRESH_MS = 10000;
 const $ = (id) => document.getElementById(id);
 const token = pageToken();
+const isExpert = claims(token || "")?.role === "expert";
+let experts = [];
 
-async function join(row) {
+function fail(error) {
+  $("error").textContent = describe(error);
+}
+
+async function accept(row) {
+  try {
+    const made = await api(token, `/api/consultations/${row.id}/accept`, { method: "POST" });
+    location.assign(made.url);
+  } catch (error) {
+    fail(error);
+  }
+}
+
+async function invite(row) {
   try {
     const made = await api(token, `/api/consultations/${row.id}/invites`, {
       method: "POST",
@@ -16,33 +32,60 @@ async function join(row) {
     $("links").prepend(el("li", {}, `Expert link for ${row.id.slice(0, 8)}: `,
       el("a", { href: made.url, target: "_blank", rel: "noopener", text: made.url })));
   } catch (error) {
-    $("error").textContent = describe(error);
+    fail(error);
   }
+}
+
+async function assign(row, sub) {
+  try {
+    await api(token, `/api/consultations/${row.id}/assign`, { method: "POST", json: { expert: sub || null } });
+    refresh();
+  } catch (error) {
+    fail(error);
+  }
+}
+
+function actions(c) {
+  if (isExpert) {
+    return el("td", {}, el("button", { type: "button", class: "primary", text: "Accept and join", onclick: () => accept(c) }));
+  }
+  const credentialed = experts.filter((x) => x.active && x.subspecialties.includes(c.application || "other"));
+  const select = el("select", { "aria-label": "Assigned expert", onchange: (e) => assign(c, e.target.value) },
+    el("option", { value: "", text: "unassigned" }),
+    ...credentialed.map((x) => el("option", { value: x.sub, text: x.name, selected: x.sub === c.assigned_expert })));
+  return el("td", {}, select, " ", el("button", { type: "button", text: "Join link", onclick: () => invite(c) }));
 }
 
 async function refresh() {
   try {
-    const { consultations } = await api(token, "/api/consultations");
+    const answer = await api(token, "/api/consultations");
+    if (!isExpert) experts = (await api(token, "/api/experts")).experts || [];
+    else $("who").textContent = `${answer.expert.name}: ${answer.expert.subspecialties.join(", ")}`;
+    const { consultations } = answer;
     $("queue").replaceChildren(...consultations.map((c) => el("tr", { "data-id": c.id },
       el("td", {}, el("span", { class: `pill ${c.urgency}`, text: c.urgency })),
       el("td", { class: c.overdue ? "error" : "", text: timeLeft(c.time_left_seconds),
         title: new Date(c.due_at).toLocaleString() }),
       el("td", { text: c.application || "—" }),
-      el("td", { text: c.clinical_question }),
+      el("td", {}, c.clinical_question,
+        ...(c.flags || []).map((f) => el("div", { class: "error", text: `⚑ ${f.message}` })),
+        c.incomplete_reason ? el("div", { class: "muted", text: `Sent incomplete: ${c.incomplete_reason}` }) : null),
       el("td", { text: c.state }),
       el("td", { text: c.checklist.complete ? "complete" : `${c.checklist.missing_count} missing` }),
-      el("td", {}, el("button", { type: "button", text: "Expert link", onclick: () => join(c) })),
+      actions(c),
     )));
     const overdue = consultations.filter((c) => c.overdue).length;
     $("status").textContent = `${consultations.length} open, ${overdue} overdue · ${new Date().toLocaleTimeString()}`;
     $("error").textContent = "";
   } catch (error) {
-    $("error").textContent = describe(error);
+    fail(error);
   }
 }
 
 $("new-link").href = `/#token=${encodeURIComponent(token || "")}`;
-if (!token) $("error").textContent = "This page needs the coordinator link.";
+$("new-link").classList.toggle("hidden", isExpert);
+$("action-title").textContent = isExpert ? "Take it" : "Expert";
+if (!token) $("error").textContent = "This page needs your queue link (a coordinator's, or an expert's own).";
 else {
   refresh();
   setInterval(refresh, REFRESH_MS);

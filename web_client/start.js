@@ -4,6 +4,16 @@ import { api, claims, describe, el, pageToken } from "./lib/api.js";
 import { PHANTOM_DEVICE } from "./lib/phantom.js";
 
 const CHECK_DELAY_MS = 300;
+const DVT_SEGMENTS = {
+  common_femoral: "Common femoral vein", saphenofemoral_junction: "Saphenofemoral junction",
+  femoral_proximal: "Femoral vein, proximal", femoral_mid: "Femoral vein, mid",
+  femoral_distal: "Femoral vein, distal", popliteal: "Popliteal vein",
+  posterior_tibial: "Posterior tibial veins", peroneal: "Peroneal veins", calf_muscular: "Calf muscle veins",
+};
+const COMPRESSIBILITY = {
+  compressible: "Compressible", partially_compressible: "Partially compressible",
+  non_compressible: "Non-compressible", not_visualized: "Not visualized",
+};
 const $ = (id) => document.getElementById(id);
 const token = pageToken();
 const form = $("request");
@@ -66,10 +76,56 @@ export function body() {
     patient_position: text("patient_position"),
     transducer_orientation: text("transducer_orientation"),
     comparison_studies: $("no_comparison").checked ? [] : comparison.length ? comparison : undefined,
+    breast: text("application") === "breast" ? prune({
+      lesion_clock: text("breast.lesion_clock"),
+      distance_from_nipple_cm: number("breast.distance_from_nipple_cm"),
+      first_read_birads: text("breast.first_read_birads"),
+      additional_imaging: text("breast.additional_imaging"),
+    }) : undefined,
+    dvt: text("application") === "dvt" ? dvtBody() : undefined,
+    incomplete_reason: $("incomplete").classList.contains("hidden") ? undefined : text("incomplete_reason"),
   }) || {};
 }
 
+function dvtBody() {
+  const examined = [...form.querySelectorAll('input[name="dvt.segment"]:checked')].map((i) => i.value);
+  const graded = Object.fromEntries(examined
+    .map((s) => [s, form.elements[`dvt.compressibility.${s}`].value])
+    .filter(([, v]) => v));
+  const persist = text("dvt.symptoms_persist_after_negative");
+  return prune({
+    segments_examined: examined.length ? examined : undefined,
+    compressibility: Object.keys(graded).length ? graded : undefined,
+    symptoms_persist_after_negative: persist === undefined ? undefined : persist === "true",
+    prior_scan: text("dvt.prior_scan"),
+  });
+}
+
+function templateFields() {
+  $("breast-fields").classList.toggle("hidden", $("application").value !== "breast");
+  $("dvt-fields").classList.toggle("hidden", $("application").value !== "dvt");
+}
+
+function buildTemplateInputs() {
+  for (let hour = 1; hour <= 12; hour++) {
+    for (const minutes of ["", ":30"]) {
+      $("lesion_clock").append(el("option", { value: `${hour}${minutes}`, text: `${hour}${minutes || ":00"} o'clock` }));
+    }
+  }
+  $("dvt-segments").replaceChildren(...Object.entries(DVT_SEGMENTS).map(([value, label]) => el("tr", {},
+    el("td", {}, el("label", { class: "inline" },
+      el("input", { type: "checkbox", name: "dvt.segment", value }), label)),
+    el("td", {}, el("select", { name: `dvt.compressibility.${value}`, "aria-label": `Compressibility of the ${label}` },
+      el("option", { value: "", text: "—" }),
+      ...Object.entries(COMPRESSIBILITY).map(([v, t]) => el("option", { value: v, text: t })))),
+  )));
+}
+
 function renderChecklist(check) {
+  $("flags").replaceChildren(...(check.flags || []).map((f) =>
+    el("li", { class: "error", "data-flag": f.code, text: `⚑ ${f.message}` })));
+  // Sending incomplete needs a reason: ask for it only while something optional is missing.
+  $("incomplete").classList.toggle("hidden", !check.missing.length);
   const items = [...check.required_missing, ...check.missing];
   $("checklist").replaceChildren(
     ...items.map((m) =>
@@ -113,7 +169,7 @@ async function submit(event) {
     $("submit").textContent = "Request sent";
     $("invites").classList.remove("hidden");
     $("status").textContent = `Consultation ${record.id.slice(0, 8)} requested, due ${new Date(record.due_at).toLocaleString()}.`;
-    renderChecklist({ ...record.checklist, required_missing: [] });
+    renderChecklist({ ...record.checklist, required_missing: [], flags: record.flags });
     $("invite-name").focus();
   } catch (error) {
     $("form-error").textContent = describe(error);
@@ -146,6 +202,8 @@ if (!token || claims(token)?.role !== "coordinator") {
 } else {
   $("queue-link").href = `/queue#token=${encodeURIComponent(token)}`;
   form.classList.remove("hidden");
+  buildTemplateInputs();
+  $("application").addEventListener("change", templateFields);
   form.addEventListener("input", checkSoon);
   form.addEventListener("change", checkSoon);
   form.addEventListener("submit", submit);

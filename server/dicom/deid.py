@@ -61,6 +61,12 @@ def pseudonym(key: bytes, consultation_id: str) -> str:
     return f"PL-{digest[:16].upper()}"
 
 
+def reader_pseudonym(key: bytes, sub: str) -> str:
+    """The signing reader in DICOM objects: stable per reader, no name (Annex E removes them)."""
+    digest = hmac.new(key, f"reader\x1f{sub}".encode(), hashlib.sha256).hexdigest()
+    return f"R-{digest[:16].upper()}"
+
+
 def _code(value: str, meaning: str) -> Dataset:
     item = Dataset()
     item.CodeValue = value

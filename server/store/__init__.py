@@ -1,6 +1,7 @@
 """The records store: one code path for SQLite (embedded) and PostgreSQL (shared)."""
 
 from server.store.database import open_store
+from server.store.experts import ExpertRow, Experts
 from server.store.records import ConsultationRow, ParticipantRow, Store
 
-__all__ = ["ConsultationRow", "ParticipantRow", "Store", "open_store"]
+__all__ = ["ConsultationRow", "ExpertRow", "Experts", "ParticipantRow", "Store", "open_store"]

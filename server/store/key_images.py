@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.audit import AuditFacts
 from server.store.room_log import RoomEvent, insert_event, next_seq
@@ -138,36 +139,7 @@ class KeyImageLog:
                 },
             )
             for obj in image.objects:
-                await conn.execute(
-                    text(
-                        "INSERT INTO dicom_objects (sop_instance_uid, consultation_id,"
-                        " key_image_id, kind, path, sha256, size, created_at)"
-                        " VALUES (:sop, :cid, :kid, :kind, :path, :sha, :size, :at)"
-                    ),
-                    {
-                        "sop": obj.sop_instance_uid,
-                        "cid": image.consultation_id,
-                        "kid": image.id,
-                        "kind": obj.kind,
-                        "path": obj.path,
-                        "sha": obj.sha256,
-                        "size": obj.size,
-                        "at": now,
-                    },
-                )
-                if push:
-                    await conn.execute(
-                        text(
-                            "INSERT INTO pacs_outbox (sop_instance_uid, consultation_id, state,"
-                            " next_attempt_at, updated_at) VALUES (:sop, :cid, :state, :at, :at)"
-                        ),
-                        {
-                            "sop": obj.sop_instance_uid,
-                            "cid": image.consultation_id,
-                            "state": PENDING,
-                            "at": now,
-                        },
-                    )
+                await insert_object(conn, image.consultation_id, obj, image.id, push=push)
             event = RoomEvent(
                 seq,
                 "key_image",
@@ -195,22 +167,7 @@ class KeyImageLog:
                 ).first()
                 if exists is not None:
                     return False
-                await conn.execute(
-                    text(
-                        "INSERT INTO dicom_objects (sop_instance_uid, consultation_id,"
-                        " key_image_id, kind, path, sha256, size, created_at)"
-                        " VALUES (:sop, :cid, NULL, :kind, :path, :sha, :size, :at)"
-                    ),
-                    {
-                        "sop": obj.sop_instance_uid,
-                        "cid": consultation_id,
-                        "kind": obj.kind,
-                        "path": obj.path,
-                        "sha": obj.sha256,
-                        "size": obj.size,
-                        "at": iso(datetime.now(UTC)),
-                    },
-                )
+                await insert_object(conn, consultation_id, obj, None, push=False)
                 await self.store.append_audit(conn, audit)
                 return True
         except IntegrityError:
@@ -226,38 +183,9 @@ class KeyImageLog:
 
     async def add_object(self, consultation_id: str, obj: ArchivedObject, *, push: bool) -> bool:
         """Record an object that belongs to no one key image (a key object selection)."""
-        now = iso(datetime.now(UTC))
         try:
             async with self.store.transaction() as conn:
-                await conn.execute(
-                    text(
-                        "INSERT INTO dicom_objects (sop_instance_uid, consultation_id,"
-                        " key_image_id, kind, path, sha256, size, created_at)"
-                        " VALUES (:sop, :cid, NULL, :kind, :path, :sha, :size, :at)"
-                    ),
-                    {
-                        "sop": obj.sop_instance_uid,
-                        "cid": consultation_id,
-                        "kind": obj.kind,
-                        "path": obj.path,
-                        "sha": obj.sha256,
-                        "size": obj.size,
-                        "at": now,
-                    },
-                )
-                if push:
-                    await conn.execute(
-                        text(
-                            "INSERT INTO pacs_outbox (sop_instance_uid, consultation_id, state,"
-                            " next_attempt_at, updated_at) VALUES (:sop, :cid, :state, :at, :at)"
-                        ),
-                        {
-                            "sop": obj.sop_instance_uid,
-                            "cid": consultation_id,
-                            "state": PENDING,
-                            "at": now,
-                        },
-                    )
+                await insert_object(conn, consultation_id, obj, None, push=push)
                 return True
         except IntegrityError:
             return False  # the same version, written by another node a moment before
@@ -375,6 +303,43 @@ class KeyImageLog:
                 {"cid": consultation_id, "kind": kind},
             )
             return [ArchivedObject(*r) for r in result]
+
+
+async def insert_object(
+    conn: AsyncConnection,
+    consultation_id: str,
+    obj: ArchivedObject,
+    key_image_id: str | None,
+    *,
+    push: bool,
+) -> None:
+    """Record an archived object (in the caller's transaction), queued for the PACS if `push`."""
+    now = iso(datetime.now(UTC))
+    await conn.execute(
+        text(
+            "INSERT INTO dicom_objects (sop_instance_uid, consultation_id,"
+            " key_image_id, kind, path, sha256, size, created_at)"
+            " VALUES (:sop, :cid, :kid, :kind, :path, :sha, :size, :at)"
+        ),
+        {
+            "sop": obj.sop_instance_uid,
+            "cid": consultation_id,
+            "kid": key_image_id,
+            "kind": obj.kind,
+            "path": obj.path,
+            "sha": obj.sha256,
+            "size": obj.size,
+            "at": now,
+        },
+    )
+    if push:
+        await conn.execute(
+            text(
+                "INSERT INTO pacs_outbox (sop_instance_uid, consultation_id, state,"
+                " next_attempt_at, updated_at) VALUES (:sop, :cid, :state, :at, :at)"
+            ),
+            {"sop": obj.sop_instance_uid, "cid": consultation_id, "state": PENDING, "at": now},
+        )
 
 
 def _image_view(row: dict[str, Any]) -> dict[str, Any]:

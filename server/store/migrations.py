@@ -190,4 +190,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX pacs_outbox_due ON pacs_outbox (state, next_attempt_at)",
         ),
     ),
+    Migration(
+        5,
+        "experts' credentials and consultation assignment",
+        (
+            # Subspecialties: a JSON list of application names (server.consultations.Application).
+            """CREATE TABLE experts (
+                sub TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                subspecialties TEXT NOT NULL,
+                active BOOLEAN NOT NULL DEFAULT TRUE,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            # The expert (their sub) who has accepted or been assigned the consultation.
+            "ALTER TABLE consultations ADD COLUMN assigned_expert TEXT REFERENCES experts (sub)",
+            "CREATE INDEX consultations_assigned_expert ON consultations (assigned_expert)",
+        ),
+    ),
 )

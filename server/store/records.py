@@ -21,6 +21,7 @@ from server.audit import GENESIS_HASH, AuditEntry, AuditFacts, ChainCheck, chain
 from server.auth import Role
 from server.consultations import ClinicalContext, State, Urgency, accepts_participants
 from server.errors import Conflict, NotFound
+from server.store.reports import ReportLog
 from server.store.room_log import RoomLog
 from server.store.times import from_iso, iso
 
@@ -42,6 +43,8 @@ class ConsultationRow:
     first_joined_at: datetime | None = None
     reported_at: datetime | None = None
     signed_at: datetime | None = None
+    # The expert (their sub) who accepted or was assigned the consultation.
+    assigned_expert: str | None = None
 
     @property
     def urgency(self) -> Urgency:
@@ -72,6 +75,8 @@ class Store:
         self.dialect = engine.dialect.name
         # The live room's sequenced events.
         self.room = RoomLog(engine)
+        # The versions of each consultation's report.
+        self.reports = ReportLog(self)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -271,6 +276,7 @@ def _consultation(m: RowMapping) -> ConsultationRow:
         first_joined_at=from_iso(m["first_joined_at"]),
         reported_at=from_iso(m["reported_at"]),
         signed_at=from_iso(m["signed_at"]),
+        assigned_expert=m["assigned_expert"],
     )
 
 

@@ -166,6 +166,7 @@ export class Room {
 
   async addKeyImage(k) {
     if (!this.ui.gallery || this.gallery.has(k.id)) return;
+    this.handlers.keyImage?.(k);
     const img = el("img", { alt: `${k.kind} key image preview` });
     const download = el("a", { href: "#", text: "DICOM", "aria-label": `Download the DICOM of this ${k.kind}` });
     download.addEventListener("click", async (event) => {

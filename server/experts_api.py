@@ -1,0 +1,232 @@
+"""REST handlers for experts: credentials (coordinator), the expert's queue, accept and assign.
+
+An expert's reading-room token (role `expert`, no consultation) lists the open
+requests the expert is credentialed for and accepts one, which assigns it to
+them and gives them a join token for it, as an invite would.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+# The module, not its names: api.py imports this module for its routes.
+from server import api
+from server.appkeys import SETTINGS, STORE
+from server.auth import Principal, Role, require_role
+from server.consultations import OPEN_STATES, URGENCY_RANK, State
+from server.edge import authenticate, consultation_id_of, facts, read_body
+from server.errors import BadRequest, Conflict, Forbidden, NotFound
+from server.experts import (
+    SUB_PATTERN,
+    ExpertProfile,
+    ExpertSub,
+    application_of,
+    credentialed,
+    subspecialty_set,
+)
+from server.messages import StrictModel, parse, parse_json
+from server.store import ConsultationRow, ExpertRow, Experts, ParticipantRow
+from server.store.times import iso
+
+EXPERT_SUB = re.compile(SUB_PATTERN)
+
+
+class AssignRequest(StrictModel):
+    # The expert's sub; null leaves the consultation unassigned.
+    expert: ExpertSub | None
+
+
+class ExpertQueueQuery(StrictModel):
+    # Comma-separated open states; default: all of them.
+    state: str | None = None
+
+
+def routes(table: web.RouteTableDef) -> None:
+    table.get("/api/experts")(list_experts)
+    table.put("/api/experts/{sub}")(put_expert)
+    table.post("/api/consultations/{consultation_id}/accept")(accept_consultation)
+    table.post("/api/consultations/{consultation_id}/assign")(assign_consultation)
+
+
+def expert_body(row: ExpertRow) -> dict[str, object]:
+    return {
+        "sub": row.sub,
+        "name": row.name,
+        "subspecialties": [s.value for s in row.subspecialties],
+        "active": row.active,
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+    }
+
+
+def _sub_of(request: web.Request) -> str:
+    sub = request.match_info["sub"]
+    if not EXPERT_SUB.fullmatch(sub):
+        raise BadRequest(
+            "'sub' must be 1 to 128 of A-Z a-z 0-9 . _ @ -", code="invalid_field", field="sub"
+        )
+    return sub
+
+
+def _require_reading_room(principal: Principal) -> None:
+    require_role(principal, Role.EXPERT)
+    if not principal.is_reading_room:
+        raise Forbidden(
+            "this needs the expert's own (reading-room) token, not a consultation's join token",
+            code="reading_room_token_required",
+        )
+
+
+async def _credentials(request: web.Request, principal: Principal) -> ExpertRow:
+    """The active credentials of the reading-room token's expert, or 403 `not_credentialed`."""
+    expert = await Experts(request.app[STORE]).get(principal.sub)
+    if expert is None or not expert.active:
+        raise Forbidden(
+            "no active credentials are registered for this expert: a coordinator must register"
+            " their subspecialties (PUT /api/experts/{sub})",
+            code="not_credentialed",
+        )
+    return expert
+
+
+async def _consultation(request: web.Request, consultation_id: str) -> ConsultationRow:
+    row = await request.app[STORE].get_consultation(consultation_id)
+    if row is None:
+        raise NotFound("no such consultation", code="consultation_not_found", field="id")
+    return row
+
+
+# Coordinator: credentials
+
+
+async def list_experts(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    require_role(principal, Role.COORDINATOR)
+    experts = await Experts(request.app[STORE]).all()
+    return web.json_response({"experts": [expert_body(e) for e in experts]})
+
+
+async def put_expert(request: web.Request) -> web.Response:
+    """Register an expert's credentials, or replace them (name, subspecialties, active)."""
+    principal = authenticate(request)
+    require_role(principal, Role.COORDINATOR)
+    sub = _sub_of(request)
+    settings = request.app[SETTINGS]
+    profile = parse_json(ExpertProfile, await read_body(request), max_bytes=settings.max_body_bytes)
+    subspecialties = subspecialty_set(profile.subspecialties)
+    audit = replace(
+        facts(request, principal, "expert.register", "expert", sub),
+        detail={"subspecialties": [s.value for s in subspecialties], "active": profile.active},
+    )
+    row, _created = await Experts(request.app[STORE]).put(
+        sub, profile.name, subspecialties, profile.active, datetime.now(UTC), audit
+    )
+    return web.json_response(expert_body(row))
+
+
+# Expert: the queue and accepting
+
+
+async def expert_queue(request: web.Request, principal: Principal) -> web.Response:
+    """`GET /api/consultations` for a reading-room token: what this expert is offered."""
+    _require_reading_room(principal)
+    query = parse(ExpertQueueQuery, dict(request.query))
+    expert = await _credentials(request, principal)
+    states: set[State] = set(OPEN_STATES)
+    if query.state is not None:
+        try:
+            states = {State(s.strip()) for s in query.state.split(",")}
+        except ValueError:
+            states = set()
+        if not states or not states <= OPEN_STATES:
+            allowed = ", ".join(s.value for s in State if s in OPEN_STATES)
+            raise BadRequest(
+                f"'state' must be a comma-separated list of: {allowed}",
+                code="invalid_field",
+                field="state",
+            )
+    rows = [
+        r
+        for r in await Experts(request.app[STORE]).open_for(principal.sub)
+        if r.state in states and credentialed(expert.subspecialties, r.context.application)
+    ]
+    rows.sort(key=lambda r: (URGENCY_RANK[r.urgency], r.due_at, r.id))
+    now = datetime.now(UTC)
+    return web.json_response(
+        {
+            "expert": expert_body(expert),
+            "consultations": [api.summary(r, now) for r in rows],
+        }
+    )
+
+
+async def accept_consultation(request: web.Request) -> web.Response:
+    """The expert takes the request: it is assigned to them and they get its join link."""
+    principal = authenticate(request)
+    _require_reading_room(principal)
+    consultation_id = consultation_id_of(request)
+    expert = await _credentials(request, principal)
+    row = await _consultation(request, consultation_id)
+    if not credentialed(expert.subspecialties, row.context.application):
+        raise Forbidden(
+            f"the expert is not credentialed for {application_of(row.context.application)}",
+            code="not_credentialed",
+        )
+    participant = ParticipantRow(
+        id=uuid.uuid4().hex,
+        consultation_id=consultation_id,
+        role=Role.EXPERT,
+        name=expert.name,
+        invited_by=principal.sub,
+        invited_at=datetime.now(UTC),
+    )
+    # Signed before anything is stored: an acceptance that cannot be signed changes nothing.
+    body = api.join_body(request, participant)
+    await Experts(request.app[STORE]).accept(
+        consultation_id,
+        participant,
+        facts(request, principal, "consultation.accept", "consultation", consultation_id),
+    )
+    return web.json_response(body, status=201)
+
+
+# Coordinator: assignment
+
+
+async def assign_consultation(request: web.Request) -> web.Response:
+    """Assign (or reassign, or with `null` unassign) a consultation to an expert."""
+    principal = authenticate(request)
+    require_role(principal, Role.COORDINATOR)
+    consultation_id = consultation_id_of(request)
+    settings = request.app[SETTINGS]
+    body = parse_json(AssignRequest, await read_body(request), max_bytes=settings.max_body_bytes)
+    row = await _consultation(request, consultation_id)
+    if body.expert is not None:
+        await _check_assignable(request, body.expert, row)
+    action = "consultation.assign" if body.expert else "consultation.unassign"
+    await Experts(request.app[STORE]).assign(
+        consultation_id,
+        body.expert,
+        datetime.now(UTC),
+        facts(request, principal, action, "consultation", consultation_id),
+    )
+    assigned = await _consultation(request, consultation_id)
+    return web.json_response(api.summary(assigned, datetime.now(UTC)))
+
+
+async def _check_assignable(request: web.Request, sub: str, row: ConsultationRow) -> None:
+    expert = await Experts(request.app[STORE]).get(sub)
+    if expert is None:
+        why = "no expert is registered under this 'expert'"
+    elif not expert.active:
+        why = "the expert's credentials are inactive"
+    elif not credentialed(expert.subspecialties, row.context.application):
+        why = f"the expert is not credentialed for {application_of(row.context.application)}"
+    else:
+        return
+    raise Conflict(why, code="not_credentialed", field="expert")

@@ -1,0 +1,76 @@
+"""The signed report archived as a DICOM Comprehensive SR in the consultation's study.
+
+An adapter: the report's domain (`server/reports.py`) in, `server/dicom/sr.py` builds the
+object, the archive makes it durable; the caller records it with the signature (or addendum)
+in one transaction. Each signature or addendum is a new SR instance; the newest is the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from server.applications import category_label
+from server.dicom import deid, sr, writer
+from server.errors import Conflict
+from server.key_images import KeyImages
+from server.reports import ReportState
+from server.store import ConsultationRow
+from server.store.key_images import ArchivedObject
+
+SR_KIND = "report"
+
+
+async def archive_report(
+    key_images: KeyImages, row: ConsultationRow, report: ReportState, now: datetime
+) -> ArchivedObject:
+    """Write the report as it stands (signed body and addenda) durably; its archived object."""
+    body = report.current
+    signed = [v for v in report.versions if v.body is not None and v.signed_at is not None]
+    if body is None or not signed:
+        raise Conflict("only a signed report is archived", code="report_not_signed")
+    key = key_images.key
+    study = key_images.study_of(row)
+    known = {image["id"]: image for image in await key_images.log.images(row.id)}
+    evidence = []
+    for key_image_id in body.key_image_ids:
+        view = known.get(key_image_id)
+        if view is None:
+            raise Conflict(
+                "a cited key image is not in this consultation", code="report_incomplete"
+            )
+        evidence.append(
+            key_images.evidence_of(study, row.id, view["sop_instance_uid"], view["kind"])
+        )
+    application = row.context.application.value if row.context.application else None
+    category = None
+    if body.category is not None and application is not None:
+        category = (body.category, category_label(application, body.category))
+    quality = body.technical_quality
+    assert quality is not None and body.findings is not None  # signing required them
+    content = sr.ReportContent(
+        application_label=application or "general",
+        findings=body.findings,
+        category=category,
+        recommendation=body.recommendation,
+        concordance=body.concordance.value if body.concordance else None,
+        quality_grade=quality.grade.value,
+        quality_reasons=tuple(r.value for r in quality.reasons),
+        quality_note=quality.note,
+        key_images=tuple((ds.SOPClassUID, ds.SOPInstanceUID) for ds in evidence),
+        signer=deid.reader_pseudonym(key, signed[0].author),
+        signed_at=signed[0].signed_at or now,
+        addenda=tuple(
+            (a.addendum or "", deid.reader_pseudonym(key, a.author), a.signed_at or now)
+            for a in report.addenda
+        ),
+    )
+    sop = deid.derived_uid(key, "report_sr", row.id, str(len(report.versions)))
+    inst = key_images.instance_of(row, SR_KIND, sop, now)
+    data = await asyncio.to_thread(
+        lambda: writer.to_bytes(sr.report_sr(content, evidence, study, inst))
+    )
+    where = await asyncio.to_thread(
+        key_images.archive.store, data, study.study_uid, key_images.series_uid(row.id, SR_KIND)
+    )
+    return ArchivedObject(sop, SR_KIND, where.path, where.sha256, where.size)

@@ -1,0 +1,195 @@
+"""REST handlers for the expert's structured report: draft, sign, addenda (thin adapters).
+
+The rules are `server/reports.py`'s; this parses, asks it, archives the signed report as a
+DICOM SR (queued for the PACS with the key images) and commits version, state and SR together.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from server.appkeys import KEY_IMAGES, SETTINGS, STORE, TERMINOLOGY
+from server.applications import CATEGORIES, category_label
+from server.auth import Principal, Role, require_consultation, require_role
+from server.consultations import State, flags
+from server.edge import authenticate, consultation_id_of, facts, read_body
+from server.errors import Conflict, NotFound
+from server.messages import LongText, StrictModel, parse_json
+from server.report_sr import archive_report
+from server.reports import ReportBody, ReportState, Version, check_terminology, missing_for_signing
+from server.store import ConsultationRow
+from server.store.times import iso
+
+
+class AddendumRequest(StrictModel):
+    text: LongText
+
+
+def routes(table: web.RouteTableDef) -> None:
+    path = "/api/consultations/{consultation_id}/report"
+    table.get(path)(get_report)
+    table.put(path)(put_report)
+    table.post(f"{path}/sign")(sign_report)
+    table.post(f"{path}/addenda")(add_addendum)
+
+
+async def _consultation(request: web.Request, principal: Principal) -> ConsultationRow:
+    consultation_id = consultation_id_of(request)
+    require_consultation(principal, consultation_id)
+    row = await request.app[STORE].get_consultation(consultation_id)
+    if row is None:
+        raise NotFound("no such consultation", code="consultation_not_found", field="id")
+    return row
+
+
+async def _state(request: web.Request, row: ConsultationRow) -> ReportState:
+    application = row.context.application.value if row.context.application else None
+    return ReportState(application, await request.app[STORE].reports.versions(row.id))
+
+
+def _expert(request: web.Request) -> Principal:
+    principal = authenticate(request)
+    require_role(principal, Role.EXPERT)
+    return principal
+
+
+async def report_view(
+    request: web.Request, row: ConsultationRow, report: ReportState
+) -> dict[str, Any]:
+    """The report as the expert page and the record show it, with what its rules say now."""
+    application = row.context.application.value if row.context.application else None
+    body = report.current
+    latest = next((v for v in reversed(report.versions) if v.body is not None), None)
+    known = {i["id"] for i in await request.app[KEY_IMAGES].log.images(row.id)}
+    terms = request.app[TERMINOLOGY]
+    names = {p.id: p.name for p in await request.app[STORE].participants(row.id)}
+    missing = (
+        []
+        if body is None or report.signed
+        else missing_for_signing(application, body, bool(row.context.first_read), known)
+    )
+    categories = (
+        [{"value": c, "label": category_label(application, c)} for c in CATEGORIES[application]]
+        if application in CATEGORIES
+        else []
+    )
+    return {
+        "application": application,
+        "categories": categories,
+        "first_read": row.context.first_read,
+        "flags": [{"code": f.code, "message": f.message} for f in flags(row.context)],
+        "current": None if latest is None else _version_view(latest, names),
+        "signed": report.signed,
+        "addenda": [
+            {
+                "text": a.addendum,
+                "author": a.author,
+                "author_name": names.get(a.author),
+                "signed_at": iso(a.signed_at or a.created_at),
+            }
+            for a in report.addenda
+        ],
+        "missing_for_signing": [
+            {"field": m.field, "label": m.label, "why": m.why} for m in missing
+        ],
+        "terminology": [
+            {"field": t.field, "phrase": t.phrase, "preferred": t.preferred, "why": t.why}
+            for t in (check_terminology(terms, body) if body else [])
+        ],
+    }
+
+
+def _version_view(v: Version, names: dict[str, str]) -> dict[str, Any]:
+    """One version; `*_name` is the participant's display name, when the author is one."""
+    return {
+        "version": v.version,
+        "author": v.author,
+        "author_name": names.get(v.author),
+        "signed_by_name": names.get(v.signed_by or ""),
+        "body": v.body.model_dump(mode="json") if v.body else None,
+        "created_at": iso(v.created_at),
+        "signed_at": iso(v.signed_at) if v.signed_at else None,
+        "signed_by": v.signed_by,
+    }
+
+
+async def get_report(request: web.Request) -> web.Response:
+    principal = authenticate(request)
+    row = await _consultation(request, principal)
+    return web.json_response(await report_view(request, row, await _state(request, row)))
+
+
+async def put_report(request: web.Request) -> web.Response:
+    """Save the draft (partial is fine); the consultation becomes `reported`."""
+    principal = _expert(request)
+    row = await _consultation(request, principal)
+    body = parse_json(
+        ReportBody, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
+    )
+    if row.state is State.CANCELLED:
+        raise Conflict("the consultation is cancelled; it takes no report", code="invalid_state")
+    report = await _state(request, row)
+    version = report.draft(body, principal.sub, datetime.now(UTC))
+    await request.app[STORE].reports.append(
+        row.id,
+        version,
+        facts(request, principal, "report.draft", "consultation", row.id),
+        state=State.REPORTED,
+    )
+    return web.json_response(await report_view(request, row, report))
+
+
+async def sign_report(request: web.Request) -> web.Response:
+    """Sign: immutable from now on, archived as a DICOM SR and queued for the PACS."""
+    principal = _expert(request)
+    row = await _consultation(request, principal)
+    if row.state is State.CANCELLED:
+        raise Conflict("the consultation is cancelled; it cannot be signed", code="invalid_state")
+    report = await _state(request, row)
+    key_images = request.app[KEY_IMAGES]
+    known = {i["id"] for i in await key_images.log.images(row.id)}
+    now = datetime.now(UTC)
+    version = report.sign(
+        principal.sub, now, has_first_read=bool(row.context.first_read), known_key_images=known
+    )
+    await _commit_with_sr(request, principal, row, report, version, "report.sign", State.SIGNED)
+    return web.json_response(await report_view(request, row, report))
+
+
+async def add_addendum(request: web.Request) -> web.Response:
+    """A change after signing: its own signature and time, and a new SR version."""
+    principal = _expert(request)
+    row = await _consultation(request, principal)
+    addendum = parse_json(
+        AddendumRequest, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
+    )
+    report = await _state(request, row)
+    version = report.addendum(addendum.text, principal.sub, datetime.now(UTC))
+    await _commit_with_sr(request, principal, row, report, version, "report.addendum", None)
+    return web.json_response(await report_view(request, row, report), status=201)
+
+
+async def _commit_with_sr(
+    request: web.Request,
+    principal: Principal,
+    row: ConsultationRow,
+    report: ReportState,
+    version: Version,
+    action: str,
+    state: State | None,
+) -> None:
+    key_images = request.app[KEY_IMAGES]
+    sr = await archive_report(key_images, row, report, version.created_at)
+    await request.app[STORE].reports.append(
+        row.id,
+        version,
+        facts(request, principal, action, "consultation", row.id),
+        state=state,
+        sr=sr,
+        push=key_images.push,
+    )
+    if key_images.push and key_images.on_outbox is not None:
+        key_images.on_outbox()

@@ -1,0 +1,202 @@
+"""Queries on experts' credentials and on who a consultation is assigned to.
+
+Assigning and accepting are single conditional UPDATEs, so two experts accepting
+the same request at once cannot both get it; each write appends its audit entry
+in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from sqlalchemy import RowMapping, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.audit import AuditFacts
+from server.consultations import OPEN_STATES, Application
+from server.errors import Conflict, NotFound
+from server.store.records import ConsultationRow, ParticipantRow, Store, _consultation
+from server.store.times import iso
+
+_OPEN = sorted(s.value for s in OPEN_STATES)
+_OPEN_PARAMS = {f"open{i}": s for i, s in enumerate(_OPEN)}
+_OPEN_IN = ", ".join(f":{name}" for name in _OPEN_PARAMS)
+
+
+@dataclass(frozen=True)
+class ExpertRow:
+    """An expert's registered credentials."""
+
+    sub: str
+    name: str
+    subspecialties: tuple[Application, ...]
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class Experts:
+    """Experts and consultation assignments, in the records store."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    async def put(
+        self,
+        sub: str,
+        name: str,
+        subspecialties: tuple[Application, ...],
+        active: bool,
+        now: datetime,
+        audit: AuditFacts,
+    ) -> tuple[ExpertRow, bool]:
+        """Register or update an expert; returns the row and whether it was created."""
+        async with self.store.transaction() as conn:
+            before = await _expert(conn, sub)
+            created = before is None
+            await conn.execute(
+                text(
+                    "INSERT INTO experts (sub, name, subspecialties, active, created_at,"
+                    " updated_at) VALUES (:sub, :name, :subs, :active, :at, :at)"
+                    " ON CONFLICT (sub) DO UPDATE SET name = :name, subspecialties = :subs,"
+                    " active = :active, updated_at = :at"
+                ),
+                {
+                    "sub": sub,
+                    "name": name,
+                    "subs": json.dumps([s.value for s in subspecialties]),
+                    "active": active,
+                    "at": iso(now),
+                },
+            )
+            action = "expert.register" if created else "expert.update"
+            await self.store.append_audit(conn, replace(audit, action=action))
+            row = await _expert(conn, sub)
+        assert row is not None
+        return row, created
+
+    async def get(self, sub: str) -> ExpertRow | None:
+        async with self.store.engine.connect() as conn:
+            return await _expert(conn, sub)
+
+    async def all(self) -> list[ExpertRow]:
+        async with self.store.engine.connect() as conn:
+            result = await conn.execute(text("SELECT * FROM experts ORDER BY sub"))
+            return [_expert_row(m) for m in result.mappings()]
+
+    async def open_for(self, sub: str) -> list[ConsultationRow]:
+        """Open consultations that are unassigned or assigned to `sub` (any application)."""
+        async with self.store.engine.connect() as conn:
+            result = await conn.execute(
+                text(
+                    f"SELECT * FROM consultations WHERE state IN ({_OPEN_IN})"  # noqa: S608
+                    " AND (assigned_expert IS NULL OR assigned_expert = :sub)"
+                    " ORDER BY due_at, id"
+                ),
+                {**_OPEN_PARAMS, "sub": sub},
+            )
+            return [_consultation(m) for m in result.mappings()]
+
+    async def accept(
+        self, consultation_id: str, participant: ParticipantRow, audit: AuditFacts
+    ) -> None:
+        """Assign an open consultation to the expert `participant.invited_by` and let them in.
+
+        Refused with `Conflict` when it is assigned to another expert or no longer open.
+        """
+        sub = participant.invited_by
+        async with self.store.transaction() as conn:
+            result = await conn.execute(
+                text(
+                    "UPDATE consultations SET assigned_expert = :sub, updated_at = :at"  # noqa: S608
+                    f" WHERE id = :id AND state IN ({_OPEN_IN})"
+                    " AND (assigned_expert IS NULL OR assigned_expert = :sub)"
+                ),
+                {
+                    **_OPEN_PARAMS,
+                    "sub": sub,
+                    "at": iso(participant.invited_at),
+                    "id": consultation_id,
+                },
+            )
+            if result.rowcount != 1:
+                state, _assigned = await _assignment(conn, consultation_id)
+                if state not in _OPEN:
+                    raise Conflict(
+                        f"the consultation is {state}; it cannot be accepted", code="invalid_state"
+                    )
+                raise Conflict(
+                    "the consultation is assigned to another expert; a coordinator can reassign it",
+                    code="assigned_to_another",
+                )
+            await conn.execute(
+                text(
+                    "INSERT INTO participants (id, consultation_id, role, name, invited_by,"
+                    " invited_at) VALUES (:id, :cid, :role, :name, :by, :at)"
+                ),
+                {
+                    "id": participant.id,
+                    "cid": consultation_id,
+                    "role": participant.role.value,
+                    "name": participant.name,
+                    "by": sub,
+                    "at": iso(participant.invited_at),
+                },
+            )
+            await self.store.append_audit(conn, audit)
+
+    async def assign(
+        self, consultation_id: str, sub: str | None, now: datetime, audit: AuditFacts
+    ) -> str | None:
+        """Assign an open consultation to `sub` (None: unassign); returns who had it before."""
+        async with self.store.transaction() as conn:
+            state, before = await _assignment(conn, consultation_id)
+            if state not in _OPEN:
+                raise Conflict(
+                    f"the consultation is {state}; it cannot be reassigned", code="invalid_state"
+                )
+            await conn.execute(
+                text(
+                    "UPDATE consultations SET assigned_expert = :sub, updated_at = :at"
+                    " WHERE id = :id"
+                ),
+                {"sub": sub, "at": iso(now), "id": consultation_id},
+            )
+            detail = {**audit.detail, "expert": sub, "previous_expert": before}
+            await self.store.append_audit(conn, replace(audit, detail=detail))
+        return before
+
+
+async def _assignment(conn: AsyncConnection, consultation_id: str) -> tuple[str, str | None]:
+    """The consultation's state and assigned expert, locked until the transaction ends."""
+    lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+    found = (
+        await conn.execute(
+            text(f"SELECT state, assigned_expert FROM consultations WHERE id = :id{lock}"),  # noqa: S608
+            {"id": consultation_id},
+        )
+    ).first()
+    if found is None:
+        raise NotFound("no such consultation", code="consultation_not_found", field="id")
+    return str(found[0]), found[1]
+
+
+async def _expert(conn: AsyncConnection, sub: str) -> ExpertRow | None:
+    result = await conn.execute(text("SELECT * FROM experts WHERE sub = :sub"), {"sub": sub})
+    found = result.mappings().first()
+    return None if found is None else _expert_row(found)
+
+
+def _expert_row(m: RowMapping) -> ExpertRow:
+    subspecialties: Iterable[str] = json.loads(m["subspecialties"])
+    return ExpertRow(
+        sub=m["sub"],
+        name=m["name"],
+        subspecialties=tuple(Application(s) for s in subspecialties),
+        active=bool(m["active"]),
+        created_at=datetime.fromisoformat(m["created_at"]),
+        updated_at=datetime.fromisoformat(m["updated_at"]),
+    )

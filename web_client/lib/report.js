@@ -1,0 +1,181 @@
+// The expert's structured report: a draft saved as it is written, the server's rules shown
+// (what signing still needs, ambiguous terms), signing, addenda, and a printable document.
+import { api, describe, el } from "./api.js";
+
+const SIGN_CONFIRM_MS = 6000;
+const CONCORDANCE = { agree: "Agree", minor_discrepancy: "Minor discrepancy", major_discrepancy: "Major discrepancy" };
+const QUALITY = { adequate: "Adequate", limited: "Limited", non_diagnostic: "Non-diagnostic" };
+const REASONS = { missing_landmarks: "missing landmarks", poor_image_quality: "poor image quality", incomplete_protocol: "incomplete protocol" };
+
+const $ = (id) => document.getElementById(id);
+
+export class ReportForm {
+  constructor(token, consultation, { readOnly = false } = {}) {
+    this.token = token;
+    this.consultation = consultation; // {id, clinical_question, ...} from room_state
+    this.url = `/api/consultations/${consultation.id}/report`;
+    this.keyImages = new Map();
+    this.view = null;
+    this.readOnly = readOnly;
+    this.armed = null;
+    $("report-save").addEventListener("click", () => this.save());
+    $("report-sign").addEventListener("click", () => this.sign());
+    $("addendum-add").addEventListener("click", () => this.addendum());
+    $("report-print").addEventListener("click", () => window.print());
+    $("report-quality").addEventListener("change", () => this.showReasons());
+    if (readOnly) $("report-form").classList.add("hidden");
+  }
+
+  async load() {
+    try {
+      this.render(await api(this.token, this.url));
+    } catch (error) {
+      this.status(describe(error), true);
+    }
+  }
+
+  addKeyImage(k) {
+    if (this.keyImages.has(k.id)) return;
+    const box = el("input", { type: "checkbox", value: k.id, "data-key-image": k.id });
+    this.keyImages.set(k.id, box);
+    const n = this.keyImages.size;
+    $("report-key-images").append(el("label", { class: "inline" }, box, `${k.kind} ${n}`));
+  }
+
+  body() {
+    const text = (id) => $(id).value.trim() || undefined;
+    const grade = $("report-quality").value;
+    const reasons = [...$("quality-reasons").querySelectorAll("input[type=checkbox]:checked")].map((i) => i.value);
+    const body = {
+      findings: text("report-findings"),
+      category: $("report-category").value || undefined,
+      recommendation: text("report-recommendation"),
+      concordance: $("report-concordance").value || undefined,
+      technical_quality: grade ? { grade, reasons, note: text("report-quality-note") } : undefined,
+      key_image_ids: [...this.keyImages.entries()].filter(([, box]) => box.checked).map(([id]) => id),
+    };
+    return Object.fromEntries(Object.entries(body).filter(([, v]) => v !== undefined));
+  }
+
+  async save() {
+    try {
+      this.render(await api(this.token, this.url, { method: "PUT", json: this.body() }));
+      this.status("Draft saved");
+      return true;
+    } catch (error) {
+      this.status(describe(error), true);
+      return false;
+    }
+  }
+
+  // Two steps: signing cannot be undone.
+  async sign() {
+    if (!this.armed) {
+      $("report-sign").textContent = "Click again to sign: it cannot be undone";
+      this.armed = setTimeout(() => this.disarm(), SIGN_CONFIRM_MS);
+      return;
+    }
+    this.disarm();
+    if (!(await this.save())) return;
+    try {
+      this.render(await api(this.token, `${this.url}/sign`, { method: "POST" }));
+      this.status("Signed");
+    } catch (error) {
+      this.status(describe(error), true);
+    }
+  }
+
+  disarm() {
+    clearTimeout(this.armed);
+    this.armed = null;
+    $("report-sign").textContent = "Sign report";
+  }
+
+  async addendum() {
+    const text = $("addendum-text").value.trim();
+    if (!text) return this.status("Write the addendum first.", true);
+    try {
+      this.render(await api(this.token, `${this.url}/addenda`, { method: "POST", json: { text } }));
+      $("addendum-text").value = "";
+      this.status("Addendum signed");
+    } catch (error) {
+      this.status(describe(error), true);
+    }
+  }
+
+  status(message, isError = false) {
+    $("report-status").textContent = message;
+    $("report-status").className = isError ? "error" : "muted";
+    if (isError) $("error").textContent = message;
+  }
+
+  showReasons() {
+    const grade = $("report-quality").value;
+    $("quality-reasons").classList.toggle("hidden", !grade || grade === "adequate");
+  }
+
+  render(view) {
+    const first = this.view === null;
+    this.view = view;
+    const c = this.consultation;
+    $("report-request").textContent = [c.clinical_question, view.first_read && `First read: ${view.first_read}`,
+      c.incomplete_reason && `Sent incomplete: ${c.incomplete_reason}`].filter(Boolean).join(" · ");
+    $("report-flags").replaceChildren(...view.flags.map((f) => el("li", { class: "error", "data-flag": f.code, text: `⚑ ${f.message}` })));
+    $("category-field").classList.toggle("hidden", !view.categories.length);
+    $("concordance-field").classList.toggle("hidden", !view.first_read);
+    if (first) {
+      $("report-category").replaceChildren(el("option", { value: "", text: "—" }),
+        ...view.categories.map((k) => el("option", { value: k.value, text: k.label })));
+      const body = view.current?.body;
+      if (body) this.fill(body);
+    }
+    $("report-terminology").replaceChildren(...view.terminology.map((t) => el("li", { "data-phrase": t.phrase },
+      el("strong", { text: `“${t.phrase}” → “${t.preferred}”` }), el("span", { class: "why", text: ` ${t.why}` }))));
+    $("report-missing").replaceChildren(...view.missing_for_signing.map((m) => el("li", { "data-field": m.field },
+      el("strong", { text: m.label }), el("span", { class: "why", text: m.why }))));
+    this.showReasons();
+    $("report-form").classList.toggle("hidden", view.signed || this.readOnly);
+    $("report-signed").classList.toggle("hidden", !view.signed);
+    if (view.signed) this.document(view);
+  }
+
+  fill(body) {
+    $("report-findings").value = body.findings || "";
+    $("report-recommendation").value = body.recommendation || "";
+    $("report-category").value = body.category || "";
+    $("report-concordance").value = body.concordance || "";
+    $("report-quality").value = body.technical_quality?.grade || "";
+    $("report-quality-note").value = body.technical_quality?.note || "";
+    for (const box of $("quality-reasons").querySelectorAll("input[type=checkbox]")) {
+      box.checked = (body.technical_quality?.reasons || []).includes(box.value);
+    }
+    for (const id of body.key_image_ids || []) {
+      if (!this.keyImages.has(id)) this.addKeyImage({ id, kind: "key image" });
+      this.keyImages.get(id).checked = true;
+    }
+  }
+
+  // The signed report as a document: what the print-out shows.
+  document(view) {
+    const body = view.current.body;
+    const category = view.categories.find((k) => k.value === body.category)?.label;
+    const quality = body.technical_quality;
+    const rows = [
+      ["Question", this.consultation.clinical_question],
+      ["Category", category],
+      ["Findings", body.findings],
+      ["Recommendation", body.recommendation],
+      ["Concordance with the first read", CONCORDANCE[body.concordance]],
+      ["Technical quality", quality && [QUALITY[quality.grade], ...quality.reasons.map((r) => REASONS[r]), quality.note].filter(Boolean).join(", ")],
+      ["Key images cited", String(body.key_image_ids.length)],
+      ["Signed", `${new Date(view.current.signed_at).toLocaleString()} by ${view.current.signed_by_name || view.current.signed_by}`],
+    ].filter(([, v]) => v);
+    $("report-document").replaceChildren(
+      el("h3", { text: "Second opinion" }),
+      el("dl", {}, ...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
+      ...view.addenda.map((a) => el("div", { class: "addendum" },
+        el("h4", { text: `Addendum, ${new Date(a.signed_at).toLocaleString()} by ${a.author_name || a.author}` }),
+        el("p", { text: a.text }))),
+    );
+  }
+}
