@@ -417,9 +417,9 @@ async def test_pages_recover_after_the_server_drops_and_returns(
             )
         ]
         bed_context, bedside, _ = await new_page(chromium)
-        await bedside.goto(
-            links[0] + "&live" if "?" in links[0] else links[0].replace("#", "?live#")
-        )
+        # The built-in phantom on request (no probe needed), going live at once.
+        await bedside.goto(links[0].replace("#", "?live&source=phantom#"))
+        await bedside.locator("#demo-badge").wait_for(state="visible", timeout=TIMEOUT_MS)
         exp_context, expert, _ = await new_page(chromium)
         await expert.goto(links[1])
         await expert.locator("#waiting").wait_for(state="hidden", timeout=TIMEOUT_MS)
