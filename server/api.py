@@ -189,10 +189,12 @@ async def draft_checklist(request: web.Request) -> web.Response:
     principal = authenticate(request)
     require_role(principal, Role.COORDINATOR)
     draft = decode_json(await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes)
+    # Absent or blank is missing; any other value is validated below like a real request's.
     required = [
         item
         for item in REQUIRED_ITEMS
-        if not (isinstance(draft.get(item.field), str) and draft[item.field].strip())
+        if item.field not in draft
+        or (isinstance(draft[item.field], str) and not draft[item.field].strip())
     ]
     # Stand-ins for what is still missing, so the rest can be checked now.
     placeholders = {"clinical_question": "(draft)", "urgency": "routine"}

@@ -119,7 +119,12 @@ def _version_view(v: Version, names: dict[str, str]) -> dict[str, Any]:
 async def get_report(request: web.Request) -> web.Response:
     principal = authenticate(request)
     row = await _consultation(request, principal)
-    return web.json_response(await report_view(request, row, await _state(request, row)))
+    view = await report_view(request, row, await _state(request, row))
+    # Who read which report, recorded before it leaves the server (as for the record).
+    await request.app[STORE].record_audit(
+        facts(request, principal, "report.read", "consultation", row.id)
+    )
+    return web.json_response(view)
 
 
 async def put_report(request: web.Request) -> web.Response:

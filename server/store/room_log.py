@@ -190,7 +190,8 @@ class RoomLog:
                     text(
                         "UPDATE consultations SET first_joined_at = :at, updated_at = :at,"
                         " state = CASE WHEN state = :requested THEN :live ELSE state END"
-                        " WHERE id = :cid AND first_joined_at IS NULL"
+                        # Joining a signed room later is not part of its turnaround.
+                        " WHERE id = :cid AND first_joined_at IS NULL AND signed_at IS NULL"
                     ),
                     {
                         "at": now,
