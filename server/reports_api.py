@@ -16,7 +16,7 @@ from server.applications import CATEGORIES, category_label
 from server.auth import Principal, Role, require_consultation, require_role
 from server.consultations import State, flags
 from server.edge import authenticate, consultation_id_of, facts, read_body
-from server.errors import Conflict, NotFound
+from server.errors import Conflict, Forbidden, NotFound
 from server.messages import LongText, StrictModel, parse_json
 from server.report_sr import archive_report
 from server.reports import ReportBody, ReportState, Version, check_terminology, missing_for_signing
@@ -54,6 +54,22 @@ def _expert(request: web.Request) -> Principal:
     principal = authenticate(request)
     require_role(principal, Role.EXPERT)
     return principal
+
+
+async def _writer(request: web.Request) -> tuple[Principal, ConsultationRow]:
+    """The consultation's expert who may write its report: once it is assigned, only the
+    assigned expert (a join link from before a reassignment no longer writes or signs)."""
+    principal = _expert(request)
+    row = await _consultation(request, principal)
+    if row.assigned_expert is not None:
+        participants = await request.app[STORE].participants(row.id)
+        mine = next((p for p in participants if p.id == principal.sub), None)
+        if mine is None or mine.invited_by != row.assigned_expert:
+            raise Forbidden(
+                "the consultation is assigned to another expert; only they write its report",
+                code="assigned_to_another",
+            )
+    return principal, row
 
 
 async def report_view(
@@ -129,8 +145,7 @@ async def get_report(request: web.Request) -> web.Response:
 
 async def put_report(request: web.Request) -> web.Response:
     """Save the draft (partial is fine); the consultation becomes `reported`."""
-    principal = _expert(request)
-    row = await _consultation(request, principal)
+    principal, row = await _writer(request)
     body = parse_json(
         ReportBody, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
     )
@@ -149,8 +164,7 @@ async def put_report(request: web.Request) -> web.Response:
 
 async def sign_report(request: web.Request) -> web.Response:
     """Sign: immutable from now on, archived as a DICOM SR and queued for the PACS."""
-    principal = _expert(request)
-    row = await _consultation(request, principal)
+    principal, row = await _writer(request)
     if row.state is State.CANCELLED:
         raise Conflict("the consultation is cancelled; it cannot be signed", code="invalid_state")
     report = await _state(request, row)
@@ -166,8 +180,7 @@ async def sign_report(request: web.Request) -> web.Response:
 
 async def add_addendum(request: web.Request) -> web.Response:
     """A change after signing: its own signature and time, and a new SR version."""
-    principal = _expert(request)
-    row = await _consultation(request, principal)
+    principal, row = await _writer(request)
     addendum = parse_json(
         AddendumRequest, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
     )

@@ -216,3 +216,39 @@ async def test_record_checklist_asks_for_labelled_landmarks_on_key_images(
     assert upload.status == 201
     record = await (await client.get(f"/api/consultations/{cid}", headers=coordinator)).json()
     assert "key_images.landmarks" not in [m["field"] for m in record["checklist"]["missing"]]
+
+
+async def test_after_reassignment_only_the_assigned_expert_writes_the_report(
+    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
+) -> None:
+    cid, _, key_image = await consultation(client, coordinator, token_for, BREAST)
+    suffix = cid[:8]
+    for sub in (f"dr-a-{suffix}", f"dr-b-{suffix}"):
+        body = {"name": sub, "subspecialties": ["breast"]}
+        assert (
+            await client.put(f"/api/experts/{sub}", json=body, headers=coordinator)
+        ).status == 200
+    reading_room = {"Authorization": f"Bearer {token_for('expert', sub=f'dr-a-{suffix}')}"}
+    accepted = await client.post(f"/api/consultations/{cid}/accept", headers=reading_room)
+    assert accepted.status == 201, await accepted.text()
+    first = {"Authorization": f"Bearer {(await accepted.json())['token']}"}
+    url = f"/api/consultations/{cid}/report"
+    assert (await client.put(url, json={"findings": "cyst"}, headers=first)).status == 200
+    # Reassigned to Dr B: Dr A's join link no longer writes or signs.
+    body = {"expert": f"dr-b-{suffix}"}
+    assert (
+        await client.post(f"/api/consultations/{cid}/assign", json=body, headers=coordinator)
+    ).status == 200
+    refused = await client.put(url, json={**SIGNABLE, "key_image_ids": [key_image]}, headers=first)
+    assert refused.status == 403
+    assert (await refused.json())["error"]["code"] == "assigned_to_another"
+    assert (await client.post(f"{url}/sign", headers=first)).status == 403
+    view = await (await client.get(url, headers=coordinator)).json()
+    assert view["current"]["body"]["findings"] == "cyst" and view["signed"] is False
+    reading_room_b = {"Authorization": f"Bearer {token_for('expert', sub=f'dr-b-{suffix}')}"}
+    accepted_b = await client.post(f"/api/consultations/{cid}/accept", headers=reading_room_b)
+    second = {"Authorization": f"Bearer {(await accepted_b.json())['token']}"}
+    assert (
+        await client.put(url, json={**SIGNABLE, "key_image_ids": [key_image]}, headers=second)
+    ).status == 200
+    assert (await client.post(f"{url}/sign", headers=second)).status == 200
