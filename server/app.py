@@ -29,7 +29,6 @@ from server.config import Settings
 from server.dicom.archive import Archive
 from server.dicom.pacs import PacsPusher
 from server.dicom.profiles import load_profiles
-from server.errors import ConfigError
 from server.files import ensure_private_dir
 from server.key_images import KeyImages, load_deid_key
 from server.keyring import (
@@ -110,10 +109,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = create_metrics()
     app[KEYRING] = serving_keys(settings)
     app[TOKEN_POLICY] = token_policy(settings)
-    try:
-        app[TERMINOLOGY] = load_terminology(settings.terminology)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    app[TERMINOLOGY] = load_terminology(settings.terminology)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_key_images_ctx(settings))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import re
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -27,7 +26,8 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from server.applications import CATEGORIES, Application, BiRads, MissingItem
-from server.errors import BadRequest, Conflict
+from server.datafiles import norm, read_tables
+from server.errors import BadRequest, ConfigError, Conflict
 from server.messages import LIST_MAX_ITEMS, Choice, LongText, ShortText, StrictModel
 
 BUNDLED_TERMINOLOGY = Path(__file__).with_name("terminology.toml")
@@ -171,37 +171,25 @@ def load_terminology(extra: Path | None = None) -> tuple[Term, ...]:
     terms: dict[str, Term] = {}
     for path in ([extra] if extra is not None else []) + [BUNDLED_TERMINOLOGY]:
         for term in _read_terms(path):
-            terms.setdefault(_norm(term.phrase), term)
+            terms.setdefault(norm(term.phrase), term)
     return tuple(terms.values())
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.split()).casefold()
-
-
 def _read_terms(path: Path) -> list[Term]:
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read the terminology file {path}: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"the terminology file {path} is not valid TOML: {exc}") from None
-    entries = doc.get("term", [])
-    if not isinstance(entries, list) or set(doc) - {"term"}:
-        raise ValueError(f"the terminology file {path} must hold only [[term]] tables")
+    entries = read_tables(path, "term", "terminology file")
     terms, seen = [], set()
     for n, entry in enumerate(entries, 1):
         where = f"the terminology file {path}, term {n}"
         if not isinstance(entry, dict) or set(entry) != {"phrase", "preferred", "why"}:
-            raise ValueError(f"{where}: must have exactly the keys phrase, preferred and why")
+            raise ConfigError(f"{where}: must have exactly the keys phrase, preferred and why")
         for key, value in entry.items():
             if not isinstance(value, str) or not value.strip() or len(value) > TERM_MAX_CHARS:
-                raise ValueError(f"{where}: '{key}' must be text of 1-{TERM_MAX_CHARS} characters")
+                raise ConfigError(f"{where}: '{key}' must be text of 1-{TERM_MAX_CHARS} characters")
         if not re.search(r"\w", entry["phrase"]):
-            raise ValueError(f"{where}: 'phrase' must contain a word")
-        if _norm(entry["phrase"]) in seen:
-            raise ValueError(f"{where}: the phrase is listed twice")
-        seen.add(_norm(entry["phrase"]))
+            raise ConfigError(f"{where}: 'phrase' must contain a word")
+        if norm(entry["phrase"]) in seen:
+            raise ConfigError(f"{where}: the phrase is listed twice")
+        seen.add(norm(entry["phrase"]))
         terms.append(Term(**{key: " ".join(value.split()) for key, value in entry.items()}))
     return terms
 

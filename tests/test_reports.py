@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.errors import BadRequest, Conflict
+from server.errors import BadRequest, ConfigError, Conflict
 from server.messages import parse
 from server.reports import (
     BUNDLED_TERMINOLOGY,
@@ -171,7 +171,7 @@ def test_site_terminology_file_extends_and_overrides(tmp_path: Path) -> None:
 def test_malformed_terminology_file_is_named(tmp_path: Path, content: str, says: str) -> None:
     site = tmp_path / "site.toml"
     site.write_text(content, encoding="utf-8")
-    with pytest.raises(ValueError, match=r"site\.toml") as refused:
+    with pytest.raises(ConfigError, match=r"site\.toml") as refused:
         load_terminology(site)
     assert says in str(refused.value)
 

@@ -8,10 +8,10 @@ is strict: a malformed file stops start-up naming the file and the entry.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.datafiles import norm, read_tables
 from server.errors import ConfigError
 
 BUNDLED_PROFILES = Path(__file__).with_name("device_profiles.toml")
@@ -30,7 +30,7 @@ class Profile:
     mask: tuple[Rect, ...]
 
     def matches_device(self, manufacturer: str, model: str) -> bool:
-        return _norm(manufacturer) == _norm(self.manufacturer) and _norm(model) == _norm(self.model)
+        return norm(manufacturer) == norm(self.manufacturer) and norm(model) == norm(self.model)
 
     def rects_for(self, width: int, height: int) -> tuple[Rect, ...] | None:
         """The mask for a frame of this size: exact, scaled outwards at the same aspect, or None."""
@@ -74,20 +74,8 @@ def load_profiles(site_file: Path | None) -> Profiles:
     return Profiles(tuple(p for path in files for p in _read(path)))
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.split()).casefold()
-
-
 def _read(path: Path) -> list[Profile]:
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read the device profiles {path}: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"the device profiles {path} are not valid TOML: {exc}") from None
-    entries = doc.get("profile", [])
-    if not isinstance(entries, list) or set(doc) - {"profile"}:
-        raise ConfigError(f"the device profiles {path} must hold only [[profile]] tables")
+    entries = read_tables(path, "profile", "device profiles")
     return [_profile(path, n, entry) for n, entry in enumerate(entries, 1)]
 
 
