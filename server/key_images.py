@@ -108,6 +108,8 @@ BUILD_CONCURRENCY = 2
 # A clip holds at most this many frames (20 s at 30 fps), one at a time in memory as pixels.
 CLIP_FRAMES_MAX = 600
 KOS_CLOSE_TIMEOUT_SECONDS = 10.0
+# The key of the start-up catch-up among the KOS jobs (consultation ids are 32 hex digits).
+RESUME_JOB = "resume"
 # Instance numbers: tenths of a second since the request (ordered, no shared counter needed).
 INSTANCE_NUMBER_MAX = 2**31 - 1
 
@@ -344,6 +346,23 @@ class KeyImages:
         if await self.log.add_object(row.id, obj, push=self.push) and self.push:
             if self.on_outbox is not None:
                 self.on_outbox()
+
+    def resume(self, open_consultations: Sequence[ConsultationRow]) -> None:
+        """After a start: bring each open consultation's key object selection up to date (a
+        crash between a capture's ack and its KOS leaves it one behind), one at a time."""
+
+        async def catch_up() -> None:
+            for row in open_consultations:
+                try:
+                    await self._write_kos_version(row)
+                except Exception:
+                    log.exception(
+                        "key object selection not written", extra={"consultation": row.id}
+                    )
+
+        task = asyncio.create_task(catch_up(), name="kos-resume")
+        self._kos_jobs[RESUME_JOB] = task
+        task.add_done_callback(lambda done: self._kos_jobs.pop(RESUME_JOB, None))
 
     async def settled(self) -> None:
         """Wait for the key object selections due so far (and those they re-queue)."""

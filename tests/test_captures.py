@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,11 @@ from phantom import (
     PATIENT_NAME,
     PHANTOM_DEVICE,
     PhantomTrack,
+    phantom_frame,
 )
+from PIL import Image
 
+from server.app import create_app
 from server.appkeys import KEY_IMAGES
 from server.config import Settings
 
@@ -40,6 +44,12 @@ PHI = [
 ]
 
 Room = Callable[[str], Awaitable[Participant]]
+
+
+def png_of(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, "PNG")
+    return out.getvalue()
 
 
 async def create(client: TestClient[Any, Any], coordinator: dict[str, str], **context: Any) -> str:
@@ -371,3 +381,35 @@ async def test_declared_clean_source_is_archived_without_masking(
         assert ds.pixel_array[: BANNER_HEIGHT // 2].any()  # not masked
     finally:
         await operator.close()
+
+
+async def test_a_key_object_selection_missed_by_a_crash_is_written_at_the_next_start(
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    settings: Settings,
+    aiohttp_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cid = await create(client, coordinator, device=PHANTOM_DEVICE)
+    invite = await client.post(
+        f"/api/consultations/{cid}/invites",
+        json={"role": "operator", "name": "op"},
+        headers=coordinator,
+    )
+    token = (await invite.json())["token"]
+    # The process dies between the capture's acknowledgement and its key object selection.
+    key_images = client.app[KEY_IMAGES]
+    monkeypatch.setattr(key_images, "_key_object_selection_due", lambda row: None)
+    upload = await client.post(
+        f"/api/consultations/{cid}/captures",
+        data=png_of(phantom_frame(2)),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
+    )
+    assert upload.status == 201
+    await key_images.settled()
+    assert await key_images.log.objects(cid, "key_object_selection") == []
+    # The next start catches up.
+    restarted = await aiohttp_client(create_app(settings))
+    await restarted.app[KEY_IMAGES].settled()
+    selections = await restarted.app[KEY_IMAGES].log.objects(cid, "key_object_selection")
+    assert len(selections) == 1
