@@ -238,7 +238,8 @@ async def test_bedside_and_expert_run_a_session_in_two_browsers(
     assert later["time"] > first["time"]
     assert (later["width"], later["height"]) == (640, 480), later
     await expert.wait_for_function(
-        "() => document.getElementById('connection').dataset.level === 'good'", timeout=TIMEOUT_MS
+        "() => document.getElementById('connection').dataset.media === 'connected'",
+        timeout=TIMEOUT_MS,
     )
     people = await bedside.locator("#participants li").all_inner_texts()
     assert any("Dr Lee" in p for p in people), people
@@ -436,7 +437,7 @@ async def test_pages_recover_after_the_server_drops_and_returns(
         server = Server(env, port=server.port).__enter__()
         for page in (bedside, expert):
             await page.wait_for_function(
-                "() => document.getElementById('connection').dataset.level === 'good'",
+                "() => document.getElementById('connection').dataset.media === 'connected'",
                 timeout=TIMEOUT_MS * 2,
             )
         before = await frames_advance(expert)

@@ -151,6 +151,7 @@ export class Room {
     badge.className = `pill ${level}`;
     badge.textContent = text;
     badge.dataset.level = level;
+    badge.dataset.media = this.live.connected ? this.pc?.connectionState || "none" : "offline";
   }
 
   // Key images: listed once on joining, then as the room announces them.
