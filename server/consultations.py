@@ -132,6 +132,9 @@ class ClinicalContext(StrictModel):
     transducer_orientation: ShortText | None = None
     # Prior studies to compare with; an empty list states that there are none.
     comparison_studies: list[ShortText] | None = Field(None, max_length=LIST_MAX_ITEMS)
+    # Whether the question is about change since an earlier study (then a prior is needed;
+    # False: no comparison is asked for; unset: the checklist asks).
+    about_change: bool | None = None
     # The application's own fields (server/applications.py), for breast and DVT requests.
     breast: BreastContext | None = None
     dvt: DvtContext | None = None
@@ -219,12 +222,24 @@ REQUIRED_ITEMS: tuple[MissingItem, ...] = (
 )
 
 
+# The question is about change: "none" will not do, a prior study must be named.
+CHANGE_NEEDS_PRIOR = MissingItem(
+    "comparison_studies",
+    "Comparison study",
+    "The question is about change since an earlier study: the expert needs that study.",
+)
+
+
 def checklist(context: ClinicalContext) -> Checklist:
     """Name every item the second-opinion reviewer needs that the request lacks, the
     application template's own items last."""
     missing = []
     for field, label, why in _CHECKS:
         if field == "doppler" and not DOPPLER_MODES.intersection(context.imaging_modes or ()):
+            continue
+        if field == "comparison_studies" and context.about_change is not None:
+            if context.about_change and not context.comparison_studies:
+                missing.append(CHANGE_NEEDS_PRIOR)
             continue
         if not _given(context, field):
             missing.append(MissingItem(field, label, why))

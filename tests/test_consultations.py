@@ -72,6 +72,19 @@ def test_an_empty_comparison_list_states_there_are_none() -> None:
     ]
 
 
+def test_comparison_is_asked_for_when_the_question_is_about_change() -> None:
+    def missing(**fields: object) -> list[str]:
+        return [m.field for m in checklist(context(**fields)).missing]
+
+    # About change: "none" will not do; a prior study must be named.
+    assert "comparison_studies" in missing(about_change=True, comparison_studies=[])
+    assert "comparison_studies" not in missing(about_change=True, comparison_studies=["US 2025-03"])
+    # Not about change: nothing to compare with is asked for.
+    assert "comparison_studies" not in missing(about_change=False)
+    # Unsaid: the checklist asks, as before.
+    assert "comparison_studies" in missing()
+
+
 def test_due_time_follows_urgency() -> None:
     start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     minutes = {"emergency": 60, "urgent": 240, "routine": 2880}

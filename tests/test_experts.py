@@ -474,6 +474,42 @@ async def test_coordinator_reassigns_only_to_an_active_credentialed_expert(
 
 
 @both_backends
+async def test_requests_return_to_the_queue_when_their_expert_loses_the_credential(
+    client: Client,
+    coordinator: Headers,
+    token_for: Callable[..., str],
+    sub: Callable[[str], str],
+) -> None:
+    first, second = sub("first"), sub("second")
+    await register(client, coordinator, first, "breast", "dvt")
+    await register(client, coordinator, second, "breast", "dvt")
+    breast = await request(client, coordinator, "breast")
+    dvt = await request(client, coordinator, "dvt")
+    for cid in (breast, dvt):
+        assert (await accept(client, reading_room(token_for, first), cid)).status == 201
+    others = {
+        c["id"] for c in (await queue(client, reading_room(token_for, second)))["consultations"]
+    }
+    assert breast not in others and dvt not in others  # both taken
+    # No longer credentialed for breast: the breast request is offered again, the DVT one kept.
+    await register(client, coordinator, first, "dvt")
+    record = await (await client.get(f"/api/consultations/{breast}", headers=coordinator)).json()
+    assert record["assigned_expert"] is None
+    others = {
+        c["id"] for c in (await queue(client, reading_room(token_for, second)))["consultations"]
+    }
+    assert breast in others and dvt not in others
+    # Deactivated: everything they held goes back.
+    await register(client, coordinator, first, "dvt", active=False)
+    others = {
+        c["id"] for c in (await queue(client, reading_room(token_for, second)))["consultations"]
+    }
+    assert dvt in others
+    entries = await client.app[STORE].audit_entries()
+    assert ("consultation.unassign", dvt) in {(e.facts.action, e.facts.object_id) for e in entries}
+
+
+@both_backends
 async def test_assign_refuses_bad_input_closed_requests_and_non_coordinators(
     client: Client, coordinator: Headers, token_for: Callable[..., str], sub: Callable[[str], str]
 ) -> None:

@@ -76,6 +76,7 @@ export function body() {
     patient_position: text("patient_position"),
     transducer_orientation: text("transducer_orientation"),
     comparison_studies: $("no_comparison").checked ? [] : comparison.length ? comparison : undefined,
+    about_change: text("about_change") === undefined ? undefined : text("about_change") === "true",
     breast: text("application") === "breast" ? prune({
       lesion_clock: text("breast.lesion_clock"),
       distance_from_nipple_cm: number("breast.distance_from_nipple_cm"),

@@ -24,6 +24,8 @@ from server.store.times import iso
 _OPEN = sorted(s.value for s in OPEN_STATES)
 _OPEN_PARAMS = {f"open{i}": s for i, s in enumerate(_OPEN)}
 _OPEN_IN = ", ".join(f":{name}" for name in _OPEN_PARAMS)
+# Built from the placeholders above only (no input).
+_ASSIGNED_OPEN = f"SELECT id, application FROM consultations WHERE assigned_expert = :sub AND state IN ({_OPEN_IN})"  # noqa: S608, E501
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,37 @@ class Experts:
             )
             action = "expert.register" if created else "expert.update"
             await self.store.append_audit(conn, replace(audit, action=action))
+            # Open requests the expert may no longer read go back to the queue.
+            kept = [s.value for s in subspecialties] if active else []
+            await self._release_assignments(conn, sub, kept, now, audit)
             row = await _expert(conn, sub)
         assert row is not None
         return row, created
+
+    async def _release_assignments(
+        self, conn: AsyncConnection, sub: str, kept: list[str], now: datetime, audit: AuditFacts
+    ) -> None:
+        """Unassign `sub` from open consultations whose application is not in `kept`."""
+        result = await conn.execute(text(_ASSIGNED_OPEN), {"sub": sub, **_OPEN_PARAMS})
+        for consultation_id, application in result.all():
+            if (application or Application.OTHER.value) in kept:
+                continue
+            await conn.execute(
+                text(
+                    "UPDATE consultations SET assigned_expert = NULL, updated_at = :at"
+                    " WHERE id = :id"
+                ),
+                {"at": iso(now), "id": consultation_id},
+            )
+            await self.store.append_audit(
+                conn,
+                replace(
+                    audit,
+                    action="consultation.unassign",
+                    object_type="consultation",
+                    object_id=consultation_id,
+                ),
+            )
 
     async def get(self, sub: str) -> ExpertRow | None:
         async with self.store.engine.connect() as conn:
