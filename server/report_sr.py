@@ -8,7 +8,10 @@ in one transaction. Each signature or addendum is a new SR instance; the newest 
 from __future__ import annotations
 
 import asyncio
+import io
 from datetime import datetime
+
+import pydicom
 
 from server.applications import category_label
 from server.dicom import deid, sr, writer
@@ -65,10 +68,17 @@ async def archive_report(
             for a in report.addenda
         ),
     )
+    # An amended report names the version it replaces (the newest archived one).
+    earlier = await key_images.log.objects(row.id, SR_KIND)
+    previous = None
+    if earlier:
+        newest = earlier[-1]
+        data = await asyncio.to_thread(key_images.archive.read, newest.path, newest.sha256)
+        previous = pydicom.dcmread(io.BytesIO(data))
     sop = deid.derived_uid(key, "report_sr", row.id, str(len(report.versions)))
     inst = key_images.instance_of(row, SR_KIND, sop, now)
     data = await asyncio.to_thread(
-        lambda: writer.to_bytes(sr.report_sr(content, evidence, study, inst))
+        lambda: writer.to_bytes(sr.report_sr(content, evidence, study, inst, previous))
     )
     where = await asyncio.to_thread(
         key_images.archive.store, data, study.study_uid, key_images.series_uid(row.id, SR_KIND)

@@ -131,6 +131,10 @@ async def test_breast_report_is_drafted_signed_then_amended_by_addendum(
     text_values = " ".join(str(v) for v in every_value(newest))
     assert "simple cyst" in text_values and "Cyst aspirated." in text_values
     assert "reader-1" not in data.decode("latin-1")  # the reader is a pseudonym in DICOM
+    # The amended version names the signed one it replaces.
+    first = next(read(d) for d in versions if d is not data)
+    predecessor = newest.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
 
 
 async def test_dvt_report_uses_dvt_categories(

@@ -168,9 +168,14 @@ def _verifier(signer: str, at: datetime) -> Dataset:
 
 
 def report_sr(
-    content: ReportContent, evidence: Sequence[Dataset], study: writer.Study, inst: writer.Instance
+    content: ReportContent,
+    evidence: Sequence[Dataset],
+    study: writer.Study,
+    inst: writer.Instance,
+    previous: Dataset | None = None,
 ) -> Dataset:
-    """The signed report as a Comprehensive SR in the consultation's study.
+    """The signed report as a Comprehensive SR in the consultation's study; an amended one
+    names the version it replaces (`previous`) as its predecessor document.
 
     `evidence` are the key images (our de-identified objects); every `key_images`
     reference must be among them. `inst.acquired_at` is when this object is written.
@@ -193,6 +198,7 @@ def report_sr(
         is_verified=True,
         verifying_observer_name=_person(content.signer),
         verifying_organization=ORGANIZATION,
+        previous_versions=[previous] if previous is not None else None,
     )
     signed = content.signed_at.astimezone(UTC)
     ds.ContentDate, ds.ContentTime = DA(signed.date()), TM(signed.time())
