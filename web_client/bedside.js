@@ -1,25 +1,39 @@
 // Bedside page: pick the scanner's video (capture card, camera, or the demo phantom), publish
 // it with the operator's voice, see the expert's pointer, marks and guidance over it, hear the
 // expert, and capture. A still is the page's own full-resolution frame, lossless (PNG upload).
-import { describe, el, pageToken } from "./lib/api.js";
+import { ApiError, api, describe, el, pageToken } from "./lib/api.js";
 import { Overlay } from "./lib/overlay.js";
 import { phantomStream } from "./lib/phantom.js";
 import { Room } from "./lib/room.js";
 
 const PHANTOM = "phantom";
+const BUTTONS = { still: "capture-still", clip: "capture-clip", record: "record" };
 const $ = (id) => document.getElementById(id);
 const token = pageToken();
 const video = $("video");
 const overlay = new Overlay($("overlay"), video);
 const room = new Room(token, overlay, {
   status: $("connection"), participants: $("participants"), gallery: $("gallery"), log: $("log"),
-  guidance: $("guidance-text"), marks: $("marks-text"),
+  guidance: $("guidance-text"), marks: $("marks-text"), error: $("error"), voices: $("voices"),
 });
 let stream = null, phantom = null, live = false, recording = false;
+// The chosen source stopped: nothing is selected until the operator picks one, so that picking
+// it again (or the phantom) is a change that opens it.
+let sourceLost = false;
+const busy = new Set(); // actions waiting for their answer: a double click sends one
+
+// What the browser's media errors mean for someone at the bedside.
+const MEDIA_ERRORS = {
+  NotAllowedError: "The browser was refused the camera: allow it in the site settings (the icon beside the address), then choose the source again.",
+  NotFoundError: "No camera or capture card found: plug one in, or choose the demo phantom.",
+  OverconstrainedError: "That camera is no longer there: choose the source again.",
+  NotReadableError: "The camera is in use by another program (or failed): close it there, then choose the source again.",
+};
 
 function fail(error) {
-  $("error").textContent = describe(error);
-  room.say(describe(error), true);
+  const message = MEDIA_ERRORS[error?.name] || describe(error);
+  $("error").textContent = message;
+  room.say(message, true);
 }
 
 async function listSources() {
@@ -34,13 +48,34 @@ async function listSources() {
     ...cameras.map((c, i) => el("option", { value: c.deviceId, text: c.label || `Camera ${i + 1}` })),
     el("option", { value: PHANTOM, text: "Demo: synthetic phantom" }),
   );
-  const wanted = new URLSearchParams(location.search).get("source");
-  $("source").value = wanted === PHANTOM || !cameras.length ? PHANTOM : chosen || cameras[0].deviceId;
+  const present = [...$("source").options].some((o) => o.value === chosen);
+  if (sourceLost || (chosen && !present)) {
+    sourceLost = true;
+    $("source").selectedIndex = -1;
+  } else if (chosen) {
+    $("source").value = chosen;
+  } else {
+    const wanted = new URLSearchParams(location.search).get("source");
+    $("source").value = wanted === PHANTOM || !cameras.length ? PHANTOM : cameras[0].deviceId;
+  }
+}
+
+// A camera unplugged (or a capture card losing its signal) ends its track: the picture would
+// freeze on both pages with nothing said.
+function cameraEnded() {
+  fail(new Error("The video source stopped (unplugged?): reconnect it and choose it again, or choose the demo phantom."));
+  sourceLost = true;
+  listSources();
 }
 
 async function openSource() {
+  if (sourceLost) throw new Error("Choose the video source again.");
   const source = $("source").value;
-  stream?.getTracks().forEach((t) => t.stop());
+  for (const t of stream?.getTracks() || []) {
+    t.removeEventListener("ended", cameraEnded); // stopped on purpose
+    t.stop();
+  }
+  stream = null;
   phantom?.stop();
   phantom = null;
   let videoTrack;
@@ -53,6 +88,7 @@ async function openSource() {
       video: { ...(source ? { deviceId: { exact: source } } : {}), width: { ideal: 1280 }, height: { ideal: 720 } },
     });
     videoTrack = camera.getVideoTracks()[0];
+    videoTrack.addEventListener("ended", cameraEnded);
   }
   const tracks = [videoTrack];
   if ($("mic").checked) {
@@ -67,31 +103,38 @@ async function openSource() {
   $("demo-badge").classList.toggle("hidden", source !== PHANTOM);
 }
 
-async function preview() {
-  try {
-    $("error").textContent = "";
-    await openSource();
-    if (live) room.startMedia(mediaOf());
-  } catch (error) {
-    fail(error);
-  }
+// One source change at a time: two overlapping ones would leave a camera (or the phantom's
+// timer) running that nothing holds any more.
+let opening = Promise.resolve();
+function preview() {
+  opening = opening.then(async () => {
+    try {
+      room.clearError();
+      await openSource();
+      if (live) room.startMedia(mediaOf());
+    } catch (error) {
+      fail(error);
+    }
+  });
+  return opening;
 }
 
 function mediaOf() {
   return {
     role: "operator",
     stream,
-    onTrack: (track) => {
-      if (track.kind !== "audio") return;
-      const audio = el("audio", { autoplay: true });
-      audio.srcObject = new MediaStream([track]);
-      $("voices").append(audio);
+    onTrack: (track, slot) => {
+      if (track.kind === "audio") room.voice(track, slot);
     },
   };
 }
 
 function goLive() {
-  if (!stream) return;
+  if (live) return;
+  if (!stream) {
+    fail(new Error("No video to send: choose a video source first (the demo phantom always works)."));
+    return;
+  }
   live = true;
   room.startMedia(mediaOf());
   $("go-live").disabled = true;
@@ -101,65 +144,78 @@ function goLive() {
 
 // The still the bedside sees, at the source's full size, without lossy coding.
 async function captureStill() {
-  if (!video.videoWidth) return;
+  if (!video.videoWidth) throw new Error("No picture to capture yet.");
+  if (!room.state) throw new Error("Not in the room yet: wait for the connection.");
   const canvas = el("canvas", { width: video.videoWidth, height: video.videoHeight });
   canvas.getContext("2d").drawImage(video, 0, 0);
   const png = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
   const cid = room.state.consultation.id;
-  const response = await fetch(`/api/consultations/${cid}/captures`, {
-    method: "POST",
-    headers: { Authorization: `Bearer ${token}`, "Content-Type": "image/png" },
-    body: png,
-  });
-  const answer = await response.json();
-  if (!response.ok) throw Object.assign(new Error(answer.error?.message), answer.error);
-  room.say(`Still captured (${video.videoWidth}×${video.videoHeight}, lossless)`);
+  // Through api(): a refusal, a proxy's page or no network all become a readable message.
+  await api(token, `/api/consultations/${cid}/captures`, { method: "POST", body: png, contentType: "image/png" });
+  room.say(`Still captured (${canvas.width}×${canvas.height}, lossless)`);
+}
+
+function showRecording(on) {
+  recording = on;
+  $("record").setAttribute("aria-pressed", String(on));
+  $("record").replaceChildren(on ? "Stop recording" : "Record clip", el("kbd", { text: "R" }));
+}
+
+// The recording's state changes only once the server said so; after a server restart it
+// has forgotten the recording, and says so (no_recording), or still has one (recording_active).
+async function toggleRecording() {
+  try {
+    await room.live.call("capture", { kind: "clip", record: recording ? "stop" : "start" }, 60000);
+    showRecording(!recording);
+    room.say(recording ? "Recording…" : "Recording saved");
+  } catch (error) {
+    if (error instanceof ApiError && error.code === "no_recording") showRecording(false);
+    if (error instanceof ApiError && error.code === "recording_active") showRecording(true);
+    throw error;
+  }
 }
 
 async function act(what) {
+  if (busy.has(what)) return;
+  busy.add(what);
+  $(BUTTONS[what]).setAttribute("aria-busy", "true");
   try {
-    $("error").textContent = "";
+    room.clearError();
     if (what === "still") await captureStill();
     if (what === "clip") {
       const seconds = Number($("clip-seconds").value) || 6;
       await room.live.call("capture", { kind: "clip", seconds }, 60000);
       room.say(`Last ${seconds} s saved`);
     }
-    if (what === "record") {
-      recording = !recording;
-      $("record").setAttribute("aria-pressed", String(recording));
-      $("record").textContent = recording ? "Stop recording" : "Record clip";
-      await room.live.call("capture", { kind: "clip", record: recording ? "start" : "stop" }, 60000);
-      room.say(recording ? "Recording…" : "Recording saved");
-    }
+    if (what === "record") await toggleRecording();
   } catch (error) {
-    if (what === "record" && recording) {
-      recording = false;
-      $("record").setAttribute("aria-pressed", "false");
-      $("record").textContent = "Record clip";
-    }
     fail(error);
+  } finally {
+    busy.delete(what);
+    $(BUTTONS[what]).removeAttribute("aria-busy");
   }
 }
 
 room.on("state", (state) => {
   $("question").textContent = state.consultation.clinical_question;
 });
-$("source").addEventListener("change", preview);
+$("source").addEventListener("change", () => {
+  sourceLost = false;
+  preview();
+});
 $("mic").addEventListener("change", preview);
 $("go-live").addEventListener("click", goLive);
 $("capture-still").addEventListener("click", () => act("still"));
 $("capture-clip").addEventListener("click", () => act("clip"));
 $("record").addEventListener("click", () => act("record"));
+const SHORTCUTS = { g: goLive, s: () => act("still"), k: () => act("clip"), r: () => act("record") };
 document.addEventListener("keydown", (event) => {
   if (event.target.closest("input, select, textarea") || event.ctrlKey || event.metaKey || event.altKey) return;
   const key = event.key.toLowerCase();
-  if (key === "g") goLive();
-  else if (key === "s" && live) act("still");
-  else if (key === "k" && live) act("clip");
-  else if (key === "r" && live) act("record");
-  else return;
+  if (!SHORTCUTS[key] || (key !== "g" && !live)) return;
   event.preventDefault();
+  // A held key is one press, not a capture per repeat.
+  if (!event.repeat) SHORTCUTS[key]();
 });
 navigator.mediaDevices?.addEventListener?.("devicechange", listSources);
 

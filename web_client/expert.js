@@ -1,7 +1,7 @@
 // Expert page (observers get the same page without the tools): the operator's live video at
 // its own aspect ratio, voice both ways, pointer and marks drawn on the picture, probe guidance,
 // captures decoded by the relay from the exact stream on screen, key images, stream statistics.
-import { describe, el, pageToken } from "./lib/api.js";
+import { ApiError, describe, el, pageToken } from "./lib/api.js";
 import { Overlay, toNormalized } from "./lib/overlay.js";
 import { ReportForm } from "./lib/report.js";
 import { Room } from "./lib/room.js";
@@ -19,6 +19,7 @@ const DIRECTIONS = {
   hold: [],
 };
 const TOOL_KEYS = { p: "pointer", a: "arrow", c: "circle", f: "freehand", t: "text", l: "caliper" };
+const ACTION_KEYS = new Set(["x", "g", "h", "s", "k", "r"]);
 
 const $ = (id) => document.getElementById(id);
 const token = pageToken();
@@ -26,10 +27,11 @@ const video = $("video");
 const overlay = new Overlay($("overlay"), video);
 const room = new Room(token, overlay, {
   status: $("connection"), participants: $("participants"), gallery: $("gallery"), log: $("log"),
-  guidance: $("guidance-text"), marks: $("marks-text"),
+  guidance: $("guidance-text"), marks: $("marks-text"), error: $("error"), voices: $("voices"),
 });
-let report = null;
+let report = null, microphoneStream = null;
 let tool = "pointer", drawing = null, lastPointer = 0, mediaTs = null, recording = false, role = "expert";
+const busy = new Set(); // captures waiting for their answer: a double click makes one
 
 function fail(error) {
   $("error").textContent = describe(error);
@@ -37,7 +39,7 @@ function fail(error) {
 }
 
 async function call(event, payload, timeoutMs) {
-  $("error").textContent = "";
+  room.clearError();
   try {
     return await room.live.call(event, payload, timeoutMs);
   } catch (error) {
@@ -137,21 +139,40 @@ async function guide(cue) {
   if (await call("guidance", body)) $("guidance-note").value = "";
 }
 
+function showRecording(on) {
+  recording = on;
+  $("record").setAttribute("aria-pressed", String(on));
+  $("record").replaceChildren(on ? "Stop recording" : "Record clip", el("kbd", { text: "R" }));
+}
+
+const CAPTURE_BUTTONS = { still: "capture-still", clip: "capture-clip", record: "record" };
+
 async function capture(kind) {
-  if (kind === "still") {
-    const ack = await call("capture", { kind: "still" }, 60000);
-    if (ack) room.say("Still captured");
-  } else if (kind === "clip") {
-    const seconds = Number($("clip-seconds").value) || 6;
-    const ack = await call("capture", { kind: "clip", seconds }, 60000);
-    if (ack) room.say(`Last ${seconds} s saved`);
-  } else {
-    const ack = await call("capture", { kind: "clip", record: recording ? "stop" : "start" }, 60000);
-    if (ack) {
-      recording = !recording;
-      $("record").setAttribute("aria-pressed", String(recording));
-      $("record").textContent = recording ? "Stop recording" : "Record clip";
+  if (busy.has(kind)) return;
+  busy.add(kind);
+  $(CAPTURE_BUTTONS[kind]).setAttribute("aria-busy", "true");
+  room.clearError();
+  try {
+    if (kind === "still") {
+      await room.live.call("capture", { kind: "still" }, 60000);
+      room.say("Still captured");
+    } else if (kind === "clip") {
+      const seconds = Number($("clip-seconds").value) || 6;
+      await room.live.call("capture", { kind: "clip", seconds }, 60000);
+      room.say(`Last ${seconds} s saved`);
+    } else {
+      await room.live.call("capture", { kind: "clip", record: recording ? "stop" : "start" }, 60000);
+      showRecording(!recording);
+      room.say(recording ? "Recording…" : "Recording saved");
     }
+  } catch (error) {
+    // After a server restart the recording is gone (or another one runs): show the truth.
+    if (error instanceof ApiError && error.code === "no_recording") showRecording(false);
+    if (error instanceof ApiError && error.code === "recording_active") showRecording(true);
+    fail(error);
+  } finally {
+    busy.delete(kind);
+    $(CAPTURE_BUTTONS[kind]).removeAttribute("aria-busy");
   }
 }
 
@@ -170,32 +191,39 @@ async function microphone() {
   try {
     return await navigator.mediaDevices.getUserMedia({ audio: true });
   } catch (error) {
-    room.say(`Listening only (no microphone): ${describe(error)}`, true);
+    const why = error?.name === "NotAllowedError" ? "the browser was refused the microphone" : describe(error);
+    room.alert(`Listening only (no microphone): ${why}.`);
+    $("mic").checked = false;
     return null;
   }
 }
 
-async function startMedia() {
-  const stream = await microphone();
-  room.startMedia({
-    role,
-    stream,
-    onTrack: (track) => {
-      if (track.kind === "video") {
-        video.srcObject = new MediaStream([track]);
-        video.addEventListener("playing", () => $("waiting").classList.add("hidden"), { once: true });
-        return;
-      }
-      const audio = el("audio", { autoplay: true });
-      audio.srcObject = new MediaStream([track]);
-      $("voices").append(audio);
-    },
+// Talk on or off renegotiates with a new stream; the previous microphone is released, or it
+// would stay open (and the browser's recording indicator on) after "Talk" is unticked.
+let starting = Promise.resolve();
+function startMedia() {
+  starting = starting.then(async () => {
+    const stream = await microphone();
+    for (const track of microphoneStream?.getTracks() || []) track.stop();
+    microphoneStream = stream;
+    room.startMedia({ role, stream, onTrack });
   });
+  return starting;
+}
+
+function onTrack(track, slot) {
+  if (track.kind === "audio") return room.voice(track, slot);
+  video.srcObject = new MediaStream([track]);
+  video.addEventListener("playing", () => $("waiting").classList.add("hidden"), { once: true });
 }
 
 room.on("state", (state, first) => {
   $("question").textContent = state.consultation.clinical_question;
-  if (!first) return;
+  if (!first) {
+    // A report that could not be loaded (the server was restarting) is loaded on rejoining.
+    if (report && !report.view) report.load();
+    return;
+  }
   role = state.you.role;
   $("role-title").textContent = role === "observer" ? "Observer" : "Expert";
   report = new ReportForm(token, state.consultation, { readOnly: role !== "expert" });
@@ -228,6 +256,8 @@ document.addEventListener("keydown", (event) => {
   if (event.target.closest("input, select, textarea") || event.ctrlKey || event.metaKey || event.altKey) return;
   if (role !== "expert") return;
   const key = event.key.toLowerCase();
+  // A held key is one press: no capture, guidance or clear per key repeat.
+  if (event.repeat && (TOOL_KEYS[key] || ACTION_KEYS.has(key))) return event.preventDefault();
   if (TOOL_KEYS[key]) selectTool(TOOL_KEYS[key]);
   else if (key === "x") call("mark_clear", {});
   else if (key === "g") guide($("cue").value);

@@ -9,12 +9,14 @@ const $ = (id) => document.getElementById(id);
 const token = pageToken();
 const isExpert = claims(token || "")?.role === "expert";
 let experts = [];
+let listFailed = false; // the error shown is the list's own: the next good refresh clears it
 
 function fail(error) {
   $("error").textContent = describe(error);
 }
 
 async function accept(row) {
+  $("error").textContent = "";
   try {
     const made = await api(token, `/api/consultations/${row.id}/accept`, { method: "POST" });
     location.assign(made.url);
@@ -24,6 +26,7 @@ async function accept(row) {
 }
 
 async function invite(row) {
+  $("error").textContent = "";
   try {
     const made = await api(token, `/api/consultations/${row.id}/invites`, {
       method: "POST",
@@ -37,11 +40,13 @@ async function invite(row) {
 }
 
 async function assign(row, sub) {
+  $("error").textContent = "";
   try {
     await api(token, `/api/consultations/${row.id}/assign`, { method: "POST", json: { expert: sub || null } });
-    refresh();
+    refresh(true);
   } catch (error) {
     fail(error);
+    refresh(true); // the list shows who is really assigned, not the refused choice
   }
 }
 
@@ -56,7 +61,17 @@ function actions(c) {
   return el("td", {}, select, " ", el("button", { type: "button", text: "Join link", onclick: () => invite(c) }));
 }
 
-async function refresh() {
+// The rows are rebuilt every few seconds: the keyboard focus must not fall back to the top of
+// the page each time, and an expert list being chosen from must not close under the pointer.
+function focusedControl() {
+  const active = document.activeElement;
+  const row = active?.closest?.("#queue tr[data-id]");
+  return row ? { id: row.dataset.id, tag: active.tagName.toLowerCase() } : null;
+}
+
+async function refresh(force = false) {
+  const focus = focusedControl();
+  if (focus?.tag === "select" && !force) return; // next time
   try {
     const answer = await api(token, "/api/consultations");
     if (!isExpert) experts = (await api(token, "/api/experts")).experts || [];
@@ -74,11 +89,15 @@ async function refresh() {
       el("td", { text: c.checklist.complete ? "complete" : `${c.checklist.missing_count} missing` }),
       actions(c),
     )));
+    if (focus) $("queue").querySelector(`tr[data-id="${focus.id}"] ${focus.tag}`)?.focus();
     const overdue = consultations.filter((c) => c.overdue).length;
     $("status").textContent = `${consultations.length} open, ${overdue} overdue · ${new Date().toLocaleTimeString()}`;
-    $("error").textContent = "";
+    // Not a refused accept or assignment: that message stays until the next action.
+    if (listFailed) $("error").textContent = "";
+    listFailed = false;
   } catch (error) {
     fail(error);
+    listFailed = true;
   }
 }
 
@@ -88,5 +107,5 @@ $("action-title").textContent = isExpert ? "Take it" : "Expert";
 if (!token) $("error").textContent = "This page needs your queue link (a coordinator's, or an expert's own).";
 else {
   refresh();
-  setInterval(refresh, REFRESH_MS);
+  setInterval(() => refresh(), REFRESH_MS);
 }

@@ -186,8 +186,15 @@ async function invite() {
       json: { role, name },
     });
     const link = el("a", { href: made.url, target: "_blank", rel: "noopener", "data-role": role, text: made.url });
-    const copy = el("button", { type: "button", text: "Copy",
-      onclick: () => navigator.clipboard?.writeText(made.url) });
+    // Say whether it worked: a link the coordinator believes copied but is not gets lost.
+    const copy = el("button", { type: "button", text: "Copy", onclick: async () => {
+      try {
+        await navigator.clipboard.writeText(made.url);
+        copy.textContent = "Copied";
+      } catch {
+        copy.textContent = "Copy failed: select the link";
+      }
+    } });
     $("links").append(el("li", {}, el("strong", { text: `${name} (${role}) ` }), copy, el("br"), link));
     $("invite-role").value = role === "operator" ? "expert" : role;
     $("invite-name").value = role === "operator" ? "Expert" : "";

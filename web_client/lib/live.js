@@ -44,6 +44,15 @@ export class Live {
     return this.socket.connected;
   }
 
+  // False once the server refused the connection: Socket.IO then stops retrying by itself.
+  get active() {
+    return this.socket.active;
+  }
+
+  reopen() {
+    if (!this.socket.active) this.socket.connect();
+  }
+
   close() {
     this.socket.close();
   }

@@ -7,6 +7,8 @@ const CONCORDANCE = { agree: "Agree", minor_discrepancy: "Minor discrepancy", ma
 const QUALITY = { adequate: "Adequate", limited: "Limited", non_diagnostic: "Non-diagnostic" };
 const REASONS = { missing_landmarks: "missing landmarks", poor_image_quality: "poor image quality", incomplete_protocol: "incomplete protocol" };
 
+const BUSY_BUTTONS = ["report-save", "report-sign", "addendum-add"];
+
 const $ = (id) => document.getElementById(id);
 
 export class ReportForm {
@@ -18,9 +20,12 @@ export class ReportForm {
     this.view = null;
     this.readOnly = readOnly;
     this.armed = null;
-    $("report-save").addEventListener("click", () => this.save());
-    $("report-sign").addEventListener("click", () => this.sign());
-    $("addendum-add").addEventListener("click", () => this.addendum());
+    this.busy = false;
+    this.typed = false; // the expert has typed or chosen something in the form
+    for (const kind of ["input", "change"]) $("report-form").addEventListener(kind, () => { this.typed = true; });
+    $("report-save").addEventListener("click", () => this.once(() => this.save()));
+    $("report-sign").addEventListener("click", (event) => this.sign(event));
+    $("addendum-add").addEventListener("click", () => this.once(() => this.addendum()));
     $("report-print").addEventListener("click", () => window.print());
     $("report-quality").addEventListener("change", () => this.showReasons());
     if (readOnly) $("report-form").classList.add("hidden");
@@ -68,21 +73,38 @@ export class ReportForm {
     }
   }
 
-  // Two steps: signing cannot be undone.
-  async sign() {
+  // One request at a time: a double click must not save twice or sign a second addendum.
+  async once(action) {
+    if (this.busy) return;
+    this.busy = true;
+    for (const id of BUSY_BUTTONS) $(id).setAttribute("aria-disabled", "true");
+    try {
+      await action();
+    } finally {
+      this.busy = false;
+      for (const id of BUSY_BUTTONS) $(id).removeAttribute("aria-disabled");
+    }
+  }
+
+  // Two steps: signing cannot be undone. The confirming click must be a click of its own:
+  // the second click of a double click (detail 2) would skip the confirmation.
+  sign(event) {
+    if (this.busy || (this.armed && event?.detail > 1)) return;
     if (!this.armed) {
       $("report-sign").textContent = "Click again to sign: it cannot be undone";
       this.armed = setTimeout(() => this.disarm(), SIGN_CONFIRM_MS);
       return;
     }
     this.disarm();
-    if (!(await this.save())) return;
-    try {
-      this.render(await api(this.token, `${this.url}/sign`, { method: "POST" }));
-      this.status("Signed");
-    } catch (error) {
-      this.status(describe(error), true);
-    }
+    return this.once(async () => {
+      if (!(await this.save())) return;
+      try {
+        this.render(await api(this.token, `${this.url}/sign`, { method: "POST" }));
+        this.status("Signed");
+      } catch (error) {
+        this.status(describe(error), true);
+      }
+    });
   }
 
   disarm() {
@@ -126,8 +148,9 @@ export class ReportForm {
     if (first) {
       $("report-category").replaceChildren(el("option", { value: "", text: "—" }),
         ...view.categories.map((k) => el("option", { value: k.value, text: k.label })));
+      // A late first load (after a reconnection) must not replace what the expert typed.
       const body = view.current?.body;
-      if (body) this.fill(body);
+      if (body && !this.typed) this.fill(body);
     }
     $("report-terminology").replaceChildren(...view.terminology.map((t) => el("li", { "data-phrase": t.phrase },
       el("strong", { text: `“${t.phrase}” → “${t.preferred}”` }), el("span", { class: "why", text: ` ${t.why}` }))));
@@ -136,6 +159,9 @@ export class ReportForm {
     this.showReasons();
     $("report-form").classList.toggle("hidden", view.signed || this.readOnly);
     $("report-signed").classList.toggle("hidden", !view.signed);
+    // Only the expert adds addenda: an observer would only be refused.
+    for (const id of ["addendum-text", "addendum-add"]) $(id).classList.toggle("hidden", this.readOnly);
+    $("addendum-text").labels[0].classList.toggle("hidden", this.readOnly);
     if (view.signed) this.document(view);
   }
 

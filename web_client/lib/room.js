@@ -9,7 +9,8 @@ const RECONNECT_AFTER_MS = 4000;
 const QUALITY_EVERY_MS = 2000;
 
 export class Room {
-  // ui: {status, participants, gallery, log} elements (any may be missing).
+  // ui: {status, participants, gallery, log, error, voices, guidance, marks} elements (any may
+  // be missing).
   constructor(token, overlay, ui) {
     this.token = token;
     this.overlay = overlay;
@@ -19,15 +20,12 @@ export class Room {
     this.media = null;   // {role, stream, onTrack}: what to (re)connect
     this.gallery = new Map();
     this.handlers = {};
+    this.refusal = null; // the server's error object once it refused us
     this.live = new Live(token);
     const on = (event, fn) => this.live.on(event, fn);
     on("connect", () => this.indicate());
     on("disconnect", () => this.indicate());
-    on("connect_error", (error) => {
-      this.indicate();
-      // Refusals carry our error object; transport failures are retried by Socket.IO.
-      if (error?.data?.code) this.say(`Cannot join: ${error.data.message}`, true);
-    });
+    on("connect_error", (error) => this.refused(error));
     on("room_state", (state) => this.welcome(state));
     on("presence", (p) => this.people(p.participants));
     on("pointer", (p) => overlay.setPointer(p.from, p.x, p.y));
@@ -50,15 +48,37 @@ export class Room {
     return this;
   }
 
+  // Transport failures are retried by Socket.IO; a refusal by the server is not, so say why
+  // and what to do rather than "reconnecting" for ever.
+  refused(error) {
+    if (this.live.active) return this.indicate();
+    const refusal = error?.data;
+    if (refusal?.code) {
+      this.refusal = { ...refusal, text: `Cannot join the room: ${refusal.message}. Ask the coordinator for a new join link.` };
+      this.alert(this.refusal.text);
+    } else {
+      // Refused without our error object (the server gave up on a half-open connection): not
+      // about the token, so try again.
+      clearTimeout(this.rejoin);
+      this.rejoin = setTimeout(() => this.live.reopen(), RECONNECT_AFTER_MS);
+    }
+    this.indicate();
+  }
+
   welcome(state) {
     const first = this.state === null;
     this.state = state;
+    if (this.refusal) {
+      this.refusal = null;
+      this.clearError();
+    }
     this.overlay.setMarks(state.marks);
     this.describeMarks();
-    this.overlay.setGuidance(state.guidance);
+    this.guidance(state.guidance);
     this.people(state.participants);
     this.handlers.state?.(state, first);
-    if (first) this.loadGallery();
+    // Again after a reconnection: key images made while we were away were announced without us.
+    this.loadGallery();
     // Every (re)connection renegotiates: after a drop the relay may have let the peer go.
     if (this.media) this.connect();
   }
@@ -66,10 +86,9 @@ export class Room {
   // The canvas is invisible to screen readers: the same facts as text.
   guidance(g) {
     this.overlay.setGuidance(g);
-    if (this.ui.guidance && g) {
-      const words = [g.cue, g.direction, g.note].filter(Boolean).join(" ").replaceAll("_", " ");
-      this.ui.guidance.textContent = `Guidance: ${words}`;
-    }
+    if (!this.ui.guidance) return;
+    const words = g && [g.cue, g.direction, g.note].filter(Boolean).join(" ").replaceAll("_", " ");
+    this.ui.guidance.textContent = g ? `Guidance: ${words}` : "";
   }
 
   describeMarks() {
@@ -91,15 +110,55 @@ export class Room {
     this.ui.log.prepend(el("li", { class: isError ? "error" : "", text: `${new Date().toLocaleTimeString()} ${message}` }));
   }
 
+  // A failure the user must see (the activity log scrolls and may be off screen).
+  alert(message) {
+    if (this.ui.error) this.ui.error.textContent = message;
+    this.say(message, true);
+  }
+
+  // Before a new action: its old error goes, but not a refusal to join, which still holds.
+  clearError() {
+    if (this.ui.error) this.ui.error.textContent = this.refusal?.text || "";
+  }
+
+  // One <audio> per voice slot, reused by every (re)connection: the previous peer
+  // connection's tracks have ended, and a new element each time would pile up.
+  voice(track, slot) {
+    if (!this.ui.voices) return;
+    let audio = this.ui.voices.querySelector(`audio[data-slot="${slot}"]`);
+    if (!audio) {
+      audio = el("audio", { autoplay: true, "data-slot": slot });
+      this.ui.voices.append(audio);
+    }
+    audio.srcObject = new MediaStream([track]);
+  }
+
   // Media: start once, and again after any drop.
   startMedia(media) {
     this.media = media;
     if (this.live.connected && this.state) this.connect();
   }
 
+  // A reconnection or a new stream while an offer is out: offer again once it is answered,
+  // rather than keep a peer connection with the old stream.
   async connect() {
-    if (this.connecting) return;
+    if (this.connecting) {
+      this.again = true;
+      return;
+    }
     this.connecting = true;
+    try {
+      do {
+        this.again = false;
+        await this.offer();
+      } while (this.again && this.live.connected);
+    } finally {
+      this.connecting = false;
+      this.indicate();
+    }
+  }
+
+  async offer() {
     const old = this.pc;
     this.pc = null;
     old?.close();
@@ -111,11 +170,12 @@ export class Room {
       });
       this.say("Media connected");
     } catch (error) {
-      this.say(`Media: ${describe(error)}`, true);
-      if (error.code !== "codec_mismatch" && error.code !== "invalid_state") this.retrySoon();
-    } finally {
-      this.connecting = false;
-      this.indicate();
+      // These two will not change by trying again: the user must see them.
+      if (error.code === "codec_mismatch" || error.code === "invalid_state") this.alert(`Media: ${describe(error)}`);
+      else {
+        this.say(`Media: ${describe(error)}`, true);
+        this.retrySoon();
+      }
     }
   }
 
@@ -135,21 +195,28 @@ export class Room {
   async indicate() {
     const badge = this.ui.status;
     if (!badge) return;
-    let level = "offline", text = "Offline: reconnecting…";
-    if (this.live.connected) {
+    let level = "offline", text = "Offline: reconnecting…", figures = "";
+    if (this.refusal && !this.live.connected) text = "Not admitted: see the message";
+    else if (this.live.connected) {
       const s = this.pc?.connectionState;
-      if (s === "connected") {
-        const q = await quality(this.pc);
+      // getStats on a connection closed meanwhile rejects: say it as a connection state.
+      const q = s === "connected" && (await quality(this.pc).catch(() => null));
+      if (q) {
         level = q.level;
-        text = `${q.level[0].toUpperCase()}${q.level.slice(1)} connection` +
-          (q.rtt != null ? ` · ${Math.round(q.rtt)} ms` : "") + ` · ${q.loss.toFixed(1)}% loss`;
+        text = `${q.level[0].toUpperCase()}${q.level.slice(1)} connection`;
+        figures = (q.rtt != null ? ` · ${Math.round(q.rtt)} ms` : "") + ` · ${q.loss.toFixed(1)}% loss`;
       } else {
         level = "fair";
         text = this.media ? `Media ${s || "starting"}…` : "Connected";
       }
     }
     badge.className = `pill ${level}`;
-    badge.textContent = text;
+    // The badge is a live region: rewrite (and so announce) only a change of state, not the
+    // figures that change every two seconds (hidden from screen readers).
+    if (badge.childElementCount !== 2 || badge.firstChild.textContent !== text) {
+      badge.replaceChildren(el("span", { text }), el("span", { "aria-hidden": "true" }));
+    }
+    badge.lastChild.textContent = figures;
     badge.dataset.level = level;
     badge.dataset.media = this.live.connected ? this.pc?.connectionState || "none" : "offline";
   }
@@ -172,10 +239,14 @@ export class Room {
     const download = el("a", { href: "#", text: "DICOM", "aria-label": `Download the DICOM of this ${k.kind}` });
     download.addEventListener("click", async (event) => {
       event.preventDefault();
-      const blob = await apiBlob(this.token, `/api/key-images/${k.id}/dicom`);
-      const link = el("a", { href: URL.createObjectURL(blob), download: `key-image-${k.id.slice(0, 8)}.dcm` });
-      link.click();
-      setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+      try {
+        const blob = await apiBlob(this.token, `/api/key-images/${k.id}/dicom`);
+        const link = el("a", { href: URL.createObjectURL(blob), download: `key-image-${k.id.slice(0, 8)}.dcm` });
+        link.click();
+        setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+      } catch (error) {
+        this.alert(`DICOM download: ${describe(error)}`);
+      }
     });
     const figure = el("figure", { "data-key-image": k.id }, img,
       el("figcaption", {}, el("span", { text: k.kind }), download));
@@ -183,6 +254,10 @@ export class Room {
     this.ui.gallery.prepend(figure);
     try {
       img.src = URL.createObjectURL(await apiBlob(this.token, `/api/key-images/${k.id}/preview`));
+      // Once decoded the picture stays on screen: the blob need not stay in memory.
+      const release = () => URL.revokeObjectURL(img.src);
+      img.addEventListener("load", release, { once: true });
+      img.addEventListener("error", release, { once: true });
     } catch (error) {
       img.alt = `preview unavailable: ${describe(error)}`;
     }
