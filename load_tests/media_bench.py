@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eio_client import LiveConnection
 from procstat import cpu_seconds, rss_bytes
+from relay_latency import relay_samples
 from signaling_bench import (
     free_port,
     log,
@@ -144,6 +145,10 @@ class Result:
     latency_measured: int = 0
     latency_p50_ms: float = 0.0
     latency_p99_ms: float = 0.0
+    # The relay's own share (last packet in → first packet out, in the server), with --relay-latency.
+    relay_measured: int = 0
+    relay_p50_ms: float = 0.0
+    relay_p99_ms: float = 0.0
     server_cpu_percent: float = 0.0
     cpu_percent_per_stream: float = 0.0
     server_rss_mib: float = 0.0
@@ -307,9 +312,15 @@ def bench_probelink(
     secret = secrets.token_urlsafe(32)
     with ExitStack() as stack:
         env = probelink_env(workdir / f"probelink-{n}", secret)
-        proc = stack.enter_context(
-            process([sys.executable, "-m", "server", "serve", "--port", str(port)], env, port)
-        )
+        samples = workdir / f"relay-latency-{n}.jsonl"
+        command = [sys.executable, "-m", "server"]
+        if args.relay_latency:
+            command = [
+                sys.executable,
+                str(Path(__file__).with_name("relay_latency.py")),
+                str(samples),
+            ]
+        proc = stack.enter_context(process([*command, "serve", "--port", str(port)], env, port))
         base = f"http://127.0.0.1:{port}"
         tokens = asyncio.run(provision(base, secret, n, 2))
 
@@ -343,7 +354,14 @@ def bench_probelink(
                     await conn.close()
                 return result
 
-        return asyncio.run(main())
+        result = asyncio.run(main())
+    # The server has stopped (its probes flushed): the relay's own share of each frame's latency.
+    relay = relay_samples(samples)
+    if relay:
+        result.relay_measured = len(relay)
+        result.relay_p50_ms = percentile(relay, 50)
+        result.relay_p99_ms = percentile(relay, 99)
+    return result
 
 
 def continuous_decode_cost(clip: tuple[list[bytes], list[bool]], loops: int = 5) -> float:
@@ -360,8 +378,8 @@ def continuous_decode_cost(clip: tuple[list[bytes], list[bool]], loops: int = 5)
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| relay | consultations | server CPU % | CPU % per stream | vs baseline | frames delivered | latency p50 / p99 ms | server RSS MiB | generator CPU % |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| relay | consultations | server CPU % | CPU % per stream | vs baseline | frames delivered | latency p50 / p99 ms | relay-only p50 / p99 ms | server RSS MiB | generator CPU % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         base = next(
@@ -379,9 +397,10 @@ def table(results: list[Result]) -> str:
             if r.latency_measured
             else "n/a (re-encoded)"
         )
+        relay = f"{r.relay_p50_ms:.2f} / {r.relay_p99_ms:.2f}" if r.relay_measured else "-"
         lines.append(
             f"| {r.name} | {r.consultations} | {r.server_cpu_percent:.1f} | {r.cpu_percent_per_stream:.2f} | {ratio} "
-            f"| {delivered:.1f}% | {latency} | {r.server_rss_mib:.0f} | {r.generator_cpu_percent:.0f} |"
+            f"| {delivered:.1f}% | {latency} | {relay} | {r.server_rss_mib:.0f} | {r.generator_cpu_percent:.0f} |"
         )
     return "\n".join(lines)
 
@@ -397,6 +416,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--warmup", type=float, default=4)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--relay-latency",
+        action="store_true",
+        help="probe the server: the relay's own latency per frame (load_tests/relay_latency.py)",
+    )
     args = parser.parse_args()
     forwarding.install()  # the experts count encoded frames; nothing in the generator decodes
     log("encoding the 720p clip and the voice once")
@@ -408,6 +432,7 @@ def main() -> None:
     log(f"decoding one 720p30 publisher continuously: {decode_cost:.1f}% of a core")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        log(f"work directory {tmp}")
         for n in [int(c) for c in args.consultations.split(",")]:
             if n <= args.baseline_max:
                 results.append(bench_baseline(args, n, clip, voice))
