@@ -231,6 +231,12 @@ async def test_bedside_and_expert_run_a_session_in_two_browsers(
     exp_context, expert, expert_errors = await new_page(chromium)
     await expert.goto(expert_link)
     await expert.wait_for_url("**/expert#token=*")
+    # The request as the expert reads it: the context sent, and what is still missing.
+    context = expert.locator("#request")
+    await context.locator("dl.context").wait_for(timeout=TIMEOUT_MS)
+    request_text = await context.inner_text()
+    assert "Synthetic phantom" in request_text and "first read BI-RADS 4A" in request_text
+    assert "Scanning now; details follow" in request_text and "Not given:" in request_text
     await expert.locator("#waiting").wait_for(state="hidden", timeout=TIMEOUT_MS)
     # The expert's video plays: frames advance, at the bedside's size and aspect ratio.
     first = await frames_advance(expert)

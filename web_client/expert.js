@@ -4,6 +4,7 @@
 import { ApiError, describe, el, pageToken } from "./lib/api.js";
 import { Overlay, toNormalized } from "./lib/overlay.js";
 import { ReportForm } from "./lib/report.js";
+import { showRequest } from "./lib/request.js";
 import { Room } from "./lib/room.js";
 
 const POINTER_INTERVAL_MS = 33; // 30 Hz, under the server's per-socket limit
@@ -226,6 +227,7 @@ room.on("state", (state, first) => {
   }
   role = state.you.role;
   $("role-title").textContent = role === "observer" ? "Observer" : "Expert";
+  showRequest(token, state.consultation.id, $("request"));
   report = new ReportForm(token, state.consultation, { readOnly: role !== "expert" });
   for (const k of room.gallery.keys()) report.addKeyImage({ id: k, kind: "key image" });
   report.load();
