@@ -293,6 +293,19 @@ async def test_bedside_and_expert_run_a_session_in_two_browsers(
     )
     assert shifted > 50, "the bedside picture is not pillarboxed; the check would prove nothing"
 
+    # The same with the keyboard alone: a caliper measured with the arrow keys.
+    await expert.focus("#stage")
+    await expert.keyboard.press("l")
+    await expert.keyboard.press("Enter")
+    for _ in range(10):
+        await expert.keyboard.press("ArrowRight")
+    await expert.keyboard.press("Enter")
+    await bedside.wait_for_function(
+        "() => document.getElementById('marks-text').textContent === '2 marks on the picture'",
+        timeout=TIMEOUT_MS,
+    )
+    await expert.keyboard.press("p")
+
     # Guidance from the palette reaches the bedside as a cue (drawn, and as text for readers).
     await expert.select_option("#cue", "rotate")
     await expert.select_option("#direction", "clockwise")
@@ -313,7 +326,9 @@ async def test_bedside_and_expert_run_a_session_in_two_browsers(
     token = coordinator_token(live_server)
     images = http(live_server, f"/api/consultations/{cid}/key-images", token)["key_images"]
     assert [(i["kind"], i["detail"]["source"]) for i in images] == [("still", "relay")]
-    assert images[0]["marks"][0]["kind"] == "arrow"
+    assert [m["kind"] for m in images[0]["marks"]] == ["arrow", "caliper"]
+    (x0, y0), (x1, y1) = images[0]["marks"][1]["points"]
+    assert abs((x1 - x0) - 0.1) < 1e-6 and y1 == y0  # ten steps of the arrow key
     data = http(live_server, f"/api/key-images/{images[0]['id']}/dicom", token)
     assert dciodvfy_errors(data, tmp_path) == []
     pixels = read(data).pixel_array

@@ -126,6 +126,62 @@ async function pointerUp() {
   await call("mark", withTs({ kind, points }));
 }
 
+// The keyboard on the picture (it takes focus): arrow keys move a cursor (Shift: faster), Enter
+// points or places the mark's next point; two Enters make an arrow, circle or caliper,
+// freehand takes points until Space ends it; Escape cancels.
+const KEY_STEP = 0.01;
+const KEY_STEP_FAST = 0.05;
+const KEY_MOVES = { arrowleft: [-1, 0], arrowright: [1, 0], arrowup: [0, -1], arrowdown: [0, 1] };
+const cursor = { x: 0.5, y: 0.5 };
+
+function showCursor() {
+  overlay.setPointer("keyboard", cursor.x, cursor.y);
+  if (drawing) {
+    const points = drawing.kind === "freehand" ? [...drawing.points, [cursor.x, cursor.y]] : [drawing.points[0], [cursor.x, cursor.y]];
+    draft(points);
+  }
+}
+
+async function placeAtCursor() {
+  const p = [cursor.x, cursor.y];
+  if (tool === "pointer") return room.live.send("pointer", withTs({ x: p[0], y: p[1] }));
+  if (tool === "text") {
+    const text = $("label-text").value.trim();
+    if (!text) return fail(new Error("Type the label's text first (the field beside the tools)."));
+    return call("mark", withTs({ kind: "text", points: [p], text }));
+  }
+  if (!drawing) {
+    drawing = { kind: tool, points: [p] };
+    return showCursor();
+  }
+  if (drawing.kind === "freehand") {
+    if (drawing.points.length < FREEHAND_POINTS_MAX) drawing.points.push(p);
+    return showCursor();
+  }
+  drawing.points = [drawing.points[0], p];
+  await pointerUp();
+}
+
+function stageKey(event) {
+  if (role !== "expert" || event.ctrlKey || event.metaKey || event.altKey) return false;
+  const key = event.key.toLowerCase();
+  const move = KEY_MOVES[key];
+  if (move) {
+    const step = event.shiftKey ? KEY_STEP_FAST : KEY_STEP;
+    cursor.x = Math.min(1, Math.max(0, cursor.x + move[0] * step));
+    cursor.y = Math.min(1, Math.max(0, cursor.y + move[1] * step));
+    showCursor();
+  } else if (key === "enter") {
+    placeAtCursor();
+  } else if (key === " " && drawing?.kind === "freehand") {
+    pointerUp();
+  } else {
+    return false;
+  }
+  event.preventDefault();
+  return true;
+}
+
 function fillDirections() {
   const choices = DIRECTIONS[$("cue").value];
   $("direction").replaceChildren(...choices.map((d) => el("option", { value: d, text: d.replaceAll("_", " ") })));
@@ -254,6 +310,9 @@ stage.addEventListener("pointerdown", pointerDown);
 stage.addEventListener("pointermove", pointerMove);
 stage.addEventListener("pointerup", pointerUp);
 stage.addEventListener("pointercancel", () => { drawing = null; overlay.setDraft(null); });
+stage.addEventListener("keydown", (event) => {
+  if (stageKey(event)) event.stopPropagation();
+});
 document.addEventListener("keydown", (event) => {
   if (event.target.closest("input, select, textarea") || event.ctrlKey || event.metaKey || event.altKey) return;
   if (role !== "expert") return;
@@ -267,7 +326,7 @@ document.addEventListener("keydown", (event) => {
   else if (key === "s") capture("still");
   else if (key === "k") capture("clip");
   else if (key === "r") capture("record");
-  else if (key === "escape" && drawing) { drawing = null; overlay.setDraft(null); }
+  else if (key === "escape" && drawing) { drawing = null; overlay.setDraft(null); overlay.removePointer("keyboard"); }
   else return;
   event.preventDefault();
 });
