@@ -222,6 +222,21 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     assert "coordinator link" not in result.stdout
 
 
+def test_bad_site_data_files_stop_start_up_naming_the_file_and_entry(tmp_path: Path) -> None:
+    terms = tmp_path / "terms.toml"
+    terms.write_text('[[term]]\nphrase = "clot"\npreferred = "thrombus"\n')  # no "why"
+    result = probelink("serve", env=cli_env(tmp_path / "data", PROBELINK_TERMINOLOGY=str(terms)))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"the terminology file {terms}, term 1" in result.stderr
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text("[profile\n")
+    result = probelink(
+        "serve", env=cli_env(tmp_path / "data", PROBELINK_DEVICE_PROFILES=str(profiles))
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"the device profiles {profiles} is not valid TOML" in result.stderr
+
+
 def test_readme_documents_every_setting() -> None:
     readme = README.read_text()
     for name in Settings.model_fields:
