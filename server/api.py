@@ -44,7 +44,7 @@ from server.reports import ReportState
 from server.store import ConsultationRow, ParticipantRow
 from server.store.times import iso
 from server.turn import ice_servers_for
-from server.turnaround import Summary, Times, summarise
+from server.turnaround import Summary, summarise
 
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
 
@@ -143,7 +143,7 @@ async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, A
             images_api.prior_view(o)
             for o in await request.app[KEY_IMAGES].log.objects(row.id, "prior")
         ],
-        "report": await reports_api.report_view(request, row, report),
+        "report": await reports_api.report_view(request, row, report, key_images),
         "turnaround": {
             "requested_at": iso(row.requested_at),
             "first_joined_at": iso(row.first_joined_at) if row.first_joined_at else None,
@@ -326,11 +326,7 @@ async def get_ice_servers(request: web.Request) -> web.Response:
 
 async def turnaround_summary(app: web.Application) -> Summary:
     """Turnaround over every consultation not cancelled; also refreshes the /metrics gauges."""
-    rows = await app[STORE].list_consultations(set(State) - {State.CANCELLED})
-    summary = summarise(
-        (Times(r.state, r.requested_at, r.due_at, r.first_joined_at, r.signed_at) for r in rows),
-        datetime.now(UTC),
-    )
+    summary = summarise(await app[STORE].turnaround_times(), datetime.now(UTC))
     metrics = app[METRICS]
     for stage, figures in summary.stages.items():
         for quantile, value in (("0.5", figures.median_seconds), ("0.9", figures.p90_seconds)):

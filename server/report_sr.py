@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 from datetime import datetime
+from typing import Any
 
 import pydicom
 
@@ -25,7 +26,11 @@ SR_KIND = "report"
 
 
 async def archive_report(
-    key_images: KeyImages, row: ConsultationRow, report: ReportState, now: datetime
+    key_images: KeyImages,
+    row: ConsultationRow,
+    report: ReportState,
+    images: list[dict[str, Any]],
+    now: datetime,
 ) -> ArchivedObject:
     """Write the report as it stands (signed body and addenda) durably; its archived object."""
     body = report.current
@@ -34,7 +39,7 @@ async def archive_report(
         raise Conflict("only a signed report is archived", code="report_not_signed")
     key = key_images.key
     study = key_images.study_of(row)
-    known = {image["id"]: image for image in await key_images.log.images(row.id)}
+    known = {image["id"]: image for image in images}
     evidence = []
     for key_image_id in body.key_image_ids:
         view = known.get(key_image_id)

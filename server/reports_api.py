@@ -61,6 +61,8 @@ async def _writer(request: web.Request) -> tuple[Principal, ConsultationRow]:
     assigned expert (a join link from before a reassignment no longer writes or signs)."""
     principal = _expert(request)
     row = await _consultation(request, principal)
+    if row.state is State.CANCELLED:
+        raise Conflict("the consultation is cancelled; it takes no report", code="invalid_state")
     if row.assigned_expert is not None:
         participants = await request.app[STORE].participants(row.id)
         mine = next((p for p in participants if p.id == principal.sub), None)
@@ -73,13 +75,16 @@ async def _writer(request: web.Request) -> tuple[Principal, ConsultationRow]:
 
 
 async def report_view(
-    request: web.Request, row: ConsultationRow, report: ReportState
+    request: web.Request,
+    row: ConsultationRow,
+    report: ReportState,
+    images: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The report as the expert page and the record show it, with what its rules say now."""
     application = row.context.application.value if row.context.application else None
     body = report.current
     latest = next((v for v in reversed(report.versions) if v.body is not None), None)
-    known = {i["id"] for i in await request.app[KEY_IMAGES].log.images(row.id)}
+    known = {i["id"] for i in images}
     terms = request.app[TERMINOLOGY]
     names = {p.id: p.name for p in await request.app[STORE].participants(row.id)}
     missing = (
@@ -135,7 +140,8 @@ def _version_view(v: Version, names: dict[str, str]) -> dict[str, Any]:
 async def get_report(request: web.Request) -> web.Response:
     principal = authenticate(request)
     row = await _consultation(request, principal)
-    view = await report_view(request, row, await _state(request, row))
+    images = await request.app[KEY_IMAGES].log.images(row.id)
+    view = await report_view(request, row, await _state(request, row), images)
     # Who read which report, recorded before it leaves the server (as for the record).
     await request.app[STORE].record_audit(
         facts(request, principal, "report.read", "consultation", row.id)
@@ -149,8 +155,6 @@ async def put_report(request: web.Request) -> web.Response:
     body = parse_json(
         ReportBody, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
     )
-    if row.state is State.CANCELLED:
-        raise Conflict("the consultation is cancelled; it takes no report", code="invalid_state")
     report = await _state(request, row)
     version = report.draft(body, principal.sub, datetime.now(UTC))
     await request.app[STORE].reports.append(
@@ -159,23 +163,23 @@ async def put_report(request: web.Request) -> web.Response:
         facts(request, principal, "report.draft", "consultation", row.id),
         state=State.REPORTED,
     )
-    return web.json_response(await report_view(request, row, report))
+    images = await request.app[KEY_IMAGES].log.images(row.id)
+    return web.json_response(await report_view(request, row, report, images))
 
 
 async def sign_report(request: web.Request) -> web.Response:
     """Sign: immutable from now on, archived as a DICOM SR and queued for the PACS."""
     principal, row = await _writer(request)
-    if row.state is State.CANCELLED:
-        raise Conflict("the consultation is cancelled; it cannot be signed", code="invalid_state")
     report = await _state(request, row)
-    key_images = request.app[KEY_IMAGES]
-    known = {i["id"] for i in await key_images.log.images(row.id)}
-    now = datetime.now(UTC)
+    images = await request.app[KEY_IMAGES].log.images(row.id)
     version = report.sign(
-        principal.sub, now, has_first_read=bool(row.context.first_read), known_key_images=known
+        principal.sub,
+        datetime.now(UTC),
+        has_first_read=bool(row.context.first_read),
+        known_key_images={i["id"] for i in images},
     )
-    await _commit_with_sr(request, principal, row, report, version, "report.sign", State.SIGNED)
-    return web.json_response(await report_view(request, row, report))
+    await _commit_with_sr(request, principal, row, report, images, version, State.SIGNED)
+    return web.json_response(await report_view(request, row, report, images))
 
 
 async def add_addendum(request: web.Request) -> web.Response:
@@ -185,9 +189,10 @@ async def add_addendum(request: web.Request) -> web.Response:
         AddendumRequest, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
     )
     report = await _state(request, row)
+    images = await request.app[KEY_IMAGES].log.images(row.id)
     version = report.addendum(addendum.text, principal.sub, datetime.now(UTC))
-    await _commit_with_sr(request, principal, row, report, version, "report.addendum", None)
-    return web.json_response(await report_view(request, row, report), status=201)
+    await _commit_with_sr(request, principal, row, report, images, version, None)
+    return web.json_response(await report_view(request, row, report, images), status=201)
 
 
 async def _commit_with_sr(
@@ -195,12 +200,14 @@ async def _commit_with_sr(
     principal: Principal,
     row: ConsultationRow,
     report: ReportState,
+    images: list[dict[str, Any]],
     version: Version,
-    action: str,
     state: State | None,
 ) -> None:
+    """Archive the report as it now stands and record it with `version` (signature or addendum)."""
     key_images = request.app[KEY_IMAGES]
-    sr = await archive_report(key_images, row, report, version.created_at)
+    sr = await archive_report(key_images, row, report, images, version.created_at)
+    action = "report.addendum" if version.addendum is not None else "report.sign"
     await request.app[STORE].reports.append(
         row.id,
         version,

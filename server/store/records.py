@@ -24,6 +24,7 @@ from server.errors import Conflict, NotFound
 from server.store.reports import ReportLog
 from server.store.room_log import RoomLog
 from server.store.times import from_iso, iso
+from server.turnaround import Times
 
 AUDIT_LOCK_ID = 0x61756474  # "audt": advisory lock key serializing audit appends on PostgreSQL
 AUDIT_PAGE_ROWS = 1000
@@ -136,6 +137,27 @@ class Store:
                 {f"s{i}": s for i, s in enumerate(wanted)},
             )
             return [_consultation(m) for m in result.mappings()]
+
+    async def turnaround_times(self) -> list[Times]:
+        """What turnaround needs of every consultation not cancelled (no context parsed)."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text(
+                    "SELECT state, requested_at, due_at, first_joined_at, signed_at"
+                    " FROM consultations WHERE state <> :cancelled"
+                ),
+                {"cancelled": State.CANCELLED.value},
+            )
+            return [
+                Times(
+                    State(m["state"]),
+                    datetime.fromisoformat(m["requested_at"]),
+                    datetime.fromisoformat(m["due_at"]),
+                    from_iso(m["first_joined_at"]),
+                    from_iso(m["signed_at"]),
+                )
+                for m in result.mappings()
+            ]
 
     # Participants
 

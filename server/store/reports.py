@@ -92,28 +92,18 @@ class ReportLog:
                         "signed_by": version.signed_by,
                     },
                 )
-                if state is State.REPORTED:
+                if state is not None:
+                    # Reported once, at the first draft; signed when signed.
                     await conn.execute(
                         text(
                             "UPDATE consultations SET state = :state, updated_at = :at,"
-                            " reported_at = COALESCE(reported_at, :at) WHERE id = :cid"
+                            " reported_at = COALESCE(reported_at, :at),"
+                            " signed_at = COALESCE(:signed_at, signed_at) WHERE id = :cid"
                         ),
                         {
                             "state": state.value,
                             "at": iso(version.created_at),
-                            "cid": consultation_id,
-                        },
-                    )
-                elif state is State.SIGNED:
-                    await conn.execute(
-                        text(
-                            "UPDATE consultations SET state = :state, updated_at = :at,"
-                            " reported_at = COALESCE(reported_at, :at), signed_at = :at"
-                            " WHERE id = :cid"
-                        ),
-                        {
-                            "state": state.value,
-                            "at": iso(version.created_at),
+                            "signed_at": iso(version.created_at) if state is State.SIGNED else None,
                             "cid": consultation_id,
                         },
                     )
