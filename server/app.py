@@ -26,7 +26,6 @@ from server.appkeys import (
 )
 from server.auth import Keys, TokenPolicy
 from server.config import Settings
-from server.consultations import OPEN_STATES
 from server.dicom.archive import Archive
 from server.dicom.pacs import PacsPusher
 from server.dicom.profiles import load_profiles
@@ -154,7 +153,7 @@ def _key_images_ctx(
         metrics = app[METRICS]
         key_images = KeyImages(settings, KeyImageLog(app[STORE]), archive, profiles, key, metrics)
         app[KEY_IMAGES] = key_images
-        key_images.resume(await app[STORE].list_consultations(OPEN_STATES))
+        key_images.resume()
         pusher = None
         if settings.dicomweb_url is not None:
             pusher = PacsPusher(

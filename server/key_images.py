@@ -28,6 +28,7 @@ from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
 from server.audit import AuditFacts
 from server.config import Settings
+from server.consultations import OPEN_STATES
 from server.dicom import deid, writer
 from server.dicom.archive import Archive
 from server.dicom.profiles import Profiles
@@ -347,12 +348,13 @@ class KeyImages:
             if self.on_outbox is not None:
                 self.on_outbox()
 
-    def resume(self, open_consultations: Sequence[ConsultationRow]) -> None:
-        """After a start: bring each open consultation's key object selection up to date (a
-        crash between a capture's ack and its KOS leaves it one behind), one at a time."""
+    def resume(self) -> None:
+        """After a start, in the background: bring each open consultation's key object
+        selection up to date (a crash between a capture's ack and its KOS leaves it one
+        behind), one at a time; start-up does not wait for it."""
 
         async def catch_up() -> None:
-            for row in open_consultations:
+            for row in await self.log.store.list_consultations(OPEN_STATES):
                 try:
                     await self._write_kos_version(row)
                 except Exception:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import io
 import time
 from typing import Any
 
@@ -23,6 +24,16 @@ PATIENT_MRN = "MRN 48213977"
 PATIENT_DOB = "DOB 1957-03-14"
 BANNER_HEIGHT = 64
 PHANTOM_DEVICE = {"manufacturer": "probelink", "model": "Synthetic phantom"}
+# A breast request scanned with the phantom (first read BI-RADS 4A, sent incomplete).
+BREAST_REQUEST = {
+    "clinical_question": "Palpable lump left breast: solid or cystic?",
+    "urgency": "urgent",
+    "application": "breast",
+    "first_read": "Oval hypoechoic mass, BI-RADS 4A",
+    "device": PHANTOM_DEVICE,
+    "incomplete_reason": "scanning now",
+    "breast": {"lesion_clock": "2", "distance_from_nipple_cm": 3, "first_read_birads": "4A"},
+}
 FPS = 30
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 
@@ -39,6 +50,13 @@ def phantom_frame(n: int, width: int = 640, height: int = 480) -> np.ndarray:
     cx = width // 2 + (n % 40) - 20
     draw.ellipse((cx - 40, height // 2 - 30, cx + 40, height // 2 + 30), fill=(5, 5, 5))
     return np.array(image)
+
+
+def phantom_png(n: int, width: int = 640, height: int = 480) -> bytes:
+    """Phantom frame `n` as a PNG: what a bedside page uploads as its lossless still."""
+    out = io.BytesIO()
+    Image.fromarray(phantom_frame(n, width, height), "RGB").save(out, "PNG")
+    return out.getvalue()
 
 
 class PhantomTrack(MediaStreamTrack):

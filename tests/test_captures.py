@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ from phantom import (
     PATIENT_NAME,
     PHANTOM_DEVICE,
     PhantomTrack,
-    phantom_frame,
+    phantom_png,
 )
-from PIL import Image
 
 from server.app import create_app
 from server.appkeys import KEY_IMAGES
@@ -44,12 +42,6 @@ PHI = [
 ]
 
 Room = Callable[[str], Awaitable[Participant]]
-
-
-def png_of(pixels: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(out, "PNG")
-    return out.getvalue()
 
 
 async def create(client: TestClient[Any, Any], coordinator: dict[str, str], **context: Any) -> str:
@@ -402,7 +394,7 @@ async def test_a_key_object_selection_missed_by_a_crash_is_written_at_the_next_s
     monkeypatch.setattr(key_images, "_key_object_selection_due", lambda row: None)
     upload = await client.post(
         f"/api/consultations/{cid}/captures",
-        data=png_of(phantom_frame(2)),
+        data=phantom_png(2),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
     )
     assert upload.status == 201

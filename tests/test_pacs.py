@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +16,8 @@ from aiohttp.test_utils import TestClient
 from conftest import require
 from dicom_checks import read
 from orthanc_server import OrthancServer, available
-from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_frame
-from PIL import Image
+from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_png
+from pydicom.dataset import Dataset
 
 from server.config import Settings, load_settings
 from server.dicom.pacs import stored_uids, stow_body
@@ -42,12 +41,6 @@ def settings(tmp_path: Path, orthanc: OrthancServer) -> Settings:
     return load_settings(data_dir=tmp_path / "var", dicomweb_url=orthanc.dicomweb_url)
 
 
-def png(pixels: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(out, "PNG")
-    return out.getvalue()
-
-
 async def setup(
     client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
 ) -> tuple[str, dict[str, str]]:
@@ -66,7 +59,7 @@ async def setup(
 async def upload(client: TestClient[Any, Any], cid: str, headers: dict[str, str]) -> str:
     response = await client.post(
         f"/api/consultations/{cid}/captures",
-        data=png(phantom_frame(5)),
+        data=phantom_png(5),
         headers={**headers, "Content-Type": "image/png"},
     )
     assert response.status == 201, await response.text()
@@ -84,6 +77,21 @@ async def wait_for_state(
             return listing  # type: ignore[no-any-return]
         await asyncio.sleep(0.2)
     raise AssertionError(f"not reached: {listing}")
+
+
+async def archived(
+    client: TestClient[Any, Any], key_image_id: str, headers: dict[str, str]
+) -> Dataset:
+    """Our archived DICOM of a key image, as the API serves it."""
+    return read(
+        await (await client.get(f"/api/key-images/{key_image_id}/dicom", headers=headers)).read()
+    )
+
+
+def qido_instances(orthanc: OrthancServer, study: str) -> list[dict[str, Any]]:
+    """QIDO-RS: the instances the PACS holds in a study (DICOM JSON)."""
+    found: list[dict[str, Any]] = json.loads(orthanc.get(f"/dicom-web/studies/{study}/instances"))
+    return found
 
 
 def wado_instance(orthanc: OrthancServer, study: str, series: str, sop: str) -> bytes:
@@ -118,12 +126,10 @@ async def test_key_image_is_pushed_and_reads_back_identical(
         lambda r: r["key_images"][0]["pacs_state"] == "sent" and r["pacs"]["sent"] == 2,
     )
     assert listing["pacs"]["pending"] == 0
-    ours = read(
-        await (await client.get(f"/api/key-images/{key_image_id}/dicom", headers=operator)).read()
-    )
+    ours = await archived(client, key_image_id, operator)
     study, series, sop = ours.StudyInstanceUID, ours.SeriesInstanceUID, ours.SOPInstanceUID
     # QIDO-RS finds it in the study; WADO-RS returns the same pixels.
-    found = json.loads(orthanc.get(f"/dicom-web/studies/{study}/instances"))
+    found = qido_instances(orthanc, study)
     assert sop in {i["00080018"]["Value"][0] for i in found}
     theirs = read(wado_instance(orthanc, study, series, sop))
     assert np.array_equal(theirs.pixel_array, ours.pixel_array)
@@ -153,10 +159,8 @@ async def test_capture_succeeds_while_the_pacs_is_down_and_arrives_when_it_is_ba
         lambda r: r["key_images"][0]["pacs_state"] == "sent" and r["pacs"]["sent"] == 2,
         within=40,
     )
-    ours = read(
-        await (await client.get(f"/api/key-images/{key_image_id}/dicom", headers=operator)).read()
-    )
-    found = json.loads(orthanc.get(f"/dicom-web/studies/{ours.StudyInstanceUID}/instances"))
+    ours = await archived(client, key_image_id, operator)
+    found = qido_instances(orthanc, ours.StudyInstanceUID)
     assert ours.SOPInstanceUID in {i["00080018"]["Value"][0] for i in found}
     metrics = await (await client.get("/metrics")).text()
     assert 'probelink_pacs_pushes_total{outcome="sent"} 2.0' in metrics
@@ -201,10 +205,8 @@ async def test_signed_report_reaches_the_pacs_as_a_structured_report(
     assert (await client.post(f"{url}/sign", headers=expert)).status == 200
     # Image, key object selection and report: all three confirmed by the PACS.
     await wait_for_state(client, cid, operator, lambda r: r["pacs"]["sent"] == 3)
-    ours = read(
-        await (await client.get(f"/api/key-images/{key_image_id}/dicom", headers=operator)).read()
-    )
-    found = json.loads(orthanc.get(f"/dicom-web/studies/{ours.StudyInstanceUID}/instances"))
+    ours = await archived(client, key_image_id, operator)
+    found = qido_instances(orthanc, ours.StudyInstanceUID)
     classes = {i["00080016"]["Value"][0]: i for i in found}
     assert "1.2.840.10008.5.1.4.1.1.88.33" in classes  # Comprehensive SR
     sr = classes["1.2.840.10008.5.1.4.1.1.88.33"]

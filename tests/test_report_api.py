@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 from dicom_checks import dciodvfy_errors, every_value, read
 from live_client import Participant
-from phantom import PHANTOM_DEVICE, phantom_frame
-from PIL import Image
+from phantom import BREAST_REQUEST, PHANTOM_DEVICE, phantom_png
 
 from server.appkeys import KEY_IMAGES
 from server.config import Settings
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
-BREAST = {
-    "clinical_question": "Palpable lump left breast: solid or cystic?",
-    "urgency": "urgent",
-    "application": "breast",
-    "first_read": "Oval hypoechoic mass, BI-RADS 4A",
-    "device": PHANTOM_DEVICE,
-    "incomplete_reason": "scanning now",
-    "breast": {"lesion_clock": "2", "distance_from_nipple_cm": 3, "first_read_birads": "4A"},
-}
+BREAST = BREAST_REQUEST
 SIGNABLE = {
     "findings": "Oval circumscribed anechoic lesion with posterior enhancement: a simple cyst.",
     "category": "2",
@@ -35,12 +24,6 @@ SIGNABLE = {
     "concordance": "major_discrepancy",
     "technical_quality": {"grade": "limited", "reasons": ["missing_landmarks"]},
 }
-
-
-def png(pixels: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(out, "PNG")
-    return out.getvalue()
 
 
 async def consultation(
@@ -53,7 +36,7 @@ async def consultation(
     expert = {"Authorization": f"Bearer {token_for('expert', sub='reader-1', consultation=cid)}"}
     upload = await client.post(
         f"/api/consultations/{cid}/captures",
-        data=png(phantom_frame(3)),
+        data=phantom_png(3),
         headers={**expert, "Content-Type": "image/png"},
     )
     assert upload.status == 201, await upload.text()
@@ -214,7 +197,7 @@ async def test_record_checklist_asks_for_labelled_landmarks_on_key_images(
         await participant.close()
     upload = await client.post(
         f"/api/consultations/{cid}/captures",
-        data=png(phantom_frame(4)),
+        data=phantom_png(4),
         headers={**expert, "Content-Type": "image/png"},
     )
     assert upload.status == 201

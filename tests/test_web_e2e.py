@@ -4,7 +4,6 @@ captures, and the capture is a de-identified DICOM in the archive."""
 
 from __future__ import annotations
 
-import io
 import json
 import urllib.request
 from pathlib import Path
@@ -12,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from browser import console_errors, coordinator_token, probelink, probelink_token, save_screenshot
 from dicom_checks import dciodvfy_errors, ocr, read
-from phantom import BANNER_HEIGHT, PATIENT_DOB, PATIENT_MRN, PATIENT_NAME, phantom_frame
-from PIL import Image
+from phantom import BANNER_HEIGHT, PATIENT_DOB, PATIENT_MRN, PATIENT_NAME, phantom_png
 from servers import Server, cli_env
 
 if TYPE_CHECKING:
@@ -38,13 +36,11 @@ def http(server: Server, path: str, token: str, body: Any = None) -> Any:
         )
 
 
-def upload_png(server: Server, cid: str, token: str, pixels: Any) -> None:
+def upload_png(server: Server, cid: str, token: str, png: bytes) -> None:
     """The bedside's lossless still, as its page uploads it."""
-    frame = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(frame, "PNG")
     request = urllib.request.Request(
         f"{server.url}/api/consultations/{cid}/captures",
-        data=frame.getvalue(),
+        data=png,
         headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -521,7 +517,7 @@ async def test_credentialed_expert_accepts_from_the_queue_and_signs_a_dvt_report
         {"role": "operator", "name": "Bedside"},
     )
     # A key image from the bedside (its lossless upload), before the expert opens the page.
-    upload_png(live_server, cid, operator["token"], phantom_frame(7))
+    upload_png(live_server, cid, operator["token"], phantom_png(7))
 
     context, page, errors = await new_page(chromium)
     reading_room = probelink_token(live_server, "--role", "expert", "--sub", "dr-vein")

@@ -9,7 +9,6 @@ and races must keep.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import secrets
@@ -22,8 +21,7 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from live_client import Participant
-from phantom import PHANTOM_DEVICE, phantom_frame
-from PIL import Image
+from phantom import BREAST_REQUEST, PHANTOM_DEVICE, phantom_png
 from sqlalchemy import text
 
 from server.appkeys import KEY_IMAGES, SETTINGS, STORE
@@ -42,15 +40,7 @@ both_backends = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], ind
 PHI = "Jane Q Patient MRN 884422"
 OWN, FOREIGN = "$own", "$foreign"  # placeholders for this / another consultation's key image
 
-BREAST = {
-    "clinical_question": "Palpable lump left breast: solid or cystic?",
-    "urgency": "urgent",
-    "application": "breast",
-    "first_read": "Oval hypoechoic mass, BI-RADS 4A",
-    "device": PHANTOM_DEVICE,
-    "incomplete_reason": "scanning now",
-    "breast": {"lesion_clock": "2", "distance_from_nipple_cm": 3, "first_read_birads": "4A"},
-}
+BREAST = BREAST_REQUEST
 GENERIC = {
     "clinical_question": "Is there free fluid?",
     "urgency": "routine",
@@ -178,12 +168,6 @@ def bearer(token: str) -> Headers:
     return {"Authorization": f"Bearer {token}"}
 
 
-def png(seed: int) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(phantom_frame(seed), "RGB").save(out, "PNG")
-    return out.getvalue()
-
-
 def assert_refusal(status: int, payload: Any) -> None:
     """A 4xx in the documented format, whose message does not echo the input."""
     assert 400 <= status < 500, (status, payload)
@@ -230,7 +214,7 @@ async def case(
     expert = bearer(token_for("expert", sub=f"reader-{secrets.token_hex(3)}", consultation=cid))
     upload = await client.post(
         f"/api/consultations/{cid}/captures",
-        data=png(len(cid) + secrets.randbelow(50)),
+        data=phantom_png(len(cid) + secrets.randbelow(50)),
         headers={**expert, "Content-Type": "image/png"},
     )
     assert upload.status == 201, await upload.text()

@@ -12,10 +12,7 @@ const $ = (id) => document.getElementById(id);
 const token = pageToken();
 const video = $("video");
 const overlay = new Overlay($("overlay"), video);
-const room = new Room(token, overlay, {
-  status: $("connection"), participants: $("participants"), gallery: $("gallery"), log: $("log"),
-  guidance: $("guidance-text"), marks: $("marks-text"), error: $("error"), voices: $("voices"),
-});
+const room = new Room(token, overlay);
 let stream = null, phantom = null, live = false, recording = false;
 // The chosen source stopped: nothing is selected until the operator picks one, so that picking
 // it again (or the phantom) is a change that opens it.
@@ -31,9 +28,7 @@ const MEDIA_ERRORS = {
 };
 
 function fail(error) {
-  const message = MEDIA_ERRORS[error?.name] || describe(error);
-  $("error").textContent = message;
-  room.say(message, true);
+  room.alert(MEDIA_ERRORS[error?.name] || describe(error));
 }
 
 async function listSources() {

@@ -26,17 +26,13 @@ const $ = (id) => document.getElementById(id);
 const token = pageToken();
 const video = $("video");
 const overlay = new Overlay($("overlay"), video);
-const room = new Room(token, overlay, {
-  status: $("connection"), participants: $("participants"), gallery: $("gallery"), log: $("log"),
-  guidance: $("guidance-text"), marks: $("marks-text"), error: $("error"), voices: $("voices"),
-});
+const room = new Room(token, overlay);
 let report = null, microphoneStream = null;
 let tool = "pointer", drawing = null, lastPointer = 0, mediaTs = null, recording = false, role = "expert";
 const busy = new Set(); // captures waiting for their answer: a double click makes one
 
 function fail(error) {
-  $("error").textContent = describe(error);
-  room.say(describe(error), true);
+  room.alert(describe(error));
 }
 
 async function call(event, payload, timeoutMs) {

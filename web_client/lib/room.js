@@ -8,10 +8,19 @@ import { connectMedia, quality } from "./rtc.js";
 const RECONNECT_AFTER_MS = 4000;
 const QUALITY_EVERY_MS = 2000;
 
+// The elements a live page shows the room in, by the ids every page uses (absent ones: null).
+function pageElements() {
+  const $ = (id) => document.getElementById(id);
+  return {
+    status: $("connection"), participants: $("participants"), gallery: $("gallery"), log: $("log"),
+    guidance: $("guidance-text"), marks: $("marks-text"), error: $("error"), voices: $("voices"),
+  };
+}
+
 export class Room {
   // ui: {status, participants, gallery, log, error, voices, guidance, marks} elements (any may
   // be missing).
-  constructor(token, overlay, ui) {
+  constructor(token, overlay, ui = pageElements()) {
     this.token = token;
     this.overlay = overlay;
     this.ui = ui;

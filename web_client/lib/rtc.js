@@ -59,7 +59,11 @@ export async function connectMedia(live, { role, stream, iceServers, onTrack, on
   return pc;
 }
 
-// Connection quality from the browser's own statistics: "good", "fair", "poor".
+// Connection quality from the browser's own statistics: "good", "fair", "poor". Loss is over
+// the time since the previous call for this connection (counters are cumulative), so a past
+// bad moment does not keep the rating down.
+const previous = new WeakMap();
+
 export async function quality(pc) {
   let lost = 0, received = 0, rtt = null;
   const report = await pc.getStats();
@@ -72,7 +76,10 @@ export async function quality(pc) {
       rtt = s.currentRoundTripTime * 1000;
     }
   });
-  const loss = received + lost > 0 ? (100 * lost) / (received + lost) : 0;
+  const before = previous.get(pc) || { lost: 0, received: 0 };
+  previous.set(pc, { lost, received });
+  const newLost = Math.max(0, lost - before.lost), newReceived = Math.max(0, received - before.received);
+  const loss = newReceived + newLost > 0 ? (100 * newLost) / (newReceived + newLost) : 0;
   const level = loss > 5 || (rtt ?? 0) > 400 ? "poor" : loss > 1 || (rtt ?? 0) > 150 ? "fair" : "good";
   return { level, loss, rtt };
 }
