@@ -42,6 +42,7 @@ from server.keyring import (
 from server.live import NAMESPACE, live_context, room_of
 from server.media import forwarding
 from server.media.capture import CineBuffer
+from server.media.feedback import BitratePolicy
 from server.media.relay import Relay
 from server.metrics import create_metrics
 from server.middleware import errors_middleware
@@ -188,7 +189,13 @@ def _cine_factory(settings: Settings) -> Callable[[str, Callable[[], None]], Cin
 
 async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     forwarding.install()
-    relay = Relay(_cine_factory(app[SETTINGS]))
+    settings = app[SETTINGS]
+    policy = BitratePolicy(
+        floor_kbps=settings.video_bitrate_floor_kbps,
+        ceiling_kbps=settings.video_bitrate_ceiling_kbps,
+        start_kbps=settings.video_bitrate_start_kbps,
+    )
+    relay = Relay(_cine_factory(settings), policy)
     app[RELAY] = relay
     reporter = asyncio.create_task(_report_media_stats(app), name="media-stats")
     yield

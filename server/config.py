@@ -171,8 +171,52 @@ class Settings(BaseSettings):
         le=60,
         description="Ask the operator for a keyframe this often, bounding what a capture decodes.",
     )
+    video_bitrate_start_kbps: int = Field(
+        1000,
+        ge=100,
+        le=20_000,
+        description="Bitrate the bedside's encoder starts at (kbit/s; browsers default to 300).",
+    )
+    video_bitrate_floor_kbps: int = Field(
+        1000,
+        ge=100,
+        le=20_000,
+        description="A congested expert's downlink lowers the bedside's video bitrate, but not "
+        "below this (kbit/s): one poor link does not degrade the others below it.",
+    )
+    video_bitrate_ceiling_kbps: int = Field(
+        4000,
+        ge=100,
+        le=50_000,
+        description="Most the bedside's video may use (kbit/s), whatever its link carries.",
+    )
+    quality_floor_fps: float = Field(
+        15,
+        gt=0,
+        le=60,
+        description="Below this frame rate (or the source's resolution) for "
+        "PROBELINK_QUALITY_FLOOR_SECONDS, the expert is told the picture is below diagnostic "
+        "quality.",
+    )
+    quality_floor_seconds: float = Field(
+        2, gt=0, le=60, description="How long the picture may stay below the floor unsaid."
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field("json", description="`json` (one object per line) or `text`.")
+
+    @model_validator(mode="after")
+    def _bitrates_in_order(self) -> Settings:
+        if not (self.video_bitrate_floor_kbps <= self.video_bitrate_ceiling_kbps):
+            raise ValueError(
+                "PROBELINK_VIDEO_BITRATE_FLOOR_KBPS must not exceed "
+                "PROBELINK_VIDEO_BITRATE_CEILING_KBPS"
+            )
+        if not (self.video_bitrate_start_kbps <= self.video_bitrate_ceiling_kbps):
+            raise ValueError(
+                "PROBELINK_VIDEO_BITRATE_START_KBPS must not exceed "
+                "PROBELINK_VIDEO_BITRATE_CEILING_KBPS"
+            )
+        return self
 
     @field_validator("log_level")
     @classmethod

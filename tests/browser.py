@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,13 +60,22 @@ _playwright_disabled_features: list[str] | None = None
 def write_phantom_y4m(
     path: Path, frames: int = 60, width: int = 640, height: int = 480, fps: int = FPS
 ) -> Path:
-    """Phantom frames (fake patient banner included) as YUV4MPEG2 4:2:0, BT.601 studio range."""
+    """Phantom frames (fake patient banner included) as a Y4M file."""
+    return write_y4m(
+        path, (phantom_frame(n, width, height) for n in range(frames)), width, height, fps
+    )
+
+
+def write_y4m(
+    path: Path, frames: Iterable[np.ndarray], width: int, height: int, fps: int = FPS
+) -> Path:
+    """RGB frames as YUV4MPEG2 4:2:0, BT.601 studio range: what Chromium's fake camera plays."""
     assert width % 2 == 0 and height % 2 == 0, "4:2:0 needs even dimensions"
     with path.open("wb") as out:
         out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for n in range(frames):
+        for frame in frames:
             out.write(b"FRAME\n")
-            out.write(rgb_to_i420(phantom_frame(n, width, height)))
+            out.write(rgb_to_i420(frame))
     return path
 
 

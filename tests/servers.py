@@ -29,17 +29,27 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
 class Server:
     """`probelink serve` in a child process; `with Server(...) as s:` waits until it listens."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None):
+    def __init__(self, env: dict[str, str], port: int | None = None, host: str = "127.0.0.1"):
         self.port = port or free_port()
+        self.host = host
         self.env = env
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.process: subprocess.Popen[str] | None = None
         self.out = ""
         self.err = ""
 
     def __enter__(self) -> Server:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "serve",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+            ],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -48,7 +58,7 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
                 return self
             except OSError:
                 if self.process.poll() is not None:

@@ -32,19 +32,31 @@ packets. Code that needs pictures (captures, tests) decodes packets itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import aiortc
 import av
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as _receiver_module
+from aiortc import rtcrtpsender as _sender_module
 from aiortc.codecs.base import Decoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
+from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
+from aiortc.sdp import MediaDescription
+
+from server.media.congestion import TRANSPORT_CC_URI
 
 AIORTC_VERSION = "1.16.0"
 VIDEO_CLOCK_RATE_HZ = 90_000
@@ -80,6 +92,7 @@ def install() -> None:
             f"not {aiortc.__version__}"
         )
     _receiver_module.get_decoder = _passthrough_get_decoder  # type: ignore[attr-defined]
+    _sender_module.RTP_HISTORY_SIZE = SENDER_HISTORY_PACKETS  # type: ignore[attr-defined]
 
 
 def is_keyframe(mime_type: str, data: bytes) -> bool:
@@ -179,3 +192,109 @@ async def request_keyframe(receiver: RTCRtpReceiver) -> None:
     """Send a PLI for every source the receiver has heard from."""
     for source in receiver.getSynchronizationSources():
         await receiver._send_rtcp_pli(source.source)
+
+
+# Congestion feedback (see congestion.py): the hooks it needs from aiortc.
+#
+# 6. The answer's header extensions and codecs are `transceiver._headerExtensions` and
+#    `transceiver._codecs`, set by `setRemoteDescription` and read by `createAnswer` (and by the
+#    receiver's parameters when the connection starts). aiortc offers no transport-wide
+#    congestion control, so the publisher's answer gets it here, from what its offer proposed.
+# 7. Every received RTP packet of a DTLS transport passes through
+#    `transport._rtp_router.route_rtp(packet)`, parsed with that transport's header extension
+#    map, which knows the transport-wide sequence number once it is negotiated (aiortc's `rtp.py`
+#    parses it). Padding-only probes pass there too, even when no receiver takes them.
+# 8. A video receiver feeds `RTCRtpReceiver._RTCRtpReceiver__remote_bitrate_estimator` and sends
+#    its REMB; set to None, it sends none (the relay sends its own).
+# 9. `RTCRtpSender._handle_rtcp_packet(packet)` gets each RTCP packet for the sender: a
+#    subscriber's REMB (`RtcpPsfbPacket`, fmt 15) is read there.
+# 10. A sender keeps its last `rtcrtpsender.RTP_HISTORY_SIZE` packets to answer NACKs (keyed by
+#     sequence number modulo that size).
+
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+# Packets a subscriber's sender keeps for retransmission: a 720p keyframe and more than a
+# second of video at 2.5 Mbit/s (aiortc keeps 128).
+SENDER_HISTORY_PACKETS = 512
+
+
+def negotiate_transport_cc(
+    transceiver: RTCRtpTransceiver, offered: MediaDescription, start_kbps: int
+) -> bool:
+    """Answer an offer of transport-wide congestion feedback (False: the offer had none).
+
+    The answer also asks the browser to start its encoder at `start_kbps` (Chromium's
+    `x-google-start-bitrate`) rather than 300 kbit/s, too little for an ultrasound picture.
+    """
+    extension = next((x for x in offered.rtp.headerExtensions if x.uri == TRANSPORT_CC_URI), None)
+    if extension is None:
+        return False
+    # The relay reads arrival times from transport-wide sequence numbers, not abs-send-time.
+    transceiver._headerExtensions = [
+        x
+        for x in transceiver._headerExtensions
+        if x.uri not in (TRANSPORT_CC_URI, ABS_SEND_TIME_URI)
+    ] + [extension]
+    feedback = RTCRtcpFeedback(type="transport-cc")
+    offered_feedback = {c.payloadType for c in offered.rtp.codecs if feedback in c.rtcpFeedback}
+    for codec in transceiver._codecs:
+        if codec.mimeType.lower() == "video/rtx":
+            continue
+        if codec.payloadType in offered_feedback and feedback not in codec.rtcpFeedback:
+            codec.rtcpFeedback.append(feedback)
+        codec.parameters["x-google-start-bitrate"] = start_kbps
+    return True
+
+
+def on_transport_sequence(
+    receiver: RTCRtpReceiver, callback: Callable[[int, int, int], None]
+) -> None:
+    """Call `callback(transport_sequence_number, ssrc, arrival_us)` for every RTP packet that
+    reaches the receiver's transport carrying one; the receiver's own REMB is switched off."""
+    receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+    router = receiver.transport._rtp_router
+    route = router.route_rtp
+
+    def route_rtp(packet: RtpPacket) -> Any:
+        seq = packet.extensions.transport_sequence_number
+        if seq is not None:
+            callback(seq, packet.ssrc, time.monotonic_ns() // 1000)
+        return route(packet)
+
+    router.route_rtp = route_rtp  # type: ignore[method-assign]
+
+
+def rtcp_sender_ssrc(receiver: RTCRtpReceiver) -> int | None:
+    """The SSRC the receiver's RTCP is sent from (None before the connection starts)."""
+    ssrc: int | None = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+    return ssrc
+
+
+async def send_rtcp(receiver: RTCRtpReceiver, data: bytes) -> None:
+    """Send an RTCP packet (already serialized) on the receiver's transport."""
+    with contextlib.suppress(ConnectionError):
+        await receiver.transport._send_rtp(data)
+
+
+def remb(sender_ssrc: int, media_ssrc: int, bitrate_bps: int) -> bytes:
+    """A receiver-estimated maximum bitrate packet for the publisher's stream."""
+    return bytes(
+        RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP,
+            ssrc=sender_ssrc,
+            media_ssrc=0,
+            fci=pack_remb_fci(bitrate_bps, [media_ssrc]),
+        )
+    )
+
+
+def on_remb(sender: RTCRtpSender, callback: Callable[[int], None]) -> None:
+    """Call `callback(bitrate_bps)` with each REMB the sender's peer (a subscriber) reports."""
+    handle = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            with contextlib.suppress(ValueError):
+                callback(unpack_remb_fci(packet.fci)[0])
+        await handle(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]

@@ -25,8 +25,11 @@ from aiortc.sdp import SessionDescription
 from server.auth import Role
 from server.errors import BadRequest, Conflict
 from server.media.capture import CineBuffer
+from server.media.feedback import DEFAULT_POLICY, BitratePolicy, PublisherFeedback
 from server.media.forwarding import (
+    negotiate_transport_cc,
     on_keyframe_request,
+    on_remb,
     prepare_receiver,
     request_keyframe,
 )
@@ -62,6 +65,8 @@ class Peer:
     sources: list[Source] = field(default_factory=list)
     # The last statistics sample, to compute rates from.
     last_sample: Sample | None = None
+    # The publisher's congestion feedback (None: its offer did not negotiate it).
+    feedback: PublisherFeedback | None = None
 
     def video_frames(self) -> int:
         """Video frames received (publisher) or sent (subscriber) so far."""
@@ -72,9 +77,17 @@ class Peer:
 class MediaRoom:
     """A consultation's media: the publisher, the subscribers, the voices."""
 
-    def __init__(self, consultation_id: str, cine_factory: CineFactory | None = None):
+    def __init__(
+        self,
+        consultation_id: str,
+        cine_factory: CineFactory | None = None,
+        policy: BitratePolicy = DEFAULT_POLICY,
+    ):
         self.consultation_id = consultation_id
         self.cine_factory = cine_factory
+        self.policy = policy
+        # The current publisher's congestion feedback, which the subscribers' REMBs inform.
+        self.feedback: PublisherFeedback | None = None
         # The current publisher's recent video, for captures (None: no publisher).
         self.cine: CineBuffer | None = None
         self.peers: dict[str, Peer] = {}
@@ -175,6 +188,7 @@ class MediaRoom:
             raise BadRequest(
                 f"a {peer.role}'s offer must {need} video", code="invalid_sdp", field="sdp"
             )
+        offered = SessionDescription.parse(peer.pc.remoteDescription.sdp).media
         audio_index = 0
         video_done = False
         for transceiver in peer.pc.getTransceivers():
@@ -188,6 +202,9 @@ class MediaRoom:
                 video_done = True
                 if peer.role is Role.OPERATOR and client_sends:
                     prepare_receiver(transceiver.receiver, "video")
+                    media = next(m for m in offered if m.rtp.muxId == transceiver.mid)
+                    if negotiate_transport_cc(transceiver, media, self.policy.start_kbps):
+                        peer.feedback = PublisherFeedback(transceiver.receiver, self.policy)
                     peer.sources.append(Source("video", transceiver.receiver.track))
                     self.video_receiver = transceiver.receiver
                     reads = True
@@ -229,10 +246,18 @@ class MediaRoom:
         transceiver.sender.replaceTrack(track)
         if kind == "video":
             on_keyframe_request(transceiver.sender, self.request_keyframe)
+            on_remb(transceiver.sender, lambda bps: self._subscriber_estimate(track, bps))
         outputs.add(track)
         owned.append(track)
 
+    def _subscriber_estimate(self, track: ForwardedTrack, estimate_bps: int) -> None:
+        if self.feedback is not None:
+            self.feedback.subscriber_estimate(track, estimate_bps, track.sent_bps(time.monotonic()))
+
     def _start(self, peer: Peer) -> None:
+        if peer.feedback is not None:
+            self.feedback = peer.feedback
+            peer.feedback.start()
         for source in peer.sources:
             source.start()
             if peer.role is Role.OPERATOR and source.kind == "video":
@@ -292,6 +317,9 @@ class MediaRoom:
             self.video = self.audio = None
             self.video_receiver = None
             self.cine = None
+            self.feedback = None
+        if peer.feedback is not None:
+            await peer.feedback.stop()
         self.voices.pop(sid, None)
         for source in peer.sources:
             await source.stop()
@@ -301,6 +329,8 @@ class MediaRoom:
                     current.detach(track)
             self.video_outputs.discard(track)
             self.audio_outputs.discard(track)
+            if self.feedback is not None:
+                self.feedback.forget(track)
             track.stop()
         await peer.pc.close()
         self._assign_voices()
@@ -353,16 +383,21 @@ def _video_codec(sdp: str) -> str | None:
 class Relay:
     """Every media room on this node."""
 
-    def __init__(self, cine_factory: CineFactory | None = None) -> None:
+    def __init__(
+        self, cine_factory: CineFactory | None = None, policy: BitratePolicy = DEFAULT_POLICY
+    ) -> None:
         self.rooms: dict[str, MediaRoom] = {}
         self.cine_factory = cine_factory
+        self.policy = policy
 
     async def offer(
         self, consultation_id: str, sid: str, sub: str, role: Role, sdp: str
     ) -> RTCSessionDescription:
         room = self.rooms.get(consultation_id)
         if room is None:
-            room = self.rooms[consultation_id] = MediaRoom(consultation_id, self.cine_factory)
+            room = self.rooms[consultation_id] = MediaRoom(
+                consultation_id, self.cine_factory, self.policy
+            )
         room.pending += 1
         try:
             async with room.negotiating:

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,8 @@ from server.media.capture import CineBuffer
 log = logging.getLogger(__name__)
 
 FORWARD_QUEUE_FRAMES = 60
+# What a subscriber was sent is measured over this window (its REMB is compared with it).
+SENT_RATE_WINDOW_SECONDS = 1.0
 # Timestamp step used to bridge a change of source (one frame at 30 fps; one 20 ms Opus frame).
 SOURCE_SWITCH_STEP = {"video": 3000, "audio": 960}
 
@@ -51,6 +54,15 @@ class ForwardedTrack(MediaStreamTrack):
         self.frames_in = 0
         self.frames_dropped = 0
         self.frames_out = 0
+        # (time, bytes) of the frames sent in the last SENT_RATE_WINDOW_SECONDS.
+        self.sent: collections.deque[tuple[float, int]] = collections.deque()
+        self.sent_bytes = 0
+
+    def sent_bps(self, now: float) -> float:
+        """Bits per second sent over the last second."""
+        while self.sent and self.sent[0][0] < now - SENT_RATE_WINDOW_SECONDS:
+            self.sent_bytes -= self.sent.popleft()[1]
+        return 8 * self.sent_bytes / SENT_RATE_WINDOW_SECONDS
 
     def new_source(self) -> None:
         """A different source will feed this track: rebase timestamps, wait for a keyframe."""
@@ -102,6 +114,10 @@ class ForwardedTrack(MediaStreamTrack):
             packet = shifted
         self.last_pts = packet.pts
         self.frames_out += 1
+        now = time.monotonic()
+        self.sent.append((now, packet.size))
+        self.sent_bytes += packet.size
+        self.sent_bps(now)  # keeps the window to a second
         return packet
 
     def stop(self) -> None:

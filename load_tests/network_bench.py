@@ -1,0 +1,516 @@
+"""Network benchmark: the live picture at the expert, Chromium → relay → Chromium, on impaired links.
+
+A real `probelink serve`, a Chromium bedside publishing a 1280x720 fake camera (a moving-speckle
+phantom, `tests/phantom.py`, consecutive frames correlated like a real scan) and a Chromium expert
+watching it. The bedside's browser runs inside a network namespace this script makes (a veth
+pair, 10.203.0.2 in the namespace, 10.203.0.1 here; no default route, so it reaches nothing but
+the server), where its link is impaired:
+
+  clean         no impairment
+  4mbit …       `tc tbf` caps both directions of the bedside's link
+  loss1 …       an `nftables` `numgen random` rule drops that share of the bedside's packets
+                (both directions)
+  outage        the bedside's link drops everything for 5 s, 15 s after going live
+
+(`netem` is not available on these machines; delay is not emulated.) Everything is torn down
+after each scenario, and the namespace is deleted on exit.
+
+Per scenario, measured in the pages (frames the expert's `<video>` presented, through
+`requestVideoFrameCallback`; the browsers' own `getStats`): time from going live to the first
+frame at the expert and to the first second at ≥ 25 fps at 1280x720; median and p10 frames/s and
+the resolution seen, from 5 s after going live; freeze count and total freeze duration
+(`freezeCount`, `totalFreezesDuration`); the bedside's send rate, its encoder target and its
+bandwidth estimate; after the outage, the time from the link's return to the first frame, and to
+the first second at ≥ 15 fps; whether the expert page showed its below-quality banner or its
+frozen overlay.
+
+    sudo .venv/bin/python load_tests/network_bench.py --seconds 30 --json /tmp/network.json
+    sudo .venv/bin/python load_tests/network_bench.py --scenarios clean,2mbit --seconds 20
+
+Needs root (namespaces, tc, nft), Debian's chromium, and the [test] extras (Playwright).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "load_tests"))
+
+from browser import CHROMIUM, CHROMIUM_ARGS, write_y4m  # noqa: E402
+from phantom import BREAST_REQUEST, PHANTOM_DEVICE, moving_speckle_frames  # noqa: E402
+from servers import Server, cli_env, free_port  # noqa: E402
+from signaling_bench import log, percentile, write_results  # noqa: E402
+
+NAMESPACE = "probelink-bench"
+HOST_IF, NS_IF = "plb-host", "plb-bed"
+HOST_IP, NS_IP = "10.203.0.1", "10.203.0.2"
+NFT_TABLE = "probelink_bench"
+OUTAGE_AT_SECONDS = 15
+OUTAGE_SECONDS = 5
+WARMUP_SECONDS = 5
+GOOD_FPS = 25
+RECOVERED_FPS = 15
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "clean": {},
+    "4mbit": {"rate_kbit": 4000},
+    "2mbit": {"rate_kbit": 2000},
+    "1mbit": {"rate_kbit": 1000},
+    "0.5mbit": {"rate_kbit": 500},
+    "loss1": {"loss_percent": 1},
+    "loss3": {"loss_percent": 3},
+    "loss5": {"loss_percent": 5},
+    "outage": {"outage": True},
+}
+
+# Every page records each RTCPeerConnection it makes, and the expert's video each frame it
+# presents: [wall-clock ms, width, height].
+INIT_SCRIPT = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  window.__pcs = [];
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) { super(...args); window.__pcs.push(this); }
+  };
+  window.__frames = [];
+  document.addEventListener("DOMContentLoaded", () => {
+    const video = document.getElementById("video");
+    if (!video || !video.requestVideoFrameCallback) return;
+    const tick = (now, meta) => {
+      window.__frames.push([performance.timeOrigin + now, meta.width, meta.height]);
+      video.requestVideoFrameCallback(tick);
+    };
+    video.requestVideoFrameCallback(tick);
+  });
+})();
+"""
+
+# The newest peer connection's figures: what a page's own statistics say.
+STATS_SCRIPT = """
+async () => {
+  const out = { at: Date.now(), pcs: window.__pcs.length };
+  const pc = window.__pcs[window.__pcs.length - 1];
+  if (!pc || pc.connectionState === "closed") return out;
+  out.state = pc.connectionState;
+  const report = await pc.getStats();
+  report.forEach((s) => {
+    if (s.kind === "video" && s.type === "outbound-rtp") {
+      Object.assign(out, { bytesSent: s.bytesSent, targetBitrate: s.targetBitrate,
+        sentWidth: s.frameWidth, sentHeight: s.frameHeight, sentFps: s.framesPerSecond,
+        framesEncoded: s.framesEncoded, limitation: s.qualityLimitationReason,
+        nackIn: s.nackCount, pliIn: s.pliCount, retransmitted: s.retransmittedBytesSent });
+    }
+    if (s.kind === "video" && s.type === "inbound-rtp") {
+      Object.assign(out, { bytesReceived: s.bytesReceived, framesDecoded: s.framesDecoded,
+        freezeCount: s.freezeCount, freezeSeconds: s.totalFreezesDuration,
+        lost: s.packetsLost, nackOut: s.nackCount, pliOut: s.pliCount,
+        width: s.frameWidth, height: s.frameHeight });
+    }
+    if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") {
+      out.estimate = s.availableOutgoingBitrate;
+      out.rtt = s.currentRoundTripTime;
+    }
+  });
+  const banner = document.getElementById("quality-banner");
+  const frozen = document.getElementById("frozen");
+  out.banner = !!banner && !banner.hidden;
+  out.frozen = !!frozen && !frozen.hidden;
+  return out;
+}
+"""
+
+
+@dataclass
+class Result:
+    scenario: str
+    first_frame_s: float | None = None
+    good_at_s: float | None = None
+    fps_median: float | None = None
+    fps_p10: float | None = None
+    resolution: str = ""
+    share_720p: float | None = None
+    freeze_count: int | None = None
+    freeze_seconds: float | None = None
+    send_kbit_median: float | None = None
+    target_kbit_median: float | None = None
+    estimate_kbit_median: float | None = None
+    limitation: str = ""
+    banner_seconds: int = 0
+    frozen_seconds: int = 0
+    recovered_first_frame_s: float | None = None
+    recovered_fps_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run(*command: str, netns: bool = False, check: bool = True) -> None:
+    full = ["ip", "netns", "exec", NAMESPACE, *command] if netns else list(command)
+    subprocess.run(full, check=check, capture_output=True, text=True, timeout=20)
+
+
+class Namespace:
+    """The bedside's network: a namespace with one veth link to this host."""
+
+    def __enter__(self) -> Namespace:
+        self.close()
+        run("ip", "netns", "add", NAMESPACE)
+        run("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
+        run("ip", "link", "set", NS_IF, "netns", NAMESPACE)
+        run("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_IF)
+        run("ip", "link", "set", HOST_IF, "up")
+        run("ip", "addr", "add", f"{NS_IP}/24", "dev", NS_IF, netns=True)
+        run("ip", "link", "set", NS_IF, "up", netns=True)
+        run("ip", "link", "set", "lo", "up", netns=True)
+        return self
+
+    def shape(self, rate_kbit: int) -> None:
+        """Cap both directions with a token bucket (20 ms of burst, 100 ms of queue)."""
+        burst = max(16_000, rate_kbit * 1000 // 8 // 50)
+        for netns, dev in ((True, NS_IF), (False, HOST_IF)):
+            run(
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                f"{rate_kbit}kbit",
+                "burst",
+                str(burst),
+                "latency",
+                "100ms",
+                netns=netns,
+            )
+
+    def drop(self, per_mille: int) -> None:
+        """Drop that share of the bedside's packets, in and out (1000: everything)."""
+        self.undrop()
+        rule = f"numgen random mod 1000 < {per_mille} drop" if per_mille < 1000 else "drop"
+        script = (
+            f"table inet {NFT_TABLE} {{\n"
+            f"  chain in {{ type filter hook input priority 0; iifname {NS_IF} {rule}; }}\n"
+            f"  chain out {{ type filter hook output priority 0; oifname {NS_IF} {rule}; }}\n"
+            "}\n"
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", NAMESPACE, "nft", "-f", "-"],
+            input=script,
+            check=True,
+            text=True,
+            capture_output=True,
+            timeout=20,
+        )
+
+    def undrop(self) -> None:
+        run("nft", "delete", "table", "inet", NFT_TABLE, netns=True, check=False)
+
+    def close(self) -> None:
+        run("ip", "netns", "del", NAMESPACE, check=False)
+        run("ip", "link", "del", HOST_IF, check=False)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def http(base: str, path: str, token: str, body: Any = None) -> Any:
+    request = urllib.request.Request(
+        base + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def cli(server: Server, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def invite(server: Server) -> tuple[str, str]:
+    """A consultation scanned with the phantom; the bedside's and the expert's tokens."""
+    coordinator = cli(server, "token", "--role", "coordinator", "--sub", "bench")
+    request = {**BREAST_REQUEST, "device": PHANTOM_DEVICE}
+    cid = http(server.url, "/api/consultations", coordinator, request)["id"]
+    tokens = [
+        http(
+            server.url,
+            f"/api/consultations/{cid}/invites",
+            coordinator,
+            {"role": role, "name": name},
+        )["token"]
+        for role, name in (("operator", "Bedside"), ("expert", "Dr Bench"))
+    ]
+    return tokens[0], tokens[1]
+
+
+def per_second_fps(frames: list[list[float]], start_ms: float, end_ms: float) -> list[int]:
+    seconds = int((end_ms - start_ms) // 1000)
+    counts = [0] * max(0, seconds)
+    for at, _w, _h in frames:
+        index = int((at - start_ms) // 1000)
+        if 0 <= index < seconds:
+            counts[index] += 1
+    return counts
+
+
+def summarize(
+    name: str,
+    live_ms: float,
+    end_ms: float,
+    frames: list[list[float]],
+    expert: list[dict[str, Any]],
+    bedside: list[dict[str, Any]],
+    outage_end_ms: float | None,
+) -> Result:
+    result = Result(name)
+    frames = [f for f in frames if f[0] >= live_ms]
+    if frames:
+        result.first_frame_s = round((frames[0][0] - live_ms) / 1000, 2)
+    counts = per_second_fps(frames, live_ms, end_ms)
+    full = [
+        i
+        for i in range(len(counts))
+        if counts[i] >= GOOD_FPS
+        and any(f[1] == 1280 and f[2] == 720 and int((f[0] - live_ms) // 1000) == i for f in frames)
+    ]
+    result.good_at_s = float(full[0]) if full else None
+    window = counts[WARMUP_SECONDS:]
+    if outage_end_ms is not None:
+        # Outside the outage and its recovery: the outage is measured on its own.
+        skip = range(OUTAGE_AT_SECONDS, OUTAGE_AT_SECONDS + OUTAGE_SECONDS + 3)
+        window = [c for i, c in enumerate(counts) if i >= WARMUP_SECONDS and i not in skip]
+    if window:
+        result.fps_median = statistics.median(window)
+        result.fps_p10 = round(percentile([float(c) for c in window], 10), 1)
+    measured = [f for f in frames if f[0] >= live_ms + WARMUP_SECONDS * 1000]
+    if measured:
+        sizes: dict[str, int] = {}
+        for _at, w, h in measured:
+            sizes[f"{int(w)}x{int(h)}"] = sizes.get(f"{int(w)}x{int(h)}", 0) + 1
+        result.resolution = max(sizes, key=lambda s: sizes[s])
+        result.share_720p = round(sizes.get("1280x720", 0) / len(measured), 3)
+    last = expert[-1] if expert else {}
+    result.freeze_count = last.get("freezeCount")
+    result.freeze_seconds = last.get("freezeSeconds")
+    rates, targets, estimates, limits = [], [], [], {}
+    for before, after in itertools.pairwise(bedside):
+        if after["at"] < live_ms + WARMUP_SECONDS * 1000:
+            continue
+        if (
+            "bytesSent" in after
+            and "bytesSent" in before
+            and after["bytesSent"] >= before["bytesSent"]
+        ):
+            rates.append(
+                8 * (after["bytesSent"] - before["bytesSent"]) / (after["at"] - before["at"])
+            )
+        if after.get("targetBitrate"):
+            targets.append(after["targetBitrate"] / 1000)
+        if after.get("estimate"):
+            estimates.append(after["estimate"] / 1000)
+        if after.get("limitation"):
+            limits[after["limitation"]] = limits.get(after["limitation"], 0) + 1
+    result.send_kbit_median = round(statistics.median(rates)) if rates else None
+    result.target_kbit_median = round(statistics.median(targets)) if targets else None
+    result.estimate_kbit_median = round(statistics.median(estimates)) if estimates else None
+    result.limitation = ",".join(f"{k}:{v}" for k, v in sorted(limits.items()))
+    result.banner_seconds = sum(1 for s in expert if s.get("banner"))
+    result.frozen_seconds = sum(1 for s in expert if s.get("frozen"))
+    if outage_end_ms is not None:
+        after = [f for f in frames if f[0] >= outage_end_ms]
+        if after:
+            result.recovered_first_frame_s = round((after[0][0] - outage_end_ms) / 1000, 2)
+        tail = per_second_fps(after, outage_end_ms, end_ms)
+        # The first whole second, after the link returned, with the picture back at a usable rate.
+        good = [i for i, c in enumerate(tail) if c >= RECOVERED_FPS]
+        result.recovered_fps_s = float(good[0] + 1) if good else None
+    return result
+
+
+def netns_chromium(workdir: Path) -> Path:
+    """An executable that starts Chromium inside the bedside's namespace."""
+    wrapper = workdir / "chromium-in-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {NAMESPACE} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+async def scenario(
+    name: str,
+    spec: dict[str, Any],
+    args: argparse.Namespace,
+    camera: Path,
+    workdir: Path,
+    net: Namespace,
+) -> Result:
+    from playwright.async_api import async_playwright
+
+    data = Path(tempfile.mkdtemp(dir=workdir))
+    port = free_port()
+    env = cli_env(data, **dict(kv.split("=", 1) for kv in args.env))
+    server = Server(env, port=port, host=HOST_IP)
+    with server:
+        operator, expert_token = invite(server)
+        base = f"http://{HOST_IP}:{port}"
+        browser_args = [
+            *CHROMIUM_ARGS,
+            f"--use-file-for-fake-video-capture={camera}",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            f"--unsafely-treat-insecure-origin-as-secure={base}",
+        ]
+        async with async_playwright() as playwright:
+            bedside_browser = await playwright.chromium.launch(
+                executable_path=netns_chromium(workdir), headless=True, args=browser_args
+            )
+            expert_browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=browser_args
+            )
+            try:
+                pages = []
+                for browser in (expert_browser, bedside_browser):
+                    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+                    await context.add_init_script(INIT_SCRIPT)
+                    pages.append(await context.new_page())
+                expert, bedside = pages
+                await expert.goto(f"{base}/expert#token={expert_token}")
+                await bedside.goto(f"{base}/bedside#token={operator}")
+                await bedside.wait_for_function(
+                    "() => document.getElementById('video').videoWidth === 1280", timeout=30_000
+                )
+                if spec.get("rate_kbit"):
+                    net.shape(spec["rate_kbit"])
+                if spec.get("loss_percent"):
+                    net.drop(spec["loss_percent"] * 10)
+                live_ms = time.time() * 1000
+                await bedside.click("#go-live")
+                expert_stats: list[dict[str, Any]] = []
+                bedside_stats: list[dict[str, Any]] = []
+                outage_end_ms = None
+                for second in range(args.seconds):
+                    if spec.get("outage") and second == OUTAGE_AT_SECONDS:
+                        net.drop(1000)
+                    if spec.get("outage") and second == OUTAGE_AT_SECONDS + OUTAGE_SECONDS:
+                        net.undrop()
+                        outage_end_ms = time.time() * 1000
+                    expert_stats.append(await expert.evaluate(STATS_SCRIPT))
+                    bedside_stats.append(await bedside.evaluate(STATS_SCRIPT))
+                    if args.verbose:
+                        e, b = expert_stats[-1], bedside_stats[-1]
+                        log(
+                            f"  {name} t={second:2d} expert {e.get('width')}x{e.get('height')} "
+                            f"frozen={e.get('freezeCount')} | bedside sent "
+                            f"{b.get('sentWidth')}x{b.get('sentHeight')}@{b.get('sentFps')} "
+                            f"target={b.get('targetBitrate')} est={b.get('estimate')} "
+                            f"lim={b.get('limitation')}"
+                        )
+                    await asyncio.sleep(max(0.0, live_ms / 1000 + second + 1 - time.time()))
+                end_ms = time.time() * 1000
+                frames = await expert.evaluate("() => window.__frames")
+            finally:
+                net.undrop()
+                await bedside_browser.close()
+                await expert_browser.close()
+    shutil.rmtree(data, ignore_errors=True)
+    return summarize(name, live_ms, end_ms, frames, expert_stats, bedside_stats, outage_end_ms)
+
+
+def table(results: list[Result]) -> str:
+    columns = [
+        ("scenario", "scenario"),
+        ("first frame s", "first_frame_s"),
+        ("720p≥25 at s", "good_at_s"),
+        ("fps med", "fps_median"),
+        ("fps p10", "fps_p10"),
+        ("resolution", "resolution"),
+        ("720p share", "share_720p"),
+        ("freezes", "freeze_count"),
+        ("frozen s", "freeze_seconds"),
+        ("send kbit/s", "send_kbit_median"),
+        ("target kbit/s", "target_kbit_median"),
+        ("estimate kbit/s", "estimate_kbit_median"),
+        ("banner s", "banner_seconds"),
+        ("recover frame s", "recovered_first_frame_s"),
+        ("recover 15fps s", "recovered_fps_s"),
+        ("limited by", "limitation"),
+    ]
+    rows = [[c for c, _ in columns]]
+    for r in results:
+        rows.append(["" if getattr(r, a) is None else str(getattr(r, a)) for _, a in columns])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--seconds", type=int, default=30, help="per scenario, from going live")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="PROBELINK_X=VALUE",
+        help="extra server setting (repeatable)",
+    )
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--verbose", action="store_true", help="print the figures every second")
+    args = parser.parse_args()
+    names = args.scenarios.split(",")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")
+    if os.geteuid() != 0:
+        parser.error("needs root: it makes a network namespace and shapes its link")
+    if "outage" in names and args.seconds < OUTAGE_AT_SECONDS + OUTAGE_SECONDS + 8:
+        parser.error(
+            f"the outage scenario needs --seconds ≥ {OUTAGE_AT_SECONDS + OUTAGE_SECONDS + 8}"
+        )
+    results = []
+    with tempfile.TemporaryDirectory(prefix="probelink-netbench-") as tmp:
+        workdir = Path(tmp)
+        log("writing the 1280×720 moving-speckle camera (5 s, looped)")
+        camera = write_y4m(
+            workdir / "speckle.y4m", moving_speckle_frames(1280, 720, 150), 1280, 720
+        )
+        with Namespace() as net:
+            for index, name in enumerate(names, 1):
+                log(f"[{index}/{len(names)}] {name}: {args.seconds} s")
+                result = await scenario(name, SCENARIOS[name], args, camera, workdir, net)
+                log(
+                    f"  fps median {result.fps_median}, {result.resolution}, "
+                    f"freezes {result.freeze_count}"
+                )
+                results.append(result)
+    print(table(results))
+    if args.json:
+        write_results(args.json, args, results)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

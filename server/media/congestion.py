@@ -1,0 +1,199 @@
+"""Congestion feedback for the publisher's encoder (no I/O).
+
+The relay forwards the bedside's encoded video, so the bedside's encoder can follow only what the
+relay tells it. Two signals, as production SFUs give them:
+
+- Transport-wide congestion control feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01):
+  the arrival time of every packet the publisher stamped with a transport-wide sequence number.
+  The browser runs its own send-side estimator (Google congestion control) on it: it probes,
+  ramps within seconds and backs off on delay or loss of its own uplink. `TransportFeedback`
+  records arrivals and encodes the RTCP packets.
+- A receiver-estimated maximum bitrate (REMB) that the relay composes: the deployment's ceiling,
+  lowered while a subscriber's downlink is congested, but never below the deployment's floor, so
+  that one expert on a poor link cannot drag the picture of the others below it (`BitrateCap`).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+RTCP_RTPFB = 205
+RTCP_RTPFB_TRANSPORT_CC = 15
+
+# Status symbols of a packet in a feedback message.
+NOT_RECEIVED, SMALL_DELTA, LARGE_DELTA = 0, 1, 2
+DELTA_UNIT_US = 250
+REFERENCE_UNIT_US = 64_000
+RUN_LENGTH_MAX = 0x1FFF
+TWO_BIT_SYMBOLS = 7
+# One feedback packet reports at most this many sequence numbers (libwebrtc keeps its feedback
+# packets under ~1.5 kB, as do we), and a late packet older than this is not reported again.
+STATUSES_PER_PACKET_MAX = 1024
+ARRIVALS_KEPT = 4096
+
+
+class TransportFeedback:
+    """Arrival times of transport-wide sequence numbers, reported as RTCP transport feedback.
+
+    Each report covers every sequence number from the first not yet reported to the highest
+    received; a packet arriving after its range was reported (reordered) makes the next report
+    start again from it, as libwebrtc's receiver does.
+    """
+
+    def __init__(self) -> None:
+        self.arrivals: dict[int, int] = {}
+        self.oldest: int | None = None
+        self.highest: int | None = None
+        self.next_report: int | None = None
+        self.feedback_count = 0
+
+    def add(self, sequence_number: int, arrival_us: int) -> None:
+        """A packet with this 16-bit transport-wide sequence number arrived at `arrival_us`."""
+        seq = self._unwrap(sequence_number)
+        if self.highest is not None and seq <= self.highest - ARRIVALS_KEPT:
+            return  # far too late to matter to the sender's estimator
+        self.arrivals.setdefault(seq, arrival_us)
+        if self.highest is None or seq > self.highest:
+            self.highest = seq
+        if self.next_report is None or seq < self.next_report:
+            self.next_report = seq
+        if self.oldest is None or seq < self.oldest:
+            self.oldest = seq
+        while self.oldest <= self.highest - ARRIVALS_KEPT:
+            self.arrivals.pop(self.oldest, None)
+            self.oldest += 1
+        self.next_report = max(self.next_report, self.oldest)
+
+    def _unwrap(self, sequence_number: int) -> int:
+        if self.highest is None:
+            return sequence_number
+        delta = (sequence_number - self.highest) & 0xFFFF
+        if delta >= 0x8000:
+            delta -= 0x10000
+        return self.highest + delta
+
+    def build(self, sender_ssrc: int, media_ssrc: int) -> list[bytes]:
+        """RTCP transport feedback packets for everything received since the last call."""
+        if self.next_report is None or self.highest is None or self.next_report > self.highest:
+            return []
+        packets = []
+        start = self.next_report
+        while start <= self.highest:
+            packet, start = self._packet(start, sender_ssrc, media_ssrc)
+            if packet is not None:
+                packets.append(packet)
+        self.next_report = self.highest + 1
+        return packets
+
+    def _packet(self, start: int, sender_ssrc: int, media_ssrc: int) -> tuple[bytes | None, int]:
+        """One feedback packet from `start`; the sequence number the next one starts at."""
+        received = [s for s in range(start, self.highest + 1) if s in self.arrivals]  # type: ignore[operator]
+        if not received:
+            return None, self.highest + 1  # type: ignore[operator]
+        reference = self.arrivals[received[0]] // REFERENCE_UNIT_US
+        previous_us = reference * REFERENCE_UNIT_US
+        symbols: list[int] = []
+        deltas = bytearray()
+        seq = start
+        while seq <= received[-1] and len(symbols) < STATUSES_PER_PACKET_MAX:
+            arrival = self.arrivals.get(seq)
+            if arrival is None:
+                symbols.append(NOT_RECEIVED)
+            else:
+                delta = round((arrival - previous_us) / DELTA_UNIT_US)
+                if 0 <= delta <= 0xFF:
+                    symbols.append(SMALL_DELTA)
+                    deltas.append(delta)
+                elif -0x8000 <= delta <= 0x7FFF:
+                    symbols.append(LARGE_DELTA)
+                    deltas += struct.pack("!h", delta)
+                else:
+                    break  # does not fit: the next packet starts here, with its own reference
+                previous_us += delta * DELTA_UNIT_US
+            seq += 1
+        body = struct.pack(
+            "!IIHHI",
+            sender_ssrc,
+            media_ssrc,
+            start & 0xFFFF,
+            len(symbols),
+            ((reference & 0xFFFFFF) << 8) | (self.feedback_count & 0xFF),
+        )
+        body += b"".join(struct.pack("!H", c) for c in encode_chunks(symbols)) + deltas
+        self.feedback_count += 1
+        return rtcp_packet(RTCP_RTPFB, RTCP_RTPFB_TRANSPORT_CC, body), seq
+
+
+def encode_chunks(symbols: list[int]) -> list[int]:
+    """Packet status chunks: run lengths where a symbol repeats, else vectors of 7 two-bit ones."""
+    chunks = []
+    i = 0
+    while i < len(symbols):
+        run = 1
+        while i + run < len(symbols) and symbols[i + run] == symbols[i] and run < RUN_LENGTH_MAX:
+            run += 1
+        if run >= TWO_BIT_SYMBOLS:
+            chunks.append((symbols[i] << 13) | run)
+            i += run
+            continue
+        vector = 0xC000  # status vector chunk, two-bit symbols
+        for k, symbol in enumerate(symbols[i : i + TWO_BIT_SYMBOLS]):
+            vector |= symbol << (2 * (TWO_BIT_SYMBOLS - 1 - k))
+        chunks.append(vector)
+        i += TWO_BIT_SYMBOLS
+    return chunks
+
+
+def rtcp_packet(packet_type: int, fmt: int, body: bytes) -> bytes:
+    """An RTCP packet, padded to 32 bits (RFC 3550: P bit set, last octet the padding count)."""
+    padding = -len(body) % 4
+    if padding:
+        body += bytes(padding - 1) + bytes([padding])
+    first = 0x80 | (0x20 if padding else 0) | fmt
+    # The length counts 32-bit words after the first one.
+    return struct.pack("!BBH", first, packet_type, len(body) // 4) + body
+
+
+# A subscriber whose own estimate falls below this share of what it is sent is congested.
+CONGESTED_SHARE = 0.9
+# ... and no longer congested once its estimate has grown past this multiple of what it is sent
+# (a receiver's estimate can exceed what arrives by at most 1.5x in libwebrtc).
+RELIEVED_MULTIPLE = 1.4
+# A subscriber that has not reported for this long no longer limits anyone.
+ESTIMATE_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass
+class DownlinkLimit:
+    """What one subscriber's downlink carries, from its own REMB reports, while it is congested."""
+
+    limit_bps: int | None = None
+    reported_at: float = 0.0
+
+    def report(self, estimate_bps: int, sent_bps: float, now: float) -> None:
+        """The subscriber's estimate, and the rate it was being sent when it reported."""
+        self.reported_at = now
+        if self.limit_bps is None:
+            if sent_bps > 0 and estimate_bps < CONGESTED_SHARE * sent_bps:
+                self.limit_bps = estimate_bps
+        elif estimate_bps >= RELIEVED_MULTIPLE * max(sent_bps, 1.0):
+            self.limit_bps = None
+        else:
+            # Its estimate grows again (slowly, as a receiver's does) as the link clears.
+            self.limit_bps = estimate_bps
+
+    def current(self, now: float) -> int | None:
+        if self.limit_bps is not None and now - self.reported_at > ESTIMATE_TIMEOUT_SECONDS:
+            self.limit_bps = None
+        return self.limit_bps
+
+
+def publisher_cap(limits: list[DownlinkLimit], now: float, floor_bps: int, ceiling_bps: int) -> int:
+    """The REMB for the publisher: the ceiling, or the most congested subscriber's downlink,
+    never below the floor (the publisher's own estimator still keeps it under its uplink)."""
+    current = [c for c in (limit.current(now) for limit in limits) if c is not None]
+    if not current:
+        return ceiling_bps
+    return max(floor_bps, min(ceiling_bps, *current))
