@@ -54,14 +54,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "load_tests"))
 
 from browser import CHROMIUM, CHROMIUM_ARGS, write_y4m  # noqa: E402
+from netns import Namespace  # noqa: E402
 from phantom import BREAST_REQUEST, PHANTOM_DEVICE, moving_speckle_frames  # noqa: E402
 from servers import Server, cli_env, free_port  # noqa: E402
 from signaling_bench import log, percentile, write_results  # noqa: E402
 
 NAMESPACE = "probelink-bench"
-HOST_IF, NS_IF = "plb-host", "plb-bed"
-HOST_IP, NS_IP = "10.203.0.1", "10.203.0.2"
-NFT_TABLE = "probelink_bench"
+HOST_IP = "10.203.0.1"
 OUTAGE_AT_SECONDS = 15
 OUTAGE_SECONDS = 5
 WARMUP_SECONDS = 5
@@ -156,77 +155,6 @@ class Result:
     recovered_first_frame_s: float | None = None
     recovered_fps_s: float | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def run(*command: str, netns: bool = False, check: bool = True) -> None:
-    full = ["ip", "netns", "exec", NAMESPACE, *command] if netns else list(command)
-    subprocess.run(full, check=check, capture_output=True, text=True, timeout=20)
-
-
-class Namespace:
-    """The bedside's network: a namespace with one veth link to this host."""
-
-    def __enter__(self) -> Namespace:
-        self.close()
-        run("ip", "netns", "add", NAMESPACE)
-        run("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
-        run("ip", "link", "set", NS_IF, "netns", NAMESPACE)
-        run("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_IF)
-        run("ip", "link", "set", HOST_IF, "up")
-        run("ip", "addr", "add", f"{NS_IP}/24", "dev", NS_IF, netns=True)
-        run("ip", "link", "set", NS_IF, "up", netns=True)
-        run("ip", "link", "set", "lo", "up", netns=True)
-        return self
-
-    def shape(self, rate_kbit: int) -> None:
-        """Cap both directions with a token bucket (20 ms of burst, 100 ms of queue)."""
-        burst = max(16_000, rate_kbit * 1000 // 8 // 50)
-        for netns, dev in ((True, NS_IF), (False, HOST_IF)):
-            run(
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                dev,
-                "root",
-                "tbf",
-                "rate",
-                f"{rate_kbit}kbit",
-                "burst",
-                str(burst),
-                "latency",
-                "100ms",
-                netns=netns,
-            )
-
-    def drop(self, per_mille: int) -> None:
-        """Drop that share of the bedside's packets, in and out (1000: everything)."""
-        self.undrop()
-        rule = f"numgen random mod 1000 < {per_mille} drop" if per_mille < 1000 else "drop"
-        script = (
-            f"table inet {NFT_TABLE} {{\n"
-            f"  chain in {{ type filter hook input priority 0; iifname {NS_IF} {rule}; }}\n"
-            f"  chain out {{ type filter hook output priority 0; oifname {NS_IF} {rule}; }}\n"
-            "}\n"
-        )
-        subprocess.run(
-            ["ip", "netns", "exec", NAMESPACE, "nft", "-f", "-"],
-            input=script,
-            check=True,
-            text=True,
-            capture_output=True,
-            timeout=20,
-        )
-
-    def undrop(self) -> None:
-        run("nft", "delete", "table", "inet", NFT_TABLE, netns=True, check=False)
-
-    def close(self) -> None:
-        run("ip", "netns", "del", NAMESPACE, check=False)
-        run("ip", "link", "del", HOST_IF, check=False)
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def http(base: str, path: str, token: str, body: Any = None) -> Any:
@@ -352,10 +280,10 @@ def summarize(
     return result
 
 
-def netns_chromium(workdir: Path) -> Path:
+def netns_chromium(workdir: Path, net: Namespace) -> Path:
     """An executable that starts Chromium inside the bedside's namespace."""
     wrapper = workdir / "chromium-in-netns"
-    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {NAMESPACE} {CHROMIUM} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec {" ".join(net.exec_prefix())} {CHROMIUM} "$@"\n')
     wrapper.chmod(0o755)
     return wrapper
 
@@ -385,7 +313,7 @@ async def scenario(
         ]
         async with async_playwright() as playwright:
             bedside_browser = await playwright.chromium.launch(
-                executable_path=netns_chromium(workdir), headless=True, args=browser_args
+                executable_path=netns_chromium(workdir, net), headless=True, args=browser_args
             )
             expert_browser = await playwright.chromium.launch(
                 executable_path=CHROMIUM, headless=True, args=browser_args
@@ -498,7 +426,7 @@ async def main() -> None:
         camera = write_y4m(
             workdir / "speckle.y4m", moving_speckle_frames(1280, 720, 150), 1280, 720
         )
-        with Namespace() as net:
+        with Namespace(NAMESPACE, HOST_IP) as net:
             for index, name in enumerate(names, 1):
                 log(f"[{index}/{len(names)}] {name}: {args.seconds} s")
                 result = await scenario(name, SCENARIOS[name], args, camera, workdir, net)

@@ -1,0 +1,107 @@
+"""A network namespace with one veth link to this host, for a peer whose network is impaired.
+
+Used by tests and `load_tests/network_bench.py` (needs root, iproute2, tc and nft). The namespace
+has no default route: it reaches this host's end of the link and nothing else. Its link can be
+shaped (`tc tbf`, both directions), lose packets at random or all of them (`nftables`), or block
+one protocol (`block_udp`). Everything is removed on exit, and a leftover of the same name from a
+killed run is removed on entry.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+NFT_TABLE = "probelink_netns"
+
+
+def available() -> str | None:
+    """Why namespaces cannot be made here (None: they can)."""
+
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    missing = [tool for tool in ("ip", "tc", "nft") if shutil.which(tool) is None]
+    if missing:
+        return f"missing {', '.join(missing)} (Debian packages iproute2, nftables)"
+    return None
+
+
+class Namespace:
+    """`with Namespace("name", "10.203.0.1") as ns:` — ns.host_ip here, ns.ip inside."""
+
+    def __init__(self, name: str, host_ip: str):
+        prefix = host_ip.rsplit(".", 1)[0]
+        self.name = name
+        self.host_ip = host_ip
+        self.ip = f"{prefix}.{int(host_ip.rsplit('.', 1)[1]) + 1}"
+        # Interface names are at most 15 characters.
+        self.host_if = f"{name[:10]}-h"
+        self.ns_if = f"{name[:10]}-n"
+
+    def run(self, *command: str, inside: bool = False, check: bool = True) -> None:
+        full = ["ip", "netns", "exec", self.name, *command] if inside else list(command)
+        subprocess.run(full, check=check, capture_output=True, text=True, timeout=20)
+
+    def __enter__(self) -> Namespace:
+        self.close()
+        self.run("ip", "netns", "add", self.name)
+        self.run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+        self.run("ip", "link", "set", self.ns_if, "netns", self.name)
+        self.run("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.host_if)
+        self.run("ip", "link", "set", self.host_if, "up")
+        self.run("ip", "addr", "add", f"{self.ip}/24", "dev", self.ns_if, inside=True)
+        self.run("ip", "link", "set", self.ns_if, "up", inside=True)
+        self.run("ip", "link", "set", "lo", "up", inside=True)
+        return self
+
+    def exec_prefix(self) -> list[str]:
+        """The command prefix that runs a program inside the namespace."""
+        return ["ip", "netns", "exec", self.name]
+
+    def shape(self, rate_kbit: int) -> None:
+        """Cap both directions with a token bucket (20 ms of burst, 100 ms of queue)."""
+        burst = max(16_000, rate_kbit * 1000 // 8 // 50)
+        for inside, dev in ((True, self.ns_if), (False, self.host_if)):
+            self.run(
+                *("tc", "qdisc", "replace", "dev", dev, "root", "tbf"),
+                *("rate", f"{rate_kbit}kbit", "burst", str(burst), "latency", "100ms"),
+                inside=inside,
+            )
+
+    def drop(self, per_mille: int, what: str = "") -> None:
+        """Drop that share of the namespace's packets, in and out (1000: all of them).
+
+        `what` narrows the rule to an nftables match (e.g. "meta l4proto udp").
+        """
+        self.undrop()
+        action = f"numgen random mod 1000 < {per_mille} drop" if per_mille < 1000 else "drop"
+        rule = f"{what} {action}".strip()
+        script = (
+            f"table inet {NFT_TABLE} {{\n"
+            f"  chain in {{ type filter hook input priority 0; iifname {self.ns_if} {rule}; }}\n"
+            f"  chain out {{ type filter hook output priority 0; oifname {self.ns_if} {rule}; }}\n"
+            "}\n"
+        )
+        subprocess.run(
+            [*self.exec_prefix(), "nft", "-f", "-"],
+            input=script,
+            check=True,
+            text=True,
+            capture_output=True,
+            timeout=20,
+        )
+
+    def block_udp(self) -> None:
+        """Nothing but TCP in or out of the namespace, as behind a firewall that allows 443 only."""
+        self.drop(1000, "meta l4proto udp")
+
+    def undrop(self) -> None:
+        self.run("nft", "delete", "table", "inet", NFT_TABLE, inside=True, check=False)
+
+    def close(self) -> None:
+        self.run("ip", "netns", "del", self.name, check=False)
+        self.run("ip", "link", "del", self.host_if, check=False)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
