@@ -10,7 +10,8 @@ relay tells it. Two signals, as production SFUs give them:
   records arrivals and encodes the RTCP packets.
 - A receiver-estimated maximum bitrate (REMB) that the relay composes: the deployment's ceiling,
   lowered while a subscriber's downlink is congested, but never below the deployment's floor, so
-  that one expert on a poor link cannot drag the picture of the others below it (`BitrateCap`).
+  that one expert on a poor link cannot drag the picture of the others below it (`DownlinkLimit`,
+  `publisher_cap`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ DELTA_UNIT_US = 250
 REFERENCE_UNIT_US = 64_000
 RUN_LENGTH_MAX = 0x1FFF
 TWO_BIT_SYMBOLS = 7
-# One feedback packet reports at most this many sequence numbers (libwebrtc keeps its feedback
-# packets under ~1.5 kB, as do we), and a late packet older than this is not reported again.
+# One feedback packet reports at most this many sequence numbers, and fits in one datagram
+# with room for SRTCP and a TURN channel (as Jitsi's, 1200 bytes with padding).
 STATUSES_PER_PACKET_MAX = 1024
+PACKET_BYTES_MAX = 1200
+HEADER_BYTES = 20  # RTCP header, both SSRCs, base sequence number, count, reference time
+# Arrivals kept to report again (when an older one arrives late): the last this many sequence
+# numbers.
 ARRIVALS_KEPT = 4096
 
 
@@ -39,7 +44,8 @@ class TransportFeedback:
 
     Each report covers every sequence number from the first not yet reported to the highest
     received; a packet arriving after its range was reported (reordered) makes the next report
-    start again from it, as libwebrtc's receiver does.
+    start again from it, as libwebrtc's receiver does. A duplicate changes nothing: its first
+    arrival is the one reported.
     """
 
     def __init__(self) -> None:
@@ -53,8 +59,13 @@ class TransportFeedback:
         """A packet with this 16-bit transport-wide sequence number arrived at `arrival_us`."""
         seq = self._unwrap(sequence_number)
         if self.highest is not None and seq <= self.highest - ARRIVALS_KEPT:
-            return  # far too late to matter to the sender's estimator
-        self.arrivals.setdefault(seq, arrival_us)
+            # Not a late packet (no network holds one while thousands pass it): the sender's
+            # numbers moved on by more than half the 16-bit space while none reached us. Dropped
+            # as late, it and all that follow would go unreported for tens of thousands of packets.
+            seq += 0x10000
+        if seq in self.arrivals:
+            return
+        self.arrivals[seq] = arrival_us
         if self.highest is None or seq > self.highest:
             self.highest = seq
         if self.next_report is None or seq < self.next_report:
@@ -99,19 +110,23 @@ class TransportFeedback:
         seq = start
         while seq <= received[-1] and len(symbols) < STATUSES_PER_PACKET_MAX:
             arrival = self.arrivals.get(seq)
+            delta = 0
             if arrival is None:
-                symbols.append(NOT_RECEIVED)
+                symbol, encoded = NOT_RECEIVED, b""
             else:
                 delta = round((arrival - previous_us) / DELTA_UNIT_US)
                 if 0 <= delta <= 0xFF:
-                    symbols.append(SMALL_DELTA)
-                    deltas.append(delta)
+                    symbol, encoded = SMALL_DELTA, bytes([delta])
                 elif -0x8000 <= delta <= 0x7FFF:
-                    symbols.append(LARGE_DELTA)
-                    deltas += struct.pack("!h", delta)
+                    symbol, encoded = LARGE_DELTA, struct.pack("!h", delta)
                 else:
                     break  # does not fit: the next packet starts here, with its own reference
-                previous_us += delta * DELTA_UNIT_US
+            if _packet_bytes_bound(len(symbols) + 1, len(deltas) + len(encoded)) > PACKET_BYTES_MAX:
+                break
+            symbols.append(symbol)
+            deltas += encoded
+            # The rounded time, as the sender adds the deltas up: rounding errors do not drift.
+            previous_us += delta * DELTA_UNIT_US
             seq += 1
         body = struct.pack(
             "!IIHHI",
@@ -124,6 +139,12 @@ class TransportFeedback:
         body += b"".join(struct.pack("!H", c) for c in encode_chunks(symbols)) + deltas
         self.feedback_count += 1
         return rtcp_packet(RTCP_RTPFB, RTCP_RTPFB_TRANSPORT_CC, body), seq
+
+
+def _packet_bytes_bound(statuses: int, delta_bytes: int) -> int:
+    """The most a feedback packet of this many statuses and delta bytes can take: each chunk
+    but the last holds 7 statuses or more, and padding adds at most 3 bytes."""
+    return HEADER_BYTES + 2 * -(-statuses // TWO_BIT_SYMBOLS) + delta_bytes + 3
 
 
 def encode_chunks(symbols: list[int]) -> list[int]:
