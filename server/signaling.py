@@ -297,6 +297,11 @@ class LiveNamespace(socketio.AsyncNamespace):
             "participants": participant_view(members),
             # STUN/TURN servers for this participant's peer connection (ephemeral credentials).
             "ice": ice_servers_for(self.app[SETTINGS], socket.principal.sub, datetime.now(UTC)),
+            # Below this the expert's page says the picture is not of diagnostic quality.
+            "quality": {
+                "fps": self.app[SETTINGS].quality_floor_fps,
+                "seconds": self.app[SETTINGS].quality_floor_seconds,
+            },
             "marks": snapshot.marks,
             "guidance": snapshot.guidance,
             "last_seq": snapshot.last_seq,

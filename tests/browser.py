@@ -2,15 +2,18 @@
 
 Loaded as a pytest plugin (`pytest_plugins` in conftest.py), so its fixtures need no import:
 
-- `phantom_y4m` (session): the phantom video as a Y4M file, Chromium's fake camera.
+- `phantom_y4m` (session): the phantom video as a Y4M file, Chromium's fake camera; `speckle_y4m`
+  (session): a 1280x720 moving-speckle scan, as a real scanner's picture moves.
 - `chromium`: a `playwright.async_api.Browser` on Debian's /usr/bin/chromium, whose
   getUserMedia returns that file (640x480, 30 fps, with the fake patient banner) and whose ICE
   host candidates are real IP addresses (no mDNS), so aiortc on this machine can reach them.
+- `chromium_720p`: the same with the 1280x720 scan as its camera.
 - `live_server`: a real `probelink serve` on a free port with its own data directory.
 
 Helpers to import: `coordinator_token`, `probelink_token`, `console_errors`, `save_screenshot`,
-`write_phantom_y4m`, `require_chromium`. Playwright is imported lazily: without it (or without Chromium) the
-browser tests skip, or fail with PROBELINK_REQUIRE_ALL=1.
+`write_phantom_y4m`, `write_y4m`, `launched_chromium`, `require_chromium`. Playwright is
+imported lazily: without it (or without Chromium) the browser tests skip, or fail with
+PROBELINK_REQUIRE_ALL=1.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from conftest import require
-from phantom import FPS, phantom_frame
+from phantom import FPS, moving_speckle_frames, phantom_frame
 from servers import Server, cli_env
 
 if TYPE_CHECKING:
@@ -132,9 +136,16 @@ def require_chromium() -> None:
     require("Chromium", CHROMIUM.is_file(), f"{CHROMIUM} is missing (Debian package chromium)")
 
 
-@pytest.fixture
-async def chromium(phantom_y4m: Path) -> AsyncIterator[Browser]:
-    """Headless Chromium with the phantom as its camera; closed after the test."""
+@pytest.fixture(scope="session")
+def speckle_y4m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1280x720 scan (3 s of moving speckle, looped by Chromium): what a real scanner sends."""
+    path = tmp_path_factory.mktemp("camera-720p") / "speckle.y4m"
+    return write_y4m(path, moving_speckle_frames(1280, 720, 90), 1280, 720)
+
+
+@asynccontextmanager
+async def launched_chromium(camera: Path, *args: str) -> AsyncIterator[Browser]:
+    """Headless Chromium whose camera plays `camera` (a Y4M file); closed on exit."""
     require_chromium()
     from playwright.async_api import async_playwright
 
@@ -145,14 +156,29 @@ async def chromium(phantom_y4m: Path) -> AsyncIterator[Browser]:
             headless=True,
             args=[
                 *CHROMIUM_ARGS,
-                f"--use-file-for-fake-video-capture={phantom_y4m}",
+                f"--use-file-for-fake-video-capture={camera}",
                 f"--disable-features={','.join(dict.fromkeys(features))}",
+                *args,
             ],
         )
         try:
             yield browser
         finally:
             await browser.close()
+
+
+@pytest.fixture
+async def chromium(phantom_y4m: Path) -> AsyncIterator[Browser]:
+    """Headless Chromium with the phantom (640x480) as its camera; closed after the test."""
+    async with launched_chromium(phantom_y4m) as browser:
+        yield browser
+
+
+@pytest.fixture
+async def chromium_720p(speckle_y4m: Path) -> AsyncIterator[Browser]:
+    """Headless Chromium whose camera is a 1280x720 moving-speckle scan; closed after the test."""
+    async with launched_chromium(speckle_y4m) as browser:
+        yield browser
 
 
 @pytest.fixture

@@ -91,6 +91,8 @@ async def test_joining_gives_room_state_and_everyone_sees_presence(
     assert operator.state["marks"] == [] and operator.state["guidance"] is None
     assert operator.state["ice"]["ice_servers"] == []  # no STUN/TURN configured here
     assert operator.state["consultation"]["urgency"] == "urgent"
+    # The picture's floor the expert's page holds the video to (the defaults).
+    assert operator.state["quality"] == {"fps": 15, "seconds": 2}
 
     expert = await join("expert")
     assert {p["role"] for p in expert.state["participants"]} == {"operator", "expert"}

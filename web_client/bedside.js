@@ -1,7 +1,7 @@
 // Bedside page: pick the scanner's video (capture card, camera, or the demo phantom), publish
 // it with the operator's voice, see the expert's pointer, marks and guidance over it, hear the
 // expert, and capture. A still is the page's own full-resolution frame, lossless (PNG upload).
-import { ApiError, api, describe, el, pageToken } from "./lib/api.js";
+import { ApiError, api, claims, describe, el, pageToken } from "./lib/api.js";
 import { Overlay } from "./lib/overlay.js";
 import { phantomStream } from "./lib/phantom.js";
 import { Room } from "./lib/room.js";
@@ -18,6 +18,17 @@ let stream = null, phantom = null, live = false, recording = false;
 // it again (or the phantom) is a change that opens it.
 let sourceLost = false;
 const busy = new Set(); // actions waiting for their answer: a double click sends one
+// Live in this tab, and from which source: a reload (or a crash of the page) goes live again by
+// itself with the same source, for the same consultation. Session storage ends with the tab.
+const LIVE_KEY = `probelink.live.${claims(token)?.consultation || ""}`;
+
+function remembered() {
+  try {
+    return JSON.parse(sessionStorage.getItem(LIVE_KEY));
+  } catch {
+    return null;
+  }
+}
 
 // What the browser's media errors mean for someone at the bedside.
 const MEDIA_ERRORS = {
@@ -50,8 +61,10 @@ async function listSources() {
   } else if (chosen) {
     $("source").value = chosen;
   } else {
-    const wanted = new URLSearchParams(location.search).get("source");
-    $("source").value = wanted === PHANTOM || !cameras.length ? PHANTOM : cameras[0].deviceId;
+    // After a reload, the source this tab was live with, if it is still there.
+    const wanted = remembered()?.source ?? new URLSearchParams(location.search).get("source");
+    const there = [...$("source").options].some((o) => o.value === wanted);
+    $("source").value = there ? wanted : wanted === PHANTOM || !cameras.length ? PHANTOM : cameras[0].deviceId;
   }
 }
 
@@ -131,6 +144,7 @@ function goLive() {
     return;
   }
   live = true;
+  sessionStorage.setItem(LIVE_KEY, JSON.stringify({ source: $("source").value }));
   room.startMedia(mediaOf());
   $("go-live").disabled = true;
   $("go-live").textContent = "Live";
@@ -221,5 +235,8 @@ if (!token) {
   await preview();
   // Device labels appear only after permission: list again now that it is granted.
   if ($("source").value !== PHANTOM) await listSources();
-  if (new URLSearchParams(location.search).has("live")) goLive();
+  if (remembered()) {
+    goLive();
+    room.say("Live again with the same source (the page was reloaded)");
+  } else if (new URLSearchParams(location.search).has("live")) goLive();
 }

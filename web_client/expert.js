@@ -3,6 +3,7 @@
 // captures decoded by the relay from the exact stream on screen, key images, stream statistics.
 import { ApiError, describe, el, pageToken } from "./lib/api.js";
 import { Overlay, toNormalized } from "./lib/overlay.js";
+import { PictureWatch } from "./lib/picture.js";
 import { ReportForm } from "./lib/report.js";
 import { showRequest } from "./lib/request.js";
 import { Room } from "./lib/room.js";
@@ -27,6 +28,8 @@ const token = pageToken();
 const video = $("video");
 const overlay = new Overlay($("overlay"), video);
 const room = new Room(token, overlay);
+const picture = new PictureWatch(video, showPicture);
+room.picture = () => picture.state;
 let report = null, microphoneStream = null;
 let tool = "pointer", drawing = null, lastPointer = 0, mediaTs = null, recording = false, role = "expert";
 const busy = new Set(); // captures waiting for their answer: a double click makes one
@@ -267,11 +270,37 @@ function startMedia() {
 function onTrack(track, slot) {
   if (track.kind === "audio") return room.voice(track, slot);
   video.srcObject = new MediaStream([track]);
-  video.addEventListener("playing", () => $("waiting").classList.add("hidden"), { once: true });
+  picture.restart();
+}
+
+// Why there is no (new) picture, in the words of someone waiting for one.
+function whyNoPicture(never) {
+  if (!room.live.connected) return "the connection to probelink was lost: reconnecting…";
+  const bedside = room.participants.some((p) => p.role === "operator");
+  if (!bedside) return never ? "the bedside has not joined yet" : "the bedside disconnected: waiting for it to come back…";
+  const media = room.pc?.connectionState;
+  if (media !== "connected") return "reconnecting the video…";
+  return never ? "the bedside has not gone live yet" : "no video from the bedside: it is reconnecting…";
+}
+
+// The picture's state on screen: waiting, frozen (over the last picture), below the floor.
+function showPicture(p = picture.state) {
+  $("waiting").classList.toggle("hidden", p.state !== "waiting");
+  $("waiting").textContent = `Waiting for the bedside video: ${whyNoPicture(true)}`;
+  $("frozen").classList.toggle("hidden", p.state !== "frozen");
+  $("frozen-why").textContent = whyNoPicture(false);
+  $("quality-banner").classList.toggle("hidden", p.state !== "below");
+  if (p.state === "below") {
+    const size = `${p.width}×${p.height}`;
+    const source = p.width < p.source.width ? ` of ${p.source.width}×${p.source.height}` : "";
+    $("quality-banner").textContent = `Below diagnostic quality (${Math.round(p.fps)} fps, ${size}${source})`;
+  }
+  room.indicate();
 }
 
 room.on("state", (state, first) => {
   $("question").textContent = state.consultation.clinical_question;
+  picture.setFloor(state.quality);
   if (!first) {
     // A report that could not be loaded (the server was restarting) is loaded on rejoining.
     if (report && !report.view) report.load();
@@ -290,6 +319,9 @@ room.on("state", (state, first) => {
   startMedia();
 });
 room.on("stats", showStats);
+// Presence and the connections change the reason given for a missing picture.
+room.on("people", () => showPicture());
+room.on("media", () => showPicture());
 room.on("keyImage", (k) => report?.addKeyImage(k));
 
 for (const b of $("tools").querySelectorAll("[data-tool]")) b.addEventListener("click", () => selectTool(b.dataset.tool));

@@ -52,7 +52,6 @@ class PublisherFeedback:
         self.cap_bps: int | None = None
         self._remb_at = 0.0
         self._task: asyncio.Task[None] | None = None
-        on_transport_sequence(receiver, self._arrived)
 
     def _arrived(self, sequence_number: int, ssrc: int, arrival_us: int) -> None:
         if self.media_ssrc is None:
@@ -68,6 +67,8 @@ class PublisherFeedback:
         self.downlinks.pop(subscriber, None)
 
     def start(self) -> None:
+        """Once the answer is set: read arrivals, send feedback."""
+        on_transport_sequence(self.receiver, self._arrived)
         self._task = asyncio.create_task(self._run(), name="publisher-feedback")
 
     async def stop(self) -> None:

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import fractions
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -249,18 +251,60 @@ def on_transport_sequence(
     receiver: RTCRtpReceiver, callback: Callable[[int, int, int], None]
 ) -> None:
     """Call `callback(transport_sequence_number, ssrc, arrival_us)` for every RTP packet that
-    reaches the receiver's transport carrying one; the receiver's own REMB is switched off."""
+    reaches the receiver's transport carrying one; the receiver's own REMB is switched off.
+
+    Call it once the answer is set (the ICE sockets exist then). The arrival time is the
+    kernel's receive timestamp of the datagram (`SIOCGSTAMPNS`, wall clock, microseconds), so
+    that the time a busy event loop takes to read it is not mistaken for queueing on the link:
+    the sender's estimator reads growing delay as congestion. Where the kernel gives none, the
+    time the datagram was read.
+    """
     receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+    arrivals: dict[int, int] = {}
+    connection = receiver.transport.transport._connection
+    for protocol in getattr(connection, "_protocols", []):
+        _stamp_datagrams(protocol, arrivals)
     router = receiver.transport._rtp_router
     route = router.route_rtp
 
     def route_rtp(packet: RtpPacket) -> Any:
         seq = packet.extensions.transport_sequence_number
         if seq is not None:
-            callback(seq, packet.ssrc, time.monotonic_ns() // 1000)
+            arrival = arrivals.pop((packet.ssrc << 16) | packet.sequence_number, None)
+            callback(seq, packet.ssrc, arrival or time.time_ns() // 1000)
         return route(packet)
 
     router.route_rtp = route_rtp  # type: ignore[method-assign]
+
+
+SIOCGSTAMPNS = 0x8907  # linux/sockios.h: timestamp of the last datagram read (timespec)
+STAMPED_DATAGRAMS_MAX = 4096
+
+
+def _stamp_datagrams(protocol: Any, arrivals: dict[int, int]) -> None:
+    """Record the kernel's arrival time of each RTP datagram the ICE protocol reads, by SSRC and
+    sequence number (both in clear in SRTP)."""
+    sock = getattr(getattr(protocol, "transport", None), "get_extra_info", lambda _: None)("socket")
+    if sock is None:
+        return
+    fd = sock.fileno()
+    received = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: Any) -> None:
+        # RTP, not RTCP (packet types 192-223) nor STUN or DTLS.
+        if len(data) >= 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
+            if len(arrivals) >= STAMPED_DATAGRAMS_MAX:
+                arrivals.clear()  # never routed (not SRTP we can read): forget them
+            try:
+                sec, nsec = struct.unpack("qq", fcntl.ioctl(fd, SIOCGSTAMPNS, bytes(16)))
+                arrival = sec * 1_000_000 + nsec // 1000
+            except OSError:
+                arrival = time.time_ns() // 1000
+            ssrc = int.from_bytes(data[8:12], "big")
+            arrivals[(ssrc << 16) | int.from_bytes(data[2:4], "big")] = arrival
+        received(data, addr)
+
+    protocol.datagram_received = datagram_received
 
 
 def rtcp_sender_ssrc(receiver: RTCRtpReceiver) -> int | None:

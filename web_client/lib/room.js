@@ -30,6 +30,10 @@ export class Room {
     this.gallery = new Map();
     this.handlers = {};
     this.refusal = null; // the server's error object once it refused us
+    this.participants = [];
+    // The page's picture state ({state: "waiting" | "live" | "below" | "frozen", ...}), if it
+    // shows a remote picture: the connection badge never says "good" over a bad one.
+    this.picture = null;
     this.live = new Live(token);
     const on = (event, fn) => this.live.on(event, fn);
     on("connect", () => this.indicate());
@@ -107,6 +111,8 @@ export class Room {
   }
 
   people(list) {
+    this.participants = list;
+    this.handlers.people?.(list);
     if (!this.ui.participants) return;
     this.ui.participants.replaceChildren(
       ...list.map((p) => el("li", { "data-role": p.role },
@@ -189,6 +195,7 @@ export class Room {
   }
 
   mediaState(s) {
+    this.handlers.media?.(s);
     this.indicate();
     if (s === "failed" || s === "disconnected") this.retrySoon();
   }
@@ -210,10 +217,14 @@ export class Room {
       const s = this.pc?.connectionState;
       // getStats on a connection closed meanwhile rejects: say it as a connection state.
       const q = s === "connected" && (await quality(this.pc).catch(() => null));
+      const shown = this.picture?.().state;
       if (q) {
         level = q.level;
         text = `${q.level[0].toUpperCase()}${q.level.slice(1)} connection`;
         figures = (q.rtt != null ? ` · ${Math.round(q.rtt)} ms` : "") + ` · ${q.loss.toFixed(1)}% loss`;
+        // What the picture shows outranks what the network statistics say.
+        if (shown === "frozen") [level, text] = ["poor", "Picture frozen"];
+        else if (shown === "below" && level === "good") [level, text] = ["fair", "Below diagnostic quality"];
       } else {
         level = "fair";
         text = this.media ? `Media ${s || "starting"}…` : "Connected";
