@@ -10,9 +10,10 @@ source scripts/common.sh
 # dicom3tools: dciodvfy validates every DICOM object; tesseract-ocr proves burned-in text is gone;
 # orthanc + orthanc-dicomweb: the PACS that key images are pushed to (tests start their own);
 # chromium: the headless browser the web client's end-to-end tests drive through Playwright
-# (/usr/bin/chromium, no browser download); fonts-dejavu-core: legible text in its screenshots.
+# (/usr/bin/chromium, no browser download); fonts-dejavu-core: legible text in its screenshots;
+# iproute2, nftables: the network namespace of a bedside whose UDP is blocked (tests/netns.py).
 DEBIAN_PACKAGES=(postgresql postgresql-client redis-server coturn dicom3tools tesseract-ocr
-  orthanc orthanc-dicomweb chromium fonts-dejavu-core)
+  orthanc orthanc-dicomweb chromium fonts-dejavu-core iproute2 nftables)
 PG_URL="${PROBELINK_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
 
 start_postgres() {
