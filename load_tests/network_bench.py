@@ -112,7 +112,7 @@ async () => {
     if (s.kind === "video" && s.type === "outbound-rtp") {
       Object.assign(out, { bytesSent: s.bytesSent, targetBitrate: s.targetBitrate,
         sentWidth: s.frameWidth, sentHeight: s.frameHeight, sentFps: s.framesPerSecond,
-        framesEncoded: s.framesEncoded, limitation: s.qualityLimitationReason,
+        framesEncoded: s.framesEncoded, qpSum: s.qpSum, limitation: s.qualityLimitationReason,
         nackIn: s.nackCount, pliIn: s.pliCount, retransmitted: s.retransmittedBytesSent });
     }
     if (s.kind === "video" && s.type === "inbound-rtp") {
@@ -128,8 +128,8 @@ async () => {
   });
   const banner = document.getElementById("quality-banner");
   const frozen = document.getElementById("frozen");
-  out.banner = !!banner && !banner.hidden;
-  out.frozen = !!frozen && !frozen.hidden;
+  out.banner = !!banner && !banner.classList.contains("hidden");
+  out.frozen = !!frozen && !frozen.classList.contains("hidden");
   return out;
 }
 """
@@ -351,9 +351,11 @@ async def scenario(
                         e, b = expert_stats[-1], bedside_stats[-1]
                         log(
                             f"  {name} t={second:2d} expert {e.get('width')}x{e.get('height')} "
-                            f"frozen={e.get('freezeCount')} | bedside sent "
+                            f"frozen={e.get('freezeCount')} lost={e.get('lost')} "
+                            f"nack={e.get('nackOut')} pli={e.get('pliOut')} | bedside sent "
                             f"{b.get('sentWidth')}x{b.get('sentHeight')}@{b.get('sentFps')} "
                             f"target={b.get('targetBitrate')} est={b.get('estimate')} "
+                            f"nack={b.get('nackIn')} pli={b.get('pliIn')} "
                             f"lim={b.get('limitation')}"
                         )
                     await asyncio.sleep(max(0.0, live_ms / 1000 + second + 1 - time.time()))

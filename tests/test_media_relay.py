@@ -208,6 +208,28 @@ def test_the_forwarding_hook_still_fits_aiortc() -> None:
     names = RTCRtpReceiver._handle_rtp_packet.__code__.co_names
     assert "_RTCRtpReceiver__decoder_queue" in names and "_RTCRtpReceiver__decoder_thread" in names
     assert "get" in rtcrtpreceiver.decoder_worker.__code__.co_names
+    # Congestion feedback and loss repair (hooks 6-11).
+    from aioice import Connection
+    from aioice.ice import StunProtocol
+    from aiortc import RTCDtlsTransport, RTCIceTransport, RTCRtpTransceiver, rtcrtpsender
+    from aiortc.rtcdtlstransport import RtpRouter
+
+    assert callable(RtpRouter.route_rtp)
+    assert "_rtp_router" in RTCDtlsTransport.__init__.__code__.co_names
+    assert "route_rtp" in RTCDtlsTransport._handle_rtp_data.__code__.co_names
+    assert "_RTCRtpReceiver__remote_bitrate_estimator" in names
+    assert "_RTCRtpReceiver__nack_generator" in names and "_RTCRtpReceiver__rtx_ssrc" in names
+    assert "_RTCRtpReceiver__timestamp_mapper" in names
+    assert callable(getattr(RTCRtpReceiver, "_send_rtcp_nack", None))
+    assert "_RTCRtpReceiver__rtcp_ssrc" in RTCRtpReceiver._send_rtcp_nack.__code__.co_names
+    assert callable(getattr(RTCRtpSender, "_handle_rtcp_packet", None))
+    assert isinstance(rtcrtpsender.RTP_HISTORY_SIZE, int)
+    assert "RTP_HISTORY_SIZE" in RTCRtpSender._retransmit.__code__.co_names
+    transceiver_fields = RTCRtpTransceiver.__init__.__code__.co_names
+    assert "_codecs" in transceiver_fields and "_headerExtensions" in transceiver_fields
+    assert "_connection" in RTCIceTransport.__init__.__code__.co_names
+    assert "_protocols" in Connection.__init__.__code__.co_names
+    assert callable(StunProtocol.datagram_received)
 
 
 async def test_statistics_reach_the_room_and_metrics(

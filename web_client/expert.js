@@ -277,10 +277,10 @@ function onTrack(track, slot) {
 function whyNoPicture(never) {
   if (!room.live.connected) return "the connection to probelink was lost: reconnecting…";
   const bedside = room.participants.some((p) => p.role === "operator");
-  if (!bedside) return never ? "the bedside has not joined yet" : "the bedside disconnected: waiting for it to come back…";
+  if (!bedside) return never ? "the bedside has not joined yet" : "the bedside disconnected: waiting for it to rejoin…";
   const media = room.pc?.connectionState;
   if (media !== "connected") return "reconnecting the video…";
-  return never ? "the bedside has not gone live yet" : "no video from the bedside: it is reconnecting…";
+  return never ? "the bedside has not gone live yet" : "no video is arriving from the bedside: waiting for it…";
 }
 
 // The picture's state on screen: waiting, frozen (over the last picture), below the floor.

@@ -64,6 +64,11 @@ AIORTC_VERSION = "1.16.0"
 VIDEO_CLOCK_RATE_HZ = 90_000
 VIDEO_JITTER_CAPACITY_PACKETS = 512
 AUDIO_JITTER_CAPACITY_PACKETS = 16
+# A video frame still incomplete this long after later packets arrived is given up.
+GIVE_UP_SECONDS = 0.4
+# Missing packets are asked for again this often, this many times in all.
+NACK_RETRY_SECONDS = 0.05
+NACK_TRIES = 8
 
 
 class PassthroughDecoder(Decoder):
@@ -118,17 +123,45 @@ def _h264_nal_types(data: bytes) -> list[int]:
 
 
 class MarkerJitterBuffer(JitterBuffer):
-    """Releases a video frame as soon as its last (marker) packet is in, audio at once."""
+    """Releases a video frame as soon as its last (marker) packet is in, audio at once.
 
-    def __init__(self, *, is_video: bool):
+    A video frame still missing a packet after `GIVE_UP_SECONDS`, while later ones arrive, is
+    given up: its packets are dropped, a keyframe is asked for (PLI), and the frames after it
+    are marked `after_gap` (they may refer to the lost one: they are not forwarded until a
+    keyframe). When a retransmission completes a frame, the complete frames queued behind it are
+    released together (`add` returns the first, `ready` holds the others).
+    """
+
+    def __init__(self, *, is_video: bool, clock: Callable[[], float] = time.monotonic):
         capacity = VIDEO_JITTER_CAPACITY_PACKETS if is_video else AUDIO_JITTER_CAPACITY_PACKETS
         super().__init__(capacity=capacity, prefetch=0, is_video=is_video)
+        self.clock = clock
+        self.ready: list[JitterFrame] = []
+        self.blocked_since: float | None = None
+        self.gap = False
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        pli_flag, frame = super().add(packet)
-        if frame is not None:
-            return pli_flag, frame
-        return pli_flag, self._complete_frame()
+        pli_flag, frame = super().add(packet)  # a reset or an overflow drops whole frames
+        if pli_flag and self._is_video:
+            self.gap = True
+        frames = [frame] if frame is not None else []
+        while (complete := self._complete_frame()) is not None:
+            frames.append(complete)
+        if frames or not self._is_video or self._origin is None:
+            self.blocked_since = None
+        elif self.blocked_since is None:
+            self.blocked_since = self.clock()
+        elif self.clock() - self.blocked_since > GIVE_UP_SECONDS:
+            self.blocked_since = None
+            self._drop_broken_frame()
+            self.gap = pli_flag = True
+            while (complete := self._complete_frame()) is not None:
+                frames.append(complete)
+        for f in frames:
+            f.after_gap = self.gap  # type: ignore[attr-defined]
+            self.gap = False
+        self.ready.extend(frames[1:])
+        return pli_flag, frames[0] if frames else None
 
     def _complete_frame(self) -> JitterFrame | None:
         """The frame at the origin, if all its packets are in and the last has the marker."""
@@ -146,31 +179,71 @@ class MarkerJitterBuffer(JitterBuffer):
                 return JitterFrame(data=data, timestamp=packets[0].timestamp)
         return None
 
+    def _drop_broken_frame(self) -> None:
+        """Drop the packets up to the first packet of a frame that starts after the first hole."""
+        assert self._origin is not None
+        timestamp = None
+        hole = False
+        for _ in range(self.capacity):
+            packet = self._packets[self._origin % self.capacity]
+            if packet is None:
+                hole = True
+            elif hole and timestamp is not None and packet.timestamp != timestamp:
+                return
+            else:
+                timestamp = packet.timestamp
+            self.remove(1)
 
-def use_low_latency_jitter_buffer(receiver: RTCRtpReceiver, kind: str) -> None:
+
+def use_low_latency_jitter_buffer(receiver: RTCRtpReceiver, kind: str) -> MarkerJitterBuffer:
     """Swap the receiver's jitter buffer for one that adds no frame of delay."""
-    receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(  # type: ignore[attr-defined]
-        is_video=kind == "video"
-    )
+    jitter = MarkerJitterBuffer(is_video=kind == "video")
+    receiver._RTCRtpReceiver__jitter_buffer = jitter  # type: ignore[attr-defined]
+    return jitter
 
 
 class InlineDelivery:
-    """Stands in for a receiver's decoder queue: frames go straight to the track as packets."""
+    """Stands in for a receiver's decoder queue: frames go straight to the track as packets.
 
-    def __init__(self, track_queue: asyncio.Queue[Any]):
+    After a gap (a frame given up), video frames are dropped until a keyframe: forwarding a
+    frame that refers to a lost one would corrupt every subscriber's picture until the next.
+    """
+
+    def __init__(
+        self, track_queue: asyncio.Queue[Any], jitter: MarkerJitterBuffer, mapper: Any
+    ) -> None:
         self.track_queue = track_queue
+        self.jitter = jitter
+        self.mapper = mapper
         self.stopped = threading.Event()
         self.decoders: dict[str, PassthroughDecoder] = {}
+        self.waiting_for_keyframe = False
+        self.frames_dropped = 0
 
     def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
         if item is None:
             self.stopped.set()  # the parked thread wakes, ends the track and exits
             return
         codec, frame = item
+        self._deliver(codec, frame)
+        # Frames completed together with it (the receiver has mapped the first one's timestamp).
+        ready, self.jitter.ready = self.jitter.ready, []
+        for more in ready:
+            more.timestamp = self.mapper.map(more.timestamp)
+            self._deliver(codec, more)
+
+    def _deliver(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
         decoder = self.decoders.get(codec.mimeType)
         if decoder is None:
             decoder = self.decoders[codec.mimeType] = PassthroughDecoder(codec)
         for packet in decoder.decode(frame):
+            if getattr(frame, "after_gap", False) and decoder.mime_type.startswith("video/"):
+                self.waiting_for_keyframe = True
+            if self.waiting_for_keyframe:
+                if not packet.is_keyframe:
+                    self.frames_dropped += 1
+                    continue
+                self.waiting_for_keyframe = False
             self.track_queue.put_nowait(packet)
 
     def get(self) -> None:
@@ -178,11 +251,55 @@ class InlineDelivery:
         return None
 
 
+class NackRetry:
+    """Asks again for packets still missing, every NACK_RETRY_SECONDS, up to NACK_TRIES times.
+
+    aiortc's receiver asks once, when it notices a gap; a lost retransmission would then stall
+    the frame until it is given up.
+    """
+
+    def __init__(self, receiver: RTCRtpReceiver):
+        self.receiver = receiver
+        self.tries: dict[int, int] = {}
+        self.sent_at = 0.0
+
+    async def after_packet(self, packet: RtpPacket) -> None:
+        generator = self.receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        missing: set[int] = generator.missing if generator is not None else set()
+        if not missing:
+            self.tries.clear()
+            return
+        now = time.monotonic()
+        if now - self.sent_at < NACK_RETRY_SECONDS:
+            return
+        self.tries = {seq: self.tries.get(seq, 0) for seq in missing}
+        lost = sorted(seq for seq, tries in self.tries.items() if tries < NACK_TRIES)
+        if not lost:
+            return
+        for seq in lost:
+            self.tries[seq] += 1
+        self.sent_at = now
+        rtx = self.receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+        ssrc = rtx.get(packet.ssrc, packet.ssrc)
+        await self.receiver._send_rtcp_nack(ssrc, lost)
+
+
 def prepare_receiver(receiver: RTCRtpReceiver, kind: str) -> None:
-    """Low-latency jitter buffer and inline delivery of encoded frames for a relay receiver."""
-    use_low_latency_jitter_buffer(receiver, kind)
+    """Low-latency jitter buffer, inline delivery of encoded frames and NACK retries for a
+    relay receiver."""
+    jitter = use_low_latency_jitter_buffer(receiver, kind)
     track = receiver.track
-    receiver._RTCRtpReceiver__decoder_queue = InlineDelivery(track._queue)  # type: ignore[attr-defined]
+    mapper = receiver._RTCRtpReceiver__timestamp_mapper  # type: ignore[attr-defined]
+    receiver._RTCRtpReceiver__decoder_queue = InlineDelivery(track._queue, jitter, mapper)  # type: ignore[attr-defined]
+    if kind == "video":
+        retry = NackRetry(receiver)
+        handle = receiver._handle_rtp_packet
+
+        async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+            await handle(packet, arrival_time_ms)
+            await retry.after_packet(packet)
+
+        receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
 
 
 def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
@@ -212,6 +329,13 @@ async def request_keyframe(receiver: RTCRtpReceiver) -> None:
 #    subscriber's REMB (`RtcpPsfbPacket`, fmt 15) is read there.
 # 10. A sender keeps its last `rtcrtpsender.RTP_HISTORY_SIZE` packets to answer NACKs (keyed by
 #     sequence number modulo that size).
+# 11. The ICE connection (`receiver.transport.transport._connection`, aioice) reads datagrams in
+#     its `_protocols`' `datagram_received(data, addr)`, one per socket read, through an asyncio
+#     datagram transport whose socket the kernel timestamps (SIOCGSTAMPNS).
+# 12. Loss repair: the receiver's `_RTCRtpReceiver__nack_generator.missing` holds the sequence
+#     numbers still missing, `_send_rtcp_nack(ssrc, lost)` asks for them, `__rtx_ssrc` maps an RTX
+#     SSRC to its media SSRC, and `__timestamp_mapper.map` is applied to each frame's timestamp
+#     before the decoder queue (`InlineDelivery` applies it to the frames it releases itself).
 
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 # Packets a subscriber's sender keeps for retransmission: a 720p keyframe and more than a
