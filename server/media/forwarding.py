@@ -392,9 +392,9 @@ def on_transport_sequence(
     route = router.route_rtp
 
     def route_rtp(packet: RtpPacket) -> Any:
+        arrival = arrivals.pop((packet.ssrc << 16) | packet.sequence_number, None)
         seq = packet.extensions.transport_sequence_number
         if seq is not None:
-            arrival = arrivals.pop((packet.ssrc << 16) | packet.sequence_number, None)
             callback(seq, packet.ssrc, arrival or time.time_ns() // 1000)
         return route(packet)
 
