@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -61,6 +62,9 @@ from signaling_bench import log, percentile, write_results  # noqa: E402
 
 NAMESPACE = "probelink-bench"
 HOST_IP = "10.203.0.1"
+# The second expert's own network, in the scenarios that have one.
+EXPERT_NAMESPACE = "probelink-bench-expert"
+EXPERT_HOST_IP = "10.203.1.1"
 OUTAGE_AT_SECONDS = 15
 OUTAGE_SECONDS = 5
 WARMUP_SECONDS = 5
@@ -76,6 +80,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "loss3": {"loss_percent": 3},
     "loss5": {"loss_percent": 5},
     "outage": {"outage": True},
+    # A second expert whose downlink carries 1 Mbit/s: what it costs the first one.
+    "expert2-1mbit": {"expert2_kbit": 1000},
 }
 
 # Every page records each RTCPeerConnection it makes, and the expert's video each frame it
@@ -138,6 +144,7 @@ async () => {
 @dataclass
 class Result:
     scenario: str
+    server: str  # "probelink" (this checkout) or "baseline" (--baseline's commit)
     first_frame_s: float | None = None
     good_at_s: float | None = None
     fps_median: float | None = None
@@ -154,7 +161,8 @@ class Result:
     frozen_seconds: int = 0
     recovered_first_frame_s: float | None = None
     recovered_fps_s: float | None = None
-    notes: list[str] = field(default_factory=list)
+    # The second expert (on its own impaired link), in the scenarios that have one.
+    expert2: dict[str, Any] | None = None
 
 
 def http(base: str, path: str, token: str, body: Any = None) -> Any:
@@ -179,21 +187,21 @@ def cli(server: Server, *args: str) -> str:
     return out.stdout.strip()
 
 
-def invite(server: Server) -> tuple[str, str]:
-    """A consultation scanned with the phantom; the bedside's and the expert's tokens."""
+def invite(server: Server, experts: int = 1) -> list[str]:
+    """A consultation scanned with the phantom; the bedside's and the experts' tokens."""
     coordinator = cli(server, "token", "--role", "coordinator", "--sub", "bench")
     request = {**BREAST_REQUEST, "device": PHANTOM_DEVICE}
     cid = http(server.url, "/api/consultations", coordinator, request)["id"]
-    tokens = [
+    invitees = [("operator", "Bedside")] + [("expert", f"Dr Bench {n + 1}") for n in range(experts)]
+    return [
         http(
             server.url,
             f"/api/consultations/{cid}/invites",
             coordinator,
             {"role": role, "name": name},
         )["token"]
-        for role, name in (("operator", "Bedside"), ("expert", "Dr Bench"))
+        for role, name in invitees
     ]
-    return tokens[0], tokens[1]
 
 
 def per_second_fps(frames: list[list[float]], start_ms: float, end_ms: float) -> list[int]:
@@ -208,6 +216,7 @@ def per_second_fps(frames: list[list[float]], start_ms: float, end_ms: float) ->
 
 def summarize(
     name: str,
+    label: str,
     live_ms: float,
     end_ms: float,
     frames: list[list[float]],
@@ -215,7 +224,7 @@ def summarize(
     bedside: list[dict[str, Any]],
     outage_end_ms: float | None,
 ) -> Result:
-    result = Result(name)
+    result = Result(name, label)
     frames = [f for f in frames if f[0] >= live_ms]
     if frames:
         result.first_frame_s = round((frames[0][0] - live_ms) / 1000, 2)
@@ -281,11 +290,24 @@ def summarize(
 
 
 def netns_chromium(workdir: Path, net: Namespace) -> Path:
-    """An executable that starts Chromium inside the bedside's namespace."""
-    wrapper = workdir / "chromium-in-netns"
+    """An executable that starts Chromium inside a namespace."""
+    wrapper = workdir / f"chromium-in-{net.name}"
     wrapper.write_text(f'#!/bin/sh\nexec {" ".join(net.exec_prefix())} {CHROMIUM} "$@"\n')
     wrapper.chmod(0o755)
     return wrapper
+
+
+@dataclass
+class Page:
+    """A participant's page and the statistics sampled from it every second."""
+
+    role: str
+    page: Any
+    stats: list[dict[str, Any]] = field(default_factory=list)
+
+    async def sample(self) -> dict[str, Any]:
+        self.stats.append(await self.page.evaluate(STATS_SCRIPT))
+        return self.stats[-1]
 
 
 async def scenario(
@@ -294,16 +316,18 @@ async def scenario(
     args: argparse.Namespace,
     camera: Path,
     workdir: Path,
-    net: Namespace,
+    nets: tuple[Namespace, Namespace],
+    server_root: Path | None = None,
 ) -> Result:
+    """One run of a scenario against the server of `server_root` (default: this checkout)."""
     from playwright.async_api import async_playwright
 
+    net, expert_net = nets
     data = Path(tempfile.mkdtemp(dir=workdir))
     port = free_port()
     env = cli_env(data, **dict(kv.split("=", 1) for kv in args.env))
-    server = Server(env, port=port, host=HOST_IP)
-    with server:
-        operator, expert_token = invite(server)
+    with Server(env, port=port, host=HOST_IP, cwd=server_root) as server:
+        operator, *experts = invite(server, experts=2 if spec.get("expert2_kbit") else 1)
         base = f"http://{HOST_IP}:{port}"
         browser_args = [
             *CHROMIUM_ARGS,
@@ -312,32 +336,36 @@ async def scenario(
             f"--unsafely-treat-insecure-origin-as-secure={base}",
         ]
         async with async_playwright() as playwright:
-            bedside_browser = await playwright.chromium.launch(
-                executable_path=netns_chromium(workdir, net), headless=True, args=browser_args
-            )
-            expert_browser = await playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=browser_args
-            )
+            executables = [netns_chromium(workdir, net), CHROMIUM]
+            if spec.get("expert2_kbit"):
+                executables.append(netns_chromium(workdir, expert_net))
+            browsers = [
+                await playwright.chromium.launch(
+                    executable_path=e, headless=True, args=browser_args
+                )
+                for e in executables
+            ]
             try:
                 pages = []
-                for browser in (expert_browser, bedside_browser):
+                for browser, role in zip(browsers, ["bedside", "expert", "expert2"], strict=False):
                     context = await browser.new_context(viewport={"width": 1280, "height": 900})
                     await context.add_init_script(INIT_SCRIPT)
-                    pages.append(await context.new_page())
-                expert, bedside = pages
-                await expert.goto(f"{base}/expert#token={expert_token}")
-                await bedside.goto(f"{base}/bedside#token={operator}")
-                await bedside.wait_for_function(
+                    pages.append(Page(role, await context.new_page()))
+                bedside, *watching = pages
+                for page, token in zip(watching, experts, strict=True):
+                    await page.page.goto(f"{base}/expert#token={token}")
+                await bedside.page.goto(f"{base}/bedside#token={operator}")
+                await bedside.page.wait_for_function(
                     "() => document.getElementById('video').videoWidth === 1280", timeout=30_000
                 )
                 if spec.get("rate_kbit"):
                     net.shape(spec["rate_kbit"])
                 if spec.get("loss_percent"):
                     net.drop(spec["loss_percent"] * 10)
+                if spec.get("expert2_kbit"):
+                    expert_net.shape(spec["expert2_kbit"])
                 live_ms = time.time() * 1000
-                await bedside.click("#go-live")
-                expert_stats: list[dict[str, Any]] = []
-                bedside_stats: list[dict[str, Any]] = []
+                await bedside.page.click("#go-live")
                 outage_end_ms = None
                 for second in range(args.seconds):
                     if spec.get("outage") and second == OUTAGE_AT_SECONDS:
@@ -345,33 +373,68 @@ async def scenario(
                     if spec.get("outage") and second == OUTAGE_AT_SECONDS + OUTAGE_SECONDS:
                         net.undrop()
                         outage_end_ms = time.time() * 1000
-                    expert_stats.append(await expert.evaluate(STATS_SCRIPT))
-                    bedside_stats.append(await bedside.evaluate(STATS_SCRIPT))
+                    for page in pages:
+                        await page.sample()
                     if args.verbose:
-                        e, b = expert_stats[-1], bedside_stats[-1]
-                        log(
-                            f"  {name} t={second:2d} expert {e.get('width')}x{e.get('height')} "
-                            f"frozen={e.get('freezeCount')} lost={e.get('lost')} "
-                            f"nack={e.get('nackOut')} pli={e.get('pliOut')} | bedside sent "
-                            f"{b.get('sentWidth')}x{b.get('sentHeight')}@{b.get('sentFps')} "
-                            f"target={b.get('targetBitrate')} est={b.get('estimate')} "
-                            f"nack={b.get('nackIn')} pli={b.get('pliIn')} "
-                            f"lim={b.get('limitation')}"
-                        )
+                        log(f"  {name} t={second:2d} " + " | ".join(describe(p) for p in pages))
                     await asyncio.sleep(max(0.0, live_ms / 1000 + second + 1 - time.time()))
                 end_ms = time.time() * 1000
-                frames = await expert.evaluate("() => window.__frames")
+                frames = [await p.page.evaluate("() => window.__frames") for p in watching]
             finally:
                 net.undrop()
-                await bedside_browser.close()
-                await expert_browser.close()
+                for browser in browsers:
+                    await browser.close()
     shutil.rmtree(data, ignore_errors=True)
-    return summarize(name, live_ms, end_ms, frames, expert_stats, bedside_stats, outage_end_ms)
+    label = "baseline" if server_root is not None else "probelink"
+    result = summarize(
+        name, label, live_ms, end_ms, frames[0], watching[0].stats, bedside.stats, outage_end_ms
+    )
+    if len(watching) > 1:
+        second_expert = summarize(
+            name, label, live_ms, end_ms, frames[1], watching[1].stats, bedside.stats, None
+        )
+        result.expert2 = {
+            "fps_median": second_expert.fps_median,
+            "fps_p10": second_expert.fps_p10,
+            "resolution": second_expert.resolution,
+            "freeze_count": second_expert.freeze_count,
+            "freeze_seconds": second_expert.freeze_seconds,
+            "banner_seconds": second_expert.banner_seconds,
+        }
+    return result
+
+
+def describe(page: Page) -> str:
+    """One second of a page's figures, for --verbose."""
+    s = page.stats[-1]
+    if page.role == "bedside":
+        return (
+            f"bedside {s.get('sentWidth')}x{s.get('sentHeight')}@{s.get('sentFps')} "
+            f"target={s.get('targetBitrate')} est={s.get('estimate')} nack={s.get('nackIn')} "
+            f"pli={s.get('pliIn')} lim={s.get('limitation')}"
+        )
+    return (
+        f"{page.role} {s.get('width')}x{s.get('height')} freezes={s.get('freezeCount')} "
+        f"pli={s.get('pliOut')} banner={s.get('banner')} frozen={s.get('frozen')}"
+    )
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):  # the second expert
+        return (
+            f"{value['fps_median']} fps (p10 {value['fps_p10']}) {value['resolution']}, "
+            f"{value['freeze_count']} freezes {value['freeze_seconds']} s, "
+            f"banner {value['banner_seconds']} s"
+        )
+    return str(value)
 
 
 def table(results: list[Result]) -> str:
     columns = [
         ("scenario", "scenario"),
+        ("server", "server"),
         ("first frame s", "first_frame_s"),
         ("720p≥25 at s", "good_at_s"),
         ("fps med", "fps_median"),
@@ -387,10 +450,11 @@ def table(results: list[Result]) -> str:
         ("recover frame s", "recovered_first_frame_s"),
         ("recover 15fps s", "recovered_fps_s"),
         ("limited by", "limitation"),
+        ("2nd expert", "expert2"),
     ]
     rows = [[c for c, _ in columns]]
     for r in results:
-        rows.append(["" if getattr(r, a) is None else str(getattr(r, a)) for _, a in columns])
+        rows.append([cell(getattr(r, a)) for _, a in columns])
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return "\n".join(
         "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows
@@ -408,6 +472,11 @@ async def main() -> None:
         metavar="PROBELINK_X=VALUE",
         help="extra server setting (repeatable)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REVISION",
+        help="also run each scenario against this commit's server (a git worktree), side by side",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--verbose", action="store_true", help="print the figures every second")
     args = parser.parse_args()
@@ -422,24 +491,54 @@ async def main() -> None:
             f"the outage scenario needs --seconds ≥ {OUTAGE_AT_SECONDS + OUTAGE_SECONDS + 8}"
         )
     results = []
-    with tempfile.TemporaryDirectory(prefix="probelink-netbench-") as tmp:
-        workdir = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        workdir = Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="probelink-netbench-"))
+        )
         log("writing the 1280×720 moving-speckle camera (5 s, looped)")
         camera = write_y4m(
             workdir / "speckle.y4m", moving_speckle_frames(1280, 720, 150), 1280, 720
         )
-        with Namespace(NAMESPACE, HOST_IP) as net:
-            for index, name in enumerate(names, 1):
-                log(f"[{index}/{len(names)}] {name}: {args.seconds} s")
-                result = await scenario(name, SCENARIOS[name], args, camera, workdir, net)
-                log(
-                    f"  fps median {result.fps_median}, {result.resolution}, "
-                    f"freezes {result.freeze_count}"
-                )
-                results.append(result)
+        roots: list[Path | None] = [None]
+        if args.baseline:
+            roots.insert(0, baseline_checkout(args.baseline, workdir, stack))
+        net = stack.enter_context(Namespace(NAMESPACE, HOST_IP))
+        expert_net = stack.enter_context(Namespace(EXPERT_NAMESPACE, EXPERT_HOST_IP))
+        expert_net.reach(HOST_IP)
+        runs = [(name, root) for name in names for root in roots]
+        for index, (name, root) in enumerate(runs, 1):
+            who = "probelink" if root is None else f"baseline {args.baseline}"
+            log(f"[{index}/{len(runs)}] {name} ({who}): {args.seconds} s")
+            result = await scenario(
+                name, SCENARIOS[name], args, camera, workdir, (net, expert_net), root
+            )
+            log(
+                f"  fps median {result.fps_median}, {result.resolution}, "
+                f"freezes {result.freeze_count}, sent {result.send_kbit_median} kbit/s"
+            )
+            results.append(result)
     print(table(results))
     if args.json:
         write_results(args.json, args, results)
+
+
+def baseline_checkout(revision: str, workdir: Path, stack: contextlib.ExitStack) -> Path:
+    """A detached worktree of `revision`, whose server runs as the baseline; removed on exit."""
+    path = workdir / "baseline"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), revision],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    stack.callback(
+        subprocess.run,
+        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+        check=False,
+        capture_output=True,
+        timeout=60,
+    )
+    return path
 
 
 if __name__ == "__main__":

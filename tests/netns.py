@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import zlib
 
 NFT_TABLE = "probelink_netns"
 
@@ -35,9 +36,10 @@ class Namespace:
         self.name = name
         self.host_ip = host_ip
         self.ip = f"{prefix}.{int(host_ip.rsplit('.', 1)[1]) + 1}"
-        # Interface names are at most 15 characters.
-        self.host_if = f"{name[:10]}-h"
-        self.ns_if = f"{name[:10]}-n"
+        # Interface names are at most 15 characters: named after a checksum of the namespace's.
+        tag = f"{zlib.crc32(name.encode()):08x}"
+        self.host_if = f"pl{tag}h"
+        self.ns_if = f"pl{tag}n"
 
     def run(self, *command: str, inside: bool = False, check: bool = True) -> None:
         full = ["ip", "netns", "exec", self.name, *command] if inside else list(command)
@@ -54,6 +56,10 @@ class Namespace:
         self.run("ip", "link", "set", self.ns_if, "up", inside=True)
         self.run("ip", "link", "set", "lo", "up", inside=True)
         return self
+
+    def reach(self, address: str) -> None:
+        """Route to one more address of this host (another link's) through this link."""
+        self.run("ip", "route", "add", f"{address}/32", "via", self.host_ip, inside=True)
 
     def exec_prefix(self) -> list[str]:
         """The command prefix that runs a program inside the namespace."""

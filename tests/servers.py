@@ -29,9 +29,17 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
 class Server:
     """`probelink serve` in a child process; `with Server(...) as s:` waits until it listens."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        env: dict[str, str],
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        cwd: Path | None = None,
+    ):
         self.port = port or free_port()
         self.host = host
+        # Another checkout's server (a benchmark's baseline): its `server` package is imported.
+        self.cwd = cwd
         self.env = env
         self.url = f"http://{host}:{self.port}"
         self.process: subprocess.Popen[str] | None = None
@@ -54,6 +62,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            cwd=self.cwd,
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
