@@ -127,6 +127,9 @@ async () => {
         lost: s.packetsLost, nackOut: s.nackCount, pliOut: s.pliCount,
         width: s.frameWidth, height: s.frameHeight });
     }
+    if (s.kind === "video" && s.type === "remote-inbound-rtp") {
+      Object.assign(out, { remoteLost: s.packetsLost, remoteFraction: s.fractionLost });
+    }
     if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") {
       out.estimate = s.availableOutgoingBitrate;
       out.rtt = s.currentRoundTripTime;
@@ -326,7 +329,8 @@ async def scenario(
     data = Path(tempfile.mkdtemp(dir=workdir))
     port = free_port()
     env = cli_env(data, **dict(kv.split("=", 1) for kv in args.env))
-    with Server(env, port=port, host=HOST_IP, cwd=server_root) as server:
+    server = Server(env, port=port, host=HOST_IP, cwd=server_root)
+    with server:
         operator, *experts = invite(server, experts=2 if spec.get("expert2_kbit") else 1)
         base = f"http://{HOST_IP}:{port}"
         browser_args = [
@@ -386,6 +390,8 @@ async def scenario(
                     await browser.close()
     shutil.rmtree(data, ignore_errors=True)
     label = "baseline" if server_root is not None else "probelink"
+    server_log = Path(tempfile.gettempdir()) / f"probelink-netbench-{name}-{label}.log"
+    server_log.write_text(server.err)
     result = summarize(
         name, label, live_ms, end_ms, frames[0], watching[0].stats, bedside.stats, outage_end_ms
     )
@@ -411,7 +417,8 @@ def describe(page: Page) -> str:
         return (
             f"bedside {s.get('sentWidth')}x{s.get('sentHeight')}@{s.get('sentFps')} "
             f"target={s.get('targetBitrate')} est={s.get('estimate')} nack={s.get('nackIn')} "
-            f"pli={s.get('pliIn')} lim={s.get('limitation')}"
+            f"pli={s.get('pliIn')} lim={s.get('limitation')} "
+            f"lost@relay={s.get('remoteLost')} rtx={s.get('retransmitted')}"
         )
     return (
         f"{page.role} {s.get('width')}x{s.get('height')} freezes={s.get('freezeCount')} "

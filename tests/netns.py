@@ -14,9 +14,6 @@ import shutil
 import subprocess
 import zlib
 
-NFT_TABLE = "probelink_netns"
-
-
 def available() -> str | None:
     """Why namespaces cannot be made here (None: they can)."""
 
@@ -40,6 +37,8 @@ class Namespace:
         tag = f"{zlib.crc32(name.encode()):08x}"
         self.host_if = f"pl{tag}h"
         self.ns_if = f"pl{tag}n"
+        # This host's rules for the link live in a table of their own.
+        self.nft_table = f"probelink_netns_{tag}"
 
     def run(self, *command: str, inside: bool = False, check: bool = True) -> None:
         full = ["ip", "netns", "exec", self.name, *command] if inside else list(command)
@@ -76,36 +75,42 @@ class Namespace:
             )
 
     def drop(self, per_mille: int, what: str = "") -> None:
-        """Drop that share of the namespace's packets, in and out (1000: all of them).
+        """Drop that share of the packets on the link, both ways (1000: all of them).
 
-        `what` narrows the rule to an nftables match (e.g. "meta l4proto udp").
+        Packets are dropped where they arrive (this host's input from the link, the namespace's
+        input), as a lossy network would: a packet dropped on its way out would fail the
+        sender's `sendto` (EPERM), and a browser sends it again. `what` narrows the rule to an
+        nftables match (e.g. "meta l4proto udp").
         """
         self.undrop()
         action = f"numgen random mod 1000 < {per_mille} drop" if per_mille < 1000 else "drop"
         rule = f"{what} {action}".strip()
-        script = (
-            f"table inet {NFT_TABLE} {{\n"
-            f"  chain in {{ type filter hook input priority 0; iifname {self.ns_if} {rule}; }}\n"
-            f"  chain out {{ type filter hook output priority 0; oifname {self.ns_if} {rule}; }}\n"
-            "}\n"
-        )
-        subprocess.run(
-            [*self.exec_prefix(), "nft", "-f", "-"],
-            input=script,
-            check=True,
-            text=True,
-            capture_output=True,
-            timeout=20,
-        )
+        for inside, dev in ((True, self.ns_if), (False, self.host_if)):
+            script = (
+                f"table inet {self.nft_table} {{\n"
+                f"  chain in {{ type filter hook input priority 0; iifname {dev} {rule}; }}\n"
+                "}\n"
+            )
+            prefix = self.exec_prefix() if inside else []
+            subprocess.run(
+                [*prefix, "nft", "-f", "-"],
+                input=script,
+                check=True,
+                text=True,
+                capture_output=True,
+                timeout=20,
+            )
 
     def block_udp(self) -> None:
         """Nothing but TCP in or out of the namespace, as behind a firewall that allows 443 only."""
         self.drop(1000, "meta l4proto udp")
 
     def undrop(self) -> None:
-        self.run("nft", "delete", "table", "inet", NFT_TABLE, inside=True, check=False)
+        for inside in (True, False):
+            self.run("nft", "delete", "table", "inet", self.nft_table, inside=inside, check=False)
 
     def close(self) -> None:
+        self.undrop()
         self.run("ip", "netns", "del", self.name, check=False)
         self.run("ip", "link", "del", self.host_if, check=False)
 
