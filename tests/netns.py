@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import zlib
 
+
 def available() -> str | None:
     """Why namespaces cannot be made here (None: they can)."""
 
