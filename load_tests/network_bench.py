@@ -385,7 +385,10 @@ async def scenario(
                 end_ms = time.time() * 1000
                 frames = [await p.page.evaluate("() => window.__frames") for p in watching]
             finally:
-                net.undrop()
+                # The next scenario starts from a clean link.
+                for namespace in nets:
+                    namespace.undrop()
+                    namespace.unshape()
                 for browser in browsers:
                     await browser.close()
     shutil.rmtree(data, ignore_errors=True)

@@ -75,6 +75,10 @@ class Namespace:
                 inside=inside,
             )
 
+    def unshape(self) -> None:
+        for inside, dev in ((True, self.ns_if), (False, self.host_if)):
+            self.run("tc", "qdisc", "del", "dev", dev, "root", inside=inside, check=False)
+
     def drop(self, per_mille: int, what: str = "") -> None:
         """Drop that share of the packets on the link, both ways (1000: all of them).
 
