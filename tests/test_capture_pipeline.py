@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fractions
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -168,3 +169,33 @@ def test_cine_buffer_keeps_whole_gops_within_its_bounds() -> None:
     assert not cine.gops  # each P-frame after the drop asks again; nothing undecodable is kept
     with pytest.raises(Conflict):
         cine.still_frames()
+
+
+def test_keyframes_are_asked_for_less_often_on_a_poor_link() -> None:
+    """A keyframe every 2 s at 2 Mbit/s, every 8 s (the most it stretches) at 0.3 Mbit/s."""
+
+    def requests_at(bitrate: int) -> list[float]:
+        now = [0.0]
+        requests: list[float] = []
+        cine = CineBuffer(
+            "video/vp8",
+            seconds=20.0,
+            max_bytes=50_000_000,
+            request_keyframe=lambda: requests.append(now[0]),
+            keyframe_every=2.0,
+            clock=lambda: now[0],
+        )
+        keyframe = True
+        for i in range(30 * 30):  # 30 s at 30 fps; a keyframe comes when one is asked for
+            now[0] = i / 30
+            p = av.Packet(bytes(bitrate // 8 // 30))
+            p.is_keyframe = keyframe
+            asked = len(requests)
+            cine.add(p)
+            keyframe = len(requests) > asked
+        return requests
+
+    fast, slow = requests_at(2_000_000), requests_at(300_000)
+    assert [round(b - a, 1) for a, b in itertools.pairwise(fast)] == [2.0] * (len(fast) - 1)
+    assert [round(b - a, 1) for a, b in itertools.pairwise(slow)] == [8.0] * (len(slow) - 1)
+    assert len(fast) >= 12 and len(slow) >= 2
