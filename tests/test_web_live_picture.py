@@ -1,7 +1,8 @@
 """The live picture at the size ultrasound needs, in real Chromium: a 1280x720 moving-speckle scan
 from the bedside reaches the expert at 1280x720, the bedside's encoder follows the relay's
 congestion feedback past 1 Mbit/s (from the browser's 300 kbit/s start), a picture that stops is
-shown frozen (never under a "good" badge), and a reloaded bedside goes live again by itself."""
+shown frozen and one that slows below the floor is said to be below diagnostic quality (never
+under a "good" badge), and a reloaded bedside goes live again by itself."""
 
 from __future__ import annotations
 
@@ -107,6 +108,15 @@ async def bedside_sender(bedside: Page, on: bool) -> None:
     )
 
 
+async def bedside_frame_rate(bedside: Page, fps: int) -> None:
+    """The bedside's camera delivers at most `fps` frames per second from now on."""
+    await bedside.evaluate(
+        """(fps) => document.getElementById("video").srcObject.getVideoTracks()[0]
+            .applyConstraints({ frameRate: { max: fps } })""",
+        fps,
+    )
+
+
 async def test_expert_watches_720p_as_the_bedside_ramps_up_stops_and_reloads(
     tmp_path: Path, chromium_720p: Browser
 ) -> None:
@@ -158,6 +168,19 @@ async def test_expert_watches_720p_as_the_bedside_ramps_up_stops_and_reloads(
         await bedside_sender(bedside, on=True)
         await expert.locator("#frozen").wait_for(state="hidden", timeout=TIMEOUT_MS)
         await expert_sees_frames(expert, 1280, 720)
+
+        # The scanner slows to 5 frames/s: under the floor (15) for more than 2 s, the expert is
+        # told the picture is below diagnostic quality, and the badge is not "good" under it.
+        await bedside_frame_rate(bedside, 5)
+        banner = expert.locator("#quality-banner")
+        await banner.wait_for(state="visible", timeout=TIMEOUT_MS)
+        text = await banner.inner_text()
+        assert text.startswith("Below diagnostic quality (") and "fps, 1280\u00d7720" in text, text
+        assert (
+            await expert.evaluate("document.getElementById('connection').dataset.level") != "good"
+        )
+        await bedside_frame_rate(bedside, 30)
+        await banner.wait_for(state="hidden", timeout=TIMEOUT_MS)
 
         # A reloaded bedside goes live again by itself, with the same source.
         await bedside.reload()
