@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import shutil
 import statistics
@@ -44,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +55,7 @@ sys.path.insert(0, str(ROOT / "load_tests"))
 from browser import CHROMIUM, CHROMIUM_ARGS, write_y4m  # noqa: E402
 from netns import Namespace  # noqa: E402
 from phantom import BREAST_REQUEST, PHANTOM_DEVICE, moving_speckle_frames  # noqa: E402
-from servers import Server, cli_env, free_port  # noqa: E402
+from servers import Server, cli_env, free_port, live_session  # noqa: E402
 from signaling_bench import log, percentile, write_results  # noqa: E402
 
 NAMESPACE = "probelink-bench"
@@ -168,16 +166,6 @@ class Result:
     expert2: dict[str, Any] | None = None
 
 
-def http(base: str, path: str, token: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        base + path,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def cli(server: Server, *args: str) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "server", *args],
@@ -188,23 +176,6 @@ def cli(server: Server, *args: str) -> str:
         check=True,
     )
     return out.stdout.strip()
-
-
-def invite(server: Server, experts: int = 1) -> list[str]:
-    """A consultation scanned with the phantom; the bedside's and the experts' tokens."""
-    coordinator = cli(server, "token", "--role", "coordinator", "--sub", "bench")
-    request = {**BREAST_REQUEST, "device": PHANTOM_DEVICE}
-    cid = http(server.url, "/api/consultations", coordinator, request)["id"]
-    invitees = [("operator", "Bedside")] + [("expert", f"Dr Bench {n + 1}") for n in range(experts)]
-    return [
-        http(
-            server.url,
-            f"/api/consultations/{cid}/invites",
-            coordinator,
-            {"role": role, "name": name},
-        )["token"]
-        for role, name in invitees
-    ]
 
 
 def per_second_fps(frames: list[list[float]], start_ms: float, end_ms: float) -> list[int]:
@@ -331,7 +302,10 @@ async def scenario(
     env = cli_env(data, **dict(kv.split("=", 1) for kv in args.env))
     server = Server(env, port=port, host=HOST_IP, cwd=server_root)
     with server:
-        operator, *experts = invite(server, experts=2 if spec.get("expert2_kbit") else 1)
+        coordinator = cli(server, "token", "--role", "coordinator", "--sub", "bench")
+        request = {**BREAST_REQUEST, "device": PHANTOM_DEVICE}
+        experts_wanted = 2 if spec.get("expert2_kbit") else 1
+        operator, *experts = live_session(server, coordinator, request, experts_wanted)
         base = f"http://{HOST_IP}:{port}"
         browser_args = [
             *CHROMIUM_ARGS,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT_SECONDS = 30
 
@@ -95,3 +98,26 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.returncode is None:
             self.stop()
+
+
+def post_json(server: Server, path: str, token: str, body: Any) -> Any:
+    """POST a JSON body to the server's API with a bearer token; the JSON answer."""
+    request = urllib.request.Request(
+        server.url + path,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def live_session(server: Server, coordinator: str, request: Any, experts: int = 1) -> list[str]:
+    """A consultation with this request; the join tokens of a bedside and `experts` experts."""
+    cid = post_json(server, "/api/consultations", coordinator, request)["id"]
+    invitees = [("operator", "Bedside"), *(("expert", f"Dr Test {n + 1}") for n in range(experts))]
+    return [
+        post_json(server, f"/api/consultations/{cid}/invites", coordinator, {"role": r, "name": n})[
+            "token"
+        ]
+        for r, n in invitees
+    ]

@@ -22,14 +22,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import os
 import random
 import re
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -49,7 +47,7 @@ from browser import (
 from conftest import require, require_coturn
 from netns import Namespace
 from phantom import BREAST_REQUEST
-from servers import Server, cli_env
+from servers import Server, cli_env, live_session
 from turn_server import REALM, TurnServer, stun_answers
 
 if TYPE_CHECKING:
@@ -189,29 +187,6 @@ def free_subnet() -> str:
     raise RuntimeError(f"no free {SUBNET_PREFIX}.N.0/24")
 
 
-def http(server: Server, path: str, token: str, body: Any) -> Any:
-    request = urllib.request.Request(
-        server.url + path,
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def invite(server: Server) -> tuple[str, str]:
-    """A consultation; the bedside's (operator's) and the expert's tokens."""
-    coordinator = coordinator_token(server)
-    cid = http(server, "/api/consultations", coordinator, BREAST_REQUEST)["id"]
-    tokens = [
-        http(server, f"/api/consultations/{cid}/invites", coordinator, {"role": r, "name": n})[
-            "token"
-        ]
-        for r, n in (("operator", "Bedside"), ("expert", "Dr Lee"))
-    ]
-    return tokens[0], tokens[1]
-
-
 def stun_from_namespace(net: Namespace, host: str, port: int) -> bool:
     """Whether a STUN Binding request over UDP from inside the namespace is answered."""
     code = (
@@ -346,7 +321,7 @@ async def test_bedside_with_only_tcp_streams_to_the_expert_through_turns(
     assert not stun_from_namespace(net, coturn.ip, coturn.port)
     assert tcp_from_namespace(net, coturn.ip, coturn.tls_port)
 
-    operator, expert_token = invite(server)
+    operator, expert_token = live_session(server, coordinator_token(server), BREAST_REQUEST)
     bedside_browser, expert_browser = browsers
     bedside_context = await bedside_browser.new_context()
     await bedside_context.add_init_script(RELAY_ONLY_SCRIPT)

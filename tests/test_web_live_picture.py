@@ -6,15 +6,13 @@ under a "good" badge), and a reloaded bedside goes live again by itself."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from browser import coordinator_token
 from phantom import BREAST_REQUEST
-from servers import Server, cli_env
+from servers import Server, cli_env, live_session
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -52,16 +50,6 @@ async () => {
   return out;
 }
 """
-
-
-def post(server: Server, path: str, token: str, body: Any) -> Any:
-    request = urllib.request.Request(
-        server.url + path,
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
 
 
 async def open_page(browser: Browser, url: str) -> Page:
@@ -126,14 +114,7 @@ async def test_expert_watches_720p_as_the_bedside_ramps_up_stops_and_reloads(
         PROBELINK_VIDEO_BITRATE_CEILING_KBPS=str(CEILING_KBPS),
     )
     with Server(env) as server:
-        coordinator = coordinator_token(server)
-        cid = post(server, "/api/consultations", coordinator, BREAST_REQUEST)["id"]
-        operator, expert_token = (
-            post(server, f"/api/consultations/{cid}/invites", coordinator, {"role": r, "name": r})[
-                "token"
-            ]
-            for r in ("operator", "expert")
-        )
+        operator, expert_token = live_session(server, coordinator_token(server), BREAST_REQUEST)
         expert = await open_page(chromium_720p, f"{server.url}/expert#token={expert_token}")
         # Before the bedside is live the expert is told what it waits for.
         await expert.wait_for_function(
