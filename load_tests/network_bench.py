@@ -80,6 +80,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "outage": {"outage": True},
     # A second expert whose downlink carries 1 Mbit/s: what it costs the first one.
     "expert2-1mbit": {"expert2_kbit": 1000},
+    # A second expert whose link loses 3 % both ways: repaired by the relay's retransmissions.
+    "expert2-loss3": {"expert2_loss_percent": 3},
 }
 
 # Every page records each RTCPeerConnection it makes, and the expert's video each frame it
@@ -304,7 +306,8 @@ async def scenario(
     with server:
         coordinator = cli(server, "token", "--role", "coordinator", "--sub", "bench")
         request = {**BREAST_REQUEST, "device": PHANTOM_DEVICE}
-        experts_wanted = 2 if spec.get("expert2_kbit") else 1
+        second = spec.get("expert2_kbit") or spec.get("expert2_loss_percent")
+        experts_wanted = 2 if second else 1
         operator, *experts = live_session(server, coordinator, request, experts_wanted)
         base = f"http://{HOST_IP}:{port}"
         browser_args = [
@@ -315,7 +318,7 @@ async def scenario(
         ]
         async with async_playwright() as playwright:
             executables = [netns_chromium(workdir, net), CHROMIUM]
-            if spec.get("expert2_kbit"):
+            if second:
                 executables.append(netns_chromium(workdir, expert_net))
             browsers = [
                 await playwright.chromium.launch(
@@ -342,6 +345,8 @@ async def scenario(
                     net.drop(spec["loss_percent"] * 10)
                 if spec.get("expert2_kbit"):
                     expert_net.shape(spec["expert2_kbit"])
+                if spec.get("expert2_loss_percent"):
+                    expert_net.drop(spec["expert2_loss_percent"] * 10)
                 live_ms = time.time() * 1000
                 await bedside.page.click("#go-live")
                 outage_end_ms = None
