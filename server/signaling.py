@@ -444,6 +444,15 @@ class LiveNamespace(socketio.AsyncNamespace):
         if socket.sid not in self.sockets:
             # The socket went away while the offer was being answered: release what it made.
             await relay.leave(socket.consultation_id, socket.sid)
+        elif socket.principal.role is Role.OPERATOR:
+            # A new publication, perhaps from another source: the experts' pages learn its size
+            # again rather than take a smaller native picture for a degraded one.
+            await self.emit(
+                "publishing",
+                {"id": socket.principal.sub},
+                room=room_of(socket.consultation_id),
+                skip_sid=socket.sid,
+            )
         return {"sdp": answer.sdp, "type": answer.type}
 
     async def _capture(self, socket: LiveSocket, data: Any) -> dict[str, Any]:

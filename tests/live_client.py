@@ -18,6 +18,7 @@ SERVER_EVENTS = (
     "guidance",
     "media_stats",
     "key_image",
+    "publishing",
 )
 
 

@@ -20,6 +20,7 @@ from server.media.congestion import (
     ARRIVALS_KEPT,
     ESTIMATE_TIMEOUT_SECONDS,
     PACKET_BYTES_MAX,
+    RELEASE_GROWTH,
     DownlinkLimit,
     TransportFeedback,
     encode_chunks,
@@ -496,41 +497,61 @@ def test_cap_is_the_ceiling_while_no_subscriber_is_congested() -> None:
     assert cap([keeping_up, idle]) == CEILING
 
 
+def congested(estimate_bps: int, sent_bps: float, now: float = 0.0) -> DownlinkLimit:
+    """A subscriber that reported the same estimate twice in a row."""
+    limit = DownlinkLimit()
+    limit.report(estimate_bps, sent_bps, now)
+    limit.report(estimate_bps, sent_bps, now)
+    return limit
+
+
+def test_one_report_below_what_is_sent_is_not_yet_congestion() -> None:
+    once = DownlinkLimit()
+    once.report(estimate_bps=2_000_000, sent_bps=3_000_000, now=0.0)  # a keyframe in the window?
+    assert cap([once]) == CEILING
+    once.report(estimate_bps=2_900_000, sent_bps=3_000_000, now=0.2)  # no: it keeps up
+    once.report(estimate_bps=2_000_000, sent_bps=3_000_000, now=0.4)
+    assert cap([once]) == CEILING
+    once.report(estimate_bps=1_900_000, sent_bps=3_000_000, now=0.6)  # twice in a row: yes
+    assert cap([once]) == 1_900_000
+
+
 def test_congested_subscriber_lowers_the_cap_but_not_below_the_floor() -> None:
-    slow = DownlinkLimit()
-    slow.report(estimate_bps=2_500_000, sent_bps=3_500_000, now=0.0)
+    slow = congested(2_500_000, 3_500_000)
     assert cap([slow]) == 2_500_000
-    slower = DownlinkLimit()
-    slower.report(estimate_bps=1_500_000, sent_bps=3_500_000, now=0.0)
+    slower = congested(1_500_000, 3_500_000)
     assert cap([slow, slower]) == 1_500_000  # the most congested one
-    hopeless = DownlinkLimit()
-    hopeless.report(estimate_bps=300_000, sent_bps=3_500_000, now=0.0)
+    hopeless = congested(300_000, 3_500_000)
     assert cap([slow, slower, hopeless]) == FLOOR
     # A congested downlink above the ceiling leaves the ceiling.
-    wide = DownlinkLimit()
-    wide.report(estimate_bps=5_000_000, sent_bps=6_000_000, now=0.0)
-    assert cap([wide]) == CEILING
+    assert cap([congested(5_000_000, 6_000_000)]) == CEILING
 
 
-def test_congested_subscriber_is_relieved_past_1_4_times_what_it_is_sent() -> None:
-    limit = DownlinkLimit()
-    limit.report(estimate_bps=2_000_000, sent_bps=3_000_000, now=0.0)
+def test_a_relieved_subscriber_lets_the_cap_rise_gradually_to_the_ceiling() -> None:
+    limit = congested(2_000_000, 3_000_000)
     assert cap([limit], 0.5) == 2_000_000
     limit.report(estimate_bps=2_500_000, sent_bps=2_000_000, now=1.0)  # 1.25x: still limited
     assert cap([limit], 1.5) == 2_500_000
-    limit.report(estimate_bps=2_700_000, sent_bps=2_000_000, now=2.0)  # 1.35x
-    assert cap([limit], 2.5) == 2_700_000
     limit.report(estimate_bps=2_800_000, sent_bps=2_000_000, now=3.0)  # 1.4x: relieved
-    assert cap([limit], 3.5) == CEILING
-    limit.report(estimate_bps=2_800_000, sent_bps=2_000_000, now=4.0)  # not congested
-    assert cap([limit], 4.5) == CEILING
+    assert cap([limit], 3.0) == 2_500_000  # rises from where it was ...
+    assert cap([limit], 4.0) == int(2_500_000 * RELEASE_GROWTH)  # ... by 8 % a second
+    limit.report(estimate_bps=3_000_000, sent_bps=2_700_000, now=5.0)  # keeping up
+    assert 2_500_000 < cap([limit], 5.0) < CEILING
+    for second in range(6, 30):
+        limit.report(estimate_bps=3_900_000, sent_bps=3_000_000, now=float(second))
+    assert cap([limit], 29.0) == CEILING  # 2.5 Mbit/s x 1.08^26 is past the ceiling: released
+    # Congested again while rising: back to its estimate at once.
+    limit = congested(2_000_000, 3_000_000)
+    limit.report(estimate_bps=2_900_000, sent_bps=2_000_000, now=1.0)
+    limit.report(estimate_bps=1_500_000, sent_bps=2_500_000, now=2.0)
+    limit.report(estimate_bps=1_400_000, sent_bps=2_500_000, now=2.2)
+    assert cap([limit], 2.2) == 1_400_000
 
 
 def test_silent_subscriber_stops_limiting_after_the_timeout() -> None:
-    limit = DownlinkLimit()
-    limit.report(estimate_bps=1_500_000, sent_bps=3_000_000, now=100.0)
+    limit = congested(1_500_000, 3_000_000, now=100.0)
     assert cap([limit], 100.0 + ESTIMATE_TIMEOUT_SECONDS) == 1_500_000
     assert cap([limit], 100.0 + ESTIMATE_TIMEOUT_SECONDS + 0.01) == CEILING
-    limit.report(estimate_bps=1_500_000, sent_bps=3_000_000, now=200.0)  # congested again
+    limit = congested(1_500_000, 3_000_000, now=200.0)  # congested again
     limit.report(estimate_bps=1_600_000, sent_bps=1_500_000, now=204.0)  # and still reporting
     assert cap([limit], 208.0) == 1_600_000

@@ -11,10 +11,18 @@ from typing import Any
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from server.media.forwarding import GIVE_UP_SECONDS, InlineDelivery, MarkerJitterBuffer
+from server.media.forwarding import (
+    GIVE_UP_SECONDS,
+    NACK_RETRY_SECONDS,
+    NACK_TRIES,
+    InlineDelivery,
+    MarkerJitterBuffer,
+    NackRetry,
+)
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
-KEY, DELTA = b"\x00", b"\x01"  # first byte of a VP8 frame: P bit clear on a key frame
+# The start of a VP8 key frame (P bit clear, then the start code) and of an inter frame.
+KEY, DELTA = b"\x10\x02\x00\x9d\x01\x2a", b"\x01\x00\x00"
 
 
 class Clock:
@@ -32,17 +40,19 @@ class Mapper:
         return timestamp
 
 
-def frames(*kinds: bytes, packets_per_frame: int = 3) -> list[RtpPacket]:
-    """Packets of consecutive frames (3 each, marker on the last); payload: kind + frame + seq."""
+def frames(*kinds: bytes, packets_per_frame: int = 3, first_seq: int = 1000) -> list[RtpPacket]:
+    """Packets of consecutive frames (3 each, marker on the last). Payload: the kind, then two
+    bytes (twice the frame number, the packet number): a frame tail begins with an even byte,
+    which a loose check would read as a VP8 key frame's P bit."""
     packets = []
-    seq = 1000
+    seq = first_seq
     for n, kind in enumerate(kinds):
         for i in range(packets_per_frame):
             packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=3000 * n)
             packet.marker = int(i == packets_per_frame - 1)
-            packet._data = (kind if i == 0 else b"") + bytes([n, i])  # type: ignore[attr-defined]
+            packet._data = (kind if i == 0 else b"") + bytes([2 * n, i])  # type: ignore[attr-defined]
             packets.append(packet)
-            seq += 1
+            seq = (seq + 1) & 0xFFFF
     return packets
 
 
@@ -100,3 +110,74 @@ def test_after_a_gap_nothing_is_forwarded_until_a_keyframe() -> None:
     assert [p.pts for p in delivered] == [0, 12000, 15000]
     assert [p.is_keyframe for p in delivered] == [True, True, False]
     assert all(p.time_base == fractions.Fraction(1, 90000) for p in delivered)
+
+
+def test_a_slow_frame_without_loss_is_never_given_up() -> None:
+    """A 720p keyframe on a slow link: 100 packets over 2 s, none lost."""
+    clock = Clock()
+    jitter = MarkerJitterBuffer(is_video=True, clock=clock)
+    packets = frames(KEY, packets_per_frame=100)
+    for packet in packets[:-1]:
+        clock.now += 0.02
+        assert jitter.add(packet) == (False, None)
+    pli, frame = jitter.add(packets[-1])
+    assert not pli and frame is not None
+    assert len(frame.data) == len(KEY) + 2 * 100 and not getattr(frame, "after_gap", True)
+
+
+def test_a_loss_across_frames_resumes_at_a_real_frame_start() -> None:
+    """The last packet of frame 0 and the first of frame 1 are lost: the tail of frame 1 must
+    not pass for a frame (its first byte could read as a keyframe's); frame 2 starts after a
+    marker, and nothing is forwarded until the keyframe 3."""
+
+    async def run() -> list[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        clock = Clock()
+        jitter = MarkerJitterBuffer(is_video=True, clock=clock)
+        delivery = InlineDelivery(queue, jitter, Mapper())
+        packets = frames(KEY, DELTA, DELTA, KEY)
+        del packets[2:4]  # frame 0's marker packet and frame 1's first packet
+        for packet in packets:
+            clock.now += 0.3  # the hole ages past the give-up time while the rest arrives
+            _pli, frame = jitter.add(packet)
+            if frame is not None:
+                delivery.put((VP8, frame))
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+
+    delivered = asyncio.run(run())
+    assert [(p.pts, p.is_keyframe) for p in delivered] == [(9000, True)]
+
+
+def test_a_keyframe_behind_several_broken_frames_is_released_at_once() -> None:
+    clock = Clock()
+    jitter = MarkerJitterBuffer(is_video=True, clock=clock)
+    packets = frames(DELTA, DELTA, DELTA, KEY, first_seq=65530)  # across the 16-bit wrap
+    broken = [p for i, p in enumerate(packets) if i not in (1, 4, 7)]  # a hole in each delta
+    for packet in broken[:-1]:
+        assert jitter.add(packet) == (False, None)
+    clock.now += 2 * GIVE_UP_SECONDS
+    pli, frame = jitter.add(broken[-1])
+    assert pli and frame is not None  # one pass: the three broken frames go, the keyframe comes
+    assert frame.timestamp == 9000 and frame.data.startswith(KEY)
+    assert getattr(frame, "after_gap", False) and jitter.ready == []
+
+
+def test_missing_packets_are_asked_for_again_then_given_up_with_their_frame() -> None:
+    clock = Clock()
+    jitter = MarkerJitterBuffer(is_video=True, clock=clock)
+    for packet in frames(KEY, DELTA)[:3]:
+        jitter.add(packet)  # the keyframe: the origin is now 1003
+    retry = NackRetry(None, jitter, clock=clock)  # type: ignore[arg-type]
+    missing = {1004, 1005}
+    assert retry.due(missing) == []  # just asked for (aiortc does when it sees the gap)
+    step = NACK_RETRY_SECONDS * 1.01
+    for _ in range(NACK_TRIES - 1):
+        clock.now += step
+        assert retry.due(missing) == [1004, 1005]
+    clock.now += step
+    assert retry.due(missing) == []  # asked NACK_TRIES times in all
+    # A packet the buffer moved past (its frame given up) is asked for no more.
+    jitter._origin = 1005
+    missing.add(1004)
+    clock.now += step
+    assert retry.due(missing) == [] and missing == {1005}

@@ -120,9 +120,13 @@ async def test_operator_reconnect_brings_video_back_without_experts_rejoining(
         await expert.wait_packets("video", 20)
         await operator.pc.close()  # the bedside connection drops
 
+        # Each publication is announced to the others (their pages learn its size again).
+        await expert.participant.wait_until(lambda r: len(r["publishing"]) == 1)
         second_track = CounterVideoTrack(start=2000)
         operator = await operator_bot(operator_socket, second_track)
         assert "sdp" in await operator.negotiate()
+        await expert.participant.wait_until(lambda r: len(r["publishing"]) == 2)
+        assert not operator_socket.received["publishing"]  # not to the publisher itself
         await asyncio.sleep(0)
         before = len(expert.received["video"])
         packets = await expert.wait_packets("video", before + 30)

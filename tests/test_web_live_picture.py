@@ -121,7 +121,12 @@ async def test_expert_watches_720p_as_the_bedside_ramps_up_stops_and_reloads(
             "() => document.getElementById('waiting').textContent.includes('not joined')",
             timeout=TIMEOUT_MS,
         )
-        bedside = await open_page(chromium_720p, f"{server.url}/bedside?live#token={operator}")
+        bedside = await open_page(chromium_720p, f"{server.url}/bedside#token={operator}")
+        await bedside.wait_for_function(
+            "() => document.getElementById('video').videoWidth === 1280", timeout=TIMEOUT_MS
+        )
+        source = await bedside.input_value("#source")
+        await bedside.click("#go-live")
 
         # The scan reaches the expert at its own size.
         await expert.locator("#waiting").wait_for(state="hidden", timeout=TIMEOUT_MS)
@@ -163,13 +168,15 @@ async def test_expert_watches_720p_as_the_bedside_ramps_up_stops_and_reloads(
         await bedside_frame_rate(bedside, 30)
         await banner.wait_for(state="hidden", timeout=TIMEOUT_MS)
 
-        # A reloaded bedside goes live again by itself, with the same source.
+        # A reloaded bedside goes live again by itself (no ?live in its URL), with the same source.
         await bedside.reload()
         await bedside.wait_for_function(
             "() => document.getElementById('go-live').disabled"
             " && window.__pcs.at(-1)?.connectionState === 'connected'",
             timeout=TIMEOUT_MS,
         )
+        assert await bedside.input_value("#source") == source
+        assert "?live" not in bedside.url
         await expert.locator("#frozen").wait_for(state="hidden", timeout=TIMEOUT_MS)
         await expert_sees_frames(expert, 1280, 720)
         await bedside.context.close()

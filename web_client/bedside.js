@@ -18,8 +18,9 @@ let stream = null, phantom = null, live = false, recording = false;
 // it again (or the phantom) is a change that opens it.
 let sourceLost = false;
 const busy = new Set(); // actions waiting for their answer: a double click sends one
-// Live in this tab, and from which source: a reload (or a crash of the page) goes live again by
-// itself with the same source, for the same consultation. Session storage ends with the tab.
+// Live in this tab, from which source, with or without the microphone: a reload (or a crash of
+// the page) goes live again by itself with the same source, for the same consultation, and only
+// with that source. Session storage ends with the tab; it holds a device id, nothing else.
 const LIVE_KEY = `probelink.live.${claims(token)?.consultation || ""}`;
 
 function remembered() {
@@ -28,6 +29,16 @@ function remembered() {
   } catch {
     return null;
   }
+}
+
+function remember() {
+  if (live) sessionStorage.setItem(LIVE_KEY, JSON.stringify({ source: $("source").value, mic: $("mic").checked }));
+}
+
+// Whether the source open now is the one this tab was live with.
+function sameSource(wanted) {
+  if (wanted === PHANTOM) return !!phantom;
+  return !phantom && stream?.getVideoTracks()[0]?.getSettings().deviceId === wanted;
 }
 
 // What the browser's media errors mean for someone at the bedside.
@@ -119,6 +130,7 @@ function preview() {
     try {
       room.clearError();
       await openSource();
+      remember();
       if (live) room.startMedia(mediaOf());
     } catch (error) {
       fail(error);
@@ -144,7 +156,7 @@ function goLive() {
     return;
   }
   live = true;
-  sessionStorage.setItem(LIVE_KEY, JSON.stringify({ source: $("source").value }));
+  remember();
   room.startMedia(mediaOf());
   $("go-live").disabled = true;
   $("go-live").textContent = "Live";
@@ -231,12 +243,16 @@ navigator.mediaDevices?.addEventListener?.("devicechange", listSources);
 if (!token) {
   $("error").textContent = "This page needs the join link you were sent.";
 } else {
+  const before = remembered();
+  if (before) $("mic").checked = before.mic !== false;
   await listSources();
   await preview();
   // Device labels appear only after permission: list again now that it is granted.
   if ($("source").value !== PHANTOM) await listSources();
-  if (remembered()) {
+  if (before && sameSource(before.source)) {
     goLive();
     room.say("Live again with the same source (the page was reloaded)");
+  } else if (before) {
+    room.alert("The video source this page was live with is not available: choose the source, then go live again.");
   } else if (new URLSearchParams(location.search).has("live")) goLive();
 }

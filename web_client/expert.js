@@ -319,9 +319,17 @@ room.on("state", (state, first) => {
   startMedia();
 });
 room.on("stats", showStats);
-// Presence and the connections change the reason given for a missing picture.
-room.on("people", () => showPicture());
+// Presence and the connections change the reason given for a missing picture; a bedside that
+// (re)joins may bring another source.
+let bedsidePresent = false;
+room.on("people", (list) => {
+  const present = list.some((p) => p.role === "operator");
+  if (present && !bedsidePresent) picture.newSource();
+  bedsidePresent = present;
+  showPicture();
+});
 room.on("media", () => showPicture());
+room.live.on("publishing", () => picture.newSource());
 room.on("keyImage", (k) => report?.addKeyImage(k));
 
 for (const b of $("tools").querySelectorAll("[data-tool]")) b.addEventListener("click", () => selectTool(b.dataset.tool));

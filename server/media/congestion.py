@@ -72,6 +72,10 @@ class TransportFeedback:
             self.next_report = seq
         if self.oldest is None or seq < self.oldest:
             self.oldest = seq
+        if self.oldest <= self.highest - 2 * ARRIVALS_KEPT:
+            # A jump far ahead: keep what is still in range without walking every number.
+            self.oldest = self.highest - ARRIVALS_KEPT + 1
+            self.arrivals = {s: t for s, t in self.arrivals.items() if s >= self.oldest}
         while self.oldest <= self.highest - ARRIVALS_KEPT:
             self.arrivals.pop(self.oldest, None)
             self.oldest += 1
@@ -177,11 +181,16 @@ def rtcp_packet(packet_type: int, fmt: int, body: bytes) -> bytes:
     return struct.pack("!BBH", first, packet_type, len(body) // 4) + body
 
 
-# A subscriber whose own estimate falls below this share of what it is sent is congested.
+# A subscriber whose own estimate falls below this share of what it is sent is congested, once
+# it has said so this many times in a row (one report can catch a keyframe in what it is sent).
 CONGESTED_SHARE = 0.9
-# ... and no longer congested once its estimate has grown past this multiple of what it is sent
-# (a receiver's estimate can exceed what arrives by at most 1.5x in libwebrtc).
+CONGESTED_REPORTS = 2
+# ... and recovering once its estimate has grown past this multiple of what it is sent (a
+# receiver's estimate can exceed what arrives by at most 1.5x in libwebrtc): from then the cap
+# rises RELEASE_GROWTH per second until it reaches the ceiling, rather than jump there (which
+# would congest that link again at once).
 RELIEVED_MULTIPLE = 1.4
+RELEASE_GROWTH = 1.08
 # A subscriber that has not reported for this long no longer limits anyone.
 ESTIMATE_TIMEOUT_SECONDS = 5.0
 
@@ -192,29 +201,43 @@ class DownlinkLimit:
 
     limit_bps: int | None = None
     reported_at: float = 0.0
+    congested_reports: int = 0
+    # While the cap rises again after a congestion: since when.
+    released_at: float | None = None
 
     def report(self, estimate_bps: int, sent_bps: float, now: float) -> None:
         """The subscriber's estimate, and the rate it was being sent when it reported."""
         self.reported_at = now
-        if self.limit_bps is None:
-            if sent_bps > 0 and estimate_bps < CONGESTED_SHARE * sent_bps:
-                self.limit_bps = estimate_bps
+        congested = sent_bps > 0 and estimate_bps < CONGESTED_SHARE * sent_bps
+        self.congested_reports = self.congested_reports + 1 if congested else 0
+        if self.limit_bps is None or self.released_at is not None:
+            if self.congested_reports >= CONGESTED_REPORTS:
+                self.limit_bps, self.released_at = estimate_bps, None
         elif estimate_bps >= RELIEVED_MULTIPLE * max(sent_bps, 1.0):
-            self.limit_bps = None
+            self.released_at = now
         else:
             # Its estimate grows again (slowly, as a receiver's does) as the link clears.
             self.limit_bps = estimate_bps
 
-    def current(self, now: float) -> int | None:
-        if self.limit_bps is not None and now - self.reported_at > ESTIMATE_TIMEOUT_SECONDS:
-            self.limit_bps = None
-        return self.limit_bps
+    def current(self, now: float, ceiling_bps: int) -> int | None:
+        if self.limit_bps is None:
+            return None
+        if now - self.reported_at > ESTIMATE_TIMEOUT_SECONDS:
+            self.limit_bps = self.released_at = None
+            return None
+        if self.released_at is None:
+            return self.limit_bps
+        rising = int(self.limit_bps * RELEASE_GROWTH ** (now - self.released_at))
+        if rising >= ceiling_bps:
+            self.limit_bps = self.released_at = None
+            return None
+        return rising
 
 
 def publisher_cap(limits: list[DownlinkLimit], now: float, floor_bps: int, ceiling_bps: int) -> int:
     """The REMB for the publisher: the ceiling, or the most congested subscriber's downlink,
     never below the floor (the publisher's own estimator still keeps it under its uplink)."""
-    current = [c for c in (limit.current(now) for limit in limits) if c is not None]
+    current = [c for c in (limit.current(now, ceiling_bps) for limit in limits) if c is not None]
     if not current:
         return ceiling_bps
     return max(floor_bps, min(ceiling_bps, *current))

@@ -66,9 +66,10 @@ VIDEO_JITTER_CAPACITY_PACKETS = 512
 AUDIO_JITTER_CAPACITY_PACKETS = 16
 # A video frame still incomplete this long after later packets arrived is given up.
 GIVE_UP_SECONDS = 0.4
-# Missing packets are asked for again this often, this many times in all.
-NACK_RETRY_SECONDS = 0.05
-NACK_TRIES = 8
+# A missing packet is asked for again this long after the last time, this many times in all
+# (within the give-up time: later, its frame is gone).
+NACK_RETRY_SECONDS = 0.1
+NACK_TRIES = 4
 
 
 class PassthroughDecoder(Decoder):
@@ -102,14 +103,22 @@ def install() -> None:
     _sender_module.RTP_HISTORY_SIZE = SENDER_HISTORY_PACKETS  # type: ignore[attr-defined]
 
 
+VP8_START_CODE = b"\x9d\x01\x2a"
+
+
 def is_keyframe(mime_type: str, data: bytes) -> bool:
-    """Whether an encoded frame can be decoded on its own (VP8 key frame, H.264 IDR)."""
+    """Whether an encoded frame can be decoded on its own: a VP8 key frame (P bit clear and the
+    start code that follows its frame tag, RFC 6386 9.1), an H.264 IDR with its parameter set.
+
+    Strict, so that the tail of a frame whose start was lost is not taken for a keyframe.
+    """
     if not data:
         return False
     if mime_type == "video/vp8":
-        return data[0] & 0x01 == 0  # frame tag: P bit clear means key frame
+        return data[0] & 0x01 == 0 and data[3:6] == VP8_START_CODE
     if mime_type == "video/h264":
-        return any(nal_type in (5, 7) for nal_type in _h264_nal_types(data))
+        types = _h264_nal_types(data)
+        return 5 in types and 7 in types
     return True  # audio frames stand alone
 
 
@@ -125,11 +134,14 @@ def _h264_nal_types(data: bytes) -> list[int]:
 class MarkerJitterBuffer(JitterBuffer):
     """Releases a video frame as soon as its last (marker) packet is in, audio at once.
 
-    A video frame still missing a packet after `GIVE_UP_SECONDS`, while later ones arrive, is
-    given up: its packets are dropped, a keyframe is asked for (PLI), and the frames after it
-    are marked `after_gap` (they may refer to the lost one: they are not forwarded until a
-    keyframe). When a retransmission completes a frame, the complete frames queued behind it are
-    released together (`add` returns the first, `ready` holds the others).
+    A video frame with a hole (a packet missing while a later one has arrived) is given up once
+    that packet has been missing for `GIVE_UP_SECONDS`: its packets are dropped up to the next
+    packet known to start a frame (the one after a marker), a keyframe is asked for (PLI), and
+    the next frame released is marked `after_gap` (frames may refer to the lost one: nothing is
+    forwarded until a keyframe). A frame that is only slow (no hole) is never given up. Broken
+    frames queued behind it are given up in the same pass once their own holes are as old. When
+    a retransmission completes a frame, the complete frames queued behind it are released
+    together (`add` returns the first, `ready` holds the others).
     """
 
     def __init__(self, *, is_video: bool, clock: Callable[[], float] = time.monotonic):
@@ -137,22 +149,28 @@ class MarkerJitterBuffer(JitterBuffer):
         super().__init__(capacity=capacity, prefetch=0, is_video=is_video)
         self.clock = clock
         self.ready: list[JitterFrame] = []
-        self.blocked_since: float | None = None
         self.gap = False
+        self.highest: int | None = None
+        # Sequence number -> when it was first known to be missing (a later one arrived).
+        self.missing_since: dict[int, float] = {}
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        now = self.clock()
+        if self._is_video:
+            self._note_missing(packet.sequence_number, now)
         pli_flag, frame = super().add(packet)  # a reset or an overflow drops whole frames
         if pli_flag and self._is_video:
             self.gap = True
+            if self._origin == packet.sequence_number:  # reset: the sender's numbers jumped back
+                self.highest = packet.sequence_number
+                self.missing_since.clear()
+            self._forget_missing_before(self._origin)
         frames = [frame] if frame is not None else []
         while (complete := self._complete_frame()) is not None:
             frames.append(complete)
-        if frames or not self._is_video or self._origin is None:
-            self.blocked_since = None
-        elif self.blocked_since is None:
-            self.blocked_since = self.clock()
-        elif self.clock() - self.blocked_since > GIVE_UP_SECONDS:
-            self.blocked_since = None
+        while self._is_video and (hole := self._first_hole()) is not None:
+            if now - self.missing_since[hole] <= GIVE_UP_SECONDS:
+                break
             self._drop_broken_frame()
             self.gap = pli_flag = True
             while (complete := self._complete_frame()) is not None:
@@ -162,6 +180,30 @@ class MarkerJitterBuffer(JitterBuffer):
             self.gap = False
         self.ready.extend(frames[1:])
         return pli_flag, frames[0] if frames else None
+
+    def _note_missing(self, seq: int, now: float) -> None:
+        if self.highest is None:
+            self.highest = seq
+            return
+        ahead = (seq - self.highest) & 0xFFFF
+        if 0 < ahead < 0x8000:
+            for skipped in range(1, min(ahead, self.capacity)):
+                self.missing_since.setdefault((self.highest + skipped) & 0xFFFF, now)
+            self.highest = seq
+        else:
+            self.missing_since.pop(seq, None)
+        if len(self.missing_since) > self.capacity:
+            self._forget_missing_before(self._origin)
+
+    def _first_hole(self) -> int | None:
+        """The first missing sequence number of the frames waiting, if a later one is in."""
+        if self._origin is None:
+            return None
+        for count in range(self.capacity):
+            seq = (self._origin + count) & 0xFFFF
+            if self._packets[seq % self.capacity] is None:
+                return seq if seq in self.missing_since else None
+        return None
 
     def _complete_frame(self) -> JitterFrame | None:
         """The frame at the origin, if all its packets are in and the last has the marker."""
@@ -180,19 +222,33 @@ class MarkerJitterBuffer(JitterBuffer):
         return None
 
     def _drop_broken_frame(self) -> None:
-        """Drop the packets up to the first packet of a frame that starts after the first hole."""
+        """Drop packets from the origin through its first hole, and on until a packet that is
+        known to start a frame (its predecessor is in and carries the marker) or the end of what
+        arrived."""
         assert self._origin is not None
-        timestamp = None
-        hole = False
+        previous_ends_frame = False
+        past_hole = False
         for _ in range(self.capacity):
             packet = self._packets[self._origin % self.capacity]
             if packet is None:
-                hole = True
-            elif hole and timestamp is not None and packet.timestamp != timestamp:
-                return
+                if self._origin not in self.missing_since:
+                    break  # nothing after this has arrived
+                past_hole = True
+                previous_ends_frame = False
+            elif past_hole and previous_ends_frame:
+                break
             else:
-                timestamp = packet.timestamp
+                previous_ends_frame = bool(packet.marker)
             self.remove(1)
+        self._forget_missing_before(self._origin)
+
+    def _forget_missing_before(self, origin: int | None) -> None:
+        """Stop waiting for sequence numbers the buffer has moved past."""
+        if origin is None:
+            return
+        for seq in list(self.missing_since):
+            if 0 < (origin - seq) & 0xFFFF < 0x8000:
+                del self.missing_since[seq]
 
 
 def use_low_latency_jitter_buffer(receiver: RTCRtpReceiver, kind: str) -> MarkerJitterBuffer:
@@ -252,36 +308,54 @@ class InlineDelivery:
 
 
 class NackRetry:
-    """Asks again for packets still missing, every NACK_RETRY_SECONDS, up to NACK_TRIES times.
+    """Asks again for each packet still missing NACK_RETRY_SECONDS after it was last asked for,
+    up to NACK_TRIES times in all, and stops asking for those the jitter buffer gave up.
 
-    aiortc's receiver asks once, when it notices a gap; a lost retransmission would then stall
-    the frame until it is given up.
+    aiortc's receiver asks again only when a new gap appears, so on a steady link a lost
+    retransmission stalled its frame until it was given up; and it went on asking for packets
+    already given up, whose late retransmission then reset the buffer.
     """
 
-    def __init__(self, receiver: RTCRtpReceiver):
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        jitter: MarkerJitterBuffer,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.receiver = receiver
-        self.tries: dict[int, int] = {}
-        self.sent_at = 0.0
+        self.jitter = jitter
+        self.clock = clock
+        # Sequence number -> (times asked, when last asked).
+        self.asked: dict[int, tuple[int, float]] = {}
+
+    def due(self, missing: set[int]) -> list[int]:
+        """The sequence numbers to ask for again now (updates `missing` and the counts)."""
+        origin = self.jitter._origin
+        if origin is not None:
+            missing.difference_update(
+                [seq for seq in missing if 0 < (origin - seq) & 0xFFFF < 0x8000]
+            )
+        now = self.clock()
+        # A number seen missing for the first time has just been asked for by aiortc.
+        self.asked = {seq: self.asked.get(seq, (1, now)) for seq in missing}
+        lost = sorted(
+            seq
+            for seq, (tries, at) in self.asked.items()
+            if tries < NACK_TRIES and now - at >= NACK_RETRY_SECONDS
+        )
+        for seq in lost:
+            self.asked[seq] = (self.asked[seq][0] + 1, now)
+        return lost
 
     async def after_packet(self, packet: RtpPacket) -> None:
         generator = self.receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
-        missing: set[int] = generator.missing if generator is not None else set()
-        if not missing:
-            self.tries.clear()
+        if generator is None or not (generator.missing or self.asked):
             return
-        now = time.monotonic()
-        if now - self.sent_at < NACK_RETRY_SECONDS:
-            return
-        self.tries = {seq: self.tries.get(seq, 0) for seq in missing}
-        lost = sorted(seq for seq, tries in self.tries.items() if tries < NACK_TRIES)
-        if not lost:
-            return
-        for seq in lost:
-            self.tries[seq] += 1
-        self.sent_at = now
-        rtx = self.receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
-        ssrc = rtx.get(packet.ssrc, packet.ssrc)
-        await self.receiver._send_rtcp_nack(ssrc, lost)
+        lost = self.due(generator.missing)
+        if lost:
+            rtx = self.receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+            ssrc = rtx.get(packet.ssrc, packet.ssrc)
+            await self.receiver._send_rtcp_nack(ssrc, lost)
 
 
 def prepare_receiver(receiver: RTCRtpReceiver, kind: str) -> None:
@@ -292,7 +366,7 @@ def prepare_receiver(receiver: RTCRtpReceiver, kind: str) -> None:
     mapper = receiver._RTCRtpReceiver__timestamp_mapper  # type: ignore[attr-defined]
     receiver._RTCRtpReceiver__decoder_queue = InlineDelivery(track._queue, jitter, mapper)  # type: ignore[attr-defined]
     if kind == "video":
-        retry = NackRetry(receiver)
+        retry = NackRetry(receiver, jitter)
         handle = receiver._handle_rtp_packet
 
         async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:

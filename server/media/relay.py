@@ -246,7 +246,10 @@ class MediaRoom:
         transceiver.sender.replaceTrack(track)
         if kind == "video":
             on_keyframe_request(transceiver.sender, self.request_keyframe)
-            on_remb(transceiver.sender, lambda bps: self._subscriber_estimate(track, bps))
+            if peer.role is Role.EXPERT:
+                # An expert's congested downlink lowers the publisher's rate (to the floor at
+                # most); an observer's (a trainee's) does not.
+                on_remb(transceiver.sender, lambda bps: self._subscriber_estimate(track, bps))
         outputs.add(track)
         owned.append(track)
 

@@ -28,8 +28,9 @@ from server.media.capture import CineBuffer
 log = logging.getLogger(__name__)
 
 FORWARD_QUEUE_FRAMES = 60
-# What a subscriber was sent is measured over this window (its REMB is compared with it).
-SENT_RATE_WINDOW_SECONDS = 1.0
+# What a subscriber was sent is measured over this window (its REMB is compared with it; long
+# enough that one keyframe does not make a healthy link look congested).
+SENT_RATE_WINDOW_SECONDS = 2.0
 # Timestamp step used to bridge a change of source (one frame at 30 fps; one 20 ms Opus frame).
 SOURCE_SWITCH_STEP = {"video": 3000, "audio": 960}
 
@@ -59,7 +60,7 @@ class ForwardedTrack(MediaStreamTrack):
         self.sent_bytes = 0
 
     def sent_bps(self, now: float) -> float:
-        """Bits per second sent over the last second."""
+        """Bits per second sent over the last SENT_RATE_WINDOW_SECONDS."""
         while self.sent and self.sent[0][0] < now - SENT_RATE_WINDOW_SECONDS:
             self.sent_bytes -= self.sent.popleft()[1]
         return 8 * self.sent_bytes / SENT_RATE_WINDOW_SECONDS
@@ -117,7 +118,7 @@ class ForwardedTrack(MediaStreamTrack):
         now = time.monotonic()
         self.sent.append((now, packet.size))
         self.sent_bytes += packet.size
-        self.sent_bps(now)  # keeps the window to a second
+        self.sent_bps(now)  # keeps the window bounded
         return packet
 
     def stop(self) -> None:

@@ -40,6 +40,12 @@ export class PictureWatch {
   restart() {
     this.times = [];
     this.last = 0;
+    this.newSource();
+  }
+
+  // The bedside (re)joined, perhaps with another camera or capture card: its size is learnt
+  // again, so a smaller native size is not taken for a degraded picture.
+  newSource() {
     this.source = { width: 0, height: 0 };
     this.belowSince = null;
     this.check(performance.now());
