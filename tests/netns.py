@@ -66,8 +66,10 @@ class Namespace:
         return ["ip", "netns", "exec", self.name]
 
     def shape(self, rate_kbit: int) -> None:
-        """Cap both directions with a token bucket (20 ms of burst, 100 ms of queue)."""
-        burst = max(16_000, rate_kbit * 1000 // 8 // 50)
+        """Cap both directions with a token bucket: 5 ms of burst (at least a full packet), 100 ms
+        of queue. A larger bucket lets a browser's bandwidth probe through at line rate, and it
+        then reads the link as far faster than it is."""
+        burst = max(1600, rate_kbit * 1000 // 8 // 200)
         for inside, dev in ((True, self.ns_if), (False, self.host_if)):
             self.run(
                 *("tc", "qdisc", "replace", "dev", dev, "root", "tbf"),
