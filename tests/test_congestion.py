@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from server.media.congestion import (
     ARRIVALS_KEPT,
     ESTIMATE_TIMEOUT_SECONDS,
+    LIMIT_GROWTH,
     PACKET_BYTES_MAX,
-    RELEASE_GROWTH,
     DownlinkLimit,
     TransportFeedback,
     encode_chunks,
@@ -527,31 +527,30 @@ def test_congested_subscriber_lowers_the_cap_but_not_below_the_floor() -> None:
     assert cap([congested(5_000_000, 6_000_000)]) == CEILING
 
 
-def test_a_relieved_subscriber_lets_the_cap_rise_gradually_to_the_ceiling() -> None:
+def test_a_congested_subscriber_holds_the_cap_down_and_lets_it_rise_8_percent_a_second() -> None:
     limit = congested(2_000_000, 3_000_000)
-    assert cap([limit], 0.5) == 2_000_000
-    limit.report(estimate_bps=2_500_000, sent_bps=2_000_000, now=1.0)  # 1.25x: still limited
-    assert cap([limit], 1.5) == 2_500_000
-    limit.report(estimate_bps=2_800_000, sent_bps=2_000_000, now=3.0)  # 1.4x: relieved
-    assert cap([limit], 3.0) == 2_500_000  # rises from where it was ...
-    assert cap([limit], 4.0) == int(2_500_000 * RELEASE_GROWTH)  # ... by 8 % a second
-    limit.report(estimate_bps=3_000_000, sent_bps=2_700_000, now=5.0)  # keeping up
-    assert 2_500_000 < cap([limit], 5.0) < CEILING
-    for second in range(6, 30):
+    assert cap([limit], 0.0) == 2_000_000
+    assert cap([limit], 1.0) == int(2_000_000 * LIMIT_GROWTH)  # rises while nothing is said
+    # Its estimate runs ahead (a receiver's may reach 1.5x what arrives): the cap does not follow.
+    limit.report(estimate_bps=2_900_000, sent_bps=2_100_000, now=1.0)
+    assert cap([limit], 1.0) == int(2_000_000 * LIMIT_GROWTH)
+    # Congested again: down to its estimate at once, and rising from there.
+    limit.report(estimate_bps=1_500_000, sent_bps=2_100_000, now=2.0)
+    assert cap([limit], 2.0) == 1_500_000
+    assert cap([limit], 3.0) == int(1_500_000 * LIMIT_GROWTH)
+    # Still reporting, no longer congested: released once the cap has grown past the ceiling.
+    for second in range(3, 30):
         limit.report(estimate_bps=3_900_000, sent_bps=3_000_000, now=float(second))
-    assert cap([limit], 29.0) == CEILING  # 2.5 Mbit/s x 1.08^26 is past the ceiling: released
-    # Congested again while rising: back to its estimate at once.
-    limit = congested(2_000_000, 3_000_000)
-    limit.report(estimate_bps=2_900_000, sent_bps=2_000_000, now=1.0)
-    limit.report(estimate_bps=1_500_000, sent_bps=2_500_000, now=2.0)
-    limit.report(estimate_bps=1_400_000, sent_bps=2_500_000, now=2.2)
-    assert cap([limit], 2.2) == 1_400_000
+    # 1.5 Mbit/s x 1.08^t reaches the 4 Mbit/s ceiling 12.7 s after t = 2.
+    assert cap([limit], 14.5) == int(1_500_000 * LIMIT_GROWTH**12.5) < CEILING
+    assert cap([limit], 15.0) == CEILING and limit.limit_bps is None
 
 
 def test_silent_subscriber_stops_limiting_after_the_timeout() -> None:
     limit = congested(1_500_000, 3_000_000, now=100.0)
-    assert cap([limit], 100.0 + ESTIMATE_TIMEOUT_SECONDS) == 1_500_000
+    held = int(1_500_000 * LIMIT_GROWTH**ESTIMATE_TIMEOUT_SECONDS)
+    assert cap([limit], 100.0 + ESTIMATE_TIMEOUT_SECONDS) == held
     assert cap([limit], 100.0 + ESTIMATE_TIMEOUT_SECONDS + 0.01) == CEILING
     limit = congested(1_500_000, 3_000_000, now=200.0)  # congested again
-    limit.report(estimate_bps=1_600_000, sent_bps=1_500_000, now=204.0)  # and still reporting
-    assert cap([limit], 208.0) == 1_600_000
+    limit.report(estimate_bps=1_200_000, sent_bps=1_500_000, now=204.0)  # and still reporting
+    assert cap([limit], 208.0) == int(1_200_000 * LIMIT_GROWTH**4)

@@ -280,6 +280,9 @@ function whyNoPicture(never) {
   if (!bedside) return never ? "the bedside has not joined yet" : "the bedside disconnected: waiting for it to rejoin…";
   const media = room.pc?.connectionState;
   if (media !== "connected") return "reconnecting the video…";
+  // Video arrives but too much of it is lost on the way to this screen: this expert's network.
+  const loss = room.lastQuality?.loss ?? 0;
+  if (loss > 5) return `your network is losing ${Math.round(loss)} % of the video: the picture cannot keep up`;
   return never ? "the bedside has not gone live yet" : "no video is arriving from the bedside: waiting for it…";
 }
 

@@ -185,12 +185,10 @@ def rtcp_packet(packet_type: int, fmt: int, body: bytes) -> bytes:
 # it has said so this many times in a row (one report can catch a keyframe in what it is sent).
 CONGESTED_SHARE = 0.9
 CONGESTED_REPORTS = 2
-# ... and recovering once its estimate has grown past this multiple of what it is sent (a
-# receiver's estimate can exceed what arrives by at most 1.5x in libwebrtc): from then the cap
-# rises RELEASE_GROWTH per second until it reaches the ceiling, rather than jump there (which
-# would congest that link again at once).
-RELIEVED_MULTIPLE = 1.4
-RELEASE_GROWTH = 1.08
+# While limited, the limit drops to the subscriber's estimate each time it says it is congested
+# and otherwise rises by LIMIT_GROWTH a second (not to its estimate, which a receiver lets run
+# up to 1.5x what arrives even on a saturated link); past the ceiling it is released.
+LIMIT_GROWTH = 1.08
 # A subscriber that has not reported for this long no longer limits anyone.
 ESTIMATE_TIMEOUT_SECONDS = 5.0
 
@@ -200,38 +198,33 @@ class DownlinkLimit:
     """What one subscriber's downlink carries, from its own REMB reports, while it is congested."""
 
     limit_bps: int | None = None
+    limit_at: float = 0.0  # when the limit was last set (it grows from there)
     reported_at: float = 0.0
     congested_reports: int = 0
-    # While the cap rises again after a congestion: since when.
-    released_at: float | None = None
 
     def report(self, estimate_bps: int, sent_bps: float, now: float) -> None:
         """The subscriber's estimate, and the rate it was being sent when it reported."""
         self.reported_at = now
         congested = sent_bps > 0 and estimate_bps < CONGESTED_SHARE * sent_bps
         self.congested_reports = self.congested_reports + 1 if congested else 0
-        if self.limit_bps is None or self.released_at is not None:
+        if self.limit_bps is None:
             if self.congested_reports >= CONGESTED_REPORTS:
-                self.limit_bps, self.released_at = estimate_bps, None
-        elif estimate_bps >= RELIEVED_MULTIPLE * max(sent_bps, 1.0):
-            self.released_at = now
-        else:
-            # Its estimate grows again (slowly, as a receiver's does) as the link clears.
-            self.limit_bps = estimate_bps
+                self.limit_bps, self.limit_at = estimate_bps, now
+        elif congested:
+            self.limit_bps, self.limit_at = min(self._grown(now), estimate_bps), now
+
+    def _grown(self, now: float) -> int:
+        assert self.limit_bps is not None
+        return int(self.limit_bps * LIMIT_GROWTH ** max(0.0, now - self.limit_at))
 
     def current(self, now: float, ceiling_bps: int) -> int | None:
         if self.limit_bps is None:
             return None
-        if now - self.reported_at > ESTIMATE_TIMEOUT_SECONDS:
-            self.limit_bps = self.released_at = None
+        grown = self._grown(now)
+        if now - self.reported_at > ESTIMATE_TIMEOUT_SECONDS or grown >= ceiling_bps:
+            self.limit_bps = None
             return None
-        if self.released_at is None:
-            return self.limit_bps
-        rising = int(self.limit_bps * RELEASE_GROWTH ** (now - self.released_at))
-        if rising >= ceiling_bps:
-            self.limit_bps = self.released_at = None
-            return None
-        return rising
+        return grown
 
 
 def publisher_cap(limits: list[DownlinkLimit], now: float, floor_bps: int, ceiling_bps: int) -> int:

@@ -217,6 +217,7 @@ export class Room {
       const s = this.pc?.connectionState;
       // getStats on a connection closed meanwhile rejects: say it as a connection state.
       const q = s === "connected" && (await quality(this.pc).catch(() => null));
+      this.lastQuality = q || null;
       const shown = this.picture?.().state;
       if (q) {
         level = q.level;
