@@ -185,9 +185,9 @@ def rtcp_packet(packet_type: int, fmt: int, body: bytes) -> bytes:
 # it has said so this many times in a row (one report can catch a keyframe in what it is sent).
 CONGESTED_SHARE = 0.9
 CONGESTED_REPORTS = 2
-# While limited, the limit drops to the subscriber's estimate each time it says it is congested
-# and otherwise rises by LIMIT_GROWTH a second (not to its estimate, which a receiver lets run
-# up to 1.5x what arrives even on a saturated link); past the ceiling it is released.
+# While limited, each report sets the limit to the subscriber's estimate, but the limit never
+# rises faster than LIMIT_GROWTH a second (a receiver's estimate may jump to 1.5x what arrives);
+# once it has grown past the ceiling it is released.
 LIMIT_GROWTH = 1.08
 # A subscriber that has not reported for this long no longer limits anyone.
 ESTIMATE_TIMEOUT_SECONDS = 5.0
@@ -210,7 +210,7 @@ class DownlinkLimit:
         if self.limit_bps is None:
             if self.congested_reports >= CONGESTED_REPORTS:
                 self.limit_bps, self.limit_at = estimate_bps, now
-        elif congested:
+        else:
             self.limit_bps, self.limit_at = min(self._grown(now), estimate_bps), now
 
     def _grown(self, now: float) -> int:
