@@ -80,6 +80,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "outage": {"outage": True},
     # A second expert whose downlink carries 1 Mbit/s: what it costs the first one.
     "expert2-1mbit": {"expert2_kbit": 1000},
+    # ... and one whose link carries 1.5 Mbit/s (above the floor): the bedside should follow it.
+    "expert2-1.5mbit": {"expert2_kbit": 1500},
     # A second expert whose link loses 3 % both ways: repaired by the relay's retransmissions.
     "expert2-loss3": {"expert2_loss_percent": 3},
 }

@@ -559,3 +559,18 @@ def test_silent_subscriber_stops_limiting_after_the_timeout() -> None:
     limit = congested(1_500_000, 3_000_000, now=200.0)  # congested again
     limit.report(estimate_bps=1_200_000, sent_bps=1_500_000, now=204.0)  # and still reporting
     assert cap([limit], 208.0) == int(1_200_000 * LIMIT_GROWTH**4)
+
+
+def test_a_subscriber_losing_what_it_is_sent_is_limited_to_what_arrives() -> None:
+    """A full link that drops: its receiver's estimate (delay based) may run above it, its
+    receiver reports say how much is lost."""
+    limit = DownlinkLimit()
+    limit.report_loss(0.05, sent_bps=2_000_000, now=0.0)  # random loss: retransmission's job
+    limit.report(estimate_bps=2_700_000, sent_bps=2_000_000, now=0.1)
+    assert cap([limit], 0.1) == CEILING
+    limit.report_loss(0.25, sent_bps=2_000_000, now=1.0)  # a quarter lost: 1.5 Mbit/s arrives
+    assert cap([limit], 1.0) == 1_500_000
+    limit.report(estimate_bps=2_700_000, sent_bps=1_600_000, now=1.2)  # its estimate runs ahead
+    assert cap([limit], 1.2) == int(1_500_000 * LIMIT_GROWTH**0.2)
+    limit.report_loss(0.5, sent_bps=1_200_000, now=2.0)  # worse: the floor holds the others
+    assert cap([limit], 2.0) == FLOOR

@@ -227,6 +227,7 @@ def test_the_forwarding_hook_still_fits_aiortc() -> None:
     assert callable(getattr(RTCRtpReceiver, "_send_rtcp_nack", None))
     assert "_RTCRtpReceiver__rtcp_ssrc" in RTCRtpReceiver._send_rtcp_nack.__code__.co_names
     assert callable(getattr(RTCRtpSender, "_handle_rtcp_packet", None))
+    assert "_ssrc" in RTCRtpSender.__init__.__code__.co_names
     assert isinstance(rtcrtpsender.RTP_HISTORY_SIZE, int)
     assert "RTP_HISTORY_SIZE" in RTCRtpSender._retransmit.__code__.co_names
     transceiver_fields = RTCRtpTransceiver.__init__.__code__.co_names

@@ -189,13 +189,17 @@ CONGESTED_REPORTS = 2
 # rises faster than LIMIT_GROWTH a second (a receiver's estimate may jump to 1.5x what arrives);
 # once it has grown past the ceiling it is released.
 LIMIT_GROWTH = 1.08
+# A subscriber losing more than this share of what it is sent is congested (Google congestion
+# control's own threshold for cutting the rate; random loss below it is left to retransmission).
+LOSS_CONGESTED = 0.1
 # A subscriber that has not reported for this long no longer limits anyone.
 ESTIMATE_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass
 class DownlinkLimit:
-    """What one subscriber's downlink carries, from its own REMB reports, while it is congested."""
+    """What one subscriber's downlink carries, from its own REMB and receiver reports, while it
+    is congested."""
 
     limit_bps: int | None = None
     limit_at: float = 0.0  # when the limit was last set (it grows from there)
@@ -212,6 +216,22 @@ class DownlinkLimit:
                 self.limit_bps, self.limit_at = estimate_bps, now
         else:
             self.limit_bps, self.limit_at = min(self._grown(now), estimate_bps), now
+
+    def report_loss(self, fraction: float, sent_bps: float, now: float) -> None:
+        """A receiver report: it lost this share of what it was sent (about the last second).
+
+        A receiver's delay-based estimate does not see a link that stays full and drops (its
+        queue delay no longer grows), and may then sit at 1.5x what arrives: losing more than
+        LOSS_CONGESTED of what it is sent, it is congested, and what arrives is its limit.
+        """
+        if fraction <= LOSS_CONGESTED or sent_bps <= 0:
+            return
+        self.reported_at = now
+        arrives = int(sent_bps * (1 - fraction))
+        if self.limit_bps is None:
+            self.limit_bps, self.limit_at = arrives, now
+        else:
+            self.limit_bps, self.limit_at = min(self._grown(now), arrives), now
 
     def _grown(self, now: float) -> int:
         assert self.limit_bps is not None

@@ -63,6 +63,11 @@ class PublisherFeedback:
         limit = self.downlinks.setdefault(subscriber, DownlinkLimit())
         limit.report(estimate_bps, sent_bps, time.monotonic())
 
+    def subscriber_loss(self, subscriber: object, fraction: float, sent_bps: float) -> None:
+        """A subscriber's receiver report: the share of what it was sent that it lost."""
+        limit = self.downlinks.setdefault(subscriber, DownlinkLimit())
+        limit.report_loss(fraction, sent_bps, time.monotonic())
+
     def forget(self, subscriber: object) -> None:
         self.downlinks.pop(subscriber, None)
 

@@ -52,6 +52,8 @@ from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
     unpack_remb_fci,
@@ -400,7 +402,8 @@ async def request_keyframe(receiver: RTCRtpReceiver) -> None:
 # 8. A video receiver feeds `RTCRtpReceiver._RTCRtpReceiver__remote_bitrate_estimator` and sends
 #    its REMB; set to None, it sends none (the relay sends its own).
 # 9. `RTCRtpSender._handle_rtcp_packet(packet)` gets each RTCP packet for the sender: a
-#    subscriber's REMB (`RtcpPsfbPacket`, fmt 15) is read there.
+#    subscriber's REMB (`RtcpPsfbPacket`, fmt 15) and receiver reports (`reports`, by `ssrc`,
+#    with `fraction_lost`; the sender's own SSRC is `_ssrc`) are read there.
 # 10. A sender keeps its last `rtcrtpsender.RTP_HISTORY_SIZE` packets to answer NACKs (keyed by
 #     sequence number modulo that size).
 # 11. The ICE connection (`receiver.transport.transport._connection`, aioice) reads datagrams in
@@ -529,14 +532,23 @@ def remb(sender_ssrc: int, media_ssrc: int, bitrate_bps: int) -> bytes:
     )
 
 
-def on_remb(sender: RTCRtpSender, callback: Callable[[int], None]) -> None:
-    """Call `callback(bitrate_bps)` with each REMB the sender's peer (a subscriber) reports."""
+def on_receiver_reports(
+    sender: RTCRtpSender,
+    on_estimate: Callable[[int], None],
+    on_loss: Callable[[float], None],
+) -> None:
+    """Call `on_estimate(bitrate_bps)` with each REMB the sender's peer (a subscriber) reports,
+    and `on_loss(fraction)` with each receiver report's fraction lost of what the sender sent."""
     handle = sender._handle_rtcp_packet
 
     async def handle_rtcp_packet(packet: Any) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             with contextlib.suppress(ValueError):
-                callback(unpack_remb_fci(packet.fci)[0])
+                on_estimate(unpack_remb_fci(packet.fci)[0])
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == sender._ssrc:
+                    on_loss(report.fraction_lost / 256)
         await handle(packet)
 
     sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]

@@ -29,7 +29,7 @@ from server.media.feedback import DEFAULT_POLICY, BitratePolicy, PublisherFeedba
 from server.media.forwarding import (
     negotiate_transport_cc,
     on_keyframe_request,
-    on_remb,
+    on_receiver_reports,
     prepare_receiver,
     request_keyframe,
 )
@@ -249,13 +249,21 @@ class MediaRoom:
             if peer.role is Role.EXPERT:
                 # An expert's congested downlink lowers the publisher's rate (to the floor at
                 # most); an observer's (a trainee's) does not.
-                on_remb(transceiver.sender, lambda bps: self._subscriber_estimate(track, bps))
+                on_receiver_reports(
+                    transceiver.sender,
+                    lambda bps: self._subscriber_estimate(track, bps),
+                    lambda fraction: self._subscriber_loss(track, fraction),
+                )
         outputs.add(track)
         owned.append(track)
 
     def _subscriber_estimate(self, track: ForwardedTrack, estimate_bps: int) -> None:
         if self.feedback is not None:
             self.feedback.subscriber_estimate(track, estimate_bps, track.sent_bps(time.monotonic()))
+
+    def _subscriber_loss(self, track: ForwardedTrack, fraction: float) -> None:
+        if self.feedback is not None:
+            self.feedback.subscriber_loss(track, fraction, track.sent_bps(time.monotonic()))
 
     def _start(self, peer: Peer) -> None:
         if peer.feedback is not None:
