@@ -185,9 +185,10 @@ def rtcp_packet(packet_type: int, fmt: int, body: bytes) -> bytes:
 # it has said so this many times in a row (one report can catch a keyframe in what it is sent).
 CONGESTED_SHARE = 0.9
 CONGESTED_REPORTS = 2
-# While limited, each report sets the limit to the subscriber's estimate, but the limit never
-# rises faster than LIMIT_GROWTH a second (a receiver's estimate may jump to 1.5x what arrives);
-# once it has grown past the ceiling it is released.
+# While limited, the limit drops to the subscriber's estimate each time it reports congestion
+# (or to what reached it, each time it reports heavy loss), and otherwise rises LIMIT_GROWTH a
+# second, whatever its estimate says (a receiver's estimate holds at what arrives, and would keep
+# the limit where it once was for good); once it has grown past the ceiling it is released.
 LIMIT_GROWTH = 1.08
 # A subscriber losing more than this share of what it is sent is congested (Google congestion
 # control's own threshold for cutting the rate; random loss below it is left to retransmission).
@@ -214,7 +215,7 @@ class DownlinkLimit:
         if self.limit_bps is None:
             if self.congested_reports >= CONGESTED_REPORTS:
                 self.limit_bps, self.limit_at = estimate_bps, now
-        else:
+        elif congested:
             self.limit_bps, self.limit_at = min(self._grown(now), estimate_bps), now
 
     def report_loss(self, fraction: float, sent_bps: float, now: float) -> None:
