@@ -56,7 +56,7 @@ from browser import CHROMIUM, CHROMIUM_ARGS, write_y4m  # noqa: E402
 from netns import Namespace  # noqa: E402
 from phantom import BREAST_REQUEST, PHANTOM_DEVICE, moving_speckle_frames  # noqa: E402
 from servers import Server, cli_env, free_port, live_session  # noqa: E402
-from signaling_bench import log, percentile, write_results  # noqa: E402
+from signaling_bench import baseline_checkout, log, percentile, write_results  # noqa: E402
 
 NAMESPACE = "probelink-bench"
 HOST_IP = "10.203.0.1"
@@ -511,25 +511,6 @@ async def main() -> None:
     print(table(results))
     if args.json:
         write_results(args.json, args, results)
-
-
-def baseline_checkout(revision: str, workdir: Path, stack: contextlib.ExitStack) -> Path:
-    """A detached worktree of `revision`, whose server runs as the baseline; removed on exit."""
-    path = workdir / "baseline"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), revision],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    stack.callback(
-        subprocess.run,
-        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
-        check=False,
-        capture_output=True,
-        timeout=60,
-    )
-    return path
 
 
 if __name__ == "__main__":

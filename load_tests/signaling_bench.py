@@ -299,6 +299,25 @@ async def provision(
     return tokens
 
 
+def baseline_checkout(revision: str, workdir: Path, stack: ExitStack) -> Path:
+    """A detached worktree of `revision`, whose server runs as the baseline; removed on exit."""
+    path = workdir / "baseline"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), revision],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    stack.callback(
+        subprocess.run,
+        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+        check=False,
+        capture_output=True,
+        timeout=60,
+    )
+    return path
+
+
 def probelink_env(data_dir: Path, secret: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROBELINK_")}
     env.update(

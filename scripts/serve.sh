@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 ensure_venv ""
-exec .venv/bin/probelink serve "$@"
+exec .venv/bin/probelink serve --print-link "$@"

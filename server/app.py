@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -17,6 +19,7 @@ from server.appkeys import (
     KEYRING,
     LIVE,
     METRICS,
+    REFUSALS,
     RELAY,
     SETTINGS,
     SIO,
@@ -45,7 +48,8 @@ from server.media.capture import CineBuffer
 from server.media.feedback import BitratePolicy
 from server.media.relay import Relay
 from server.metrics import create_metrics
-from server.middleware import errors_middleware
+from server.middleware import api_headers, errors_middleware, flush_refusals
+from server.refusals import RefusalBursts
 from server.reports import load_terminology
 from server.signaling import LiveNamespace, create_sio
 from server.store import open_store
@@ -54,6 +58,10 @@ from server.store.key_images import KeyImageLog
 log = logging.getLogger(__name__)
 
 MEDIA_STATS_INTERVAL_SECONDS = 3.0
+HEALTH_PROBE_SECONDS = 2.0
+# A burst of refused requests from one actor and address is one audit entry per this window.
+REFUSAL_BURST_SECONDS = 60.0
+REFUSAL_FLUSH_SECONDS = 1.0
 WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
 # The web client's pages by path; /join sends each invitee to the page of their role.
 WEB_PAGES = {
@@ -68,7 +76,7 @@ WEB_PAGES = {
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:;"
-        " connect-src 'self' ws: wss:; style-src 'self'; object-src 'none';"
+        " connect-src 'self'; style-src 'self'; object-src 'none';"
         " base-uri 'none'; frame-ancestors 'none'"
     ),
     "Referrer-Policy": "no-referrer",
@@ -106,11 +114,13 @@ def create_app(settings: Settings) -> web.Application:
     # The data directory holds clinical records and keys: its owner only.
     ensure_private_dir(settings.data_dir)
     app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
+    app.on_response_prepare.append(api_headers)
     app[SETTINGS] = settings
     app[METRICS] = create_metrics()
     app[KEYRING] = serving_keys(settings)
     app[TOKEN_POLICY] = token_policy(settings)
     app[TERMINOLOGY] = load_terminology(settings.terminology)
+    app[REFUSALS] = RefusalBursts(REFUSAL_BURST_SECONDS)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_key_images_ctx(settings))
 
@@ -136,8 +146,19 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = await open_store(app[SETTINGS].sqlalchemy_url)
     app[STORE] = store
     log.info("records store open", extra={"dialect": store.dialect})
+    flusher = asyncio.create_task(_flush_refusals_forever(app), name="refusal-bursts")
     yield
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
+    await flush_refusals(app, drain=True)
     await store.close()
+
+
+async def _flush_refusals_forever(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(REFUSAL_FLUSH_SECONDS)
+        await flush_refusals(app)
 
 
 def _key_images_ctx(
@@ -246,16 +267,49 @@ def _page(name: str) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness and readiness: the records store must answer."""
-    store = request.app[STORE]
+    """Liveness and readiness, per component; 503 when this node cannot take work.
+
+    The node can take work when its records store answers, its Redis (if configured) answers
+    and its archive has room for captures. The PACS outbox backlog is reported, not judged: a
+    PACS that is down delays pushes, it loses nothing.
+    """
+    app = request.app
+    settings, store = app[SETTINGS], app[STORE]
+    components: dict[str, dict[str, Any]] = {}
+    components["store"] = await _probe(store.ping(), dialect=store.dialect)
+    redis = app[LIVE].redis
+    if redis is not None:
+        components["redis"] = await _probe(redis.ping())
+    free = shutil.disk_usage(app[KEY_IMAGES].archive.root).free
+    components["archive"] = {
+        "ok": free >= settings.archive_min_free_mib * 1024 * 1024,
+        "free_mib": free // (1024 * 1024),
+    }
+    if settings.dicomweb_url is not None and components["store"]["ok"]:
+        with contextlib.suppress(Exception):  # the store's own probe already says why
+            pending = await app[KEY_IMAGES].log.outbox_backlog()
+            components["pacs_outbox"] = {"ok": True, "pending": pending}
+    ready = all(c["ok"] for c in components.values())
+    body = {
+        "status": "ok" if ready else "unavailable",
+        "version": __version__,
+        "store": store.dialect,
+        "components": components,
+    }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def _probe(check: Awaitable[Any], **facts: Any) -> dict[str, Any]:
+    """One component's health: did it answer within the probe's time, and with what."""
     try:
-        await store.ping()
-    except Exception:
-        log.exception("health check: records store does not answer")
-        return web.json_response(
-            {"status": "unavailable", "version": __version__, "store": store.dialect}, status=503
+        async with asyncio.timeout(HEALTH_PROBE_SECONDS):
+            await check
+    except Exception as exc:
+        log.warning(
+            "health check: a component does not answer", extra={"error": type(exc).__name__}
         )
-    return web.json_response({"status": "ok", "version": __version__, "store": store.dialect})
+        return {"ok": False, **facts}
+    return {"ok": True, **facts}
 
 
 async def metrics(request: web.Request) -> web.Response:

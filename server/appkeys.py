@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from server.live import Live
     from server.media.relay import Relay
     from server.metrics import Metrics
+    from server.refusals import RefusalBursts
     from server.reports import Term
     from server.store import Store
 
@@ -28,6 +29,7 @@ LIVE: web.AppKey[Live] = web.AppKey("live")
 RELAY: web.AppKey[Relay] = web.AppKey("relay")
 KEY_IMAGES: web.AppKey[KeyImages] = web.AppKey("key_images")
 TERMINOLOGY: web.AppKey[tuple[Term, ...]] = web.AppKey("terminology")
+REFUSALS: web.AppKey[RefusalBursts] = web.AppKey("refusals")
 
 # Set on a request once its token is verified.
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server (settings from PROBELINK_*)")
     serve.add_argument("--host", help="address to listen on (PROBELINK_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (PROBELINK_PORT)")
+    serve.add_argument(
+        "--print-link",
+        action="store_true",
+        help="print a coordinator link (a 12-hour token) once listening; without it no token is"
+        " printed, since standard output often ends up in the system journal",
+    )
 
     token = commands.add_parser("token", help="print a token signed with the server's key")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -105,9 +111,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     def announce(*_banner: object) -> None:
         # run_app calls this once the socket is bound: only then is the link any use.
-        link = _coordinator_link(settings)
         print(f"probelink {__version__} serving on {settings.base_url}", flush=True)
-        print(f"coordinator link (valid 12 h): {link}", flush=True)
+        if args.print_link:
+            link = _coordinator_link(settings)
+            print(f"coordinator link (valid 12 h): {link}", flush=True)
+        else:
+            print(
+                "for a coordinator link: `probelink token --role coordinator --sub <desk>`,"
+                " or serve with --print-link",
+                flush=True,
+            )
 
     try:
         web.run_app(app, host=settings.host, port=settings.port, print=announce, access_log=None)

@@ -77,6 +77,21 @@ class Settings(BaseSettings):
     event_burst: int = Field(
         40, ge=1, le=100_000, description="Burst of live-room events allowed above the rate."
     )
+    live_sockets_per_address: int = Field(
+        200,
+        ge=1,
+        description="Live-room connections one client address may hold on a node (a hospital's"
+        " network address may carry many people).",
+    )
+    live_sockets_max: int = Field(
+        2000, ge=1, description="Live-room connections a node holds in all."
+    )
+    live_connects_per_second: float = Field(
+        5, gt=0, le=10_000, description="Live-room connects per second from one client address."
+    )
+    live_connect_burst: int = Field(
+        30, ge=1, le=100_000, description="Burst of connects from one address above that rate."
+    )
     secret_key: SecretStr | None = Field(
         None,
         description="Token signing key (at least 32 bytes). Default: a random key generated on "
@@ -95,6 +110,12 @@ class Settings(BaseSettings):
         ge=60,
         description="Longest lifetime a token may have (`exp` - `iat`); at least the invite TTL "
         "and 12 h (the coordinator link).",
+    )
+    archive_min_free_mib: int = Field(
+        512,
+        ge=0,
+        description="Below this much free space on the archive's disk, `/healthz` answers 503"
+        " (the node should take no more work).",
     )
     max_body_bytes: int = Field(
         64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest JSON request body."

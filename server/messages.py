@@ -30,15 +30,22 @@ LIST_MAX_ITEMS = 50
 NAME_MAX_CHARS = 128
 # An unknown key is echoed in an error only if it looks like this (else it may be patient data).
 FIELD_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
-# C0 control characters except tab, line feed and carriage return (NUL breaks PostgreSQL text).
-CONTROL_CHARS_PATTERN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# C0 control characters except tab, line feed and carriage return (NUL breaks PostgreSQL text),
+# DEL and C1 controls, and the bidirectional embeddings, overrides and isolates (U+202A-U+202E,
+# U+2066-U+2069) that make text read differently from what it holds ("Trojan Source").
+CONTROL_CHARS_PATTERN = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
+)
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def _no_control_chars(value: str) -> str:
     if CONTROL_CHARS_PATTERN.search(value):
-        raise ValueError("must not contain control characters (only tab and line breaks)")
+        raise ValueError(
+            "must not contain control characters or bidirectional overrides"
+            " (only tab and line breaks)"
+        )
     return value
 
 

@@ -21,6 +21,7 @@ class Metrics:
     http_requests: Counter
     http_latency: Histogram
     auth_refusals: Counter
+    live_refusals: Counter
     consultations_created: Counter
     invites_created: Counter
     # Media statistics per participant of a live consultation (labels removed when it ends).
@@ -58,6 +59,12 @@ def create_metrics() -> Metrics:
             "HTTP request handling time by route.",
             ["route"],
             buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        ),
+        live_refusals=Counter(
+            "probelink_live_refusals",
+            "Live-room connections refused by admission control, by reason code.",
+            ["code"],
             registry=registry,
         ),
         auth_refusals=Counter(

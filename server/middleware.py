@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from server.appkeys import METRICS, PRINCIPAL, STORE
+from server.appkeys import METRICS, PRINCIPAL, REFUSALS, STORE
 from server.audit import AuditFacts
 from server.auth import Principal
 from server.errors import Forbidden, ProbelinkError, Unauthorized
+from server.outages import as_outage, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A refused request's object id comes from its path: the audit log keeps a short, safe form.
 AUDIT_OBJECT_ID_MAX_CHARS = 64
 UNSAFE_ID_CHARS_PATTERN = re.compile(r"[^0-9a-zA-Z_-]")
+
+# Responses under these paths may hold patient data or tokens.
+NO_STORE_PATHS = ("/api/", "/socket.io/")
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -42,6 +46,21 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return web.json_response(
         {"error": {"code": code, "message": message, "field": field}}, status=status
     )
+
+
+def error_body(exc: ProbelinkError) -> web.Response:
+    """A refusal's response; an outage also says when to try again."""
+    response = web.json_response(exc.to_dict(), status=exc.status)
+    if exc.status == 503:
+        response.headers["Retry-After"] = str(retry_after(exc))
+    return response
+
+
+async def api_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """API and Socket.IO responses carry records and tokens: never cached, never sniffed."""
+    if request.path.startswith(NO_STORE_PATHS):
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
 
 
 def route_name(request: web.Request) -> str:
@@ -62,14 +81,26 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         status = exc.status
         if isinstance(exc, Unauthorized | Forbidden):
             await _audit_refusal(request, exc)
-        return web.json_response(exc.to_dict(), status=exc.status)
+        return error_body(exc)
     except web.HTTPException as exc:
         status = exc.status
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         return error_response(exc.status, code, exc.reason)
-    except Exception:
+    except Exception as exc:
+        outage = as_outage(exc)
+        if outage is not None:
+            status = outage.status
+            log.warning(
+                "component unavailable",
+                extra={
+                    "code": outage.code,
+                    "error": type(exc).__name__,
+                    "route": route_name(request),
+                },
+            )
+            return error_body(outage)
         reference = secrets.token_hex(6)
         log.exception(
             "unhandled error", extra={"reference": reference, "route": route_name(request)}
@@ -104,7 +135,11 @@ async def record_refusal(
     object_id: str,
     source: str,
 ) -> None:
-    """Count and audit a refused request (HTTP or Socket.IO); the refusal stands regardless."""
+    """Count and audit a refused request (HTTP or Socket.IO); the refusal stands regardless.
+
+    Refusals are audited in bursts (`server.refusals`): the first at once, the repeats as one
+    entry when the burst ends (`flush_refusals`).
+    """
     app[METRICS].auth_refusals.labels(exc.code).inc()
     facts = AuditFacts(
         actor=principal.sub if principal else "anonymous",
@@ -116,10 +151,23 @@ async def record_refusal(
         source=source,
         detail={"status": exc.status},
     )
-    try:
-        await app[STORE].record_audit(facts)
-    except Exception:
-        log.exception("could not record a refusal in the audit log")
+    first = app[REFUSALS].refuse(facts, time.monotonic())
+    if first is not None:
+        await _audit(app, [first])
+
+
+async def flush_refusals(app: web.Application, *, drain: bool = False) -> None:
+    """Audit the bursts of refusals that have ended (all of them when draining)."""
+    bursts = app[REFUSALS]
+    await _audit(app, bursts.drain() if drain else bursts.ended(time.monotonic()))
+
+
+async def _audit(app: web.Application, entries: list[AuditFacts]) -> None:
+    for facts in entries:
+        try:
+            await app[STORE].record_audit(facts)
+        except Exception as exc:
+            log.warning("could not audit a refusal", extra={"error": type(exc).__name__})
 
 
 def audit_object_id(raw: str) -> str:

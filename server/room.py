@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from server.auth import Role
 from server.errors import BadRequest, Forbidden
-from server.messages import Choice, ShortText, StrictModel
+from server.messages import Choice, NoControlChars, ShortText, StrictModel
 
 MEDIA_TS_MAX = 2**32 - 1
 MARK_POINTS_MAX = 500
@@ -83,7 +83,9 @@ class Mark(StrictModel):
 
     kind: Choice[MarkKind]
     points: list[Point] = Field(min_length=1, max_length=MARK_POINTS_MAX)
-    text: Annotated[str, Field(min_length=1, max_length=TEXT_LABEL_MAX_CHARS)] | None = None
+    text: (
+        Annotated[str, Field(min_length=1, max_length=TEXT_LABEL_MAX_CHARS), NoControlChars] | None
+    ) = None
     media_ts: MediaTs | None = None
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ once and coalesced per sender while a relay is in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -23,7 +24,8 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from server.appkeys import KEY_IMAGES, KEYRING, LIVE, RELAY, SETTINGS, STORE, TOKEN_POLICY
+from server.admission import Admission, Seat
+from server.appkeys import KEY_IMAGES, KEYRING, LIVE, METRICS, RELAY, SETTINGS, STORE, TOKEN_POLICY
 from server.audit import AuditFacts
 from server.auth import Principal, Role, verify_token
 from server.config import Settings
@@ -41,6 +43,7 @@ from server.key_images import Capture, room_commit
 from server.live import NAMESPACE, room_of
 from server.messages import parse
 from server.middleware import record_refusal
+from server.outages import as_outage
 from server.presence import Attendee
 from server.ratelimit import TokenBucket
 from server.room import (
@@ -68,9 +71,68 @@ from server.turn import ice_servers_for
 log = logging.getLogger(__name__)
 
 CONNECT_SETTLE_TRIES = 50
-LIVE_PACKET_MAX_BYTES = 1024 * 1024
+# Socket.IO packet types /live never uses: a binary event or ack announces attachments that the
+# server would buffer until they all arrived.
+BINARY_PACKET_TYPES = ("5", "6")
+# A client's bad packets are logged once per this many seconds per address, with their count.
+REFUSED_PACKETS_LOG_SECONDS = 60.0
+REFUSED_LOG_SOURCES_MAX = 10_000
 
 Handler = Callable[["LiveSocket", Any], Awaitable[dict[str, Any]]]
+
+
+class RefusedPacket(ValueError):
+    """A Socket.IO packet /live does not accept: binary, or not a packet at all."""
+
+
+class LivePacket(socketio.packet.Packet):
+    """python-socketio's packet, refusing binary packets and attachments when decoding."""
+
+    def decode(self, encoded_packet: Any) -> int:
+        if not isinstance(encoded_packet, str) or encoded_packet[:1] in BINARY_PACKET_TYPES:
+            raise RefusedPacket("binary packets are not accepted")
+        try:
+            count: int = super().decode(encoded_packet)
+        except (ValueError, TypeError, RecursionError):
+            raise RefusedPacket("malformed packet") from None
+        return count
+
+
+class LiveServer(socketio.AsyncServer):
+    """The Socket.IO server of `/live`: a refused packet closes its connection.
+
+    python-socketio decodes a packet in `_handle_eio_message` (pinned by the hook test in
+    tests/test_hardening.py); a packet that fails there would be logged with its traceback
+    and, for a binary packet, its attachments buffered.
+    """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(serializer=LivePacket, **kwargs)
+        self.refused_log: dict[str, tuple[float, int]] = {}
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except RefusedPacket as exc:
+            self._log_refusal(eio_sid, str(exc))
+            await self.eio.disconnect(eio_sid)
+
+    def _log_refusal(self, eio_sid: str, reason: str) -> None:
+        """One line per address and minute, with the count: never the packet itself."""
+        request = self.environ.get(eio_sid, {}).get("aiohttp.request")
+        source = getattr(request, "remote", None) or "unknown"
+        now = time.monotonic()
+        since, count = self.refused_log.get(source, (now - REFUSED_PACKETS_LOG_SECONDS, 0))
+        if now - since < REFUSED_PACKETS_LOG_SECONDS:
+            self.refused_log[source] = (since, count + 1)
+            return
+        if len(self.refused_log) > REFUSED_LOG_SOURCES_MAX:
+            self.refused_log.clear()
+        self.refused_log[source] = (now, 0)
+        log.warning(
+            "refused Socket.IO packets; connection closed",
+            extra={"source": source, "reason": reason, "since_last_line": count},
+        )
 
 
 def create_sio(settings: Settings) -> socketio.AsyncServer:
@@ -80,13 +142,15 @@ def create_sio(settings: Settings) -> socketio.AsyncServer:
         if settings.redis_url
         else None
     )
-    return socketio.AsyncServer(
+    return LiveServer(
         async_mode="aiohttp",
         client_manager=manager,
+        # Only /live: a client asking for another namespace (the default "/") is refused.
+        namespaces=[NAMESPACE],
         logger=False,
         engineio_logger=False,
         # Up to this size a bad event gets an error ack; a bigger packet closes the connection.
-        max_http_buffer_size=LIVE_PACKET_MAX_BYTES,
+        max_http_buffer_size=settings.max_body_bytes,
         # One socket's events are handled one after the other, in arrival order, without a
         # task per event (measured: cheaper under pointer load); sockets still run concurrently.
         async_handlers=False,
@@ -120,6 +184,19 @@ def participant_view(attendees: list[Attendee]) -> list[dict[str, Any]]:
     return sorted(seen.values(), key=lambda p: (p["role"], p["id"]))
 
 
+def unexpected(exc: Exception, event: str) -> ProbelinkError:
+    """An exception no handler expected: an outage (503, its code) or a logged internal error."""
+    outage = as_outage(exc)
+    if outage is not None:
+        log.warning(
+            "component unavailable", extra={"code": outage.code, "error": type(exc).__name__}
+        )
+        return outage
+    reference = secrets.token_hex(6)
+    log.exception("live event failed", extra={"reference": reference, "event": event})
+    return ProbelinkError(f"internal error (reference {reference})")
+
+
 class LiveNamespace(socketio.AsyncNamespace):
     """Handlers for `/live`."""
 
@@ -129,6 +206,13 @@ class LiveNamespace(socketio.AsyncNamespace):
         self.app = app
         # Sockets connected to this node, by sid.
         self.sockets: dict[str, LiveSocket] = {}
+        settings = app[SETTINGS]
+        self.admission = Admission(
+            per_address=settings.live_sockets_per_address,
+            total=settings.live_sockets_max,
+            connects_per_second=settings.live_connects_per_second,
+            connect_burst=settings.live_connect_burst,
+        )
         self.events: dict[str, Handler] = {
             "pointer": self._pointer,
             "mark": self._mark,
@@ -163,22 +247,33 @@ class LiveNamespace(socketio.AsyncNamespace):
             return await handler(socket, args[1])
         except ProbelinkError as exc:
             return exc.to_dict()
-        except Exception:
-            reference = secrets.token_hex(6)
-            log.exception("live event failed", extra={"reference": reference, "event": event})
-            return {
-                "error": {
-                    "code": "internal_error",
-                    "message": f"internal error (reference {reference})",
-                    "field": None,
-                }
-            }
+        except Exception as exc:
+            return unexpected(exc, event).to_dict()
 
     # Connection
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        try:
+            await self._connect(sid, environ, auth)
+        except socketio.exceptions.ConnectionRefusedError:
+            raise
+        except Exception as exc:
+            # Every connection gets room_state or an error it can show.
+            error = exc if isinstance(exc, ProbelinkError) else unexpected(exc, "connect")
+            if sid in self.sockets:
+                # Half-joined: leave presence and the relay; the client is told the first failure.
+                with contextlib.suppress(Exception):
+                    await self.on_disconnect(sid)
+            body = error.to_dict()["error"]
+            raise socketio.exceptions.ConnectionRefusedError(body["message"], body) from None
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         request = environ.get("aiohttp.request")
         source = getattr(request, "remote", None) or "unknown"
+        refusal = self.admission.check(source, time.monotonic())
+        if refusal is not None:
+            self.app[METRICS].live_refusals.labels(refusal.code).inc()
+            raise refusal
         known: Principal | None = None  # who was refused, once the token is verified
         try:
             principal = known = self._authenticate(auth)
@@ -223,6 +318,15 @@ class LiveNamespace(socketio.AsyncNamespace):
             source=source,
         )
         self.sockets[sid] = socket
+        for old in self.admission.seat(sid, Seat(source, cid, principal.sub)):
+            await self.end(
+                old,
+                Conflict(
+                    "this join link was opened in another window or on another device;"
+                    " the room is shown there now",
+                    code="opened_elsewhere",
+                ),
+            )
         live = self.app[LIVE]
         attendee = Attendee(sid, principal.sub, principal.role.value, principal.name, live.node)
         await live.presence.join(cid, attendee)
@@ -267,7 +371,15 @@ class LiveNamespace(socketio.AsyncNamespace):
         if socket.sid not in self.sockets:
             return  # gone already
         await self.enter_room(socket.sid, room_of(socket.consultation_id))
-        await self.emit("room_state", await self._room_state(socket), to=socket.sid)
+        try:
+            state = await self._room_state(socket)
+        except Exception as exc:
+            # Every connection gets room_state or an error it can show.
+            error = exc if isinstance(exc, ProbelinkError) else unexpected(exc, "room_state")
+            await self.emit("room_error", error.to_dict(), to=socket.sid)
+            await self.disconnect(socket.sid)
+            return
+        await self.emit("room_state", state, to=socket.sid)
         await self._announce("join", socket.consultation_id, attendee)
 
     async def _room_state(self, socket: LiveSocket) -> dict[str, Any]:
@@ -319,7 +431,13 @@ class LiveNamespace(socketio.AsyncNamespace):
             room=room_of(consultation_id),
         )
 
+    async def end(self, sid: str, why: ProbelinkError) -> None:
+        """Close a socket from the server, telling its page why (event `ended`)."""
+        await self.emit("ended", why.to_dict(), to=sid)
+        await self.disconnect(sid)
+
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self.admission.leave(sid)
         socket = self.sockets.pop(sid, None)
         if socket is None:
             return

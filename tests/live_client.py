@@ -19,6 +19,8 @@ SERVER_EVENTS = (
     "media_stats",
     "key_image",
     "publishing",
+    "ended",
+    "room_error",
 )
 
 

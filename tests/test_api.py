@@ -422,7 +422,10 @@ async def test_text_with_control_characters_is_refused_naming_the_field(
         {"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"},
     )
     invites = f"/api/consultations/{record['id']}/invites"
-    for name in ("a\u0000", "Dr\u0007Lee", "\u001bLee", "x\u000by"):
+    # C0 and C1 controls, DEL, and the bidirectional overrides and isolates that make a name read
+    # differently from what it holds.
+    names = ("a\u0000", "Dr\u0007Lee", "\u001bLee", "x\u000by", "a\u007f", "Le\u0085e")
+    for name in (*names, "Dr \u202eeeL", "Dr \u2066Lee\u2069"):
         response = await client.post(
             invites, json={"role": "expert", "name": name}, headers=coordinator
         )
@@ -436,7 +439,7 @@ async def test_text_with_control_characters_is_refused_naming_the_field(
             "clinical_question": "lump\u0000?",
             "urgency": "routine",
             "incomplete_reason": "test request",
-            "anatomy": ["a\u001f"],
+            "anatomy": ["a\u202e"],
         },
         headers=coordinator,
     )
@@ -506,14 +509,15 @@ async def test_consultation_id_with_a_trailing_newline_is_not_found(
 
 
 async def test_refusal_audit_keeps_a_short_safe_object_id(client: TestClient[Any, Any]) -> None:
-    for path_id, stored in (
-        ("%00" + "a" * 5000, "_" + "a" * 63),
-        ("abc%0Adef..%2F", "abc_def___"),
+    # Two reasons, so two bursts of refusals (server.refusals): each is audited at once.
+    for path_id, stored, header, code in (
+        ("%00" + "a" * 5000, "_" + "a" * 63, {}, "token_missing"),
+        ("abc%0Adef..%2F", "abc_def___", {"Authorization": "Basic x"}, "token_malformed"),
     ):
-        response = await client.get(f"/api/consultations/{path_id}")
+        response = await client.get(f"/api/consultations/{path_id}", headers=header)
         assert response.status == 401
         last = (await client.app[STORE].audit_entries())[-1]
-        assert (last.facts.outcome, last.facts.object_id) == ("refused:token_missing", stored)
+        assert (last.facts.outcome, last.facts.object_id) == (f"refused:{code}", stored)
     assert (await client.app[STORE].verify_audit()).entries == 2
 
 

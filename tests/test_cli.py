@@ -44,7 +44,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Pop
     port = free_port()
     env = cli_env(tmp_path / "var")
     with subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", str(port)],
+        [sys.executable, "-m", "server", "serve", "--port", str(port), "--print-link"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -265,3 +265,22 @@ async def test_audit_chain_detects_a_one_byte_edit_of_the_database_file(tmp_path
     assert not check.ok
     assert check.broken_seq == 4
     assert check.reason == "entry altered"
+
+
+def test_serve_prints_no_token_unless_asked(tmp_path: Path) -> None:
+    """Standard output ends up in the system journal: a 12-hour coordinator token must not."""
+    port = free_port()
+    env = cli_env(tmp_path / "var")
+    with subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        next(_until_stopped(process, port, env))  # listening
+        process.send_signal(signal.SIGTERM)
+        out, _err = process.communicate(timeout=20)
+    assert f"serving on http://127.0.0.1:{port}" in out
+    assert "#token=" not in out and "eyJ" not in out
+    assert "--print-link" in out

@@ -26,6 +26,9 @@ from server.store.records import Store
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# A request waits this long for a connection, then fails fast with 503 `store_busy`
+# (server.outages) instead of queueing behind a flood for SQLAlchemy's default 30 s.
+POOL_WAIT_SECONDS = 5.0
 MIGRATION_LOCK_ID = 0x70726F62  # "prob": advisory lock key for migrations on PostgreSQL
 POSTGRES_POOL_SIZE = 10
 # The database file and the files SQLite keeps beside it in WAL mode.
@@ -42,9 +45,14 @@ async def open_store(url: str) -> Store:
         # SQLite gives its -wal and -shm files the database file's mode.
         create_private_file(sqlite_file)
     if parsed.get_backend_name() == "sqlite":
-        kwargs.update(pool_size=1, max_overflow=0)
+        kwargs.update(pool_size=1, max_overflow=0, pool_timeout=POOL_WAIT_SECONDS)
     else:
-        kwargs.update(pool_size=POSTGRES_POOL_SIZE, max_overflow=0, pool_pre_ping=True)
+        kwargs.update(
+            pool_size=POSTGRES_POOL_SIZE,
+            max_overflow=0,
+            pool_pre_ping=True,
+            pool_timeout=POOL_WAIT_SECONDS,
+        )
     # hide_parameters: SQL errors must not carry clinical text into logs.
     engine = create_async_engine(url, hide_parameters=True, **kwargs)
     if parsed.get_backend_name() == "sqlite":

@@ -293,6 +293,15 @@ class KeyImageLog:
             "last_error": next((r[2] for r in rows if r[0] == PENDING and r[2]), None),
         }
 
+    async def outbox_backlog(self) -> int:
+        """Objects waiting to be pushed to the PACS, over every consultation."""
+        async with self.engine.connect() as conn:
+            count = await conn.scalar(
+                text("SELECT COUNT(*) FROM pacs_outbox WHERE state = :pending"),
+                {"pending": PENDING},
+            )
+        return int(count or 0)
+
     async def objects(self, consultation_id: str, kind: str) -> list[ArchivedObject]:
         async with self.engine.connect() as conn:
             result = await conn.execute(

@@ -7,6 +7,11 @@ import { connectMedia, quality } from "./rtc.js";
 
 const RECONNECT_AFTER_MS = 4000;
 const QUALITY_EVERY_MS = 2000;
+// Refusals that pass: the page tries again by itself rather than asking for a new link.
+const TRANSIENT = new Set([
+  "connecting_too_fast", "server_full", "store_busy", "store_unavailable", "bus_unavailable",
+  "storage_full",
+]);
 
 // The elements a live page shows the room in, by the ids every page uses (absent ones: null).
 function pageElements() {
@@ -39,6 +44,10 @@ export class Room {
     on("connect", () => this.indicate());
     on("disconnect", () => this.indicate());
     on("connect_error", (error) => this.refused(error));
+    // The server closes a socket it will not keep, saying why: the link was opened elsewhere,
+    // or the room could not be read.
+    on("ended", (e) => this.ended(e.error));
+    on("room_error", (e) => this.refused({ data: e.error }));
     on("room_state", (state) => this.welcome(state));
     on("presence", (p) => this.people(p.participants));
     on("pointer", (p) => overlay.setPointer(p.from, p.x, p.y));
@@ -66,7 +75,12 @@ export class Room {
   refused(error) {
     if (this.live.active) return this.indicate();
     const refusal = error?.data;
-    if (refusal?.code) {
+    if (TRANSIENT.has(refusal?.code)) {
+      this.refusal = { ...refusal, text: `Cannot join the room right now: ${refusal.message}. Trying again.` };
+      this.alert(this.refusal.text);
+      clearTimeout(this.rejoin);
+      this.rejoin = setTimeout(() => this.live.reopen(), RECONNECT_AFTER_MS);
+    } else if (refusal?.code) {
       this.refusal = { ...refusal, text: `Cannot join the room: ${refusal.message}. Ask the coordinator for a new join link.` };
       this.alert(this.refusal.text);
     } else {
@@ -75,6 +89,15 @@ export class Room {
       clearTimeout(this.rejoin);
       this.rejoin = setTimeout(() => this.live.reopen(), RECONNECT_AFTER_MS);
     }
+    this.indicate();
+  }
+
+  // The server closed this page's connection for good (the event `ended`): say why, and stop.
+  ended(error) {
+    this.refusal = { ...error, text: `You have left the room: ${error.message}.` };
+    this.alert(this.refusal.text);
+    clearTimeout(this.retry);
+    this.pc?.close();
     this.indicate();
   }
 
