@@ -2,8 +2,8 @@
 
 A real `probelink serve` (SQLite, the embedded default). First, quiet: one client makes valid
 requests (`GET /api/consultations` with a coordinator token) one after the other. Then, flooded:
-`--attackers` clients send the same request with a garbage token as fast as they are answered,
-while the one client keeps making valid requests. Reported: the valid requests' median and p90
+`--attackers` clients send the same request with a garbage token, as fast as they are answered
+or at `--rate` requests per second in all, while the one client keeps making valid requests. Reported: the valid requests' median and p90
 latency, quiet and flooded, their ratio, and how many refusals the flood got answered; with
 `--baseline REV`, the same against that commit's server, side by side.
 
@@ -75,13 +75,17 @@ async def valid_latencies(http: aiohttp.ClientSession, url: str, until: float) -
     return latencies
 
 
-async def attacker(http: aiohttp.ClientSession, url: str, until: float) -> int:
+async def attacker(http: aiohttp.ClientSession, url: str, until: float, interval: float) -> int:
+    """Garbage-token requests, one every `interval` s (0: as fast as they are answered)."""
     answered = 0
     headers = {"Authorization": "Bearer not-a-token"}
+    due = time.monotonic()
     while time.monotonic() < until:
         async with http.get(url + PATH, headers=headers) as response:
             await response.read()
             answered += response.status == 401
+        due += interval
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
     return answered
 
 
@@ -89,8 +93,10 @@ async def measure(label: str, server: Server, args: argparse.Namespace) -> Resul
     async with aiohttp.ClientSession() as http:
         quiet = await valid_latencies(http, server.url, time.monotonic() + args.seconds)
         until = time.monotonic() + args.seconds
+        interval = args.attackers / args.rate if args.rate else 0.0
         flood = [
-            asyncio.create_task(attacker(http, server.url, until)) for _ in range(args.attackers)
+            asyncio.create_task(attacker(http, server.url, until, interval))
+            for _ in range(args.attackers)
         ]
         await asyncio.sleep(0.5)  # the flood is under way
         flooded = await valid_latencies(http, server.url, until)
@@ -112,6 +118,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--attackers", type=int, default=20)
+    parser.add_argument(
+        "--rate", type=float, default=0, help="refused requests per second in all (0: flat out)"
+    )
     parser.add_argument("--baseline", help="also run against this commit's server (a worktree)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
