@@ -2,8 +2,9 @@
 
 Each refusal used to be one fsynced audit row: a few clients sending garbage tokens made every
 valid request wait behind their writes. Now the first refusal of a burst is audited at once (one
-refusal is still seen at once), and the ones that follow from the same actor, address and reason
-within `window_seconds` are counted and audited as one row when the burst ends.
+refusal is still seen at once), and the ones that follow from the same actor, address, action
+(a route, or the live room's connect) and reason within `window_seconds` are counted and
+audited as one row when the burst ends.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ class RefusalBursts:
     def __init__(self, window_seconds: float, bursts_max: int = BURSTS_MAX):
         self.window_seconds = window_seconds
         self.bursts_max = bursts_max
-        self.bursts: dict[tuple[str, str, str, str], Burst] = {}
+        self.bursts: dict[tuple[str, str, str, str, str], Burst] = {}
 
     def refuse(self, facts: AuditFacts, now: float) -> AuditFacts | None:
         """The audit entry to write now, or None when the refusal joins an open burst."""
-        key = (facts.actor, facts.role, facts.source, facts.outcome)
+        key = (facts.actor, facts.role, facts.source, facts.action, facts.outcome)
         if key not in self.bursts and len(self.bursts) >= self.bursts_max:
-            key = ("*", "*", "*", facts.outcome)
+            key = ("*", "*", "*", "*", facts.outcome)
             facts = replace(facts, actor="*", role="*", source="*")
         burst = self.bursts.get(key)
         if burst is None:
