@@ -19,7 +19,14 @@ from server.consultations import OPEN_STATES
 from server.dicom import priors, writer
 from server.dicom.archive import ArchiveCorrupt
 from server.edge import authenticate, consultation_id_of, facts
-from server.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
+from server.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ProbelinkError,
+    Unavailable,
+)
 from server.key_images import Capture, room_commit
 from server.store.key_images import ArchivedObject
 
@@ -27,6 +34,11 @@ KEY_IMAGE_ID = re.compile(r"[0-9a-f]{32}")
 UID = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40}){1,30}")
 UPLOAD_MAX_BYTES = 32 * 1024 * 1024
 PREVIEW_MAX_WIDTH = 640
+# How a prior's refusal is answered, by its code (others: 400).
+IMPORT_REFUSALS: dict[str, type[ProbelinkError]] = {
+    "no_device_profile": Conflict,
+    "image_too_large": PayloadTooLarge,
+}
 
 
 def routes(table: web.RouteTableDef) -> None:
@@ -197,7 +209,7 @@ async def import_prior(request: web.Request) -> web.Response:
     try:
         data, study, series, sop = await asyncio.to_thread(build)
     except priors.ImportRefused as exc:
-        status = Conflict if exc.code == "no_device_profile" else BadRequest
+        status = IMPORT_REFUSALS.get(exc.code, BadRequest)
         raise status(str(exc), code=exc.code) from None
     where = await asyncio.to_thread(key_images.archive.store, data, study, series)
     obj = ArchivedObject(sop, "prior", where.path, where.sha256, where.size)

@@ -11,7 +11,6 @@ object selection's versions follow each other).
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import secrets
 import time
@@ -26,13 +25,14 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
+from server import image_limits, png
 from server.audit import AuditFacts
 from server.config import Settings
 from server.consultations import OPEN_STATES
 from server.dicom import deid, writer
 from server.dicom.archive import Archive
 from server.dicom.profiles import Profiles
-from server.errors import BadRequest, Conflict
+from server.errors import Conflict
 from server.files import write_durably
 from server.live import Live
 from server.media.capture import Frame, decode_pictures, frame_rate
@@ -52,7 +52,6 @@ SERIES = {
     "report": 5,
 }
 SOP_CLASS = {"still": UltrasoundImageStorage, "clip": UltrasoundMultiFrameImageStorage}
-UPLOAD_MAX_PIXELS = 4096 * 4096
 
 # Records a durable key image and tells the room, in sequence: returns the room event.
 Commit = Callable[[NewKeyImage, AuditFacts], Awaitable[RoomEvent]]
@@ -106,8 +105,8 @@ class Built:
 # Decoding, masking and encoding at once, across all consultations (2 cores: more would
 # only queue inside the threads and hold more pictures in memory).
 BUILD_CONCURRENCY = 2
-# A clip holds at most this many frames (20 s at 30 fps), one at a time in memory as pixels.
-CLIP_FRAMES_MAX = 600
+# A clip holds at most this many frames, one at a time in memory as pixels.
+CLIP_FRAMES_MAX = image_limits.FRAMES_MAX
 KOS_CLOSE_TIMEOUT_SECONDS = 10.0
 # The key of the start-up catch-up among the KOS jobs (consultation ids are 32 hex digits).
 RESUME_JOB = "resume"
@@ -223,7 +222,7 @@ class KeyImages:
         self.check_device(capture.consultation)
 
         def pictures() -> Iterator[tuple[np.ndarray, int]]:
-            yield _read_png(image), 0
+            yield png.read(image), 0
 
         event = await self._store(capture, pictures, None, {"source": "upload"}, commit)
         self._count(capture.kind, "upload", started)
@@ -507,15 +506,3 @@ class KeyImages:
 def _resize(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     return np.array(Image.fromarray(picture, "RGB").resize((width, height)))
-
-
-def _read_png(data: bytes) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format != "PNG":
-                raise BadRequest("the capture must be a PNG image", code="invalid_image")
-            if image.width * image.height > UPLOAD_MAX_PIXELS:
-                raise BadRequest("the capture is larger than 4096x4096", code="invalid_image")
-            return np.array(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError):
-        raise BadRequest("the capture is not a readable PNG image", code="invalid_image") from None

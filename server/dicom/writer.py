@@ -37,6 +37,7 @@ from server.dicom import deid
 CHARSET = "ISO_IR 192"  # UTF-8
 MANUFACTURER = "probelink"
 JPEG_QUALITY = 90
+DICOM_SIDE_MAX = 65535
 # DICOM body part terms for the applications that name one (PS3.16 Annex L).
 BODY_PART = {
     "breast": "BREAST",
@@ -142,6 +143,8 @@ def _image(ds: Dataset, study: Study, inst: Instance, rows: int, columns: int) -
     ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelRepresentation = 0
+    if not (0 < rows <= DICOM_SIDE_MAX and 0 < columns <= DICOM_SIDE_MAX):
+        raise ValueError(f"Rows and Columns are 1 to {DICOM_SIDE_MAX} (unsigned 16-bit)")
     ds.Rows = rows
     ds.Columns = columns
     ds.SoftwareVersions = f"probelink {__version__}"
