@@ -1,7 +1,8 @@
-"""A still uploaded by the bedside is bounded and checked whole before it is decoded."""
+"""A still uploaded by the bedside is bounded, checked whole and stored losslessly compressed."""
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 import av
 import numpy as np
 from aiohttp.test_utils import TestClient
-from phantom import phantom_frame, phantom_png
-from PIL import ImageFile
+from dicom_checks import dciodvfy_errors, read
+from phantom import BANNER_HEIGHT, PATIENT_NAME, PHANTOM_DEVICE, phantom_frame, phantom_png
+from PIL import Image, ImageFile
+from pydicom.uid import JPEGLSLossless
 
 from server.config import Settings
 
@@ -101,3 +104,34 @@ async def test_oversized_truncated_or_inflated_pngs_are_refused_before_decoding(
     assert (await client.post(url, data=whole, headers=headers)).status == 201
     interlaced = await client.post(url, data=interlaced_png(phantom_frame(2)), headers=headers)
     assert interlaced.status == 201, await interlaced.text()
+
+
+async def test_a_still_is_stored_losslessly_compressed(
+    client: TestClient[Any, Any], coordinator: dict[str, str], tmp_path: Path
+) -> None:
+    async def upload(device: dict[str, Any], picture: np.ndarray) -> bytes:
+        cid, headers = await consultation(client, coordinator, device)
+        buffer = io.BytesIO()
+        Image.fromarray(picture, "RGB").save(buffer, "PNG")
+        url = f"/api/consultations/{cid}/captures"
+        response = await client.post(url, data=io.BytesIO(buffer.getvalue()), headers=headers)
+        assert response.status == 201, await response.text()
+        key_image_id = (await response.json())["key_image_id"]
+        dicom = await client.get(f"/api/key-images/{key_image_id}/dicom", headers=coordinator)
+        return await dicom.read()
+
+    picture = phantom_frame(3, 1280, 720)
+    data = await upload(PHANTOM_DEVICE, picture)
+    assert dciodvfy_errors(data, tmp_path) == []
+    ds = read(data)
+    assert ds.file_meta.TransferSyntaxUID == JPEGLSLossless
+    assert "LossyImageCompression" not in ds  # lossless: the PNG's pixels, masked
+    pixels = ds.pixel_array
+    assert np.array_equal(pixels[BANNER_HEIGHT:], picture[BANNER_HEIGHT:])
+    assert not pixels[:BANNER_HEIGHT].any() and PATIENT_NAME.encode() not in data
+    # The phantom's speckle is random noise, the worst case; it still comes out smaller.
+    raw = 1280 * 720 * 3
+    assert len(data) < 0.8 * raw, f"{len(data)} bytes for {raw} bytes of pixels"
+    # A 49 KB PNG of 4096x4096 pixels used to become a 50 MB file.
+    data = await upload(CLEAN_DEVICE, np.zeros((4096, 4096, 3), np.uint8))
+    assert len(data) < 100_000, len(data)

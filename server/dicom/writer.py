@@ -26,6 +26,7 @@ from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    JPEGLSLossless,
     UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
 )
@@ -37,6 +38,8 @@ from server.dicom import deid
 CHARSET = "ISO_IR 192"  # UTF-8
 MANUFACTURER = "probelink"
 JPEG_QUALITY = 90
+# Stills keep every pixel (the bedside's PNG, or a decoded frame), compressed without loss.
+STILL_TRANSFER_SYNTAX = JPEGLSLossless
 DICOM_SIDE_MAX = 65535
 # DICOM body part terms for the applications that name one (PS3.16 Annex L).
 BODY_PART = {
@@ -160,13 +163,15 @@ def _maybe_paired(study: Study) -> bool:
 
 
 def still(pixels: np.ndarray, study: Study, inst: Instance) -> Dataset:
-    """Ultrasound Image Storage, RGB, uncompressed."""
+    """Ultrasound Image Storage, RGB, compressed losslessly (`STILL_TRANSFER_SYNTAX`)."""
     _check_rgb(pixels)
     ds = _common(study, inst, UltrasoundImageStorage, "US")
     _image(ds, study, inst, *pixels.shape[:2])
     ds.PhotometricInterpretation = "RGB"
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    return _with_meta(ds, ExplicitVRLittleEndian)
+    ds = _with_meta(ds, ExplicitVRLittleEndian)
+    # The UIDs are ours (keyed HMACs): compressing must not make new ones.
+    ds.compress(STILL_TRANSFER_SYNTAX, np.ascontiguousarray(pixels), generate_instance_uid=False)
+    return ds
 
 
 def clip(
