@@ -2,8 +2,9 @@
 
 The adapter between the live room (or an upload) and the DICOM core. A capture
 is refused before any work when the consultation's device has no profile (and
-does not declare a clean source). The pixel work runs in a worker thread; the
-capture is acknowledged only once every file is durable and the row committed.
+does not declare a clean source). The pixel work runs in a worker thread, at most
+BUILD_CONCURRENCY at once across captures and prior imports. A capture is
+acknowledged only once every file is durable and the row committed.
 One capture at a time per consultation on a node (instance numbers and the key
 object selection's versions follow each other).
 """
@@ -29,10 +30,10 @@ from server import image_limits, png
 from server.audit import AuditFacts
 from server.config import Settings
 from server.consultations import OPEN_STATES
-from server.dicom import deid, writer
+from server.dicom import deid, priors, writer
 from server.dicom.archive import Archive
 from server.dicom.profiles import Profiles
-from server.errors import Conflict
+from server.errors import BadRequest, Conflict, PayloadTooLarge, ProbelinkError
 from server.files import write_durably
 from server.live import Live
 from server.media.capture import Frame, decode_pictures, frame_rate
@@ -110,6 +111,11 @@ CLIP_FRAMES_MAX = image_limits.FRAMES_MAX
 KOS_CLOSE_TIMEOUT_SECONDS = 10.0
 # The key of the start-up catch-up among the KOS jobs (consultation ids are 32 hex digits).
 RESUME_JOB = "resume"
+# How a prior's refusal is answered, by its code (others: 400).
+IMPORT_REFUSALS: dict[str, type[ProbelinkError]] = {
+    "no_device_profile": Conflict,
+    "image_too_large": PayloadTooLarge,
+}
 # Instance numbers: tenths of a second since the request (ordered, no shared counter needed).
 INSTANCE_NUMBER_MAX = 2**31 - 1
 
@@ -227,6 +233,31 @@ class KeyImages:
         event = await self._store(capture, pictures, None, {"source": "upload"}, commit)
         self._count(capture.kind, "upload", started)
         return event
+
+    async def import_prior(self, row: ConsultationRow, upload: bytes) -> ArchivedObject:
+        """A prior study's DICOM file, de-identified and archived (the caller records it);
+        built in turn with the captures, within the same limit."""
+
+        def build() -> tuple[Dataset, bytes]:
+            imported = priors.deidentify_prior(
+                priors.read_upload(upload),
+                key=self.key,
+                consultation_id=row.id,
+                profiles=self.profiles,
+                undated=row.requested_at,
+            ).dataset
+            return imported, writer.to_bytes(imported)
+
+        async with self._building:
+            try:
+                ds, data = await asyncio.to_thread(build)
+            except priors.ImportRefused as exc:
+                raise IMPORT_REFUSALS.get(exc.code, BadRequest)(str(exc), code=exc.code) from None
+            sop = str(ds.SOPInstanceUID)
+            where = await asyncio.to_thread(
+                self.archive.store, data, ds.StudyInstanceUID, ds.SeriesInstanceUID
+            )
+        return ArchivedObject(sop, "prior", where.path, where.sha256, where.size)
 
     def _count(self, kind: str, source: str, started: float) -> None:
         if self.metrics is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 from pathlib import Path
@@ -28,7 +29,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from server.appkeys import KEY_IMAGES
 from server.dicom import writer
+from server.key_images import BUILD_CONCURRENCY
 
 HOSPITAL = "ST ELSEWHERE GENERAL"
 COMPRESSED = (JPEGBaseline8Bit, JPEGLSLossless, JPEG2000Lossless)
@@ -228,3 +231,27 @@ async def test_a_small_file_of_a_huge_image_is_refused_on_its_header(
     ):
         response = await client.post(url, data=body, headers=headers)
         assert response.status == 201, await response.text()
+
+
+async def test_a_prior_import_takes_its_turn_with_the_captures_being_built(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    cid = await consultation(client, coordinator)
+    building = client.app[KEY_IMAGES]._building
+    for _ in range(BUILD_CONCURRENCY):  # as many captures as may be built at once, in progress
+        await building.acquire()
+
+    async def send() -> Any:
+        return await client.post(
+            f"/api/consultations/{cid}/priors",
+            data=hospital_file(),
+            headers={**coordinator, "Content-Type": "application/dicom"},
+        )
+
+    upload = asyncio.create_task(send())
+    await asyncio.sleep(1.0)
+    assert not upload.done(), "the prior was built beside the captures, outside their limit"
+    for _ in range(BUILD_CONCURRENCY):
+        building.release()
+    response = await upload
+    assert response.status == 201, await response.text()
