@@ -3,8 +3,9 @@
 The adapter between the live room (or an upload) and the DICOM core. A capture
 is refused before any work when the consultation's device has no profile (and
 does not declare a clean source). The pixel work runs in a worker thread, at most
-BUILD_CONCURRENCY at once across captures and prior imports. A capture is
-acknowledged only once every file is durable and the row committed.
+BUILD_CONCURRENCY at once across captures and prior imports; what it wrote is
+refused before the archive when it would take the consultation over its quota. A
+capture is acknowledged only once every file is durable and the row committed.
 One capture at a time per consultation on a node (instance numbers and the key
 object selection's versions follow each other).
 """
@@ -111,6 +112,7 @@ CLIP_FRAMES_MAX = image_limits.FRAMES_MAX
 KOS_CLOSE_TIMEOUT_SECONDS = 10.0
 # The key of the start-up catch-up among the KOS jobs (consultation ids are 32 hex digits).
 RESUME_JOB = "resume"
+MIB = 1 << 20
 # How a prior's refusal is answered, by its code (others: 400).
 IMPORT_REFUSALS: dict[str, type[ProbelinkError]] = {
     "no_device_profile": Conflict,
@@ -248,16 +250,32 @@ class KeyImages:
             ).dataset
             return imported, writer.to_bytes(imported)
 
+        await self.check_quota(row.id, 1)  # a full archive refuses at once, before any work
         async with self._building:
             try:
                 ds, data = await asyncio.to_thread(build)
             except priors.ImportRefused as exc:
                 raise IMPORT_REFUSALS.get(exc.code, BadRequest)(str(exc), code=exc.code) from None
             sop = str(ds.SOPInstanceUID)
+            if not await self.log.has_object(sop):  # the same prior again takes no more room
+                await self.check_quota(row.id, len(data))
             where = await asyncio.to_thread(
                 self.archive.store, data, ds.StudyInstanceUID, ds.SeriesInstanceUID
             )
         return ArchivedObject(sop, "prior", where.path, where.sha256, where.size)
+
+    async def check_quota(self, consultation_id: str, adding: int) -> None:
+        """Refuse, before anything is written, what would take the consultation's archive
+        over its quota (key object selections and reports are never refused: small, owed)."""
+        quota_mib = self.settings.consultation_quota_mib
+        used = await self.log.archived_bytes(consultation_id)
+        if used + adding > quota_mib * MIB:
+            raise PayloadTooLarge(
+                f"the consultation's archive holds {used / MIB:.1f} MiB of its {quota_mib} MiB "
+                "quota (PROBELINK_CONSULTATION_QUOTA_MIB) and this image does not fit; nothing "
+                "was stored",
+                code="quota_exceeded",
+            )
 
     def _count(self, kind: str, source: str, started: float) -> None:
         if self.metrics is not None:
@@ -281,8 +299,10 @@ class KeyImages:
     ) -> RoomEvent:
         row = capture.consultation
         key_image_id = uuid.uuid4().hex
+        await self.check_quota(row.id, 1)  # a full archive refuses at once, before any work
         async with self._building:
             built = await asyncio.to_thread(self._build, capture, pictures, codec, key_image_id)
+            await self.check_quota(row.id, sum(len(data) for _, _, data in built.objects))
             stored = []
             for kind, sop, data in built.objects:
                 where = await asyncio.to_thread(

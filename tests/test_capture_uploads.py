@@ -1,21 +1,25 @@
-"""A still uploaded by the bedside is bounded, checked whole and stored losslessly compressed."""
+"""A still uploaded by the bedside is bounded, checked whole and stored compressed, within a quota."""
 
 from __future__ import annotations
 
 import io
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
+import pytest
 from aiohttp.test_utils import TestClient
 from dicom_checks import dciodvfy_errors, read
 from phantom import BANNER_HEIGHT, PATIENT_NAME, PHANTOM_DEVICE, phantom_frame, phantom_png
 from PIL import Image, ImageFile
 from pydicom.uid import JPEGLSLossless
 
+from server.app import create_app
+from server.appkeys import KEY_IMAGES
 from server.config import Settings
 
 CLEAN_DEVICE = {"manufacturer": "Acme", "model": "US-1", "burned_in_text": False}
@@ -135,3 +139,45 @@ async def test_a_still_is_stored_losslessly_compressed(
     # A 49 KB PNG of 4096x4096 pixels used to become a 50 MB file.
     data = await upload(CLEAN_DEVICE, np.zeros((4096, 4096, 3), np.uint8))
     assert len(data) < 100_000, len(data)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+async def test_a_consultation_full_to_its_quota_refuses_more_images(
+    aiohttp_client: Callable[..., Any],
+    settings: Settings,
+    coordinator: dict[str, str],
+) -> None:
+    client = await aiohttp_client(
+        create_app(settings.model_copy(update={"consultation_quota_mib": 1}))
+    )
+    cid, headers = await consultation(client, coordinator, PHANTOM_DEVICE)
+    url = f"/api/consultations/{cid}/captures"
+    statuses = []
+    for n in range(8):
+        response = await client.post(url, data=phantom_png(n), headers=headers)
+        statuses.append(response.status)
+        if response.status != 201:
+            break
+    assert statuses[0] == 201 and statuses[-1] == 413, statuses
+    error = (await response.json())["error"]
+    assert error["code"] == "quota_exceeded"
+    assert "PROBELINK_CONSULTATION_QUOTA_MIB" in error["message"]
+    await client.app[KEY_IMAGES].settled()  # the key object selection, written after the ack
+    kept = archived(settings)
+    listing = await client.get(f"/api/consultations/{cid}/key-images", headers=coordinator)
+    images = (await listing.json())["key_images"]
+    assert len(images) == len(statuses) - 1
+    # A prior is refused too, before it is written; another consultation has its own quota.
+    still = await (await client.get(images[0]["dicom_url"], headers=coordinator)).read()
+    prior = await client.post(
+        f"/api/consultations/{cid}/priors",
+        data=still,
+        headers={**coordinator, "Content-Type": "application/dicom"},
+    )
+    assert prior.status == 413 and (await prior.json())["error"]["code"] == "quota_exceeded"
+    assert len(archived(settings)) == len(kept)
+    other, other_headers = await consultation(client, coordinator, PHANTOM_DEVICE)
+    response = await client.post(
+        f"/api/consultations/{other}/captures", data=phantom_png(1), headers=other_headers
+    )
+    assert response.status == 201
