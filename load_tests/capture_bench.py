@@ -533,6 +533,7 @@ def instrumented_server(timings: Path, argv: list[str]) -> int:
     generator (pictures decoded one at a time) is timed across all its steps.
     """
     import server.key_images as key_images
+    from server import png
     from server.cli import main
     from server.dicom import archive, deid, writer
     from server.store import key_images as store
@@ -595,7 +596,7 @@ def instrumented_server(timings: Path, argv: list[str]) -> int:
     wanted: list[tuple[Any, str, str]] = [
         (key_images, "decode", DECODE),
         (key_images, "decode_pictures", DECODE),
-        (key_images, "_read_png", "PNG read"),
+        (png, "read", "PNG read"),
         (deid, "mask", "mask"),
         (writer, "still", "DICOM still dataset"),
         (writer, "jpeg_frame", JPEG),

@@ -174,6 +174,13 @@ class Settings(BaseSettings):
         description="DICOMweb base URL of the PACS (STOW-RS at URL/studies); unset: archive "
         "locally only.",
     )
+    consultation_quota_mib: int = Field(
+        2048,
+        ge=1,
+        le=1 << 20,
+        description="Most a consultation's archived DICOM objects may take (MiB): a capture or "
+        "prior import that would go over it is refused (413 quota_exceeded).",
+    )
     clip_seconds_default: float = Field(
         6.0, gt=0, le=120, description="Length of a clip saved after the fact."
     )

@@ -16,10 +16,9 @@ from pydicom.pixels.utils import pixel_array
 from server.appkeys import KEY_IMAGES, LIVE, STORE
 from server.auth import Role, require_consultation, require_role
 from server.consultations import OPEN_STATES
-from server.dicom import priors, writer
 from server.dicom.archive import ArchiveCorrupt
 from server.edge import authenticate, consultation_id_of, facts
-from server.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unavailable
+from server.errors import Conflict, NotFound, PayloadTooLarge, Unavailable
 from server.key_images import Capture, room_commit
 from server.store.key_images import ArchivedObject
 
@@ -178,29 +177,7 @@ async def import_prior(request: web.Request) -> web.Response:
             f"the consultation is {row.state}; nothing can be attached", code="invalid_state"
         )
     body = await read_upload(request)
-
-    def build() -> tuple[bytes, str, str, str]:
-        imported = priors.deidentify_prior(
-            priors.read_upload(body),
-            key=key_images.key,
-            consultation_id=cid,
-            profiles=key_images.profiles,
-            undated=row.requested_at,
-        ).dataset
-        return (
-            writer.to_bytes(imported),
-            imported.StudyInstanceUID,
-            imported.SeriesInstanceUID,
-            imported.SOPInstanceUID,
-        )
-
-    try:
-        data, study, series, sop = await asyncio.to_thread(build)
-    except priors.ImportRefused as exc:
-        status = Conflict if exc.code == "no_device_profile" else BadRequest
-        raise status(str(exc), code=exc.code) from None
-    where = await asyncio.to_thread(key_images.archive.store, data, study, series)
-    obj = ArchivedObject(sop, "prior", where.path, where.sha256, where.size)
+    obj = await key_images.import_prior(row, body)
     audit = facts(request, principal, "prior.import", "dicom_object", obj.sop_instance_uid)
     created = await key_images.log.add_prior(cid, obj, audit)
     return web.json_response(prior_view(obj), status=201 if created else 200)

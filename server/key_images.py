@@ -2,7 +2,9 @@
 
 The adapter between the live room (or an upload) and the DICOM core. A capture
 is refused before any work when the consultation's device has no profile (and
-does not declare a clean source). The pixel work runs in a worker thread; the
+does not declare a clean source). The pixel work runs in a worker thread, at most
+BUILD_CONCURRENCY at once across captures and prior imports; what it wrote is
+refused before the archive when it would take the consultation over its quota. A
 capture is acknowledged only once every file is durable and the row committed.
 One capture at a time per consultation on a node (instance numbers and the key
 object selection's versions follow each other).
@@ -11,7 +13,6 @@ object selection's versions follow each other).
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import secrets
 import time
@@ -26,13 +27,14 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
+from server import image_limits, png
 from server.audit import AuditFacts
 from server.config import Settings
 from server.consultations import OPEN_STATES
-from server.dicom import deid, writer
+from server.dicom import deid, priors, writer
 from server.dicom.archive import Archive
 from server.dicom.profiles import Profiles
-from server.errors import BadRequest, Conflict
+from server.errors import BadRequest, Conflict, PayloadTooLarge, ProbelinkError
 from server.files import write_durably
 from server.live import Live
 from server.media.capture import Frame, decode_pictures, frame_rate
@@ -52,7 +54,6 @@ SERIES = {
     "report": 5,
 }
 SOP_CLASS = {"still": UltrasoundImageStorage, "clip": UltrasoundMultiFrameImageStorage}
-UPLOAD_MAX_PIXELS = 4096 * 4096
 
 # Records a durable key image and tells the room, in sequence: returns the room event.
 Commit = Callable[[NewKeyImage, AuditFacts], Awaitable[RoomEvent]]
@@ -106,11 +107,17 @@ class Built:
 # Decoding, masking and encoding at once, across all consultations (2 cores: more would
 # only queue inside the threads and hold more pictures in memory).
 BUILD_CONCURRENCY = 2
-# A clip holds at most this many frames (20 s at 30 fps), one at a time in memory as pixels.
-CLIP_FRAMES_MAX = 600
+# A clip holds at most this many frames, one at a time in memory as pixels.
+CLIP_FRAMES_MAX = image_limits.FRAMES_MAX
 KOS_CLOSE_TIMEOUT_SECONDS = 10.0
 # The key of the start-up catch-up among the KOS jobs (consultation ids are 32 hex digits).
 RESUME_JOB = "resume"
+MIB = 1 << 20
+# How a prior's refusal is answered, by its code (others: 400).
+IMPORT_REFUSALS: dict[str, type[ProbelinkError]] = {
+    "no_device_profile": Conflict,
+    "image_too_large": PayloadTooLarge,
+}
 # Instance numbers: tenths of a second since the request (ordered, no shared counter needed).
 INSTANCE_NUMBER_MAX = 2**31 - 1
 
@@ -223,11 +230,52 @@ class KeyImages:
         self.check_device(capture.consultation)
 
         def pictures() -> Iterator[tuple[np.ndarray, int]]:
-            yield _read_png(image), 0
+            yield png.read(image), 0
 
         event = await self._store(capture, pictures, None, {"source": "upload"}, commit)
         self._count(capture.kind, "upload", started)
         return event
+
+    async def import_prior(self, row: ConsultationRow, upload: bytes) -> ArchivedObject:
+        """A prior study's DICOM file, de-identified and archived (the caller records it);
+        built in turn with the captures, within the same limit."""
+
+        def build() -> tuple[Dataset, bytes]:
+            imported = priors.deidentify_prior(
+                priors.read_upload(upload),
+                key=self.key,
+                consultation_id=row.id,
+                profiles=self.profiles,
+                undated=row.requested_at,
+            ).dataset
+            return imported, writer.to_bytes(imported)
+
+        await self.check_quota(row.id, 1)  # a full archive refuses at once, before any work
+        async with self._building:
+            try:
+                ds, data = await asyncio.to_thread(build)
+            except priors.ImportRefused as exc:
+                raise IMPORT_REFUSALS.get(exc.code, BadRequest)(str(exc), code=exc.code) from None
+            sop = str(ds.SOPInstanceUID)
+            if not await self.log.has_object(sop):  # the same prior again takes no more room
+                await self.check_quota(row.id, len(data))
+            where = await asyncio.to_thread(
+                self.archive.store, data, ds.StudyInstanceUID, ds.SeriesInstanceUID
+            )
+        return ArchivedObject(sop, "prior", where.path, where.sha256, where.size)
+
+    async def check_quota(self, consultation_id: str, adding: int) -> None:
+        """Refuse, before anything is written, what would take the consultation's archive
+        over its quota (key object selections and reports are never refused: small, owed)."""
+        quota_mib = self.settings.consultation_quota_mib
+        used = await self.log.archived_bytes(consultation_id)
+        if used + adding > quota_mib * MIB:
+            raise PayloadTooLarge(
+                f"the consultation's archive holds {used / MIB:.1f} MiB of its {quota_mib} MiB "
+                "quota (PROBELINK_CONSULTATION_QUOTA_MIB) and this image does not fit; nothing "
+                "was stored",
+                code="quota_exceeded",
+            )
 
     def _count(self, kind: str, source: str, started: float) -> None:
         if self.metrics is not None:
@@ -251,8 +299,10 @@ class KeyImages:
     ) -> RoomEvent:
         row = capture.consultation
         key_image_id = uuid.uuid4().hex
+        await self.check_quota(row.id, 1)  # a full archive refuses at once, before any work
         async with self._building:
             built = await asyncio.to_thread(self._build, capture, pictures, codec, key_image_id)
+            await self.check_quota(row.id, sum(len(data) for _, _, data in built.objects))
             stored = []
             for kind, sop, data in built.objects:
                 where = await asyncio.to_thread(
@@ -507,15 +557,3 @@ class KeyImages:
 def _resize(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     return np.array(Image.fromarray(picture, "RGB").resize((width, height)))
-
-
-def _read_png(data: bytes) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format != "PNG":
-                raise BadRequest("the capture must be a PNG image", code="invalid_image")
-            if image.width * image.height > UPLOAD_MAX_PIXELS:
-                raise BadRequest("the capture is larger than 4096x4096", code="invalid_image")
-            return np.array(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError):
-        raise BadRequest("the capture is not a readable PNG image", code="invalid_image") from None

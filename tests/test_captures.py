@@ -349,33 +349,49 @@ async def test_capture_needs_video_a_role_and_a_valid_request(
         await observer.close()
 
 
-async def test_declared_clean_source_is_archived_without_masking(
-    client: TestClient[Any, Any], coordinator: dict[str, str], tmp_path: Path
-) -> None:
+async def clean_source_still(
+    client: TestClient[Any, Any], coordinator: dict[str, str], width: int, height: int
+) -> dict[str, Any]:
+    """The answer to a still captured from a declared clean source's video of that size."""
     cid = await create(
         client,
         coordinator,
         device={"manufacturer": "Acme", "model": "US-1", "burned_in_text": False},
     )
-    join = joiner(client, coordinator, cid)
-    operator = Bot(await join("operator"))
-    operator.pc.addTransceiver(PhantomTrack(320, 240), direction="sendonly")
+    operator = Bot(await joiner(client, coordinator, cid)("operator"))
+    operator.pc.addTransceiver(PhantomTrack(width, height), direction="sendonly")
     operator.pc.addTransceiver(AudioStreamTrack(), direction="sendrecv")
     try:
         assert "sdp" in await operator.negotiate()
         for _ in range(100):
-            ack = await operator.participant.call("capture", {"kind": "still"})
+            ack: dict[str, Any] = await operator.participant.call("capture", {"kind": "still"})
             if ack.get("error", {}).get("code") != "no_picture":
                 break
             await asyncio.sleep(0.1)
-        assert "key_image_id" in ack, ack
-        ds = read(await dicom_of(client, coordinator, ack["key_image_id"]))
-        assert ds.BurnedInAnnotation == "NO"
-        codes = {item.CodeValue for item in ds.DeidentificationMethodCodeSequence}
-        assert "113100" in codes and "113101" not in codes  # nothing was cleaned
-        assert ds.pixel_array[: BANNER_HEIGHT // 2].any()  # not masked
+        return ack
     finally:
         await operator.close()
+
+
+async def test_declared_clean_source_is_archived_without_masking(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    ack = await clean_source_still(client, coordinator, 320, 240)
+    assert "key_image_id" in ack, ack
+    ds = read(await dicom_of(client, coordinator, ack["key_image_id"]))
+    assert ds.BurnedInAnnotation == "NO"
+    codes = {item.CodeValue for item in ds.DeidentificationMethodCodeSequence}
+    assert "113100" in codes and "113101" not in codes  # nothing was cleaned
+    assert ds.pixel_array[: BANNER_HEIGHT // 2].any()  # not masked
+
+
+async def test_a_video_wider_than_4096_pixels_is_not_captured(
+    client: TestClient[Any, Any], coordinator: dict[str, str], settings: Settings
+) -> None:
+    ack = await clean_source_still(client, coordinator, 4112, 96)
+    assert ack.get("error", {}).get("code") == "image_too_large", ack
+    assert "4112x96" in ack["error"]["message"]
+    assert not list((settings.data_dir / "archive").rglob("*.dcm"))
 
 
 async def test_a_key_object_selection_missed_by_a_crash_is_written_at_the_next_start(

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import struct
 from pathlib import Path
 from typing import Any
 
+import jpeg_ls
+import numpy as np
 from aiohttp.test_utils import TestClient
 from dicom_checks import dciodvfy_errors, every_value, read
 from phantom import BANNER_HEIGHT, PATIENT_DOB, PATIENT_MRN, PATIENT_NAME, phantom_frame
+from PIL import Image
 from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+    UltrasoundImageStorage,
+    generate_uid,
+)
 
+from server.appkeys import KEY_IMAGES
 from server.dicom import writer
+from server.key_images import BUILD_CONCURRENCY
 
 HOSPITAL = "ST ELSEWHERE GENERAL"
+COMPRESSED = (JPEGBaseline8Bit, JPEGLSLossless, JPEG2000Lossless)
 OPERATOR = "SONOGRAPHER^SALLY"
 
 
@@ -144,3 +163,95 @@ async def test_prior_without_profile_or_not_an_image_is_refused(
     # Nothing refused reached the archive: one prior file only.
     files = list((settings.data_dir / "archive").rglob("*.dcm"))
     assert len(files) == 1
+
+
+def rle_zeros(pixels: int) -> bytes:
+    """One RLE frame (PS3.5 G.3) of a greyscale image of `pixels` zeros: runs of 128, 2 bytes
+    each, so that a large image is a small file."""
+    runs, rest = divmod(pixels, 128)
+    segment = b"\x81\x00" * runs + (bytes([257 - rest, 0]) if rest > 1 else b"\0\0" * rest)
+    return struct.pack("<16I", 1, 64, *[0] * 14) + segment
+
+
+def encoded_file(rows: int, columns: int, frames: list[bytes], syntax: UID = RLELossless) -> bytes:
+    """A greyscale prior whose header says rows x columns, its frames encoded as given; its
+    header declares no burned-in text, so that nothing stops it before its pixels."""
+    ds = read(hospital_file(BurnedInAnnotation="NO"))
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    del ds.PlanarConfiguration
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+    return writer.to_bytes(ds)
+
+
+def codestream(syntax: UID, rows: int, columns: int) -> bytes:
+    """A black greyscale frame encoded in `syntax` (JPEG baseline, JPEG-LS or JPEG 2000)."""
+    if syntax == JPEGLSLossless:
+        return bytes(jpeg_ls.encode(np.zeros((rows, columns), np.uint8)))
+    out = io.BytesIO()
+    if syntax == JPEG2000Lossless:
+        Image.new("L", (columns, rows)).save(out, "JPEG2000", no_jp2=True)
+    else:
+        Image.new("L", (columns, rows)).save(out, "JPEG")
+    return out.getvalue()
+
+
+async def test_a_small_file_of_a_huge_image_is_refused_on_its_header(
+    client: TestClient[Any, Any], coordinator: dict[str, str], settings: Any
+) -> None:
+    cid = await consultation(client, coordinator)
+    headers = {**coordinator, "Content-Type": "application/dicom"}
+    url = f"/api/consultations/{cid}/priors"
+    cases = [
+        # 390 KB that decoded to 75 MB and were archived as a 75 MB still.
+        (encoded_file(5000, 5000, [rle_zeros(5000 * 5000)]), "5000x5000"),
+        (encoded_file(64, 4097, [rle_zeros(64 * 4097)]), "4097x64"),
+        (encoded_file(16, 16, [rle_zeros(256)] * 601), "601 frames"),
+        # Codestreams larger than their header: an RLE bomb, frames of another size.
+        (encoded_file(64, 64, [rle_zeros(64 << 20)]), "not the size its header says"),
+        *[
+            (encoded_file(64, 64, [codestream(syntax, 2048, 2048)], syntax), "not the size")
+            for syntax in COMPRESSED
+        ],
+    ]
+    for body, said in cases:
+        response = await client.post(url, data=io.BytesIO(body), headers=headers)
+        assert response.status == 413, (said, await response.text())
+        error = (await response.json())["error"]
+        assert error["code"] == "image_too_large" and said in error["message"], error
+    assert not list((settings.data_dir / "archive").rglob("*.dcm"))
+    # Within bounds, the same kinds of file are imported.
+    for body in (
+        encoded_file(480, 640, [rle_zeros(480 * 640)]),
+        *[encoded_file(64, 64, [codestream(syntax, 64, 64)] * 3, syntax) for syntax in COMPRESSED],
+    ):
+        response = await client.post(url, data=body, headers=headers)
+        assert response.status == 201, await response.text()
+
+
+async def test_a_prior_import_takes_its_turn_with_the_captures_being_built(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    cid = await consultation(client, coordinator)
+    building = client.app[KEY_IMAGES]._building
+    for _ in range(BUILD_CONCURRENCY):  # as many captures as may be built at once, in progress
+        await building.acquire()
+
+    async def send() -> Any:
+        return await client.post(
+            f"/api/consultations/{cid}/priors",
+            data=hospital_file(),
+            headers={**coordinator, "Content-Type": "application/dicom"},
+        )
+
+    upload = asyncio.create_task(send())
+    await asyncio.sleep(1.0)
+    assert not upload.done(), "the prior was built beside the captures, outside their limit"
+    for _ in range(BUILD_CONCURRENCY):
+        building.release()
+    response = await upload
+    assert response.status == 201, await response.text()

@@ -23,21 +23,29 @@ from datetime import UTC, datetime
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
 
-from server.dicom import deid, writer
+from server import image_limits
+from server.dicom import codestreams, deid, writer
 from server.dicom.profiles import Profiles
 
 SERIES_NUMBER = 90
 # The file meta group (with the transfer syntax) lies within the first bytes of a file.
 FILE_META_SCAN_BYTES = 4096
-# Decoded samples an import may need (rows x columns x samples x frames), bounding memory.
-DECODED_SAMPLES_MAX = 400_000_000
 LOSSY_METHODS = {
     pydicom.uid.JPEGBaseline8Bit: "ISO_10918_1",
     pydicom.uid.JPEGExtended12Bit: "ISO_10918_1",
     pydicom.uid.JPEGLSNearLossless: "ISO_14495_1",
     pydicom.uid.JPEG2000: "ISO_15444_1",
+}
+# Compressed transfer syntaxes whose frames `codestreams` can size before decoding.
+DECODABLE = {
+    *pydicom.uid.JPEGTransferSyntaxes,
+    *pydicom.uid.JPEGLSTransferSyntaxes,
+    pydicom.uid.JPEG2000,
+    pydicom.uid.JPEG2000Lossless,
+    pydicom.uid.RLELossless,
 }
 LOSSLESS = {
     pydicom.uid.RLELossless,
@@ -80,21 +88,69 @@ def read_upload(data: bytes) -> Dataset:
         ) from None
 
 
-def _frames(ds: Dataset) -> Iterator[np.ndarray]:
-    """The frames as 8-bit RGB arrays, one at a time."""
+@dataclass(frozen=True)
+class Size:
+    """An image's size as its header states it (checked against the bounds)."""
+
+    rows: int
+    columns: int
+    frames: int
+    samples: int
+
+
+def _size(ds: Dataset) -> Size:
+    """The image's size from its header, refused before anything is decoded when too large."""
     if "PixelData" not in ds:
         raise ImportRefused("the DICOM object has no image to compare with", "not_an_image")
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         samples = int(ds.get("SamplesPerPixel", 1))
+        bits = int(ds.BitsAllocated)
     except (AttributeError, TypeError, ValueError):
         raise ImportRefused("the DICOM image's size cannot be read", "invalid_dicom") from None
-    if samples not in (1, 3) or not 0 < rows * columns * samples * frames <= DECODED_SAMPLES_MAX:
+    if samples not in (1, 3) or bits not in (8, 16) or min(rows, columns, frames) <= 0:
         raise ImportRefused(
-            "the DICOM image is too large or malformed to import", "unsupported_dicom"
+            "the DICOM image's layout is not supported (1 or 3 samples of 8 or 16 bits)",
+            "unsupported_dicom",
         )
-    for index in range(frames):
+    problem = image_limits.size_problem(columns, rows, frames, samples * bits // 8)
+    if problem is not None:
+        raise ImportRefused(problem, "image_too_large")
+    return Size(rows, columns, frames, samples)
+
+
+def _check_encoded(ds: Dataset, size: Size) -> None:
+    """Every encoded frame decodes to the header's size (checked on its bytes, not decoded)."""
+    syntax = ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)
+    if not syntax.is_compressed:
+        return  # the pixels are in the upload already, as they will be decoded
+    if syntax not in DECODABLE:
+        raise ImportRefused(
+            "the DICOM image's transfer syntax is not supported here", "unsupported_dicom"
+        )
+    # The decoder would follow an extended offset table; the frames checked must be its frames.
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    try:
+        encoded = generate_frames(ds.PixelData, number_of_frames=size.frames)
+        for _, frame in zip(range(size.frames), encoded, strict=False):
+            if not codestreams.frame_fits(syntax, frame, size.rows, size.columns):
+                raise ImportRefused(
+                    "an encoded frame of the DICOM image is not the size its header says",
+                    "image_too_large",
+                )
+    except ImportRefused:
+        raise
+    except Exception:
+        raise ImportRefused("the DICOM image's frames cannot be read", "invalid_dicom") from None
+
+
+def _frames(ds: Dataset, size: Size) -> Iterator[np.ndarray]:
+    """The frames as 8-bit RGB arrays, one at a time."""
+    _check_encoded(ds, size)
+    for index in range(size.frames):
         try:
             array = np.asarray(pixel_array(ds, index=index))
         except MemoryError:
@@ -104,9 +160,9 @@ def _frames(ds: Dataset) -> Iterator[np.ndarray]:
                 "the DICOM image cannot be decoded here (its transfer syntax is not supported)",
                 "unsupported_dicom",
             ) from None
-        if samples == 1:
+        if size.samples == 1:
             array = np.repeat(array[..., np.newaxis], 3, axis=-1)
-        if array.shape != (rows, columns, 3):
+        if array.shape != (size.rows, size.columns, 3):
             raise ImportRefused("the DICOM image's layout is not supported", "unsupported_dicom")
         if array.dtype != np.uint8:
             low, high = float(array.min()), float(array.max())
@@ -161,11 +217,8 @@ def _deidentify(
         raise ImportRefused(
             "only ultrasound (Modality US) priors can be imported for now", "unsupported_modality"
         )
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    if rows <= 0 or columns <= 0:
-        raise ImportRefused(
-            "the DICOM image is too large or malformed to import", "unsupported_dicom"
-        )
+    size = _size(ds)
+    rows, columns = size.rows, size.columns
     manufacturer = str(ds.get("Manufacturer", "") or "").strip()
     model = str(ds.get("ManufacturerModelName", "") or "").strip()
     try:
@@ -183,8 +236,8 @@ def _deidentify(
         rects = None
     pixels: list[np.ndarray] = []
     jpegs: list[bytes] = []
-    multi = int(ds.get("NumberOfFrames", 1) or 1) > 1
-    for frame in _frames(ds):
+    multi = size.frames > 1
+    for frame in _frames(ds, size):
         if rects is not None:
             deid.mask(frame, rects)
         if multi:

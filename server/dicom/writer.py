@@ -26,6 +26,7 @@ from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    JPEGLSLossless,
     UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
 )
@@ -37,6 +38,9 @@ from server.dicom import deid
 CHARSET = "ISO_IR 192"  # UTF-8
 MANUFACTURER = "probelink"
 JPEG_QUALITY = 90
+# Stills keep every pixel (the bedside's PNG, or a decoded frame), compressed without loss.
+STILL_TRANSFER_SYNTAX = JPEGLSLossless
+DICOM_SIDE_MAX = 65535
 # DICOM body part terms for the applications that name one (PS3.16 Annex L).
 BODY_PART = {
     "breast": "BREAST",
@@ -142,6 +146,8 @@ def _image(ds: Dataset, study: Study, inst: Instance, rows: int, columns: int) -
     ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelRepresentation = 0
+    if not (0 < rows <= DICOM_SIDE_MAX and 0 < columns <= DICOM_SIDE_MAX):
+        raise ValueError(f"Rows and Columns are 1 to {DICOM_SIDE_MAX} (unsigned 16-bit)")
     ds.Rows = rows
     ds.Columns = columns
     ds.SoftwareVersions = f"probelink {__version__}"
@@ -157,13 +163,15 @@ def _maybe_paired(study: Study) -> bool:
 
 
 def still(pixels: np.ndarray, study: Study, inst: Instance) -> Dataset:
-    """Ultrasound Image Storage, RGB, uncompressed."""
+    """Ultrasound Image Storage, RGB, compressed losslessly (`STILL_TRANSFER_SYNTAX`)."""
     _check_rgb(pixels)
     ds = _common(study, inst, UltrasoundImageStorage, "US")
     _image(ds, study, inst, *pixels.shape[:2])
     ds.PhotometricInterpretation = "RGB"
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    return _with_meta(ds, ExplicitVRLittleEndian)
+    ds = _with_meta(ds, ExplicitVRLittleEndian)
+    # The UIDs are ours (keyed HMACs): compressing must not make new ones.
+    ds.compress(STILL_TRANSFER_SYNTAX, np.ascontiguousarray(pixels), generate_instance_uid=False)
+    return ds
 
 
 def clip(

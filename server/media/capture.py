@@ -22,7 +22,8 @@ import numpy as np
 from av.packet import Packet
 from av.video.codeccontext import VideoCodecContext
 
-from server.errors import Conflict
+from server.errors import Conflict, PayloadTooLarge
+from server.image_limits import SIDE_MAX_PIXELS, size_problem
 
 RTP_VIDEO_CLOCK = 90_000
 DECODERS = {"video/vp8": "vp8", "video/h264": "h264"}
@@ -186,10 +187,12 @@ def decode_pictures(
 
     `keep_from=None` keeps only the newest picture (a still); otherwise the pictures of
     frames that arrived at `keep_from` or later. A frame the decoder refuses (damaged in
-    transit) is skipped. One picture at a time: the caller masks and encodes it before the
-    next. Runs in a worker thread.
+    transit) is skipped; a picture larger than `image_limits` allows is refused. One picture
+    at a time: the caller masks and encodes it before the next. Runs in a worker thread.
     """
     context = cast(VideoCodecContext, av.CodecContext.create(DECODERS[codec], "r"))
+    # libavcodec refuses a larger picture before allocating it (a stream may say anything).
+    context.options = {"max_pixels": str(SIDE_MAX_PIXELS * SIDE_MAX_PIXELS)}
     last = frames[-1].packet if frames else None
     for frame in frames:
         keep = frame.packet is last if keep_from is None else frame.arrived >= keep_from
@@ -198,6 +201,9 @@ def decode_pictures(
         except av.FFmpegError:
             continue
         for picture in pictures:
+            problem = size_problem(picture.width, picture.height)
+            if problem is not None:  # within max_pixels, yet too wide or too tall
+                raise PayloadTooLarge(f"the operator's video: {problem}", code="image_too_large")
             if keep:
                 yield picture.to_ndarray(format="rgb24"), int(frame.packet.pts or 0)
 

@@ -75,6 +75,17 @@ class KeyImageLog:
             )
             return int(result.scalar() or 0)
 
+    async def archived_bytes(self, consultation_id: str) -> int:
+        """What the consultation's archived objects take, all kinds (its quota counts this)."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text(
+                    "SELECT COALESCE(SUM(size), 0) FROM dicom_objects WHERE consultation_id = :cid"
+                ),
+                {"cid": consultation_id},
+            )
+            return int(result.scalar() or 0)
+
     async def images(self, consultation_id: str) -> list[dict[str, Any]]:
         """The consultation's key images with their PACS state, oldest first."""
         async with self.engine.connect() as conn:
