@@ -28,7 +28,12 @@ _RELATIVE = re.compile(r"[0-9.]{1,64}/[0-9.]{1,64}/[0-9a-f]{64}\.dcm")
 
 
 class ArchiveCorrupt(Exception):
-    """An archived file is missing or does not hash to its name."""
+    """An archived file cannot be read back as recorded (it does not hash to its name)."""
+
+
+class ArchiveMissing(ArchiveCorrupt):
+    """An archived file is not in this node's archive: another node archived it (or it was
+    removed). Nodes share one archive, or read such files back from the PACS."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,23 @@ class Archive:
         try:
             data = (self.root / relative).read_bytes()
         except FileNotFoundError:
-            raise ArchiveCorrupt("an archived file is missing") from None
+            raise ArchiveMissing("the file is not in this node's archive") from None
         if hashlib.sha256(data).hexdigest() != sha256:
             raise ArchiveCorrupt("an archived file does not match its recorded SHA-256")
         return data
+
+    def adopt(self, data: bytes, relative: str, sha256: str) -> None:
+        """Keep a copy fetched from elsewhere (the PACS) where the record says it is, once its
+        bytes prove to be the recorded file."""
+        if not _RELATIVE.fullmatch(relative) or not relative.endswith(f"/{sha256}.dcm"):
+            raise ArchiveCorrupt("not an archive path")
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ArchiveCorrupt("the copy does not match the recorded SHA-256")
+        study, series = study_and_series(relative)
+        self.store(data, study, series)
+
+
+def study_and_series(relative: str) -> tuple[str, str]:
+    """The study and series UIDs an archive path is filed under."""
+    study, series, _name = relative.split("/")
+    return study, series
