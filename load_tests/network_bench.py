@@ -303,7 +303,9 @@ async def scenario(
     net, expert_net = nets
     data = Path(tempfile.mkdtemp(dir=workdir))
     port = free_port()
-    env = cli_env(data, **dict(kv.split("=", 1) for kv in args.env))
+    # The namespaces reach the server over host-only links, in plain HTTP (a LAN demo's setup).
+    insecure_lan = {"PROBELINK_ALLOW_INSECURE_PUBLIC_URL": "1"}
+    env = cli_env(data, **{**insecure_lan, **dict(kv.split("=", 1) for kv in args.env)})
     server = Server(env, port=port, host=HOST_IP, cwd=server_root)
     with server:
         coordinator = cli(server, "token", "--role", "coordinator", "--sub", "bench")

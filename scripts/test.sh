@@ -11,9 +11,10 @@ source scripts/common.sh
 # orthanc + orthanc-dicomweb: the PACS that key images are pushed to (tests start their own);
 # chromium: the headless browser the web client's end-to-end tests drive through Playwright
 # (/usr/bin/chromium, no browser download); fonts-dejavu-core: legible text in its screenshots;
-# iproute2, nftables: the network namespace of a bedside whose UDP is blocked (tests/netns.py).
+# iproute2, nftables: the network namespace of a bedside whose UDP is blocked (tests/netns.py);
+# nginx: the TLS proxy of docs/nginx/probelink.conf, run by tests/test_deployment.py.
 DEBIAN_PACKAGES=(postgresql postgresql-client redis-server coturn dicom3tools tesseract-ocr
-  orthanc orthanc-dicomweb chromium fonts-dejavu-core iproute2 nftables)
+  orthanc orthanc-dicomweb chromium fonts-dejavu-core iproute2 nftables nginx)
 PG_URL="${PROBELINK_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
 
 start_postgres() {
@@ -46,10 +47,10 @@ start_redis() {
   for _ in $(seq 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
 }
 
-# Installing coturn or Orthanc enables its system service: coturn's Debian default is an
-# unauthenticated relay on every address, Orthanc's a PACS on ports 8042 and 4242. The tests
-# start their own on loopback, so when this script installs one it stops and disables the
-# service (one installed before is left as it was).
+# Installing coturn, Orthanc or nginx enables its system service: coturn's Debian default is an
+# unauthenticated relay on every address, Orthanc's a PACS on ports 8042 and 4242, nginx's a
+# web server on port 80. The tests start their own on loopback, so when this script installs
+# one it stops and disables the service (one installed before is left as it was).
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 disable_service() {
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
@@ -60,7 +61,7 @@ disable_service() {
 }
 
 new_services=()
-for service in coturn orthanc; do installed "$service" || new_services+=("$service"); done
+for service in coturn orthanc nginx; do installed "$service" || new_services+=("$service"); done
 apt_install "${DEBIAN_PACKAGES[@]}"
 for service in "${new_services[@]}"; do disable_service "$service"; done
 start_postgres

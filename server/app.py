@@ -30,7 +30,7 @@ from server.appkeys import (
 from server.auth import Keys, TokenPolicy
 from server.config import Settings
 from server.dicom.archive import Archive
-from server.dicom.pacs import PacsPusher
+from server.dicom.pacs import Dicomweb, PacsPusher
 from server.dicom.profiles import load_profiles
 from server.files import ensure_private_dir
 from server.key_images import KeyImages, load_deid_key
@@ -176,20 +176,25 @@ def _key_images_ctx(
         key_images = KeyImages(settings, KeyImageLog(app[STORE]), archive, profiles, key, metrics)
         app[KEY_IMAGES] = key_images
         key_images.resume()
-        pusher = None
+        pacs = pusher = None
         if settings.dicomweb_url is not None:
+            pacs = Dicomweb(settings.dicomweb_url)
+            pacs.open()
             pusher = PacsPusher(
-                settings.dicomweb_url,
+                pacs,
                 key_images.log,
                 archive,
                 lambda outcome: metrics.pacs_pushes.labels(outcome).inc(),
             )
+            key_images.pacs = pacs
             key_images.on_outbox = pusher.kick
             pusher.start()
         yield
         await key_images.close()
         if pusher is not None:
             await pusher.stop()
+        if pacs is not None:
+            await pacs.close()
 
     return context
 

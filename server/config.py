@@ -7,9 +7,11 @@ server at start-up with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -50,7 +52,13 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535, description="Port `probelink serve` listens on.")
     public_url: str | None = Field(
         None,
-        description="Base URL that join links point to (default: http://HOST:PORT).",
+        description="Base URL that join links point to (default: http://HOST:PORT); https:// "
+        "unless its host is loopback.",
+    )
+    allow_insecure_public_url: bool = Field(
+        False,
+        description="Allow an http:// public URL (or HOST) that is not loopback: tokens and "
+        "patient data then cross the network in clear (a LAN demo only).",
     )
     database_url: str | None = Field(
         None,
@@ -307,6 +315,22 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
+    @field_validator("public_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            url = urlsplit(value)
+            port = url.port  # raises on a port that is not a number below 65536
+        except ValueError:
+            raise ValueError("must be an http:// or https:// URL") from None
+        if url.scheme not in ("http", "https") or not url.hostname or port == 0:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if url.username is not None or url.query or url.fragment:
+            raise ValueError("must have no user, query or fragment")
+        return value.rstrip("/")
+
     @field_validator("turn_secret")
     @classmethod
     def _turn_secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -352,6 +376,31 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _public_url_secure(self) -> Settings:
+        # Browsers on another machine would send bearer tokens, and get patient data, in clear.
+        if self.allow_insecure_public_url:
+            return self
+        if self.public_url is None:
+            if not is_loopback(self.host):
+                raise ValueError(
+                    f"{ENV_PREFIX}HOST {self.host} is not a loopback address and "
+                    f"{ENV_PREFIX}PUBLIC_URL is unset: join links would be http:// on the network."
+                    f" Put a TLS proxy in front (docs/deployment.md) and set {ENV_PREFIX}PUBLIC_URL"
+                    f" to its https:// URL, or set {ENV_PREFIX}ALLOW_INSECURE_PUBLIC_URL=1 for a"
+                    " LAN demo"
+                )
+            return self
+        url = urlsplit(self.public_url)
+        if url.scheme == "http" and not is_loopback(url.hostname or ""):
+            raise ValueError(
+                f"{ENV_PREFIX}PUBLIC_URL must be https:// when its host is not loopback (tokens "
+                "and patient data would cross the network in clear): put a TLS proxy in front "
+                f"(docs/deployment.md), or set {ENV_PREFIX}ALLOW_INSECURE_PUBLIC_URL=1 for a LAN "
+                "demo"
+            )
+        return self
+
     @property
     def base_url(self) -> str:
         """Where clients reach this server; join links are built on it."""
@@ -377,6 +426,16 @@ class Settings(BaseSettings):
             "urgent": self.due_minutes_urgent,
             "routine": self.due_minutes_routine,
         }
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without brackets) is this machine."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -16,9 +16,8 @@ from pydicom.pixels.utils import pixel_array
 from server.appkeys import KEY_IMAGES, LIVE, STORE
 from server.auth import Role, require_consultation, require_role
 from server.consultations import OPEN_STATES
-from server.dicom.archive import ArchiveCorrupt
 from server.edge import authenticate, consultation_id_of, facts
-from server.errors import Conflict, NotFound, PayloadTooLarge, Unavailable
+from server.errors import Conflict, NotFound, PayloadTooLarge
 from server.key_images import Capture, room_commit
 from server.store.key_images import ArchivedObject
 
@@ -108,12 +107,7 @@ async def _archived(request: web.Request) -> tuple[dict[str, Any], bytes]:
         raise NotFound("no such key image", code="key_image_not_found", field="id")
     row, obj = found
     require_consultation(principal, row["consultation_id"])
-    try:
-        data = await asyncio.to_thread(key_images.archive.read, obj.path, obj.sha256)
-    except ArchiveCorrupt as exc:
-        raise Unavailable(
-            f"the key image cannot be served: {exc}", code="archive_corrupt"
-        ) from None
+    data = await key_images.read(obj, "the key image")
     await request.app[STORE].record_audit(
         facts(request, principal, "key_image.read", "key_image", key_image_id)
     )
@@ -194,10 +188,7 @@ async def get_prior(request: web.Request) -> web.Response:
         raise NotFound("no such prior", code="prior_not_found", field="id")
     cid, obj = found
     require_consultation(principal, cid)
-    try:
-        data = await asyncio.to_thread(key_images.archive.read, obj.path, obj.sha256)
-    except ArchiveCorrupt as exc:
-        raise Unavailable(f"the prior cannot be served: {exc}", code="archive_corrupt") from None
+    data = await key_images.read(obj, "the prior")
     await request.app[STORE].record_audit(
         facts(request, principal, "prior.read", "dicom_object", sop)
     )

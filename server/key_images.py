@@ -32,9 +32,10 @@ from server.audit import AuditFacts
 from server.config import Settings
 from server.consultations import OPEN_STATES
 from server.dicom import deid, priors, writer
-from server.dicom.archive import Archive
+from server.dicom.archive import Archive, ArchiveCorrupt, ArchiveMissing, study_and_series
+from server.dicom.pacs import Dicomweb, RetrieveFailed
 from server.dicom.profiles import Profiles
-from server.errors import BadRequest, Conflict, PayloadTooLarge, ProbelinkError
+from server.errors import BadRequest, Conflict, PayloadTooLarge, ProbelinkError, Unavailable
 from server.files import write_durably
 from server.live import Live
 from server.media.capture import Frame, decode_pictures, frame_rate
@@ -143,10 +144,50 @@ class KeyImages:
         self.push = settings.dicomweb_url is not None
         # Told when the outbox has something new (set by the app when a PACS is configured).
         self.on_outbox: Callable[[], None] | None = None
+        # The PACS, where objects another node archived are read back from (set by the app).
+        self.pacs: Dicomweb | None = None
         self._building = asyncio.Semaphore(BUILD_CONCURRENCY)
         # Key object selection writers, by consultation, and those asked for again meanwhile.
         self._kos_jobs: dict[str, asyncio.Task[None]] = {}
         self._kos_dirty: set[str] = set()
+
+    async def read(self, obj: ArchivedObject, what: str) -> bytes:
+        """An archived object's bytes, checked against its record: from this node's archive, or
+        (another node archived it) from the PACS, then kept in this node's archive.
+
+        Raises Unavailable (503) naming `what` and why when it cannot be had intact.
+        """
+        try:
+            return await self._read(obj)
+        except ArchiveMissing as exc:
+            raise Unavailable(
+                f"{what} cannot be served: {exc}", code="archived_on_another_node"
+            ) from None
+        except ArchiveCorrupt as exc:
+            raise Unavailable(f"{what} cannot be served: {exc}", code="archive_corrupt") from None
+
+    async def _read(self, obj: ArchivedObject) -> bytes:
+        try:
+            return await asyncio.to_thread(self.archive.read, obj.path, obj.sha256)
+        except ArchiveMissing:
+            if self.pacs is None:
+                raise ArchiveMissing(
+                    "the file is in another node's archive: nodes share one archive, or read "
+                    "from a PACS (PROBELINK_DICOMWEB_URL; see docs/deployment.md)"
+                ) from None
+        study, series = study_and_series(obj.path)
+        try:
+            data = await self.pacs.retrieve(study, series, obj.sop_instance_uid, obj.size)
+        except RetrieveFailed as exc:
+            raise ArchiveMissing(
+                f"the file is in another node's archive and cannot be read from the PACS: {exc}"
+            ) from None
+        try:
+            await asyncio.to_thread(self.archive.adopt, data, obj.path, obj.sha256)
+        except ArchiveCorrupt:
+            raise ArchiveCorrupt("the PACS's copy is not the archived file (SHA-256)") from None
+        log.info("an archived %s was read back from the PACS into this node's archive", obj.kind)
+        return data
 
     # Rules checked before any work
 

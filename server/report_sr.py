@@ -78,7 +78,7 @@ async def archive_report(
     previous = None
     if earlier:
         newest = earlier[-1]
-        data = await asyncio.to_thread(key_images.archive.read, newest.path, newest.sha256)
+        data = await key_images.read(newest, "the report's previous version")
         previous = pydicom.dcmread(io.BytesIO(data))
     sop = deid.derived_uid(key, "report_sr", row.id, str(len(report.versions)))
     inst = key_images.instance_of(row, SR_KIND, sop, now)

@@ -17,6 +17,8 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from orthanc_server import OrthancServer
+from orthanc_server import available as orthanc_available
 from turn_server import TURNSERVER, TurnServer
 
 from server.app import create_app, load_keyring, token_policy
@@ -143,6 +145,20 @@ def coturn(tmp_path: Path) -> Iterator[TurnServer]:
     directory.mkdir()
     with TurnServer(directory) as server:
         yield server
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    """A real Orthanc with DICOMweb on loopback (free ports, storage in tmp_path), stopped after."""
+    require(
+        "Orthanc", orthanc_available(), "install the Debian packages orthanc and orthanc-dicomweb"
+    )
+    directory = tmp_path / "orthanc"
+    directory.mkdir()
+    server = OrthancServer(directory)
+    server.start()
+    yield server
+    server.stop()
 
 
 def unique_prefix() -> str:

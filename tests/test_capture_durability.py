@@ -100,7 +100,7 @@ async def test_every_acknowledged_capture_survives_sigkill(tmp_path: Path) -> No
         read(data)
     with Server(env, port=first.port) as second:
         # What the crash left half-written in staging is cleared at start-up.
-        assert not any((archive / ".incoming").iterdir())
+        assert not any(p.is_file() for p in (archive / ".incoming").rglob("*"))
         async with aiohttp.ClientSession(headers=coordinator) as http:
             async with http.get(f"{second.url}/api/consultations/{cid}/key-images") as r:
                 listing: list[dict[str, Any]] = (await r.json())["key_images"]

@@ -38,3 +38,65 @@ def test_the_longest_allowed_settings_are_accepted() -> None:
         due_minutes_routine=DUE_MINUTES_MAX,
     )
     assert settings.due_minutes()["routine"] == DUE_MINUTES_MAX
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"public_url": "http://probelink.example.org"}, "PROBELINK_PUBLIC_URL"),
+        ({"public_url": "http://192.168.1.20:8080"}, "PROBELINK_PUBLIC_URL"),
+        ({"host": "0.0.0.0"}, "PROBELINK_HOST"),
+        ({"host": "192.168.1.20", "public_url": "http://192.168.1.20:8080"}, "PUBLIC_URL"),
+    ],
+)
+def test_join_links_in_clear_on_the_network_are_refused(
+    overrides: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(**overrides)
+    # The message says what is wrong, where the fix is, and the override's name.
+    assert named in refused.value.message
+    assert "docs/deployment.md" in refused.value.message
+    assert "PROBELINK_ALLOW_INSECURE_PUBLIC_URL=1" in refused.value.message
+    # The explicit override (a LAN demo) is taken.
+    insecure = load_settings(**overrides, allow_insecure_public_url=True)
+    assert insecure.base_url.startswith("http://")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "base_url"),
+    [
+        ({}, "http://127.0.0.1:8080"),
+        ({"public_url": "http://localhost:8080/"}, "http://localhost:8080"),
+        ({"public_url": "http://127.0.0.2:9000"}, "http://127.0.0.2:9000"),
+        ({"public_url": "http://[::1]:8080"}, "http://[::1]:8080"),
+        ({"host": "::1", "public_url": "http://[::1]:8080"}, "http://[::1]:8080"),
+        # Behind a TLS proxy: the node listens on the network, its links are https.
+        (
+            {"host": "10.0.0.5", "public_url": "https://probelink.example.org"},
+            "https://probelink.example.org",
+        ),
+    ],
+)
+def test_loopback_or_https_public_urls_are_accepted(
+    overrides: dict[str, Any], base_url: str
+) -> None:
+    assert load_settings(**overrides).base_url == base_url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "probelink.example.org",
+        "ftp://probelink.example.org",
+        "https://",
+        "https://probelink.example.org:99999",
+        "https://user:secret@probelink.example.org",
+        "https://probelink.example.org/?x=1",
+    ],
+)
+def test_a_public_url_that_is_not_a_web_address_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(public_url=url)
+    assert "PROBELINK_PUBLIC_URL:" in refused.value.message
+    assert "secret" not in refused.value.message

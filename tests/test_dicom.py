@@ -12,7 +12,7 @@ import pytest
 from dicom_checks import dciodvfy_errors, every_value, read
 
 from server.dicom import deid, writer
-from server.dicom.archive import Archive, ArchiveCorrupt
+from server.dicom.archive import Archive, ArchiveCorrupt, ArchiveMissing
 from server.dicom.profiles import BUNDLED_PROFILES, load_profiles
 from server.errors import ConfigError
 
@@ -193,3 +193,43 @@ def test_archive_writes_whole_files_named_by_their_hash(tmp_path: Path) -> None:
     (archive.incoming / ".partial.tmp").write_bytes(b"half")
     archive.open()
     assert not list(archive.incoming.iterdir())
+
+
+def test_nodes_sharing_an_archive_never_clear_each_others_writes(tmp_path: Path) -> None:
+    shared = tmp_path / "volume"
+    shared.mkdir()
+    node_a, node_b = Archive(tmp_path / "a"), Archive(tmp_path / "b")
+    for node in (node_a, node_b):
+        node.data_dir.mkdir()
+        (node.data_dir / "archive").symlink_to(shared)  # the volume, mounted in each
+        node.open()
+    assert node_a.incoming != node_b.incoming
+    # Node A is writing when node B restarts: B clears only what it left itself.
+    (node_a.incoming / ".in-flight.tmp").write_bytes(b"half")
+    (node_b.incoming / ".partial.tmp").write_bytes(b"half")
+    node_b.open()
+    assert (node_a.incoming / ".in-flight.tmp").exists()
+    assert not list(node_b.incoming.iterdir())
+    # Each node keeps its staging directory across restarts.
+    incoming = node_a.incoming
+    node_a.open()
+    assert node_a.incoming == incoming
+
+
+def test_a_file_from_elsewhere_is_kept_only_if_it_is_the_recorded_one(tmp_path: Path) -> None:
+    archive = Archive(tmp_path)
+    archive.open()
+    data = b"DICM" * 100
+    sha256 = hashlib.sha256(data).hexdigest()
+    relative = f"1.2.3/1.2.3.4/{sha256}.dcm"
+    # Another node's file: not here, which is not corruption.
+    with pytest.raises(ArchiveMissing):
+        archive.read(relative, sha256)
+    # A copy from the PACS that is not that file is refused and not kept.
+    with pytest.raises(ArchiveCorrupt):
+        archive.adopt(b"DICM" * 99, relative, sha256)
+    with pytest.raises(ArchiveCorrupt):
+        archive.adopt(data, f"1.2.3/1.2.3.4/{'0' * 64}.dcm", sha256)
+    assert not (archive.root / "1.2.3").exists()
+    archive.adopt(data, relative, sha256)
+    assert archive.read(relative, sha256) == data

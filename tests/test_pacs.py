@@ -6,33 +6,20 @@ import asyncio
 import email.parser
 import email.policy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import require
 from dicom_checks import read
-from orthanc_server import OrthancServer, available
+from orthanc_server import OrthancServer
 from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_png
 from pydicom.dataset import Dataset
 
 from server.config import Settings, load_settings
 from server.dicom.pacs import stored_uids, stow_body
 from server.keyring import load_or_create
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
-    require("Orthanc", available(), "install the Debian packages orthanc and orthanc-dicomweb")
-    directory = tmp_path / "orthanc"
-    directory.mkdir()
-    server = OrthancServer(directory)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

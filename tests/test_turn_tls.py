@@ -232,6 +232,8 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
             tmp_path / "data",
             PROBELINK_TURN_URLS=coturn.tls_url(),
             PROBELINK_TURN_SECRET=coturn.secret,
+            # A host-only link to the namespace: plain HTTP on it is this test's LAN demo.
+            PROBELINK_ALLOW_INSECURE_PUBLIC_URL="1",
         )
         server = stack.enter_context(Server(env, host=net.host_ip))
         yield Setup(net, coturn, server, tmp_path)

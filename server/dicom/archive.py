@@ -3,9 +3,11 @@
 Layout under `DATA_DIR/archive`: `<study UID>/<series UID>/<sha256>.dcm`. UIDs are
 keyed-HMAC pseudonyms (`deid.derived_uid`), so no path holds patient data, and
 a file's name is the SHA-256 of its bytes, so a read can prove it intact.
-Files are written in `.incoming/` (same file system), fsynced, linked into
-place and the directory fsynced; whatever a crash leaves in `.incoming/` is
-cleared at start-up. Synchronous: callers run it in a worker thread.
+Files are written in `.incoming/<node>/` (same file system), fsynced, linked
+into place and the directory fsynced; whatever a crash leaves there is cleared
+at start-up. `<node>` is an id kept in the node's own data directory, so nodes
+may share one archive (a shared volume) without clearing each other's writes.
+Synchronous: callers run it in a worker thread.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +26,20 @@ log = logging.getLogger(__name__)
 
 ARCHIVE_DIR = "archive"
 INCOMING_DIR = ".incoming"
+# In DATA_DIR, beside (not inside) the archive, which may be shared between nodes.
+NODE_ID_FILE = "archive-node-id"
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_NODE_ID = re.compile(r"[0-9a-f]{16}")
 _RELATIVE = re.compile(r"[0-9.]{1,64}/[0-9.]{1,64}/[0-9a-f]{64}\.dcm")
 
 
 class ArchiveCorrupt(Exception):
-    """An archived file is missing or does not hash to its name."""
+    """An archived file cannot be read back as recorded (it does not hash to its name)."""
+
+
+class ArchiveMissing(ArchiveCorrupt):
+    """An archived file is not in this node's archive: another node archived it (or it was
+    removed). Nodes share one archive, or read such files back from the PACS."""
 
 
 @dataclass(frozen=True)
@@ -40,12 +51,20 @@ class Stored:
 
 class Archive:
     def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
         self.root = data_dir / ARCHIVE_DIR
+        # This node's staging directory, known once open.
         self.incoming = self.root / INCOMING_DIR
 
     def open(self) -> None:
-        """Create the archive and clear what a crash left half-written."""
+        """Create the archive and clear what a crash of this node left half-written."""
         ensure_private_dir(self.root)
+        id_file = self.data_dir / NODE_ID_FILE
+        write_durably(id_file, secrets.token_hex(8).encode(), replace=False)
+        node = id_file.read_text().strip()
+        if not _NODE_ID.fullmatch(node):
+            raise ValueError(f"{id_file} holds no node id: remove it to generate a new one")
+        self.incoming = self.root / INCOMING_DIR / node
         if self.incoming.exists():
             leftovers = sum(1 for _ in self.incoming.iterdir())
             if leftovers:
@@ -72,7 +91,23 @@ class Archive:
         try:
             data = (self.root / relative).read_bytes()
         except FileNotFoundError:
-            raise ArchiveCorrupt("an archived file is missing") from None
+            raise ArchiveMissing("the file is not in this node's archive") from None
         if hashlib.sha256(data).hexdigest() != sha256:
             raise ArchiveCorrupt("an archived file does not match its recorded SHA-256")
         return data
+
+    def adopt(self, data: bytes, relative: str, sha256: str) -> None:
+        """Keep a copy fetched from elsewhere (the PACS) where the record says it is, once its
+        bytes prove to be the recorded file."""
+        if not _RELATIVE.fullmatch(relative) or not relative.endswith(f"/{sha256}.dcm"):
+            raise ArchiveCorrupt("not an archive path")
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ArchiveCorrupt("the copy does not match the recorded SHA-256")
+        study, series = study_and_series(relative)
+        self.store(data, study, series)
+
+
+def study_and_series(relative: str) -> tuple[str, str]:
+    """The study and series UIDs an archive path is filed under."""
+    study, series, _name = relative.split("/")
+    return study, series

@@ -1,11 +1,12 @@
-"""The PACS outbox: every archived object goes to the PACS by DICOMweb STOW-RS, eventually.
+"""The PACS: every archived object goes there by DICOMweb STOW-RS, eventually; and comes back.
 
 A worker per node claims due entries (a lease, so nodes sharing a database do
 not push the same object at once), sends each file from the archive, and marks
 it sent only when the PACS lists its SOP Instance UID as stored. A failure is
 retried with exponential back-off; a PACS that is down delays pushes, never
 loses one. Re-sending an object the PACS already has is harmless (same SOP
-Instance UID, same bytes).
+Instance UID, same bytes). A node that has not archived an object itself (another
+node did) reads it back by WADO-RS, as stored.
 """
 
 from __future__ import annotations
@@ -31,16 +32,24 @@ IDLE_POLL_SECONDS = 2.0
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 300.0
 REQUEST_TIMEOUT_SECONDS = 60.0
+# Someone is waiting for the picture: a PACS that does not answer by then is reported as such.
+RETRIEVE_TIMEOUT_SECONDS = 15.0
 # Long enough for a whole batch at the request timeout: no other node takes a claimed entry.
 LEASE_SECONDS = BATCH * REQUEST_TIMEOUT_SECONDS + 60.0
 # Referenced SOP Sequence, Failed SOP Sequence, SOP Instance UID (DICOM JSON tags).
 REFERENCED_SOP_SEQUENCE = "00081199"
 FAILED_SOP_SEQUENCE = "00081198"
 SOP_INSTANCE_UID = "00081155"
+# WADO-RS: the instance as stored (`transfer-syntax=*`), so its bytes hash as archived.
+WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 class PushFailed(Exception):
     """The PACS did not take the object; the message says why (no patient data in it)."""
+
+
+class RetrieveFailed(Exception):
+    """The PACS did not give the object back; the message says why (no patient data in it)."""
 
 
 def retry_delay(attempts: int) -> float:
@@ -78,23 +87,92 @@ def stored_uids(response: dict[str, Any]) -> tuple[set[str], set[str]]:
     return uids(REFERENCED_SOP_SEQUENCE), uids(FAILED_SOP_SEQUENCE)
 
 
+class Dicomweb:
+    """The PACS's DICOMweb service: STOW-RS to store an object, WADO-RS to read one back."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.session: aiohttp.ClientSession | None = None
+
+    def open(self) -> None:
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def send(self, sop_instance_uid: str, data: bytes) -> None:
+        """STOW-RS one object; return only if the PACS says it stored it."""
+        assert self.session is not None
+        body, content_type = stow_body([data])
+        headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
+        try:
+            async with self.session.post(
+                f"{self.url}/studies", data=body, headers=headers
+            ) as response:
+                raw = await response.read()
+                if response.status not in (200, 202):
+                    raise PushFailed(f"the PACS answered HTTP {response.status}")
+                try:
+                    parsed = json.loads(raw) if raw.strip() else {}
+                except (ValueError, UnicodeDecodeError):
+                    raise PushFailed("the PACS's STOW-RS answer is not JSON") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PushFailed(f"the PACS is unreachable ({type(exc).__name__})") from None
+        stored, failed = stored_uids(parsed if isinstance(parsed, dict) else {})
+        if sop_instance_uid in failed or sop_instance_uid not in stored:
+            raise PushFailed("the PACS did not confirm storing the object")
+
+    async def retrieve(self, study: str, series: str, sop_instance_uid: str, size: int) -> bytes:
+        """WADO-RS one instance as the PACS stored it (no transcoding), at most `size` bytes."""
+        assert self.session is not None
+        url = f"{self.url}/studies/{study}/series/{series}/instances/{sop_instance_uid}"
+        try:
+            async with self.session.get(
+                url,
+                headers={"Accept": WADO_ACCEPT},
+                timeout=aiohttp.ClientTimeout(total=RETRIEVE_TIMEOUT_SECONDS),
+            ) as response:
+                if response.status == 404:
+                    raise RetrieveFailed("the PACS does not have it (yet)")
+                if response.status != 200:
+                    raise RetrieveFailed(f"the PACS answered HTTP {response.status}")
+                if response.content_type != "multipart/related":
+                    raise RetrieveFailed("the PACS's WADO-RS answer is not multipart/related")
+                part = await aiohttp.MultipartReader(response.headers, response.content).next()
+                if not isinstance(part, aiohttp.BodyPartReader):
+                    raise RetrieveFailed("the PACS's WADO-RS answer has no DICOM part")
+                data = bytearray()
+                while chunk := await part.read_chunk():
+                    data += chunk
+                    if len(data) > size:
+                        raise RetrieveFailed("the PACS's copy is larger than the archived file")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RetrieveFailed(f"the PACS is unreachable ({type(exc).__name__})") from None
+        except ValueError:  # a multipart answer without a boundary
+            raise RetrieveFailed("the PACS's WADO-RS answer is not multipart") from None
+        return bytes(data)
+
+
 class PacsPusher:
     def __init__(
-        self, url: str, log_: KeyImageLog, archive: Archive, on_push: Callable[[str], None]
+        self,
+        pacs: Dicomweb,
+        log_: KeyImageLog,
+        archive: Archive,
+        on_push: Callable[[str], None],
     ):
-        self.url = url.rstrip("/") + "/studies"
+        self.pacs = pacs
         # Told each push's outcome ("sent" or "failed"), for metrics.
         self.on_push = on_push
         self.log = log_
         self.archive = archive
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.session: aiohttp.ClientSession | None = None
 
     def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
-        )
         self.task = asyncio.create_task(self._run(), name="pacs-outbox")
 
     def kick(self) -> None:
@@ -106,8 +184,6 @@ class PacsPusher:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        if self.session is not None:
-            await self.session.close()
 
     async def _run(self) -> None:
         while True:
@@ -136,7 +212,7 @@ class PacsPusher:
     async def _push(self, item: OutboxItem) -> None:
         try:
             data = await asyncio.to_thread(self.archive.read, item.path, item.sha256)
-            await self.send(item.sop_instance_uid, data)
+            await self.pacs.send(item.sop_instance_uid, data)
         except (PushFailed, ArchiveCorrupt) as exc:
             delay = retry_delay(item.attempts)
             log.warning(
@@ -148,23 +224,3 @@ class PacsPusher:
             return
         await self.log.pushed(item.sop_instance_uid)
         self.on_push("sent")
-
-    async def send(self, sop_instance_uid: str, data: bytes) -> None:
-        """STOW-RS one object; return only if the PACS says it stored it."""
-        assert self.session is not None
-        body, content_type = stow_body([data])
-        headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
-        try:
-            async with self.session.post(self.url, data=body, headers=headers) as response:
-                raw = await response.read()
-                if response.status not in (200, 202):
-                    raise PushFailed(f"the PACS answered HTTP {response.status}")
-                try:
-                    parsed = json.loads(raw) if raw.strip() else {}
-                except (ValueError, UnicodeDecodeError):
-                    raise PushFailed("the PACS's STOW-RS answer is not JSON") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise PushFailed(f"the PACS is unreachable ({type(exc).__name__})") from None
-        stored, failed = stored_uids(parsed if isinstance(parsed, dict) else {})
-        if sop_instance_uid in failed or sop_instance_uid not in stored:
-            raise PushFailed("the PACS did not confirm storing the object")
