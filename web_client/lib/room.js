@@ -7,6 +7,9 @@ import { connectMedia, quality } from "./rtc.js";
 
 const RECONNECT_AFTER_MS = 4000;
 const QUALITY_EVERY_MS = 2000;
+// Why the server ends a participant's access (docs/protocol.md, `revoked`): for good, so a new
+// join link would not help either.
+const ENDED = new Set(["consultation_cancelled", "consultation_signed", "expert_reassigned", "expert_deactivated"]);
 
 // The elements a live page shows the room in, by the ids every page uses (absent ones: null).
 function pageElements() {
@@ -39,6 +42,7 @@ export class Room {
     on("connect", () => this.indicate());
     on("disconnect", () => this.indicate());
     on("connect_error", (error) => this.refused(error));
+    on("revoked", (r) => this.ended(r));
     on("room_state", (state) => this.welcome(state));
     on("presence", (p) => this.people(p.participants));
     on("pointer", (p) => overlay.setPointer(p.from, p.x, p.y));
@@ -66,7 +70,8 @@ export class Room {
   refused(error) {
     if (this.live.active) return this.indicate();
     const refusal = error?.data;
-    if (refusal?.code) {
+    if (ENDED.has(refusal?.code)) this.ended(refusal);
+    else if (refusal?.code) {
       this.refusal = { ...refusal, text: `Cannot join the room: ${refusal.message}. Ask the coordinator for a new join link.` };
       this.alert(this.refusal.text);
     } else {
@@ -75,6 +80,20 @@ export class Room {
       clearTimeout(this.rejoin);
       this.rejoin = setTimeout(() => this.live.reopen(), RECONNECT_AFTER_MS);
     }
+    this.indicate();
+  }
+
+  // The server ended our access (the report signed, the consultation cancelled, the expert
+  // reassigned or deactivated) and lets us go: say why, and stop the media for good.
+  ended(r) {
+    this.refusal = { ...r, ended: true, text: `This session has ended: ${r.message}.` };
+    this.alert(this.refusal.text);
+    this.media = null;
+    clearTimeout(this.retry);
+    clearTimeout(this.rejoin);
+    this.pc?.close();
+    this.pc = null;
+    this.handlers.ended?.(this.refusal);
     this.indicate();
   }
 
@@ -212,7 +231,7 @@ export class Room {
     const badge = this.ui.status;
     if (!badge) return;
     let level = "offline", text = "Offline: reconnecting…", figures = "";
-    if (this.refusal && !this.live.connected) text = "Not admitted: see the message";
+    if (this.refusal && !this.live.connected) text = this.refusal.ended ? "Session ended" : "Not admitted: see the message";
     else if (this.live.connected) {
       const s = this.pc?.connectionState;
       // getStats on a connection closed meanwhile rejects: say it as a connection state.
