@@ -28,9 +28,11 @@ from server.consultations import (
     OPEN_STATES,
     REQUIRED_ITEMS,
     URGENCY_RANK,
+    Cancellation,
     ClinicalContext,
     MissingItem,
     State,
+    check_cancellation,
     check_sendable,
     checklist,
     due_at,
@@ -39,6 +41,7 @@ from server.consultations import (
 )
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest, NotFound
+from server.live import end_access
 from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
 from server.reports import ReportState
 from server.store import ConsultationRow, ParticipantRow
@@ -67,6 +70,7 @@ def routes() -> web.RouteTableDef:
     table.get("/api/consultations")(list_queue)
     table.get("/api/consultations/{consultation_id}")(get_consultation)
     table.post("/api/consultations/{consultation_id}/invites")(create_invite)
+    table.post("/api/consultations/{consultation_id}/cancel")(cancel_consultation)
     table.get("/api/audit/verify")(verify_audit)
     table.get("/api/ice-servers")(get_ice_servers)
     table.get("/api/turnaround")(get_turnaround)
@@ -96,6 +100,9 @@ def summary(row: ConsultationRow, now: datetime) -> dict[str, Any]:
         "assigned_expert": row.assigned_expert,
         "incomplete_reason": row.context.incomplete_reason,
         "flags": [{"code": f.code, "message": f.message} for f in flags(row.context)],
+        "cancellation": None
+        if row.cancelled_at is None
+        else {"reason": row.cancel_reason, "note": row.cancel_note, "at": iso(row.cancelled_at)},
     }
 
 
@@ -277,6 +284,27 @@ async def create_invite(request: web.Request) -> web.Response:
     )
     request.app[METRICS].invites_created.labels(invite.role.value).inc()
     return web.json_response(body, status=201)
+
+
+async def cancel_consultation(request: web.Request) -> web.Response:
+    """The coordinator cancels the request: every participant's access ends at once."""
+    principal = authenticate(request)
+    require_role(principal, Role.COORDINATOR)
+    consultation_id = consultation_id_of(request)
+    settings = request.app[SETTINGS]
+    cancellation = parse_json(
+        Cancellation, await read_body(request), max_bytes=settings.max_body_bytes
+    )
+    check_cancellation(cancellation)
+    now = datetime.now(UTC)
+    row = await request.app[STORE].cancel(
+        consultation_id,
+        cancellation,
+        now,
+        facts(request, principal, "consultation.cancel", "consultation", consultation_id),
+    )
+    await end_access(request.app, [consultation_id])
+    return web.json_response(summary(row, now))
 
 
 def join_body(request: web.Request, participant: ParticipantRow) -> dict[str, Any]:

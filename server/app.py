@@ -48,7 +48,7 @@ from server.media.capture import CineBuffer
 from server.media.feedback import BitratePolicy
 from server.media.relay import Relay
 from server.metrics import create_metrics
-from server.middleware import api_headers, errors_middleware, flush_refusals
+from server.middleware import access_middleware, api_headers, errors_middleware, flush_refusals
 from server.refusals import RefusalBursts
 from server.reports import load_terminology
 from server.signaling import LiveNamespace, create_sio
@@ -113,7 +113,10 @@ def create_app(settings: Settings) -> web.Application:
     """One application per settings; every long-lived resource opens in a cleanup context."""
     # The data directory holds clinical records and keys: its owner only.
     ensure_private_dir(settings.data_dir)
-    app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[errors_middleware, access_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
     app.on_response_prepare.append(api_headers)
     app[SETTINGS] = settings
     app[METRICS] = create_metrics()

@@ -7,7 +7,8 @@ global. An expert's token may also name no consultation: their reading-room
 token, with which they see the requests they are credentialed for and accept
 one (getting a join token for it), but which is granted no consultation itself.
 Every refusal raises `Unauthorized` (401) or `Forbidden` (403) with a code
-saying why.
+saying why. A join token's `sub` is its participant; whether a consultation's
+token still opens it after it was issued is `server.access`'s rule.
 """
 
 from __future__ import annotations

@@ -83,11 +83,39 @@ class State(enum.StrEnum):
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.REQUESTED: frozenset({State.LIVE, State.REPORTED, State.CANCELLED}),
     State.LIVE: frozenset({State.REPORTED, State.CANCELLED}),
-    State.REPORTED: frozenset({State.SIGNED, State.LIVE}),
+    State.REPORTED: frozenset({State.SIGNED, State.LIVE, State.CANCELLED}),
     State.SIGNED: frozenset(),
     State.CANCELLED: frozenset(),
 }
 OPEN_STATES = frozenset({State.REQUESTED, State.LIVE, State.REPORTED})
+
+
+class CancelReason(enum.StrEnum):
+    """Why a coordinator cancelled a consultation (coded: it is audited and shown to the room)."""
+
+    DUPLICATE = "duplicate"
+    NO_LONGER_NEEDED = "no_longer_needed"
+    PATIENT_UNAVAILABLE = "patient_unavailable"
+    ENTERED_IN_ERROR = "entered_in_error"
+    OTHER = "other"
+
+
+class Cancellation(StrictModel):
+    """`POST /api/consultations/{id}/cancel`: the reason, and a note the record keeps."""
+
+    reason: Choice[CancelReason]
+    # Free text: kept with the record only, never in the audit log or a message to the room.
+    note: LongText | None = None
+
+
+def check_cancellation(cancellation: Cancellation) -> None:
+    """`other` says nothing by itself: it needs the note."""
+    if cancellation.reason is CancelReason.OTHER and cancellation.note is None:
+        raise BadRequest(
+            "a cancellation for reason 'other' needs a 'note' saying why",
+            code="missing_field",
+            field="note",
+        )
 
 
 class Device(StrictModel):

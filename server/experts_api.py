@@ -29,6 +29,7 @@ from server.experts import (
     credentialed,
     subspecialty_set,
 )
+from server.live import end_access
 from server.messages import StrictModel, parse, parse_json
 from server.store import ConsultationRow, ExpertRow, Experts, ParticipantRow
 from server.store.times import iso
@@ -122,9 +123,12 @@ async def put_expert(request: web.Request) -> web.Response:
         facts(request, principal, "expert.register", "expert", sub),
         detail={"subspecialties": [s.value for s in subspecialties], "active": profile.active},
     )
-    row, _created = await Experts(request.app[STORE]).put(
+    experts = Experts(request.app[STORE])
+    row, _created = await experts.put(
         sub, profile.name, subspecialties, profile.active, datetime.now(UTC), audit
     )
+    # Deactivated, or no longer credentialed for what they held: their links end.
+    await end_access(request.app, await experts.linked_consultations(sub))
     return web.json_response(expert_body(row))
 
 
@@ -214,6 +218,7 @@ async def assign_consultation(request: web.Request) -> web.Response:
         datetime.now(UTC),
         facts(request, principal, action, "consultation", consultation_id),
     )
+    await end_access(request.app, [consultation_id])
     assigned = await _consultation(request, consultation_id)
     return web.json_response(api.summary(assigned, datetime.now(UTC)))
 

@@ -11,16 +11,19 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+import socketio
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from server.access import access_ended
 from server.appkeys import LIVE, SETTINGS, SIO, STORE
-from server.errors import ConfigError, Unavailable
+from server.auth import Role
+from server.errors import ConfigError, Forbidden, Unavailable
 from server.presence import MemoryPresence, Presence, RedisPresence
 from server.roombus import LocalRoomBus, RedisRoomBus, RoomBus
 from server.store.room_log import RoomEvent
@@ -43,6 +46,38 @@ CATCH_UP_EVENTS_MAX = 1000
 
 def room_of(consultation_id: str) -> str:
     return f"consultation:{consultation_id}"
+
+
+async def ended_for(
+    app: web.Application, consultation_id: str, sub: str, role: Role
+) -> Forbidden | None:
+    """Why the token of `sub` (as `role`) no longer opens the consultation, or None."""
+    standing = await app[STORE].standing(consultation_id, sub)
+    return None if standing is None else access_ended(role, standing)
+
+
+async def let_go(sio: socketio.AsyncServer, sid: str, refusal: Forbidden) -> None:
+    """Tell a socket, on whichever node, why its access has ended (`revoked`), then disconnect
+    it: both go through the Socket.IO manager, in this order, to the node that holds it."""
+    revoked = {"code": refusal.code, "message": refusal.message}
+    await sio.emit("revoked", revoked, to=sid, namespace=NAMESPACE)
+    await sio.disconnect(sid, namespace=NAMESPACE)
+
+
+async def end_access(app: web.Application, consultation_ids: Iterable[str]) -> None:
+    """Let go, on every node, of the live sockets of these consultations whose access has ended.
+
+    Called once the change that ended it is committed. Should this fail (Redis down), the
+    change stands: the sockets' next HTTP request and their reconnection are refused anyway.
+    """
+    try:
+        for consultation_id in consultation_ids:
+            for attendee in await app[LIVE].presence.members(consultation_id):
+                refusal = await ended_for(app, consultation_id, attendee.sub, Role(attendee.role))
+                if refusal is not None:
+                    await let_go(app[SIO], attendee.sid, refusal)
+    except Exception:
+        log.exception("could not end the live sessions whose access has ended")
 
 
 class Reaper(Protocol):

@@ -14,9 +14,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from server.access import check_access
 from server.appkeys import METRICS, PRINCIPAL, REFUSALS, STORE
 from server.audit import AuditFacts
 from server.auth import Principal
+from server.edge import authenticate
 from server.errors import Forbidden, ProbelinkError, Unauthorized
 from server.outages import as_outage, retry_after
 
@@ -111,6 +113,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         route = route_name(request)
         metrics.http_requests.labels(request.method, route, str(status)).inc()
         metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A consultation's token whose access has ended (`server.access`) opens no /api route."""
+    if request.path.startswith("/api/") and "Authorization" in request.headers:
+        principal = authenticate(request)
+        if principal.consultation_id is not None:
+            store = request.app[STORE]
+            standing = await store.standing(principal.consultation_id, principal.sub)
+            if standing is not None:  # no such consultation: the route says so
+                check_access(principal.role, standing)
+    return await handler(request)
 
 
 async def _audit_refusal(request: web.Request, exc: Unauthorized | Forbidden) -> None:

@@ -17,6 +17,7 @@ from server.auth import Principal, Role, require_consultation, require_role
 from server.consultations import State, flags
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import Conflict, Forbidden, NotFound
+from server.live import end_access
 from server.messages import LongText, StrictModel, parse_json
 from server.report_sr import archive_report
 from server.reports import ReportBody, ReportState, Version, check_terminology, missing_for_signing
@@ -66,7 +67,7 @@ async def _writer(request: web.Request) -> tuple[Principal, ConsultationRow]:
     if row.assigned_expert is not None:
         participants = await request.app[STORE].participants(row.id)
         mine = next((p for p in participants if p.id == principal.sub), None)
-        if mine is None or mine.invited_by != row.assigned_expert:
+        if mine is None or mine.expert_sub != row.assigned_expert:
             raise Forbidden(
                 "the consultation is assigned to another expert; only they write its report",
                 code="assigned_to_another",
@@ -179,6 +180,8 @@ async def sign_report(request: web.Request) -> web.Response:
         known_key_images={i["id"] for i in images},
     )
     await _commit_with_sr(request, principal, row, report, images, version, State.SIGNED)
+    # The bedside and observers are let go; the expert stays for addenda.
+    await end_access(request.app, [row.id])
     return web.json_response(await report_view(request, row, report, images))
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from server.access import check_access
 from server.admission import Admission, Seat
 from server.appkeys import KEY_IMAGES, KEYRING, LIVE, METRICS, RELAY, SETTINGS, STORE, TOKEN_POLICY
 from server.audit import AuditFacts
@@ -40,7 +41,7 @@ from server.errors import (
     Unauthorized,
 )
 from server.key_images import Capture, room_commit
-from server.live import NAMESPACE, room_of
+from server.live import NAMESPACE, ended_for, let_go, room_of
 from server.messages import parse
 from server.middleware import record_refusal
 from server.outages import as_outage
@@ -288,10 +289,12 @@ class LiveNamespace(socketio.AsyncNamespace):
                     "a live room is joined with a consultation's token, not a coordinator's",
                     code="consultation_not_granted",
                 )
-            if await self.app[STORE].get_consultation(principal.consultation_id) is None:
+            standing = await self.app[STORE].standing(principal.consultation_id, principal.sub)
+            if standing is None:
                 raise Forbidden(
                     "the token's consultation does not exist", code="consultation_not_found"
                 )
+            check_access(principal.role, standing)
         except (Unauthorized, Forbidden) as exc:
             await record_refusal(
                 self.app,
@@ -370,6 +373,13 @@ class LiveNamespace(socketio.AsyncNamespace):
             await asyncio.sleep(0.01)
         if socket.sid not in self.sockets:
             return  # gone already
+        # Access may have ended since on_connect checked it, before this socket was listed in
+        # presence where `end_access` looks for it: checked again now that it is.
+        principal = socket.principal
+        refusal = await ended_for(self.app, socket.consultation_id, principal.sub, principal.role)
+        if refusal is not None:
+            await let_go(self.server, socket.sid, refusal)
+            return
         await self.enter_room(socket.sid, room_of(socket.consultation_id))
         try:
             state = await self._room_state(socket)

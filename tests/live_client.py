@@ -21,6 +21,7 @@ SERVER_EVENTS = (
     "publishing",
     "ended",
     "room_error",
+    "revoked",
 )
 
 
@@ -36,9 +37,11 @@ class Participant:
         self._arrived = asyncio.Condition()
         for name in SERVER_EVENTS:
             self.sio.on(name, self._recorder(name), namespace=LIVE)
+        # The reason python-socketio gives, each time the connection ends.
+        self.sio.on("disconnect", self._recorder("disconnect"), namespace=LIVE)
 
     def _recorder(self, name: str) -> Any:
-        async def record(data: Any) -> None:
+        async def record(data: Any = None) -> None:
             async with self._arrived:
                 self.received[name].append(data)
                 self._arrived.notify_all()

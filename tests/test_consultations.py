@@ -95,6 +95,9 @@ def test_due_time_follows_urgency() -> None:
 def test_life_cycle_allows_only_its_transitions() -> None:
     assert transition(State.REQUESTED, State.LIVE) is State.LIVE
     assert transition(State.REPORTED, State.SIGNED) is State.SIGNED
+    # Until it is signed, a coordinator can cancel it (a draft report or not).
+    for open_state in (State.REQUESTED, State.LIVE, State.REPORTED):
+        assert transition(open_state, State.CANCELLED) is State.CANCELLED
     for frozen in (State.SIGNED, State.CANCELLED):
         with pytest.raises(Conflict):
             transition(frozen, State.LIVE)

@@ -97,6 +97,13 @@ async def error_of(response: aiohttp.ClientResponse) -> dict[str, Any]:
     return body
 
 
+async def cancel(client: Client, coordinator: Headers, cid: str) -> None:
+    response = await client.post(
+        f"/api/consultations/{cid}/cancel", json={"reason": "duplicate"}, headers=coordinator
+    )
+    assert response.status == 200, await response.text()
+
+
 async def set_state(client: Client, cid: str, state: str) -> None:
     async with client.app[STORE].transaction() as conn:
         await conn.execute(
@@ -373,9 +380,11 @@ async def test_accept_refuses_other_subspecialties_closed_and_unknown_requests(
     assert refused.status == 403
     error = await error_of(refused)
     assert error["code"] == "not_credentialed" and "dvt" in error["message"]
-    for state in ("signed", "cancelled"):
-        closed = await request(client, coordinator, "breast")
-        await set_state(client, closed, state)
+    signed = await request(client, coordinator, "breast")
+    cancelled = await request(client, coordinator, "breast")
+    await set_state(client, signed, "signed")  # signing for real is the report tests' story
+    await cancel(client, coordinator, cancelled)
+    for closed in (signed, cancelled):
         response = await accept(client, headers, closed)
         assert response.status == 409 and (await error_of(response))["code"] == "invalid_state"
     unknown = await accept(client, headers, "f" * 32)
@@ -535,7 +544,7 @@ async def test_assign_refuses_bad_input_closed_requests_and_non_coordinators(
     )
     assert by_expert.status == 403
     assert (await assign(client, coordinator, "e" * 32, lee)).status == 404
-    await set_state(client, cid, "cancelled")
+    await cancel(client, coordinator, cid)
     closed = await assign(client, coordinator, cid, lee)
     assert closed.status == 409 and (await error_of(closed))["code"] == "invalid_state"
 

@@ -109,6 +109,8 @@ async def test_a_closed_consultation_has_no_media_room(
 ) -> None:
     cid, invite = room
     expert = await invite("expert")
+    # Behind the server's back: cancelling through the API lets the expert's socket go first
+    # (tests/test_revocation.py); this is the relay's own guard for a socket still connected.
     async with client.app[STORE].transaction() as conn:
         await conn.execute(
             text("UPDATE consultations SET state = 'cancelled' WHERE id = :id"), {"id": cid}

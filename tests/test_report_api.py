@@ -208,7 +208,7 @@ async def test_record_checklist_asks_for_labelled_landmarks_on_key_images(
 async def test_after_reassignment_only_the_assigned_expert_writes_the_report(
     client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
 ) -> None:
-    cid, _, key_image = await consultation(client, coordinator, token_for, BREAST)
+    cid, reader, key_image = await consultation(client, coordinator, token_for, BREAST)
     suffix = cid[:8]
     for sub in (f"dr-a-{suffix}", f"dr-b-{suffix}"):
         body = {"name": sub, "subspecialties": ["breast"]}
@@ -221,14 +221,18 @@ async def test_after_reassignment_only_the_assigned_expert_writes_the_report(
     first = {"Authorization": f"Bearer {(await accepted.json())['token']}"}
     url = f"/api/consultations/{cid}/report"
     assert (await client.put(url, json={"findings": "cyst"}, headers=first)).status == 200
-    # Reassigned to Dr B: Dr A's join link no longer writes or signs.
+    # An expert's token that is not Dr A's link reads but does not write.
+    refused = await client.put(url, json={"findings": "mine"}, headers=reader)
+    assert refused.status == 403
+    assert (await refused.json())["error"]["code"] == "assigned_to_another"
+    # Reassigned to Dr B: Dr A's join link no longer writes or signs (nor opens anything).
     body = {"expert": f"dr-b-{suffix}"}
     assert (
         await client.post(f"/api/consultations/{cid}/assign", json=body, headers=coordinator)
     ).status == 200
     refused = await client.put(url, json={**SIGNABLE, "key_image_ids": [key_image]}, headers=first)
     assert refused.status == 403
-    assert (await refused.json())["error"]["code"] == "assigned_to_another"
+    assert (await refused.json())["error"]["code"] == "expert_reassigned"
     assert (await client.post(f"{url}/sign", headers=first)).status == 403
     view = await (await client.get(url, headers=coordinator)).json()
     assert view["current"]["body"]["findings"] == "cyst" and view["signed"] is False

@@ -396,6 +396,15 @@ async def test_bedside_and_expert_run_a_session_in_two_browsers(
     record = http(live_server, f"/api/consultations/{cid}", token)
     assert record["state"] == "signed"
     assert record["report"]["current"]["body"]["findings"] == "A complicated cyst at 2 o'clock."
+    # Signed: the bedside is let go, says why, and its camera goes off.
+    await bedside.wait_for_function(
+        "() => document.getElementById('error').textContent.startsWith('This session has ended')",
+        timeout=TIMEOUT_MS,
+    )
+    assert "signed" in await bedside.inner_text("#error")
+    assert "Session ended" in await bedside.inner_text("#connection")
+    assert await bedside.evaluate("() => document.getElementById('video').srcObject === null")
+    assert await bedside.is_disabled("#go-live")
     await expert.emulate_media(media="print")
     await save_screenshot(expert, "e2e-report-print")
     await expert.emulate_media(media="screen")

@@ -780,7 +780,10 @@ async def test_a_cancelled_consultation_takes_no_report(
 ) -> None:
     c = await case(client, coordinator, token_for)
     await sign_ready(client, c)
-    await set_state(client, c.cid, "cancelled")
+    cancelled = await client.post(
+        f"/api/consultations/{c.cid}/cancel", json={"reason": "duplicate"}, headers=coordinator
+    )
+    assert cancelled.status == 200, await cancelled.text()
     before = await snapshot(client, c, coordinator)
     for method, path, body in (
         ("PUT", c.url, {"findings": "more"}),
@@ -788,8 +791,11 @@ async def test_a_cancelled_consultation_takes_no_report(
         ("POST", f"{c.url}/addenda", {"text": "late"}),
     ):
         response = await client.request(method, path, json=body, headers=c.expert)
-        assert response.status == 409, (method, path, await response.text())
-    assert await snapshot(client, c, coordinator) == before
+        assert response.status == 403, (method, path, await response.text())
+        assert (await response.json())["error"]["code"] == "consultation_cancelled"
+    after = await snapshot(client, c, coordinator)
+    # Nothing changed; the three refusals are audited, as every refusal is.
+    assert after[:-1] == before[:-1] and after[-1] == before[-1] + 3
 
 
 # Races
@@ -891,8 +897,9 @@ async def test_reading_the_report_is_audited_like_reading_the_record(
     (`consultation.read`), so reading the same clinical content through GET .../report
     must leave an audit entry too (who read which report)."""
     c = await signed_case(client, coordinator, token_for)
-    observer = bearer(token_for("observer", sub="obs-1", consultation=c.cid))
-    for headers, actor in ((coordinator, "coord-1"), (observer, "obs-1")):
+    # A second reader: an observer's access ended with the signature (tests/test_revocation.py).
+    reader = bearer(token_for("expert", sub="reader-2", consultation=c.cid))
+    for headers, actor in ((coordinator, "coord-1"), (reader, "reader-2")):
         before = await client.app[STORE].audit_entries()
         response = await client.get(c.url, headers=headers)
         assert response.status == 200

@@ -87,9 +87,7 @@ function cameraEnded() {
   listSources();
 }
 
-async function openSource() {
-  if (sourceLost) throw new Error("Choose the video source again.");
-  const source = $("source").value;
+function closeSource() {
   for (const t of stream?.getTracks() || []) {
     t.removeEventListener("ended", cameraEnded); // stopped on purpose
     t.stop();
@@ -97,6 +95,12 @@ async function openSource() {
   stream = null;
   phantom?.stop();
   phantom = null;
+}
+
+async function openSource() {
+  if (sourceLost) throw new Error("Choose the video source again.");
+  const source = $("source").value;
+  closeSource();
   let videoTrack;
   if (source === PHANTOM) {
     phantom = phantomStream();
@@ -219,6 +223,14 @@ async function act(what) {
 
 room.on("state", (state) => {
   $("question").textContent = state.consultation.clinical_question;
+});
+// Signed or cancelled: the camera and microphone go off, and a reload does not go live again.
+room.on("ended", () => {
+  live = false;
+  sessionStorage.removeItem(LIVE_KEY);
+  closeSource();
+  video.srcObject = null;
+  for (const id of ["source", "mic", "go-live", ...Object.values(BUTTONS)]) $(id).disabled = true;
 });
 $("source").addEventListener("change", () => {
   sourceLost = false;

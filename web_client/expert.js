@@ -275,6 +275,7 @@ function onTrack(track, slot) {
 
 // Why there is no (new) picture, in the words of someone waiting for one.
 function whyNoPicture(never) {
+  if (room.refusal?.ended) return room.refusal.text;
   if (!room.live.connected) return "the connection to probelink was lost: reconnecting…";
   const bedside = room.participants.some((p) => p.role === "operator");
   if (!bedside) return never ? "the bedside has not joined yet" : "the bedside disconnected: waiting for it to rejoin…";
@@ -289,7 +290,7 @@ function whyNoPicture(never) {
 // The picture's state on screen: waiting, frozen (over the last picture), below the floor.
 function showPicture(p = picture.state) {
   $("waiting").classList.toggle("hidden", p.state !== "waiting");
-  $("waiting").textContent = `Waiting for the bedside video: ${whyNoPicture(true)}`;
+  $("waiting").textContent = room.refusal?.ended ? room.refusal.text : `Waiting for the bedside video: ${whyNoPicture(true)}`;
   $("frozen").classList.toggle("hidden", p.state !== "frozen");
   $("frozen-why").textContent = whyNoPicture(false);
   $("quality-banner").classList.toggle("hidden", p.state !== "below");
@@ -322,6 +323,12 @@ room.on("state", (state, first) => {
   startMedia();
 });
 room.on("stats", showStats);
+// Let go by the server: the microphone goes off (the room has said why).
+room.on("ended", () => {
+  for (const track of microphoneStream?.getTracks() || []) track.stop();
+  microphoneStream = null;
+  showPicture();
+});
 // Presence and the connections change the reason given for a missing picture; a bedside that
 // (re)joins may bring another source.
 let bedsidePresent = false;

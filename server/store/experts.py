@@ -17,8 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.audit import AuditFacts
 from server.consultations import OPEN_STATES, Application
-from server.errors import Conflict, NotFound
-from server.store.records import ConsultationRow, ParticipantRow, Store, _consultation
+from server.errors import Conflict
+from server.store.records import (
+    ConsultationRow,
+    ParticipantRow,
+    Store,
+    _consultation,
+    locked_assignment,
+)
 from server.store.times import iso
 
 _OPEN = sorted(s.value for s in OPEN_STATES)
@@ -108,6 +114,15 @@ class Experts:
                 ),
             )
 
+    async def linked_consultations(self, sub: str) -> list[str]:
+        """The consultations holding a join link from this expert's `accept`."""
+        async with self.store.engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT DISTINCT consultation_id FROM participants WHERE expert_sub = :sub"),
+                {"sub": sub},
+            )
+            return list(result.scalars())
+
     async def get(self, sub: str) -> ExpertRow | None:
         async with self.store.engine.connect() as conn:
             return await _expert(conn, sub)
@@ -153,7 +168,7 @@ class Experts:
                 },
             )
             if result.rowcount != 1:
-                state, _assigned = await _assignment(conn, consultation_id)
+                state, _assigned = await locked_assignment(conn, consultation_id)
                 if state not in _OPEN:
                     raise Conflict(
                         f"the consultation is {state}; it cannot be accepted", code="invalid_state"
@@ -165,7 +180,7 @@ class Experts:
             await conn.execute(
                 text(
                     "INSERT INTO participants (id, consultation_id, role, name, invited_by,"
-                    " invited_at) VALUES (:id, :cid, :role, :name, :by, :at)"
+                    " invited_at, expert_sub) VALUES (:id, :cid, :role, :name, :by, :at, :by)"
                 ),
                 {
                     "id": participant.id,
@@ -183,7 +198,7 @@ class Experts:
     ) -> str | None:
         """Assign an open consultation to `sub` (None: unassign); returns who had it before."""
         async with self.store.transaction() as conn:
-            state, before = await _assignment(conn, consultation_id)
+            state, before = await locked_assignment(conn, consultation_id)
             if state not in _OPEN:
                 raise Conflict(
                     f"the consultation is {state}; it cannot be reassigned", code="invalid_state"
@@ -198,20 +213,6 @@ class Experts:
             detail = {**audit.detail, "expert": sub, "previous_expert": before}
             await self.store.append_audit(conn, replace(audit, detail=detail))
         return before
-
-
-async def _assignment(conn: AsyncConnection, consultation_id: str) -> tuple[str, str | None]:
-    """The consultation's state and assigned expert, locked until the transaction ends."""
-    lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
-    found = (
-        await conn.execute(
-            text(f"SELECT state, assigned_expert FROM consultations WHERE id = :id{lock}"),  # noqa: S608
-            {"id": consultation_id},
-        )
-    ).first()
-    if found is None:
-        raise NotFound("no such consultation", code="consultation_not_found", field="id")
-    return str(found[0]), found[1]
 
 
 async def _expert(conn: AsyncConnection, sub: str) -> ExpertRow | None:

@@ -208,4 +208,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX consultations_assigned_expert ON consultations (assigned_expert)",
         ),
     ),
+    Migration(
+        6,
+        "cancellation, and the expert a join link was accepted by",
+        (
+            "ALTER TABLE consultations ADD COLUMN cancelled_at TEXT",
+            # A `CancelReason` value; the note is free text kept with the record only.
+            "ALTER TABLE consultations ADD COLUMN cancel_reason TEXT",
+            "ALTER TABLE consultations ADD COLUMN cancel_note TEXT",
+            # The expert whose `accept` made this participant: the link lasts while they hold
+            # the assignment (NULL for a coordinator's invite).
+            "ALTER TABLE participants ADD COLUMN expert_sub TEXT",
+            "CREATE INDEX participants_expert ON participants (expert_sub)",
+            # Until now `accept` stored the expert as the inviter (a coordinator invites under
+            # their own sub, which is not an expert's).
+            """UPDATE participants SET expert_sub = invited_by
+            WHERE role = 'expert' AND invited_by IN (SELECT sub FROM experts)""",
+        ),
+    ),
 )

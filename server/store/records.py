@@ -10,16 +10,24 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from server.access import Standing
 from server.audit import GENESIS_HASH, AuditEntry, AuditFacts, ChainCheck, chain_next, verify_chain
 from server.auth import Role
-from server.consultations import ClinicalContext, State, Urgency, accepts_participants
+from server.consultations import (
+    Cancellation,
+    ClinicalContext,
+    State,
+    Urgency,
+    accepts_participants,
+    transition,
+)
 from server.errors import Conflict, NotFound
 from server.store.reports import ReportLog
 from server.store.room_log import RoomLog
@@ -46,6 +54,10 @@ class ConsultationRow:
     signed_at: datetime | None = None
     # The expert (their sub) who accepted or was assigned the consultation.
     assigned_expert: str | None = None
+    # Once cancelled: when, why (a `CancelReason` value) and the coordinator's note.
+    cancelled_at: datetime | None = None
+    cancel_reason: str | None = None
+    cancel_note: str | None = None
 
     @property
     def urgency(self) -> Urgency:
@@ -64,6 +76,8 @@ class ParticipantRow:
     invited_at: datetime
     joined_at: datetime | None = None
     left_at: datetime | None = None
+    # The expert whose `accept` made this participant (None: a coordinator's invite).
+    expert_sub: str | None = None
 
 
 class Store:
@@ -212,9 +226,68 @@ class Store:
                     invited_at=datetime.fromisoformat(m["invited_at"]),
                     joined_at=from_iso(m["joined_at"]),
                     left_at=from_iso(m["left_at"]),
+                    expert_sub=m["expert_sub"],
                 )
                 for m in result.mappings()
             ]
+
+    async def standing(self, consultation_id: str, sub: str) -> Standing | None:
+        """What decides whether a token of `sub` still opens the consultation (one lookup);
+        None when there is no such consultation."""
+        async with self.engine.connect() as conn:
+            found = (
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT c.state, c.assigned_expert, c.cancel_reason, p.expert_sub,"
+                            " e.active FROM consultations c"
+                            " LEFT JOIN participants p ON p.id = :sub AND p.consultation_id = c.id"
+                            " LEFT JOIN experts e ON e.sub = p.expert_sub WHERE c.id = :cid"
+                        ),
+                        {"cid": consultation_id, "sub": sub},
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if found is None:
+            return None
+        return Standing(
+            state=State(found["state"]),
+            assigned_expert=found["assigned_expert"],
+            cancel_reason=found["cancel_reason"],
+            link_expert=found["expert_sub"],
+            link_expert_active=bool(found["active"]),
+        )
+
+    async def cancel(
+        self, consultation_id: str, cancellation: Cancellation, now: datetime, audit: AuditFacts
+    ) -> ConsultationRow:
+        """Cancel an open consultation, if its life cycle allows; audited with the reason."""
+        async with self.transaction() as conn:
+            before, _assigned = await locked_assignment(conn, consultation_id)
+            transition(State(before), State.CANCELLED)
+            await conn.execute(
+                text(
+                    "UPDATE consultations SET state = :state, cancelled_at = :at,"
+                    " cancel_reason = :reason, cancel_note = :note, updated_at = :at"
+                    " WHERE id = :id"
+                ),
+                {
+                    "state": State.CANCELLED.value,
+                    "at": iso(now),
+                    "reason": cancellation.reason.value,
+                    "note": cancellation.note,
+                    "id": consultation_id,
+                },
+            )
+            # The coded reason only: the note may say anything, the audit log never holds it.
+            detail = {"reason": cancellation.reason.value, "previous_state": before}
+            await self.append_audit(conn, replace(audit, detail=detail))
+            result = await conn.execute(
+                text("SELECT * FROM consultations WHERE id = :id"), {"id": consultation_id}
+            )
+            return _consultation(result.mappings().one())
 
     async def related_rows(self, table: str, consultation_id: str) -> list[dict[str, Any]]:
         """Marks, key images or reports of a consultation, as stored columns.
@@ -299,7 +372,24 @@ def _consultation(m: RowMapping) -> ConsultationRow:
         reported_at=from_iso(m["reported_at"]),
         signed_at=from_iso(m["signed_at"]),
         assigned_expert=m["assigned_expert"],
+        cancelled_at=from_iso(m["cancelled_at"]),
+        cancel_reason=m["cancel_reason"],
+        cancel_note=m["cancel_note"],
     )
+
+
+async def locked_assignment(conn: AsyncConnection, consultation_id: str) -> tuple[str, str | None]:
+    """The consultation's state and assigned expert, locked until the transaction ends."""
+    lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+    found = (
+        await conn.execute(
+            text(f"SELECT state, assigned_expert FROM consultations WHERE id = :id{lock}"),  # noqa: S608
+            {"id": consultation_id},
+        )
+    ).first()
+    if found is None:
+        raise NotFound("no such consultation", code="consultation_not_found", field="id")
+    return str(found[0]), found[1]
 
 
 def _audit_entry(m: RowMapping) -> AuditEntry:

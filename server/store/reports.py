@@ -93,20 +93,28 @@ class ReportLog:
                     },
                 )
                 if state is not None:
-                    # Reported once, at the first draft; signed when signed.
-                    await conn.execute(
+                    # Reported once, at the first draft; signed when signed. Never once
+                    # cancelled (a cancellation committed since the handler read the state).
+                    moved = await conn.execute(
                         text(
                             "UPDATE consultations SET state = :state, updated_at = :at,"
                             " reported_at = COALESCE(reported_at, :at),"
-                            " signed_at = COALESCE(:signed_at, signed_at) WHERE id = :cid"
+                            " signed_at = COALESCE(:signed_at, signed_at)"
+                            " WHERE id = :cid AND state <> :cancelled"
                         ),
                         {
                             "state": state.value,
                             "at": iso(version.created_at),
                             "signed_at": iso(version.created_at) if state is State.SIGNED else None,
                             "cid": consultation_id,
+                            "cancelled": State.CANCELLED.value,
                         },
                     )
+                    if moved.rowcount != 1:
+                        raise Conflict(
+                            "the consultation is cancelled; it takes no report",
+                            code="invalid_state",
+                        )
                 if sr is not None:
                     await insert_object(conn, consultation_id, sr, None, push=push)
                 await self.store.append_audit(conn, audit)

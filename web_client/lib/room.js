@@ -12,6 +12,9 @@ const TRANSIENT = new Set([
   "connecting_too_fast", "server_full", "store_busy", "store_unavailable", "bus_unavailable",
   "storage_full",
 ]);
+// Why the server ends a participant's access (docs/protocol.md, `revoked`): for good, so a new
+// join link would not help either.
+const ENDED = new Set(["consultation_cancelled", "consultation_signed", "expert_reassigned", "expert_deactivated"]);
 
 // The elements a live page shows the room in, by the ids every page uses (absent ones: null).
 function pageElements() {
@@ -44,8 +47,9 @@ export class Room {
     on("connect", () => this.indicate());
     on("disconnect", () => this.indicate());
     on("connect_error", (error) => this.refused(error));
-    // The server closes a socket it will not keep, saying why: the link was opened elsewhere,
-    // or the room could not be read.
+    // The server closes a socket it will not keep, saying why: access ended (`revoked`), the
+    // link was opened elsewhere (`ended`), or the room could not be read (`room_error`).
+    on("revoked", (r) => this.ended(r));
     on("ended", (e) => this.ended(e.error));
     on("room_error", (e) => this.refused({ data: e.error }));
     on("room_state", (state) => this.welcome(state));
@@ -75,7 +79,8 @@ export class Room {
   refused(error) {
     if (this.live.active) return this.indicate();
     const refusal = error?.data;
-    if (TRANSIENT.has(refusal?.code)) {
+    if (ENDED.has(refusal?.code)) this.ended(refusal);
+    else if (TRANSIENT.has(refusal?.code)) {
       this.refusal = { ...refusal, text: `Cannot join the room right now: ${refusal.message}. Trying again.` };
       this.alert(this.refusal.text);
       clearTimeout(this.rejoin);
@@ -92,12 +97,18 @@ export class Room {
     this.indicate();
   }
 
-  // The server closed this page's connection for good (the event `ended`): say why, and stop.
-  ended(error) {
-    this.refusal = { ...error, text: `You have left the room: ${error.message}.` };
+  // The server ended our access (the report signed, the consultation cancelled, the expert
+  // reassigned or deactivated, or the link opened in another window) and lets us go: say why,
+  // and stop the media for good.
+  ended(r) {
+    this.refusal = { ...r, ended: true, text: `This session has ended: ${r.message}.` };
     this.alert(this.refusal.text);
+    this.media = null;
     clearTimeout(this.retry);
+    clearTimeout(this.rejoin);
     this.pc?.close();
+    this.pc = null;
+    this.handlers.ended?.(this.refusal);
     this.indicate();
   }
 
@@ -235,7 +246,7 @@ export class Room {
     const badge = this.ui.status;
     if (!badge) return;
     let level = "offline", text = "Offline: reconnecting…", figures = "";
-    if (this.refusal && !this.live.connected) text = "Not admitted: see the message";
+    if (this.refusal && !this.live.connected) text = this.refusal.ended ? "Session ended" : "Not admitted: see the message";
     else if (this.live.connected) {
       const s = this.pc?.connectionState;
       // getStats on a connection closed meanwhile rejects: say it as a connection state.
