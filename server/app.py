@@ -32,6 +32,7 @@ from server.config import Settings
 from server.dicom.archive import Archive
 from server.dicom.pacs import Dicomweb, PacsPusher
 from server.dicom.profiles import load_profiles
+from server.edge import client_address_middleware
 from server.files import ensure_private_dir
 from server.key_images import KeyImages, load_deid_key
 from server.keyring import (
@@ -114,7 +115,7 @@ def create_app(settings: Settings) -> web.Application:
     # The data directory holds clinical records and keys: its owner only.
     ensure_private_dir(settings.data_dir)
     app = web.Application(
-        middlewares=[errors_middleware, access_middleware],
+        middlewares=[client_address_middleware, errors_middleware, access_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app.on_response_prepare.append(api_headers)

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         description="Allow an http:// public URL (or HOST) that is not loopback: tokens and "
         "patient data then cross the network in clear (a LAN demo only).",
     )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or networks of reverse proxies (e.g. `127.0.0.1`)"
+        " whose `X-Forwarded-For` names the client: its address is then what the audit log"
+        " records and admission counts. Empty: the connection's own address.",
+    )
     database_url: str | None = Field(
         None,
         description="Records store: a postgresql:// URL to share records between nodes "
@@ -315,6 +321,19 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        try:
+            parse_networks(value)
+        except ValueError:
+            raise ValueError("must be comma-separated IP addresses or networks") from None
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.trusted_proxies)
+
     @field_validator("public_url")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
@@ -436,6 +455,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: str) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(v.strip()) for v in value.split(",") if v.strip())
 
 
 def load_settings(**overrides: object) -> Settings:

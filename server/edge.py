@@ -2,16 +2,49 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from server.appkeys import KEYRING, PRINCIPAL, SETTINGS, TOKEN_POLICY
 from server.audit import AuditFacts
 from server.auth import Principal, verify_token
+from server.config import IPNetwork
 from server.errors import NotFound, Unauthorized
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+
+
+def client_address(remote: str, forwarded_for: list[str], proxies: tuple[IPNetwork, ...]) -> str:
+    """Who is asking: the connection's address, or, behind trusted proxies, the nearest address
+    in `X-Forwarded-For` that is not one of them (the ones before it could be made up)."""
+    hops = [h.strip() for header in forwarded_for for h in header.split(",") if h.strip()]
+    address = remote
+    for hop in [remote, *reversed(hops)]:
+        try:
+            ip = ipaddress.ip_address(hop)
+        except ValueError:
+            return address  # not an address: stop at the last one that was
+        address = hop
+        if not any(ip in network for network in proxies):
+            return hop
+    return address
+
+
+@web.middleware
+async def client_address_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Behind `PROBELINK_TRUSTED_PROXIES`, `request.remote` is the client's address."""
+    proxies = request.app[SETTINGS].trusted_proxy_networks
+    if proxies and request.remote:
+        forwarded = request.headers.getall("X-Forwarded-For", [])
+        client = client_address(request.remote, forwarded, proxies)
+        if client != request.remote:
+            request = request.clone(remote=client)
+    return await handler(request)
 
 
 def authenticate(request: web.Request) -> Principal:

@@ -30,7 +30,8 @@ from server.app import create_app, load_keyring, token_policy
 from server.appkeys import SETTINGS, SIO, STORE
 from server.audit import AuditFacts
 from server.auth import Role, issue_token
-from server.config import Settings, load_settings
+from server.config import Settings, load_settings, parse_networks
+from server.edge import client_address
 from server.keyring import load_or_create
 from server.middleware import flush_refusals
 from server.refusals import RefusalBursts
@@ -393,3 +394,50 @@ async def test_a_full_disk_is_503_storage_full_and_changes_nothing(
     assert health.status == 503 and (await health.json())["components"]["archive"]["ok"] is False
     ballast.unlink()
     assert (await client.post("/api/consultations", json=body, headers=headers)).status == 201
+
+
+# Behind a reverse proxy
+
+
+def test_the_client_is_the_nearest_forwarded_address_that_is_not_a_trusted_proxy() -> None:
+    proxies = parse_networks("127.0.0.1, 10.0.0.0/8")
+    assert client_address("127.0.0.1", ["203.0.113.7"], proxies) == "203.0.113.7"
+    # A client may send its own X-Forwarded-For: only the hops the proxies added are believed.
+    assert client_address("127.0.0.1", ["1.2.3.4, 203.0.113.7"], proxies) == "203.0.113.7"
+    assert client_address("127.0.0.1", ["203.0.113.7, 10.1.2.3"], proxies) == "203.0.113.7"
+    assert client_address("192.0.2.1", ["203.0.113.7"], proxies) == "192.0.2.1"  # not a proxy
+    assert client_address("127.0.0.1", ["not-an-address"], proxies) == "127.0.0.1"
+    assert client_address("127.0.0.1", [], proxies) == "127.0.0.1"
+
+
+async def test_behind_a_trusted_proxy_audit_and_admission_see_the_client(
+    aiohttp_client: Any, settings: Settings, coordinator: dict[str, str], token_for: Any
+) -> None:
+    settings = settings.model_copy(
+        update={"trusted_proxies": "127.0.0.1", "live_sockets_per_address": 1}
+    )
+    client = await aiohttp_client(create_app(settings))
+    refused = await client.get(
+        "/api/consultations", headers={"X-Forwarded-For": "203.0.113.7", "Authorization": "x"}
+    )
+    assert refused.status == 401
+    assert (await client.app[STORE].audit_entries())[-1].facts.source == "203.0.113.7"
+    cid = await consultation(client, coordinator)
+    clients = []
+    for n, address in enumerate(("203.0.113.7", "203.0.113.8", "203.0.113.8")):
+        sio = socketio.AsyncClient(reconnection=False)
+        try:
+            await sio.connect(
+                str(client.make_url("/")),
+                namespaces=["/live"],
+                auth={"token": token_for("observer", sub=f"obs-{n}", consultation=cid)},
+                headers={"X-Forwarded-For": address},
+                transports=["websocket"],
+                wait_timeout=5,
+            )
+            clients.append(sio)
+        except socketio.exceptions.ConnectionError:
+            assert n == 2  # the second from the same address, over its cap of one
+    assert len(clients) == 2
+    for sio in clients:
+        await sio.disconnect()
