@@ -130,10 +130,15 @@ class Guidance(StrictModel):
         return self
 
 
+# A browser's offer is 5 to 15 KB; the limit stays well inside the Socket.IO packet limit
+# (PROBELINK_MAX_BODY_BYTES, 64 KiB by default): a longer one gets an error, not a closed socket.
+SDP_MAX_CHARS = 32 * 1024
+
+
 class RtcOffer(StrictModel):
     """A WebRTC offer: the operator's publishes, an expert's or observer's subscribes."""
 
-    sdp: Annotated[str, Field(min_length=1, max_length=64 * 1024)]
+    sdp: Annotated[str, Field(min_length=1, max_length=SDP_MAX_CHARS)]
     type: Literal["offer"]
 
 

@@ -262,7 +262,9 @@ async def test_clip_saves_the_last_seconds_masked_on_every_frame(
     tmp_path: Path,
 ) -> None:
     _cid, _operator, expert = session
-    await asyncio.sleep(1.2)
+    # More than a second of video since the first keyframe, however slowly a busy machine
+    # started the stream (a clip starts on a keyframe: with 1.2 s of sleep it once held 13).
+    await expert.wait_packets("video", 50)
     ack = await expert.participant.call("capture", {"kind": "clip", "seconds": 1})
     assert "key_image_id" in ack, ack
     data = await dicom_of(client, coordinator, ack["key_image_id"])
