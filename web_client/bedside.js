@@ -1,23 +1,23 @@
 // Bedside page: pick the scanner's video (capture card, camera, or the demo phantom), publish
 // it with the operator's voice, see the expert's pointer, marks and guidance over it, hear the
 // expert, and capture. A still is the page's own full-resolution frame, lossless (PNG upload).
-import { ApiError, api, claims, describe, el, pageToken } from "./lib/api.js";
+import { api, claims, describe, pageToken } from "./lib/api.js";
+import { CAPTURE_BUTTONS, Captures } from "./lib/captures.js";
+import { $, el } from "./lib/dom.js";
 import { Overlay } from "./lib/overlay.js";
 import { phantomStream } from "./lib/phantom.js";
 import { Room } from "./lib/room.js";
 
 const PHANTOM = "phantom";
-const BUTTONS = { still: "capture-still", clip: "capture-clip", record: "record" };
-const $ = (id) => document.getElementById(id);
 const token = pageToken();
 const video = $("video");
 const overlay = new Overlay($("overlay"), video);
 const room = new Room(token, overlay);
-let stream = null, phantom = null, live = false, recording = false;
+const captures = new Captures(room, { still: captureStill, fail });
+let stream = null, phantom = null, live = false;
 // The chosen source stopped: nothing is selected until the operator picks one, so that picking
 // it again (or the phantom) is a change that opens it.
 let sourceLost = false;
-const busy = new Set(); // actions waiting for their answer: a double click sends one
 // Live in this tab, from which source, with or without the microphone: a reload (or a crash of
 // the page) goes live again by itself with the same source, for the same consultation, and only
 // with that source. Session storage ends with the tab; it holds a device id, nothing else.
@@ -164,7 +164,7 @@ function goLive() {
   room.startMedia(mediaOf());
   $("go-live").disabled = true;
   $("go-live").textContent = "Live";
-  for (const id of ["capture-still", "capture-clip", "record"]) $(id).disabled = false;
+  for (const id of Object.values(CAPTURE_BUTTONS)) $(id).disabled = false;
 }
 
 // The still the bedside sees, at the source's full size, without lossy coding.
@@ -180,47 +180,6 @@ async function captureStill() {
   room.say(`Still captured (${canvas.width}×${canvas.height}, lossless)`);
 }
 
-function showRecording(on) {
-  recording = on;
-  $("record").setAttribute("aria-pressed", String(on));
-  $("record").replaceChildren(on ? "Stop recording" : "Record clip", el("kbd", { text: "R" }));
-}
-
-// The recording's state changes only once the server said so; after a server restart it
-// has forgotten the recording, and says so (no_recording), or still has one (recording_active).
-async function toggleRecording() {
-  try {
-    await room.live.call("capture", { kind: "clip", record: recording ? "stop" : "start" }, 60000);
-    showRecording(!recording);
-    room.say(recording ? "Recording…" : "Recording saved");
-  } catch (error) {
-    if (error instanceof ApiError && error.code === "no_recording") showRecording(false);
-    if (error instanceof ApiError && error.code === "recording_active") showRecording(true);
-    throw error;
-  }
-}
-
-async function act(what) {
-  if (busy.has(what)) return;
-  busy.add(what);
-  $(BUTTONS[what]).setAttribute("aria-busy", "true");
-  try {
-    room.clearError();
-    if (what === "still") await captureStill();
-    if (what === "clip") {
-      const seconds = Number($("clip-seconds").value) || 6;
-      await room.live.call("capture", { kind: "clip", seconds }, 60000);
-      room.say(`Last ${seconds} s saved`);
-    }
-    if (what === "record") await toggleRecording();
-  } catch (error) {
-    fail(error);
-  } finally {
-    busy.delete(what);
-    $(BUTTONS[what]).removeAttribute("aria-busy");
-  }
-}
-
 room.on("state", (state) => {
   $("question").textContent = state.consultation.clinical_question;
 });
@@ -230,7 +189,7 @@ room.on("ended", () => {
   sessionStorage.removeItem(LIVE_KEY);
   closeSource();
   video.srcObject = null;
-  for (const id of ["source", "mic", "go-live", ...Object.values(BUTTONS)]) $(id).disabled = true;
+  for (const id of ["source", "mic", "go-live", ...Object.values(CAPTURE_BUTTONS)]) $(id).disabled = true;
 });
 $("source").addEventListener("change", () => {
   sourceLost = false;
@@ -238,10 +197,8 @@ $("source").addEventListener("change", () => {
 });
 $("mic").addEventListener("change", preview);
 $("go-live").addEventListener("click", goLive);
-$("capture-still").addEventListener("click", () => act("still"));
-$("capture-clip").addEventListener("click", () => act("clip"));
-$("record").addEventListener("click", () => act("record"));
-const SHORTCUTS = { g: goLive, s: () => act("still"), k: () => act("clip"), r: () => act("record") };
+for (const [kind, id] of Object.entries(CAPTURE_BUTTONS)) $(id).addEventListener("click", () => captures.act(kind));
+const SHORTCUTS = { g: goLive, s: () => captures.act("still"), k: () => captures.act("clip"), r: () => captures.act("record") };
 document.addEventListener("keydown", (event) => {
   if (event.target.closest("input, select, textarea") || event.ctrlKey || event.metaKey || event.altKey) return;
   const key = event.key.toLowerCase();

@@ -1,7 +1,9 @@
 // Expert page (observers get the same page without the tools): the operator's live video at
 // its own aspect ratio, voice both ways, pointer and marks drawn on the picture, probe guidance,
 // captures decoded by the relay from the exact stream on screen, key images, stream statistics.
-import { ApiError, describe, el, pageToken } from "./lib/api.js";
+import { describe, pageToken } from "./lib/api.js";
+import { CAPTURE_BUTTONS, Captures } from "./lib/captures.js";
+import { $, el } from "./lib/dom.js";
 import { Overlay, toNormalized } from "./lib/overlay.js";
 import { PictureWatch } from "./lib/picture.js";
 import { ReportForm } from "./lib/report.js";
@@ -23,16 +25,15 @@ const DIRECTIONS = {
 const TOOL_KEYS = { p: "pointer", a: "arrow", c: "circle", f: "freehand", t: "text", l: "caliper" };
 const ACTION_KEYS = new Set(["x", "g", "h", "s", "k", "r"]);
 
-const $ = (id) => document.getElementById(id);
 const token = pageToken();
 const video = $("video");
 const overlay = new Overlay($("overlay"), video);
 const room = new Room(token, overlay);
 const picture = new PictureWatch(video, showPicture);
 room.picture = () => picture.state;
+const captures = new Captures(room, { fail });
 let report = null, microphoneStream = null;
-let tool = "pointer", drawing = null, lastPointer = 0, mediaTs = null, recording = false, role = "expert";
-const busy = new Set(); // captures waiting for their answer: a double click makes one
+let tool = "pointer", drawing = null, lastPointer = 0, mediaTs = null, role = "expert";
 
 function fail(error) {
   room.alert(describe(error));
@@ -195,43 +196,6 @@ async function guide(cue) {
   if (await call("guidance", body)) $("guidance-note").value = "";
 }
 
-function showRecording(on) {
-  recording = on;
-  $("record").setAttribute("aria-pressed", String(on));
-  $("record").replaceChildren(on ? "Stop recording" : "Record clip", el("kbd", { text: "R" }));
-}
-
-const CAPTURE_BUTTONS = { still: "capture-still", clip: "capture-clip", record: "record" };
-
-async function capture(kind) {
-  if (busy.has(kind)) return;
-  busy.add(kind);
-  $(CAPTURE_BUTTONS[kind]).setAttribute("aria-busy", "true");
-  room.clearError();
-  try {
-    if (kind === "still") {
-      await room.live.call("capture", { kind: "still" }, 60000);
-      room.say("Still captured");
-    } else if (kind === "clip") {
-      const seconds = Number($("clip-seconds").value) || 6;
-      await room.live.call("capture", { kind: "clip", seconds }, 60000);
-      room.say(`Last ${seconds} s saved`);
-    } else {
-      await room.live.call("capture", { kind: "clip", record: recording ? "stop" : "start" }, 60000);
-      showRecording(!recording);
-      room.say(recording ? "Recording…" : "Recording saved");
-    }
-  } catch (error) {
-    // After a server restart the recording is gone (or another one runs): show the truth.
-    if (error instanceof ApiError && error.code === "no_recording") showRecording(false);
-    if (error instanceof ApiError && error.code === "recording_active") showRecording(true);
-    fail(error);
-  } finally {
-    busy.delete(kind);
-    $(CAPTURE_BUTTONS[kind]).removeAttribute("aria-busy");
-  }
-}
-
 function showStats(participants) {
   $("stats").replaceChildren(...participants.map((p) => el("tr", {},
     el("td", { text: p.role }),
@@ -347,9 +311,7 @@ $("clear-marks").addEventListener("click", () => call("mark_clear", {}));
 $("cue").addEventListener("change", fillDirections);
 $("send-guidance").addEventListener("click", () => guide($("cue").value));
 $("hold").addEventListener("click", () => guide("hold"));
-$("capture-still").addEventListener("click", () => capture("still"));
-$("capture-clip").addEventListener("click", () => capture("clip"));
-$("record").addEventListener("click", () => capture("record"));
+for (const [kind, id] of Object.entries(CAPTURE_BUTTONS)) $(id).addEventListener("click", () => captures.act(kind));
 $("mic").addEventListener("change", startMedia);
 const stage = $("stage");
 stage.addEventListener("pointerdown", pointerDown);
@@ -369,9 +331,9 @@ document.addEventListener("keydown", (event) => {
   else if (key === "x") call("mark_clear", {});
   else if (key === "g") guide($("cue").value);
   else if (key === "h") guide("hold");
-  else if (key === "s") capture("still");
-  else if (key === "k") capture("clip");
-  else if (key === "r") capture("record");
+  else if (key === "s") captures.act("still");
+  else if (key === "k") captures.act("clip");
+  else if (key === "r") captures.act("record");
   else if (key === "escape" && drawing) { drawing = null; overlay.setDraft(null); overlay.removePointer("keyboard"); }
   else return;
   event.preventDefault();

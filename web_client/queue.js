@@ -2,10 +2,10 @@
 // with the time left; refreshed every few seconds. A credentialed expert (their own
 // reading-room link) sees what they are credentialed for and accepts it; a coordinator sees
 // everything, gives experts a join link and reassigns.
-import { api, claims, describe, el, pageToken, timeLeft } from "./lib/api.js";
+import { api, claims, describe, pageToken, timeLeft } from "./lib/api.js";
+import { $, el } from "./lib/dom.js";
 
 const REFRESH_MS = 10000;
-const $ = (id) => document.getElementById(id);
 const token = pageToken();
 const isExpert = claims(token || "")?.role === "expert";
 let experts = [];

@@ -1,6 +1,7 @@
 // Start page: a coordinator writes the request (the checklist follows as they type, from the
 // server's own rules), sends it, and creates a join link per person.
-import { api, claims, describe, el, pageToken } from "./lib/api.js";
+import { api, claims, describe, pageToken } from "./lib/api.js";
+import { $, el } from "./lib/dom.js";
 import { PHANTOM_DEVICE } from "./lib/phantom.js";
 
 const CHECK_DELAY_MS = 300;
@@ -14,7 +15,6 @@ const COMPRESSIBILITY = {
   compressible: "Compressible", partially_compressible: "Partially compressible",
   non_compressible: "Non-compressible", not_visualized: "Not visualized",
 };
-const $ = (id) => document.getElementById(id);
 const token = pageToken();
 const form = $("request");
 let consultationId = null;

@@ -68,19 +68,6 @@ export function describe(error) {
   return error?.message || String(error);
 }
 
-// Text into an element without ever interpreting it as HTML.
-export function el(tag, attributes = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attributes)) {
-    if (value === false || value === null || value === undefined) continue;
-    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
-    else if (name === "text") node.textContent = value;
-    else node.setAttribute(name, value === true ? "" : value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
-
 // "in 1 h 20 min" / "12 min overdue".
 export function timeLeft(seconds) {
   const abs = Math.abs(seconds);

@@ -1,6 +1,7 @@
 // The expert's structured report: a draft saved as it is written, the server's rules shown
 // (what signing still needs, ambiguous terms), signing, addenda, and a printable document.
-import { api, describe, el } from "./api.js";
+import { api, describe } from "./api.js";
+import { $, el } from "./dom.js";
 
 const SIGN_CONFIRM_MS = 6000;
 const CONCORDANCE = { agree: "Agree", minor_discrepancy: "Minor discrepancy", major_discrepancy: "Major discrepancy" };
@@ -9,7 +10,6 @@ const REASONS = { missing_landmarks: "missing landmarks", poor_image_quality: "p
 
 const BUSY_BUTTONS = ["report-save", "report-sign", "addendum-add"];
 
-const $ = (id) => document.getElementById(id);
 
 export class ReportForm {
   constructor(token, consultation, { readOnly = false } = {}) {

@@ -1,7 +1,8 @@
 // The request as the expert reads it: the clinical context the bedside sent (device,
 // transducer, modes and Doppler settings, anatomy, technique, the application's own fields)
 // and what the reviewer's checklist still finds missing. Text only, from the record.
-import { api, describe, el } from "./api.js";
+import { api, describe } from "./api.js";
+import { el } from "./dom.js";
 
 const MODES = {
   b_mode: "B-mode", m_mode: "M-mode", color_doppler: "colour Doppler", power_doppler: "power Doppler",

@@ -1,7 +1,8 @@
 // What the bedside and expert pages share: joining the live room, drawing its marks, pointers
 // and guidance on the overlay, the participant list, the key image gallery, the connection
 // indicator and keeping the media connected across drops.
-import { api, apiBlob, describe, el } from "./api.js";
+import { api, apiBlob, describe } from "./api.js";
+import { $, el } from "./dom.js";
 import { Live } from "./live.js";
 import { connectMedia, quality } from "./rtc.js";
 
@@ -18,7 +19,6 @@ const ENDED = new Set(["consultation_cancelled", "consultation_signed", "expert_
 
 // The elements a live page shows the room in, by the ids every page uses (absent ones: null).
 function pageElements() {
-  const $ = (id) => document.getElementById(id);
   return {
     status: $("connection"), participants: $("participants"), gallery: $("gallery"), log: $("log"),
     guidance: $("guidance-text"), marks: $("marks-text"), error: $("error"), voices: $("voices"),
