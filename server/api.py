@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import experts_api, images_api, reports_api
+from server import experts_api, images_api, reports_api, vocabulary
 from server.appkeys import (
     KEY_IMAGES,
     KEYRING,
@@ -77,6 +77,7 @@ def routes() -> web.RouteTableDef:
     images_api.routes(table)
     experts_api.routes(table)
     reports_api.routes(table)
+    vocabulary.routes(table)
     return table
 
 

@@ -105,6 +105,14 @@ class Compressibility(enum.StrEnum):
     NOT_VISUALIZED = "not_visualized"
 
 
+COMPRESSIBILITY_LABELS: dict[Compressibility, str] = {
+    Compressibility.COMPRESSIBLE: "compressible",
+    Compressibility.PARTIALLY_COMPRESSIBLE: "partially compressible",
+    Compressibility.NON_COMPRESSIBLE: "non-compressible",
+    Compressibility.NOT_VISUALIZED: "not visualized",
+}
+
+
 class DvtCategory(enum.StrEnum):
     """The conclusion of a lower-limb venous study."""
 

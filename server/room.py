@@ -58,15 +58,15 @@ class Cue(enum.StrEnum):
     HOLD = "hold"
 
 
-# The directions that make sense for each cue (HOLD takes none).
-CUE_DIRECTIONS: dict[Cue, frozenset[str]] = {
-    Cue.SLIDE: frozenset({"left", "right", "up", "down", "cranial", "caudal", "medial", "lateral"}),
-    Cue.ROTATE: frozenset({"clockwise", "counterclockwise"}),
-    Cue.TILT: frozenset({"cranial", "caudal", "medial", "lateral", "left", "right"}),
-    Cue.ROCK: frozenset({"toward_marker", "away_from_marker"}),
-    Cue.FAN: frozenset({"left", "right", "up", "down", "cranial", "caudal", "medial", "lateral"}),
-    Cue.COMPRESS: frozenset({"more", "less", "release"}),
-    Cue.HOLD: frozenset(),
+# The directions that make sense for each cue (HOLD takes none), in the order pages offer them.
+CUE_DIRECTIONS: dict[Cue, tuple[str, ...]] = {
+    Cue.SLIDE: ("left", "right", "up", "down", "cranial", "caudal", "medial", "lateral"),
+    Cue.ROTATE: ("clockwise", "counterclockwise"),
+    Cue.TILT: ("cranial", "caudal", "medial", "lateral", "left", "right"),
+    Cue.ROCK: ("toward_marker", "away_from_marker"),
+    Cue.FAN: ("left", "right", "up", "down", "cranial", "caudal", "medial", "lateral"),
+    Cue.COMPRESS: ("more", "less", "release"),
+    Cue.HOLD: (),
 }
 
 

@@ -11,8 +11,10 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.appkeys import STORE
+from server.applications import Compressibility, DvtSegment
 from server.config import Settings
 from server.consultations import State
+from server.room import Cue, Guidance
 
 # The app runs on each records store.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
@@ -586,3 +588,17 @@ async def test_reading_a_record_is_audited_with_who_read_it(
         ("dr-lee", "expert", "consultation", record["id"], "ok")
     ]
     assert (await client.app[STORE].verify_audit()).ok
+
+
+async def test_the_vocabulary_is_the_one_the_server_checks(
+    client: TestClient[Any, Any], coordinator: dict[str, str]
+) -> None:
+    assert (await client.get("/api/vocabulary")).status == 401
+    vocabulary = await (await client.get("/api/vocabulary", headers=coordinator)).json()
+    assert set(vocabulary["guidance"]) == {c.value for c in Cue}
+    for cue, directions in vocabulary["guidance"].items():
+        for direction in directions:  # each one offered is accepted
+            Guidance.model_validate({"cue": cue, "direction": direction})
+    assert [s["value"] for s in vocabulary["dvt"]["segments"]] == [s.value for s in DvtSegment]
+    grades = [c["value"] for c in vocabulary["dvt"]["compressibility"]]
+    assert grades == [c.value for c in Compressibility]

@@ -14,6 +14,8 @@ from dicom_checks import dciodvfy_errors, ocr, read
 from phantom import BANNER_HEIGHT, PATIENT_DOB, PATIENT_MRN, PATIENT_NAME, phantom_png
 from servers import Server, cli_env
 
+from server.applications import Compressibility, DvtSegment
+
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, Page
 
@@ -154,6 +156,13 @@ async def request_from_start_page(server: Server, browser: Browser) -> tuple[str
         "#clinical_question", "Palpable lump left breast at 2 o'clock: solid or cystic?"
     )
     await page.select_option("#urgency", "urgent")
+    # The DVT template offers the server's segments and grades (GET /api/vocabulary).
+    await page.select_option("#application", "dvt")
+    segments = page.locator("#dvt-segments input[name='dvt.segment']")
+    assert await segments.count() == len(DvtSegment)
+    assert await page.locator("#dvt-segments label").first.inner_text() == "Common femoral vein"
+    grades = page.locator("#dvt-segments select").first.locator("option")
+    assert await grades.count() == 1 + len(Compressibility)  # and "—", not graded
     await page.select_option("#application", "breast")
     await page.fill("#first_read", "Irregular hypoechoic mass, BI-RADS 4A")
     await page.click("#use-phantom")

@@ -1,7 +1,7 @@
 // Expert page (observers get the same page without the tools): the operator's live video at
 // its own aspect ratio, voice both ways, pointer and marks drawn on the picture, probe guidance,
 // captures decoded by the relay from the exact stream on screen, key images, stream statistics.
-import { describe, pageToken } from "./lib/api.js";
+import { api, describe, pageToken } from "./lib/api.js";
 import { CAPTURE_BUTTONS, Captures } from "./lib/captures.js";
 import { $, el } from "./lib/dom.js";
 import { Overlay, toNormalized } from "./lib/overlay.js";
@@ -13,15 +13,6 @@ import { Room } from "./lib/room.js";
 const POINTER_INTERVAL_MS = 33; // 30 Hz, under the server's per-socket limit
 const FREEHAND_POINTS_MAX = 500;
 const FREEHAND_STEP = 0.004; // normalized distance between kept freehand points
-const DIRECTIONS = {
-  slide: ["left", "right", "up", "down", "cranial", "caudal", "medial", "lateral"],
-  fan: ["left", "right", "up", "down", "cranial", "caudal", "medial", "lateral"],
-  rotate: ["clockwise", "counterclockwise"],
-  tilt: ["cranial", "caudal", "medial", "lateral", "left", "right"],
-  rock: ["toward_marker", "away_from_marker"],
-  compress: ["more", "less", "release"],
-  hold: [],
-};
 const TOOL_KEYS = { p: "pointer", a: "arrow", c: "circle", f: "freehand", t: "text", l: "caliper" };
 const ACTION_KEYS = new Set(["x", "g", "h", "s", "k", "r"]);
 
@@ -33,6 +24,8 @@ const picture = new PictureWatch(video, showPicture);
 room.picture = () => picture.state;
 const captures = new Captures(room, { fail });
 let report = null, microphoneStream = null;
+// The guidance directions each cue takes, from the server (GET /api/vocabulary).
+let directions = {};
 let tool = "pointer", drawing = null, lastPointer = 0, mediaTs = null, role = "expert";
 
 function fail(error) {
@@ -183,14 +176,14 @@ function stageKey(event) {
 }
 
 function fillDirections() {
-  const choices = DIRECTIONS[$("cue").value];
+  const choices = directions[$("cue").value] || [];
   $("direction").replaceChildren(...choices.map((d) => el("option", { value: d, text: d.replaceAll("_", " ") })));
   $("direction").disabled = !choices.length;
 }
 
 async function guide(cue) {
   const body = { cue };
-  if (DIRECTIONS[cue].length) body.direction = $("direction").value;
+  if (directions[cue]?.length) body.direction = $("direction").value;
   const note = $("guidance-note").value.trim();
   if (note) body.note = note;
   if (await call("guidance", body)) $("guidance-note").value = "";
@@ -339,7 +332,14 @@ document.addEventListener("keydown", (event) => {
   event.preventDefault();
 });
 
-fillDirections();
 selectTool("pointer");
 trackFrames();
 if (!token) $("error").textContent = "This page needs the join link you were sent.";
+else {
+  try {
+    directions = (await api(token, "/api/vocabulary")).guidance;
+  } catch (error) {
+    fail(error);
+  }
+}
+fillDirections();

@@ -5,16 +5,6 @@ import { $, el } from "./lib/dom.js";
 import { PHANTOM_DEVICE } from "./lib/phantom.js";
 
 const CHECK_DELAY_MS = 300;
-const DVT_SEGMENTS = {
-  common_femoral: "Common femoral vein", saphenofemoral_junction: "Saphenofemoral junction",
-  femoral_proximal: "Femoral vein, proximal", femoral_mid: "Femoral vein, mid",
-  femoral_distal: "Femoral vein, distal", popliteal: "Popliteal vein",
-  posterior_tibial: "Posterior tibial veins", peroneal: "Peroneal veins", calf_muscular: "Calf muscle veins",
-};
-const COMPRESSIBILITY = {
-  compressible: "Compressible", partially_compressible: "Partially compressible",
-  non_compressible: "Non-compressible", not_visualized: "Not visualized",
-};
 const token = pageToken();
 const form = $("request");
 let consultationId = null;
@@ -107,18 +97,20 @@ function templateFields() {
   $("dvt-fields").classList.toggle("hidden", $("application").value !== "dvt");
 }
 
-function buildTemplateInputs() {
+// The DVT segments and grades come from the server (GET /api/vocabulary), as it checks them.
+function buildTemplateInputs({ dvt }) {
   for (let hour = 1; hour <= 12; hour++) {
     for (const minutes of ["", ":30"]) {
       $("lesion_clock").append(el("option", { value: `${hour}${minutes}`, text: `${hour}${minutes || ":00"} o'clock` }));
     }
   }
-  $("dvt-segments").replaceChildren(...Object.entries(DVT_SEGMENTS).map(([value, label]) => el("tr", {},
+  const capital = (text) => text[0].toUpperCase() + text.slice(1);
+  $("dvt-segments").replaceChildren(...dvt.segments.map(({ value, label }) => el("tr", {},
     el("td", {}, el("label", { class: "inline" },
-      el("input", { type: "checkbox", name: "dvt.segment", value }), label)),
+      el("input", { type: "checkbox", name: "dvt.segment", value }), capital(label))),
     el("td", {}, el("select", { name: `dvt.compressibility.${value}`, "aria-label": `Compressibility of the ${label}` },
       el("option", { value: "", text: "—" }),
-      ...Object.entries(COMPRESSIBILITY).map(([v, t]) => el("option", { value: v, text: t })))),
+      ...dvt.compressibility.map((c) => el("option", { value: c.value, text: capital(c.label) })))),
   )));
 }
 
@@ -210,7 +202,13 @@ if (!token || claims(token)?.role !== "coordinator") {
 } else {
   $("queue-link").href = `/queue#token=${encodeURIComponent(token)}`;
   form.classList.remove("hidden");
-  buildTemplateInputs();
+  let vocabulary = { dvt: { segments: [], compressibility: [] } };
+  try {
+    vocabulary = await api(token, "/api/vocabulary");
+  } catch (error) {
+    $("form-error").textContent = describe(error);
+  }
+  buildTemplateInputs(vocabulary);
   $("application").addEventListener("change", templateFields);
   form.addEventListener("input", checkSoon);
   form.addEventListener("change", checkSoon);

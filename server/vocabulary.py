@@ -1,0 +1,37 @@
+"""`GET /api/vocabulary`: the words the pages offer, from the rules that check them.
+
+The pages used to carry their own copies of the guidance directions and the DVT segments and
+grades, which would drift from what the server accepts; now they ask once at start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from server.applications import COMPRESSIBILITY_LABELS, SEGMENT_LABELS
+from server.edge import authenticate
+from server.room import CUE_DIRECTIONS
+
+
+def vocabulary() -> dict[str, Any]:
+    return {
+        "guidance": {cue.value: list(directions) for cue, directions in CUE_DIRECTIONS.items()},
+        "dvt": {
+            "segments": [{"value": s.value, "label": t} for s, t in SEGMENT_LABELS.items()],
+            "compressibility": [
+                {"value": c.value, "label": t} for c, t in COMPRESSIBILITY_LABELS.items()
+            ],
+        },
+    }
+
+
+async def get_vocabulary(request: web.Request) -> web.Response:
+    """Any valid token: the vocabulary holds no patient data, but the API answers only callers."""
+    authenticate(request)
+    return web.json_response(vocabulary())
+
+
+def routes(table: web.RouteTableDef) -> None:
+    table.get("/api/vocabulary")(get_vocabulary)
