@@ -509,6 +509,15 @@ async def test_a_draft_checklist_validates_what_a_request_would(
     takes too."""
     response = await client.post("/api/consultations/checklist", json=draft, headers=coordinator)
     if response.status != 200:
+        # What the checklist refuses, the request refuses too, naming the same field.
+        refusal = await answer(response)
+        assert_refusal(response.status, refusal)
+        request = {"clinical_question": "q", "urgency": "routine", **draft}
+        request.setdefault("incomplete_reason", "draft under test")
+        created = await client.post("/api/consultations", json=request, headers=coordinator)
+        refused = await answer(created)
+        assert created.status == response.status, (draft, refused)
+        assert refused["error"]["field"] == refusal["error"]["field"], (draft, refused)
         return
     check = await response.json()
     request = dict(draft)

@@ -1,8 +1,9 @@
 """The aiortc hook: received tracks yield encoded frames, so they are forwarded, not transcoded.
 
 This module reaches into aiortc internals; it is the only one that does. It
-depends on aiortc == 1.16.0 (pinned in pyproject) and `tests/test_media_hook.py`
-fails if any of these assumptions stops holding:
+depends on aiortc == 1.16.0 (pinned in pyproject), and
+`test_the_forwarding_hook_still_fits_aiortc` (tests/test_media_relay.py) fails if any of
+these assumptions stops holding:
 
 1. `aiortc.rtcrtpreceiver.decoder_worker` builds its decoder through the module
    global `get_decoder(codec)` and passes what `decoder.decode(jitter_frame)`
@@ -63,7 +64,6 @@ from aiortc.sdp import MediaDescription
 from server.media.congestion import TRANSPORT_CC_URI
 
 AIORTC_VERSION = "1.16.0"
-VIDEO_CLOCK_RATE_HZ = 90_000
 VIDEO_JITTER_CAPACITY_PACKETS = 512
 AUDIO_JITTER_CAPACITY_PACKETS = 16
 # A video frame still incomplete this long after later packets arrived is given up.

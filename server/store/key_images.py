@@ -67,14 +67,6 @@ class KeyImageLog:
         self.store = store
         self.engine = store.engine
 
-    async def count(self, consultation_id: str) -> int:
-        async with self.engine.connect() as conn:
-            result = await conn.execute(
-                text("SELECT COUNT(*) FROM key_images WHERE consultation_id = :cid"),
-                {"cid": consultation_id},
-            )
-            return int(result.scalar() or 0)
-
     async def archived_bytes(self, consultation_id: str) -> int:
         """What the consultation's archived objects take, all kinds (its quota counts this)."""
         async with self.engine.connect() as conn:
