@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from browser import console_errors, coordinator_token, save_screenshot
 from phantom import BANNER_HEIGHT
-from servers import Server
+from servers import Server, post_json
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -126,3 +126,26 @@ async def test_ice_host_candidates_are_ip_addresses(live_server: Server, chromiu
     hosts = [c for c in candidates if " typ host" in c]
     assert hosts, candidates
     assert not [c for c in hosts if ".local " in c], hosts
+
+
+async def test_a_queue_refresh_keeps_unchanged_rows_and_the_focus(
+    live_server: Server, chromium: Browser
+) -> None:
+    """The queue refreshes every 10 s; it used to rebuild every row, losing the focus."""
+    token = coordinator_token(live_server)
+    request = {"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"}
+    first = post_json(live_server, "/api/consultations", token, request)["id"]
+    page = await chromium.new_page()
+    errors = console_errors(page)
+    await page.goto(f"{live_server.url}/queue#token={token}")
+    row = page.locator(f"#queue tr[data-id='{first}']")
+    await row.wait_for(timeout=TIMEOUT_MS)
+    await row.evaluate("(node) => { node.dataset.kept = 'yes'; }")
+    await row.get_by_role("button", name="Join link").focus()
+    second = post_json(live_server, "/api/consultations", token, {**request, "urgency": "urgent"})
+    # The next refresh brings the new, more urgent request above the first...
+    await page.locator(f"#queue tr[data-id='{second['id']}']").wait_for(timeout=TIMEOUT_MS)
+    # ...and leaves the first row as it was, focus included.
+    assert await row.get_attribute("data-kept") == "yes"
+    assert await page.evaluate("document.activeElement.textContent") == "Join link"
+    assert errors == []

@@ -61,8 +61,45 @@ function actions(c) {
   return el("td", {}, select, " ", el("button", { type: "button", text: "Join link", onclick: () => invite(c) }));
 }
 
-// The rows are rebuilt every few seconds: the keyboard focus must not fall back to the top of
-// the page each time, and an expert list being chosen from must not close under the pointer.
+// Rows by consultation id: a refresh rebuilds only the rows whose content changed (the time left
+// is updated in place), so the keyboard focus stays where it was and an expert list being chosen
+// from does not close under the pointer.
+const rows = new Map(); // id -> {key, node, time}
+
+function rowOf(c) {
+  const key = JSON.stringify([c.urgency, c.application, c.clinical_question, c.flags, c.incomplete_reason,
+    c.state, c.checklist, c.assigned_expert, isExpert ? null : experts]);
+  let row = rows.get(c.id);
+  if (row?.key !== key) {
+    const time = el("td");
+    const node = el("tr", { "data-id": c.id },
+      el("td", {}, el("span", { class: `pill ${c.urgency}`, text: c.urgency })),
+      time,
+      el("td", { text: c.application || "—" }),
+      el("td", {}, c.clinical_question,
+        ...(c.flags || []).map((f) => el("div", { class: "error", text: `⚑ ${f.message}` })),
+        c.incomplete_reason ? el("div", { class: "muted", text: `Sent incomplete: ${c.incomplete_reason}` }) : null),
+      el("td", { text: c.state }),
+      el("td", { text: c.checklist.complete ? "complete" : `${c.checklist.missing_count} missing` }),
+      actions(c),
+    );
+    row = { key, node, time };
+    rows.set(c.id, row);
+  }
+  row.time.className = c.overdue ? "error" : "";
+  row.time.textContent = timeLeft(c.time_left_seconds);
+  row.time.title = new Date(c.due_at).toLocaleString();
+  return row.node;
+}
+
+// Put `nodes` in `parent` in this order, moving only what is out of place.
+function reconcile(parent, nodes) {
+  nodes.forEach((node, i) => {
+    if (parent.children[i] !== node) parent.insertBefore(node, parent.children[i] || null);
+  });
+  while (parent.children.length > nodes.length) parent.lastElementChild.remove();
+}
+
 function focusedControl() {
   const active = document.activeElement;
   const row = active?.closest?.("#queue tr[data-id]");
@@ -77,19 +114,10 @@ async function refresh(force = false) {
     if (!isExpert) experts = (await api(token, "/api/experts")).experts || [];
     else $("who").textContent = `${answer.expert.name}: ${answer.expert.subspecialties.join(", ")}`;
     const { consultations } = answer;
-    $("queue").replaceChildren(...consultations.map((c) => el("tr", { "data-id": c.id },
-      el("td", {}, el("span", { class: `pill ${c.urgency}`, text: c.urgency })),
-      el("td", { class: c.overdue ? "error" : "", text: timeLeft(c.time_left_seconds),
-        title: new Date(c.due_at).toLocaleString() }),
-      el("td", { text: c.application || "—" }),
-      el("td", {}, c.clinical_question,
-        ...(c.flags || []).map((f) => el("div", { class: "error", text: `⚑ ${f.message}` })),
-        c.incomplete_reason ? el("div", { class: "muted", text: `Sent incomplete: ${c.incomplete_reason}` }) : null),
-      el("td", { text: c.state }),
-      el("td", { text: c.checklist.complete ? "complete" : `${c.checklist.missing_count} missing` }),
-      actions(c),
-    )));
-    if (focus) $("queue").querySelector(`tr[data-id="${focus.id}"] ${focus.tag}`)?.focus();
+    const open = new Set(consultations.map((c) => c.id));
+    for (const id of rows.keys()) if (!open.has(id)) rows.delete(id);
+    reconcile($("queue"), consultations.map(rowOf));
+    if (focus && document.activeElement === document.body) $("queue").querySelector(`tr[data-id="${focus.id}"] ${focus.tag}`)?.focus();
     const overdue = consultations.filter((c) => c.overdue).length;
     $("status").textContent = `${consultations.length} open, ${overdue} overdue · ${new Date().toLocaleTimeString()}`;
     // Not a refused accept or assignment: that message stays until the next action.
