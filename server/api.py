@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from server import experts_api, images_api, reports_api
-from server.appkeys import KEY_IMAGES, METRICS, SETTINGS, STORE
+from server.appkeys import KEY_IMAGES, METRICS, REPORT_LOG, SETTINGS, STORE
 from server.auth import Role, require_consultation, require_role
 from server.consultation_bodies import join_body, participant_body, summary
 from server.consultations import (
@@ -91,7 +91,7 @@ async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, A
     key images, report and turnaround."""
     store = request.app[STORE]
     application = row.context.application.value if row.context.application else None
-    report = ReportState(application, await store.reports.versions(row.id))
+    report = ReportState(application, await request.app[REPORT_LOG].versions(row.id))
     key_images = await request.app[KEY_IMAGES].log.images(row.id)
     return {
         **summary(row, datetime.now(UTC)),

@@ -21,6 +21,7 @@ from server.appkeys import (
     METRICS,
     REFUSALS,
     RELAY,
+    REPORT_LOG,
     SETTINGS,
     SIO,
     STORE,
@@ -55,6 +56,7 @@ from server.reports import load_terminology
 from server.signaling import LiveNamespace, create_sio
 from server.store import open_store
 from server.store.key_images import KeyImageLog
+from server.store.reports import ReportLog
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,7 @@ def create_app(settings: Settings) -> web.Application:
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = await open_store(app[SETTINGS].sqlalchemy_url)
     app[STORE] = store
+    app[REPORT_LOG] = ReportLog(store)
     log.info("records store open", extra={"dialect": store.dialect})
     flusher = asyncio.create_task(_flush_refusals_forever(app), name="refusal-bursts")
     yield
