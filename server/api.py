@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from server import experts_api, images_api, reports_api
-from server.appkeys import KEY_IMAGES, METRICS, REPORT_LOG, SETTINGS, STORE
+from server.appkeys import KEY_IMAGES, LIVE, METRICS, REPORT_LOG, SETTINGS, STORE
 from server.auth import Role, require_consultation, require_role
 from server.consultation_bodies import join_body, participant_body, summary
 from server.consultations import (
@@ -30,7 +30,6 @@ from server.consultations import (
 )
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest, NotFound
-from server.live import end_access
 from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
 from server.reports import ReportState
 from server.store import ConsultationRow, ParticipantRow
@@ -258,7 +257,7 @@ async def cancel_consultation(request: web.Request) -> web.Response:
         now,
         facts(request, principal, "consultation.cancel", "consultation", consultation_id),
     )
-    await end_access(request.app, [consultation_id])
+    await request.app[LIVE].end_access([consultation_id])
     return web.json_response(summary(row, now))
 
 

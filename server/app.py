@@ -44,7 +44,7 @@ from server.keyring import (
     load,
     load_or_create,
 )
-from server.live import NAMESPACE, live_context, room_of
+from server.live import NAMESPACE, Reaper, open_live, room_of
 from server.media import forwarding
 from server.media.capture import CineBuffer
 from server.media.feedback import BitratePolicy
@@ -135,7 +135,7 @@ def create_app(settings: Settings) -> web.Application:
     sio.register_namespace(namespace)
     sio.attach(app)
     app[SIO] = sio
-    app.cleanup_ctx.append(live_context(namespace))
+    app.cleanup_ctx.append(_live_ctx(namespace))
     app.cleanup_ctx.append(_relay_ctx)
 
     app.router.add_get("/healthz", healthz)
@@ -202,6 +202,20 @@ def _key_images_ctx(
             await pusher.stop()
         if pacs is not None:
             await pacs.close()
+
+    return context
+
+
+def _live_ctx(
+    reaper: Reaper,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """The live rooms' presence and room bus (memory, or Redis when configured)."""
+
+    @contextlib.asynccontextmanager
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        async with open_live(app[SETTINGS], app[SIO], app[STORE], reaper) as live:
+            app[LIVE] = live
+            yield
 
     return context
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from server.appkeys import SETTINGS, STORE
+from server.appkeys import LIVE, SETTINGS, STORE
 from server.auth import Principal, Role, require_role
 from server.consultation_bodies import join_body, summary
 from server.consultations import OPEN_STATES, URGENCY_RANK, State
@@ -28,7 +28,6 @@ from server.experts import (
     credentialed,
     subspecialty_set,
 )
-from server.live import end_access
 from server.messages import StrictModel, parse, parse_json
 from server.store import ConsultationRow, ExpertRow, Experts, ParticipantRow
 from server.store.times import iso
@@ -127,7 +126,7 @@ async def put_expert(request: web.Request) -> web.Response:
         sub, profile.name, subspecialties, profile.active, datetime.now(UTC), audit
     )
     # Deactivated, or no longer credentialed for what they held: their links end.
-    await end_access(request.app, await experts.linked_consultations(sub))
+    await request.app[LIVE].end_access(await experts.linked_consultations(sub))
     return web.json_response(expert_body(row))
 
 
@@ -217,7 +216,7 @@ async def assign_consultation(request: web.Request) -> web.Response:
         datetime.now(UTC),
         facts(request, principal, action, "consultation", consultation_id),
     )
-    await end_access(request.app, [consultation_id])
+    await request.app[LIVE].end_access([consultation_id])
     assigned = await _consultation(request, consultation_id)
     return web.json_response(summary(assigned, datetime.now(UTC)))
 

@@ -11,13 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
-from server.appkeys import KEY_IMAGES, REPORT_LOG, SETTINGS, STORE, TERMINOLOGY
+from server.appkeys import KEY_IMAGES, LIVE, REPORT_LOG, SETTINGS, STORE, TERMINOLOGY
 from server.applications import CATEGORIES, category_label
 from server.auth import Principal, Role, require_consultation, require_role
 from server.consultations import State, flags
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import Conflict, Forbidden, NotFound
-from server.live import end_access
 from server.messages import LongText, StrictModel, parse_json
 from server.report_sr import archive_report
 from server.reports import ReportBody, ReportState, Version, check_terminology, missing_for_signing
@@ -181,7 +180,7 @@ async def sign_report(request: web.Request) -> web.Response:
     )
     await _commit_with_sr(request, principal, row, report, images, version, State.SIGNED)
     # The bedside and observers are let go; the expert stays for addenda.
-    await end_access(request.app, [row.id])
+    await request.app[LIVE].end_access([row.id])
     return web.json_response(await report_view(request, row, report, images))
 
 
