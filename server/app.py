@@ -50,7 +50,8 @@ from server.media.capture import CineBuffer
 from server.media.feedback import BitratePolicy
 from server.media.relay import Relay
 from server.metrics import create_metrics
-from server.middleware import access_middleware, api_headers, errors_middleware, flush_refusals
+from server.middleware import access_middleware, api_headers, errors_middleware
+from server.refusal_audit import flush_refusals
 from server.refusals import RefusalBursts
 from server.reports import load_terminology
 from server.signaling import LiveNamespace, create_sio

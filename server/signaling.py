@@ -43,10 +43,10 @@ from server.errors import (
 from server.key_images import Capture, room_commit
 from server.live import NAMESPACE, let_go, room_of
 from server.messages import parse
-from server.middleware import record_refusal
 from server.outages import as_outage
 from server.presence import Attendee
 from server.ratelimit import TokenBucket
+from server.refusal_audit import record_refusal
 from server.room import (
     SYNC_EVENTS_MAX,
     CaptureKind,

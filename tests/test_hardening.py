@@ -33,7 +33,7 @@ from server.auth import Role, issue_token
 from server.config import Settings, load_settings, parse_networks
 from server.edge import client_address
 from server.keyring import load_or_create
-from server.middleware import flush_refusals
+from server.refusal_audit import flush_refusals
 from server.refusals import RefusalBursts
 from server.signaling import LivePacket, LiveServer
 
