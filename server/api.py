@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from server import experts_api, images_api, reports_api, vocabulary
-from server.appkeys import (
-    KEY_IMAGES,
-    KEYRING,
-    METRICS,
-    SETTINGS,
-    STORE,
-    TOKEN_POLICY,
-)
-from server.auth import (
-    Role,
-    issue_token,
-    require_consultation,
-    require_role,
-)
+from server.appkeys import KEY_IMAGES, LIVE, METRICS, REPORT_LOG, SETTINGS, STORE
+from server.auth import Role, require_consultation, require_role
+from server.consultation_bodies import join_body, participant_body, summary
 from server.consultations import (
     LANDMARKS_ITEM,
     OPEN_STATES,
@@ -41,7 +30,6 @@ from server.consultations import (
 )
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest, NotFound
-from server.live import end_access
 from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
 from server.reports import ReportState
 from server.store import ConsultationRow, ParticipantRow
@@ -84,29 +72,6 @@ def routes() -> web.RouteTableDef:
 # Representations
 
 
-def summary(row: ConsultationRow, now: datetime) -> dict[str, Any]:
-    """What the queue shows of a consultation."""
-    check = checklist(row.context)
-    return {
-        "id": row.id,
-        "state": row.state.value,
-        "urgency": row.urgency.value,
-        "application": row.context.application,
-        "clinical_question": row.context.clinical_question,
-        "requested_at": iso(row.requested_at),
-        "due_at": iso(row.due_at),
-        "time_left_seconds": int((row.due_at - now).total_seconds()),
-        "overdue": row.state in OPEN_STATES and now > row.due_at,
-        "checklist": {"complete": check.complete, "missing_count": len(check.missing)},
-        "assigned_expert": row.assigned_expert,
-        "incomplete_reason": row.context.incomplete_reason,
-        "flags": [{"code": f.code, "message": f.message} for f in flags(row.context)],
-        "cancellation": None
-        if row.cancelled_at is None
-        else {"reason": row.cancel_reason, "note": row.cancel_note, "at": iso(row.cancelled_at)},
-    }
-
-
 def item_body(item: MissingItem) -> dict[str, str]:
     return {"field": item.field, "label": item.label, "why": item.why}
 
@@ -121,23 +86,12 @@ def checklist_body(
     return {"complete": not missing, "missing": [item_body(m) for m in missing]}
 
 
-def participant_body(p: ParticipantRow) -> dict[str, Any]:
-    return {
-        "id": p.id,
-        "role": p.role.value,
-        "name": p.name,
-        "invited_at": iso(p.invited_at),
-        "joined_at": iso(p.joined_at) if p.joined_at else None,
-        "left_at": iso(p.left_at) if p.left_at else None,
-    }
-
-
 async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, Any]:
     """The whole record: context, checklist (key images' landmarks included), people, marks,
     key images, report and turnaround."""
     store = request.app[STORE]
     application = row.context.application.value if row.context.application else None
-    report = ReportState(application, await store.reports.versions(row.id))
+    report = ReportState(application, await request.app[REPORT_LOG].versions(row.id))
     key_images = await request.app[KEY_IMAGES].log.images(row.id)
     return {
         **summary(row, datetime.now(UTC)),
@@ -304,30 +258,8 @@ async def cancel_consultation(request: web.Request) -> web.Response:
         now,
         facts(request, principal, "consultation.cancel", "consultation", consultation_id),
     )
-    await end_access(request.app, [consultation_id])
+    await request.app[LIVE].end_access([consultation_id])
     return web.json_response(summary(row, now))
-
-
-def join_body(request: web.Request, participant: ParticipantRow) -> dict[str, Any]:
-    """A participant's join token and link (an invite's answer); sign it before storing them."""
-    settings = request.app[SETTINGS]
-    token = issue_token(
-        request.app[KEYRING],
-        request.app[TOKEN_POLICY],
-        sub=participant.id,
-        role=participant.role,
-        ttl_seconds=settings.invite_ttl_seconds,
-        consultation_id=participant.consultation_id,
-        name=participant.name,
-    )
-    expires = participant.invited_at + timedelta(seconds=settings.invite_ttl_seconds)
-    return {
-        "participant": participant_body(participant),
-        "token": token,
-        # The token travels in the fragment, which browsers never send to servers or logs.
-        "url": f"{settings.base_url}/join#token={token}",
-        "expires_at": iso(expires),
-    }
 
 
 async def verify_audit(request: web.Request) -> web.Response:

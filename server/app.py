@@ -21,6 +21,7 @@ from server.appkeys import (
     METRICS,
     REFUSALS,
     RELAY,
+    REPORT_LOG,
     SETTINGS,
     SIO,
     STORE,
@@ -43,18 +44,20 @@ from server.keyring import (
     load,
     load_or_create,
 )
-from server.live import NAMESPACE, live_context, room_of
+from server.live import NAMESPACE, Reaper, open_live, room_of
 from server.media import forwarding
 from server.media.capture import CineBuffer
 from server.media.feedback import BitratePolicy
 from server.media.relay import Relay
 from server.metrics import create_metrics
-from server.middleware import access_middleware, api_headers, errors_middleware, flush_refusals
+from server.middleware import access_middleware, api_headers, errors_middleware
+from server.refusal_audit import flush_refusals
 from server.refusals import RefusalBursts
 from server.reports import load_terminology
 from server.signaling import LiveNamespace, create_sio
 from server.store import open_store
 from server.store.key_images import KeyImageLog
+from server.store.reports import ReportLog
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +136,7 @@ def create_app(settings: Settings) -> web.Application:
     sio.register_namespace(namespace)
     sio.attach(app)
     app[SIO] = sio
-    app.cleanup_ctx.append(live_context(namespace))
+    app.cleanup_ctx.append(_live_ctx(namespace))
     app.cleanup_ctx.append(_relay_ctx)
 
     app.router.add_get("/healthz", healthz)
@@ -149,6 +152,7 @@ def create_app(settings: Settings) -> web.Application:
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = await open_store(app[SETTINGS].sqlalchemy_url)
     app[STORE] = store
+    app[REPORT_LOG] = ReportLog(store)
     log.info("records store open", extra={"dialect": store.dialect})
     flusher = asyncio.create_task(_flush_refusals_forever(app), name="refusal-bursts")
     yield
@@ -199,6 +203,20 @@ def _key_images_ctx(
             await pusher.stop()
         if pacs is not None:
             await pacs.close()
+
+    return context
+
+
+def _live_ctx(
+    reaper: Reaper,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """The live rooms' presence and room bus (memory, or Redis when configured)."""
+
+    @contextlib.asynccontextmanager
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        async with open_live(app[SETTINGS], app[SIO], app[STORE], reaper) as live:
+            app[LIVE] = live
+            yield
 
     return context
 

@@ -18,11 +18,14 @@ if TYPE_CHECKING:
     from server.refusals import RefusalBursts
     from server.reports import Term
     from server.store import Store
+    from server.store.reports import ReportLog
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 KEYRING: web.AppKey[Keys] = web.AppKey("keyring")
 TOKEN_POLICY: web.AppKey[TokenPolicy] = web.AppKey("token_policy")
 STORE: web.AppKey[Store] = web.AppKey("store")
+# The versions of each consultation's report, in the records store.
+REPORT_LOG: web.AppKey[ReportLog] = web.AppKey("report_log")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
 LIVE: web.AppKey[Live] = web.AppKey("live")

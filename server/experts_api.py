@@ -14,10 +14,9 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-# The module, not its names: api.py imports this module for its routes.
-from server import api
-from server.appkeys import SETTINGS, STORE
+from server.appkeys import LIVE, SETTINGS, STORE
 from server.auth import Principal, Role, require_role
+from server.consultation_bodies import join_body, summary
 from server.consultations import OPEN_STATES, URGENCY_RANK, State
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -29,7 +28,6 @@ from server.experts import (
     credentialed,
     subspecialty_set,
 )
-from server.live import end_access
 from server.messages import StrictModel, parse, parse_json
 from server.store import ConsultationRow, ExpertRow, Experts, ParticipantRow
 from server.store.times import iso
@@ -128,7 +126,7 @@ async def put_expert(request: web.Request) -> web.Response:
         sub, profile.name, subspecialties, profile.active, datetime.now(UTC), audit
     )
     # Deactivated, or no longer credentialed for what they held: their links end.
-    await end_access(request.app, await experts.linked_consultations(sub))
+    await request.app[LIVE].end_access(await experts.linked_consultations(sub))
     return web.json_response(expert_body(row))
 
 
@@ -163,7 +161,7 @@ async def expert_queue(request: web.Request, principal: Principal) -> web.Respon
     return web.json_response(
         {
             "expert": expert_body(expert),
-            "consultations": [api.summary(r, now) for r in rows],
+            "consultations": [summary(r, now) for r in rows],
         }
     )
 
@@ -189,7 +187,7 @@ async def accept_consultation(request: web.Request) -> web.Response:
         invited_at=datetime.now(UTC),
     )
     # Signed before anything is stored: an acceptance that cannot be signed changes nothing.
-    body = api.join_body(request, participant)
+    body = join_body(request, participant)
     await Experts(request.app[STORE]).accept(
         consultation_id,
         participant,
@@ -218,9 +216,9 @@ async def assign_consultation(request: web.Request) -> web.Response:
         datetime.now(UTC),
         facts(request, principal, action, "consultation", consultation_id),
     )
-    await end_access(request.app, [consultation_id])
+    await request.app[LIVE].end_access([consultation_id])
     assigned = await _consultation(request, consultation_id)
-    return web.json_response(api.summary(assigned, datetime.now(UTC)))
+    return web.json_response(summary(assigned, datetime.now(UTC)))
 
 
 async def _check_assignable(request: web.Request, sub: str, row: ConsultationRow) -> None:

@@ -1,8 +1,9 @@
 """The live rooms' shared machinery: presence, the ordered room bus, background tasks.
 
-One `Live` per application, opened in a cleanup context: in-memory on one node,
-Redis-backed when `PROBELINK_REDIS_URL` is set. The Socket.IO handlers in
-`signaling.py` use it; nothing else in them changes between one node and many.
+One `Live` per application, opened by `open_live` (in `app.py`'s cleanup context): in-memory
+on one node, Redis-backed when `PROBELINK_REDIS_URL` is set. It is handed what it uses (the
+settings, the Socket.IO server, the store) and reads nothing from the application. The Socket.IO
+handlers in `signaling.py` use it; nothing else in them changes between one node and many.
 """
 
 from __future__ import annotations
@@ -11,21 +12,21 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import socketio
-from aiohttp import web
 from redis.exceptions import RedisError
 
 from server.access import access_ended
-from server.appkeys import LIVE, SETTINGS, SIO, STORE
 from server.auth import Role
+from server.config import Settings
 from server.errors import ConfigError, Forbidden, Unavailable
 from server.presence import MemoryPresence, Presence, RedisPresence
 from server.roombus import LocalRoomBus, RedisRoomBus, RoomBus
+from server.store import Store
 from server.store.room_log import RoomEvent
 
 log = logging.getLogger(__name__)
@@ -48,36 +49,12 @@ def room_of(consultation_id: str) -> str:
     return f"consultation:{consultation_id}"
 
 
-async def ended_for(
-    app: web.Application, consultation_id: str, sub: str, role: Role
-) -> Forbidden | None:
-    """Why the token of `sub` (as `role`) no longer opens the consultation, or None."""
-    standing = await app[STORE].standing(consultation_id, sub)
-    return None if standing is None else access_ended(role, standing)
-
-
 async def let_go(sio: socketio.AsyncServer, sid: str, refusal: Forbidden) -> None:
     """Tell a socket, on whichever node, why its access has ended (`revoked`), then disconnect
     it: both go through the Socket.IO manager, in this order, to the node that holds it."""
     revoked = {"code": refusal.code, "message": refusal.message}
     await sio.emit("revoked", revoked, to=sid, namespace=NAMESPACE)
     await sio.disconnect(sid, namespace=NAMESPACE)
-
-
-async def end_access(app: web.Application, consultation_ids: Iterable[str]) -> None:
-    """Let go, on every node, of the live sockets of these consultations whose access has ended.
-
-    Called once the change that ended it is committed. Should this fail (Redis down), the
-    change stands: the sockets' next HTTP request and their reconnection are refused anyway.
-    """
-    try:
-        for consultation_id in consultation_ids:
-            for attendee in await app[LIVE].presence.members(consultation_id):
-                refusal = await ended_for(app, consultation_id, attendee.sub, Role(attendee.role))
-                if refusal is not None:
-                    await let_go(app[SIO], attendee.sid, refusal)
-    except Exception:
-        log.exception("could not end the live sessions whose access has ended")
 
 
 class Reaper(Protocol):
@@ -92,6 +69,9 @@ class Live:
     node: str
     presence: Presence
     bus: RoomBus
+    # The Socket.IO server (its manager reaches sockets on every node) and the records store.
+    sio: socketio.AsyncServer
+    store: Store
     # Background tasks this node owns; cancelled and awaited on close.
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # With many nodes: Redis, where each consultation's media is pinned to one node.
@@ -135,6 +115,28 @@ class Live:
                 _DELETE_IF_MINE, 1, f"{self.prefix}:media:{consultation_id}", self.public_url
             )
 
+    async def ended_for(self, consultation_id: str, sub: str, role: Role) -> Forbidden | None:
+        """Why the token of `sub` (as `role`) no longer opens the consultation, or None."""
+        standing = await self.store.standing(consultation_id, sub)
+        return None if standing is None else access_ended(role, standing)
+
+    async def end_access(self, consultation_ids: Iterable[str]) -> None:
+        """Let go, on every node, of these consultations' live sockets whose access has ended.
+
+        Called once the change that ended it is committed. Should this fail (Redis down), the
+        change stands: the sockets' next HTTP request and their reconnection are refused anyway.
+        """
+        try:
+            for consultation_id in consultation_ids:
+                for attendee in await self.presence.members(consultation_id):
+                    refusal = await self.ended_for(
+                        consultation_id, attendee.sub, Role(attendee.role)
+                    )
+                    if refusal is not None:
+                        await let_go(self.sio, attendee.sid, refusal)
+        except Exception:
+            log.exception("could not end the live sessions whose access has ended")
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` in the background, owned by this node; failures are logged."""
         task = asyncio.create_task(coro)
@@ -166,72 +168,63 @@ class Live:
         await self.presence.close()
 
 
-def live_context(
-    reaper: Reaper,
-) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-    """The cleanup context that opens presence and the room bus for `create_app`."""
+@contextlib.asynccontextmanager
+async def open_live(
+    settings: Settings, sio: socketio.AsyncServer, store: Store, reaper: Reaper
+) -> AsyncIterator[Live]:
+    """Presence and the room bus of this node, open until the block ends."""
+    node = secrets.token_hex(6)
 
-    @contextlib.asynccontextmanager
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        settings = app[SETTINGS]
-        sio = app[SIO]
-        node = secrets.token_hex(6)
+    async def deliver(consultation_id: str, event: RoomEvent) -> None:
+        await sio.emit(
+            event.type,
+            event.body,
+            room=room_of(consultation_id),
+            namespace=NAMESPACE,
+            ignore_queue=True,
+        )
 
-        async def deliver(consultation_id: str, event: RoomEvent) -> None:
-            await sio.emit(
-                event.type,
-                event.body,
-                room=room_of(consultation_id),
-                namespace=NAMESPACE,
-                ignore_queue=True,
-            )
+    async def fetch_after(consultation_id: str, after_seq: int) -> list[RoomEvent]:
+        return await store.room.events_after(consultation_id, after_seq, CATCH_UP_EVENTS_MAX)
 
-        async def fetch_after(consultation_id: str, after_seq: int) -> list[RoomEvent]:
-            return await app[STORE].room.events_after(
-                consultation_id, after_seq, CATCH_UP_EVENTS_MAX
-            )
-
-        redis: aioredis.Redis | None = None
-        if settings.redis_url:
-            redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-            presence = RedisPresence(
-                redis,
-                prefix=settings.redis_prefix,
-                node=node,
-                ttl_seconds=settings.presence_ttl_seconds,
-            )
-            bus = RedisRoomBus(
-                redis, prefix=settings.redis_prefix, deliver=deliver, fetch=fetch_after
-            )
-            try:
-                await presence.start()
-                await bus.start()
-            except (RedisError, OSError, TimeoutError) as exc:
-                await bus.close()
-                await presence.close()
-                await redis.aclose()
-                raise ConfigError(f"cannot reach Redis ({type(exc).__name__})") from None
-            live = Live(
-                node,
-                presence,
-                bus,
-                redis=redis,
-                prefix=settings.redis_prefix,
-                public_url=settings.base_url,
-            )
-            live.spawn(_reap_forever(reaper, settings.presence_ttl_seconds / 3))
-        else:
-            live = Live(node, MemoryPresence(), LocalRoomBus(deliver))
-        app[LIVE] = live
-        log.info("live rooms ready", extra={"node": node, "shared": redis is not None})
+    redis: aioredis.Redis | None = None
+    if settings.redis_url:
+        redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        presence = RedisPresence(
+            redis,
+            prefix=settings.redis_prefix,
+            node=node,
+            ttl_seconds=settings.presence_ttl_seconds,
+        )
+        bus = RedisRoomBus(redis, prefix=settings.redis_prefix, deliver=deliver, fetch=fetch_after)
         try:
-            yield
-        finally:
-            await live.close()
-            if redis is not None:
-                await redis.aclose()
-
-    return context
+            await presence.start()
+            await bus.start()
+        except (RedisError, OSError, TimeoutError) as exc:
+            await bus.close()
+            await presence.close()
+            await redis.aclose()
+            raise ConfigError(f"cannot reach Redis ({type(exc).__name__})") from None
+        live = Live(
+            node,
+            presence,
+            bus,
+            sio,
+            store,
+            redis=redis,
+            prefix=settings.redis_prefix,
+            public_url=settings.base_url,
+        )
+        live.spawn(_reap_forever(reaper, settings.presence_ttl_seconds / 3))
+    else:
+        live = Live(node, MemoryPresence(), LocalRoomBus(deliver), sio, store)
+    log.info("live rooms ready", extra={"node": node, "shared": redis is not None})
+    try:
+        yield live
+    finally:
+        await live.close()
+        if redis is not None:
+            await redis.aclose()
 
 
 async def _reap_forever(reaper: Reaper, interval_seconds: float) -> None:

@@ -7,7 +7,6 @@ is logged with a reference id and answered with a 500 that carries only that id.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -15,20 +14,15 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from server.access import check_access
-from server.appkeys import METRICS, PRINCIPAL, REFUSALS, STORE
-from server.audit import AuditFacts
-from server.auth import Principal
+from server.appkeys import METRICS, PRINCIPAL, STORE
 from server.edge import authenticate
 from server.errors import Forbidden, ProbelinkError, Unauthorized
 from server.outages import as_outage, retry_after
+from server.refusal_audit import record_refusal
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# A refused request's object id comes from its path: the audit log keeps a short, safe form.
-AUDIT_OBJECT_ID_MAX_CHARS = 64
-UNSAFE_ID_CHARS_PATTERN = re.compile(r"[^0-9a-zA-Z_-]")
 
 # Responses under these paths may hold patient data or tokens.
 NO_STORE_PATHS = ("/api/", "/socket.io/")
@@ -138,53 +132,3 @@ async def _audit_refusal(request: web.Request, exc: Unauthorized | Forbidden) ->
         object_id=request.match_info.get("consultation_id", ""),
         source=request.remote or "unknown",
     )
-
-
-async def record_refusal(
-    app: web.Application,
-    exc: ProbelinkError,
-    *,
-    principal: Principal | None,
-    action: str,
-    object_type: str,
-    object_id: str,
-    source: str,
-) -> None:
-    """Count and audit a refused request (HTTP or Socket.IO); the refusal stands regardless.
-
-    Refusals are audited in bursts (`server.refusals`): the first at once, the repeats as one
-    entry when the burst ends (`flush_refusals`).
-    """
-    app[METRICS].auth_refusals.labels(exc.code).inc()
-    facts = AuditFacts(
-        actor=principal.sub if principal else "anonymous",
-        role=principal.role.value if principal else "none",
-        action=action,
-        object_type=object_type,
-        object_id=audit_object_id(object_id),
-        outcome=f"refused:{exc.code}",
-        source=source,
-        detail={"status": exc.status},
-    )
-    first = app[REFUSALS].refuse(facts, time.monotonic())
-    if first is not None:
-        await _audit(app, [first])
-
-
-async def flush_refusals(app: web.Application, *, drain: bool = False) -> None:
-    """Audit the bursts of refusals that have ended (all of them when draining)."""
-    bursts = app[REFUSALS]
-    await _audit(app, bursts.drain() if drain else bursts.ended(time.monotonic()))
-
-
-async def _audit(app: web.Application, entries: list[AuditFacts]) -> None:
-    for facts in entries:
-        try:
-            await app[STORE].record_audit(facts)
-        except Exception as exc:
-            log.warning("could not audit a refusal", extra={"error": type(exc).__name__})
-
-
-def audit_object_id(raw: str) -> str:
-    """An untrusted id as the audit log keeps it: capped, with only [0-9a-zA-Z_-] left."""
-    return UNSAFE_ID_CHARS_PATTERN.sub("_", raw[:AUDIT_OBJECT_ID_MAX_CHARS])

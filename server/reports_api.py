@@ -11,13 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
-from server.appkeys import KEY_IMAGES, SETTINGS, STORE, TERMINOLOGY
+from server.appkeys import KEY_IMAGES, LIVE, REPORT_LOG, SETTINGS, STORE, TERMINOLOGY
 from server.applications import CATEGORIES, category_label
 from server.auth import Principal, Role, require_consultation, require_role
 from server.consultations import State, flags
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import Conflict, Forbidden, NotFound
-from server.live import end_access
 from server.messages import LongText, StrictModel, parse_json
 from server.report_sr import archive_report
 from server.reports import ReportBody, ReportState, Version, check_terminology, missing_for_signing
@@ -48,7 +47,7 @@ async def _consultation(request: web.Request, principal: Principal) -> Consultat
 
 async def _state(request: web.Request, row: ConsultationRow) -> ReportState:
     application = row.context.application.value if row.context.application else None
-    return ReportState(application, await request.app[STORE].reports.versions(row.id))
+    return ReportState(application, await request.app[REPORT_LOG].versions(row.id))
 
 
 def _expert(request: web.Request) -> Principal:
@@ -158,7 +157,7 @@ async def put_report(request: web.Request) -> web.Response:
     )
     report = await _state(request, row)
     version = report.draft(body, principal.sub, datetime.now(UTC))
-    await request.app[STORE].reports.append(
+    await request.app[REPORT_LOG].append(
         row.id,
         version,
         facts(request, principal, "report.draft", "consultation", row.id),
@@ -181,7 +180,7 @@ async def sign_report(request: web.Request) -> web.Response:
     )
     await _commit_with_sr(request, principal, row, report, images, version, State.SIGNED)
     # The bedside and observers are let go; the expert stays for addenda.
-    await end_access(request.app, [row.id])
+    await request.app[LIVE].end_access([row.id])
     return web.json_response(await report_view(request, row, report, images))
 
 
@@ -211,7 +210,7 @@ async def _commit_with_sr(
     key_images = request.app[KEY_IMAGES]
     sr = await archive_report(key_images, row, report, images, version.created_at)
     action = "report.addendum" if version.addendum is not None else "report.sign"
-    await request.app[STORE].reports.append(
+    await request.app[REPORT_LOG].append(
         row.id,
         version,
         facts(request, principal, action, "consultation", row.id),

@@ -41,12 +41,12 @@ from server.errors import (
     Unauthorized,
 )
 from server.key_images import Capture, room_commit
-from server.live import NAMESPACE, ended_for, let_go, room_of
+from server.live import NAMESPACE, let_go, room_of
 from server.messages import parse
-from server.middleware import record_refusal
 from server.outages import as_outage
 from server.presence import Attendee
 from server.ratelimit import TokenBucket
+from server.refusal_audit import record_refusal
 from server.room import (
     SYNC_EVENTS_MAX,
     CaptureKind,
@@ -376,7 +376,9 @@ class LiveNamespace(socketio.AsyncNamespace):
         # Access may have ended since on_connect checked it, before this socket was listed in
         # presence where `end_access` looks for it: checked again now that it is.
         principal = socket.principal
-        refusal = await ended_for(self.app, socket.consultation_id, principal.sub, principal.role)
+        refusal = await self.app[LIVE].ended_for(
+            socket.consultation_id, principal.sub, principal.role
+        )
         if refusal is not None:
             await let_go(self.server, socket.sid, refusal)
             return

@@ -24,7 +24,7 @@ from live_client import Participant
 from phantom import BREAST_REQUEST, PHANTOM_DEVICE, phantom_png
 from sqlalchemy import text
 
-from server.appkeys import KEY_IMAGES, SETTINGS, STORE
+from server.appkeys import KEY_IMAGES, REPORT_LOG, SETTINGS, STORE
 from server.applications import Application
 from server.consultations import State
 
@@ -225,7 +225,7 @@ async def snapshot(client: Client, c: Case, coordinator: Headers) -> Any:
     """Everything a report request may change."""
     view = await (await client.get(c.url, headers=coordinator)).json()
     row = await client.app[STORE].get_consultation(c.cid)
-    versions = await client.app[STORE].reports.versions(c.cid)
+    versions = await client.app[REPORT_LOG].versions(c.cid)
     objects = await client.app[KEY_IMAGES].log.objects(c.cid, "report")
     return (
         view,
@@ -822,7 +822,7 @@ async def test_two_signatures_at_once_sign_once(
     )
     statuses = sorted(r.status for r in responses)
     assert statuses == [200, 409, 409], statuses
-    versions = await client.app[STORE].reports.versions(c.cid)
+    versions = await client.app[REPORT_LOG].versions(c.cid)
     assert sum(1 for v in versions if v.signed_at is not None) == 1
     assert len(await client.app[KEY_IMAGES].log.objects(c.cid, "report")) == 1
 

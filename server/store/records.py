@@ -29,7 +29,6 @@ from server.consultations import (
     transition,
 )
 from server.errors import Conflict, NotFound
-from server.store.reports import ReportLog
 from server.store.room_log import RoomLog
 from server.store.times import from_iso, iso
 from server.turnaround import Times
@@ -90,8 +89,6 @@ class Store:
         self.dialect = engine.dialect.name
         # The live room's sequenced events.
         self.room = RoomLog(engine)
-        # The versions of each consultation's report.
-        self.reports = ReportLog(self)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -1,0 +1,194 @@
+"""The shape of `server/`: no import circle among its modules.
+
+The graph is read from the source with `ast`, nothing is imported, so it sees every import
+statement wherever it stands: at module level, inside a function (an import moved into a function
+to dodge a circle is still a circle, only a later one) and under `if TYPE_CHECKING:`.
+TYPE_CHECKING-only imports count: an annotation naming a type from a module that imports this one
+says the two modules know each other, which is the coupling the rule is about. A type needed both
+ways belongs in a module below both.
+
+Nodes are modules: `server/store/records.py` is `server.store.records`, and a package's
+`__init__.py` is a node of its own (`server.store`). Importing `server.store.records` is an edge to
+that module only, not to the package's `__init__` (which Python runs first, and which may gather
+its submodules for the callers outside). `from server.store import Store` is an edge to the
+`__init__`; `from server.dicom import deid`, where `deid` is a module, is an edge to that module.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+SERVER_DIR = Path(__file__).resolve().parent.parent / "server"
+
+# module -> the modules it imports -> the lines that import them
+Graph = dict[str, dict[str, list[int]]]
+
+
+def _module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(module: str, path: Path, known: set[str], top: str) -> Iterator[tuple[str, int]]:
+    """(module of the package, line) for every import in `path`'s source, at any depth."""
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == top or alias.name.startswith(top + "."):
+                    yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                # Relative: counted from the importing module's package, one level up per dot.
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                base_parts = package[: len(package) - (node.level - 1)]
+                base = ".".join([*base_parts, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            if base != top and not base.startswith(top + "."):
+                continue
+            # `from a import b` imports the module a.b when there is one, else a name from a.
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                yield (submodule if submodule in known else base), node.lineno
+
+
+def import_graph(root: Path = SERVER_DIR) -> Graph:
+    """Every module of the package at `root` and the package's modules it imports."""
+    modules = {_module_name(root, path): path for path in sorted(root.rglob("*.py"))}
+    known = set(modules)
+    graph: Graph = {}
+    for module, path in modules.items():
+        edges: dict[str, list[int]] = {}
+        for target, line in _imports(module, path, known, root.name):
+            assert target in known, f"{module} (line {line}) imports {target}, which does not exist"
+            if target == module:
+                continue
+            lines = edges.setdefault(target, [])
+            if line not in lines:
+                lines.append(line)
+        graph[module] = edges
+    return graph
+
+
+def strongly_connected(graph: Graph) -> list[list[str]]:
+    """Tarjan's algorithm: the groups of modules that all reach each other, largest first."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(groups, key=lambda group: (-len(group), group))
+
+
+def circles(graph: Graph) -> list[list[str]]:
+    """The groups of two or more modules that import each other, directly or around a circle."""
+    return [group for group in strongly_connected(graph) if len(group) > 1]
+
+
+def shortest_circle(graph: Graph, group: list[str]) -> list[str]:
+    """The shortest circle through the group's first module: `[a, b, ..., a]`."""
+    members = set(group)
+    start = group[0]
+    paths: dict[str, list[str]] = {start: [start]}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for target in sorted(graph[node].keys() & members):
+                if target == start:
+                    return [*paths[node], start]
+                if target not in paths:
+                    paths[target] = [*paths[node], target]
+                    following.append(target)
+        frontier = following
+    raise AssertionError(f"{group} holds no circle")
+
+
+def describe(graph: Graph, group: list[str]) -> str:
+    """A circle to read, then every import inside the group with its lines: the ones to cut."""
+    edges = [
+        f"    {module} imports {target} (line {', '.join(map(str, graph[module][target]))})"
+        for module in group
+        for target in sorted(graph[module].keys() & set(group))
+    ]
+    return "\n".join([" -> ".join(shortest_circle(graph, group)), *edges])
+
+
+def test_no_import_circle_among_server_modules() -> None:
+    graph = import_graph()
+    found = circles(graph)
+    assert not found, "import circles among server modules:\n" + "\n".join(
+        describe(graph, group) for group in found
+    )
+
+
+def test_the_graph_reads_server_imports_as_modules() -> None:
+    graph = import_graph()
+    # A subpackage's `__init__` gathering its modules: edges from the package's own node.
+    assert "server.store.records" in graph["server.store"]
+    # `from server.store import Store` is an edge to the package's `__init__`.
+    assert "server.store" in graph["server.app"]
+    # `from server import image_limits`, a module: an edge to it, not to `server`.
+    assert "server.image_limits" in graph["server.key_images"]
+    assert "server" not in graph["server.key_images"]
+
+
+def test_every_kind_of_import_can_close_a_circle(tmp_path: Path) -> None:
+    """The checker itself: a circle made by an import in a function, a relative import or an
+    import under TYPE_CHECKING is found."""
+    files = {
+        "__init__.py": "",
+        "a.py": "from pkg import b\n",
+        "b.py": "def late():\n    from . import a\n    return a\n",
+        "c.py": "import pkg.d as d\n",
+        "d.py": "from pkg.a import thing\n",
+        "sub/__init__.py": "from pkg.sub.e import E\n",
+        "sub/e.py": (
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n"
+            "    from ..sub import Helper\n"
+            "class E: ...\n"
+        ),
+    }
+    for name, source in files.items():
+        path = tmp_path / "pkg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+    graph = import_graph(tmp_path / "pkg")
+    assert graph["pkg.c"] == {"pkg.d": [1]}
+    assert graph["pkg.d"] == {"pkg.a": [1]}
+    assert circles(graph) == [["pkg.a", "pkg.b"], ["pkg.sub", "pkg.sub.e"]]
+    assert describe(graph, ["pkg.a", "pkg.b"]).splitlines() == [
+        "pkg.a -> pkg.b -> pkg.a",
+        "    pkg.a imports pkg.b (line 1)",
+        "    pkg.b imports pkg.a (line 2)",
+    ]
