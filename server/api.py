@@ -10,7 +10,7 @@ from aiohttp import web
 
 from server import experts_api, images_api, reports_api, vocabulary
 from server.appkeys import KEY_IMAGES, LIVE, METRICS, REPORT_LOG, SETTINGS, STORE
-from server.auth import Role, require_consultation, require_role
+from server.auth import Role, require_role
 from server.consultation_bodies import join_body, participant_body, summary
 from server.consultations import (
     LANDMARKS_ITEM,
@@ -28,8 +28,8 @@ from server.consultations import (
     flags,
     landmarks_missing,
 )
-from server.edge import authenticate, consultation_id_of, facts, read_body
-from server.errors import BadRequest, NotFound
+from server.edge import authenticate, consultation_id_of, consultation_of, facts, read_body
+from server.errors import BadRequest
 from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
 from server.reports import ReportState
 from server.store import ConsultationRow, ParticipantRow
@@ -199,12 +199,9 @@ async def list_queue(request: web.Request) -> web.Response:
 
 async def get_consultation(request: web.Request) -> web.Response:
     principal = authenticate(request)
-    consultation_id = consultation_id_of(request)
-    require_consultation(principal, consultation_id)
     store = request.app[STORE]
-    row = await store.get_consultation(consultation_id)
-    if row is None:
-        raise NotFound("no such consultation", code="consultation_not_found", field="id")
+    row = await consultation_of(request, principal)
+    consultation_id = row.id
     record = await full_record(request, row)
     # Who read which clinical record; recorded before the record leaves the server.
     await store.record_audit(

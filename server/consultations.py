@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Protocol, TypeVar
 
 from pydantic import Field, StringConstraints
 
@@ -337,6 +337,23 @@ def transition(current: State, target: State) -> State:
             f"a consultation that is {current} cannot become {target}", code="invalid_state"
         )
     return target
+
+
+class HasState(Protocol):
+    @property
+    def state(self) -> State: ...
+
+
+Stated = TypeVar("Stated", bound=HasState)
+
+
+def require_open(row: Stated | None, doing: str) -> Stated:
+    """The consultation, if it is open (requested, live or reported); else `Conflict` saying
+    what cannot happen (`doing`, e.g. "nothing can be captured"). None is one that is gone."""
+    if row is None or row.state not in OPEN_STATES:
+        shown = row.state.value if row is not None else "gone"
+        raise Conflict(f"the consultation is {shown}; {doing}", code="invalid_state")
+    return row
 
 
 def accepts_participants(state: State) -> bool:

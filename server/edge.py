@@ -8,11 +8,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from server.appkeys import KEYRING, PRINCIPAL, SETTINGS, TOKEN_POLICY
+from server.appkeys import KEYRING, PRINCIPAL, SETTINGS, STORE, TOKEN_POLICY
 from server.audit import AuditFacts
-from server.auth import Principal, verify_token
+from server.auth import Principal, require_consultation, verify_token
 from server.config import IPNetwork
 from server.errors import NotFound, Unauthorized
+from server.store.records import ConsultationRow
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,6 +79,16 @@ def consultation_id_of(request: web.Request) -> str:
     if not ID_PATTERN.fullmatch(value):
         raise NotFound("no such consultation", code="consultation_not_found", field="id")
     return value
+
+
+async def consultation_of(request: web.Request, principal: Principal) -> ConsultationRow:
+    """The path's consultation, which the principal's token must grant; 404 if there is none."""
+    consultation_id = consultation_id_of(request)
+    require_consultation(principal, consultation_id)
+    row = await request.app[STORE].get_consultation(consultation_id)
+    if row is None:
+        raise NotFound("no such consultation", code="consultation_not_found", field="id")
+    return row
 
 
 def facts(

@@ -15,9 +15,9 @@ from pydicom.pixels.utils import pixel_array
 
 from server.appkeys import KEY_IMAGES, LIVE, STORE
 from server.auth import Role, require_consultation, require_role
-from server.consultations import OPEN_STATES
-from server.edge import authenticate, consultation_id_of, facts
-from server.errors import Conflict, NotFound, PayloadTooLarge
+from server.consultations import require_open
+from server.edge import authenticate, consultation_of, facts
+from server.errors import NotFound, PayloadTooLarge
 from server.key_images import Capture, room_commit
 from server.store.key_images import ArchivedObject
 
@@ -50,12 +50,8 @@ async def read_upload(request: web.Request, limit: int = UPLOAD_MAX_BYTES) -> by
 
 
 async def list_key_images(request: web.Request) -> web.Response:
-    principal = authenticate(request)
-    cid = consultation_id_of(request)
-    require_consultation(principal, cid)
+    cid = (await consultation_of(request, authenticate(request))).id
     key_images = request.app[KEY_IMAGES]
-    if await request.app[STORE].get_consultation(cid) is None:
-        raise NotFound("no such consultation", code="consultation_not_found", field="id")
     return web.json_response(
         {
             "key_images": await key_images.log.images(cid),
@@ -68,16 +64,10 @@ async def upload_capture(request: web.Request) -> web.Response:
     """The bedside page's own full-resolution frame (PNG): the preferred still."""
     principal = authenticate(request)
     require_role(principal, Role.OPERATOR, Role.EXPERT)
-    cid = consultation_id_of(request)
-    require_consultation(principal, cid)
+    row = await consultation_of(request, principal)
+    require_open(row, "nothing can be captured")
+    cid = row.id
     store, key_images = request.app[STORE], request.app[KEY_IMAGES]
-    row = await store.get_consultation(cid)
-    if row is None:
-        raise NotFound("no such consultation", code="consultation_not_found", field="id")
-    if row.state not in OPEN_STATES:
-        raise Conflict(
-            f"the consultation is {row.state}; nothing can be captured", code="invalid_state"
-        )
     key_images.check_device(row)
     body = await read_upload(request)
     snapshot = await store.room.snapshot(cid)
@@ -160,16 +150,10 @@ async def import_prior(request: web.Request) -> web.Response:
     """A prior study's image, uploaded as DICOM, de-identified and attached for comparison."""
     principal = authenticate(request)
     require_role(principal, Role.COORDINATOR, Role.OPERATOR, Role.EXPERT)
-    cid = consultation_id_of(request)
-    require_consultation(principal, cid)
-    store, key_images = request.app[STORE], request.app[KEY_IMAGES]
-    row = await store.get_consultation(cid)
-    if row is None:
-        raise NotFound("no such consultation", code="consultation_not_found", field="id")
-    if row.state not in OPEN_STATES:
-        raise Conflict(
-            f"the consultation is {row.state}; nothing can be attached", code="invalid_state"
-        )
+    row = await consultation_of(request, principal)
+    require_open(row, "nothing can be attached")
+    cid = row.id
+    key_images = request.app[KEY_IMAGES]
     body = await read_upload(request)
     obj = await key_images.import_prior(row, body)
     audit = facts(request, principal, "prior.import", "dicom_object", obj.sop_instance_uid)

@@ -13,10 +13,10 @@ from aiohttp import web
 
 from server.appkeys import KEY_IMAGES, LIVE, REPORT_LOG, SETTINGS, STORE, TERMINOLOGY
 from server.applications import CATEGORIES, category_label
-from server.auth import Principal, Role, require_consultation, require_role
+from server.auth import Principal, Role, require_role
 from server.consultations import State, flags
-from server.edge import authenticate, consultation_id_of, facts, read_body
-from server.errors import Conflict, Forbidden, NotFound
+from server.edge import authenticate, consultation_of, facts, read_body
+from server.errors import Conflict, Forbidden
 from server.messages import LongText, StrictModel, parse_json
 from server.report_sr import archive_report
 from server.reports import ReportBody, ReportState, Version, check_terminology, missing_for_signing
@@ -36,15 +36,6 @@ def routes(table: web.RouteTableDef) -> None:
     table.post(f"{path}/addenda")(add_addendum)
 
 
-async def _consultation(request: web.Request, principal: Principal) -> ConsultationRow:
-    consultation_id = consultation_id_of(request)
-    require_consultation(principal, consultation_id)
-    row = await request.app[STORE].get_consultation(consultation_id)
-    if row is None:
-        raise NotFound("no such consultation", code="consultation_not_found", field="id")
-    return row
-
-
 async def _state(request: web.Request, row: ConsultationRow) -> ReportState:
     application = row.context.application.value if row.context.application else None
     return ReportState(application, await request.app[REPORT_LOG].versions(row.id))
@@ -60,7 +51,7 @@ async def _writer(request: web.Request) -> tuple[Principal, ConsultationRow]:
     """The consultation's expert who may write its report: once it is assigned, only the
     assigned expert (a join link from before a reassignment no longer writes or signs)."""
     principal = _expert(request)
-    row = await _consultation(request, principal)
+    row = await consultation_of(request, principal)
     if row.state is State.CANCELLED:
         raise Conflict("the consultation is cancelled; it takes no report", code="invalid_state")
     if row.assigned_expert is not None:
@@ -139,7 +130,7 @@ def _version_view(v: Version, names: dict[str, str]) -> dict[str, Any]:
 
 async def get_report(request: web.Request) -> web.Response:
     principal = authenticate(request)
-    row = await _consultation(request, principal)
+    row = await consultation_of(request, principal)
     images = await request.app[KEY_IMAGES].log.images(row.id)
     view = await report_view(request, row, await _state(request, row), images)
     # Who read which report, recorded before it leaves the server (as for the record).

@@ -30,7 +30,7 @@ from server.appkeys import KEY_IMAGES, KEYRING, LIVE, METRICS, RELAY, SETTINGS, 
 from server.audit import AuditFacts
 from server.auth import Principal, Role, verify_token
 from server.config import Settings
-from server.consultations import OPEN_STATES, flags
+from server.consultations import flags, require_open
 from server.errors import (
     BadRequest,
     Conflict,
@@ -552,11 +552,7 @@ class LiveNamespace(socketio.AsyncNamespace):
     async def _rtc_offer(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
         offer = parse(RtcOffer, data)
         row = await self.app[STORE].get_consultation(socket.consultation_id)
-        if row is None or row.state not in OPEN_STATES:
-            state = row.state.value if row else "gone"
-            raise Conflict(
-                f"the consultation is {state}; its media room is closed", code="invalid_state"
-            )
+        row = require_open(row, "its media room is closed")
         relay = self.app[RELAY]
         elsewhere = await self.app[LIVE].claim_media(socket.consultation_id)
         if elsewhere is not None:
@@ -592,11 +588,7 @@ class LiveNamespace(socketio.AsyncNamespace):
         cid = socket.consultation_id
         store = self.app[STORE]
         row = await store.get_consultation(cid)
-        if row is None or row.state not in OPEN_STATES:
-            state = row.state.value if row else "gone"
-            raise Conflict(
-                f"the consultation is {state}; nothing can be captured", code="invalid_state"
-            )
+        row = require_open(row, "nothing can be captured")
         key_images = self.app[KEY_IMAGES]
         key_images.check_device(row)
         room = self.app[RELAY].rooms.get(cid)
