@@ -252,9 +252,12 @@ class KeyImages:
         commit: Commit,
         detail: dict[str, Any] | None = None,
     ) -> RoomEvent:
-        """A still (keep_from None) or clip decoded from the operator's forwarded video."""
+        """A still (keep_from None) or clip decoded from the operator's forwarded video.
+
+        The caller has checked the device (`check_device`) before taking the frames; the mask
+        (`rects_for`) refuses again if nothing could mask it.
+        """
         started = time.monotonic()
-        self.check_device(capture.consultation)
         frames = list(frames)
 
         def pictures() -> Iterator[tuple[np.ndarray, int]]:
@@ -266,9 +269,11 @@ class KeyImages:
         return event
 
     async def from_upload(self, capture: Capture, image: bytes, commit: Commit) -> RoomEvent:
-        """A lossless still uploaded by the bedside page (PNG), preferred over the relay's."""
+        """A lossless still uploaded by the bedside page (PNG), preferred over the relay's.
+
+        The caller has checked the device before reading the upload, as for `from_stream`.
+        """
         started = time.monotonic()
-        self.check_device(capture.consultation)
 
         def pictures() -> Iterator[tuple[np.ndarray, int]]:
             yield png.read(image), 0
