@@ -19,6 +19,7 @@ from server.consultations import (
     URGENCY_RANK,
     Cancellation,
     ClinicalContext,
+    ConsultationRow,
     MissingItem,
     State,
     check_cancellation,
@@ -32,7 +33,7 @@ from server.edge import authenticate, consultation_id_of, consultation_of, facts
 from server.errors import BadRequest
 from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
 from server.reports import ReportState
-from server.store import ConsultationRow, ParticipantRow
+from server.store import ParticipantRow
 from server.store.times import iso
 from server.turn import ice_servers_for
 from server.turnaround import Summary, summarise

@@ -339,6 +339,32 @@ def transition(current: State, target: State) -> State:
     return target
 
 
+@dataclass(frozen=True)
+class ConsultationRow:
+    """A consultation: its state, clinical context, people and times (as stored)."""
+
+    id: str
+    state: State
+    context: ClinicalContext
+    created_by: str
+    requested_at: datetime
+    due_at: datetime
+    updated_at: datetime
+    first_joined_at: datetime | None = None
+    reported_at: datetime | None = None
+    signed_at: datetime | None = None
+    # The expert (their sub) who accepted or was assigned the consultation.
+    assigned_expert: str | None = None
+    # Once cancelled: when, why (a `CancelReason` value) and the coordinator's note.
+    cancelled_at: datetime | None = None
+    cancel_reason: str | None = None
+    cancel_note: str | None = None
+
+    @property
+    def urgency(self) -> Urgency:
+        return self.context.urgency
+
+
 class HasState(Protocol):
     @property
     def state(self) -> State: ...

@@ -12,8 +12,8 @@ from server.appkeys import KEYRING, PRINCIPAL, SETTINGS, STORE, TOKEN_POLICY
 from server.audit import AuditFacts
 from server.auth import Principal, require_consultation, verify_token
 from server.config import IPNetwork
+from server.consultations import ConsultationRow
 from server.errors import NotFound, Unauthorized
-from server.store.records import ConsultationRow
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -30,7 +30,7 @@ from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 from server import image_limits, png
 from server.audit import AuditFacts
 from server.config import Settings
-from server.consultations import OPEN_STATES
+from server.consultations import OPEN_STATES, ConsultationRow
 from server.dicom import deid, priors, writer
 from server.dicom.archive import Archive, ArchiveCorrupt, ArchiveMissing, study_and_series
 from server.dicom.pacs import Dicomweb, RetrieveFailed
@@ -40,9 +40,8 @@ from server.files import write_durably
 from server.live import Live
 from server.media.capture import Frame, decode_pictures, frame_rate
 from server.metrics import Metrics
+from server.room import RoomEvent
 from server.store.key_images import ArchivedObject, KeyImageLog, NewKeyImage
-from server.store.records import ConsultationRow
-from server.store.room_log import RoomEvent
 
 log = logging.getLogger(__name__)
 

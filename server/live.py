@@ -25,9 +25,9 @@ from server.auth import Role
 from server.config import Settings
 from server.errors import ConfigError, Forbidden, Unavailable
 from server.presence import MemoryPresence, Presence, RedisPresence
+from server.room import RoomEvent
 from server.roombus import LocalRoomBus, RedisRoomBus, RoomBus
 from server.store import Store
-from server.store.room_log import RoomEvent
 
 log = logging.getLogger(__name__)
 

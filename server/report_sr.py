@@ -15,11 +15,11 @@ from typing import Any
 import pydicom
 
 from server.applications import category_label
+from server.consultations import ConsultationRow
 from server.dicom import deid, sr, writer
 from server.errors import Conflict
 from server.key_images import KeyImages
 from server.reports import ReportState
-from server.store import ConsultationRow
 from server.store.key_images import ArchivedObject
 
 SR_KIND = "report"

@@ -14,13 +14,12 @@ from aiohttp import web
 from server.appkeys import KEY_IMAGES, LIVE, REPORT_LOG, SETTINGS, STORE, TERMINOLOGY
 from server.applications import CATEGORIES, category_label
 from server.auth import Principal, Role, require_role
-from server.consultations import State, flags
+from server.consultations import ConsultationRow, State, flags
 from server.edge import authenticate, consultation_of, facts, read_body
 from server.errors import Conflict, Forbidden
 from server.messages import LongText, StrictModel, parse_json
 from server.report_sr import archive_report
 from server.reports import ReportBody, ReportState, Version, check_terminology, missing_for_signing
-from server.store import ConsultationRow
 from server.store.times import iso
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -26,6 +27,24 @@ Coordinate = Annotated[float, Field(ge=0.0, le=1.0)]
 Point = Annotated[tuple[Coordinate, Coordinate], Field(strict=False)]
 MediaTs = Annotated[int, Field(ge=0, le=MEDIA_TS_MAX)]
 Id = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+
+
+@dataclass(frozen=True)
+class RoomEvent:
+    """One sequenced event as relayed to the room: `type` is the Socket.IO event name."""
+
+    seq: int
+    type: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RoomSnapshot:
+    """What a (re)connecting participant needs: open marks, current guidance, last seq."""
+
+    marks: list[dict[str, Any]]
+    guidance: dict[str, Any] | None
+    last_seq: int
 
 
 class MarkKind(enum.StrEnum):

@@ -15,12 +15,11 @@ from dicom_checks import dciodvfy_errors, read
 from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_frame
 
 from server.config import load_settings
-from server.consultations import ClinicalContext, State
+from server.consultations import ClinicalContext, ConsultationRow, State
 from server.dicom.profiles import load_profiles
 from server.errors import Conflict
 from server.key_images import Capture, KeyImages
 from server.media.capture import CineBuffer, Frame, decode_pictures
-from server.store import ConsultationRow
 
 TIME_BASE = fractions.Fraction(1, 90000)
 

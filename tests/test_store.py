@@ -13,9 +13,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from server.audit import AuditFacts
 from server.auth import Role
-from server.consultations import ClinicalContext, State, Urgency
+from server.consultations import ClinicalContext, ConsultationRow, State, Urgency
 from server.errors import Conflict, NotFound
-from server.store import ConsultationRow, ParticipantRow, Store, open_store
+from server.store import ParticipantRow, Store, open_store
 from server.store.database import migrate
 from server.store.migrations import MIGRATIONS
 

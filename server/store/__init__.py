@@ -2,6 +2,6 @@
 
 from server.store.database import open_store
 from server.store.experts import ExpertRow, Experts
-from server.store.records import ConsultationRow, ParticipantRow, Store
+from server.store.records import ParticipantRow, Store
 
-__all__ = ["ConsultationRow", "ExpertRow", "Experts", "ParticipantRow", "Store", "open_store"]
+__all__ = ["ExpertRow", "Experts", "ParticipantRow", "Store", "open_store"]

@@ -16,10 +16,9 @@ from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.audit import AuditFacts
-from server.consultations import OPEN_STATES, Application
+from server.consultations import OPEN_STATES, Application, ConsultationRow
 from server.errors import Conflict
 from server.store.records import (
-    ConsultationRow,
     ParticipantRow,
     Store,
     _consultation,

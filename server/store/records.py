@@ -23,8 +23,8 @@ from server.auth import Role
 from server.consultations import (
     Cancellation,
     ClinicalContext,
+    ConsultationRow,
     State,
-    Urgency,
     accepts_participants,
     transition,
 )
@@ -35,32 +35,6 @@ from server.turnaround import Times
 
 AUDIT_LOCK_ID = 0x61756474  # "audt": advisory lock key serializing audit appends on PostgreSQL
 AUDIT_PAGE_ROWS = 1000
-
-
-@dataclass(frozen=True)
-class ConsultationRow:
-    """A consultation as stored."""
-
-    id: str
-    state: State
-    context: ClinicalContext
-    created_by: str
-    requested_at: datetime
-    due_at: datetime
-    updated_at: datetime
-    first_joined_at: datetime | None = None
-    reported_at: datetime | None = None
-    signed_at: datetime | None = None
-    # The expert (their sub) who accepted or was assigned the consultation.
-    assigned_expert: str | None = None
-    # Once cancelled: when, why (a `CancelReason` value) and the coordinator's note.
-    cancelled_at: datetime | None = None
-    cancel_reason: str | None = None
-    cancel_note: str | None = None
-
-    @property
-    def urgency(self) -> Urgency:
-        return self.context.urgency
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.consultations import OPEN_STATES, State
 from server.errors import Conflict, Forbidden, NotFound
+from server.room import RoomEvent, RoomSnapshot
 from server.store.times import iso
 
 _OPEN = ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATES))
@@ -26,24 +26,6 @@ _NEXT_SEQ = text(
     f"UPDATE consultations SET last_seq = last_seq + 1 WHERE id = :cid AND state IN ({_OPEN})"  # noqa: S608
     " RETURNING last_seq"
 )
-
-
-@dataclass(frozen=True)
-class RoomEvent:
-    """One sequenced event as relayed to the room: `type` is the Socket.IO event name."""
-
-    seq: int
-    type: str
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class RoomSnapshot:
-    """What a (re)connecting participant needs: open marks, current guidance, last seq."""
-
-    marks: list[dict[str, Any]]
-    guidance: dict[str, Any] | None
-    last_seq: int
 
 
 class RoomLog:
