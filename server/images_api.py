@@ -18,7 +18,7 @@ from server.auth import Role, require_consultation, require_role
 from server.consultations import require_open
 from server.edge import authenticate, consultation_of, facts
 from server.errors import NotFound, PayloadTooLarge
-from server.key_images import Capture, room_commit
+from server.key_images import room_commit
 from server.store.key_images import ArchivedObject
 
 KEY_IMAGE_ID = re.compile(r"[0-9a-f]{32}")
@@ -67,19 +67,10 @@ async def upload_capture(request: web.Request) -> web.Response:
     row = await consultation_of(request, principal)
     require_open(row, "nothing can be captured")
     cid = row.id
-    store, key_images = request.app[STORE], request.app[KEY_IMAGES]
+    key_images = request.app[KEY_IMAGES]
     key_images.check_device(row)
     body = await read_upload(request)
-    snapshot = await store.room.snapshot(cid)
-    capture = Capture(
-        consultation=row,
-        kind="still",
-        author=principal.sub,
-        author_role=principal.role.value,
-        source=request.remote or "unknown",
-        marks=snapshot.marks,
-        guidance=snapshot.guidance,
-    )
+    capture = await key_images.capture(row, "still", principal, request.remote or "unknown")
     event = await key_images.from_upload(
         capture, body, room_commit(request.app[LIVE], key_images, cid)
     )

@@ -29,6 +29,7 @@ from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
 from server import image_limits, png
 from server.audit import AuditFacts
+from server.auth import Principal
 from server.config import Settings
 from server.consultations import OPEN_STATES, ConsultationRow
 from server.dicom import deid, priors, writer
@@ -241,6 +242,25 @@ class KeyImages:
         raise Conflict("no de-identification profile for this device", code="no_device_profile")
 
     # Capture paths
+
+    async def capture(
+        self, row: ConsultationRow, kind: str, author: Principal, source: str
+    ) -> Capture:
+        """A capture asked for now, with what is on screen: the room's open marks and guidance.
+
+        The one way in for live captures (`signaling`) and uploaded stills (`images_api`), once
+        they have checked the consultation is open and its device can be masked.
+        """
+        snapshot = await self.log.store.room.snapshot(row.id)
+        return Capture(
+            consultation=row,
+            kind=kind,
+            author=author.sub,
+            author_role=author.role.value,
+            source=source,
+            marks=snapshot.marks,
+            guidance=snapshot.guidance,
+        )
 
     async def from_stream(
         self,

@@ -40,7 +40,7 @@ from server.errors import (
     RateLimited,
     Unauthorized,
 )
-from server.key_images import Capture, room_commit
+from server.key_images import room_commit
 from server.live import NAMESPACE, let_go, room_of
 from server.messages import parse
 from server.outages import as_outage
@@ -611,16 +611,7 @@ class LiveNamespace(socketio.AsyncNamespace):
                 request.seconds or settings.clip_seconds_default, settings.clip_seconds_max
             )
             frames, keep_from = cine.last_frames(seconds)
-        snapshot = await store.room.snapshot(cid)
-        capture = Capture(
-            consultation=row,
-            kind=request.kind.value,
-            author=socket.principal.sub,
-            author_role=socket.principal.role.value,
-            source=socket.source,
-            marks=snapshot.marks,
-            guidance=snapshot.guidance,
-        )
+        capture = await key_images.capture(row, request.kind.value, socket.principal, socket.source)
         event = await key_images.from_stream(
             capture,
             cine.codec,
