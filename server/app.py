@@ -35,7 +35,7 @@ from server.dicom.pacs import Dicomweb, PacsPusher
 from server.dicom.profiles import load_profiles
 from server.edge import client_address_middleware
 from server.files import ensure_private_dir
-from server.key_images import KeyImages, load_deid_key
+from server.key_images import KeyImages
 from server.keyring import (
     KEYRING_RELATIVE_PATH,
     KeyRing,
@@ -58,6 +58,7 @@ from server.signaling import LiveNamespace, create_sio
 from server.store import open_store
 from server.store.key_images import KeyImageLog
 from server.store.reports import ReportLog
+from server.study_identity import load_deid_key
 
 log = logging.getLogger(__name__)
 

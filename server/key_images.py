@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -25,7 +24,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
 from server import image_limits, png
 from server.audit import AuditFacts
@@ -37,24 +35,14 @@ from server.dicom.archive import Archive, ArchiveCorrupt, ArchiveMissing, study_
 from server.dicom.pacs import Dicomweb, RetrieveFailed
 from server.dicom.profiles import Profiles
 from server.errors import BadRequest, Conflict, PayloadTooLarge, ProbelinkError, Unavailable
-from server.files import write_durably
 from server.live import Live
 from server.media.capture import Frame, decode_pictures, frame_rate
 from server.metrics import Metrics
 from server.room import RoomEvent
 from server.store.key_images import ArchivedObject, KeyImageLog, NewKeyImage
+from server.study_identity import StudyIdentity
 
 log = logging.getLogger(__name__)
-
-DEID_KEY_RELATIVE_PATH = "keys/deid.key"
-SERIES = {
-    "still": 1,
-    "clip": 2,
-    "presentation_state": 3,
-    "key_object_selection": 4,
-    "report": 5,
-}
-SOP_CLASS = {"still": UltrasoundImageStorage, "clip": UltrasoundMultiFrameImageStorage}
 
 # Records a durable key image and tells the room, in sequence: returns the room event.
 Commit = Callable[[NewKeyImage, AuditFacts], Awaitable[RoomEvent]]
@@ -70,19 +58,6 @@ def room_commit(live: Live, key_images: KeyImages, consultation_id: str) -> Comm
         return event
 
     return commit
-
-
-def load_deid_key(settings: Settings) -> bytes:
-    """The HMAC key for pseudonyms and UIDs: configured, or generated once in the data dir."""
-    if settings.deid_secret is not None:
-        return settings.deid_secret.get_secret_value().encode()
-    path = settings.data_dir / DEID_KEY_RELATIVE_PATH
-    if not path.exists():
-        write_durably(path, secrets.token_hex(32).encode(), replace=False)
-    key = path.read_bytes().strip()
-    if len(key) < 32:
-        raise ValueError(f"{path} holds no usable key: remove it to generate a new one")
-    return key
 
 
 @dataclass(frozen=True)
@@ -119,9 +94,6 @@ IMPORT_REFUSALS: dict[str, type[ProbelinkError]] = {
     "no_device_profile": Conflict,
     "image_too_large": PayloadTooLarge,
 }
-# Instance numbers: tenths of a second since the request (ordered, no shared counter needed).
-INSTANCE_NUMBER_MAX = 2**31 - 1
-
 Rects = tuple[tuple[int, int, int, int], ...]
 
 
@@ -141,6 +113,8 @@ class KeyImages:
         self.archive = archive
         self.profiles = profiles
         self.key = key
+        # The consultation's DICOM identity (pseudonym, UIDs), derived from the same key.
+        self.identity = StudyIdentity(key)
         self.push = settings.dicomweb_url is not None
         # Told when the outbox has something new (set by the app when a PACS is configured).
         self.on_outbox: Callable[[], None] | None = None
@@ -371,7 +345,10 @@ class KeyImages:
             stored = []
             for kind, sop, data in built.objects:
                 where = await asyncio.to_thread(
-                    self.archive.store, data, self.study_uid(row.id), self.series_uid(row.id, kind)
+                    self.archive.store,
+                    data,
+                    self.identity.study_uid(row.id),
+                    self.identity.series_uid(row.id, kind),
                 )
                 stored.append(ArchivedObject(sop, kind, where.path, where.sha256, where.size))
         image = NewKeyImage(
@@ -444,10 +421,10 @@ class KeyImages:
         sop = deid.derived_uid(self.key, "key_object_selection", row.id, str(len(listed)))
         if await self.log.has_object(sop):
             return
-        study = self.study_of(row)
-        inst = self.instance_of(row, "key_object_selection", sop, datetime.now(UTC))
+        study = self.identity.study_of(row)
+        inst = self.identity.instance_of(row, "key_object_selection", sop, datetime.now(UTC))
         inst = replace(inst, instance_number=len(listed))
-        evidence = [self.evidence_of(study, row.id, s, k) for s, k in listed]
+        evidence = [self.identity.evidence_of(study, row.id, s, k) for s, k in listed]
         async with self._building:
             data = await asyncio.to_thread(
                 lambda: writer.to_bytes(writer.key_object_selection(evidence, study, inst))
@@ -456,7 +433,7 @@ class KeyImages:
                 self.archive.store,
                 data,
                 study.study_uid,
-                self.series_uid(row.id, "key_object_selection"),
+                self.identity.series_uid(row.id, "key_object_selection"),
             )
         obj = ArchivedObject(sop, "key_object_selection", where.path, where.sha256, where.size)
         if await self.log.add_object(row.id, obj, push=self.push) and self.push:
@@ -494,40 +471,6 @@ class KeyImages:
                 await self.settled()
         except TimeoutError:
             log.warning("key object selections still pending at shutdown")
-
-    # UIDs
-
-    def study_uid(self, consultation_id: str) -> str:
-        return deid.derived_uid(self.key, "study", consultation_id)
-
-    def series_uid(self, consultation_id: str, kind: str) -> str:
-        return deid.derived_uid(self.key, "series", consultation_id, kind)
-
-    def study_of(self, row: ConsultationRow) -> writer.Study:
-        ctx = row.context
-        return writer.Study(
-            patient=deid.pseudonym(self.key, row.id),
-            study_uid=self.study_uid(row.id),
-            started_at=row.requested_at,
-            manufacturer=ctx.device.manufacturer if ctx.device else None,
-            model=ctx.device.model if ctx.device else None,
-            transducer=ctx.transducer.model if ctx.transducer else None,
-            application=ctx.application.value if ctx.application else None,
-            laterality=ctx.laterality.value if ctx.laterality else None,
-        )
-
-    def instance_of(
-        self, row: ConsultationRow, kind: str, sop: str, now: datetime, **more: Any
-    ) -> writer.Instance:
-        tenths = int((now - row.requested_at).total_seconds() * 10)
-        return writer.Instance(
-            series_uid=self.series_uid(row.id, kind),
-            series_number=SERIES[kind],
-            sop_uid=sop,
-            instance_number=min(max(tenths, 1), INSTANCE_NUMBER_MAX),
-            acquired_at=now,
-            **more,
-        )
 
     # The pixel work (worker thread)
 
@@ -571,9 +514,9 @@ class KeyImages:
                 jpegs.append(writer.jpeg_frame(picture))
         if size is None:
             raise Conflict("the operator's video could not be decoded", code="no_picture")
-        study = self.study_of(row)
+        study = self.identity.study_of(row)
         sop = deid.derived_uid(self.key, "instance", key_image_id)
-        inst = self.instance_of(
+        inst = self.identity.instance_of(
             row, capture.kind, sop, now, pixels_cleaned=rects is not None, stream_codec=codec
         )
         fps = frame_rate(timestamps)
@@ -585,7 +528,7 @@ class KeyImages:
         objects = [(capture.kind, sop, writer.to_bytes(image))]
         if capture.kind == "still" and capture.marks:
             pr_sop = deid.derived_uid(self.key, "presentation_state", key_image_id)
-            pr_inst = self.instance_of(row, "presentation_state", pr_sop, now)
+            pr_inst = self.identity.instance_of(row, "presentation_state", pr_sop, now)
             state = writer.presentation_state(image, capture.marks, study, pr_inst)
             objects.append(("presentation_state", pr_sop, writer.to_bytes(state)))
         detail = {
@@ -596,27 +539,6 @@ class KeyImages:
             "masked": rects is not None,
         }
         return Built(objects, timestamps[-1] if codec else None, detail)
-
-    def evidence_of(
-        self, study: writer.Study, consultation_id: str, sop: str, kind: str
-    ) -> Dataset:
-        """What the key object selection needs of an earlier key image: its identity."""
-        ds = Dataset()
-        ds.SOPClassUID = SOP_CLASS[kind]
-        ds.SOPInstanceUID = sop
-        ds.StudyInstanceUID = study.study_uid
-        ds.SeriesInstanceUID = self.series_uid(consultation_id, kind)
-        ds.PatientName = f"{study.patient}^"
-        ds.PatientID = study.patient
-        ds.PatientBirthDate = ""
-        ds.PatientSex = ""
-        ds.StudyDate = study.started_at.strftime("%Y%m%d")
-        ds.StudyTime = study.started_at.strftime("%H%M%S")
-        ds.StudyID = ""
-        ds.AccessionNumber = ""
-        ds.ReferringPhysicianName = ""
-        ds.Modality = "US"
-        return ds
 
 
 def _resize(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:

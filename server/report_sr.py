@@ -38,7 +38,7 @@ async def archive_report(
     if body is None or not signed:
         raise Conflict("only a signed report is archived", code="report_not_signed")
     key = key_images.key
-    study = key_images.study_of(row)
+    study = key_images.identity.study_of(row)
     known = {image["id"]: image for image in images}
     evidence = []
     for key_image_id in body.key_image_ids:
@@ -48,7 +48,7 @@ async def archive_report(
                 "a cited key image is not in this consultation", code="report_incomplete"
             )
         evidence.append(
-            key_images.evidence_of(study, row.id, view["sop_instance_uid"], view["kind"])
+            key_images.identity.evidence_of(study, row.id, view["sop_instance_uid"], view["kind"])
         )
     application = row.context.application.value if row.context.application else None
     category = None
@@ -81,11 +81,14 @@ async def archive_report(
         data = await key_images.read(newest, "the report's previous version")
         previous = pydicom.dcmread(io.BytesIO(data))
     sop = deid.derived_uid(key, "report_sr", row.id, str(len(report.versions)))
-    inst = key_images.instance_of(row, SR_KIND, sop, now)
+    inst = key_images.identity.instance_of(row, SR_KIND, sop, now)
     data = await asyncio.to_thread(
         lambda: writer.to_bytes(sr.report_sr(content, evidence, study, inst, previous))
     )
     where = await asyncio.to_thread(
-        key_images.archive.store, data, study.study_uid, key_images.series_uid(row.id, SR_KIND)
+        key_images.archive.store,
+        data,
+        study.study_uid,
+        key_images.identity.series_uid(row.id, SR_KIND),
     )
     return ArchivedObject(sop, SR_KIND, where.path, where.sha256, where.size)

@@ -266,13 +266,16 @@ async def test_clip_saves_the_last_seconds_masked_on_every_frame(
     # started the stream (a clip starts on a keyframe: with 1.2 s of sleep it once held 13).
     await expert.wait_packets("video", 50)
     ack = await expert.participant.call("capture", {"kind": "clip", "seconds": 1})
+    sent = len(expert.received["video"])  # about what the bedside had sent by then
     assert "key_image_id" in ack, ack
     data = await dicom_of(client, coordinator, ack["key_image_id"])
     assert dciodvfy_errors(data, tmp_path) == []
     ds = read(data)
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.3.1"
     frames = ds.pixel_array
-    assert 20 <= frames.shape[0] <= 40, frames.shape
+    # At least the second asked for; it starts on the keyframe before that second, so it may
+    # hold more, never more than was sent.
+    assert 20 <= frames.shape[0] <= sent + 5, (frames.shape, sent)
     assert float(ds.FrameTime) == pytest.approx(33.3, abs=3)
     for frame in frames:
         # JPEG may leave faint ringing at the banner's edge; the text itself must be gone.
