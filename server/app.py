@@ -45,6 +45,7 @@ from server.keyring import (
     load_or_create,
 )
 from server.live import NAMESPACE, Reaper, open_live, room_of
+from server.live_server import create_sio
 from server.media import forwarding
 from server.media.capture import CineBuffer
 from server.media.feedback import BitratePolicy
@@ -54,7 +55,7 @@ from server.middleware import access_middleware, api_headers, errors_middleware
 from server.refusal_audit import flush_refusals
 from server.refusals import RefusalBursts
 from server.reports import load_terminology
-from server.signaling import LiveNamespace, create_sio
+from server.signaling import LiveNamespace
 from server.store import open_store
 from server.store.key_images import KeyImageLog
 from server.store.reports import ReportLog

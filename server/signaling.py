@@ -29,7 +29,6 @@ from server.admission import Admission, Seat
 from server.appkeys import KEY_IMAGES, KEYRING, LIVE, METRICS, RELAY, SETTINGS, STORE, TOKEN_POLICY
 from server.audit import AuditFacts
 from server.auth import Principal, Role, verify_token
-from server.config import Settings
 from server.consultations import flags, require_open
 from server.errors import (
     BadRequest,
@@ -72,90 +71,7 @@ from server.turn import ice_servers_for
 log = logging.getLogger(__name__)
 
 CONNECT_SETTLE_TRIES = 50
-# Socket.IO packet types /live never uses: a binary event or ack announces attachments that the
-# server would buffer until they all arrived.
-BINARY_PACKET_TYPES = ("5", "6")
-# A client's bad packets are logged once per this many seconds per address, with their count.
-REFUSED_PACKETS_LOG_SECONDS = 60.0
-REFUSED_LOG_SOURCES_MAX = 10_000
-
 Handler = Callable[["LiveSocket", Any], Awaitable[dict[str, Any]]]
-
-
-class RefusedPacket(ValueError):
-    """A Socket.IO packet /live does not accept: binary, or not a packet at all."""
-
-
-class LivePacket(socketio.packet.Packet):
-    """python-socketio's packet, refusing binary packets and attachments when decoding."""
-
-    def decode(self, encoded_packet: Any) -> int:
-        if not isinstance(encoded_packet, str) or encoded_packet[:1] in BINARY_PACKET_TYPES:
-            raise RefusedPacket("binary packets are not accepted")
-        try:
-            count: int = super().decode(encoded_packet)
-        except (ValueError, TypeError, RecursionError):
-            raise RefusedPacket("malformed packet") from None
-        return count
-
-
-class LiveServer(socketio.AsyncServer):
-    """The Socket.IO server of `/live`: a refused packet closes its connection.
-
-    python-socketio decodes a packet in `_handle_eio_message` (pinned by the hook test in
-    tests/test_hardening.py); a packet that fails there would be logged with its traceback
-    and, for a binary packet, its attachments buffered.
-    """
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(serializer=LivePacket, **kwargs)
-        self.refused_log: dict[str, tuple[float, int]] = {}
-
-    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        try:
-            await super()._handle_eio_message(eio_sid, data)
-        except RefusedPacket as exc:
-            self._log_refusal(eio_sid, str(exc))
-            await self.eio.disconnect(eio_sid)
-
-    def _log_refusal(self, eio_sid: str, reason: str) -> None:
-        """One line per address and minute, with the count: never the packet itself."""
-        request = self.environ.get(eio_sid, {}).get("aiohttp.request")
-        source = getattr(request, "remote", None) or "unknown"
-        now = time.monotonic()
-        since, count = self.refused_log.get(source, (now - REFUSED_PACKETS_LOG_SECONDS, 0))
-        if now - since < REFUSED_PACKETS_LOG_SECONDS:
-            self.refused_log[source] = (since, count + 1)
-            return
-        if len(self.refused_log) > REFUSED_LOG_SOURCES_MAX:
-            self.refused_log.clear()
-        self.refused_log[source] = (now, 0)
-        log.warning(
-            "refused Socket.IO packets; connection closed",
-            extra={"source": source, "reason": reason, "since_last_line": count},
-        )
-
-
-def create_sio(settings: Settings) -> socketio.AsyncServer:
-    """The Socket.IO server; with a Redis URL it fans out across nodes."""
-    manager = (
-        socketio.AsyncRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}:socketio")
-        if settings.redis_url
-        else None
-    )
-    return LiveServer(
-        async_mode="aiohttp",
-        client_manager=manager,
-        # Only /live: a client asking for another namespace (the default "/") is refused.
-        namespaces=[NAMESPACE],
-        logger=False,
-        engineio_logger=False,
-        # Up to this size a bad event gets an error ack; a bigger packet closes the connection.
-        max_http_buffer_size=settings.max_body_bytes,
-        # One socket's events are handled one after the other, in arrival order, without a
-        # task per event (measured: cheaper under pointer load); sockets still run concurrently.
-        async_handlers=False,
-    )
 
 
 @dataclass

@@ -33,9 +33,9 @@ from server.auth import Role, issue_token
 from server.config import Settings, load_settings, parse_networks
 from server.edge import client_address
 from server.keyring import load_or_create
+from server.live_server import LivePacket, LiveServer
 from server.refusal_audit import flush_refusals
 from server.refusals import RefusalBursts
-from server.signaling import LivePacket, LiveServer
 
 WS_PATH = "/socket.io/?EIO=4&transport=websocket"
 
