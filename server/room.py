@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from server.auth import Role
-from server.errors import BadRequest, Forbidden
+from server.errors import BadRequest, Forbidden, NotFound
 from server.messages import Choice, NoControlChars, ShortText, StrictModel
 
 MEDIA_TS_MAX = 2**32 - 1
@@ -209,6 +209,21 @@ def may_mark(role: Role, mark: Mark) -> None:
 def may_clear(role: Role, sub: str, mark_author: str) -> bool:
     """Experts clear any mark; operators clear their own; observers none."""
     return role is Role.EXPERT or (role is Role.OPERATOR and sub == mark_author)
+
+
+def marks_to_clear(
+    role: Role, sub: str, open_marks: list[tuple[str, str]], mark_id: str | None
+) -> list[str]:
+    """Which open marks (id, author) a clear removes: the one named, or every one this person
+    may clear; refused when the named one is not open or not theirs to clear."""
+    if mark_id is not None:
+        author = dict(open_marks).get(mark_id)
+        if author is None:
+            raise NotFound("no such open mark", code="mark_not_found", field="id")
+        if not may_clear(role, sub, author):
+            raise Forbidden("an operator may clear only their own marks", code="not_allowed_clear")
+        return [mark_id]
+    return [i for i, author in open_marks if may_clear(role, sub, author)]
 
 
 def may_clear_any(role: Role) -> None:

@@ -58,8 +58,8 @@ from server.room import (
     Sync,
     guidance_body,
     mark_body,
+    marks_to_clear,
     may_capture,
-    may_clear,
     may_clear_any,
     may_guide,
     may_mark,
@@ -439,17 +439,13 @@ class LiveNamespace(socketio.AsyncNamespace):
         may_clear_any(role)
         cid = socket.consultation_id
         live = self.app[LIVE]
+        room_log = self.app[STORE].room
         async with live.bus.sequenced(cid):
-            event = await self.app[STORE].room.clear_marks(
-                cid,
-                mark_id=request.id,
-                author=sub,
-                permitted=lambda author: may_clear(role, sub, author),
-            )
-            if event is not None:
-                await live.publish(cid, event)
-        if event is None:
-            return {"ids": [], "seq": None}
+            ids = marks_to_clear(role, sub, await room_log.open_marks(cid), request.id)
+            if not ids:
+                return {"ids": [], "seq": None}
+            event = await room_log.clear_marks(cid, ids, sub)
+            await live.publish(cid, event)
         return {"ids": event.body["ids"], "seq": event.seq}
 
     async def _guidance(self, socket: LiveSocket, data: Any) -> dict[str, Any]:

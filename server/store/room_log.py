@@ -9,7 +9,6 @@ sequence number, whichever node stores it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.consultations import OPEN_STATES, State
-from server.errors import Conflict, Forbidden, NotFound
+from server.errors import Conflict, NotFound
 from server.room import RoomEvent, RoomSnapshot
 from server.store.times import iso
 
@@ -59,36 +58,21 @@ class RoomLog:
             await insert_event(conn, consultation_id, event, body["author"])
             return event
 
-    async def clear_marks(
-        self,
-        consultation_id: str,
-        *,
-        mark_id: str | None,
-        author: str,
-        permitted: Callable[[str], bool],
-    ) -> RoomEvent | None:
-        """Clear one mark or every open mark `permitted(author_of_mark)` allows; None if none."""
+    async def open_marks(self, consultation_id: str) -> list[tuple[str, str]]:
+        """The open marks, oldest first: (id, author)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT id, author FROM marks WHERE consultation_id = :cid"
+                    " AND cleared_at IS NULL ORDER BY seq"
+                ),
+                {"cid": consultation_id},
+            )
+            return [(r[0], r[1]) for r in rows.all()]
+
+    async def clear_marks(self, consultation_id: str, ids: list[str], author: str) -> RoomEvent:
+        """Clear these marks, as one sequenced event (the caller holds the room's sequence)."""
         async with self.engine.begin() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT id, author FROM marks WHERE consultation_id = :cid"
-                        " AND cleared_at IS NULL ORDER BY seq"
-                    ),
-                    {"cid": consultation_id},
-                )
-            ).all()
-            if mark_id is not None:
-                rows = [r for r in rows if r[0] == mark_id]
-                if not rows:
-                    raise NotFound("no such open mark", code="mark_not_found", field="id")
-                if not permitted(rows[0][1]):
-                    raise Forbidden(
-                        "an operator may clear only their own marks", code="not_allowed_clear"
-                    )
-            ids = [r[0] for r in rows if permitted(r[1])]
-            if not ids:
-                return None
             seq = await next_seq(conn, consultation_id)
             now = iso(datetime.now(UTC))
             for cleared in ids:
