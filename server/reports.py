@@ -27,7 +27,7 @@ from pydantic import Field, StringConstraints
 
 from server.applications import CATEGORIES, Application, BiRads, MissingItem
 from server.datafiles import norm, read_tables
-from server.errors import BadRequest, ConfigError, Conflict
+from server.errors import BadRequest, ConfigError, Conflict, Forbidden
 from server.messages import LIST_MAX_ITEMS, Choice, LongText, ShortText, StrictModel
 
 BUNDLED_TERMINOLOGY = Path(__file__).with_name("terminology.toml")
@@ -79,6 +79,19 @@ class ReportBody(StrictModel):
     concordance: Choice[Concordance] | None = None
     technical_quality: TechnicalQuality | None = None
     key_image_ids: list[KeyImageId] = Field(default_factory=list, max_length=LIST_MAX_ITEMS)
+
+
+def may_write(cancelled: bool, assigned_expert: str | None, writer: str | None) -> None:
+    """Who writes a consultation's report: no one once it is cancelled; once it is assigned,
+    only the assigned expert (`writer`: the expert whose join link is used, if it names one),
+    so a join link from before a reassignment no longer writes or signs."""
+    if cancelled:
+        raise Conflict("the consultation is cancelled; it takes no report", code="invalid_state")
+    if assigned_expert is not None and writer != assigned_expert:
+        raise Forbidden(
+            "the consultation is assigned to another expert; only they write its report",
+            code="assigned_to_another",
+        )
 
 
 def check_draft(application: str | None, body: ReportBody) -> None:

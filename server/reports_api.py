@@ -16,10 +16,16 @@ from server.applications import CATEGORIES, category_label
 from server.auth import Principal, Role, require_role
 from server.consultations import ConsultationRow, State, flags
 from server.edge import authenticate, consultation_of, facts, read_body
-from server.errors import Conflict, Forbidden
 from server.messages import LongText, StrictModel, parse_json
 from server.report_sr import archive_report
-from server.reports import ReportBody, ReportState, Version, check_terminology, missing_for_signing
+from server.reports import (
+    ReportBody,
+    ReportState,
+    Version,
+    check_terminology,
+    may_write,
+    missing_for_signing,
+)
 from server.store.times import iso
 
 
@@ -51,16 +57,12 @@ async def _writer(request: web.Request) -> tuple[Principal, ConsultationRow]:
     assigned expert (a join link from before a reassignment no longer writes or signs)."""
     principal = _expert(request)
     row = await consultation_of(request, principal)
-    if row.state is State.CANCELLED:
-        raise Conflict("the consultation is cancelled; it takes no report", code="invalid_state")
+    writer = None
     if row.assigned_expert is not None:
         participants = await request.app[STORE].participants(row.id)
         mine = next((p for p in participants if p.id == principal.sub), None)
-        if mine is None or mine.expert_sub != row.assigned_expert:
-            raise Forbidden(
-                "the consultation is assigned to another expert; only they write its report",
-                code="assigned_to_another",
-            )
+        writer = mine.expert_sub if mine is not None else None
+    may_write(row.state is State.CANCELLED, row.assigned_expert, writer)
     return principal, row
 
 
