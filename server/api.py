@@ -31,9 +31,10 @@ from server.consultations import (
 )
 from server.edge import authenticate, consultation_id_of, consultation_of, facts, read_body
 from server.errors import BadRequest
+from server.experts import credentialed
 from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
 from server.reports import ReportState
-from server.store import ParticipantRow
+from server.store import Experts, ParticipantRow
 from server.store.times import iso
 from server.turn import ice_servers_for
 from server.turnaround import Summary, summarise
@@ -195,7 +196,15 @@ async def list_queue(request: web.Request) -> web.Response:
     rows = await request.app[STORE].list_consultations(states)
     rows.sort(key=lambda r: (URGENCY_RANK[r.urgency], r.due_at, r.id))
     now = datetime.now(UTC)
-    return web.json_response({"consultations": [summary(r, now) for r in rows]})
+    active = [e for e in await Experts(request.app[STORE]).all() if e.active]
+
+    def row_body(row: ConsultationRow) -> dict[str, Any]:
+        # Whom the coordinator may assign it to, by the server's own credentialing rule.
+        application = row.context.application.value if row.context.application else None
+        offered = [e.sub for e in active if credentialed(e.subspecialties, application)]
+        return {**summary(row, now), "credentialed_experts": offered}
+
+    return web.json_response({"consultations": [row_body(r) for r in rows]})
 
 
 async def get_consultation(request: web.Request) -> web.Response:

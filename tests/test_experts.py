@@ -693,3 +693,19 @@ def test_cli_expert_commands_refuse_bad_input_and_a_data_directory_without_recor
         refused = probelink("token", "--role", role, "--sub", "p", env=env)
         assert refused.returncode == 2 and "needs a consultation" in refused.stderr
     assert probelink("token", "--role", "expert", "--sub", "dr", env=env).returncode == 0
+
+
+async def test_the_coordinators_queue_names_whom_each_request_may_be_assigned_to(
+    client: Client, coordinator: Headers, sub: Callable[[str], str]
+) -> None:
+    """The queue page used to apply its own copy of the credentialing rule."""
+    await register(client, coordinator, sub("breast-a"), "breast")
+    await register(client, coordinator, sub("vascular"), "dvt")
+    await register(client, coordinator, sub("breast-off"), "breast", active=False)
+    await register(client, coordinator, sub("generalist"), "other", "breast")
+    breast = await request(client, coordinator, "breast")
+    unnamed = await request(client, coordinator, None)
+    queue = await (await client.get("/api/consultations", headers=coordinator)).json()
+    offered = {c["id"]: set(c["credentialed_experts"]) for c in queue["consultations"]}
+    assert offered[breast] == {sub("breast-a"), sub("generalist")}
+    assert offered[unnamed] == {sub("generalist")}  # no application: "other"

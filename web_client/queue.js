@@ -54,7 +54,8 @@ function actions(c) {
   if (isExpert) {
     return el("td", {}, el("button", { type: "button", class: "primary", text: "Accept and join", onclick: () => accept(c) }));
   }
-  const credentialed = experts.filter((x) => x.active && x.subspecialties.includes(c.application || "other"));
+  // Whom it may be assigned to: the server says (its credentialing rule), the list names them.
+  const credentialed = experts.filter((x) => c.credentialed_experts?.includes(x.sub));
   const select = el("select", { "aria-label": "Assigned expert", onchange: (e) => assign(c, e.target.value) },
     el("option", { value: "", text: "unassigned" }),
     ...credentialed.map((x) => el("option", { value: x.sub, text: x.name, selected: x.sub === c.assigned_expert })));
