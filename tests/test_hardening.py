@@ -24,6 +24,7 @@ import socketio
 from aiohttp.test_utils import TestClient
 from conftest import POSTGRES_ADMIN_URL, require, unique_prefix
 from live_client import Participant
+from sqlalchemy import text
 from test_live_redis_outage import RedisServer
 
 from server.app import create_app, load_keyring, token_policy
@@ -36,6 +37,7 @@ from server.keyring import load_or_create
 from server.live_server import LivePacket, LiveServer
 from server.refusal_audit import flush_refusals
 from server.refusals import RefusalBursts
+from server.store import database
 
 WS_PATH = "/socket.io/?EIO=4&transport=websocket"
 
@@ -444,3 +446,24 @@ async def test_behind_a_trusted_proxy_audit_and_admission_see_the_client(
     assert len(clients) == 2
     for sio in clients:
         await sio.disconnect()
+
+
+async def test_a_store_with_no_connection_free_answers_503_store_busy_at_once(
+    aiohttp_client: Any,
+    settings: Settings,
+    coordinator: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: with SQLite's one connection held by a flood, a coordinator's read waited 40 s
+    and got a 500. Now a request waits a bounded time for a connection, then is told to retry."""
+    monkeypatch.setattr(database, "POOL_WAIT_SECONDS", 0.5)
+    client = await aiohttp_client(create_app(settings))
+    store = client.app[STORE]
+    assert store.dialect == "sqlite"
+    async with store.engine.connect() as held:  # the one connection, taken
+        await held.execute(text("SELECT 1"))
+        response = await client.get("/api/consultations", headers=coordinator)
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "store_busy"
+        assert response.headers["Retry-After"]
+    assert (await client.get("/api/consultations", headers=coordinator)).status == 200
