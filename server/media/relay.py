@@ -33,6 +33,7 @@ from server.media.forwarding import (
     prepare_receiver,
     request_keyframe,
 )
+from server.media.sdp import restrict_video_codec, video_codec
 from server.media.stats import Sample, rates, sample
 from server.media.tracks import ForwardedTrack, Source
 
@@ -173,7 +174,7 @@ class MediaRoom:
         self.peers[sid] = peer
         if role is Role.OPERATOR:
             self.publisher = sid
-        self.codec = self.codec or _video_codec(pc.localDescription.sdp)
+        self.codec = self.codec or video_codec(pc.localDescription.sdp)
         self._start(peer)
         return pc.localDescription
 
@@ -354,41 +355,6 @@ class MediaRoom:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def restrict_video_codec(sdp: str, mime_type: str) -> str:
-    """The offer with only the room's video codec (and its retransmission) left in it."""
-    try:
-        description = SessionDescription.parse(sdp)
-    except Exception:
-        raise BadRequest(
-            "the SDP offer could not be parsed", code="invalid_sdp", field="sdp"
-        ) from None
-    for media in description.media:
-        if media.kind != "video":
-            continue
-        kept = {c.payloadType for c in media.rtp.codecs if c.mimeType.lower() == mime_type}
-        if not kept:
-            name = mime_type.split("/")[1].upper()
-            raise Conflict(
-                f"this consultation's video is {name}; the offer does not include it",
-                code="codec_mismatch",
-            )
-        kept |= {
-            c.payloadType
-            for c in media.rtp.codecs
-            if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") in kept
-        }
-        media.rtp.codecs = [c for c in media.rtp.codecs if c.payloadType in kept]
-        media.fmt = [f for f in media.fmt if f in kept]
-    return str(description)
-
-
-def _video_codec(sdp: str) -> str | None:
-    for media in SessionDescription.parse(sdp).media:
-        if media.kind == "video" and media.rtp.codecs:
-            return media.rtp.codecs[0].mimeType.lower()
-    return None
 
 
 class Relay:
