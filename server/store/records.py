@@ -1,4 +1,7 @@
-"""Queries on the records: consultations, participants, marks, key images, reports, audit log.
+"""Queries on the records: consultations, participants, their standing, and the audit log.
+
+The feature logs live beside it: the room's events and marks (`room_log.py`, built here, as
+`Store.room`), key images (`key_images.py`) and report versions (`reports.py`, built in app.py).
 
 Plain SQL through SQLAlchemy's `text()`, the same statements on SQLite and
 PostgreSQL. Every write that changes a record appends its audit entry in the
