@@ -41,6 +41,12 @@ class Admission:
         if bucket is None:
             if len(self.buckets) >= BUCKETS_MAX:
                 self._forget_idle(now)
+            if len(self.buckets) >= BUCKETS_MAX:
+                # Addresses sprayed faster than buckets refill: forget the oldest unseated one,
+                # so memory stays bounded (its next connect starts with a full bucket).
+                oldest = next((a for a in self.buckets if a not in self.by_address), None)
+                if oldest is not None:
+                    del self.buckets[oldest]
             bucket = self.buckets[address] = TokenBucket.full(
                 self.connects_per_second, self.connect_burst, now
             )

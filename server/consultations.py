@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
@@ -365,15 +365,7 @@ class ConsultationRow:
         return self.context.urgency
 
 
-class HasState(Protocol):
-    @property
-    def state(self) -> State: ...
-
-
-Stated = TypeVar("Stated", bound=HasState)
-
-
-def require_open(row: Stated | None, doing: str) -> Stated:
+def require_open(row: ConsultationRow | None, doing: str) -> ConsultationRow:
     """The consultation, if it is open (requested, live or reported); else `Conflict` saying
     what cannot happen (`doing`, e.g. "nothing can be captured"). None is one that is gone."""
     if row is None or row.state not in OPEN_STATES:

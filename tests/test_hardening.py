@@ -24,9 +24,10 @@ import socketio
 from aiohttp.test_utils import TestClient
 from conftest import POSTGRES_ADMIN_URL, require, unique_prefix
 from live_client import Participant
+from servers import RedisServer
 from sqlalchemy import text
-from test_live_redis_outage import RedisServer
 
+from server import admission
 from server.app import create_app, load_keyring, token_policy
 from server.appkeys import SETTINGS, SIO, STORE
 from server.audit import AuditFacts
@@ -467,3 +468,13 @@ async def test_a_store_with_no_connection_free_answers_503_store_busy_at_once(
         assert (await response.json())["error"]["code"] == "store_busy"
         assert response.headers["Retry-After"]
     assert (await client.get("/api/consultations", headers=coordinator)).status == 200
+
+
+def test_connect_buckets_stay_bounded_when_addresses_are_sprayed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admission, "BUCKETS_MAX", 3)
+    gate = admission.Admission(per_address=10, total=100, connects_per_second=1, connect_burst=5)
+    for n in range(50):  # each address connects once, at the same instant: none is idle
+        assert gate.check(f"2001:db8::{n}", now=0.0) is None
+    assert len(gate.buckets) == 3

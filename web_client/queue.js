@@ -68,8 +68,10 @@ function actions(c) {
 const rows = new Map(); // id -> {key, node, time}
 
 function rowOf(c) {
+  // The experts offered in the row's list, by name: a credential or name change rebuilds it.
+  const offered = experts.filter((x) => c.credentialed_experts?.includes(x.sub)).map((x) => [x.sub, x.name]);
   const key = JSON.stringify([c.urgency, c.application, c.clinical_question, c.flags, c.incomplete_reason,
-    c.state, c.checklist, c.assigned_expert, isExpert ? null : experts]);
+    c.state, c.checklist, c.assigned_expert, offered]);
   let row = rows.get(c.id);
   if (row?.key !== key) {
     const time = el("td");
