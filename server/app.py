@@ -12,8 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import __version__
-from server.api import routes, turnaround_summary
+from server import __version__, experts_api, images_api, reports_api, vocabulary
 from server.appkeys import (
     KEY_IMAGES,
     KEYRING,
@@ -30,6 +29,10 @@ from server.appkeys import (
 )
 from server.auth import Keys, TokenPolicy
 from server.config import Settings
+from server.consultations import http as consultations_http
+from server.consultations import record
+from server.consultations.http import turnaround_summary
+from server.consultations.store import open_store
 from server.dicom.archive import Archive
 from server.dicom.pacs import Dicomweb, PacsPusher
 from server.dicom.profiles import load_profiles
@@ -56,7 +59,6 @@ from server.refusal_audit import flush_refusals
 from server.refusals import RefusalBursts
 from server.reports import load_terminology
 from server.signaling import LiveNamespace
-from server.store import open_store
 from server.store.key_images import KeyImageLog
 from server.store.reports import ReportLog
 from server.study_identity import load_deid_key
@@ -89,6 +91,14 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
+
+
+def routes() -> web.RouteTableDef:
+    """Every feature's HTTP routes."""
+    table = web.RouteTableDef()
+    for feature in (consultations_http, record, images_api, experts_api, reports_api, vocabulary):
+        feature.routes(table)
+    return table
 
 
 def load_keyring(settings: Settings) -> KeyRing:

@@ -11,13 +11,13 @@ if TYPE_CHECKING:
 
     from server.auth import Keys, Principal, TokenPolicy
     from server.config import Settings
+    from server.consultations.store import Store
     from server.key_images import KeyImages
     from server.live import Live
     from server.media.relay import Relay
     from server.metrics import Metrics
     from server.refusals import RefusalBursts
     from server.reports import Term
-    from server.store import Store
     from server.store.reports import ReportLog
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")

@@ -8,7 +8,7 @@ token, with which they see the requests they are credentialed for and accept
 one (getting a join token for it), but which is granted no consultation itself.
 Every refusal raises `Unauthorized` (401) or `Forbidden` (403) with a code
 saying why. A join token's `sub` is its participant; whether a consultation's
-token still opens it after it was issued is `server.access`'s rule.
+token still opens it after it was issued is `server.consultations.access`'s rule.
 """
 
 from __future__ import annotations

@@ -18,13 +18,14 @@ from server.app import create_app, load_keyring, token_policy
 from server.audit import AuditFacts
 from server.auth import Role, issue_token
 from server.config import COORDINATOR_LINK_TTL_SECONDS, SQLITE_FILE_NAME, Settings, load_settings
-from server.consultations import Application
+from server.consultations.model import Application
+from server.consultations.store import Store, open_store
 from server.errors import ConfigError, ProbelinkError
 from server.experts import SUB_PATTERN, ExpertProfile, subspecialty_set
 from server.keyring import rotate
 from server.logs import setup_logging
 from server.messages import parse
-from server.store import Experts, Store, open_store
+from server.store.experts import Experts
 
 CLI_TOKEN_TTL_SECONDS = COORDINATOR_LINK_TTL_SECONDS
 SERVE_UMASK = 0o077

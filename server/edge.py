@@ -12,7 +12,7 @@ from server.appkeys import KEYRING, PRINCIPAL, SETTINGS, STORE, TOKEN_POLICY
 from server.audit import AuditFacts
 from server.auth import Principal, require_consultation, verify_token
 from server.config import IPNetwork
-from server.consultations import ConsultationRow
+from server.consultations.model import ConsultationRow
 from server.errors import NotFound, Unauthorized
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -1,7 +1,7 @@
 """Experts' credentials: which consultations an expert is offered and may accept (no I/O).
 
 An expert is credentialed for subspecialties, named like the consultations'
-applications (`server.consultations.Application`). A consultation without an
+applications (`server.consultations.model.Application`). A consultation without an
 application counts as `other`. An expert is offered an open consultation they
 are credentialed for when it is unassigned or assigned to them; a coordinator
 may assign it to any active expert credentialed for it.
@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from server.consultations import Application
+from server.consultations.model import Application
 from server.messages import Choice, Name, StrictModel
 
 # An expert's `sub` (their tokens' subject): the characters a TURN username keeps as they are.

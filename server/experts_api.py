@@ -16,8 +16,9 @@ from aiohttp import web
 
 from server.appkeys import LIVE, SETTINGS, STORE
 from server.auth import Principal, Role, require_role
-from server.consultation_bodies import join_body, summary
-from server.consultations import OPEN_STATES, URGENCY_RANK, ConsultationRow, State
+from server.consultations.model import OPEN_STATES, URGENCY_RANK, ConsultationRow, State
+from server.consultations.store import ParticipantRow
+from server.consultations.views import join_body, summary
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest, Conflict, Forbidden, NotFound
 from server.experts import (
@@ -29,7 +30,7 @@ from server.experts import (
     subspecialty_set,
 )
 from server.messages import StrictModel, parse, parse_json
-from server.store import ExpertRow, Experts, ParticipantRow
+from server.store.experts import ExpertRow, Experts
 from server.store.times import iso
 
 EXPERT_SUB = re.compile(SUB_PATTERN)

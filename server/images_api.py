@@ -15,7 +15,7 @@ from pydicom.pixels.utils import pixel_array
 
 from server.appkeys import KEY_IMAGES, LIVE, STORE
 from server.auth import Role, require_consultation, require_role
-from server.consultations import require_open
+from server.consultations.model import require_open
 from server.edge import authenticate, consultation_of, facts
 from server.errors import NotFound, PayloadTooLarge
 from server.key_images import room_commit

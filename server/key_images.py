@@ -29,7 +29,7 @@ from server import image_limits, png
 from server.audit import AuditFacts
 from server.auth import Principal
 from server.config import Settings
-from server.consultations import OPEN_STATES, ConsultationRow
+from server.consultations.model import OPEN_STATES, ConsultationRow
 from server.dicom import deid, priors, writer
 from server.dicom.archive import Archive, ArchiveCorrupt, ArchiveMissing, study_and_series
 from server.dicom.pacs import Dicomweb, RetrieveFailed

@@ -20,14 +20,14 @@ import redis.asyncio as aioredis
 import socketio
 from redis.exceptions import RedisError
 
-from server.access import access_ended
 from server.auth import Role
 from server.config import Settings
+from server.consultations.access import access_ended
+from server.consultations.store import Store
 from server.errors import ConfigError, Forbidden, Unavailable
 from server.presence import MemoryPresence, Presence, RedisPresence
 from server.room import RoomEvent
 from server.roombus import LocalRoomBus, RedisRoomBus, RoomBus
-from server.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from server.access import check_access
 from server.appkeys import METRICS, PRINCIPAL, STORE
+from server.consultations.access import check_access
 from server.edge import authenticate
 from server.errors import Forbidden, ProbelinkError, Unauthorized
 from server.outages import as_outage, retry_after
@@ -111,7 +111,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A consultation's token whose access has ended (`server.access`) opens no /api route."""
+    """A token whose access has ended (`consultations.access`) opens no /api route."""
     if request.path.startswith("/api/") and "Authorization" in request.headers:
         principal = authenticate(request)
         if principal.consultation_id is not None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pydicom
 
-from server.applications import category_label
-from server.consultations import ConsultationRow
+from server.consultations.applications import category_label
+from server.consultations.model import ConsultationRow
 from server.dicom import deid, sr, writer
 from server.errors import Conflict
 from server.key_images import KeyImages

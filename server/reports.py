@@ -25,7 +25,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from server.applications import CATEGORIES, Application, BiRads, MissingItem
+from server.consultations.applications import CATEGORIES, Application, BiRads, MissingItem
 from server.datafiles import norm, read_tables
 from server.errors import BadRequest, ConfigError, Conflict, Forbidden
 from server.messages import LIST_MAX_ITEMS, Choice, LongText, ShortText, StrictModel

@@ -12,9 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from server.appkeys import KEY_IMAGES, LIVE, REPORT_LOG, SETTINGS, STORE, TERMINOLOGY
-from server.applications import CATEGORIES, category_label
 from server.auth import Principal, Role, require_role
-from server.consultations import ConsultationRow, State, flags
+from server.consultations.applications import CATEGORIES, category_label
+from server.consultations.model import ConsultationRow, State, flags
 from server.edge import authenticate, consultation_of, facts, read_body
 from server.messages import LongText, StrictModel, parse_json
 from server.report_sr import archive_report

@@ -24,12 +24,12 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from server.access import check_access
 from server.admission import Admission, Seat
 from server.appkeys import KEY_IMAGES, KEYRING, LIVE, METRICS, RELAY, SETTINGS, STORE, TOKEN_POLICY
 from server.audit import AuditFacts
 from server.auth import Principal, Role, verify_token
-from server.consultations import flags, require_open
+from server.consultations.access import check_access
+from server.consultations.model import flags, require_open
 from server.errors import (
     BadRequest,
     Conflict,

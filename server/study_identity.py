@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
 from server.config import Settings
-from server.consultations import ConsultationRow
+from server.consultations.model import ConsultationRow
 from server.dicom import deid, writer
 from server.files import write_durably
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.applications import COMPRESSIBILITY_LABELS, SEGMENT_LABELS
+from server.consultations.applications import COMPRESSIBILITY_LABELS, SEGMENT_LABELS
 from server.edge import authenticate
 from server.room import CUE_DIRECTIONS
 

@@ -11,9 +11,9 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.appkeys import STORE
-from server.applications import Compressibility, DvtSegment
 from server.config import Settings
-from server.consultations import State
+from server.consultations.applications import Compressibility, DvtSegment
+from server.consultations.model import State
 from server.room import Cue, Guidance
 
 # The app runs on each records store.

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.appkeys import STORE
-from server.consultations import ClinicalContext, State
+from server.consultations.model import ClinicalContext, State
 
 # The app runs on each records store.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from server.applications import (
+from server.consultations.applications import (
     CATEGORIES,
     BiRads,
     BreastContext,

@@ -15,7 +15,7 @@ from dicom_checks import dciodvfy_errors, read
 from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_frame
 
 from server.config import load_settings
-from server.consultations import ClinicalContext, ConsultationRow, State
+from server.consultations.model import ClinicalContext, ConsultationRow, State
 from server.dicom.profiles import load_profiles
 from server.errors import Conflict
 from server.key_images import Capture, KeyImages

@@ -18,8 +18,8 @@ from servers import cli_env, free_port
 
 from server.audit import AuditFacts
 from server.config import Settings
+from server.consultations.store import open_store
 from server.keyring import load_or_create
-from server.store import open_store
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

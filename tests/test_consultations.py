@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from server.consultations import (
+from server.consultations.model import (
     ClinicalContext,
     State,
     Urgency,

@@ -13,8 +13,8 @@ import pytest
 
 from server.app import create_app
 from server.config import load_settings
+from server.consultations.store import open_store
 from server.keyring import load_or_create
-from server.store import open_store
 
 
 def mode(path: Path) -> int:

@@ -23,7 +23,7 @@ from server.app import load_keyring, token_policy
 from server.appkeys import STORE
 from server.auth import Role, issue_token, require_consultation, verify_token
 from server.config import Settings
-from server.consultations import Application
+from server.consultations.model import Application
 from server.errors import Forbidden, Unauthorized
 from server.experts import credentialed, subspecialty_set
 

@@ -7,11 +7,12 @@ TYPE_CHECKING-only imports count: an annotation naming a type from a module that
 says the two modules know each other, which is the coupling the rule is about. A type needed both
 ways belongs in a module below both.
 
-Nodes are modules: `server/store/records.py` is `server.store.records`, and a package's
-`__init__.py` is a node of its own (`server.store`). Importing `server.store.records` is an edge to
-that module only, not to the package's `__init__` (which Python runs first, and which may gather
-its submodules for the callers outside). `from server.store import Store` is an edge to the
-`__init__`; `from server.dicom import deid`, where `deid` is a module, is an edge to that module.
+Nodes are modules: `server/consultations/store.py` is `server.consultations.store`, and a package's
+`__init__.py` is a node of its own (`server.store`). Importing `server.consultations.store` is an
+edge to
+that module only, not to the package's `__init__` (which Python runs first). `from server.store
+import X`, where X is a name, is an edge to the `__init__`; `from server.dicom import deid`, where
+`deid` is a module, is an edge to that module.
 """
 
 from __future__ import annotations
@@ -153,10 +154,11 @@ def test_no_import_circle_among_server_modules() -> None:
 
 def test_the_graph_reads_server_imports_as_modules() -> None:
     graph = import_graph()
-    # A subpackage's `__init__` gathering its modules: edges from the package's own node.
-    assert "server.store.records" in graph["server.store"]
-    # `from server.store import Store` is an edge to the package's `__init__`.
-    assert "server.store" in graph["server.app"]
+    # `from server.consultations import http as consultations_http`, a module: an edge to it.
+    assert "server.consultations.http" in graph["server.app"]
+    assert "server.consultations" not in graph["server.app"]
+    # `from server.consultations.store import open_store`: an edge to that module.
+    assert "server.consultations.store" in graph["server.app"]
     # `from server import image_limits`, a module: an edge to it, not to `server`.
     assert "server.image_limits" in graph["server.key_images"]
     assert "server" not in graph["server.key_images"]

@@ -14,12 +14,12 @@ from live_client import Participant
 from phantom import BREAST_REQUEST, phantom_png
 from test_report_api import SIGNABLE
 
-from server.access import Standing, check_access
 from server.app import create_app
 from server.appkeys import STORE
 from server.auth import Role
 from server.config import Settings
-from server.consultations import State
+from server.consultations.access import Standing, check_access
+from server.consultations.model import State
 from server.errors import Forbidden
 
 Client = TestClient[Any, Any]

@@ -13,9 +13,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from server.audit import AuditFacts
 from server.auth import Role
-from server.consultations import ClinicalContext, ConsultationRow, State, Urgency
+from server.consultations.model import ClinicalContext, ConsultationRow, State, Urgency
+from server.consultations.store import ParticipantRow, Store, open_store
 from server.errors import Conflict, NotFound
-from server.store import ParticipantRow, Store, open_store
 from server.store.database import migrate
 from server.store.migrations import MIGRATIONS
 
@@ -212,7 +212,7 @@ async def test_removing_the_newest_entries_shows_only_against_an_exported_head(
 async def test_audit_chain_verifies_across_pages(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.store.records.AUDIT_PAGE_ROWS", 3)
+    monkeypatch.setattr("server.consultations.store.AUDIT_PAGE_ROWS", 3)
     for i in range(10):
         await store.record_audit(facts(f"p{i}"))
     check = await store.verify_audit()

@@ -10,8 +10,8 @@ from aiohttp.test_utils import TestClient
 
 from server.appkeys import STORE
 from server.audit import AuditFacts
-from server.consultations import ClinicalContext, ConsultationRow, State
-from server.turnaround import Times, percentile, summarise
+from server.consultations.model import ClinicalContext, ConsultationRow, State
+from server.consultations.turnaround import Times, percentile, summarise
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 

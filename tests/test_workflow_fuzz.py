@@ -25,8 +25,8 @@ from phantom import BREAST_REQUEST, PHANTOM_DEVICE, phantom_png
 from sqlalchemy import text
 
 from server.appkeys import KEY_IMAGES, REPORT_LOG, SETTINGS, STORE
-from server.applications import Application
-from server.consultations import State
+from server.consultations.applications import Application
+from server.consultations.model import State
 
 Client = TestClient[Any, Any]
 Headers = dict[str, str]

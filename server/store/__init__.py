@@ -1,7 +1,4 @@
-"""The records store: one code path for SQLite (embedded) and PostgreSQL (shared)."""
+"""The records store's engine: one code path for SQLite (embedded) and PostgreSQL (shared).
 
-from server.store.database import open_store
-from server.store.experts import ExpertRow, Experts
-from server.store.records import ParticipantRow, Store
-
-__all__ = ["ExpertRow", "Experts", "ParticipantRow", "Store", "open_store"]
+Each feature's queries live in its own package (`server/consultations/store.py`, ...).
+"""

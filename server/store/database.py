@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from server.errors import ConfigError
 from server.files import create_private_file, ensure_private_dir, restrict_file
 from server.store.migrations import MIGRATIONS
-from server.store.records import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ POSTGRES_POOL_SIZE = 10
 SQLITE_FILE_SUFFIXES = ("", "-wal", "-shm")
 
 
-async def open_store(url: str) -> Store:
+async def open_engine(url: str) -> AsyncEngine:
     """Connect to the records store at `url` and bring its schema up to date."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {}
@@ -68,7 +67,7 @@ async def open_store(url: str) -> Store:
         # Files made by an earlier version (or by hand) may be readable by others.
         for suffix in SQLITE_FILE_SUFFIXES:
             restrict_file(sqlite_file.with_name(sqlite_file.name + suffix))
-    return Store(engine)
+    return engine
 
 
 def _sqlite_file(backend: str, database: str | None) -> Path | None:

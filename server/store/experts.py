@@ -16,14 +16,14 @@ from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.audit import AuditFacts
-from server.consultations import OPEN_STATES, Application, ConsultationRow
-from server.errors import Conflict
-from server.store.records import (
+from server.consultations.model import OPEN_STATES, Application, ConsultationRow
+from server.consultations.store import (
     ParticipantRow,
     Store,
     _consultation,
     locked_assignment,
 )
+from server.errors import Conflict
 from server.store.times import iso
 
 _OPEN = sorted(s.value for s in OPEN_STATES)

@@ -23,7 +23,7 @@ from server.store.room_log import insert_event, next_seq
 from server.store.times import iso
 
 if TYPE_CHECKING:
-    from server.store.records import Store
+    from server.consultations.store import Store
 
 PENDING = "pending"
 SENT = "sent"

@@ -194,7 +194,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         5,
         "experts' credentials and consultation assignment",
         (
-            # Subspecialties: a JSON list of application names (server.consultations.Application).
+            # Subspecialties: a JSON list of application names (consultations.model.Application).
             """CREATE TABLE experts (
                 sub TEXT PRIMARY KEY,
                 name TEXT NOT NULL,

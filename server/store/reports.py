@@ -16,14 +16,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from server.audit import AuditFacts
-from server.consultations import State
+from server.consultations.model import State
 from server.errors import Conflict
 from server.reports import ReportBody, Version
 from server.store.key_images import ArchivedObject, insert_object
 from server.store.times import from_iso, iso
 
 if TYPE_CHECKING:
-    from server.store.records import Store
+    from server.consultations.store import Store
 
 
 class ReportLog:

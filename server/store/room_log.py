@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.consultations import OPEN_STATES, State
+from server.consultations.model import OPEN_STATES, State
 from server.errors import Conflict, NotFound
 from server.room import RoomEvent, RoomSnapshot
 from server.store.times import iso

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from server.applications import (
+from server.consultations.applications import (
     Application,
     BreastContext,
     DvtContext,
@@ -163,7 +163,7 @@ class ClinicalContext(StrictModel):
     # Whether the question is about change since an earlier study (then a prior is needed;
     # False: no comparison is asked for; unset: the checklist asks).
     about_change: bool | None = None
-    # The application's own fields (server/applications.py), for breast and DVT requests.
+    # The application's own fields (applications.py beside this), for breast and DVT requests.
     breast: BreastContext | None = None
     dvt: DvtContext | None = None
     # Why the request is sent although the checklist is not complete; the expert sees it.

@@ -1,4 +1,8 @@
-"""REST handlers: parse → domain → store → respond. Thin by design."""
+"""Consultations over HTTP: request, checklist, invites, cancel, audit check, turnaround.
+
+parse → domain → store → respond. Thin by design. The whole record and the queue, which read
+every feature, are in record.py.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +12,27 @@ from typing import Any
 
 from aiohttp import web
 
-from server import experts_api, images_api, reports_api, vocabulary
-from server.appkeys import KEY_IMAGES, LIVE, METRICS, REPORT_LOG, SETTINGS, STORE
+from server.appkeys import LIVE, METRICS, SETTINGS, STORE
 from server.auth import Role, require_role
-from server.consultation_bodies import join_body, participant_body, summary
-from server.consultations import (
+from server.consultations.model import (
     LANDMARKS_ITEM,
-    OPEN_STATES,
     REQUIRED_ITEMS,
-    URGENCY_RANK,
     Cancellation,
     ClinicalContext,
     ConsultationRow,
     MissingItem,
-    State,
     check_cancellation,
-    check_sendable,
     checklist,
-    due_at,
     flags,
     landmarks_missing,
 )
-from server.edge import authenticate, consultation_id_of, consultation_of, facts, read_body
+from server.consultations.store import ParticipantRow
+from server.consultations.turnaround import Summary, summarise
+from server.consultations.views import join_body, summary
+from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest
-from server.experts import credentialed
 from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
-from server.reports import ReportState
-from server.store import Experts, ParticipantRow
-from server.store.times import iso
 from server.turn import ice_servers_for
-from server.turnaround import Summary, summarise
 
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
 
@@ -48,27 +43,13 @@ class InviteRequest(StrictModel):
     name: Name
 
 
-class QueueQuery(StrictModel):
-    # Comma-separated states; default: the open ones.
-    state: str | None = None
-
-
-def routes() -> web.RouteTableDef:
-    table = web.RouteTableDef()
-    table.post("/api/consultations")(create_consultation)
+def routes(table: web.RouteTableDef) -> None:
     table.post("/api/consultations/checklist")(draft_checklist)
-    table.get("/api/consultations")(list_queue)
-    table.get("/api/consultations/{consultation_id}")(get_consultation)
     table.post("/api/consultations/{consultation_id}/invites")(create_invite)
     table.post("/api/consultations/{consultation_id}/cancel")(cancel_consultation)
     table.get("/api/audit/verify")(verify_audit)
     table.get("/api/ice-servers")(get_ice_servers)
     table.get("/api/turnaround")(get_turnaround)
-    images_api.routes(table)
-    experts_api.routes(table)
-    reports_api.routes(table)
-    vocabulary.routes(table)
-    return table
 
 
 # Representations
@@ -88,60 +69,7 @@ def checklist_body(
     return {"complete": not missing, "missing": [item_body(m) for m in missing]}
 
 
-async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, Any]:
-    """The whole record: context, checklist (key images' landmarks included), people, marks,
-    key images, report and turnaround."""
-    store = request.app[STORE]
-    application = row.context.application.value if row.context.application else None
-    report = ReportState(application, await request.app[REPORT_LOG].versions(row.id))
-    key_images = await request.app[KEY_IMAGES].log.images(row.id)
-    return {
-        **summary(row, datetime.now(UTC)),
-        "context": row.context.model_dump(mode="json", exclude_none=True),
-        "checklist": checklist_body(row, key_images),
-        "participants": [participant_body(p) for p in await store.participants(row.id)],
-        "marks": await store.related_rows("marks", row.id),
-        "key_images": key_images,
-        "pacs": await request.app[KEY_IMAGES].log.outbox_state(row.id),
-        "priors": [
-            images_api.prior_view(o)
-            for o in await request.app[KEY_IMAGES].log.objects(row.id, "prior")
-        ],
-        "report": await reports_api.report_view(request, row, report, key_images),
-        "turnaround": {
-            "requested_at": iso(row.requested_at),
-            "first_joined_at": iso(row.first_joined_at) if row.first_joined_at else None,
-            "reported_at": iso(row.reported_at) if row.reported_at else None,
-            "signed_at": iso(row.signed_at) if row.signed_at else None,
-        },
-    }
-
-
 # Handlers
-
-
-async def create_consultation(request: web.Request) -> web.Response:
-    principal = authenticate(request)
-    require_role(principal, Role.COORDINATOR)
-    context = parse_json(
-        ClinicalContext, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
-    )
-    check_sendable(context)
-    now = datetime.now(UTC)
-    row = ConsultationRow(
-        id=uuid.uuid4().hex,
-        state=State.REQUESTED,
-        context=context,
-        created_by=principal.sub,
-        requested_at=now,
-        due_at=due_at(context.urgency, now, request.app[SETTINGS].due_minutes()),
-        updated_at=now,
-    )
-    await request.app[STORE].create_consultation(
-        row, facts(request, principal, "consultation.create", "consultation", row.id)
-    )
-    request.app[METRICS].consultations_created.labels(context.urgency.value).inc()
-    return web.json_response(await full_record(request, row), status=201)
 
 
 async def draft_checklist(request: web.Request) -> web.Response:
@@ -174,50 +102,6 @@ async def draft_checklist(request: web.Request) -> web.Response:
             "missing": [item_body(m) for m in check.missing],
         }
     )
-
-
-async def list_queue(request: web.Request) -> web.Response:
-    principal = authenticate(request)
-    if principal.is_reading_room:
-        return await experts_api.expert_queue(request, principal)
-    require_role(principal, Role.COORDINATOR)
-    query = parse(QueueQuery, dict(request.query))
-    states: set[State] = set(OPEN_STATES)
-    if query.state is not None:
-        try:
-            states = {State(s.strip()) for s in query.state.split(",")}
-        except ValueError:
-            allowed = ", ".join(s.value for s in State)
-            raise BadRequest(
-                f"'state' must be a comma-separated list of: {allowed}",
-                code="invalid_field",
-                field="state",
-            ) from None
-    rows = await request.app[STORE].list_consultations(states)
-    rows.sort(key=lambda r: (URGENCY_RANK[r.urgency], r.due_at, r.id))
-    now = datetime.now(UTC)
-    active = [e for e in await Experts(request.app[STORE]).all() if e.active]
-
-    def row_body(row: ConsultationRow) -> dict[str, Any]:
-        # Whom the coordinator may assign it to, by the server's own credentialing rule.
-        application = row.context.application.value if row.context.application else None
-        offered = [e.sub for e in active if credentialed(e.subspecialties, application)]
-        return {**summary(row, now), "credentialed_experts": offered}
-
-    return web.json_response({"consultations": [row_body(r) for r in rows]})
-
-
-async def get_consultation(request: web.Request) -> web.Response:
-    principal = authenticate(request)
-    store = request.app[STORE]
-    row = await consultation_of(request, principal)
-    consultation_id = row.id
-    record = await full_record(request, row)
-    # Who read which clinical record; recorded before the record leaves the server.
-    await store.record_audit(
-        facts(request, principal, "consultation.read", "consultation", consultation_id)
-    )
-    return web.json_response(record)
 
 
 async def create_invite(request: web.Request) -> web.Response:

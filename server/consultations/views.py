@@ -14,8 +14,8 @@ from aiohttp import web
 
 from server.appkeys import KEYRING, SETTINGS, TOKEN_POLICY
 from server.auth import issue_token
-from server.consultations import OPEN_STATES, ConsultationRow, checklist, flags
-from server.store import ParticipantRow
+from server.consultations.model import OPEN_STATES, ConsultationRow, checklist, flags
+from server.consultations.store import ParticipantRow
 from server.store.times import iso
 
 

@@ -20,10 +20,10 @@ from typing import Any
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.access import Standing
 from server.audit import GENESIS_HASH, AuditEntry, AuditFacts, ChainCheck, chain_next, verify_chain
 from server.auth import Role
-from server.consultations import (
+from server.consultations.access import Standing
+from server.consultations.model import (
     Cancellation,
     ClinicalContext,
     ConsultationRow,
@@ -31,10 +31,11 @@ from server.consultations import (
     accepts_participants,
     transition,
 )
+from server.consultations.turnaround import Times
 from server.errors import Conflict, NotFound
+from server.store.database import open_engine
 from server.store.room_log import RoomLog
 from server.store.times import from_iso, iso
-from server.turnaround import Times
 
 AUDIT_LOCK_ID = 0x61756474  # "audt": advisory lock key serializing audit appends on PostgreSQL
 AUDIT_PAGE_ROWS = 1000
@@ -378,3 +379,8 @@ def _audit_entry(m: RowMapping) -> AuditEntry:
         detail=json.loads(m["detail"]),
     )
     return AuditEntry(m["seq"], m["at"], facts, m["prev_hash"], m["hash"])
+
+
+async def open_store(url: str) -> Store:
+    """Connect to the records store at `url` and bring its schema up to date."""
+    return Store(await open_engine(url))
