@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import __version__, experts_api, images_api, reports_api, vocabulary
+from server import __version__, images_api, reports_api, vocabulary
 from server.appkeys import (
     KEY_IMAGES,
     KEYRING,
@@ -37,6 +37,7 @@ from server.dicom.archive import Archive
 from server.dicom.pacs import Dicomweb, PacsPusher
 from server.dicom.profiles import load_profiles
 from server.edge import client_address_middleware
+from server.experts import http as experts_http
 from server.files import ensure_private_dir
 from server.key_images import KeyImages
 from server.keyring import (
@@ -96,7 +97,7 @@ PAGE_HEADERS = {
 def routes() -> web.RouteTableDef:
     """Every feature's HTTP routes."""
     table = web.RouteTableDef()
-    for feature in (consultations_http, record, images_api, experts_api, reports_api, vocabulary):
+    for feature in (consultations_http, record, images_api, experts_http, reports_api, vocabulary):
         feature.routes(table)
     return table
 

@@ -21,11 +21,11 @@ from server.config import COORDINATOR_LINK_TTL_SECONDS, SQLITE_FILE_NAME, Settin
 from server.consultations.model import Application
 from server.consultations.store import Store, open_store
 from server.errors import ConfigError, ProbelinkError
-from server.experts import SUB_PATTERN, ExpertProfile, subspecialty_set
+from server.experts.model import SUB_PATTERN, ExpertProfile, subspecialty_set
+from server.experts.store import Experts
 from server.keyring import rotate
 from server.logs import setup_logging
 from server.messages import parse
-from server.store.experts import Experts
 
 CLI_TOKEN_TTL_SECONDS = COORDINATOR_LINK_TTL_SECONDS
 SERVE_UMASK = 0o077

@@ -25,7 +25,7 @@ from server.auth import Role, issue_token, require_consultation, verify_token
 from server.config import Settings
 from server.consultations.model import Application
 from server.errors import Forbidden, Unauthorized
-from server.experts import credentialed, subspecialty_set
+from server.experts.model import credentialed, subspecialty_set
 
 # The app runs on each records store.
 both_backends = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)

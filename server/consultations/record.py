@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import experts_api, images_api, reports_api
+from server import images_api, reports_api
 from server.appkeys import KEY_IMAGES, METRICS, REPORT_LOG, SETTINGS, STORE
 from server.auth import Role, require_role
 from server.consultations.http import checklist_body
@@ -29,10 +29,11 @@ from server.consultations.model import (
 from server.consultations.views import participant_body, summary
 from server.edge import authenticate, consultation_of, facts, read_body
 from server.errors import BadRequest
-from server.experts import credentialed
+from server.experts import http as experts_http
+from server.experts.model import credentialed
+from server.experts.store import Experts
 from server.messages import StrictModel, parse, parse_json
 from server.reports import ReportState
-from server.store.experts import Experts
 from server.store.times import iso
 
 
@@ -79,7 +80,7 @@ async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, A
 async def list_queue(request: web.Request) -> web.Response:
     principal = authenticate(request)
     if principal.is_reading_room:
-        return await experts_api.expert_queue(request, principal)
+        return await experts_http.expert_queue(request, principal)
     require_role(principal, Role.COORDINATOR)
     query = parse(QueueQuery, dict(request.query))
     states: set[State] = set(OPEN_STATES)

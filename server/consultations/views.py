@@ -1,8 +1,8 @@
 """How a consultation and its participants are written in HTTP answers.
 
 The queue's summary of a consultation, a participant, and a join link (its token is signed
-here). The consultation handlers (`api.py`) and the expert handlers (`experts_api.py`) both
-answer with them, so they sit below both.
+here). The consultation handlers (`http.py`, `record.py`) and the expert handlers
+(`server/experts/http.py`) both answer with them, so they sit below both.
 """
 
 from __future__ import annotations

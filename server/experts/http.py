@@ -21,7 +21,7 @@ from server.consultations.store import ParticipantRow
 from server.consultations.views import join_body, summary
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest, Conflict, Forbidden, NotFound
-from server.experts import (
+from server.experts.model import (
     SUB_PATTERN,
     ExpertProfile,
     ExpertSub,
@@ -29,8 +29,8 @@ from server.experts import (
     credentialed,
     subspecialty_set,
 )
+from server.experts.store import ExpertRow, Experts
 from server.messages import StrictModel, parse, parse_json
-from server.store.experts import ExpertRow, Experts
 from server.store.times import iso
 
 EXPERT_SUB = re.compile(SUB_PATTERN)

@@ -1,0 +1,1 @@
+"""Experts: their credentials (subspecialties), the reading room queue, accepting and assigning."""
