@@ -21,6 +21,7 @@ from server.appkeys import (
     REFUSALS,
     RELAY,
     REPORT_LOG,
+    ROOM_LOG,
     SETTINGS,
     SIO,
     STORE,
@@ -48,8 +49,10 @@ from server.keyring import (
     load,
     load_or_create,
 )
-from server.live import NAMESPACE, Reaper, open_live, room_of
-from server.live_server import create_sio
+from server.live.hub import NAMESPACE, Reaper, open_live, room_of
+from server.live.log import RoomLog
+from server.live.server import create_sio
+from server.live.signaling import LiveNamespace
 from server.media import forwarding
 from server.media.capture import CineBuffer
 from server.media.feedback import BitratePolicy
@@ -59,7 +62,6 @@ from server.middleware import access_middleware, api_headers, errors_middleware
 from server.refusal_audit import flush_refusals
 from server.refusals import RefusalBursts
 from server.reports import load_terminology
-from server.signaling import LiveNamespace
 from server.store.key_images import KeyImageLog
 from server.store.reports import ReportLog
 from server.study_identity import load_deid_key
@@ -166,6 +168,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = await open_store(app[SETTINGS].sqlalchemy_url)
     app[STORE] = store
     app[REPORT_LOG] = ReportLog(store)
+    app[ROOM_LOG] = RoomLog(store.engine)
     log.info("records store open", extra={"dialect": store.dialect})
     flusher = asyncio.create_task(_flush_refusals_forever(app), name="refusal-bursts")
     yield
@@ -194,7 +197,9 @@ def _key_images_ctx(
     @contextlib.asynccontextmanager
     async def context(app: web.Application) -> AsyncIterator[None]:
         metrics = app[METRICS]
-        key_images = KeyImages(settings, KeyImageLog(app[STORE]), archive, profiles, key, metrics)
+        key_images = KeyImages(
+            settings, KeyImageLog(app[STORE]), app[ROOM_LOG], archive, profiles, key, metrics
+        )
         app[KEY_IMAGES] = key_images
         key_images.resume()
         pacs = pusher = None
@@ -227,7 +232,7 @@ def _live_ctx(
 
     @contextlib.asynccontextmanager
     async def context(app: web.Application) -> AsyncIterator[None]:
-        async with open_live(app[SETTINGS], app[SIO], app[STORE], reaper) as live:
+        async with open_live(app[SETTINGS], app[SIO], app[STORE], app[ROOM_LOG], reaper) as live:
             app[LIVE] = live
             yield
 

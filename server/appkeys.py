@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from server.config import Settings
     from server.consultations.store import Store
     from server.key_images import KeyImages
-    from server.live import Live
+    from server.live.hub import Live
+    from server.live.log import RoomLog
     from server.media.relay import Relay
     from server.metrics import Metrics
     from server.refusals import RefusalBursts
@@ -26,6 +27,8 @@ TOKEN_POLICY: web.AppKey[TokenPolicy] = web.AppKey("token_policy")
 STORE: web.AppKey[Store] = web.AppKey("store")
 # The versions of each consultation's report, in the records store.
 REPORT_LOG: web.AppKey[ReportLog] = web.AppKey("report_log")
+# The live room's sequenced events and open marks, in the records store.
+ROOM_LOG: web.AppKey[RoomLog] = web.AppKey("room_log")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
 LIVE: web.AppKey[Live] = web.AppKey("live")

@@ -12,7 +12,7 @@
     └── ConfigError                a setting is wrong; stops start-up
 
 Each is mapped once to an HTTP response (`server.middleware`) and once to a
-Socket.IO error acknowledgement (`server.signaling`).
+Socket.IO error acknowledgement (`server.live.signaling`).
 """
 
 from __future__ import annotations

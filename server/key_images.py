@@ -35,10 +35,11 @@ from server.dicom.archive import Archive, ArchiveCorrupt, ArchiveMissing, study_
 from server.dicom.pacs import Dicomweb, RetrieveFailed
 from server.dicom.profiles import Profiles
 from server.errors import BadRequest, Conflict, PayloadTooLarge, ProbelinkError, Unavailable
-from server.live import Live
+from server.live.hub import Live
+from server.live.log import RoomLog
+from server.live.room import RoomEvent
 from server.media.capture import Frame, decode_pictures, frame_rate
 from server.metrics import Metrics
-from server.room import RoomEvent
 from server.store.key_images import ArchivedObject, KeyImageLog, NewKeyImage
 from server.study_identity import StudyIdentity
 
@@ -102,6 +103,7 @@ class KeyImages:
         self,
         settings: Settings,
         log_: KeyImageLog,
+        room_log: RoomLog,
         archive: Archive,
         profiles: Profiles,
         key: bytes,
@@ -110,6 +112,7 @@ class KeyImages:
         self.metrics = metrics
         self.settings = settings
         self.log = log_
+        self.room_log = room_log
         self.archive = archive
         self.profiles = profiles
         self.key = key
@@ -225,7 +228,7 @@ class KeyImages:
         The one way in for live captures (`signaling`) and uploaded stills (`images_api`), once
         they have checked the consultation is open and its device can be masked.
         """
-        snapshot = await self.log.store.room.snapshot(row.id)
+        snapshot = await self.room_log.snapshot(row.id)
         return Capture(
             consultation=row,
             kind=kind,

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from server.consultations.applications import COMPRESSIBILITY_LABELS, SEGMENT_LABELS
 from server.edge import authenticate
-from server.room import CUE_DIRECTIONS
+from server.live.room import CUE_DIRECTIONS
 
 
 def vocabulary() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from server.appkeys import STORE
 from server.config import Settings
 from server.consultations.applications import Compressibility, DvtSegment
 from server.consultations.model import State
-from server.room import Cue, Guidance
+from server.live.room import Cue, Guidance
 
 # The app runs on each records store.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)

@@ -68,7 +68,7 @@ def consultation(**device: Any) -> ConsultationRow:
 
 def key_images(tmp_path: Path) -> KeyImages:
     settings = load_settings(data_dir=tmp_path)
-    return KeyImages(settings, None, None, load_profiles(None), b"k" * 32)  # type: ignore[arg-type]
+    return KeyImages(settings, None, None, None, load_profiles(None), b"k" * 32)  # type: ignore[arg-type]
 
 
 def capture(kind: str, row: ConsultationRow, marks: list[dict[str, Any]] | None = None) -> Capture:

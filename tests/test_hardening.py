@@ -27,7 +27,6 @@ from live_client import Participant
 from servers import RedisServer
 from sqlalchemy import text
 
-from server import admission
 from server.app import create_app, load_keyring, token_policy
 from server.appkeys import SETTINGS, SIO, STORE
 from server.audit import AuditFacts
@@ -35,7 +34,8 @@ from server.auth import Role, issue_token
 from server.config import Settings, load_settings, parse_networks
 from server.edge import client_address
 from server.keyring import load_or_create
-from server.live_server import LivePacket, LiveServer
+from server.live import admission
+from server.live.server import LivePacket, LiveServer
 from server.refusal_audit import flush_refusals
 from server.refusals import RefusalBursts
 from server.store import database

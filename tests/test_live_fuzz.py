@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from live_client import Participant
 
 from server.app import create_app
-from server.appkeys import STORE
+from server.appkeys import ROOM_LOG
 from server.config import Settings
 
 EVENTS = ["pointer", "mark", "mark_clear", "guidance", "sync"]
@@ -90,10 +90,10 @@ async def test_every_random_event_is_answered_and_refusals_change_nothing(
     expert: tuple[Participant, Any, str], event: str, payload: Any
 ) -> None:
     participant, client, cid = expert
-    before = (await client.app[STORE].room.snapshot(cid)).last_seq
+    before = (await client.app[ROOM_LOG].snapshot(cid)).last_seq
     ack = await participant.call(event, payload)
     assert isinstance(ack, dict), ack
-    after = (await client.app[STORE].room.snapshot(cid)).last_seq
+    after = (await client.app[ROOM_LOG].snapshot(cid)).last_seq
     if "error" in ack:
         error = ack["error"]
         assert set(error) == {"code", "message", "field"}

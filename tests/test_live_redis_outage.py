@@ -14,7 +14,7 @@ from live_client import Participant
 from servers import RedisServer
 
 from server.app import create_app
-from server.appkeys import STORE
+from server.appkeys import ROOM_LOG
 from server.config import Settings
 
 
@@ -60,7 +60,7 @@ async def test_marks_are_refused_while_redis_is_down_and_flow_again_after(
         private_redis.stop()
         refused = await expert.call("mark", arrow)
         assert refused["error"]["code"] == "bus_unavailable"
-        assert (await client.app[STORE].room.snapshot(cid)).last_seq == 1  # nothing half-stored
+        assert (await client.app[ROOM_LOG].snapshot(cid)).last_seq == 1  # nothing half-stored
 
         private_redis.start()
         deadline = time.monotonic() + 15
@@ -70,7 +70,7 @@ async def test_marks_are_refused_while_redis_is_down_and_flow_again_after(
         await operator.wait_until(
             lambda r: any(m["seq"] == ack["seq"] for m in r["mark"]), within=15
         )
-        stored = await client.app[STORE].room.events_after(cid, 0, 10)
+        stored = await client.app[ROOM_LOG].events_after(cid, 0, 10)
         assert [e.seq for e in stored] == list(range(1, ack["seq"] + 1))
     finally:
         await expert.close()

@@ -14,7 +14,7 @@ from live_client import Participant
 from sqlalchemy import text
 
 from server.app import create_app
-from server.appkeys import STORE
+from server.appkeys import ROOM_LOG, STORE
 from server.config import Settings
 
 Join = Callable[[str], Awaitable[Participant]]
@@ -163,7 +163,7 @@ async def test_marks_are_stored_before_ack_and_reach_everyone_in_sequence(
     for person in (operator, expert, observer):
         marks = await person.wait_for("mark", 25)
         assert [m["seq"] for m in marks] == list(range(1, 26))
-    stored = await client.app[STORE].room.events_after(join.consultation, 0, 100)
+    stored = await client.app[ROOM_LOG].events_after(join.consultation, 0, 100)
     assert [e.seq for e in stored] == list(range(1, 26))
     assert {a["id"] for a in acks} == {m["id"] for m in operator.received["mark"]}
 
@@ -291,7 +291,7 @@ async def test_bad_events_get_a_clear_error_ack_and_change_nothing(
     assert ack["error"]["code"] == code, ack
     assert ack["error"]["field"] == field, ack
     assert expert.sio.connected
-    snapshot = await client.app[STORE].room.snapshot(join.consultation)
+    snapshot = await client.app[ROOM_LOG].snapshot(join.consultation)
     assert snapshot.last_seq == 0 and snapshot.marks == []
     assert (await expert.call("pointer", {"x": 0.5, "y": 0.5}))["ok"] is True  # still in the room
 
@@ -322,7 +322,7 @@ async def test_flooding_socket_is_rate_limited_and_other_rooms_keep_working(
     )  # the burst, plus what the rate refilled meanwhile
     calm_marks = await calm_operator.wait_for("mark", 10)
     assert [m["seq"] for m in calm_marks] == list(range(1, 11))
-    snapshot = await client.app[STORE].room.snapshot(join.consultation)
+    snapshot = await client.app[ROOM_LOG].snapshot(join.consultation)
     assert snapshot.last_seq == len(accepted)
 
 

@@ -12,6 +12,7 @@ from server.appkeys import STORE
 from server.audit import AuditFacts
 from server.consultations.model import ClinicalContext, ConsultationRow, State
 from server.consultations.turnaround import Times, percentile, summarise
+from server.live.log import RoomLog
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 
@@ -85,7 +86,7 @@ async def test_turnaround_endpoint_and_metrics_follow_the_records(
         f"/api/consultations/{old.id}/invites", json=body, headers=coordinator
     )
     participant = (await invite.json())["participant"]["id"]
-    await store.room.participant_joined(old.id, participant, is_expert=True)
+    await RoomLog(store.engine).participant_joined(old.id, participant, is_expert=True)
     # A fresh one nobody joined yet.
     await client.post(
         "/api/consultations",

@@ -1,7 +1,7 @@
 """Queries on the records: consultations, participants, their standing, and the audit log.
 
-The feature logs live beside it: the room's events and marks (`room_log.py`, built here, as
-`Store.room`), key images (`key_images.py`) and report versions (`reports.py`, built in app.py).
+Each feature keeps its own queries in its own package, built in app.py on the same engine: the
+room's events and marks (`server/live/log.py`), key images and report versions.
 
 Plain SQL through SQLAlchemy's `text()`, the same statements on SQLite and
 PostgreSQL. Every write that changes a record appends its audit entry in the
@@ -34,7 +34,6 @@ from server.consultations.model import (
 from server.consultations.turnaround import Times
 from server.errors import Conflict, NotFound
 from server.store.database import open_engine
-from server.store.room_log import RoomLog
 from server.store.times import from_iso, iso
 
 AUDIT_LOCK_ID = 0x61756474  # "audt": advisory lock key serializing audit appends on PostgreSQL
@@ -65,8 +64,6 @@ class Store:
         self.engine = engine
         # "sqlite" or "postgresql".
         self.dialect = engine.dialect.name
-        # The live room's sequenced events.
-        self.room = RoomLog(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()

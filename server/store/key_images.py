@@ -18,8 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.audit import AuditFacts
-from server.room import RoomEvent
-from server.store.room_log import insert_event, next_seq
+from server.live.log import insert_event, next_seq
+from server.live.room import RoomEvent
 from server.store.times import iso
 
 if TYPE_CHECKING:

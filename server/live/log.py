@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.consultations.model import OPEN_STATES, State
 from server.errors import Conflict, NotFound
-from server.room import RoomEvent, RoomSnapshot
+from server.live.room import RoomEvent, RoomSnapshot
 from server.store.times import iso
 
 _OPEN = ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATES))

@@ -14,7 +14,7 @@ from typing import Any
 import socketio
 
 from server.config import Settings
-from server.live import NAMESPACE
+from server.live.hub import NAMESPACE
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,10 @@ from server.config import Settings
 from server.consultations.access import access_ended
 from server.consultations.store import Store
 from server.errors import ConfigError, Forbidden, Unavailable
-from server.presence import MemoryPresence, Presence, RedisPresence
-from server.room import RoomEvent
-from server.roombus import LocalRoomBus, RedisRoomBus, RoomBus
+from server.live.bus import LocalRoomBus, RedisRoomBus, RoomBus
+from server.live.log import RoomLog
+from server.live.presence import MemoryPresence, Presence, RedisPresence
+from server.live.room import RoomEvent
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,11 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def open_live(
-    settings: Settings, sio: socketio.AsyncServer, store: Store, reaper: Reaper
+    settings: Settings,
+    sio: socketio.AsyncServer,
+    store: Store,
+    room_log: RoomLog,
+    reaper: Reaper,
 ) -> AsyncIterator[Live]:
     """Presence and the room bus of this node, open until the block ends."""
     node = secrets.token_hex(6)
@@ -185,7 +190,7 @@ async def open_live(
         )
 
     async def fetch_after(consultation_id: str, after_seq: int) -> list[RoomEvent]:
-        return await store.room.events_after(consultation_id, after_seq, CATCH_UP_EVENTS_MAX)
+        return await room_log.events_after(consultation_id, after_seq, CATCH_UP_EVENTS_MAX)
 
     redis: aioredis.Redis | None = None
     if settings.redis_url:

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from server.errors import Unavailable
-from server.room import RoomEvent
+from server.live.room import RoomEvent
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,17 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from server.admission import Admission, Seat
-from server.appkeys import KEY_IMAGES, KEYRING, LIVE, METRICS, RELAY, SETTINGS, STORE, TOKEN_POLICY
+from server.appkeys import (
+    KEY_IMAGES,
+    KEYRING,
+    LIVE,
+    METRICS,
+    RELAY,
+    ROOM_LOG,
+    SETTINGS,
+    STORE,
+    TOKEN_POLICY,
+)
 from server.audit import AuditFacts
 from server.auth import Principal, Role, verify_token
 from server.consultations.access import check_access
@@ -40,13 +49,10 @@ from server.errors import (
     Unauthorized,
 )
 from server.key_images import room_commit
-from server.live import NAMESPACE, let_go, room_of
-from server.messages import parse
-from server.outages import as_outage
-from server.presence import Attendee
-from server.ratelimit import TokenBucket
-from server.refusal_audit import record_refusal
-from server.room import (
+from server.live.admission import Admission, Seat
+from server.live.hub import NAMESPACE, let_go, room_of
+from server.live.presence import Attendee
+from server.live.room import (
     SYNC_EVENTS_MAX,
     CaptureKind,
     CaptureRequest,
@@ -66,6 +72,10 @@ from server.room import (
     may_point,
     refuse_unknown_event,
 )
+from server.messages import parse
+from server.outages import as_outage
+from server.ratelimit import TokenBucket
+from server.refusal_audit import record_refusal
 from server.turn import ice_servers_for
 
 log = logging.getLogger(__name__)
@@ -250,7 +260,7 @@ class LiveNamespace(socketio.AsyncNamespace):
         attendee = Attendee(sid, principal.sub, principal.role.value, principal.name, live.node)
         await live.presence.join(cid, attendee)
         store = self.app[STORE]
-        await store.room.participant_joined(
+        await self.app[ROOM_LOG].participant_joined(
             cid, principal.sub, is_expert=principal.role is Role.EXPERT
         )
         # Joining shows the record's summary and marks: a read, so it is audited like one.
@@ -316,7 +326,7 @@ class LiveNamespace(socketio.AsyncNamespace):
         row = await store.get_consultation(cid)
         if row is None:
             raise NotFound("no such consultation", code="consultation_not_found")
-        snapshot = await store.room.snapshot(cid)
+        snapshot = await self.app[ROOM_LOG].snapshot(cid)
         members = await self.app[LIVE].presence.members(cid)
         return {
             "consultation": {
@@ -427,7 +437,7 @@ class LiveNamespace(socketio.AsyncNamespace):
         cid = socket.consultation_id
         live = self.app[LIVE]
         async with live.bus.sequenced(cid):
-            event = await self.app[STORE].room.add_mark(
+            event = await self.app[ROOM_LOG].add_mark(
                 cid, body, kind=mark.kind.value, media_ts=mark.media_ts
             )
             await live.publish(cid, event)
@@ -439,7 +449,7 @@ class LiveNamespace(socketio.AsyncNamespace):
         may_clear_any(role)
         cid = socket.consultation_id
         live = self.app[LIVE]
-        room_log = self.app[STORE].room
+        room_log = self.app[ROOM_LOG]
         async with live.bus.sequenced(cid):
             ids = marks_to_clear(role, sub, await room_log.open_marks(cid), request.id)
             if not ids:
@@ -457,7 +467,7 @@ class LiveNamespace(socketio.AsyncNamespace):
         cid = socket.consultation_id
         live = self.app[LIVE]
         async with live.bus.sequenced(cid):
-            event = await self.app[STORE].room.add_guidance(cid, body)
+            event = await self.app[ROOM_LOG].add_guidance(cid, body)
             await live.publish(cid, event)
         return {"seq": event.seq}
 
@@ -536,7 +546,7 @@ class LiveNamespace(socketio.AsyncNamespace):
 
     async def _sync(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
         request = parse(Sync, data)
-        events = await self.app[STORE].room.events_after(
+        events = await self.app[ROOM_LOG].events_after(
             socket.consultation_id, request.after_seq, SYNC_EVENTS_MAX + 1
         )
         more = len(events) > SYNC_EVENTS_MAX
