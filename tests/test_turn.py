@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from server.app import create_app
 from server.config import Settings, load_settings
 from server.errors import ConfigError
-from server.turn import ice_servers_for, turn_credential, turn_user
+from server.media.ice import ice_servers_for, turn_credential, turn_user
 
 SECRET = "s" * 40
 NOW = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)

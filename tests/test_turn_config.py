@@ -19,7 +19,7 @@ from aioice.turn import TurnClientUdpProtocol
 from conftest import require_coturn
 from turn_server import TurnServer
 
-from server.turn import turn_credential
+from server.media.ice import turn_credential
 
 PRODUCTION_CONFIG = Path(__file__).resolve().parent.parent / "turn_config" / "turnserver.conf"
 REQUEST_TIMEOUT_SECONDS = 30

@@ -24,7 +24,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from turn_server import TurnServer
 
 from server.config import Settings, load_settings
-from server.turn import ice_servers_for
+from server.media.ice import ice_servers_for
 
 CONNECT_TIMEOUT_SECONDS = 20
 FRAME_TIMEOUT_SECONDS = 10

@@ -31,8 +31,8 @@ from server.consultations.turnaround import Summary, summarise
 from server.consultations.views import join_body, summary
 from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest
+from server.media.ice import ice_servers_for
 from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
-from server.turn import ice_servers_for
 
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
 

@@ -72,11 +72,11 @@ from server.live.room import (
     may_point,
     refuse_unknown_event,
 )
+from server.media.ice import ice_servers_for
 from server.messages import parse
 from server.outages import as_outage
 from server.ratelimit import TokenBucket
 from server.refusal_audit import record_refusal
-from server.turn import ice_servers_for
 
 log = logging.getLogger(__name__)
 
