@@ -532,11 +532,10 @@ def instrumented_server(timings: Path, argv: list[str]) -> int:
     changes; what is absent is skipped and named on stderr, i.e. in the server's log). A
     generator (pictures decoded one at a time) is timed across all its steps.
     """
-    import server.key_images as key_images
-    from server import png
+    import server.imaging.captures as key_images
     from server.cli import main
-    from server.dicom import archive, deid, writer
-    from server.store import key_images as store
+    from server.dicom import deid, writer
+    from server.imaging import archive, png, store
 
     lock = threading.Lock()
     sink = timings.open("a")

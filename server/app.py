@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import __version__, images_api, reports_api, vocabulary
+from server import __version__, reports_api, vocabulary
 from server.appkeys import (
     KEY_IMAGES,
     KEYRING,
@@ -34,13 +34,16 @@ from server.consultations import http as consultations_http
 from server.consultations import record
 from server.consultations.http import turnaround_summary
 from server.consultations.store import open_store
-from server.dicom.archive import Archive
-from server.dicom.pacs import Dicomweb, PacsPusher
 from server.dicom.profiles import load_profiles
 from server.edge import client_address_middleware
 from server.experts import http as experts_http
 from server.files import ensure_private_dir
-from server.key_images import KeyImages
+from server.imaging import http as images_http
+from server.imaging.archive import Archive
+from server.imaging.captures import KeyImages
+from server.imaging.identity import load_deid_key
+from server.imaging.pacs import Dicomweb, PacsPusher
+from server.imaging.store import KeyImageLog
 from server.keyring import (
     KEYRING_RELATIVE_PATH,
     KeyRing,
@@ -62,9 +65,7 @@ from server.middleware import access_middleware, api_headers, errors_middleware
 from server.refusal_audit import flush_refusals
 from server.refusals import RefusalBursts
 from server.reports import load_terminology
-from server.store.key_images import KeyImageLog
 from server.store.reports import ReportLog
-from server.study_identity import load_deid_key
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ PAGE_HEADERS = {
 def routes() -> web.RouteTableDef:
     """Every feature's HTTP routes."""
     table = web.RouteTableDef()
-    for feature in (consultations_http, record, images_api, experts_http, reports_api, vocabulary):
+    for feature in (consultations_http, record, images_http, experts_http, reports_api, vocabulary):
         feature.routes(table)
     return table
 
@@ -201,14 +202,14 @@ def _key_images_ctx(
             settings, KeyImageLog(app[STORE]), app[ROOM_LOG], archive, profiles, key, metrics
         )
         app[KEY_IMAGES] = key_images
-        key_images.resume()
+        key_images.selections.resume()
         pacs = pusher = None
         if settings.dicomweb_url is not None:
             pacs = Dicomweb(settings.dicomweb_url)
             pacs.open()
             pusher = PacsPusher(
                 pacs,
-                key_images.log,
+                key_images.records,
                 archive,
                 lambda outcome: metrics.pacs_pushes.labels(outcome).inc(),
             )
@@ -332,7 +333,7 @@ async def healthz(request: web.Request) -> web.Response:
     }
     if settings.dicomweb_url is not None and components["store"]["ok"]:
         with contextlib.suppress(Exception):  # the store's own probe already says why
-            pending = await app[KEY_IMAGES].log.outbox_backlog()
+            pending = await app[KEY_IMAGES].records.outbox_backlog()
             components["pacs_outbox"] = {"ok": True, "pending": pending}
     ready = all(c["ok"] for c in components.values())
     body = {

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from server.auth import Keys, Principal, TokenPolicy
     from server.config import Settings
     from server.consultations.store import Store
-    from server.key_images import KeyImages
+    from server.imaging.captures import KeyImages
     from server.live.hub import Live
     from server.live.log import RoomLog
     from server.media.relay import Relay

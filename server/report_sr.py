@@ -18,9 +18,9 @@ from server.consultations.applications import category_label
 from server.consultations.model import ConsultationRow
 from server.dicom import deid, sr, writer
 from server.errors import Conflict
-from server.key_images import KeyImages
+from server.imaging.captures import KeyImages
+from server.imaging.model import ArchivedObject
 from server.reports import ReportState
-from server.store.key_images import ArchivedObject
 
 SR_KIND = "report"
 
@@ -74,7 +74,7 @@ async def archive_report(
         ),
     )
     # An amended report names the version it replaces (the newest archived one).
-    earlier = await key_images.log.objects(row.id, SR_KIND)
+    earlier = await key_images.records.objects(row.id, SR_KIND)
     previous = None
     if earlier:
         newest = earlier[-1]

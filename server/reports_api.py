@@ -132,7 +132,7 @@ def _version_view(v: Version, names: dict[str, str]) -> dict[str, Any]:
 async def get_report(request: web.Request) -> web.Response:
     principal = authenticate(request)
     row = await consultation_of(request, principal)
-    images = await request.app[KEY_IMAGES].log.images(row.id)
+    images = await request.app[KEY_IMAGES].records.images(row.id)
     view = await report_view(request, row, await _state(request, row), images)
     # Who read which report, recorded before it leaves the server (as for the record).
     await request.app[STORE].record_audit(
@@ -155,7 +155,7 @@ async def put_report(request: web.Request) -> web.Response:
         facts(request, principal, "report.draft", "consultation", row.id),
         state=State.REPORTED,
     )
-    images = await request.app[KEY_IMAGES].log.images(row.id)
+    images = await request.app[KEY_IMAGES].records.images(row.id)
     return web.json_response(await report_view(request, row, report, images))
 
 
@@ -163,7 +163,7 @@ async def sign_report(request: web.Request) -> web.Response:
     """Sign: immutable from now on, archived as a DICOM SR and queued for the PACS."""
     principal, row = await _writer(request)
     report = await _state(request, row)
-    images = await request.app[KEY_IMAGES].log.images(row.id)
+    images = await request.app[KEY_IMAGES].records.images(row.id)
     version = report.sign(
         principal.sub,
         datetime.now(UTC),
@@ -183,7 +183,7 @@ async def add_addendum(request: web.Request) -> web.Response:
         AddendumRequest, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
     )
     report = await _state(request, row)
-    images = await request.app[KEY_IMAGES].log.images(row.id)
+    images = await request.app[KEY_IMAGES].records.images(row.id)
     version = report.addendum(addendum.text, principal.sub, datetime.now(UTC))
     await _commit_with_sr(request, principal, row, report, images, version, None)
     return web.json_response(await report_view(request, row, report, images), status=201)

@@ -260,7 +260,7 @@ uploads = st.one_of(
 async def count_objects(client: TestClient[Any, Any], cid: str) -> int:
     from server.appkeys import KEY_IMAGES
 
-    log = client.app[KEY_IMAGES].log
+    log = client.app[KEY_IMAGES].records
     return len(await log.images(cid)) + len(await log.objects(cid, "prior"))
 
 

@@ -14,11 +14,14 @@ import pytest
 from dicom_checks import dciodvfy_errors, read
 from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_frame
 
-from server.config import load_settings
 from server.consultations.model import ClinicalContext, ConsultationRow, State
 from server.dicom.profiles import load_profiles
 from server.errors import Conflict
-from server.key_images import Capture, KeyImages
+from server.imaging import pixels
+from server.imaging.identity import StudyIdentity
+from server.imaging.masking import DeviceMasks
+from server.imaging.model import Capture
+from server.live.room import CaptureKind
 from server.media.capture import CineBuffer, Frame, decode_pictures
 
 TIME_BASE = fractions.Fraction(1, 90000)
@@ -66,20 +69,25 @@ def consultation(**device: Any) -> ConsultationRow:
     )
 
 
-def key_images(tmp_path: Path) -> KeyImages:
-    settings = load_settings(data_dir=tmp_path)
-    return KeyImages(settings, None, None, None, load_profiles(None), b"k" * 32)  # type: ignore[arg-type]
+def build(
+    capture: Capture, pictures: pixels.Pictures, codec: str | None, key_image_id: str
+) -> pixels.Built:
+    """The pixel work of a capture, with the bundled profiles and a test key."""
+    key = b"k" * 32
+    masks = DeviceMasks(load_profiles(None))
+    return pixels.build(
+        capture, pictures, codec, key_image_id, masks=masks, identity=StudyIdentity(key), key=key
+    )
 
 
 def capture(kind: str, row: ConsultationRow, marks: list[dict[str, Any]] | None = None) -> Capture:
-    return Capture(row, kind, "expert-1", "expert", "127.0.0.1", marks or [], None)
+    return Capture(row, CaptureKind(kind), "expert-1", "expert", "127.0.0.1", marks or [], None)
 
 
 def test_clip_that_changes_resolution_is_masked_on_every_frame(tmp_path: Path) -> None:
     packets = vp8_packets([(640, 480), (1280, 960)], 10)
     frames = [Frame(p, i / 30) for i, p in enumerate(packets)]
-    images = key_images(tmp_path)
-    built = images._build(
+    built = build(
         capture("clip", consultation()),
         lambda: decode_pictures("video/vp8", frames, keep_from=0.0),
         "video/vp8",
@@ -105,7 +113,7 @@ def test_damaged_frame_is_skipped_and_a_clean_source_with_a_profile_is_still_mas
     assert 5 <= len(pictures) <= 6
     # Declared clean, but a profile knows this device: the profile wins.
     row = consultation(**PHANTOM_DEVICE, burned_in_text=False)
-    built = key_images(tmp_path)._build(
+    built = build(
         capture("still", row, [{"kind": "text", "points": [[0.5, 0.5]], "text": "L\\R note"}]),
         lambda: decode_pictures("video/vp8", frames),
         "video/vp8",
@@ -121,7 +129,7 @@ def test_nothing_decodable_is_refused(tmp_path: Path) -> None:
     damaged = av.Packet(b"\x00" * 50)
     damaged.pts = 1
     with pytest.raises(Conflict) as refused:
-        key_images(tmp_path)._build(
+        build(
             capture("still", consultation()),
             lambda: decode_pictures("video/vp8", [Frame(damaged, 0.0)]),
             "video/vp8",

@@ -162,7 +162,9 @@ async def test_a_consultation_full_to_its_quota_refuses_more_images(
     error = (await response.json())["error"]
     assert error["code"] == "quota_exceeded"
     assert "PROBELINK_CONSULTATION_QUOTA_MIB" in error["message"]
-    await client.app[KEY_IMAGES].settled()  # the key object selection, written after the ack
+    await client.app[
+        KEY_IMAGES
+    ].selections.settled()  # the key object selection, written after the ack
     kept = archived(settings)
     listing = await client.get(f"/api/consultations/{cid}/key-images", headers=coordinator)
     images = (await listing.json())["key_images"]

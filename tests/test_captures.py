@@ -210,7 +210,7 @@ async def test_capture_masks_banner_text_before_archiving(
             assert text.lower() not in str(path.relative_to(archive)).lower()
     # Every object written with it (presentation state with the mark, and the key object
     # selection, written just after the acknowledgement) is valid and clean too.
-    await client.app[KEY_IMAGES].settled()
+    await client.app[KEY_IMAGES].selections.settled()
     files = [p for p in archive.rglob("*") if p.is_file()]
     others = [p.read_bytes() for p in files if p.name != hashlib.sha256(data).hexdigest() + ".dcm"]
     kinds = {read(o).SOPClassUID for o in others}
@@ -238,7 +238,7 @@ async def test_key_object_selection_lists_every_key_image_after_a_burst(
     sops = {
         read(await dicom_of(client, coordinator, a["key_image_id"])).SOPInstanceUID for a in acks
     }
-    await client.app[KEY_IMAGES].settled()
+    await client.app[KEY_IMAGES].selections.settled()
     files = [p.read_bytes() for p in (settings.data_dir / "archive").rglob("*.dcm")]
     selections = [d for d in files if read(d).SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59"]
     # Coalesced: fewer versions than captures is fine; the newest lists all three.
@@ -415,17 +415,17 @@ async def test_a_key_object_selection_missed_by_a_crash_is_written_at_the_next_s
     token = (await invite.json())["token"]
     # The process dies between the capture's acknowledgement and its key object selection.
     key_images = client.app[KEY_IMAGES]
-    monkeypatch.setattr(key_images, "_key_object_selection_due", lambda row: None)
+    monkeypatch.setattr(key_images.selections, "due", lambda row: None)
     upload = await client.post(
         f"/api/consultations/{cid}/captures",
         data=phantom_png(2),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
     )
     assert upload.status == 201
-    await key_images.settled()
-    assert await key_images.log.objects(cid, "key_object_selection") == []
+    await key_images.selections.settled()
+    assert await key_images.records.objects(cid, "key_object_selection") == []
     # The next start catches up.
     restarted = await aiohttp_client(create_app(settings))
-    await restarted.app[KEY_IMAGES].settled()
-    selections = await restarted.app[KEY_IMAGES].log.objects(cid, "key_object_selection")
+    await restarted.app[KEY_IMAGES].selections.settled()
+    selections = await restarted.app[KEY_IMAGES].records.objects(cid, "key_object_selection")
     assert len(selections) == 1

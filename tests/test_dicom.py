@@ -12,9 +12,9 @@ import pytest
 from dicom_checks import dciodvfy_errors, every_value, read
 
 from server.dicom import deid, writer
-from server.dicom.archive import Archive, ArchiveCorrupt, ArchiveMissing
 from server.dicom.profiles import BUNDLED_PROFILES, load_profiles
 from server.errors import ConfigError
+from server.imaging.archive import Archive, ArchiveCorrupt, ArchiveMissing
 
 KEY = b"k" * 32
 NOW = datetime(2026, 11, 23, 10, 30, tzinfo=UTC)

@@ -160,8 +160,8 @@ def test_the_graph_reads_server_imports_as_modules() -> None:
     # `from server.consultations.store import open_store`: an edge to that module.
     assert "server.consultations.store" in graph["server.app"]
     # `from server import image_limits`, a module: an edge to it, not to `server`.
-    assert "server.image_limits" in graph["server.key_images"]
-    assert "server" not in graph["server.key_images"]
+    assert "server.image_limits" in graph["server.imaging.pixels"]
+    assert "server" not in graph["server.imaging.pixels"]
 
 
 def test_every_kind_of_import_can_close_a_circle(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_png
 from pydicom.dataset import Dataset
 
 from server.config import Settings, load_settings
-from server.dicom.pacs import stored_uids, stow_body
+from server.imaging.pacs import stored_uids, stow_body
 from server.keyring import load_or_create
 
 

@@ -31,7 +31,7 @@ from pydicom.uid import (
 
 from server.appkeys import KEY_IMAGES
 from server.dicom import writer
-from server.key_images import BUILD_CONCURRENCY
+from server.imaging.captures import BUILD_CONCURRENCY
 
 HOSPITAL = "ST ELSEWHERE GENERAL"
 COMPRESSED = (JPEGBaseline8Bit, JPEGLSLossless, JPEG2000Lossless)

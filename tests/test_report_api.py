@@ -101,7 +101,7 @@ async def test_breast_report_is_drafted_signed_then_amended_by_addendum(
     image = read(
         await (await client.get(f"/api/key-images/{key_image}/dicom", headers=expert)).read()
     )
-    objects = await client.app[KEY_IMAGES].log.objects(cid, "report")
+    objects = await client.app[KEY_IMAGES].records.objects(cid, "report")
     assert len(objects) == 2  # signed, then amended
     archive = settings.data_dir / "archive"
     versions = [(archive / o.path).read_bytes() for o in objects]

@@ -226,7 +226,7 @@ async def snapshot(client: Client, c: Case, coordinator: Headers) -> Any:
     view = await (await client.get(c.url, headers=coordinator)).json()
     row = await client.app[STORE].get_consultation(c.cid)
     versions = await client.app[REPORT_LOG].versions(c.cid)
-    objects = await client.app[KEY_IMAGES].log.objects(c.cid, "report")
+    objects = await client.app[KEY_IMAGES].records.objects(c.cid, "report")
     return (
         view,
         row.state,
@@ -830,7 +830,7 @@ async def test_two_signatures_at_once_sign_once(
     assert statuses == [200, 409, 409], statuses
     versions = await client.app[REPORT_LOG].versions(c.cid)
     assert sum(1 for v in versions if v.signed_at is not None) == 1
-    assert len(await client.app[KEY_IMAGES].log.objects(c.cid, "report")) == 1
+    assert len(await client.app[KEY_IMAGES].records.objects(c.cid, "report")) == 1
 
 
 @both_backends

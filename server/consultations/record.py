@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import images_api, reports_api
+from server import reports_api
 from server.appkeys import KEY_IMAGES, METRICS, REPORT_LOG, SETTINGS, STORE
 from server.auth import Role, require_role
 from server.consultations.http import checklist_body
@@ -32,6 +32,7 @@ from server.errors import BadRequest
 from server.experts import http as experts_http
 from server.experts.model import credentialed
 from server.experts.store import Experts
+from server.imaging import http as images_http
 from server.messages import StrictModel, parse, parse_json
 from server.reports import ReportState
 from server.store.times import iso
@@ -54,7 +55,7 @@ async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, A
     store = request.app[STORE]
     application = row.context.application.value if row.context.application else None
     report = ReportState(application, await request.app[REPORT_LOG].versions(row.id))
-    key_images = await request.app[KEY_IMAGES].log.images(row.id)
+    key_images = await request.app[KEY_IMAGES].records.images(row.id)
     return {
         **summary(row, datetime.now(UTC)),
         "context": row.context.model_dump(mode="json", exclude_none=True),
@@ -62,10 +63,10 @@ async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, A
         "participants": [participant_body(p) for p in await store.participants(row.id)],
         "marks": await store.related_rows("marks", row.id),
         "key_images": key_images,
-        "pacs": await request.app[KEY_IMAGES].log.outbox_state(row.id),
+        "pacs": await request.app[KEY_IMAGES].records.outbox_state(row.id),
         "priors": [
-            images_api.prior_view(o)
-            for o in await request.app[KEY_IMAGES].log.objects(row.id, "prior")
+            images_http.prior_view(o)
+            for o in await request.app[KEY_IMAGES].records.objects(row.id, "prior")
         ],
         "report": await reports_api.report_view(request, row, report, key_images),
         "turnaround": {

@@ -48,7 +48,7 @@ from server.errors import (
     RateLimited,
     Unauthorized,
 )
-from server.key_images import room_commit
+from server.imaging.captures import room_commit
 from server.live.admission import Admission, Seat
 from server.live.hub import NAMESPACE, let_go, room_of
 from server.live.presence import Attendee
@@ -512,7 +512,7 @@ class LiveNamespace(socketio.AsyncNamespace):
         row = await store.get_consultation(cid)
         row = require_open(row, "nothing can be captured")
         key_images = self.app[KEY_IMAGES]
-        key_images.check_device(row)
+        key_images.masks.check_device(row)
         room = self.app[RELAY].rooms.get(cid)
         cine = room.cine if room is not None else None
         if cine is None:
@@ -533,7 +533,7 @@ class LiveNamespace(socketio.AsyncNamespace):
                 request.seconds or settings.clip_seconds_default, settings.clip_seconds_max
             )
             frames, keep_from = cine.last_frames(seconds)
-        capture = await key_images.capture(row, request.kind.value, socket.principal, socket.source)
+        capture = await key_images.capture(row, request.kind, socket.principal, socket.source)
         event = await key_images.from_stream(
             capture,
             cine.codec,

@@ -18,8 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from server.audit import AuditFacts
 from server.consultations.model import State
 from server.errors import Conflict
+from server.imaging.model import ArchivedObject
+from server.imaging.store import insert_object
 from server.reports import ReportBody, Version
-from server.store.key_images import ArchivedObject, insert_object
 from server.store.times import from_iso, iso
 
 if TYPE_CHECKING:

@@ -9,7 +9,6 @@ always complete in both the archive and the record.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.audit import AuditFacts
+from server.imaging.model import ArchivedObject, NewKeyImage, OutboxItem
 from server.live.log import insert_event, next_seq
 from server.live.room import RoomEvent
 from server.store.times import iso
@@ -28,39 +28,6 @@ if TYPE_CHECKING:
 PENDING = "pending"
 SENT = "sent"
 NOT_CONFIGURED = "not_configured"
-
-
-@dataclass(frozen=True)
-class ArchivedObject:
-    sop_instance_uid: str
-    kind: str  # still, clip, presentation_state, key_object_selection, prior
-    path: str
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class NewKeyImage:
-    id: str
-    consultation_id: str
-    kind: str  # still or clip
-    sop_instance_uid: str
-    media_ts: int | None
-    marks: list[dict[str, Any]]
-    guidance: dict[str, Any] | None
-    detail: dict[str, Any]
-    created_by: str
-    # The image first, then what goes with it (presentation state, key object selection).
-    objects: list[ArchivedObject] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class OutboxItem:
-    sop_instance_uid: str
-    consultation_id: str
-    path: str
-    sha256: str
-    attempts: int
 
 
 class KeyImageLog:

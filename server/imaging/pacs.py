@@ -22,8 +22,9 @@ from typing import Any
 
 import aiohttp
 
-from server.dicom.archive import Archive, ArchiveCorrupt
-from server.store.key_images import KeyImageLog, OutboxItem
+from server.imaging.archive import Archive, ArchiveCorrupt
+from server.imaging.model import OutboxItem
+from server.imaging.store import KeyImageLog
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,9 @@ from server.auth import Role, require_consultation, require_role
 from server.consultations.model import require_open
 from server.edge import authenticate, consultation_of, facts
 from server.errors import NotFound, PayloadTooLarge
-from server.key_images import room_commit
-from server.store.key_images import ArchivedObject
+from server.imaging.captures import room_commit
+from server.imaging.model import ArchivedObject
+from server.live.room import CaptureKind
 
 KEY_IMAGE_ID = re.compile(r"[0-9a-f]{32}")
 UID = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40}){1,30}")
@@ -54,8 +55,8 @@ async def list_key_images(request: web.Request) -> web.Response:
     key_images = request.app[KEY_IMAGES]
     return web.json_response(
         {
-            "key_images": await key_images.log.images(cid),
-            "pacs": await key_images.log.outbox_state(cid),
+            "key_images": await key_images.records.images(cid),
+            "pacs": await key_images.records.outbox_state(cid),
         }
     )
 
@@ -68,9 +69,11 @@ async def upload_capture(request: web.Request) -> web.Response:
     require_open(row, "nothing can be captured")
     cid = row.id
     key_images = request.app[KEY_IMAGES]
-    key_images.check_device(row)
+    key_images.masks.check_device(row)
     body = await read_upload(request)
-    capture = await key_images.capture(row, "still", principal, request.remote or "unknown")
+    capture = await key_images.capture(
+        row, CaptureKind.STILL, principal, request.remote or "unknown"
+    )
     event = await key_images.from_upload(
         capture, body, room_commit(request.app[LIVE], key_images, cid)
     )
@@ -83,7 +86,7 @@ async def _archived(request: web.Request) -> tuple[dict[str, Any], bytes]:
     if not KEY_IMAGE_ID.fullmatch(key_image_id):
         raise NotFound("no such key image", code="key_image_not_found", field="id")
     key_images = request.app[KEY_IMAGES]
-    found = await key_images.log.image(key_image_id)
+    found = await key_images.records.image(key_image_id)
     if found is None:
         raise NotFound("no such key image", code="key_image_not_found", field="id")
     row, obj = found
@@ -148,7 +151,7 @@ async def import_prior(request: web.Request) -> web.Response:
     body = await read_upload(request)
     obj = await key_images.import_prior(row, body)
     audit = facts(request, principal, "prior.import", "dicom_object", obj.sop_instance_uid)
-    created = await key_images.log.add_prior(cid, obj, audit)
+    created = await key_images.records.add_prior(cid, obj, audit)
     return web.json_response(prior_view(obj), status=201 if created else 200)
 
 
@@ -158,7 +161,7 @@ async def get_prior(request: web.Request) -> web.Response:
     if not UID.fullmatch(sop) or len(sop) > 64:
         raise NotFound("no such prior", code="prior_not_found", field="id")
     key_images = request.app[KEY_IMAGES]
-    found = await key_images.log.prior(sop)
+    found = await key_images.records.prior(sop)
     if found is None:
         raise NotFound("no such prior", code="prior_not_found", field="id")
     cid, obj = found

@@ -1,0 +1,327 @@
+"""Captures become key images: one use case for live captures and uploaded stills.
+
+A capture is refused before any work when the consultation's device could not be masked
+(`masking.py`). The pixel work (`pixels.py`) runs in a worker thread, at most BUILD_CONCURRENCY
+at once across captures and prior imports; what it wrote is refused before the archive when it
+would take the consultation over its quota. A capture is acknowledged only once every file is
+durable and the row committed; the key object selection follows off the ack path (`kos.py`).
+One capture at a time per consultation on a node (instance numbers and the key object
+selection's versions follow each other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from server.audit import AuditFacts
+from server.auth import Principal
+from server.config import Settings
+from server.consultations.model import ConsultationRow
+from server.dicom import priors, writer
+from server.dicom.profiles import Profiles
+from server.errors import BadRequest, Conflict, PayloadTooLarge, ProbelinkError, Unavailable
+from server.imaging import pixels, png
+from server.imaging.archive import Archive, ArchiveCorrupt, ArchiveMissing, study_and_series
+from server.imaging.identity import StudyIdentity
+from server.imaging.kos import KeyObjectSelections
+from server.imaging.masking import DeviceMasks
+from server.imaging.model import ArchivedObject, Capture, NewKeyImage
+from server.imaging.pacs import Dicomweb, RetrieveFailed
+from server.imaging.store import KeyImageLog
+from server.live.hub import Live
+from server.live.log import RoomLog
+from server.live.room import CaptureKind, RoomEvent
+from server.media.capture import Frame, decode_pictures
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Records a durable key image and tells the room, in sequence: returns the room event.
+Commit = Callable[[NewKeyImage, AuditFacts], Awaitable[RoomEvent]]
+
+
+def room_commit(live: Live, key_images: KeyImages, consultation_id: str) -> Commit:
+    """Record a key image and tell the live room, in the room's sequence."""
+
+    async def commit(image: NewKeyImage, audit: AuditFacts) -> RoomEvent:
+        async with live.bus.sequenced(consultation_id):
+            event = await key_images.commit_alone(image, audit)
+            await live.publish(consultation_id, event)
+        return event
+
+    return commit
+
+
+# Decoding, masking and encoding at once, across all consultations (2 cores: more would
+# only queue inside the threads and hold more pictures in memory).
+BUILD_CONCURRENCY = 2
+MIB = 1 << 20
+# How a prior's refusal is answered, by its code (others: 400).
+IMPORT_REFUSALS: dict[str, type[ProbelinkError]] = {
+    "no_device_profile": Conflict,
+    "image_too_large": PayloadTooLarge,
+}
+
+
+class KeyImages:
+    def __init__(
+        self,
+        settings: Settings,
+        records: KeyImageLog,
+        room_log: RoomLog,
+        archive: Archive,
+        profiles: Profiles,
+        key: bytes,
+        metrics: Metrics | None = None,
+    ):
+        self.metrics = metrics
+        self.settings = settings
+        self.records = records
+        self.room_log = room_log
+        self.archive = archive
+        self.profiles = profiles
+        self.masks = DeviceMasks(profiles)
+        self.key = key
+        # The consultation's DICOM identity (pseudonym, UIDs), derived from the same key.
+        self.identity = StudyIdentity(key)
+        self.push = settings.dicomweb_url is not None
+        # Told when the outbox has something new (set by the app when a PACS is configured).
+        self.on_outbox: Callable[[], None] | None = None
+        # The PACS, where objects another node archived are read back from (set by the app).
+        self.pacs: Dicomweb | None = None
+        self._building = asyncio.Semaphore(BUILD_CONCURRENCY)
+        self.selections = KeyObjectSelections(
+            records, archive, self.identity, key, self._building, self._pushable
+        )
+        self.selections.push = self.push
+
+    def _pushable(self) -> None:
+        if self.on_outbox is not None:
+            self.on_outbox()
+
+    async def read(self, obj: ArchivedObject, what: str) -> bytes:
+        """An archived object's bytes, checked against its record: from this node's archive, or
+        (another node archived it) from the PACS, then kept in this node's archive.
+
+        Raises Unavailable (503) naming `what` and why when it cannot be had intact.
+        """
+        try:
+            return await self._read(obj)
+        except ArchiveMissing as exc:
+            raise Unavailable(
+                f"{what} cannot be served: {exc}", code="archived_on_another_node"
+            ) from None
+        except ArchiveCorrupt as exc:
+            raise Unavailable(f"{what} cannot be served: {exc}", code="archive_corrupt") from None
+
+    async def _read(self, obj: ArchivedObject) -> bytes:
+        try:
+            return await asyncio.to_thread(self.archive.read, obj.path, obj.sha256)
+        except ArchiveMissing:
+            if self.pacs is None:
+                raise ArchiveMissing(
+                    "the file is in another node's archive: nodes share one archive, or read "
+                    "from a PACS (PROBELINK_DICOMWEB_URL; see docs/deployment.md)"
+                ) from None
+        study, series = study_and_series(obj.path)
+        try:
+            data = await self.pacs.retrieve(study, series, obj.sop_instance_uid, obj.size)
+        except RetrieveFailed as exc:
+            raise ArchiveMissing(
+                f"the file is in another node's archive and cannot be read from the PACS: {exc}"
+            ) from None
+        try:
+            await asyncio.to_thread(self.archive.adopt, data, obj.path, obj.sha256)
+        except ArchiveCorrupt:
+            raise ArchiveCorrupt("the PACS's copy is not the archived file (SHA-256)") from None
+        log.info("an archived %s was read back from the PACS into this node's archive", obj.kind)
+        return data
+
+    # Rules checked before any work
+
+    # Capture paths
+
+    async def capture(
+        self, row: ConsultationRow, kind: CaptureKind, author: Principal, source: str
+    ) -> Capture:
+        """A capture asked for now, with what is on screen: the room's open marks and guidance.
+
+        The one way in for live captures (`signaling`) and uploaded stills (`images_api`), once
+        they have checked the consultation is open and its device can be masked.
+        """
+        snapshot = await self.room_log.snapshot(row.id)
+        return Capture(
+            consultation=row,
+            kind=kind,
+            author=author.sub,
+            author_role=author.role.value,
+            source=source,
+            marks=snapshot.marks,
+            guidance=snapshot.guidance,
+        )
+
+    async def from_stream(
+        self,
+        capture: Capture,
+        codec: str,
+        frames: Sequence[Frame],
+        keep_from: float | None,
+        commit: Commit,
+        detail: dict[str, Any] | None = None,
+    ) -> RoomEvent:
+        """A still (keep_from None) or clip decoded from the operator's forwarded video.
+
+        The caller has checked the device (`check_device`) before taking the frames; the mask
+        (`rects_for`) refuses again if nothing could mask it.
+        """
+        started = time.monotonic()
+        frames = list(frames)
+
+        def pictures() -> Iterator[tuple[np.ndarray, int]]:
+            return decode_pictures(codec, frames, keep_from)
+
+        extra = {"source": "relay", **(detail or {})}
+        event = await self._store(capture, pictures, codec, extra, commit)
+        self._count(capture.kind, "relay", started)
+        return event
+
+    async def from_upload(self, capture: Capture, image: bytes, commit: Commit) -> RoomEvent:
+        """A lossless still uploaded by the bedside page (PNG), preferred over the relay's.
+
+        The caller has checked the device before reading the upload, as for `from_stream`.
+        """
+        started = time.monotonic()
+
+        def pictures() -> Iterator[tuple[np.ndarray, int]]:
+            yield png.read(image), 0
+
+        event = await self._store(capture, pictures, None, {"source": "upload"}, commit)
+        self._count(capture.kind, "upload", started)
+        return event
+
+    async def import_prior(self, row: ConsultationRow, upload: bytes) -> ArchivedObject:
+        """A prior study's DICOM file, de-identified and archived (the caller records it);
+        built in turn with the captures, within the same limit."""
+
+        def build() -> tuple[Dataset, bytes]:
+            imported = priors.deidentify_prior(
+                priors.read_upload(upload),
+                key=self.key,
+                consultation_id=row.id,
+                profiles=self.profiles,
+                undated=row.requested_at,
+            ).dataset
+            return imported, writer.to_bytes(imported)
+
+        await self.check_quota(row.id, 1)  # a full archive refuses at once, before any work
+        async with self._building:
+            try:
+                ds, data = await asyncio.to_thread(build)
+            except priors.ImportRefused as exc:
+                raise IMPORT_REFUSALS.get(exc.code, BadRequest)(str(exc), code=exc.code) from None
+            sop = str(ds.SOPInstanceUID)
+            if not await self.records.has_object(sop):  # the same prior again takes no more room
+                await self.check_quota(row.id, len(data))
+            where = await asyncio.to_thread(
+                self.archive.store, data, ds.StudyInstanceUID, ds.SeriesInstanceUID
+            )
+        return ArchivedObject(sop, "prior", where.path, where.sha256, where.size)
+
+    async def check_quota(self, consultation_id: str, adding: int) -> None:
+        """Refuse, before anything is written, what would take the consultation's archive
+        over its quota (key object selections and reports are never refused: small, owed)."""
+        quota_mib = self.settings.consultation_quota_mib
+        used = await self.records.archived_bytes(consultation_id)
+        if used + adding > quota_mib * MIB:
+            raise PayloadTooLarge(
+                f"the consultation's archive holds {used / MIB:.1f} MiB of its {quota_mib} MiB "
+                "quota (PROBELINK_CONSULTATION_QUOTA_MIB) and this image does not fit; nothing "
+                "was stored",
+                code="quota_exceeded",
+            )
+
+    def _count(self, kind: str, source: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.key_images.labels(kind, source).inc()
+            self.metrics.capture_seconds.labels(kind).observe(time.monotonic() - started)
+
+    async def commit_alone(self, image: NewKeyImage, audit: AuditFacts) -> RoomEvent:
+        """Record the key image (for callers with no live room to tell, the whole commit)."""
+        event = await self.records.add(image, push=self.push, audit=audit)
+        if self.push:
+            self._pushable()
+        return event
+
+    async def _store(
+        self,
+        capture: Capture,
+        pictures: pixels.Pictures,
+        codec: str | None,
+        detail: dict[str, Any],
+        commit: Commit,
+    ) -> RoomEvent:
+        row = capture.consultation
+        key_image_id = uuid.uuid4().hex
+        await self.check_quota(row.id, 1)  # a full archive refuses at once, before any work
+        async with self._building:
+            built = await asyncio.to_thread(
+                pixels.build,
+                capture,
+                pictures,
+                codec,
+                key_image_id,
+                masks=self.masks,
+                identity=self.identity,
+                key=self.key,
+            )
+            await self.check_quota(row.id, sum(len(data) for _, _, data in built.objects))
+            stored = []
+            for kind, sop, data in built.objects:
+                where = await asyncio.to_thread(
+                    self.archive.store,
+                    data,
+                    self.identity.study_uid(row.id),
+                    self.identity.series_uid(row.id, kind),
+                )
+                stored.append(ArchivedObject(sop, kind, where.path, where.sha256, where.size))
+        image = NewKeyImage(
+            id=key_image_id,
+            consultation_id=row.id,
+            kind=capture.kind.value,
+            sop_instance_uid=stored[0].sop_instance_uid,
+            media_ts=built.media_ts,
+            marks=capture.marks,
+            guidance=capture.guidance,
+            detail={**detail, **built.detail},
+            created_by=capture.author,
+            objects=stored,
+        )
+        audit = AuditFacts(
+            capture.author,
+            capture.author_role,
+            f"key_image.{capture.kind}",
+            "key_image",
+            key_image_id,
+            "ok",
+            capture.source,
+            {"consultation": row.id, "frames": built.detail["frames"]},
+        )
+        event = await commit(image, audit)
+        self.selections.due(row)
+        return event
+
+    # The key object selection: after the ack, one for a burst of captures
+
+    # The pixel work (worker thread)
+
+    async def close(self) -> None:
+        """Let pending key object selections finish (they are short)."""
+        await self.selections.close()

@@ -1,0 +1,69 @@
+"""The device-mask rule: which rectangles of a device's frames carry burned-in text.
+
+A capture is refused before any work when the consultation's device could not be masked: no device
+named, or no profile for it, unless the request declares its video carries no burned-in text. A
+device with a profile is masked even when declared clean: the profile is the stronger statement.
+"""
+
+from __future__ import annotations
+
+from server.consultations.model import ConsultationRow
+from server.dicom.profiles import Profiles
+from server.errors import Conflict
+
+Rects = tuple[tuple[int, int, int, int], ...]
+
+
+class DeviceMasks:
+    def __init__(self, profiles: Profiles):
+        self.profiles = profiles
+
+    def _profile_exists(self, manufacturer: str | None, model: str | None) -> bool:
+        return bool(manufacturer and model) and any(
+            p.matches_device(manufacturer or "", model or "") for p in self.profiles.profiles
+        )
+
+    def check_device(self, row: ConsultationRow) -> None:
+        """Refuse at once when nothing could mask this device's burned-in text."""
+        device = row.context.device
+        if device is not None and device.burned_in_text is False:
+            return
+        if device is None or not device.manufacturer or not device.model:
+            raise Conflict(
+                "captures are refused until the consultation names its device (device."
+                "manufacturer and device.model) so its burned-in text can be masked, or "
+                "declares that its video carries none (device.burned_in_text = false)",
+                code="device_unknown",
+            )
+        if not self._profile_exists(device.manufacturer, device.model):
+            raise Conflict(
+                "no de-identification profile for this consultation's device: add one to the "
+                "file named by PROBELINK_DEVICE_PROFILES (format: server/dicom/"
+                "device_profiles.toml), or declare device.burned_in_text = false if its video "
+                "carries no burned-in text",
+                code="no_device_profile",
+            )
+
+    def rects_for(self, row: ConsultationRow, width: int, height: int) -> Rects | None:
+        """The mask for a frame of this size; None only for a declared clean source.
+
+        A device with a profile is masked even when declared clean: the profile is the
+        stronger statement.
+        """
+        device = row.context.device
+        if device is not None and self._profile_exists(device.manufacturer, device.model):
+            assert device.manufacturer and device.model
+            try:
+                return self.profiles.mask_for(device.manufacturer, device.model, width, height)
+            except LookupError:
+                if device.burned_in_text is False:
+                    return None
+                raise Conflict(
+                    f"the device's profile does not cover {width}x{height} captures: add that "
+                    "size to the device profiles (PROBELINK_DEVICE_PROFILES)",
+                    code="no_device_profile",
+                ) from None
+        if device is not None and device.burned_in_text is False:
+            return None
+        self.check_device(row)
+        raise Conflict("no de-identification profile for this device", code="no_device_profile")
