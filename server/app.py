@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import __version__, reports_api, vocabulary
+from server import __version__, vocabulary
 from server.appkeys import (
     KEY_IMAGES,
     KEYRING,
@@ -64,8 +64,9 @@ from server.metrics import create_metrics
 from server.middleware import access_middleware, api_headers, errors_middleware
 from server.refusal_audit import flush_refusals
 from server.refusals import RefusalBursts
-from server.reports import load_terminology
-from server.store.reports import ReportLog
+from server.reports import http as reports_http
+from server.reports.model import load_terminology
+from server.reports.store import ReportLog
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,14 @@ PAGE_HEADERS = {
 def routes() -> web.RouteTableDef:
     """Every feature's HTTP routes."""
     table = web.RouteTableDef()
-    for feature in (consultations_http, record, images_http, experts_http, reports_api, vocabulary):
+    for feature in (
+        consultations_http,
+        record,
+        images_http,
+        experts_http,
+        reports_http,
+        vocabulary,
+    ):
         feature.routes(table)
     return table
 

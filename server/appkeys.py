@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from server.media.relay import Relay
     from server.metrics import Metrics
     from server.refusals import RefusalBursts
-    from server.reports import Term
-    from server.store.reports import ReportLog
+    from server.reports.model import Term
+    from server.reports.store import ReportLog
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 KEYRING: web.AppKey[Keys] = web.AppKey("keyring")

@@ -176,7 +176,8 @@ class Settings(BaseSettings):
     terminology: Path | None = Field(
         None,
         description="A site's reporting terminology (TOML, the format of "
-        "server/terminology.toml): ambiguous phrases and their preferred terms, read first.",
+        "server/reports/terminology.toml): ambiguous phrases and their preferred terms, read "
+        "first.",
     )
     deid_secret: SecretStr | None = Field(
         None,

@@ -9,7 +9,7 @@ import pytest
 
 from server.errors import BadRequest, ConfigError, Conflict
 from server.messages import parse
-from server.reports import (
+from server.reports.model import (
     BUNDLED_TERMINOLOGY,
     ReportBody,
     ReportState,

@@ -13,7 +13,6 @@ from typing import Any
 
 from aiohttp import web
 
-from server import reports_api
 from server.appkeys import KEY_IMAGES, METRICS, REPORT_LOG, SETTINGS, STORE
 from server.auth import Role, require_role
 from server.consultations.http import checklist_body
@@ -34,7 +33,8 @@ from server.experts.model import credentialed
 from server.experts.store import Experts
 from server.imaging import http as images_http
 from server.messages import StrictModel, parse, parse_json
-from server.reports import ReportState
+from server.reports import http as reports_http
+from server.reports.model import ReportState
 from server.store.times import iso
 
 
@@ -68,7 +68,7 @@ async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, A
             images_http.prior_view(o)
             for o in await request.app[KEY_IMAGES].records.objects(row.id, "prior")
         ],
-        "report": await reports_api.report_view(request, row, report, key_images),
+        "report": await reports_http.report_view(request, row, report, key_images),
         "turnaround": {
             "requested_at": iso(row.requested_at),
             "first_joined_at": iso(row.first_joined_at) if row.first_joined_at else None,

@@ -1,6 +1,6 @@
 """REST handlers for the expert's structured report: draft, sign, addenda (thin adapters).
 
-The rules are `server/reports.py`'s; this parses, asks it, archives the signed report as a
+The rules are `server/reports/model.py`'s; this parses, asks it, archives the signed report as a
 DICOM SR (queued for the PACS with the key images) and commits version, state and SR together.
 """
 
@@ -17,8 +17,7 @@ from server.consultations.applications import CATEGORIES, category_label
 from server.consultations.model import ConsultationRow, State, flags
 from server.edge import authenticate, consultation_of, facts, read_body
 from server.messages import LongText, StrictModel, parse_json
-from server.report_sr import archive_report
-from server.reports import (
+from server.reports.model import (
     ReportBody,
     ReportState,
     Version,
@@ -26,6 +25,7 @@ from server.reports import (
     may_write,
     missing_for_signing,
 )
+from server.reports.sr_archive import archive_report
 from server.store.times import iso
 
 

@@ -20,7 +20,7 @@ from server.consultations.model import State
 from server.errors import Conflict
 from server.imaging.model import ArchivedObject
 from server.imaging.store import insert_object
-from server.reports import ReportBody, Version
+from server.reports.model import ReportBody, Version
 from server.store.times import from_iso, iso
 
 if TYPE_CHECKING:

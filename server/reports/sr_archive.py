@@ -1,6 +1,6 @@
 """The signed report archived as a DICOM Comprehensive SR in the consultation's study.
 
-An adapter: the report's domain (`server/reports.py`) in, `server/dicom/sr.py` builds the
+An adapter: the report's domain (`server/reports/model.py`) in, `server/dicom/sr.py` builds the
 object, the archive makes it durable; the caller records it with the signature (or addendum)
 in one transaction. Each signature or addendum is a new SR instance; the newest is the report.
 """
@@ -20,7 +20,7 @@ from server.dicom import deid, sr, writer
 from server.errors import Conflict
 from server.imaging.captures import KeyImages
 from server.imaging.model import ArchivedObject
-from server.reports import ReportState
+from server.reports.model import ReportState
 
 SR_KIND = "report"
 
