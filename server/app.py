@@ -7,27 +7,11 @@ import contextlib
 import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from server import __version__, vocabulary
-from server.appkeys import (
-    KEY_IMAGES,
-    KEYRING,
-    LIVE,
-    METRICS,
-    REFUSALS,
-    RELAY,
-    REPORT_LOG,
-    ROOM_LOG,
-    SETTINGS,
-    SIO,
-    STORE,
-    TERMINOLOGY,
-    TOKEN_POLICY,
-)
+from server import __version__
 from server.auth import Keys, TokenPolicy
 from server.config import Settings
 from server.consultations import http as consultations_http
@@ -35,7 +19,6 @@ from server.consultations import record
 from server.consultations.http import turnaround_summary
 from server.consultations.store import open_store
 from server.dicom.profiles import load_profiles
-from server.edge import client_address_middleware
 from server.experts import http as experts_http
 from server.files import ensure_private_dir
 from server.imaging import http as images_http
@@ -61,12 +44,29 @@ from server.media.capture import CineBuffer
 from server.media.feedback import BitratePolicy
 from server.media.relay import Relay
 from server.metrics import create_metrics
-from server.middleware import access_middleware, api_headers, errors_middleware
-from server.refusal_audit import flush_refusals
-from server.refusals import RefusalBursts
 from server.reports import http as reports_http
 from server.reports.model import load_terminology
 from server.reports.store import ReportLog
+from server.web import pages, vocabulary
+from server.web.edge import client_address_middleware
+from server.web.keys import (
+    KEY_IMAGES,
+    KEYRING,
+    LIVE,
+    METRICS,
+    REFUSALS,
+    RELAY,
+    REPORT_LOG,
+    ROOM_LOG,
+    SETTINGS,
+    SIO,
+    STORE,
+    TERMINOLOGY,
+    TOKEN_POLICY,
+)
+from server.web.middleware import access_middleware, api_headers, errors_middleware
+from server.web.refusal_audit import flush_refusals
+from server.web.refusals import RefusalBursts
 
 log = logging.getLogger(__name__)
 
@@ -75,27 +75,6 @@ HEALTH_PROBE_SECONDS = 2.0
 # A burst of refused requests from one actor and address is one audit entry per this window.
 REFUSAL_BURST_SECONDS = 60.0
 REFUSAL_FLUSH_SECONDS = 1.0
-WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
-# The web client's pages by path; /join sends each invitee to the page of their role.
-WEB_PAGES = {
-    "/": "index.html",
-    "/join": "join.html",
-    "/queue": "queue.html",
-    "/bedside": "bedside.html",
-    "/expert": "expert.html",
-}
-# Pages load only their own scripts and talk only to this server; tokens travel in the URL
-# fragment (never sent to a server) and must not leak through a Referer either.
-PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:;"
-        " connect-src 'self'; style-src 'self'; object-src 'none';"
-        " base-uri 'none'; frame-ancestors 'none'"
-    ),
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-cache",
-}
 
 
 def routes() -> web.RouteTableDef:
@@ -166,10 +145,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.add_routes(routes())
-    if WEB_CLIENT_DIR.is_dir():
-        for path, page in WEB_PAGES.items():
-            app.router.add_get(path, _page(page))
-        app.router.add_static("/static/", WEB_CLIENT_DIR, show_index=False, follow_symlinks=False)
+    pages.add_routes(app)
     return app
 
 
@@ -311,13 +287,6 @@ async def _report_media_stats(app: web.Application) -> None:
             await app[LIVE].keep_media(list(relay.rooms))
         except Exception:
             log.exception("media statistics failed")
-
-
-def _page(name: str) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
-    async def handler(_request: web.Request) -> web.FileResponse:
-        return web.FileResponse(WEB_CLIENT_DIR / name, headers=PAGE_HEADERS)
-
-    return handler
 
 
 async def healthz(request: web.Request) -> web.Response:

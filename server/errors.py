@@ -11,7 +11,7 @@
     ├── Unavailable           503  a component it needs is down; nothing was changed
     └── ConfigError                a setting is wrong; stops start-up
 
-Each is mapped once to an HTTP response (`server.middleware`) and once to a
+Each is mapped once to an HTTP response (`server.web.middleware`) and once to a
 Socket.IO error acknowledgement (`server.live.signaling`).
 """
 

@@ -10,11 +10,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.appkeys import STORE
 from server.config import Settings
 from server.consultations.applications import Compressibility, DvtSegment
 from server.consultations.model import State
 from server.live.room import Cue, Guidance
+from server.web.keys import STORE
 
 # The app runs on each records store.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
@@ -511,7 +511,7 @@ async def test_consultation_id_with_a_trailing_newline_is_not_found(
 
 
 async def test_refusal_audit_keeps_a_short_safe_object_id(client: TestClient[Any, Any]) -> None:
-    # Two reasons, so two bursts of refusals (server.refusals): each is audited at once.
+    # Two reasons, so two bursts of refusals (server.web.refusals): each is audited at once.
     for path_id, stored, header, code in (
         ("%00" + "a" * 5000, "_" + "a" * 63, {}, "token_missing"),
         ("abc%0Adef..%2F", "abc_def___", {"Authorization": "Basic x"}, "token_malformed"),

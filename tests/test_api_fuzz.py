@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.appkeys import STORE
 from server.consultations.model import ClinicalContext, State
+from server.web.keys import STORE
 
 # The app runs on each records store.
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
@@ -258,7 +258,7 @@ uploads = st.one_of(
 
 
 async def count_objects(client: TestClient[Any, Any], cid: str) -> int:
-    from server.appkeys import KEY_IMAGES
+    from server.web.keys import KEY_IMAGES
 
     log = client.app[KEY_IMAGES].records
     return len(await log.images(cid)) + len(await log.objects(cid, "prior"))

@@ -15,7 +15,6 @@ import socketio
 from aiohttp.test_utils import TestClient
 
 from server.app import load_keyring, token_policy
-from server.appkeys import STORE
 from server.auth import Principal, Role, issue_token, require_consultation, verify_token
 from server.config import Settings, load_settings
 from server.errors import Forbidden, Unauthorized
@@ -26,6 +25,7 @@ from server.keyring import (
     load_or_create,
     rotate,
 )
+from server.web.keys import STORE
 
 KID_HEADER = "kid"
 
@@ -195,7 +195,7 @@ async def test_http_refusals_are_401_with_reason_and_audited(
         assert (response.status, (await response.json())["error"]["code"]) == (401, code)
     entries = await client.app[STORE].audit_entries()
     refusals = [e for e in entries if e.facts.outcome.startswith("refused:")]
-    # One entry per reason: repeats of a reason from one address are one burst (server.refusals).
+    # One entry per reason: repeats of a reason from one address are one burst (server.web.refusals).
     reasons = {code for _, code in cases.values()} | {"token_missing", "token_malformed"}
     assert sorted(e.facts.outcome for e in refusals) == sorted(f"refused:{c}" for c in reasons)
     assert refusals[0].facts.action == "GET /api/consultations"

@@ -19,8 +19,8 @@ from PIL import Image, ImageFile
 from pydicom.uid import JPEGLSLossless
 
 from server.app import create_app
-from server.appkeys import KEY_IMAGES
 from server.config import Settings
+from server.web.keys import KEY_IMAGES
 
 CLEAN_DEVICE = {"manufacturer": "Acme", "model": "US-1", "burned_in_text": False}
 

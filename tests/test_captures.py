@@ -28,8 +28,8 @@ from phantom import (
 )
 
 from server.app import create_app
-from server.appkeys import KEY_IMAGES
 from server.config import Settings
+from server.web.keys import KEY_IMAGES
 
 # Every form the fake patient's data could take in a file.
 PHI = [

@@ -20,12 +20,12 @@ from servers import Server, cli_env
 from sqlalchemy import text
 
 from server.app import load_keyring, token_policy
-from server.appkeys import STORE
 from server.auth import Role, issue_token, require_consultation, verify_token
 from server.config import Settings
 from server.consultations.model import Application
 from server.errors import Forbidden, Unauthorized
 from server.experts.model import credentialed, subspecialty_set
+from server.web.keys import STORE
 
 # The app runs on each records store.
 both_backends = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)

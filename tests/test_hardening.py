@@ -28,17 +28,17 @@ from servers import RedisServer
 from sqlalchemy import text
 
 from server.app import create_app, load_keyring, token_policy
-from server.appkeys import SETTINGS, SIO, STORE
 from server.audit import AuditFacts
 from server.auth import Role, issue_token
 from server.config import Settings, load_settings, parse_networks
-from server.edge import client_address
 from server.keyring import load_or_create
 from server.live import admission
 from server.live.server import LivePacket, LiveServer
-from server.refusal_audit import flush_refusals
-from server.refusals import RefusalBursts
 from server.store import database
+from server.web.edge import client_address
+from server.web.keys import SETTINGS, SIO, STORE
+from server.web.refusal_audit import flush_refusals
+from server.web.refusals import RefusalBursts
 
 WS_PATH = "/socket.io/?EIO=4&transport=websocket"
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from live_client import Participant
 
 from server.app import create_app
-from server.appkeys import ROOM_LOG
 from server.config import Settings
+from server.web.keys import ROOM_LOG
 
 EVENTS = ["pointer", "mark", "mark_clear", "guidance", "sync"]
 

@@ -14,8 +14,8 @@ from live_client import Participant
 from servers import RedisServer
 
 from server.app import create_app
-from server.appkeys import ROOM_LOG
 from server.config import Settings
+from server.web.keys import ROOM_LOG
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from live_client import Participant
 from sqlalchemy import text
 
 from server.app import create_app
-from server.appkeys import ROOM_LOG, STORE
 from server.config import Settings
+from server.web.keys import ROOM_LOG, STORE
 
 Join = Callable[[str], Awaitable[Participant]]
 

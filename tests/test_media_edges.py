@@ -12,7 +12,7 @@ from live_client import Participant
 from media_bots import prefer_codec
 from sqlalchemy import text
 
-from server.appkeys import RELAY, STORE
+from server.web.keys import RELAY, STORE
 
 Invite = Callable[[str], Awaitable[Participant]]
 

@@ -24,7 +24,7 @@ from media_bots import (
     prefer_codec,
 )
 
-from server.appkeys import RELAY
+from server.web.keys import RELAY
 
 Invite = Callable[[str], Awaitable[Participant]]
 

@@ -29,9 +29,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from server.appkeys import KEY_IMAGES
 from server.dicom import writer
 from server.imaging.captures import BUILD_CONCURRENCY
+from server.web.keys import KEY_IMAGES
 
 HOSPITAL = "ST ELSEWHERE GENERAL"
 COMPRESSED = (JPEGBaseline8Bit, JPEGLSLossless, JPEG2000Lossless)

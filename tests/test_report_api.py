@@ -11,8 +11,8 @@ from dicom_checks import dciodvfy_errors, every_value, read
 from live_client import Participant
 from phantom import BREAST_REQUEST, PHANTOM_DEVICE, phantom_png
 
-from server.appkeys import KEY_IMAGES
 from server.config import Settings
+from server.web.keys import KEY_IMAGES
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 

@@ -15,12 +15,12 @@ from phantom import BREAST_REQUEST, phantom_png
 from test_report_api import SIGNABLE
 
 from server.app import create_app
-from server.appkeys import STORE
 from server.auth import Role
 from server.config import Settings
 from server.consultations.access import Standing, check_access
 from server.consultations.model import State
 from server.errors import Forbidden
+from server.web.keys import STORE
 
 Client = TestClient[Any, Any]
 Headers = dict[str, str]

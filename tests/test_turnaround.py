@@ -8,11 +8,11 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from server.appkeys import STORE
 from server.audit import AuditFacts
 from server.consultations.model import ClinicalContext, ConsultationRow, State
 from server.consultations.turnaround import Times, percentile, summarise
 from server.live.log import RoomLog
+from server.web.keys import STORE
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 

@@ -24,9 +24,9 @@ from live_client import Participant
 from phantom import BREAST_REQUEST, PHANTOM_DEVICE, phantom_png
 from sqlalchemy import text
 
-from server.appkeys import KEY_IMAGES, REPORT_LOG, SETTINGS, STORE
 from server.consultations.applications import Application
 from server.consultations.model import State
+from server.web.keys import KEY_IMAGES, REPORT_LOG, SETTINGS, STORE
 
 Client = TestClient[Any, Any]
 Headers = dict[str, str]

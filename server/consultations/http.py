@@ -12,7 +12,6 @@ from typing import Any
 
 from aiohttp import web
 
-from server.appkeys import LIVE, METRICS, SETTINGS, STORE
 from server.auth import Role, require_role
 from server.consultations.model import (
     LANDMARKS_ITEM,
@@ -29,10 +28,11 @@ from server.consultations.model import (
 from server.consultations.store import ParticipantRow
 from server.consultations.turnaround import Summary, summarise
 from server.consultations.views import join_body, summary
-from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest
 from server.media.ice import ice_servers_for
 from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
+from server.web.edge import authenticate, consultation_id_of, facts, read_body
+from server.web.keys import LIVE, METRICS, SETTINGS, STORE
 
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from aiohttp import web
 
-from server.appkeys import KEY_IMAGES, METRICS, REPORT_LOG, SETTINGS, STORE
 from server.auth import Role, require_role
 from server.consultations.http import checklist_body
 from server.consultations.model import (
@@ -26,7 +25,6 @@ from server.consultations.model import (
     due_at,
 )
 from server.consultations.views import participant_body, summary
-from server.edge import authenticate, consultation_of, facts, read_body
 from server.errors import BadRequest
 from server.experts import http as experts_http
 from server.experts.model import credentialed
@@ -36,6 +34,8 @@ from server.messages import StrictModel, parse, parse_json
 from server.reports import http as reports_http
 from server.reports.model import ReportState
 from server.store.times import iso
+from server.web.edge import authenticate, consultation_of, facts, read_body
+from server.web.keys import KEY_IMAGES, METRICS, REPORT_LOG, SETTINGS, STORE
 
 
 def routes(table: web.RouteTableDef) -> None:

@@ -12,11 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
-from server.appkeys import KEYRING, SETTINGS, TOKEN_POLICY
 from server.auth import issue_token
 from server.consultations.model import OPEN_STATES, ConsultationRow, checklist, flags
 from server.consultations.store import ParticipantRow
 from server.store.times import iso
+from server.web.keys import KEYRING, SETTINGS, TOKEN_POLICY
 
 
 def summary(row: ConsultationRow, now: datetime) -> dict[str, Any]:

@@ -14,12 +14,10 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from server.appkeys import LIVE, SETTINGS, STORE
 from server.auth import Principal, Role, require_role
 from server.consultations.model import OPEN_STATES, URGENCY_RANK, ConsultationRow, State
 from server.consultations.store import ParticipantRow
 from server.consultations.views import join_body, summary
-from server.edge import authenticate, consultation_id_of, facts, read_body
 from server.errors import BadRequest, Conflict, Forbidden, NotFound
 from server.experts.model import (
     SUB_PATTERN,
@@ -32,6 +30,8 @@ from server.experts.model import (
 from server.experts.store import ExpertRow, Experts
 from server.messages import StrictModel, parse, parse_json
 from server.store.times import iso
+from server.web.edge import authenticate, consultation_id_of, facts, read_body
+from server.web.keys import LIVE, SETTINGS, STORE
 
 EXPERT_SUB = re.compile(SUB_PATTERN)
 

@@ -13,14 +13,14 @@ from aiohttp import web
 from PIL import Image
 from pydicom.pixels.utils import pixel_array
 
-from server.appkeys import KEY_IMAGES, LIVE, STORE
 from server.auth import Role, require_consultation, require_role
 from server.consultations.model import require_open
-from server.edge import authenticate, consultation_of, facts
 from server.errors import NotFound, PayloadTooLarge
 from server.imaging.captures import room_commit
 from server.imaging.model import ArchivedObject
 from server.live.room import CaptureKind
+from server.web.edge import authenticate, consultation_of, facts
+from server.web.keys import KEY_IMAGES, LIVE, STORE
 
 KEY_IMAGE_ID = re.compile(r"[0-9a-f]{32}")
 UID = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40}){1,30}")

@@ -24,17 +24,6 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from server.appkeys import (
-    KEY_IMAGES,
-    KEYRING,
-    LIVE,
-    METRICS,
-    RELAY,
-    ROOM_LOG,
-    SETTINGS,
-    STORE,
-    TOKEN_POLICY,
-)
 from server.audit import AuditFacts
 from server.auth import Principal, Role, verify_token
 from server.consultations.access import check_access
@@ -74,9 +63,20 @@ from server.live.room import (
 )
 from server.media.ice import ice_servers_for
 from server.messages import parse
-from server.outages import as_outage
 from server.ratelimit import TokenBucket
-from server.refusal_audit import record_refusal
+from server.web.keys import (
+    KEY_IMAGES,
+    KEYRING,
+    LIVE,
+    METRICS,
+    RELAY,
+    ROOM_LOG,
+    SETTINGS,
+    STORE,
+    TOKEN_POLICY,
+)
+from server.web.outages import as_outage
+from server.web.refusal_audit import record_refusal
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from server.appkeys import KEY_IMAGES, LIVE, REPORT_LOG, SETTINGS, STORE, TERMINOLOGY
 from server.auth import Principal, Role, require_role
 from server.consultations.applications import CATEGORIES, category_label
 from server.consultations.model import ConsultationRow, State, flags
-from server.edge import authenticate, consultation_of, facts, read_body
 from server.messages import LongText, StrictModel, parse_json
 from server.reports.model import (
     ReportBody,
@@ -27,6 +25,8 @@ from server.reports.model import (
 )
 from server.reports.sr_archive import archive_report
 from server.store.times import iso
+from server.web.edge import authenticate, consultation_of, facts, read_body
+from server.web.keys import KEY_IMAGES, LIVE, REPORT_LOG, SETTINGS, STORE, TERMINOLOGY
 
 
 class AddendumRequest(StrictModel):

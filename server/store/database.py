@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # A request waits this long for a connection, then fails fast with 503 `store_busy`
-# (server.outages) instead of queueing behind a flood for SQLAlchemy's default 30 s.
+# (server.web.outages) instead of queueing behind a flood for SQLAlchemy's default 30 s.
 POOL_WAIT_SECONDS = 5.0
 MIGRATION_LOCK_ID = 0x70726F62  # "prob": advisory lock key for migrations on PostgreSQL
 POSTGRES_POOL_SIZE = 10

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     from server.live.log import RoomLog
     from server.media.relay import Relay
     from server.metrics import Metrics
-    from server.refusals import RefusalBursts
     from server.reports.model import Term
     from server.reports.store import ReportLog
+    from server.web.refusals import RefusalBursts
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 KEYRING: web.AppKey[Keys] = web.AppKey("keyring")

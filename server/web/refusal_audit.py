@@ -13,10 +13,10 @@ import time
 
 from aiohttp import web
 
-from server.appkeys import METRICS, REFUSALS, STORE
 from server.audit import AuditFacts
 from server.auth import Principal
 from server.errors import ProbelinkError
+from server.web.keys import METRICS, REFUSALS, STORE
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ async def record_refusal(
 ) -> None:
     """Count and audit a refused request (HTTP or Socket.IO); the refusal stands regardless.
 
-    Refusals are audited in bursts (`server.refusals`): the first at once, the repeats as one
+    Refusals are audited in bursts (`server.web.refusals`): the first at once, the repeats as one
     entry when the burst ends (`flush_refusals`).
     """
     app[METRICS].auth_refusals.labels(exc.code).inc()

@@ -8,12 +8,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from server.appkeys import KEYRING, PRINCIPAL, SETTINGS, STORE, TOKEN_POLICY
 from server.audit import AuditFacts
 from server.auth import Principal, require_consultation, verify_token
 from server.config import IPNetwork
 from server.consultations.model import ConsultationRow
 from server.errors import NotFound, Unauthorized
+from server.web.keys import KEYRING, PRINCIPAL, SETTINGS, STORE, TOKEN_POLICY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from server.appkeys import METRICS, PRINCIPAL, STORE
 from server.consultations.access import check_access
-from server.edge import authenticate
 from server.errors import Forbidden, ProbelinkError, Unauthorized
-from server.outages import as_outage, retry_after
-from server.refusal_audit import record_refusal
+from server.web.edge import authenticate
+from server.web.keys import METRICS, PRINCIPAL, STORE
+from server.web.outages import as_outage, retry_after
+from server.web.refusal_audit import record_refusal
 
 log = logging.getLogger(__name__)
 

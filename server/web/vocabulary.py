@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from server.consultations.applications import COMPRESSIBILITY_LABELS, SEGMENT_LABELS
-from server.edge import authenticate
 from server.live.room import CUE_DIRECTIONS
+from server.web.edge import authenticate
 
 
 def vocabulary() -> dict[str, Any]:
