@@ -1,4 +1,11 @@
-"""The shape of `server/`: no import circle among its modules.
+"""The shape of `server/`: laid out by feature, imports only going down, no import circle.
+
+`server/` holds, from the bottom up: the shared modules at its top level (errors, config, auth,
+audit, ...); `dicom/` (pure DICOM work) and `store/` (the engine and migrations); the features'
+models, rules and stores, in the order `FEATURES` lists them (a feature may use the ones before
+it); `web/`, the HTTP edge every handler shares; each feature's handlers (`HANDLERS`, in the same
+order); `consultations/record.py`, the one view that reads every feature; and `app.py`/`cli.py`,
+which put it all together. A module may import from its own layer and the layers below it.
 
 The graph is read from the source with `ast`, nothing is imported, so it sees every import
 statement wherever it stands: at module level, inside a function (an import moved into a function
@@ -7,10 +14,9 @@ TYPE_CHECKING-only imports count: an annotation naming a type from a module that
 says the two modules know each other, which is the coupling the rule is about. A type needed both
 ways belongs in a module below both.
 
-Nodes are modules: `server/consultations/store.py` is `server.consultations.store`, and a package's
-`__init__.py` is a node of its own (`server.store`). Importing `server.consultations.store` is an
-edge to
-that module only, not to the package's `__init__` (which Python runs first). `from server.store
+Nodes are modules: `server/consultations/store.py` is `server.consultations.store`, and a
+package's `__init__.py` is a node of its own (`server.store`). Importing a module is an edge to
+that module only, not to its package's `__init__` (which Python runs first). `from server.store
 import X`, where X is a name, is an edge to the `__init__`; `from server.dicom import deid`, where
 `deid` is a module, is an edge to that module.
 """
@@ -22,6 +28,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "server"
+
+# The features, from the bottom up: each may use the ones before it.
+FEATURES = ("consultations", "experts", "live", "media", "imaging", "reports")
+# Each feature's handlers (HTTP and Socket.IO), above the shared HTTP edge (`web/`).
+HANDLERS = {
+    "server.consultations.views": "consultations",
+    "server.consultations.http": "consultations",
+    "server.experts.http": "experts",
+    "server.live.signaling": "live",
+    "server.imaging.http": "imaging",
+    "server.reports.http": "reports",
+}
+# The whole record and the queue: the one view that reads every feature's handlers.
+RECORD = "server.consultations.record"
+ASSEMBLY = {"server.app", "server.cli", "server.__main__"}
 
 # module -> the modules it imports -> the lines that import them
 Graph = dict[str, dict[str, list[int]]]
@@ -142,6 +163,66 @@ def describe(graph: Graph, group: list[str]) -> str:
         for target in sorted(graph[module].keys() & set(group))
     ]
     return "\n".join([" -> ".join(shortest_circle(graph, group)), *edges])
+
+
+def layer(module: str) -> tuple[int, int]:
+    """Where a module stands, bottom (0, 0) up; imports may only go to the same or lower."""
+    parts = module.split(".")
+    package = parts[1] if len(parts) > 1 else ""
+    if module in ASSEMBLY:
+        return (6, 0)
+    if module == RECORD:
+        return (5, 0)
+    if module in HANDLERS:
+        return (4, FEATURES.index(HANDLERS[module]))
+    if package == "web":
+        return (3, 0)
+    if package in FEATURES:
+        return (2, FEATURES.index(package))
+    if package == "store":
+        return (1, 1)
+    if package == "dicom":
+        return (1, 0)
+    assert len(parts) <= 2, f"{module}: a package that is not placed in a layer"
+    return (0, 0)  # the package itself and the shared modules at its top level
+
+
+def upward_imports(graph: Graph) -> list[str]:
+    """Every import of a module from a layer above the importer's."""
+    return [
+        f"{module} {layer(module)} imports {target} {layer(target)} "
+        f"(line {', '.join(map(str, lines))})"
+        for module, edges in sorted(graph.items())
+        for target, lines in sorted(edges.items())
+        if layer(target) > layer(module)
+    ]
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    graph = import_graph()
+    assert {*HANDLERS, RECORD, *ASSEMBLY} <= graph.keys(), "a named module no longer exists"
+    for module in graph:
+        layer(module)  # every package is placed
+    found = upward_imports(graph)
+    assert not found, "imports from a layer above:\n" + "\n".join(found)
+
+
+def test_the_layering_rule_finds_an_upward_import() -> None:
+    """The checker itself: a feature's store reaching a later feature, a model reaching the HTTP
+    edge and a handler reaching a later feature's handler are each found; the other way is not."""
+    graph: Graph = {
+        "server.consultations.store": {"server.imaging.store": [3]},
+        "server.experts.model": {"server.web.edge": [5]},
+        "server.consultations.http": {"server.reports.http": [7], "server.web.edge": [8]},
+        "server.reports.store": {"server.imaging.store": [9], "server.store.database": [10]},
+        "server.errors": {},
+        "server.dicom.deid": {"server.errors": [2]},
+    }
+    assert upward_imports(graph) == [
+        "server.consultations.http (4, 0) imports server.reports.http (4, 5) (line 7)",
+        "server.consultations.store (2, 0) imports server.imaging.store (2, 4) (line 3)",
+        "server.experts.model (2, 1) imports server.web.edge (3, 0) (line 5)",
+    ]
 
 
 def test_no_import_circle_among_server_modules() -> None:
