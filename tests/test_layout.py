@@ -37,6 +37,7 @@ HANDLERS = {
     "server.consultations.http": "consultations",
     "server.experts.http": "experts",
     "server.live.signaling": "live",
+    "server.live.events": "live",
     "server.imaging.http": "imaging",
     "server.reports.http": "reports",
 }

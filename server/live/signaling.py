@@ -1,11 +1,9 @@
-"""Socket.IO on `/live`: the live room's adapter (parse → rule → store → emit).
+"""Socket.IO on `/live`: joining and leaving the live room, the media offer, and the dispatch of
+every other event (`events.py`).
 
 A client connects with `auth={"token": JWT}`; the token's consultation is the
 room and no event can name another. Every client event is answered through its
-acknowledgement with the result or `{"error": {...}}`. Persistent events (mark,
-mark_clear, guidance) are sequenced and stored before they are acknowledged and
-reach the room through the room bus in sequence order; the pointer is relayed at
-once and coalesced per sender while a relay is in flight.
+acknowledgement with the result or `{"error": {...}}`.
 """
 
 from __future__ import annotations
@@ -15,10 +13,9 @@ import contextlib
 import logging
 import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import socketio
@@ -37,35 +34,19 @@ from server.errors import (
     RateLimited,
     Unauthorized,
 )
-from server.imaging.captures import room_commit
+from server.live import events
 from server.live.admission import Admission, Seat
+from server.live.events import LiveSocket
 from server.live.hub import NAMESPACE, let_go, room_of
 from server.live.presence import Attendee
 from server.live.room import (
-    SYNC_EVENTS_MAX,
-    CaptureKind,
-    CaptureRequest,
-    Guidance,
-    Mark,
-    MarkClear,
-    Pointer,
     RtcOffer,
-    Sync,
-    guidance_body,
-    mark_body,
-    marks_to_clear,
-    may_capture,
-    may_clear_any,
-    may_guide,
-    may_mark,
-    may_point,
     refuse_unknown_event,
 )
 from server.media.ice import ice_servers_for
 from server.messages import parse
 from server.ratelimit import TokenBucket
 from server.web.keys import (
-    KEY_IMAGES,
     KEYRING,
     LIVE,
     METRICS,
@@ -82,22 +63,6 @@ log = logging.getLogger(__name__)
 
 CONNECT_SETTLE_TRIES = 50
 Handler = Callable[["LiveSocket", Any], Awaitable[dict[str, Any]]]
-
-
-@dataclass
-class LiveSocket:
-    """One connected socket: who it is, its room, its rate limits and pointer relay state."""
-
-    sid: str
-    principal: Principal
-    consultation_id: str
-    pointer_bucket: TokenBucket
-    event_bucket: TokenBucket
-    # The newest pointer not yet relayed, while a relay is in flight.
-    pending_pointer: dict[str, Any] | None = None
-    pointer_relaying: bool = False
-    # The client's address, for the audit log.
-    source: str = "unknown"
 
 
 def participant_view(attendees: list[Attendee]) -> list[dict[str, Any]]:
@@ -141,13 +106,13 @@ class LiveNamespace(socketio.AsyncNamespace):
             connect_burst=settings.live_connect_burst,
         )
         self.events: dict[str, Handler] = {
-            "pointer": self._pointer,
-            "mark": self._mark,
-            "mark_clear": self._mark_clear,
-            "guidance": self._guidance,
-            "sync": self._sync,
+            "pointer": partial(events.pointer, app),
+            "mark": partial(events.mark, app),
+            "mark_clear": partial(events.mark_clear, app),
+            "guidance": partial(events.guidance, app),
+            "sync": partial(events.sync, app),
             "rtc_offer": self._rtc_offer,
-            "capture": self._capture,
+            "capture": partial(events.capture, app),
         }
 
     # Dispatch
@@ -401,76 +366,6 @@ class LiveNamespace(socketio.AsyncNamespace):
             raise Unauthorized("connect with auth={'token': '<JWT>'}", code="token_missing")
         return verify_token(auth["token"], self.app[KEYRING], self.app[TOKEN_POLICY])
 
-    # Events
-
-    async def _pointer(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
-        may_point(socket.principal.role)
-        if not socket.pointer_bucket.allow(time.monotonic()):
-            raise RateLimited("pointer faster than allowed; dropped", code="rate_limited")
-        pointer = parse(Pointer, data)
-        socket.pending_pointer = {
-            "from": socket.principal.sub,
-            **pointer.model_dump(exclude_none=True),
-        }
-        if socket.pointer_relaying:
-            return {"ok": True, "coalesced": True}
-        socket.pointer_relaying = True
-        try:
-            while socket.pending_pointer is not None:
-                message, socket.pending_pointer = socket.pending_pointer, None
-                await self.emit(
-                    "pointer", message, room=room_of(socket.consultation_id), skip_sid=socket.sid
-                )
-        finally:
-            socket.pointer_relaying = False
-        return {"ok": True}
-
-    async def _mark(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
-        mark = parse(Mark, data)
-        may_mark(socket.principal.role, mark)
-        body = mark_body(
-            mark,
-            mark_id=uuid.uuid4().hex,
-            author=socket.principal.sub,
-            author_role=socket.principal.role,
-        )
-        cid = socket.consultation_id
-        live = self.app[LIVE]
-        async with live.bus.sequenced(cid):
-            event = await self.app[ROOM_LOG].add_mark(
-                cid, body, kind=mark.kind.value, media_ts=mark.media_ts
-            )
-            await live.publish(cid, event)
-        return {"id": body["id"], "seq": event.seq}
-
-    async def _mark_clear(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
-        request = parse(MarkClear, data)
-        role, sub = socket.principal.role, socket.principal.sub
-        may_clear_any(role)
-        cid = socket.consultation_id
-        live = self.app[LIVE]
-        room_log = self.app[ROOM_LOG]
-        async with live.bus.sequenced(cid):
-            ids = marks_to_clear(role, sub, await room_log.open_marks(cid), request.id)
-            if not ids:
-                return {"ids": [], "seq": None}
-            event = await room_log.clear_marks(cid, ids, sub)
-            await live.publish(cid, event)
-        return {"ids": event.body["ids"], "seq": event.seq}
-
-    async def _guidance(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
-        guidance = parse(Guidance, data)
-        may_guide(socket.principal.role)
-        body = guidance_body(
-            guidance, author=socket.principal.sub, author_role=socket.principal.role
-        )
-        cid = socket.consultation_id
-        live = self.app[LIVE]
-        async with live.bus.sequenced(cid):
-            event = await self.app[ROOM_LOG].add_guidance(cid, body)
-            await live.publish(cid, event)
-        return {"seq": event.seq}
-
     async def _rtc_offer(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
         offer = parse(RtcOffer, data)
         row = await self.app[STORE].get_consultation(socket.consultation_id)
@@ -502,58 +397,3 @@ class LiveNamespace(socketio.AsyncNamespace):
                 skip_sid=socket.sid,
             )
         return {"sdp": answer.sdp, "type": answer.type}
-
-    async def _capture(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
-        """A still or clip of the operator's video, acknowledged once durable and recorded."""
-        request = parse(CaptureRequest, data)
-        may_capture(socket.principal.role)
-        cid = socket.consultation_id
-        store = self.app[STORE]
-        row = await store.get_consultation(cid)
-        row = require_open(row, "nothing can be captured")
-        key_images = self.app[KEY_IMAGES]
-        key_images.masks.check_device(row)
-        room = self.app[RELAY].rooms.get(cid)
-        cine = room.cine if room is not None else None
-        if cine is None:
-            raise Conflict("there is no video from the operator here to capture", code="no_video")
-        settings = self.app[SETTINGS]
-        keep_from: float | None = None
-        detail: dict[str, Any] = {}
-        if request.kind is CaptureKind.STILL:
-            frames = cine.still_frames()
-        elif request.record == "start":
-            cine.start_recording()
-            return {"recording": True}
-        elif request.record == "stop":
-            frames, keep_from, overflowed = cine.stop_recording()
-            detail["truncated"] = overflowed
-        else:
-            seconds = min(
-                request.seconds or settings.clip_seconds_default, settings.clip_seconds_max
-            )
-            frames, keep_from = cine.last_frames(seconds)
-        capture = await key_images.capture(row, request.kind, socket.principal, socket.source)
-        event = await key_images.from_stream(
-            capture,
-            cine.codec,
-            frames,
-            keep_from,
-            room_commit(self.app[LIVE], key_images, cid),
-            detail,
-        )
-        return {"key_image_id": event.body["id"], "seq": event.seq, **detail}
-
-    async def _sync(self, socket: LiveSocket, data: Any) -> dict[str, Any]:
-        request = parse(Sync, data)
-        events = await self.app[ROOM_LOG].events_after(
-            socket.consultation_id, request.after_seq, SYNC_EVENTS_MAX + 1
-        )
-        more = len(events) > SYNC_EVENTS_MAX
-        events = events[:SYNC_EVENTS_MAX]
-        last = events[-1].seq if events else request.after_seq
-        return {
-            "events": [{"type": e.type, "seq": e.seq, "data": e.body} for e in events],
-            "last_seq": last,
-            "more": more,
-        }
