@@ -87,7 +87,7 @@ from signaling_bench import (
 
 from server.auth import Role, TokenPolicy, issue_token
 from server.keyring import from_secret
-from server.media import forwarding
+from server.media.hooks import receive
 
 ROOT = Path(__file__).resolve().parent.parent
 GOP_SECONDS = 2  # the server asks for a keyframe every 2 s (capture_keyframe_seconds)
@@ -756,7 +756,7 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    forwarding.install()  # the expert counts encoded frames; nothing in the generator decodes
+    receive.install()  # the expert counts encoded frames; nothing in the generator decodes
     log("encoding the 1280×720 phantom clip, the voice and the PNGs once")
     clip, voice = encode_phantom_clip(), encode_voice()
     log(

@@ -50,7 +50,7 @@ from signaling_bench import (
     write_results,
 )
 
-from server.media import forwarding
+from server.media.hooks import receive
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, FPS = 1280, 720, 30
@@ -168,7 +168,7 @@ class Expert:
         if track.kind == "video":
             for transceiver in self.pc.getTransceivers():
                 if transceiver.receiver.track is track:
-                    forwarding.use_low_latency_jitter_buffer(transceiver.receiver, "video")
+                    receive.use_low_latency_jitter_buffer(transceiver.receiver, "video")
         self.tasks.append(asyncio.ensure_future(self.read(track)))
 
     async def read(self, track: MediaStreamTrack) -> None:
@@ -422,7 +422,7 @@ def main() -> None:
         help="probe the server: the relay's own latency per frame (load_tests/relay_latency.py)",
     )
     args = parser.parse_args()
-    forwarding.install()  # the experts count encoded frames; nothing in the generator decodes
+    receive.install()  # the experts count encoded frames; nothing in the generator decodes
     log("encoding the 720p clip and the voice once")
     clip, voice = encode_clip(), encode_voice()
     log(

@@ -38,7 +38,7 @@ def install_probes(samples: Path) -> None:
     from aiortc.codecs.h264 import H264Encoder
     from aiortc.codecs.vpx import Vp8Encoder
 
-    from server.media.forwarding import PassthroughDecoder
+    from server.media.hooks.receive import PassthroughDecoder
 
     # Frames seen complete, by their bytes: when their last packet arrived.
     arrived: OrderedDict[int, float] = OrderedDict()

@@ -39,9 +39,9 @@ from server.live.hub import NAMESPACE, Reaper, open_live, room_of
 from server.live.log import RoomLog
 from server.live.server import create_sio
 from server.live.signaling import LiveNamespace
-from server.media import forwarding
 from server.media.capture import CineBuffer
 from server.media.feedback import BitratePolicy
+from server.media.hooks import receive
 from server.media.relay import Relay
 from server.metrics import create_metrics
 from server.reports import http as reports_http
@@ -239,7 +239,7 @@ def _cine_factory(settings: Settings) -> Callable[[str, Callable[[], None]], Cin
 
 
 async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
-    forwarding.install()
+    receive.install()
     settings = app[SETTINGS]
     policy = BitratePolicy(
         floor_kbps=settings.video_bitrate_floor_kbps,

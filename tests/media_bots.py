@@ -18,7 +18,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 from live_client import Participant
 
-from server.media.forwarding import on_keyframe_request
+from server.media.hooks.receive import on_keyframe_request
 
 WIDTH, HEIGHT = 320, 240
 COUNTER_BITS = 12

@@ -11,14 +11,8 @@ from typing import Any
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from server.media.forwarding import (
-    GIVE_UP_SECONDS,
-    NACK_RETRY_SECONDS,
-    NACK_TRIES,
-    InlineDelivery,
-    MarkerJitterBuffer,
-    NackRetry,
-)
+from server.media.hooks.jitter import GIVE_UP_SECONDS, MarkerJitterBuffer
+from server.media.hooks.receive import NACK_RETRY_SECONDS, NACK_TRIES, InlineDelivery, NackRetry
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 # The start of a VP8 key frame (P bit clear, then the start code) and of an inter frame.

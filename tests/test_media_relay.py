@@ -198,7 +198,7 @@ async def test_peer_connections_and_tasks_are_released_after_many_joins_and_leav
 
 
 def test_the_forwarding_hook_still_fits_aiortc() -> None:
-    """Fails when aiortc changes under the hook (see server/media/forwarding.py)."""
+    """Fails when aiortc changes under the hook (see server/media/hooks/)."""
     from aiortc import RTCRtpReceiver, RTCRtpSender, rtcrtpreceiver
 
     assert aiortc.__version__ == "1.16.0"

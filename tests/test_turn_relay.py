@@ -93,7 +93,7 @@ async def test_relay_only_operator_streams_video_to_the_expert_through_coturn(
 
     for _ in range(FRAMES_TO_RECEIVE):
         # A decoded frame, or an encoded packet once the relay's forwarding hook is installed
-        # in this process (it is process-wide; see server/media/forwarding.py).
+        # in this process (it is process-wide; see server/media/hooks/).
         media = await asyncio.wait_for(track.recv(), FRAME_TIMEOUT_SECONDS)
         assert media.width > 0 if isinstance(media, av.VideoFrame) else len(bytes(media)) > 0
     assert operator.iceConnectionState == "completed"

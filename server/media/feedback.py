@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiortc import RTCRtpReceiver
 
 from server.media.congestion import DownlinkLimit, TransportFeedback, publisher_cap
-from server.media.forwarding import on_transport_sequence, remb, rtcp_sender_ssrc, send_rtcp
+from server.media.hooks.transport import on_transport_sequence, remb, rtcp_sender_ssrc, send_rtcp
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
@@ -26,15 +25,11 @@ from server.auth import Role
 from server.errors import BadRequest, Conflict
 from server.media.capture import CineBuffer
 from server.media.feedback import DEFAULT_POLICY, BitratePolicy, PublisherFeedback
-from server.media.forwarding import (
-    negotiate_transport_cc,
-    on_keyframe_request,
-    on_receiver_reports,
-    prepare_receiver,
-    request_keyframe,
-)
-from server.media.sdp import restrict_video_codec, video_codec
-from server.media.stats import Sample, rates, sample
+from server.media.hooks.receive import on_keyframe_request, prepare_receiver, request_keyframe
+from server.media.hooks.transport import negotiate_transport_cc, on_receiver_reports
+from server.media.peer import Peer
+from server.media.sdp import check_size, restrict_video_codec, video_codec
+from server.media.stats import rates, sample
 from server.media.tracks import ForwardedTrack, Source
 
 # Makes the cine buffer of a room's publisher: (codec, request_keyframe) -> buffer.
@@ -43,36 +38,6 @@ CineFactory = Callable[[str, Callable[[], None]], CineBuffer]
 log = logging.getLogger(__name__)
 
 KEYFRAME_REQUEST_MIN_INTERVAL_SECONDS = 0.5
-SDP_MAX_CHARS = 64 * 1024
-# Video, the first audio, and up to six voice slots.
-MEDIA_SECTIONS_MAX = 8
-
-
-@dataclass
-class Peer:
-    """One participant's peer connection and what flows through it."""
-
-    sid: str
-    sub: str
-    role: Role
-    pc: RTCPeerConnection
-    # What this peer is sent: the operator's video and voice (subscribers).
-    outputs: list[ForwardedTrack] = field(default_factory=list)
-    # Voice slots: audio this peer is sent from other participants' voices.
-    slots: list[ForwardedTrack] = field(default_factory=list)
-    # sid of the voice each slot carries (None: free).
-    slot_voice: list[str | None] = field(default_factory=list)
-    # What this peer sends: video and voice (operator), voice (expert).
-    sources: list[Source] = field(default_factory=list)
-    # The last statistics sample, to compute rates from.
-    last_sample: Sample | None = None
-    # The publisher's congestion feedback (None: its offer did not negotiate it).
-    feedback: PublisherFeedback | None = None
-
-    def video_frames(self) -> int:
-        """Video frames received (publisher) or sent (subscriber) so far."""
-        sources = sum(s.frames for s in self.sources if s.kind == "video")
-        return sources + sum(t.frames_out for t in self.outputs if t.kind == "video")
 
 
 class MediaRoom:
@@ -137,18 +102,7 @@ class MediaRoom:
 
     async def offer(self, sid: str, sub: str, role: Role, sdp: str) -> RTCSessionDescription:
         """Answer a participant's offer; a new offer from the same socket replaces its peer."""
-        if len(sdp) > SDP_MAX_CHARS:
-            raise BadRequest(
-                f"the SDP offer is longer than {SDP_MAX_CHARS} characters",
-                code="invalid_sdp",
-                field="sdp",
-            )
-        if sdp.count("\nm=") > MEDIA_SECTIONS_MAX:
-            raise BadRequest(
-                f"the offer has more than {MEDIA_SECTIONS_MAX} media sections",
-                code="invalid_sdp",
-                field="sdp",
-            )
+        check_size(sdp)
         await self.leave(sid)
         if role is Role.OPERATOR and self.publisher is not None:
             await self.leave(self.publisher)  # the operator reconnected: the old peer is gone

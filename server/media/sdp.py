@@ -1,10 +1,31 @@
-"""SDP offers as the relay needs them: which video codec, and only the room's left in it."""
+"""SDP offers as the relay needs them: bounded in size, which video codec, and only the room's
+left in it."""
 
 from __future__ import annotations
 
 from aiortc.sdp import SessionDescription
 
 from server.errors import BadRequest, Conflict
+
+SDP_MAX_CHARS = 64 * 1024
+# Video, the first audio, and up to six voice slots.
+MEDIA_SECTIONS_MAX = 8
+
+
+def check_size(sdp: str) -> None:
+    """Refuse an offer too long, or with more media sections than a room uses, before parsing."""
+    if len(sdp) > SDP_MAX_CHARS:
+        raise BadRequest(
+            f"the SDP offer is longer than {SDP_MAX_CHARS} characters",
+            code="invalid_sdp",
+            field="sdp",
+        )
+    if sdp.count("\nm=") > MEDIA_SECTIONS_MAX:
+        raise BadRequest(
+            f"the offer has more than {MEDIA_SECTIONS_MAX} media sections",
+            code="invalid_sdp",
+            field="sdp",
+        )
 
 
 def restrict_video_codec(sdp: str, mime_type: str) -> str:

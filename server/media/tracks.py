@@ -1,7 +1,7 @@
 """Encoded-frame fan-out: one reader per received track, a bounded queue per subscriber.
 
 A `Source` reads one received track (which yields encoded `Packet`s, see
-`forwarding.py`) and offers every packet to each attached `ForwardedTrack`. A
+`hooks/receive.py`) and offers every packet to each attached `ForwardedTrack`. A
 forwarded track is what a subscriber's `RTCRtpSender` sends: a bounded queue
 that, when it overflows, drops to the next keyframe and asks for one, so a slow
 subscriber never grows memory and never gets a broken chain of frames. A
