@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.auth import Role, require_role
+from server.auth import Role
 from server.consultations.model import (
     LANDMARKS_ITEM,
     REQUIRED_ITEMS,
@@ -30,8 +30,8 @@ from server.consultations.turnaround import Summary, summarise
 from server.consultations.views import join_body, summary
 from server.errors import BadRequest
 from server.media.ice import ice_servers_for
-from server.messages import Choice, Name, StrictModel, decode_json, parse, parse_json
-from server.web.edge import authenticate, consultation_id_of, facts, read_body
+from server.messages import Choice, Name, StrictModel, decode_json, parse
+from server.web.edge import authenticate, consultation_id_of, facts, read_body, read_json
 from server.web.keys import LIVE, METRICS, SETTINGS, STORE
 
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
@@ -78,8 +78,7 @@ async def draft_checklist(request: web.Request) -> web.Response:
     The required items may still be missing (they are named first); every other field is
     validated as for `POST /api/consultations`, so the form can show field errors as it goes.
     """
-    principal = authenticate(request)
-    require_role(principal, Role.COORDINATOR)
+    authenticate(request, Role.COORDINATOR)
     draft = decode_json(await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes)
     # Absent or blank is missing; any other value is validated below like a real request's.
     required = [
@@ -105,11 +104,9 @@ async def draft_checklist(request: web.Request) -> web.Response:
 
 
 async def create_invite(request: web.Request) -> web.Response:
-    principal = authenticate(request)
-    require_role(principal, Role.COORDINATOR)
+    principal = authenticate(request, Role.COORDINATOR)
     consultation_id = consultation_id_of(request)
-    settings = request.app[SETTINGS]
-    invite = parse_json(InviteRequest, await read_body(request), max_bytes=settings.max_body_bytes)
+    invite = await read_json(request, InviteRequest)
     if invite.role not in INVITABLE_ROLES:
         raise BadRequest(
             "'role' must be operator, expert or observer", code="invalid_field", field="role"
@@ -134,13 +131,9 @@ async def create_invite(request: web.Request) -> web.Response:
 
 async def cancel_consultation(request: web.Request) -> web.Response:
     """The coordinator cancels the request: every participant's access ends at once."""
-    principal = authenticate(request)
-    require_role(principal, Role.COORDINATOR)
+    principal = authenticate(request, Role.COORDINATOR)
     consultation_id = consultation_id_of(request)
-    settings = request.app[SETTINGS]
-    cancellation = parse_json(
-        Cancellation, await read_body(request), max_bytes=settings.max_body_bytes
-    )
+    cancellation = await read_json(request, Cancellation)
     check_cancellation(cancellation)
     now = datetime.now(UTC)
     row = await request.app[STORE].cancel(
@@ -154,8 +147,7 @@ async def cancel_consultation(request: web.Request) -> web.Response:
 
 
 async def verify_audit(request: web.Request) -> web.Response:
-    principal = authenticate(request)
-    require_role(principal, Role.COORDINATOR)
+    authenticate(request, Role.COORDINATOR)
     check = await request.app[STORE].verify_audit()
     return web.json_response(
         {
@@ -190,8 +182,7 @@ async def turnaround_summary(app: web.Application) -> Summary:
 
 
 async def get_turnaround(request: web.Request) -> web.Response:
-    principal = authenticate(request)
-    require_role(principal, Role.COORDINATOR)
+    authenticate(request, Role.COORDINATOR)
     summary = await turnaround_summary(request.app)
     return web.json_response(
         {

@@ -30,11 +30,11 @@ from server.experts import http as experts_http
 from server.experts.model import credentialed
 from server.experts.store import Experts
 from server.imaging import http as images_http
-from server.messages import StrictModel, parse, parse_json
+from server.messages import StrictModel, parse
 from server.reports import http as reports_http
 from server.reports.model import ReportState
 from server.store.times import iso
-from server.web.edge import authenticate, consultation_of, facts, read_body
+from server.web.edge import authenticate, consultation_of, facts, read_json
 from server.web.keys import KEY_IMAGES, METRICS, REPORT_LOG, SETTINGS, STORE
 
 
@@ -123,11 +123,8 @@ async def get_consultation(request: web.Request) -> web.Response:
 
 
 async def create_consultation(request: web.Request) -> web.Response:
-    principal = authenticate(request)
-    require_role(principal, Role.COORDINATOR)
-    context = parse_json(
-        ClinicalContext, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
-    )
+    principal = authenticate(request, Role.COORDINATOR)
+    context = await read_json(request, ClinicalContext)
     check_sendable(context)
     now = datetime.now(UTC)
     row = ConsultationRow(

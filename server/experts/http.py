@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from server.auth import Principal, Role, require_role
+from server.auth import Principal, Role
 from server.consultations.model import OPEN_STATES, URGENCY_RANK, ConsultationRow, State
 from server.consultations.store import ParticipantRow
 from server.consultations.views import join_body, summary
@@ -28,10 +28,10 @@ from server.experts.model import (
     subspecialty_set,
 )
 from server.experts.store import ExpertRow, Experts
-from server.messages import StrictModel, parse, parse_json
+from server.messages import StrictModel, parse
 from server.store.times import iso
-from server.web.edge import authenticate, consultation_id_of, facts, read_body
-from server.web.keys import LIVE, SETTINGS, STORE
+from server.web.edge import authenticate, consultation_id_of, facts, read_json
+from server.web.keys import LIVE, STORE
 
 EXPERT_SUB = re.compile(SUB_PATTERN)
 
@@ -104,19 +104,16 @@ async def _consultation(request: web.Request, consultation_id: str) -> Consultat
 
 
 async def list_experts(request: web.Request) -> web.Response:
-    principal = authenticate(request)
-    require_role(principal, Role.COORDINATOR)
+    authenticate(request, Role.COORDINATOR)
     experts = await Experts(request.app[STORE]).all()
     return web.json_response({"experts": [expert_body(e) for e in experts]})
 
 
 async def put_expert(request: web.Request) -> web.Response:
     """Register an expert's credentials, or replace them (name, subspecialties, active)."""
-    principal = authenticate(request)
-    require_role(principal, Role.COORDINATOR)
+    principal = authenticate(request, Role.COORDINATOR)
     sub = _sub_of(request)
-    settings = request.app[SETTINGS]
-    profile = parse_json(ExpertProfile, await read_body(request), max_bytes=settings.max_body_bytes)
+    profile = await read_json(request, ExpertProfile)
     subspecialties = subspecialty_set(profile.subspecialties)
     audit = replace(
         facts(request, principal, "expert.register", "expert", sub),
@@ -202,11 +199,9 @@ async def accept_consultation(request: web.Request) -> web.Response:
 
 async def assign_consultation(request: web.Request) -> web.Response:
     """Assign (or reassign, or with `null` unassign) a consultation to an expert."""
-    principal = authenticate(request)
-    require_role(principal, Role.COORDINATOR)
+    principal = authenticate(request, Role.COORDINATOR)
     consultation_id = consultation_id_of(request)
-    settings = request.app[SETTINGS]
-    body = parse_json(AssignRequest, await read_body(request), max_bytes=settings.max_body_bytes)
+    body = await read_json(request, AssignRequest)
     row = await _consultation(request, consultation_id)
     if body.expert is not None:
         await _check_assignable(request, body.expert, row)

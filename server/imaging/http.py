@@ -13,7 +13,7 @@ from aiohttp import web
 from PIL import Image
 from pydicom.pixels.utils import pixel_array
 
-from server.auth import Role, require_consultation, require_role
+from server.auth import Role, require_consultation
 from server.consultations.model import require_open
 from server.errors import NotFound, PayloadTooLarge
 from server.imaging.captures import room_commit
@@ -63,8 +63,7 @@ async def list_key_images(request: web.Request) -> web.Response:
 
 async def upload_capture(request: web.Request) -> web.Response:
     """The bedside page's own full-resolution frame (PNG): the preferred still."""
-    principal = authenticate(request)
-    require_role(principal, Role.OPERATOR, Role.EXPERT)
+    principal = authenticate(request, Role.OPERATOR, Role.EXPERT)
     row = await consultation_of(request, principal)
     require_open(row, "nothing can be captured")
     cid = row.id
@@ -142,8 +141,7 @@ def prior_view(obj: ArchivedObject) -> dict[str, Any]:
 
 async def import_prior(request: web.Request) -> web.Response:
     """A prior study's image, uploaded as DICOM, de-identified and attached for comparison."""
-    principal = authenticate(request)
-    require_role(principal, Role.COORDINATOR, Role.OPERATOR, Role.EXPERT)
+    principal = authenticate(request, Role.COORDINATOR, Role.OPERATOR, Role.EXPERT)
     row = await consultation_of(request, principal)
     require_open(row, "nothing can be attached")
     cid = row.id

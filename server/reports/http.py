@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from server.auth import Principal, Role, require_role
+from server.auth import Principal, Role
 from server.consultations.applications import CATEGORIES, category_label
 from server.consultations.model import ConsultationRow, State, flags
-from server.messages import LongText, StrictModel, parse_json
+from server.messages import LongText, StrictModel
 from server.reports.model import (
     ReportBody,
     ReportState,
@@ -25,8 +25,8 @@ from server.reports.model import (
 )
 from server.reports.sr_archive import archive_report
 from server.store.times import iso
-from server.web.edge import authenticate, consultation_of, facts, read_body
-from server.web.keys import KEY_IMAGES, LIVE, REPORT_LOG, SETTINGS, STORE, TERMINOLOGY
+from server.web.edge import authenticate, consultation_of, facts, read_json
+from server.web.keys import KEY_IMAGES, LIVE, REPORT_LOG, STORE, TERMINOLOGY
 
 
 class AddendumRequest(StrictModel):
@@ -47,8 +47,7 @@ async def _state(request: web.Request, row: ConsultationRow) -> ReportState:
 
 
 def _expert(request: web.Request) -> Principal:
-    principal = authenticate(request)
-    require_role(principal, Role.EXPERT)
+    principal = authenticate(request, Role.EXPERT)
     return principal
 
 
@@ -144,9 +143,7 @@ async def get_report(request: web.Request) -> web.Response:
 async def put_report(request: web.Request) -> web.Response:
     """Save the draft (partial is fine); the consultation becomes `reported`."""
     principal, row = await _writer(request)
-    body = parse_json(
-        ReportBody, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
-    )
+    body = await read_json(request, ReportBody)
     report = await _state(request, row)
     version = report.draft(body, principal.sub, datetime.now(UTC))
     await request.app[REPORT_LOG].append(
@@ -179,9 +176,7 @@ async def sign_report(request: web.Request) -> web.Response:
 async def add_addendum(request: web.Request) -> web.Response:
     """A change after signing: its own signature and time, and a new SR version."""
     principal, row = await _writer(request)
-    addendum = parse_json(
-        AddendumRequest, await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes
-    )
+    addendum = await read_json(request, AddendumRequest)
     report = await _state(request, row)
     images = await request.app[KEY_IMAGES].records.images(row.id)
     version = report.addendum(addendum.text, principal.sub, datetime.now(UTC))

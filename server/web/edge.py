@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from server.audit import AuditFacts
-from server.auth import Principal, require_consultation, verify_token
+from server.auth import Principal, Role, require_consultation, require_role, verify_token
 from server.config import IPNetwork
 from server.consultations.model import ConsultationRow
 from server.errors import NotFound, Unauthorized
+from server.messages import M, parse_json
 from server.web.keys import KEYRING, PRINCIPAL, SETTINGS, STORE, TOKEN_POLICY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -48,8 +49,16 @@ async def client_address_middleware(request: web.Request, handler: Handler) -> w
     return await handler(request)
 
 
-def authenticate(request: web.Request) -> Principal:
-    """The verified principal of the request's bearer token (verified once per request)."""
+def authenticate(request: web.Request, *roles: Role) -> Principal:
+    """The verified principal of the request's bearer token (verified once per request); with
+    `roles`, 403 unless it holds one of them."""
+    principal = _principal(request)
+    if roles:
+        require_role(principal, *roles)
+    return principal
+
+
+def _principal(request: web.Request) -> Principal:
     if PRINCIPAL in request:
         return request[PRINCIPAL]
     header = request.headers.get("Authorization", "")
@@ -72,6 +81,12 @@ async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     return await request.read()
+
+
+async def read_json(request: web.Request, model: type[M]) -> M:
+    """The request's JSON body, validated into `model` (bounded by PROBELINK_MAX_BODY_BYTES)."""
+    body = await read_body(request)
+    return parse_json(model, body, max_bytes=request.app[SETTINGS].max_body_bytes)
 
 
 def consultation_id_of(request: web.Request) -> str:
