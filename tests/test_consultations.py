@@ -14,6 +14,10 @@ from server.consultations.model import (
     checklist,
     due_at,
     landmarks_missing,
+    on_cancelled,
+    on_expert_joined,
+    on_report_drafted,
+    on_report_signed,
     transition,
 )
 from server.errors import BadRequest, Conflict
@@ -104,6 +108,30 @@ def test_life_cycle_allows_only_its_transitions() -> None:
         assert not accepts_participants(frozen)
     with pytest.raises(Conflict):
         transition(State.REQUESTED, State.SIGNED)
+
+
+def test_each_step_of_the_life_cycle_picks_its_state_by_the_transitions() -> None:
+    """Handlers and stores ask these; a step where the life cycle has none is refused."""
+    assert on_expert_joined(State.REQUESTED) is State.LIVE
+    for later in (State.LIVE, State.REPORTED, State.SIGNED, State.CANCELLED):
+        assert on_expert_joined(later) is later  # only the first join of a request moves it
+    for drafting in (State.REQUESTED, State.LIVE, State.REPORTED):
+        assert on_report_drafted(drafting) is State.REPORTED
+    assert on_report_signed(State.REPORTED) is State.SIGNED
+    for open_state in (State.REQUESTED, State.LIVE, State.REPORTED):
+        assert on_cancelled(open_state) is State.CANCELLED
+    refused = [
+        (on_report_drafted, State.SIGNED),
+        (on_report_drafted, State.CANCELLED),
+        (on_report_signed, State.LIVE),
+        (on_report_signed, State.CANCELLED),
+        (on_cancelled, State.SIGNED),
+        (on_cancelled, State.CANCELLED),
+    ]
+    for step, state in refused:
+        with pytest.raises(Conflict) as refusal:
+            step(state)
+        assert refusal.value.code == "invalid_state"
 
 
 @pytest.mark.parametrize(

@@ -339,6 +339,28 @@ def transition(current: State, target: State) -> State:
     return target
 
 
+# The life cycle's steps: the state each leaves a consultation in, by the rules above. Handlers
+# and stores ask these; none picks a state itself.
+
+
+def on_expert_joined(current: State) -> State:
+    """The first expert to join makes a requested consultation live; nothing else moves."""
+    return State.LIVE if current is State.REQUESTED else current
+
+
+def on_report_drafted(current: State) -> State:
+    """A draft makes the consultation reported (a later draft keeps it so)."""
+    return current if current is State.REPORTED else transition(current, State.REPORTED)
+
+
+def on_report_signed(current: State) -> State:
+    return transition(current, State.SIGNED)
+
+
+def on_cancelled(current: State) -> State:
+    return transition(current, State.CANCELLED)
+
+
 @dataclass(frozen=True)
 class ConsultationRow:
     """A consultation: its state, clinical context, people and times (as stored)."""

@@ -29,7 +29,7 @@ from server.consultations.model import (
     ConsultationRow,
     State,
     accepts_participants,
-    transition,
+    on_cancelled,
 )
 from server.consultations.turnaround import Times
 from server.errors import Conflict, NotFound
@@ -238,7 +238,7 @@ class Store:
         """Cancel an open consultation, if its life cycle allows; audited with the reason."""
         async with self.transaction() as conn:
             before, _assigned = await locked_assignment(conn, consultation_id)
-            transition(State(before), State.CANCELLED)
+            on_cancelled(State(before))
             await conn.execute(
                 text(
                     "UPDATE consultations SET state = :state, cancelled_at = :at,"

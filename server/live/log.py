@@ -15,12 +15,26 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.consultations.model import OPEN_STATES, State
+from server.consultations.model import OPEN_STATES, State, on_expert_joined
 from server.errors import Conflict, NotFound
 from server.live.room import RoomEvent, RoomSnapshot
 from server.store.times import iso
 
 _OPEN = ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATES))
+# The state an expert's first join moves a consultation to, by the life cycle's rule, applied in
+# the same statement that stamps the join (a cancellation committed meanwhile is not undone).
+_JOIN_MOVES = [(s, on_expert_joined(s)) for s in State if on_expert_joined(s) is not s]
+_JOIN_MOVES_PARAMETERS = {
+    **{f"from{i}": before.value for i, (before, _) in enumerate(_JOIN_MOVES)},
+    **{f"to{i}": after.value for i, (_, after) in enumerate(_JOIN_MOVES)},
+}
+# Built from placeholders only (no input).
+_JOIN_CASES = "".join(f" WHEN state = :from{i} THEN :to{i}" for i in range(len(_JOIN_MOVES)))
+_FIRST_EXPERT_JOINED = text(
+    "UPDATE consultations SET first_joined_at = :at, updated_at = :at,"  # noqa: S608
+    f" state = CASE{_JOIN_CASES} ELSE state END"
+    " WHERE id = :cid AND first_joined_at IS NULL AND signed_at IS NULL"
+)
 _NEXT_SEQ = text(
     f"UPDATE consultations SET last_seq = last_seq + 1 WHERE id = :cid AND state IN ({_OPEN})"  # noqa: S608
     " RETURNING last_seq"
@@ -152,19 +166,10 @@ class RoomLog:
                 {"at": now, "pid": participant_id, "cid": consultation_id},
             )
             if is_expert:
+                # Joining a signed room later is not part of its turnaround.
                 await conn.execute(
-                    text(
-                        "UPDATE consultations SET first_joined_at = :at, updated_at = :at,"
-                        " state = CASE WHEN state = :requested THEN :live ELSE state END"
-                        # Joining a signed room later is not part of its turnaround.
-                        " WHERE id = :cid AND first_joined_at IS NULL AND signed_at IS NULL"
-                    ),
-                    {
-                        "at": now,
-                        "cid": consultation_id,
-                        "requested": State.REQUESTED.value,
-                        "live": State.LIVE.value,
-                    },
+                    _FIRST_EXPERT_JOINED,
+                    {"at": now, "cid": consultation_id, **_JOIN_MOVES_PARAMETERS},
                 )
 
 

@@ -13,7 +13,13 @@ from aiohttp import web
 
 from server.auth import Principal, Role
 from server.consultations.applications import CATEGORIES, category_label
-from server.consultations.model import ConsultationRow, State, flags
+from server.consultations.model import (
+    ConsultationRow,
+    State,
+    flags,
+    on_report_drafted,
+    on_report_signed,
+)
 from server.messages import LongText, StrictModel
 from server.reports.model import (
     ReportBody,
@@ -150,7 +156,7 @@ async def put_report(request: web.Request) -> web.Response:
         row.id,
         version,
         facts(request, principal, "report.draft", "consultation", row.id),
-        state=State.REPORTED,
+        state=on_report_drafted(row.state),
     )
     images = await request.app[KEY_IMAGES].records.images(row.id)
     return web.json_response(await report_view(request, row, report, images))
@@ -167,7 +173,8 @@ async def sign_report(request: web.Request) -> web.Response:
         has_first_read=bool(row.context.first_read),
         known_key_images={i["id"] for i in images},
     )
-    await _commit_with_sr(request, principal, row, report, images, version, State.SIGNED)
+    state = on_report_signed(row.state)
+    await _commit_with_sr(request, principal, row, report, images, version, state)
     # The bedside and observers are let go; the expert stays for addenda.
     await request.app[LIVE].end_access([row.id])
     return web.json_response(await report_view(request, row, report, images))
