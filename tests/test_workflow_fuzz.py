@@ -502,6 +502,7 @@ async def test_random_draft_checklists(client: Client, coordinator: Headers, bod
 @example(draft={"application": "dvt", "clinical_question": 5})  # found by the search
 @example(draft={"urgency": 1})
 @example(draft={"breast": {}, "application": "bone", "urgency": ""})  # found by the search
+@example(draft={"application": "bone", "urgency": None})  # found by the search: null is blank
 async def test_a_draft_checklist_validates_what_a_request_would(
     client: Client, coordinator: Headers, draft: dict[str, Any]
 ) -> None:

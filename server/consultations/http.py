@@ -80,13 +80,8 @@ async def draft_checklist(request: web.Request) -> web.Response:
     """
     authenticate(request, Role.COORDINATOR)
     draft = decode_json(await read_body(request), max_bytes=request.app[SETTINGS].max_body_bytes)
-    # Absent or blank is missing; any other value is validated below like a real request's.
-    required = [
-        item
-        for item in REQUIRED_ITEMS
-        if item.field not in draft
-        or (isinstance(draft[item.field], str) and not draft[item.field].strip())
-    ]
+    # Absent, null or blank is missing; any other value is validated below like a real request's.
+    required = [item for item in REQUIRED_ITEMS if _blank(draft.get(item.field))]
     # Stand-ins for what is still missing, so the rest can be checked now.
     placeholders = {"clinical_question": "(draft)", "urgency": "routine"}
     context = parse(
@@ -101,6 +96,10 @@ async def draft_checklist(request: web.Request) -> web.Response:
             "missing": [item_body(m) for m in check.missing],
         }
     )
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 async def create_invite(request: web.Request) -> web.Response:
