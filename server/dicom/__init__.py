@@ -1,4 +1,5 @@
-"""DICOM: device profiles, de-identification, the writer, the archive, the PACS outbox, priors.
+"""DICOM, pure: device profiles, de-identification, the writer, the SR, priors, codestreams (no
+store, no network: the archive and the PACS are imaging's).
 
 pydicom reports an invalid value read from a file by logging and warning with the value
 itself, which in an uploaded prior may be patient data. Values read are therefore not
