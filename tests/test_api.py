@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from server.app import create_app
 from server.config import Settings
 from server.consultations.applications import Compressibility, DvtSegment
-from server.consultations.model import State
+from server.consultations.lifecycle import State
 from server.live.room import Cue, Guidance
 from server.web.keys import STORE
 

@@ -11,7 +11,8 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.consultations.model import ClinicalContext, State
+from server.consultations.lifecycle import State
+from server.consultations.model import ClinicalContext
 from server.web.keys import STORE
 
 # The app runs on each records store.

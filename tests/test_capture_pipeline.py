@@ -14,7 +14,8 @@ import pytest
 from dicom_checks import dciodvfy_errors, read
 from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_frame
 
-from server.consultations.model import ClinicalContext, ConsultationRow, State
+from server.consultations.lifecycle import State
+from server.consultations.model import ClinicalContext, ConsultationRow
 from server.dicom.profiles import load_profiles
 from server.errors import Conflict
 from server.imaging import pixels

@@ -6,19 +6,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from server.consultations.model import (
-    ClinicalContext,
+from server.consultations.lifecycle import (
     State,
-    Urgency,
     accepts_participants,
-    checklist,
-    due_at,
-    landmarks_missing,
     on_cancelled,
     on_expert_joined,
     on_report_drafted,
     on_report_signed,
     transition,
+)
+from server.consultations.model import (
+    ClinicalContext,
+    Urgency,
+    checklist,
+    due_at,
+    landmarks_missing,
 )
 from server.errors import BadRequest, Conflict
 from server.messages import parse

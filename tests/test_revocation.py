@@ -18,7 +18,7 @@ from server.app import create_app
 from server.auth import Role
 from server.config import Settings
 from server.consultations.access import Standing, check_access
-from server.consultations.model import State
+from server.consultations.lifecycle import State
 from server.errors import Forbidden
 from server.web.keys import STORE
 

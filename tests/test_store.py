@@ -13,7 +13,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from server.audit import AuditFacts
 from server.auth import Role
-from server.consultations.model import ClinicalContext, ConsultationRow, State, Urgency
+from server.consultations.lifecycle import State
+from server.consultations.model import ClinicalContext, ConsultationRow, Urgency
 from server.consultations.store import ParticipantRow, Store, open_store
 from server.errors import Conflict, NotFound
 from server.store.database import migrate

@@ -9,7 +9,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from server.audit import AuditFacts
-from server.consultations.model import ClinicalContext, ConsultationRow, State
+from server.consultations.lifecycle import State
+from server.consultations.model import ClinicalContext, ConsultationRow
 from server.consultations.turnaround import Times, percentile, summarise
 from server.live.log import RoomLog
 from server.web.keys import STORE

@@ -25,7 +25,7 @@ from phantom import BREAST_REQUEST, PHANTOM_DEVICE, phantom_png
 from sqlalchemy import text
 
 from server.consultations.applications import Application
-from server.consultations.model import State
+from server.consultations.lifecycle import State
 from server.web.keys import KEY_IMAGES, REPORT_LOG, SETTINGS, STORE
 
 Client = TestClient[Any, Any]

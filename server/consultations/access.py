@@ -20,7 +20,7 @@ import enum
 from dataclasses import dataclass
 
 from server.auth import Role
-from server.consultations.model import State
+from server.consultations.lifecycle import State
 from server.errors import Forbidden
 
 

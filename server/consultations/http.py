@@ -13,14 +13,13 @@ from typing import Any
 from aiohttp import web
 
 from server.auth import Role
+from server.consultations.lifecycle import Cancellation, check_cancellation
 from server.consultations.model import (
     LANDMARKS_ITEM,
     REQUIRED_ITEMS,
-    Cancellation,
     ClinicalContext,
     ConsultationRow,
     MissingItem,
-    check_cancellation,
     checklist,
     flags,
     landmarks_missing,

@@ -15,12 +15,11 @@ from aiohttp import web
 
 from server.auth import Role, require_role
 from server.consultations.http import checklist_body
+from server.consultations.lifecycle import OPEN_STATES, State
 from server.consultations.model import (
-    OPEN_STATES,
     URGENCY_RANK,
     ClinicalContext,
     ConsultationRow,
-    State,
     check_sendable,
     due_at,
 )

@@ -23,14 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from server.audit import GENESIS_HASH, AuditEntry, AuditFacts, ChainCheck, chain_next, verify_chain
 from server.auth import Role
 from server.consultations.access import Standing
-from server.consultations.model import (
-    Cancellation,
-    ClinicalContext,
-    ConsultationRow,
-    State,
-    accepts_participants,
-    on_cancelled,
-)
+from server.consultations.lifecycle import Cancellation, State, accepts_participants, on_cancelled
+from server.consultations.model import ClinicalContext, ConsultationRow
 from server.consultations.turnaround import Times
 from server.errors import Conflict, NotFound
 from server.store.database import open_engine

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from server.consultations.model import OPEN_STATES, State
+from server.consultations.lifecycle import OPEN_STATES, State
 
 # The stages a consultation's turnaround is split into, in order.
 STAGES = ("request_to_first_join", "request_to_signed", "first_join_to_signed")

@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from server.auth import issue_token
-from server.consultations.model import OPEN_STATES, ConsultationRow, checklist, flags
+from server.consultations.lifecycle import OPEN_STATES
+from server.consultations.model import ConsultationRow, checklist, flags
 from server.consultations.store import ParticipantRow
 from server.store.times import iso
 from server.web.keys import KEYRING, SETTINGS, TOKEN_POLICY

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from server.auth import Principal, Role
-from server.consultations.model import OPEN_STATES, URGENCY_RANK, ConsultationRow, State
+from server.consultations.lifecycle import OPEN_STATES, State
+from server.consultations.model import URGENCY_RANK, ConsultationRow
 from server.consultations.store import ParticipantRow
 from server.consultations.views import join_body, summary
 from server.errors import BadRequest, Conflict, Forbidden, NotFound

@@ -16,7 +16,8 @@ from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.audit import AuditFacts
-from server.consultations.model import OPEN_STATES, Application, ConsultationRow
+from server.consultations.lifecycle import OPEN_STATES
+from server.consultations.model import Application, ConsultationRow
 from server.consultations.store import (
     ParticipantRow,
     Store,

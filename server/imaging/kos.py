@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from server.consultations.model import OPEN_STATES, ConsultationRow
+from server.consultations.lifecycle import OPEN_STATES
+from server.consultations.model import ConsultationRow
 from server.dicom import deid, writer
 from server.imaging.archive import Archive
 from server.imaging.identity import StudyIdentity

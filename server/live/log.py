@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.consultations.model import OPEN_STATES, State, on_expert_joined
+from server.consultations.lifecycle import OPEN_STATES, State, on_expert_joined
 from server.errors import Conflict, NotFound
 from server.live.room import RoomEvent, RoomSnapshot
 from server.store.times import iso

@@ -13,13 +13,8 @@ from aiohttp import web
 
 from server.auth import Principal, Role
 from server.consultations.applications import CATEGORIES, category_label
-from server.consultations.model import (
-    ConsultationRow,
-    State,
-    flags,
-    on_report_drafted,
-    on_report_signed,
-)
+from server.consultations.lifecycle import State, on_report_drafted, on_report_signed
+from server.consultations.model import ConsultationRow, flags
 from server.messages import LongText, StrictModel
 from server.reports.model import (
     ReportBody,

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from server.audit import AuditFacts
-from server.consultations.model import State
+from server.consultations.lifecycle import State
 from server.errors import Conflict
 from server.imaging.model import ArchivedObject
 from server.imaging.store import insert_object
