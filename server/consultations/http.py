@@ -6,7 +6,6 @@ every feature, are in record.py.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,15 +108,7 @@ async def create_invite(request: web.Request) -> web.Response:
         raise BadRequest(
             "'role' must be operator, expert or observer", code="invalid_field", field="role"
         )
-    now = datetime.now(UTC)
-    participant = ParticipantRow(
-        id=uuid.uuid4().hex,
-        consultation_id=consultation_id,
-        role=invite.role,
-        name=invite.name,
-        invited_by=principal.sub,
-        invited_at=now,
-    )
+    participant = ParticipantRow.invited(consultation_id, invite.role, invite.name, principal.sub)
     # Signed before the participant is committed: an invite that cannot be signed leaves nothing.
     body = join_body(request, participant)
     await request.app[STORE].add_participant(

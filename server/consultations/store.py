@@ -11,6 +11,7 @@ same transaction, so the record and its audit trail commit or fail together.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -48,6 +49,11 @@ class ParticipantRow:
     left_at: datetime | None = None
     # The expert whose `accept` made this participant (None: a coordinator's invite).
     expert_sub: str | None = None
+
+    @classmethod
+    def invited(cls, consultation_id: str, role: Role, name: str, by: str) -> ParticipantRow:
+        """A new participant, invited now by `by` (a coordinator, or an expert accepting)."""
+        return cls(uuid.uuid4().hex, consultation_id, role, name, by, datetime.now(UTC))
 
 
 class Store:

@@ -8,7 +8,6 @@ them and gives them a join token for it, as an invite would.
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -177,14 +176,7 @@ async def accept_consultation(request: web.Request) -> web.Response:
             f"the expert is not credentialed for {application_of(row.context.application)}",
             code="not_credentialed",
         )
-    participant = ParticipantRow(
-        id=uuid.uuid4().hex,
-        consultation_id=consultation_id,
-        role=Role.EXPERT,
-        name=expert.name,
-        invited_by=principal.sub,
-        invited_at=datetime.now(UTC),
-    )
+    participant = ParticipantRow.invited(consultation_id, Role.EXPERT, expert.name, principal.sub)
     # Signed before anything is stored: an acceptance that cannot be signed changes nothing.
     body = join_body(request, participant)
     await Experts(request.app[STORE]).accept(
