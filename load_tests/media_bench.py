@@ -165,10 +165,8 @@ class Expert:
         self.pc.on("track", self.on_track)
 
     def on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "video":
-            for transceiver in self.pc.getTransceivers():
-                if transceiver.receiver.track is track:
-                    receive.use_low_latency_jitter_buffer(transceiver.receiver, "video")
+        # aiortc's stock jitter buffer: a frame reaches the bot when the next one starts (the
+        # relay forwards packets and has no jitter buffer of its own to swap in).
         self.tasks.append(asyncio.ensure_future(self.read(track)))
 
     async def read(self, track: MediaStreamTrack) -> None:

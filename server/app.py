@@ -239,7 +239,7 @@ def _cine_factory(settings: Settings) -> Callable[[str, Callable[[], None]], Cin
 
 
 async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
-    receive.install()
+    receive.check_version()
     settings = app[SETTINGS]
     policy = BitratePolicy(
         floor_kbps=settings.video_bitrate_floor_kbps,

@@ -1,7 +1,7 @@
 """Real aiortc peers for media tests: an operator bot whose frames carry a counter, an expert bot.
 
-The forwarding hook is process-wide, so the bots' receivers yield encoded packets too; the bots
-decode what they need themselves.
+The bots' receivers yield encoded frames (`receive.install()`, process-wide: the relay's own
+receivers hand on packets and decode nothing); the bots decode what they need themselves.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 from live_client import Participant
 
+from server.media.hooks import receive
 from server.media.hooks.receive import on_keyframe_request
 
 WIDTH, HEIGHT = 320, 240
 COUNTER_BITS = 12
 FPS = 30
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
+
+receive.install()
 
 
 def counter_image(n: int) -> np.ndarray:

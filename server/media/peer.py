@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from aiortc import RTCPeerConnection
 
 from server.auth import Role
+from server.media.fanout import Forwarder, Source
 from server.media.feedback import PublisherFeedback
 from server.media.stats import Sample
-from server.media.tracks import ForwardedTrack, Source
 
 
 @dataclass
@@ -21,9 +21,9 @@ class Peer:
     role: Role
     pc: RTCPeerConnection
     # What this peer is sent: the operator's video and voice (subscribers).
-    outputs: list[ForwardedTrack] = field(default_factory=list)
+    outputs: list[Forwarder] = field(default_factory=list)
     # Voice slots: audio this peer is sent from other participants' voices.
-    slots: list[ForwardedTrack] = field(default_factory=list)
+    slots: list[Forwarder] = field(default_factory=list)
     # sid of the voice each slot carries (None: free).
     slot_voice: list[str | None] = field(default_factory=list)
     # What this peer sends: video and voice (operator), voice (expert).

@@ -1,4 +1,4 @@
-"""The SFU-lite relay: one media room per consultation, forwarding encoded frames.
+"""The SFU-lite relay: one media room per consultation, forwarding RTP packets.
 
 The operator's offer publishes (video + voice); an expert's or observer's offer
 subscribes to that video and voice. Audio transceivers a client offers beyond
@@ -24,13 +24,14 @@ from aiortc.sdp import SessionDescription
 from server.auth import Role
 from server.errors import BadRequest, Conflict
 from server.media.capture import CineBuffer
+from server.media.fanout import Forwarder, Source
 from server.media.feedback import DEFAULT_POLICY, BitratePolicy, PublisherFeedback
-from server.media.hooks.receive import on_keyframe_request, prepare_receiver, request_keyframe
+from server.media.hooks.packets import PacketSender, take_packets
+from server.media.hooks.receive import NackRetry, on_keyframe_request, request_keyframe
 from server.media.hooks.transport import negotiate_transport_cc, on_receiver_reports
 from server.media.peer import Peer
 from server.media.sdp import check_size, restrict_video_codec, video_codec
 from server.media.stats import rates, sample
-from server.media.tracks import ForwardedTrack, Source
 
 # Makes the cine buffer of a room's publisher: (codec, request_keyframe) -> buffer.
 CineFactory = Callable[[str, Callable[[], None]], CineBuffer]
@@ -63,8 +64,8 @@ class MediaRoom:
         self.audio: Source | None = None
         # The room's video codec (mime type), fixed by the first negotiation.
         self.codec: str | None = None
-        self.video_outputs: set[ForwardedTrack] = set()
-        self.audio_outputs: set[ForwardedTrack] = set()
+        self.video_outputs: set[Forwarder] = set()
+        self.audio_outputs: set[Forwarder] = set()
         # Voices (experts' and the operator's microphones) by the sid that sends them.
         self.voices: dict[str, Source] = {}
         # Negotiations one at a time; the room is not closed while one is under way.
@@ -156,11 +157,13 @@ class MediaRoom:
             if transceiver.kind == "video" and not video_done:
                 video_done = True
                 if peer.role is Role.OPERATOR and client_sends:
-                    prepare_receiver(transceiver.receiver, "video")
+                    source = Source("video")
+                    receiver = transceiver.receiver
+                    take_packets(receiver, source.on_packet, NackRetry(receiver))
                     media = next(m for m in offered if m.rtp.muxId == transceiver.mid)
                     if negotiate_transport_cc(transceiver, media, self.policy.start_kbps):
                         peer.feedback = PublisherFeedback(transceiver.receiver, self.policy)
-                    peer.sources.append(Source("video", transceiver.receiver.track))
+                    peer.sources.append(source)
                     self.video_receiver = transceiver.receiver
                     reads = True
                 elif peer.role is not Role.OPERATOR and client_receives:
@@ -170,15 +173,17 @@ class MediaRoom:
                 first = audio_index == 0
                 audio_index += 1
                 if first and client_sends and peer.role is not Role.OBSERVER:
-                    prepare_receiver(transceiver.receiver, "audio")
-                    peer.sources.append(Source("audio", transceiver.receiver.track))
+                    source = Source("audio")
+                    take_packets(transceiver.receiver, source.on_packet, None)
+                    peer.sources.append(source)
                     reads = True
                 if client_receives and first and peer.role is not Role.OPERATOR:
                     self._send(peer, transceiver, self.audio_outputs, "audio", peer.outputs)
                     sends = True
                 elif client_receives:
-                    slot = ForwardedTrack("audio", self.request_keyframe)
-                    transceiver.sender.replaceTrack(slot)
+                    slot = Forwarder(
+                        "audio", PacketSender(transceiver.sender), self.request_keyframe
+                    )
                     peer.slots.append(slot)
                     peer.slot_voice.append(None)
                     sends = True
@@ -193,12 +198,11 @@ class MediaRoom:
         self,
         peer: Peer,
         transceiver: RTCRtpTransceiver,
-        outputs: set[ForwardedTrack],
+        outputs: set[Forwarder],
         kind: str,
-        owned: list[ForwardedTrack],
+        owned: list[Forwarder],
     ) -> None:
-        track = ForwardedTrack(kind, self.request_keyframe)
-        transceiver.sender.replaceTrack(track)
+        forwarder = Forwarder(kind, PacketSender(transceiver.sender), self.request_keyframe)
         if kind == "video":
             on_keyframe_request(transceiver.sender, self.request_keyframe)
             if peer.role is Role.EXPERT:
@@ -206,17 +210,17 @@ class MediaRoom:
                 # most); an observer's (a trainee's) does not.
                 on_receiver_reports(
                     transceiver.sender,
-                    lambda bps: self._subscriber_estimate(track, bps),
-                    lambda fraction: self._subscriber_loss(track, fraction),
+                    lambda bps: self._subscriber_estimate(forwarder, bps),
+                    lambda fraction: self._subscriber_loss(forwarder, fraction),
                 )
-        outputs.add(track)
-        owned.append(track)
+        outputs.add(forwarder)
+        owned.append(forwarder)
 
-    def _subscriber_estimate(self, track: ForwardedTrack, estimate_bps: int) -> None:
+    def _subscriber_estimate(self, track: Forwarder, estimate_bps: int) -> None:
         if self.feedback is not None:
             self.feedback.subscriber_estimate(track, estimate_bps, track.sent_bps(time.monotonic()))
 
-    def _subscriber_loss(self, track: ForwardedTrack, fraction: float) -> None:
+    def _subscriber_loss(self, track: Forwarder, fraction: float) -> None:
         if self.feedback is not None:
             self.feedback.subscriber_loss(track, fraction, track.sent_bps(time.monotonic()))
 
@@ -225,7 +229,6 @@ class MediaRoom:
             self.feedback = peer.feedback
             peer.feedback.start()
         for source in peer.sources:
-            source.start()
             if peer.role is Role.OPERATOR and source.kind == "video":
                 self.video = source
                 if self.cine_factory is not None and self.codec is not None:
@@ -288,7 +291,7 @@ class MediaRoom:
             await peer.feedback.stop()
         self.voices.pop(sid, None)
         for source in peer.sources:
-            await source.stop()
+            source.stop()
         for track in [*peer.outputs, *peer.slots]:
             for current in (self.video, self.audio, *self.voices.values()):
                 if current is not None:
@@ -297,7 +300,6 @@ class MediaRoom:
             self.audio_outputs.discard(track)
             if self.feedback is not None:
                 self.feedback.forget(track)
-            track.stop()
         await peer.pc.close()
         self._assign_voices()
 

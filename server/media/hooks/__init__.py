@@ -1,56 +1,51 @@
-"""The aiortc hooks: received tracks yield encoded frames, so they are forwarded, not transcoded,
-and the relay gets the congestion feedback and loss repair aiortc lacks.
+"""The aiortc hooks: the relay forwards RTP packets as they arrive, not frames, and gets the
+congestion feedback and loss repair aiortc lacks.
 
-This package reaches into aiortc internals; no other module does. `receive.py` holds the receive
-and send path (1-5, 12), `jitter.py` the jitter buffer it swaps in (2), `transport.py` the
-congestion feedback (6-11). It depends on aiortc == 1.16.0 (pinned in pyproject), and
-`test_the_forwarding_hook_still_fits_aiortc` (tests/test_media_relay.py) fails if any of
-these assumptions stops holding:
+This package reaches into aiortc internals; no other module does. `packets.py` holds the packet
+path (1-4), `receive.py` keyframe requests, loss repair and the bots' passthrough decoder (5-8),
+`transport.py` the congestion feedback (9-13). It depends on aiortc == 1.16.0 (pinned in
+pyproject; `check_version` refuses another at start), and
+`test_the_forwarding_hook_still_fits_aiortc` (tests/test_media_relay.py) fails if any of these
+assumptions stops holding:
 
-1. `aiortc.rtcrtpreceiver.decoder_worker` builds its decoder through the module
-   global `get_decoder(codec)` and passes what `decoder.decode(jitter_frame)`
-   returns to the track's queue. We replace that global with a factory whose
-   decoder returns the jitter buffer's encoded frame as an `av.Packet`
-   (pts = RTP timestamp, time base 1/clock rate): the received track then yields
-   packets, and `RTCRtpSender` packs packets without encoding them.
-2. The receiver's jitter buffer is `RTCRtpReceiver._RTCRtpReceiver__jitter_buffer`.
-   The stock one releases a frame only when the next frame's first packet
-   arrives (a frame time of delay per hop) and prefetches 4 audio packets
-   (80 ms). We swap in one that releases a video frame at its marker bit and
-   every audio packet at once.
-3. A sender asks its own encoder for a keyframe through `RTCRtpSender._send_keyframe()`
-   when a subscriber sends PLI/FIR; we route that to the publisher instead.
-4. `RTCRtpReceiver._send_rtcp_pli(media_ssrc)` sends a PLI upstream.
-5. The receiver hands complete frames to its decoder thread with
-   `self._RTCRtpReceiver__decoder_queue.put((codec, frame))` from the event loop,
-   `put(None)` to stop, and the thread reads that queue with `get()`. For the
-   relay's own receivers we replace that queue with one that puts the packet
-   straight on the track's queue: no thread hop per frame (the idle thread stays
-   parked until the receiver stops).
-
-The decoder factory is process-wide: in this process every aiortc receiver yields
-packets. Code that needs pictures (captures, tests) decodes packets itself.
-
-6. The answer's header extensions and codecs are `transceiver._headerExtensions` and
+1. `RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms)` is called by the transport's
+   router for every RTP packet of the receiver, by name, so an instance attribute replaces it.
+   The relay's replacement keeps what the relay needs of it: the active sources
+   (`__active_ssrc`, read by `getSynchronizationSources`), the statistics the receiver reports
+   are built from (`__remote_streams`, a `StreamStatistics` per SSRC), RTX unwrapping
+   (`__rtx_ssrc`, the codec's `apt`, `__codecs`) and NACKs (`__nack_generator`,
+   `_send_rtcp_nack`). It does not depayload, reassemble frames or decode.
+2. `RTCRtpSender.send(parameters)` starts `self._run_rtp(codec)`, looked up on the instance,
+   once the transport is up, having configured `__rtp_header_extensions_map` (its `__ids`) and
+   `__rtx_payload_type` and noted `__mid`; `stop()` waits for `__rtp_started` and
+   `__rtp_exited`. The relay parks `_run_rtp` and sends itself, through
+   `transport._send_rtp(bytes)` (SRTP protect, send), whose policy accepts any SSRC.
+3. `_run_rtcp` builds the sender's reports from `__ntp_timestamp`, `__rtp_timestamp`,
+   `__packet_count` and `__octet_count`; the relay keeps them up to date as it sends.
+4. `RTCRtpSender._handle_rtcp_packet` answers a NACK by calling `self._retransmit(seq)`, looked
+   up on the instance; the relay answers from the packets it sent.
+5. A sender asks its own encoder for a keyframe through `RTCRtpSender._send_keyframe()` when a
+   subscriber sends PLI/FIR; the relay routes that to the publisher instead.
+6. `RTCRtpReceiver._send_rtcp_pli(media_ssrc)` sends a PLI upstream.
+7. Loss repair: the receiver's `__nack_generator.missing` holds the sequence numbers still
+   missing, and `_send_rtcp_nack(ssrc, lost)` asks for them.
+8. For the test and benchmark bots only: `aiortc.rtcrtpreceiver.decoder_worker` builds its
+   decoder through the module global `get_decoder(codec)`; `install()` replaces it with one that
+   hands each frame on as an `av.Packet`, so a bot counts encoded frames without decoding.
+9. The answer's header extensions and codecs are `transceiver._headerExtensions` and
    `transceiver._codecs`, set by `setRemoteDescription` and read by `createAnswer` (and by the
    receiver's parameters when the connection starts). aiortc offers no transport-wide
    congestion control, so the publisher's answer gets it here, from what its offer proposed.
-7. Every received RTP packet of a DTLS transport passes through
-   `transport._rtp_router.route_rtp(packet)`, parsed with that transport's header extension
-   map, which knows the transport-wide sequence number once it is negotiated (aiortc's `rtp.py`
-   parses it). Padding-only probes pass there too, even when no receiver takes them.
-8. A video receiver feeds `RTCRtpReceiver._RTCRtpReceiver__remote_bitrate_estimator` and sends
-   its REMB; set to None, it sends none (the relay sends its own).
-9. `RTCRtpSender._handle_rtcp_packet(packet)` gets each RTCP packet for the sender: a
-   subscriber's REMB (`RtcpPsfbPacket`, fmt 15) and receiver reports (`reports`, by `ssrc`,
-   with `fraction_lost`; the sender's own SSRC is `_ssrc`) are read there.
-10. A sender keeps its last `rtcrtpsender.RTP_HISTORY_SIZE` packets to answer NACKs (keyed by
-    sequence number modulo that size).
-11. The ICE connection (`receiver.transport.transport._connection`, aioice) reads datagrams in
+10. Every received RTP packet of a DTLS transport passes through
+    `transport._rtp_router.route_rtp(packet)`, parsed with that transport's header extension
+    map, which knows the transport-wide sequence number once it is negotiated (aiortc's `rtp.py`
+    parses it). Padding-only probes pass there too, even when no receiver takes them.
+11. A video receiver has a `_RTCRtpReceiver__remote_bitrate_estimator`; set to None, aiortc
+    sends no REMB of its own (the relay sends its own).
+12. `RTCRtpSender._handle_rtcp_packet(packet)` gets each RTCP packet for the sender: a
+    subscriber's REMB (`RtcpPsfbPacket`, fmt 15) and receiver reports (`reports`, by `ssrc`,
+    with `fraction_lost`; the sender's own SSRC is `_ssrc`) are read there.
+13. The ICE connection (`receiver.transport.transport._connection`, aioice) reads datagrams in
     its `_protocols`' `datagram_received(data, addr)`, one per socket read, through an asyncio
     datagram transport whose socket the kernel timestamps (SIOCGSTAMPNS).
-12. Loss repair: the receiver's `_RTCRtpReceiver__nack_generator.missing` holds the sequence
-    numbers still missing, `_send_rtcp_nack(ssrc, lost)` asks for them, `__rtx_ssrc` maps an RTX
-    SSRC to its media SSRC, and `__timestamp_mapper.map` is applied to each frame's timestamp
-    before the decoder queue (`InlineDelivery` applies it to the frames it releases itself).
 """

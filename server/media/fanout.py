@@ -1,0 +1,202 @@
+"""Packet fan-out: one `Source` per received track, one `Forwarder` per subscriber's section.
+
+The relay's receivers hand over each RTP packet as it arrives (`hooks/packets.py`). Its `Source`
+works out once what the packet says about its frame (`rtp.py`), gives the publisher's video to
+the cine buffer as frames (`frames.py`), and offers the packet to each attached `Forwarder`,
+which numbers it for its subscriber (`Rewriter`) and sends it at once (`PacketSender`): no
+queue, no task, no frame reassembly or re-packetizing per subscriber. A subscriber never grows
+memory: what the network cannot take is lost as any UDP is, and repaired or skipped by its own
+NACKs and keyframe requests. A forwarder outlives its source: when the operator reconnects, the
+new source is attached and the subscriber's numbering carries on from its first key frame.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from server.media.capture import CineBuffer
+from server.media.frames import FrameAssembler
+from server.media.hooks.packets import PacketSender
+from server.media.rtp import (
+    Rewriter,
+    Vp8Descriptor,
+    h264_starts_keyframe,
+    rewrite_vp8,
+    vp8_descriptor,
+)
+
+log = logging.getLogger(__name__)
+
+# What a subscriber was sent is measured over this window (its REMB is compared with it; long
+# enough that one keyframe does not make a healthy link look congested).
+SENT_RATE_WINDOW_SECONDS = 2.0
+# A video subscriber waiting for a key frame asks again this often (the room rate-limits).
+KEYFRAME_ASK_AGAIN_SECONDS = 1.0
+CLOCK_RATES = {"video": 90_000, "audio": 48_000}
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A received packet and what it says about its frame, worked out once for all."""
+
+    packet: RtpPacket
+    descriptor: Vp8Descriptor | None
+    keyframe_start: bool
+    starts_frame: bool
+    padding_only: bool
+
+
+class Forwarder:
+    """The packets one subscriber is sent on one of its sections, from whichever source is
+    current."""
+
+    def __init__(self, kind: str, sender: PacketSender, request_keyframe: Any):
+        self.kind = kind
+        self.video = kind == "video"
+        self.sender = sender
+        # Asks the current source's publisher for a keyframe (rate-limited by the caller).
+        self.request_keyframe = request_keyframe
+        self.rewriter = Rewriter(CLOCK_RATES[kind], video=self.video)
+        self.asked_at = 0.0
+        # Counters for statistics and tests.
+        self.packets_in = 0
+        self.packets_out = 0
+        self.frames_out = 0
+        # (time, bytes) sent in the last SENT_RATE_WINDOW_SECONDS.
+        self.sent: collections.deque[tuple[float, int]] = collections.deque()
+        self.sent_bytes = 0
+
+    def sent_bps(self, now: float) -> float:
+        """Bits per second sent over the last SENT_RATE_WINDOW_SECONDS."""
+        while self.sent and self.sent[0][0] < now - SENT_RATE_WINDOW_SECONDS:
+            self.sent_bytes -= self.sent.popleft()[1]
+        return 8 * self.sent_bytes / SENT_RATE_WINDOW_SECONDS
+
+    def new_source(self) -> None:
+        """Another source will feed this subscriber: from its first key frame (video)."""
+        self.rewriter.new_source()
+        if self.video:
+            self.asked_at = time.monotonic()
+            self.request_keyframe()
+
+    async def forward(self, arrival: Arrival, now: float) -> None:
+        self.packets_in += 1
+        if not self.sender.ready:
+            return  # its connection is not up yet
+        packet = arrival.packet
+        rewriter = self.rewriter
+        rewriter.clock_rate = self.sender.clock_rate
+        mapped = rewriter.map(
+            packet.ssrc,
+            packet.sequence_number,
+            packet.timestamp,
+            marker=bool(packet.marker),
+            padding_only=arrival.padding_only,
+            keyframe_start=arrival.keyframe_start,
+            now=now,
+            descriptor=arrival.descriptor,
+        )
+        if mapped is None:
+            if rewriter.waiting and self.video and now - self.asked_at > KEYFRAME_ASK_AGAIN_SECONDS:
+                self.asked_at = now
+                self.request_keyframe()
+            return
+        payload = packet.payload
+        descriptor = arrival.descriptor
+        if descriptor is not None and (
+            mapped.picture_id != (descriptor.picture_id if descriptor.picture_id_at >= 0 else -1)
+            or mapped.tl0 != (descriptor.tl0 if descriptor.tl0_at >= 0 else -1)
+        ):
+            payload = rewrite_vp8(payload, descriptor, mapped.picture_id, mapped.tl0)
+        await self.sender.send(
+            bool(packet.marker), mapped.sequence_number, mapped.timestamp, payload
+        )
+        self.packets_out += 1
+        if packet.marker or not self.video:
+            self.frames_out += 1
+        size = len(payload)
+        self.sent.append((now, size))
+        self.sent_bytes += size
+        if self.sent[0][0] < now - SENT_RATE_WINDOW_SECONDS:
+            self.sent_bps(now)  # keeps the window bounded
+
+
+class Source:
+    """One received track's packets, offered to the attached forwarders as they arrive."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.targets: tuple[Forwarder, ...] = ()
+        self.frames = 0
+        # The publisher's video keeps its recent frames for captures.
+        self.cine: CineBuffer | None = None
+        self.assembler: FrameAssembler | None = None
+        self.stopped = False
+
+    def attach(self, target: Forwarder) -> None:
+        if target not in self.targets:
+            self.targets = (*self.targets, target)
+        target.new_source()
+
+    def detach(self, target: Forwarder) -> None:
+        self.targets = tuple(t for t in self.targets if t is not target)
+
+    async def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        """Called by the receiver for every media packet (RTX unwrapped), in arrival order."""
+        if self.stopped:
+            return
+        payload = packet.payload
+        mime = codec.mimeType.lower()
+        descriptor = vp8_descriptor(payload) if mime == "video/vp8" else None
+        if descriptor is not None:
+            starts, key = descriptor.starts_frame, descriptor.keyframe
+        elif mime == "video/h264":
+            key = h264_starts_keyframe(payload)
+            starts = key
+        else:
+            starts = key = self.kind == "audio"
+        if packet.marker or self.kind == "audio":
+            self.frames += 1
+        if self.cine is not None and payload:
+            self._to_cine(packet, codec, starts, key)
+        arrival = Arrival(packet, descriptor, key, starts, not payload)
+        now = time.monotonic()
+        for target in self.targets:
+            try:
+                await target.forward(arrival, now)
+            except Exception:
+                # One subscriber's failure must not stop the others, nor the publisher's stream.
+                log.exception("forwarding to a subscriber failed; it is detached")
+                self.detach(target)
+
+    def _to_cine(
+        self, packet: RtpPacket, codec: RTCRtpCodecParameters, starts: bool, key: bool
+    ) -> None:
+        cine = self.cine
+        assert cine is not None
+        try:
+            if self.assembler is None:
+                self.assembler = FrameAssembler(codec, cine.add)
+            self.assembler.add(
+                packet.sequence_number,
+                packet.timestamp,
+                bool(packet.marker),
+                packet.payload,
+                starts=starts,
+                key=key,
+            )
+        except Exception:
+            # Captures may suffer; forwarding to the room must not.
+            log.exception("cine buffer failed; captures are off for this stream")
+            self.cine = None
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.targets = ()
