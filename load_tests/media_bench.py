@@ -50,7 +50,10 @@ from signaling_bench import (
     write_results,
 )
 
+from server.media.frames import FrameAssembler
 from server.media.hooks import receive
+from server.media.hooks.packets import take_packets
+from server.media.rtp import vp8_descriptor
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, FPS = 1280, 720, 30
@@ -165,9 +168,38 @@ class Expert:
         self.pc.on("track", self.on_track)
 
     def on_track(self, track: MediaStreamTrack) -> None:
-        # aiortc's stock jitter buffer: a frame reaches the bot when the next one starts (the
-        # relay forwards packets and has no jitter buffer of its own to swap in).
+        if track.kind == "video":
+            # A frame counts when its last packet arrives: the bot takes the packets as the
+            # relay does and puts frames together itself (aiortc's own jitter buffer would hold
+            # each frame until the next one starts, a frame time added to every figure).
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    self.tap(transceiver.receiver)
+            return
         self.tasks.append(asyncio.ensure_future(self.read(track)))
+
+    def tap(self, receiver: Any) -> None:
+        assemblers: dict[int, FrameAssembler] = {}
+
+        def arrived(frame: Any) -> None:
+            self.arrivals.append((time.perf_counter(), hash(bytes(frame))))
+
+        async def on_packet(packet: Any, codec: Any) -> None:
+            assembler = assemblers.get(packet.ssrc)
+            if assembler is None:
+                assembler = assemblers[packet.ssrc] = FrameAssembler(codec, arrived)
+            descriptor = vp8_descriptor(packet.payload)
+            if descriptor is not None:
+                assembler.add(
+                    packet.sequence_number,
+                    packet.timestamp,
+                    bool(packet.marker),
+                    packet.payload,
+                    starts=descriptor.starts_frame,
+                    key=descriptor.keyframe,
+                )
+
+        take_packets(receiver, on_packet, None)
 
     async def read(self, track: MediaStreamTrack) -> None:
         try:
