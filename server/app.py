@@ -37,6 +37,7 @@ from server.keyring import (
 )
 from server.live.hub import NAMESPACE, Reaper, open_live, room_of
 from server.live.log import RoomLog
+from server.live.media_calls import serve_media_calls
 from server.live.server import create_sio
 from server.live.signaling import LiveNamespace
 from server.media.capture import CineBuffer
@@ -219,6 +220,8 @@ def _live_ctx(
     async def context(app: web.Application) -> AsyncIterator[None]:
         async with open_live(app[SETTINGS], app[SIO], app[STORE], app[ROOM_LOG], reaper) as live:
             app[LIVE] = live
+            if live.calls is not None:
+                serve_media_calls(app, live.calls)
             yield
 
     return context

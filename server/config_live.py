@@ -28,6 +28,12 @@ TURN_TTL_SECONDS_MAX = 24 * 3600
 class LiveSettings(BaseSettings):
     """The live room's and the media relay's fields of `Settings`."""
 
+    node_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$",
+        description="This node's name among the nodes sharing Redis (unset: a random one per "
+        "start); the node that carries a consultation's media is named by it.",
+    )
     presence_ttl_seconds: int = Field(
         15, ge=3, le=300, description="How long a silent node's participants stay listed (Redis)."
     )

@@ -38,6 +38,7 @@ HANDLERS = {
     "server.experts.http": "experts",
     "server.live.signaling": "live",
     "server.live.events": "live",
+    "server.live.media_calls": "live",
     "server.imaging.http": "imaging",
     "server.reports.http": "reports",
 }

@@ -12,6 +12,7 @@ import pytest
 from aiortc import RTCPeerConnection, VideoStreamTrack
 from conftest import unique_prefix
 from live_client import Participant
+from media_bots import CounterVideoTrack, decode_counters, expert_bot, operator_bot
 from servers import Server, cli_env
 
 from server.auth import Role, TokenPolicy, issue_token
@@ -41,17 +42,20 @@ def coordinator_token(secret: str) -> str:
     )
 
 
-async def setup_room(base: str, secret: str) -> dict[str, str]:
+async def setup_room(
+    base: str, secret: str, device: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """A consultation with an expert's and an operator's join tokens (and its id)."""
     headers = {"Authorization": f"Bearer {coordinator_token(secret)}"}
+    request: dict[str, Any] = {
+        "clinical_question": "DVT?",
+        "urgency": "emergency",
+        "incomplete_reason": "test request",
+    }
+    if device is not None:
+        request["device"] = device
     async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.post(
-            f"{base}/api/consultations",
-            json={
-                "clinical_question": "DVT?",
-                "urgency": "emergency",
-                "incomplete_reason": "test request",
-            },
-        ) as response:
+        async with http.post(f"{base}/api/consultations", json=request) as response:
             assert response.status == 201
             cid = (await response.json())["id"]
         tokens = {}
@@ -60,7 +64,7 @@ async def setup_room(base: str, secret: str) -> dict[str, str]:
                 f"{base}/api/consultations/{cid}/invites", json={"role": role, "name": role}
             ) as response:
                 tokens[role] = (await response.json())["token"]
-    return tokens
+    return {**tokens, "consultation": cid}
 
 
 def roles(presence: dict[str, Any]) -> set[str]:
@@ -124,35 +128,72 @@ async def offer_sdp(role: str) -> tuple[RTCPeerConnection, str]:
     return pc, pc.localDescription.sdp
 
 
-async def test_a_consultations_media_stays_on_the_node_that_carries_it(
+async def test_media_is_reached_from_any_node_behind_one_public_url(
     shared_env: tuple[dict[str, str], dict[str, str]],
 ) -> None:
-    env_a, env_b = shared_env
+    """Both nodes have the same public URL (one load-balanced hostname). The operator reaches
+    node A, the expert node B: B forwards the expert's offer to A, which carries the media, and
+    frames flow; a capture asked on B is made on A from the video A carries; when the expert
+    leaves on B, A releases its peer, and the expert can join again through B."""
+    env_a, env_b = ({**env, "PROBELINK_PUBLIC_URL": "http://127.0.0.1:8443"} for env in shared_env)
     with Server(env_a) as node_a, Server(env_b) as node_b:
         secret = env_a["PROBELINK_SECRET_KEY"]
-        tokens = await setup_room(node_a.url, secret)
-        headers = {"Authorization": f"Bearer {coordinator_token(secret)}"}
-        operator = await Participant(node_a.url, tokens["operator"]).connect()
-        expert_b = await Participant(node_b.url, tokens["expert"]).connect()
-        peers = []
+        tokens = await setup_room(node_a.url, secret, device={"burned_in_text": False})
+        operator = await operator_bot(
+            await Participant(node_a.url, tokens["operator"]).connect(), CounterVideoTrack()
+        )
+        expert = await expert_bot(await Participant(node_b.url, tokens["expert"]).connect())
         try:
-            pc, sdp = await offer_sdp("operator")
-            peers.append(pc)
-            assert "sdp" in await operator.call("rtc_offer", {"sdp": sdp, "type": "offer"})
-            pc, sdp = await offer_sdp("expert")
-            peers.append(pc)
-            refused = await expert_b.call("rtc_offer", {"sdp": sdp, "type": "offer"})
-            assert refused["error"]["code"] == "media_on_other_node"
-            assert node_a.url in refused["error"]["message"]
-            await expert_b.close()
+            assert "sdp" in await operator.negotiate()
+            answer = await expert.negotiate()
+            assert "sdp" in answer, answer
+            counters = decode_counters(await expert.wait_packets("video", 30))
+            assert len(counters) >= 20 and counters == sorted(counters)
+            still = await expert.participant.call("capture", {"kind": "still"})
+            assert "key_image_id" in still, still
+            headers = {"Authorization": f"Bearer {coordinator_token(secret)}"}
+            cid = tokens["consultation"]
             async with aiohttp.ClientSession(headers=headers) as http:
-                assert (await http.get(f"{node_b.url}/healthz")).status == 200
-            expert_a = await Participant(node_a.url, tokens["expert"]).connect()
-            try:
-                assert "sdp" in await expert_a.call("rtc_offer", {"sdp": sdp, "type": "offer"})
-            finally:
-                await expert_a.close()
+                url = f"{node_b.url}/api/consultations/{cid}/key-images"
+                async with http.get(url) as response:
+                    listed = (await response.json())["key_images"]
+            assert [k["id"] for k in listed] == [still["key_image_id"]]
         finally:
-            for pc in peers:
-                await pc.close()
+            await expert.close()
+        again = await expert_bot(await Participant(node_b.url, tokens["expert"]).connect())
+        try:
+            assert "sdp" in await again.negotiate()
+            assert decode_counters(await again.wait_packets("video", 30))
+        finally:
+            await again.close()
+            await operator.close()
+
+
+async def test_an_offer_for_media_on_a_node_that_is_gone_is_taken_over(
+    shared_env: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    """The node that carried a consultation's media dies: the next offer, on the other node,
+    re-homes the room there once the dead node's heartbeat has expired."""
+    env_a, env_b = shared_env
+    with Server(env_b) as node_b:
+        secret = env_b["PROBELINK_SECRET_KEY"]
+        tokens = await setup_room(node_b.url, secret)
+        with Server(env_a) as node_a:
+            first = await operator_bot(
+                await Participant(node_a.url, tokens["operator"]).connect(), CounterVideoTrack()
+            )
+            assert "sdp" in await first.negotiate()
+            node_a.process.kill()  # no clean shutdown: its pin and heartbeat are left behind
+            await first.pc.close()
+        await asyncio.sleep(PRESENCE_TTL_SECONDS + 1)
+        operator = await operator_bot(
+            await Participant(node_b.url, tokens["operator"]).connect(), CounterVideoTrack()
+        )
+        expert = await expert_bot(await Participant(node_b.url, tokens["expert"]).connect())
+        try:
+            assert "sdp" in await operator.negotiate()
+            assert "sdp" in await expert.negotiate()
+            assert decode_counters(await expert.wait_packets("video", 30))
+        finally:
+            await expert.close()
             await operator.close()

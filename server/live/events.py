@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.auth import Principal
+from server.auth import Principal, Role
 from server.consultations.model import require_open
 from server.errors import Conflict, RateLimited
 from server.imaging.captures import room_commit
@@ -43,6 +43,9 @@ from server.messages import parse
 from server.ratelimit import TokenBucket
 from server.web.keys import KEY_IMAGES, LIVE, RELAY, ROOM_LOG, SETTINGS, SIO, STORE
 
+# A clip is decoded, masked and archived before the answer: allow for the longest.
+CAPTURE_CALL_SECONDS = 60.0
+
 
 @dataclass
 class LiveSocket:
@@ -58,6 +61,32 @@ class LiveSocket:
     pointer_relaying: bool = False
     # The client's address, for the audit log.
     source: str = "unknown"
+    # The other node that carries this socket's media connection, if one does.
+    media_node: str | None = None
+
+
+def remote_socket(socket: LiveSocket) -> dict[str, Any]:
+    """Who asks, for a call to the node that carries the media (which trusts the asking node's
+    check of the token: nodes share the signing keys and Redis)."""
+    principal = socket.principal
+    return {
+        "consultation": socket.consultation_id,
+        "sid": socket.sid,
+        "sub": principal.sub,
+        "role": principal.role.value,
+        "name": principal.name,
+        "source": socket.source,
+    }
+
+
+def socket_of(args: dict[str, Any]) -> LiveSocket:
+    """The stand-in, on the node that carries the media, for a socket held by another node."""
+    cid = str(args["consultation"])
+    principal = Principal(str(args["sub"]), Role(str(args["role"])), cid, args.get("name"))
+    unlimited = TokenBucket.full(1e9, 1e9, 0.0)  # the asking node has limited the socket
+    return LiveSocket(
+        str(args["sid"]), principal, cid, unlimited, unlimited, source=str(args["source"])
+    )
 
 
 async def pointer(app: web.Application, socket: LiveSocket, data: Any) -> dict[str, Any]:
@@ -134,8 +163,11 @@ async def guidance(app: web.Application, socket: LiveSocket, data: Any) -> dict[
     return {"seq": event.seq}
 
 
-async def capture(app: web.Application, socket: LiveSocket, data: Any) -> dict[str, Any]:
-    """A still or clip of the operator's video, acknowledged once durable and recorded."""
+async def capture(
+    app: web.Application, socket: LiveSocket, data: Any, *, forward: bool = True
+) -> dict[str, Any]:
+    """A still or clip of the operator's video, acknowledged once durable and recorded; made
+    by the node that carries the media (asked by this one when it is another, `forward`)."""
     request = parse(CaptureRequest, data)
     may_capture(socket.principal.role)
     cid = socket.consultation_id
@@ -145,6 +177,12 @@ async def capture(app: web.Application, socket: LiveSocket, data: Any) -> dict[s
     key_images = app[KEY_IMAGES]
     key_images.masks.check_device(row)
     room = app[RELAY].rooms.get(cid)
+    live = app[LIVE]
+    if room is None and forward and live.calls is not None:
+        node = await live.media_node(cid)
+        if node is not None:  # the video is on the node that carries the media: capture there
+            args = {**remote_socket(socket), "data": data}
+            return await live.calls.call(node, "capture", args, within=CAPTURE_CALL_SECONDS)
     cine = room.cine if room is not None else None
     if cine is None:
         raise Conflict("there is no video from the operator here to capture", code="no_video")

@@ -26,6 +26,7 @@ from server.consultations.access import access_ended
 from server.consultations.store import Store
 from server.errors import ConfigError, Forbidden, Unavailable
 from server.live.bus import LocalRoomBus, RedisRoomBus, RoomBus
+from server.live.calls import NodeCalls
 from server.live.log import RoomLog
 from server.live.presence import MemoryPresence, Presence, RedisPresence
 from server.live.room import RoomEvent
@@ -42,6 +43,11 @@ _REFRESH_IF_MINE = (
 )
 _DELETE_IF_MINE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+# Atomic: a pin held by a node that is gone (no heartbeat) passes to this one.
+_TAKE_OVER = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) end return false"
 )
 CATCH_UP_EVENTS_MAX = 1000
 
@@ -77,25 +83,48 @@ class Live:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # With many nodes: Redis, where each consultation's media is pinned to one node.
     redis: aioredis.Redis | None = None
-    # Key prefix in Redis, and this node's public URL (what another node tells clients).
+    # Key prefix in Redis.
     prefix: str = "probelink"
-    public_url: str = ""
+    # Calls to and from the other nodes (an offer or a capture for media carried elsewhere).
+    calls: NodeCalls | None = None
 
     async def claim_media(self, consultation_id: str) -> str | None:
-        """Pin the consultation's media to this node; the other node's URL if it is elsewhere."""
+        """Pin the consultation's media to this node, unless a live node carries it already:
+        then that node's id. A pin left by a node that is gone passes to this one."""
         if self.redis is None:
             return None
         key = f"{self.prefix}:media:{consultation_id}"
         try:
-            if await self.redis.set(key, self.public_url, nx=True, ex=MEDIA_PIN_TTL_SECONDS):
+            if await self.redis.set(key, self.node, nx=True, ex=MEDIA_PIN_TTL_SECONDS):
                 return None
-            owner = await self.redis.get(key)
+            found = await self.redis.get(key)
+            owner = None if found is None else str(found)
+            if owner is None or owner == self.node:
+                return None
+            if await self.redis.exists(f"{self.prefix}:node:{owner}"):
+                return str(owner)
+            taken = await self.redis.eval(
+                _TAKE_OVER, 1, key, owner, self.node, str(MEDIA_PIN_TTL_SECONDS)
+            )
         except RedisError:
             raise Unavailable(
                 "cannot tell which node carries this consultation's media (Redis is unreachable)",
                 code="bus_unavailable",
             ) from None
-        return None if owner in (None, self.public_url) else str(owner)
+        if taken:
+            log.info("media room re-homed from a node that is gone", extra={"node": self.node})
+            return None
+        return await self.claim_media(consultation_id)  # another node took it over first
+
+    async def media_node(self, consultation_id: str) -> str | None:
+        """The other node that carries the consultation's media, if one does."""
+        if self.redis is None:
+            return None
+        with contextlib.suppress(RedisError):
+            owner = await self.redis.get(f"{self.prefix}:media:{consultation_id}")
+            if owner is not None and owner != self.node:
+                return str(owner)
+        return None
 
     async def keep_media(self, consultation_ids: list[str]) -> None:
         """Refresh the pins of the consultations whose media this node carries."""
@@ -105,7 +134,7 @@ class Live:
             with contextlib.suppress(RedisError):
                 key = f"{self.prefix}:media:{consultation_id}"
                 await self.redis.eval(
-                    _REFRESH_IF_MINE, 1, key, self.public_url, str(MEDIA_PIN_TTL_SECONDS)
+                    _REFRESH_IF_MINE, 1, key, self.node, str(MEDIA_PIN_TTL_SECONDS)
                 )
 
     async def release_media(self, consultation_id: str) -> None:
@@ -113,7 +142,7 @@ class Live:
             return
         with contextlib.suppress(RedisError):
             await self.redis.eval(
-                _DELETE_IF_MINE, 1, f"{self.prefix}:media:{consultation_id}", self.public_url
+                _DELETE_IF_MINE, 1, f"{self.prefix}:media:{consultation_id}", self.node
             )
 
     async def ended_for(self, consultation_id: str, sub: str, role: Role) -> Forbidden | None:
@@ -165,6 +194,8 @@ class Live:
         for task in list(self.tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.calls is not None:
+            await self.calls.close()
         await self.bus.close()
         await self.presence.close()
 
@@ -178,7 +209,7 @@ async def open_live(
     reaper: Reaper,
 ) -> AsyncIterator[Live]:
     """Presence and the room bus of this node, open until the block ends."""
-    node = secrets.token_hex(6)
+    node = settings.node_id or secrets.token_hex(6)
 
     async def deliver(consultation_id: str, event: RoomEvent) -> None:
         await sio.emit(
@@ -202,10 +233,13 @@ async def open_live(
             ttl_seconds=settings.presence_ttl_seconds,
         )
         bus = RedisRoomBus(redis, prefix=settings.redis_prefix, deliver=deliver, fetch=fetch_after)
+        calls = NodeCalls(redis, prefix=settings.redis_prefix, node=node)
         try:
             await presence.start()
             await bus.start()
+            await calls.start()
         except (RedisError, OSError, TimeoutError) as exc:
+            await calls.close()
             await bus.close()
             await presence.close()
             await redis.aclose()
@@ -218,7 +252,7 @@ async def open_live(
             store,
             redis=redis,
             prefix=settings.redis_prefix,
-            public_url=settings.base_url,
+            calls=calls,
         )
         live.spawn(_reap_forever(reaper, settings.presence_ttl_seconds / 3))
     else:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -151,3 +151,14 @@ class RedisPresence:
                     await self.redis.hdel(self._room_key(consultation_id), *sids)
             await self.redis.delete(self._node_key(self.node))
         self.local.clear()
+
+
+def participant_view(attendees: list[Attendee]) -> list[dict[str, Any]]:
+    """Present participants, one entry per person however many tabs they have open."""
+    seen: dict[str, dict[str, Any]] = {}
+    for a in attendees:
+        entry = seen.setdefault(
+            a.sub, {"id": a.sub, "role": a.role, "name": a.name, "connections": 0}
+        )
+        entry["connections"] += 1
+    return sorted(seen.values(), key=lambda p: (p["role"], p["id"]))

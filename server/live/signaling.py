@@ -36,9 +36,11 @@ from server.errors import (
 )
 from server.live import events
 from server.live.admission import Admission, Seat
-from server.live.events import LiveSocket
+from server.live.calls import quietly
+from server.live.events import LiveSocket, remote_socket
 from server.live.hub import NAMESPACE, let_go, room_of
-from server.live.presence import Attendee
+from server.live.media_calls import leave_media, offer_here
+from server.live.presence import Attendee, participant_view
 from server.live.room import (
     RtcOffer,
     refuse_unknown_event,
@@ -50,7 +52,6 @@ from server.web.keys import (
     KEYRING,
     LIVE,
     METRICS,
-    RELAY,
     ROOM_LOG,
     SETTINGS,
     STORE,
@@ -62,18 +63,9 @@ from server.web.refusal_audit import record_refusal
 log = logging.getLogger(__name__)
 
 CONNECT_SETTLE_TRIES = 50
+# How long a call to the node that carries the media may take (an offer's answer).
+CALL_SECONDS = 10.0
 Handler = Callable[["LiveSocket", Any], Awaitable[dict[str, Any]]]
-
-
-def participant_view(attendees: list[Attendee]) -> list[dict[str, Any]]:
-    """Present participants, one entry per person however many tabs they have open."""
-    seen: dict[str, dict[str, Any]] = {}
-    for a in attendees:
-        entry = seen.setdefault(
-            a.sub, {"id": a.sub, "role": a.role, "name": a.name, "connections": 0}
-        )
-        entry["connections"] += 1
-    return sorted(seen.values(), key=lambda p: (p["role"], p["id"]))
 
 
 def unexpected(exc: Exception, event: str) -> ProbelinkError:
@@ -345,11 +337,15 @@ class LiveNamespace(socketio.AsyncNamespace):
         if socket is None:
             return
         await self.leave_room(sid, room_of(socket.consultation_id))
-        relay = self.app[RELAY]
         live = self.app[LIVE]
-        await relay.leave(socket.consultation_id, sid)
-        if socket.consultation_id not in relay.rooms:
-            await live.release_media(socket.consultation_id)
+        if socket.media_node is not None and live.calls is not None:
+            # Its media connection is on another node: that node releases it.
+            leave = live.calls.call(
+                socket.media_node, "leave", remote_socket(socket), within=CALL_SECONDS
+            )
+            live.spawn(quietly(leave))
+        else:
+            await leave_media(self.app, socket.consultation_id, sid)
         gone = await live.presence.leave(socket.consultation_id, sid)
         if gone is not None:
             await self._announce("leave", socket.consultation_id, gone)
@@ -370,24 +366,23 @@ class LiveNamespace(socketio.AsyncNamespace):
         offer = parse(RtcOffer, data)
         row = await self.app[STORE].get_consultation(socket.consultation_id)
         row = require_open(row, "its media room is closed")
-        relay = self.app[RELAY]
-        elsewhere = await self.app[LIVE].claim_media(socket.consultation_id)
-        if elsewhere is not None:
-            raise Conflict(
-                f"this consultation's media is carried by {elsewhere}: connect there",
-                code="media_on_other_node",
-            )
-        answer = await relay.offer(
-            socket.consultation_id,
-            socket.sid,
-            socket.principal.sub,
-            socket.principal.role,
-            offer.sdp,
-        )
-        if socket.sid not in self.sockets:
-            # The socket went away while the offer was being answered: release what it made.
-            await relay.leave(socket.consultation_id, socket.sid)
-        elif socket.principal.role is Role.OPERATOR:
+        live = self.app[LIVE]
+        elsewhere = await live.claim_media(socket.consultation_id)
+        if elsewhere is not None and live.calls is not None:
+            # Another node carries this consultation's media: it answers, its candidates in it.
+            args = {**remote_socket(socket), "sdp": offer.sdp}
+            answer = await live.calls.call(elsewhere, "offer", args, within=CALL_SECONDS)
+            socket.media_node = elsewhere
+            if socket.sid not in self.sockets:
+                live.spawn(quietly(live.calls.call(elsewhere, "leave", args, within=CALL_SECONDS)))
+        else:
+            here = {**remote_socket(socket), "sdp": offer.sdp, "claimed": True}
+            answer = await offer_here(self.app, here)
+            socket.media_node = None
+            if socket.sid not in self.sockets:
+                # The socket went away while the offer was being answered: release what it made.
+                await leave_media(self.app, socket.consultation_id, socket.sid)
+        if socket.sid in self.sockets and socket.principal.role is Role.OPERATOR:
             # A new publication, perhaps from another source: the experts' pages learn its size
             # again rather than take a smaller native picture for a degraded one.
             await self.emit(
@@ -396,4 +391,4 @@ class LiveNamespace(socketio.AsyncNamespace):
                 room=room_of(socket.consultation_id),
                 skip_sid=socket.sid,
             )
-        return {"sdp": answer.sdp, "type": answer.type}
+        return answer
