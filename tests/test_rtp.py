@@ -65,16 +65,17 @@ def test_a_short_or_cut_descriptor_is_no_descriptor_and_no_key_frame() -> None:
     assert not starts_keyframe("video/vp8", b"\x00\x10\x02\x00\x9d\x01\x2a\x00")
 
 
-def test_h264_key_frames_are_found_in_single_stap_a_and_fu_a_packets() -> None:
+def test_h264_key_frames_start_where_the_parameter_sets_are() -> None:
     sps, pps, idr, slice_ = b"\x67\x42", b"\x68\xce", b"\x65\x88", b"\x41\x9a"
-    assert h264_starts_keyframe(sps) and h264_starts_keyframe(idr)
+    assert h264_starts_keyframe(sps)
     assert not h264_starts_keyframe(slice_) and not h264_starts_keyframe(pps)
     stap = b"\x78" + b"".join(len(n).to_bytes(2, "big") + n for n in (sps, pps))
     assert h264_starts_keyframe(stap)
     assert not h264_starts_keyframe(b"\x78" + len(pps).to_bytes(2, "big") + pps)
-    assert h264_starts_keyframe(b"\x7c\x85")  # FU-A, start bit, IDR
-    assert not h264_starts_keyframe(b"\x7c\x05")  # FU-A, a middle fragment
-    assert not h264_starts_keyframe(b"\x7c\x81")  # FU-A start of a non-IDR slice
+    # An IDR slice after its parameter sets: a subscriber starting there could decode nothing.
+    assert not h264_starts_keyframe(idr)
+    assert not h264_starts_keyframe(b"\x7c\x85")  # FU-A, start of an IDR slice
+    assert not h264_starts_keyframe(b"\x7c\x81")  # FU-A, start of a non-IDR slice
 
 
 class Stream:

@@ -95,23 +95,22 @@ def vp8_descriptor(payload: bytes) -> Vp8Descriptor | None:
 
 
 def h264_starts_keyframe(payload: bytes) -> bool:
-    """Whether an H.264 packet begins a key frame: it carries a sequence parameter set or the
-    start of an IDR slice (single NAL unit, STAP-A or FU-A)."""
+    """Whether an H.264 packet begins a key frame a new decoder can start from: it carries the
+    sequence parameter set (alone, or in a STAP-A), which WebRTC encoders send before every IDR
+    picture. An IDR slice's own first packet is not enough: without the parameter sets before
+    it nothing decodes."""
     if not payload:
         return False
     nal = payload[0] & 0x1F
-    if nal in (5, 7):
+    if nal == 7:
         return True
     if nal == 24:  # STAP-A: 2-byte sizes, each NAL's type in its first byte
         at = 1
         while at + 2 < len(payload):
             size = (payload[at] << 8) | payload[at + 1]
-            if payload[at + 2] & 0x1F in (5, 7):
+            if payload[at + 2] & 0x1F == 7:
                 return True
             at += 2 + size
-        return False
-    if nal == 28 and len(payload) > 1:  # FU-A: the start fragment of an IDR slice
-        return bool(payload[1] & 0x80) and payload[1] & 0x1F == 5
     return False
 
 
