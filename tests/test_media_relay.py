@@ -24,6 +24,7 @@ from media_bots import (
     prefer_codec,
 )
 
+from server.auth import Role
 from server.web.keys import RELAY
 
 Invite = Callable[[str], Awaitable[Participant]]
@@ -309,5 +310,30 @@ async def test_h264_publisher_is_forwarded_and_the_room_keeps_its_codec(invite: 
         assert refused["error"]["code"] == "codec_mismatch"
     finally:
         await vp8_only.close()
+        await expert.close()
+        await operator.close()
+
+
+async def test_a_media_connection_its_peer_closed_is_released(
+    invite: Invite, client: TestClient[Any, Any]
+) -> None:
+    """The page's connection ends while its socket stays (as when the socket is held by another
+    node that died): the relay releases the peer by itself; the publisher carries on."""
+    operator = await operator_bot(await invite("operator"), CounterVideoTrack())
+    expert = await expert_bot(await invite("expert"))
+    try:
+        await operator.negotiate()
+        await expert.negotiate()
+        await expert.wait_packets("video", 10)
+        (room,) = client.app[RELAY].rooms.values()
+        assert len(room.peers) == 2
+        await expert.pc.close()
+        for _ in range(100):
+            if len(room.peers) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert [p.role for p in room.peers.values()] == [Role.OPERATOR]
+        assert room.publisher is not None
+    finally:
         await expert.close()
         await operator.close()

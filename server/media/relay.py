@@ -127,6 +127,16 @@ class MediaRoom:
                 field="sdp",
             ) from None
         self.peers[sid] = peer
+
+        @pc.on("connectionstatechange")
+        async def release_if_failed() -> None:
+            # A failed or closed connection never recovers (aiortc restarts no ICE); its page
+            # offers anew. Its socket may be held by another node that is gone: nobody else
+            # would release it.
+            if pc.connectionState in ("failed", "closed") and self.peers.get(sid) is peer:
+                log.info("a media connection ended; released", extra={"role": role.value})
+                await self.leave(sid)
+
         if role is Role.OPERATOR:
             self.publisher = sid
         self.codec = self.codec or video_codec(pc.localDescription.sdp)
