@@ -1,20 +1,15 @@
-"""The latency the relay itself adds to a video frame: last packet in → first packet out.
+"""The latency the relay itself adds to a video packet: in (parsed) → out (before SRTP protect).
 
-`python load_tests/relay_latency.py SAMPLES serve --port N` runs `probelink serve` with three
-probes on aiortc 1.16.0 (the version the forwarding hook is pinned to), measured in the server
-process with one clock (`time.perf_counter`):
+`python load_tests/relay_latency.py SAMPLES serve --port N` runs `probelink serve` with two
+probes, measured in the server process with one clock (`time.perf_counter`):
 
-- in: a video receiver starts handling the RTP packet with the marker bit (the frame's last
-  packet), after SRTP unprotect and parsing; the frame completes inline in that call and is
-  keyed by its bytes (the forwarded packet carries the same bytes);
-- out: a video sender sends the first packet of that frame (the first `_send_rtp` after its
-  `pack`, in the sender's own task, before SRTP protect).
+- in: the relay's source starts handling the video packet with the marker bit (a frame's last
+  packet), after SRTP unprotect, parsing, receive statistics and NACKs;
+- out: a subscriber's sender starts sending that packet (before SRTP protect and `sendto`).
 
-Each forwarded copy is one sample (two experts: two per frame). Frames are keyed by their
-bytes: a looped clip repeats them every loop, so a copy delayed by more than a loop would be
-matched to the later arrival (not seen at these latencies: p99 is milliseconds). Samples go to SAMPLES as JSON
-lines of milliseconds; `relay_samples(path)` reads them back. The media benchmark uses this with
-`--relay-latency`.
+The relay forwards each packet inline, so both happen in the same call: each forwarded copy is
+one sample (two experts: two per frame). Samples go to SAMPLES as JSON lines of milliseconds;
+`relay_samples(path)` reads them back. The media benchmark uses this with `--relay-latency`.
 """
 
 from __future__ import annotations
@@ -25,27 +20,18 @@ import json
 import sys
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-IN_MAX_FRAMES = 4096  # frames remembered awaiting their copies (a few seconds of 30 fps, all rooms)
 FLUSH_EVERY_SAMPLES = 200
 
 
 def install_probes(samples: Path) -> None:
-    from aiortc import RTCDtlsTransport, RTCRtpReceiver
-    from aiortc.codecs.h264 import H264Encoder
-    from aiortc.codecs.vpx import Vp8Encoder
+    from server.media.fanout import Source
+    from server.media.hooks.packets import PacketSender
 
-    from server.media.hooks.receive import PassthroughDecoder
-
-    # Frames seen complete, by their bytes: when their last packet arrived.
-    arrived: OrderedDict[int, float] = OrderedDict()
-    # Set while a video receiver handles a marker packet (the frame completes inline in it).
-    marker_at: contextvars.ContextVar[float | None] = contextvars.ContextVar("marker", default=None)
-    # Set in a sender's task once it has packed a frame, until its first packet is sent.
-    pending: contextvars.ContextVar[int | None] = contextvars.ContextVar("pending", default=None)
+    # Set while the relay's source handles a video packet with the marker bit.
+    entered: contextvars.ContextVar[float | None] = contextvars.ContextVar("in", default=None)
     lock = threading.Lock()
     buffer: list[float] = []
     sink = samples.open("a")
@@ -58,49 +44,26 @@ def install_probes(samples: Path) -> None:
                 sink.flush()
                 buffer.clear()
 
-    handle = RTCRtpReceiver._handle_rtp_packet
+    on_packet = Source.on_packet
 
-    async def handle_rtp_packet(self: Any, packet: Any, arrival_time_ms: int) -> None:
-        video = getattr(self, "_RTCRtpReceiver__kind", None) == "video"
-        token = marker_at.set(time.perf_counter() if packet.marker and video else None)
+    async def probed_on_packet(self: Any, packet: Any, codec: Any) -> None:
+        video_marker = packet.marker and self.kind == "video"
+        token = entered.set(time.perf_counter() if video_marker else None)
         try:
-            await handle(self, packet, arrival_time_ms)
+            await on_packet(self, packet, codec)
         finally:
-            marker_at.reset(token)
+            entered.reset(token)
 
-    decode = PassthroughDecoder.decode
+    send = PacketSender.send
 
-    def passthrough(self: Any, encoded_frame: Any) -> list[Any]:
-        started = marker_at.get()
+    async def probed_send(self: Any, marker: bool, seq: int, ts: int, payload: bytes) -> None:
+        started = entered.get()
         if started is not None:
-            arrived[hash(encoded_frame.data)] = started
-            while len(arrived) > IN_MAX_FRAMES:
-                arrived.popitem(last=False)
-        return decode(self, encoded_frame)
+            note(1000 * (time.perf_counter() - started))
+        await send(self, marker, seq, ts, payload)
 
-    def packing(pack: Any) -> Any:
-        def packed(self: Any, packet: Any) -> Any:
-            pending.set(hash(bytes(packet)))
-            return pack(self, packet)
-
-        return packed
-
-    send_rtp = RTCDtlsTransport._send_rtp
-
-    async def send(self: Any, data: bytes) -> None:
-        key = pending.get()
-        if key is not None:
-            pending.set(None)
-            started = arrived.get(key)
-            if started is not None:
-                note(1000 * (time.perf_counter() - started))
-        await send_rtp(self, data)
-
-    RTCRtpReceiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
-    PassthroughDecoder.decode = passthrough  # type: ignore[method-assign]
-    Vp8Encoder.pack = packing(Vp8Encoder.pack)  # type: ignore[method-assign]
-    H264Encoder.pack = packing(H264Encoder.pack)  # type: ignore[method-assign]
-    RTCDtlsTransport._send_rtp = send  # type: ignore[method-assign]
+    Source.on_packet = probed_on_packet  # type: ignore[method-assign]
+    PacketSender.send = probed_send  # type: ignore[method-assign]
 
     def flush_at_exit() -> None:
         with lock:
