@@ -22,6 +22,7 @@ from server.media.congestion import (
     LIMIT_GROWTH,
     PACKET_BYTES_MAX,
     DownlinkLimit,
+    LossWindow,
     TransportFeedback,
     encode_chunks,
     publisher_cap,
@@ -574,3 +575,20 @@ def test_a_subscriber_losing_what_it_is_sent_is_limited_to_what_arrives() -> Non
     assert cap([limit], 1.2) == int(1_500_000 * LIMIT_GROWTH**0.2)
     limit.report_loss(0.5, sent_bps=1_200_000, now=2.0)  # worse: the floor holds the others
     assert cap([limit], 2.0) == FLOOR
+
+
+def test_a_subscribers_loss_is_read_over_a_second_from_its_cumulative_counts() -> None:
+    """A browser sends a receiver report with every NACK, its `fraction_lost` over the few
+    packets since the last one (one missing of three: 33 %); the window reads the cumulative
+    counts over a second, where packets repaired late count as received."""
+    window = LossWindow()
+    assert window.report(lost=0, highest=1000, now=0.0) is None
+    # NACK-driven reports within the second: not read.
+    assert window.report(lost=1, highest=1003, now=0.1) is None
+    assert window.report(lost=2, highest=1010, now=0.5) is None
+    # A second later: 300 packets expected, 2 still missing (others repaired meanwhile).
+    assert window.report(lost=2, highest=1300, now=1.0) == 2 / 300
+    # A congested second: 90 of 300 lost.
+    assert window.report(lost=92, highest=1600, now=2.0) == 90 / 300
+    # Repairs that lower the cumulative count never read as negative loss.
+    assert window.report(lost=80, highest=1900, now=3.0) == 0.0

@@ -197,6 +197,37 @@ LOSS_CONGESTED = 0.1
 ESTIMATE_TIMEOUT_SECONDS = 5.0
 
 
+# A subscriber's loss is measured over at least this long, from its reports' cumulative counts.
+LOSS_WINDOW_SECONDS = 1.0
+
+
+@dataclass
+class LossWindow:
+    """A subscriber's loss over the last second or more, from its receiver reports' cumulative
+    counts (packets lost, highest sequence number received).
+
+    A report's own `fraction_lost` covers the time since the receiver's previous report, which a
+    browser sends with every NACK: a few packets, one of them missing, read as 30 % lost. And
+    packets that were late but arrived (repaired) lower the cumulative count again, so the
+    window says what the subscriber really lacks."""
+
+    started_at: float | None = None
+    lost: int = 0
+    highest: int = 0
+
+    def report(self, lost: int, highest: int, now: float) -> float | None:
+        """The share lost since the window started, once it is LOSS_WINDOW_SECONDS long."""
+        if self.started_at is None:
+            self.started_at, self.lost, self.highest = now, lost, highest
+            return None
+        if now - self.started_at < LOSS_WINDOW_SECONDS:
+            return None
+        expected = highest - self.highest
+        fraction = max(0, lost - self.lost) / expected if expected > 0 else 0.0
+        self.started_at, self.lost, self.highest = now, lost, highest
+        return min(1.0, fraction)
+
+
 @dataclass
 class DownlinkLimit:
     """What one subscriber's downlink carries, from its own REMB and receiver reports, while it

@@ -25,7 +25,7 @@ from aiortc.rtp import (
 )
 from aiortc.sdp import MediaDescription
 
-from server.media.congestion import TRANSPORT_CC_URI
+from server.media.congestion import TRANSPORT_CC_URI, LossWindow
 
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 # Packets a subscriber's sender keeps for retransmission: a 720p keyframe and more than a
@@ -151,8 +151,10 @@ def on_receiver_reports(
     on_loss: Callable[[float], None],
 ) -> None:
     """Call `on_estimate(bitrate_bps)` with each REMB the sender's peer (a subscriber) reports,
-    and `on_loss(fraction)` with each receiver report's fraction lost of what the sender sent."""
+    and `on_loss(fraction)` with the share of what the sender sent that it lost over the last
+    second or more (`LossWindow`, from the reports' cumulative counts)."""
     handle = sender._handle_rtcp_packet
+    window = LossWindow()
 
     async def handle_rtcp_packet(packet: Any) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
@@ -161,7 +163,10 @@ def on_receiver_reports(
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc == sender._ssrc:
-                    on_loss(report.fraction_lost / 256)
+                    now = time.monotonic()
+                    fraction = window.report(report.packets_lost, report.highest_sequence, now)
+                    if fraction is not None:
+                        on_loss(fraction)
         await handle(packet)
 
     sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
