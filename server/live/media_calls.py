@@ -38,11 +38,13 @@ def serve_media_calls(app: web.Application, calls: NodeCalls) -> None:
     calls.handle("capture", capture)
 
 
-async def offer_here(app: web.Application, args: dict[str, Any]) -> dict[str, Any]:
+async def offer_here(
+    app: web.Application, args: dict[str, Any], *, claimed: bool = False
+) -> dict[str, Any]:
     """Answer an offer with this node's relay; `claimed`: the caller has pinned the media here
     and checked the consultation is open (a call from another node checks again)."""
     cid = str(args["consultation"])
-    if not args.get("claimed"):
+    if not claimed:
         require_open(await app[STORE].get_consultation(cid), "its media room is closed")
         if await app[LIVE].claim_media(cid) is not None:
             raise Unavailable(

@@ -376,8 +376,8 @@ class LiveNamespace(socketio.AsyncNamespace):
             if socket.sid not in self.sockets:
                 live.spawn(quietly(live.calls.call(elsewhere, "leave", args, within=CALL_SECONDS)))
         else:
-            here = {**remote_socket(socket), "sdp": offer.sdp, "claimed": True}
-            answer = await offer_here(self.app, here)
+            here = {**remote_socket(socket), "sdp": offer.sdp}
+            answer = await offer_here(self.app, here, claimed=True)
             socket.media_node = None
             if socket.sid not in self.sockets:
                 # The socket went away while the offer was being answered: release what it made.

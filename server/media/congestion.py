@@ -19,6 +19,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from server.media.rtp import unwrap
+
 TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 RTCP_RTPFB = 205
 RTCP_RTPFB_TRANSPORT_CC = 15
@@ -82,12 +84,7 @@ class TransportFeedback:
         self.next_report = max(self.next_report, self.oldest)
 
     def _unwrap(self, sequence_number: int) -> int:
-        if self.highest is None:
-            return sequence_number
-        delta = (sequence_number - self.highest) & 0xFFFF
-        if delta >= 0x8000:
-            delta -= 0x10000
-        return self.highest + delta
+        return sequence_number if self.highest is None else unwrap(sequence_number, self.highest)
 
     def build(self, sender_ssrc: int, media_ssrc: int) -> list[bytes]:
         """RTCP transport feedback packets for everything received since the last call."""

@@ -21,7 +21,7 @@ from aiortc.codecs import depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.packet import Packet
 
-from server.media.rtp import SEQ_MOD
+from server.media.rtp import SEQ_MOD, unwrap
 
 GIVE_UP_SECONDS = 0.4
 # Frames waiting at most (a key frame of 720p is some 60 packets, a frame of video a few).
@@ -86,14 +86,8 @@ class FrameAssembler:
         self._release(now)
 
     def _extend(self, seq: int) -> int:
-        if self.highest is None:
-            self.highest = SEQ_MOD + seq
-            return self.highest
-        delta = (seq - self.highest) % SEQ_MOD
-        if delta >= SEQ_MOD // 2:
-            delta -= SEQ_MOD
-        ext = self.highest + delta
-        self.highest = max(self.highest, ext)
+        ext = SEQ_MOD + seq if self.highest is None else unwrap(seq, self.highest)
+        self.highest = ext if self.highest is None else max(self.highest, ext)
         return ext
 
     def _complete(self, frame: _Frame) -> bool:

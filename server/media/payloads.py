@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-VP8_START_CODE = b"\x9d\x01\x2a"
+from server.media.rtp import VP8_START_CODE
 
 
 def is_keyframe(mime_type: str, data: bytes) -> bool:

@@ -124,6 +124,15 @@ def starts_keyframe(mime_type: str, payload: bytes) -> bool:
     return not mime_type.startswith("video/")
 
 
+def unwrap(seq: int, highest: int) -> int:
+    """A 16-bit sequence number as an unbounded one: the nearest to `highest` (the highest
+    unbounded number seen) that it can be, ahead or behind by less than half the range."""
+    delta = (seq - highest) % SEQ_MOD
+    if delta >= SEQ_MOD // 2:
+        delta -= SEQ_MOD
+    return highest + delta
+
+
 def ntp_now() -> int:
     """Now as a 64-bit NTP timestamp (what a sender report carries)."""
     return ((time.time_ns() + NTP_UNIX_OFFSET_NS) << 32) // 1_000_000_000
@@ -203,7 +212,7 @@ class Rewriter:
             self._switch(ssrc, seq, ts, now, descriptor)
         elif ssrc != self.ssrc:
             return None
-        ext = self._extend(seq)
+        ext = unwrap(seq, self.max_ext)
         if ext > self.max_ext:
             self.max_ext = ext
             if padding_only:
@@ -237,13 +246,6 @@ class Rewriter:
             self.pending = False
             return False
         return ssrc == self.wanted
-
-    def _extend(self, seq: int) -> int:
-        """The sequence number unwrapped around the highest one seen of this source."""
-        delta = (seq - self.max_ext) % SEQ_MOD
-        if delta >= SEQ_MOD // 2:
-            delta -= SEQ_MOD
-        return self.max_ext + delta
 
     def _switch(
         self, ssrc: int, seq: int, ts: int, now: float, descriptor: Vp8Descriptor | None

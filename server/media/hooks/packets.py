@@ -18,9 +18,12 @@ from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import RtpPacket, pack_header_extensions, unwrap_rtx
 
 from server.media.hooks.receive import NackRetry
-from server.media.hooks.transport import SENDER_HISTORY_PACKETS
 from server.media.rtp import HEADER, abs_send_time, ntp_now
 
+# Packets a subscriber's sender keeps for retransmission: a 720p keyframe and more than a
+# second of video at 2.5 Mbit/s (aiortc keeps 128). A power of two: a packet's slot is its
+# sequence number's low bits.
+SENDER_HISTORY_PACKETS = 512
 RTP_VERSION_2 = 0x80
 EXTENSION_BIT = 0x10
 ONE_BYTE_PROFILE = 0xBEDE

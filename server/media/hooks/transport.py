@@ -28,9 +28,6 @@ from aiortc.sdp import MediaDescription
 from server.media.congestion import TRANSPORT_CC_URI, LossWindow
 
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
-# Packets a subscriber's sender keeps for retransmission: a 720p keyframe and more than a
-# second of video at 2.5 Mbit/s (aiortc keeps 128).
-SENDER_HISTORY_PACKETS = 512
 
 
 def negotiate_transport_cc(
