@@ -110,10 +110,7 @@ class Forwarder:
             return
         payload = packet.payload
         descriptor = arrival.descriptor
-        if descriptor is not None and (
-            mapped.picture_id != (descriptor.picture_id if descriptor.picture_id_at >= 0 else -1)
-            or mapped.tl0 != (descriptor.tl0 if descriptor.tl0_at >= 0 else -1)
-        ):
+        if descriptor is not None and (mapped.picture_id >= 0 or mapped.tl0 >= 0):
             payload = rewrite_vp8(payload, descriptor, mapped.picture_id, mapped.tl0)
         await self.sender.send(
             bool(packet.marker), mapped.sequence_number, mapped.timestamp, payload

@@ -235,7 +235,13 @@ class Rewriter:
                 self.out_picture_id = picture_id
             if tl0 >= 0:
                 self.out_tl0 = tl0
-        return Mapped(out_seq, out_ts, picture_id, tl0)
+        # Unchanged fields are not rewritten: -1.
+        return Mapped(
+            out_seq,
+            out_ts,
+            picture_id if self.picture_id_offset else -1,
+            tl0 if self.tl0_offset else -1,
+        )
 
     def _switches_to(self, ssrc: int, padding_only: bool, keyframe_start: bool) -> bool:
         if padding_only or (self.video and not keyframe_start):
