@@ -199,7 +199,7 @@ class Expert:
                     key=descriptor.keyframe,
                 )
 
-        take_packets(receiver, on_packet, None)
+        take_packets(receiver, on_packet, repair=False)
 
     async def read(self, track: MediaStreamTrack) -> None:
         try:

@@ -120,7 +120,7 @@ def test_late_packets_of_frames_already_released_are_ignored() -> None:
 
 def test_missing_packets_are_asked_for_again_then_given_up() -> None:
     clock = Clock()
-    retry = NackRetry(None, clock=clock)  # type: ignore[arg-type]
+    retry = NackRetry(clock=clock)
     missing = {1004, 1005}
     assert retry.due(missing) == []  # just asked for (aiortc does when it sees the gap)
     step = NACK_RETRY_SECONDS * 1.01

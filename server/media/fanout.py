@@ -4,7 +4,9 @@ The relay's receivers hand over each RTP packet as it arrives (`hooks/packets.py
 works out once what the packet says about its frame (`rtp.py`), gives the publisher's video to
 the cine buffer as frames (`frames.py`), and offers the packet to each attached `Forwarder`,
 which numbers it for its subscriber (`Rewriter`) and sends it at once (`PacketSender`): no
-queue, no task, no frame reassembly or re-packetizing per subscriber. A subscriber never grows
+queue, no task, no frame reassembly or re-packetizing per subscriber. A simulcast publisher's
+layers all arrive at one source; each forwarder sends its subscriber one of them (`layers.py`;
+the room chooses which) and the cine buffer takes the largest. A subscriber never grows
 memory: what the network cannot take is lost as any UDP is, and repaired or skipped by its own
 NACKs and keyframe requests. A forwarder outlives its source: when the operator reconnects, the
 new source is attached and the subscriber's numbering carries on from its first key frame.
@@ -15,21 +17,24 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from server.media.capture import CineBuffer
+from server.media.congestion import DownlinkLimit
 from server.media.frames import FrameAssembler
 from server.media.hooks.packets import PacketSender
+from server.media.layers import LAYER_IDLE_SECONDS, LayerChoice, Layers
 from server.media.rtp import (
     Rewriter,
     Vp8Descriptor,
     h264_starts_keyframe,
     rewrite_vp8,
     vp8_descriptor,
+    vp8_keyframe_size,
 )
 
 log = logging.getLogger(__name__)
@@ -57,12 +62,25 @@ class Forwarder:
     """The packets one subscriber is sent on one of its sections, from whichever source is
     current."""
 
-    def __init__(self, kind: str, sender: PacketSender, request_keyframe: Any):
+    def __init__(
+        self,
+        kind: str,
+        sender: PacketSender,
+        request_keyframe: Callable[[int | None], None],
+        *,
+        limits_publisher: bool = False,
+    ):
         self.kind = kind
         self.video = kind == "video"
         self.sender = sender
-        # Asks the current source's publisher for a keyframe (rate-limited by the caller).
+        # Asks the current source's publisher for a keyframe of one SSRC (None: of every one),
+        # rate-limited by the caller.
         self.request_keyframe = request_keyframe
+        # What this subscriber's downlink carries, and which simulcast layer it is sent; an
+        # expert's congested downlink may lower the publisher's own rate (`feedback.py`).
+        self.downlink = DownlinkLimit()
+        self.layer = LayerChoice()
+        self.limits_publisher = limits_publisher
         self.rewriter = Rewriter(CLOCK_RATES[kind], video=self.video)
         self.asked_at = 0.0
         # Counters for statistics and tests.
@@ -79,12 +97,28 @@ class Forwarder:
             self.sent_bytes -= self.sent.popleft()[1]
         return 8 * self.sent_bytes / SENT_RATE_WINDOW_SECONDS
 
-    def new_source(self) -> None:
-        """Another source will feed this subscriber: from its first key frame (video)."""
-        self.rewriter.new_source()
-        if self.video:
+    def new_source(self, ssrc: int | None = None) -> None:
+        """Another source (`ssrc`, or any other) will feed this subscriber: from its first key
+        frame (video)."""
+        self.rewriter.new_source(ssrc)
+        if self.video and self.rewriter.waiting:
             self.asked_at = time.monotonic()
-            self.request_keyframe()
+            self.request_keyframe(ssrc)
+
+    def switch_to(self, ssrc: int) -> None:
+        """Send this simulcast layer from its next key frame (unless it is already under way)."""
+        rewriter = self.rewriter
+        if rewriter.waiting:
+            if rewriter.wanted == ssrc:
+                return
+        elif rewriter.ssrc == ssrc:
+            return
+        self.new_source(ssrc)
+
+    def ask_keyframe(self) -> None:
+        """The subscriber asked for a keyframe: of the layer it is sent, or waits for."""
+        rewriter = self.rewriter
+        self.request_keyframe(rewriter.wanted if rewriter.waiting else rewriter.ssrc)
 
     async def forward(self, arrival: Arrival, now: float) -> None:
         self.packets_in += 1
@@ -106,7 +140,7 @@ class Forwarder:
         if mapped is None:
             if rewriter.waiting and self.video and now - self.asked_at > KEYFRAME_ASK_AGAIN_SECONDS:
                 self.asked_at = now
-                self.request_keyframe()
+                self.request_keyframe(rewriter.wanted)
             return
         payload = packet.payload
         descriptor = arrival.descriptor
@@ -135,12 +169,16 @@ class Source:
         # The publisher's video keeps its recent frames for captures.
         self.cine: CineBuffer | None = None
         self.assembler: FrameAssembler | None = None
+        # Video: its simulcast layers (one, without simulcast), and the one the cine takes.
+        self.layers = Layers() if kind == "video" else None
+        self.cine_ssrc: int | None = None
         self.stopped = False
 
     def attach(self, target: Forwarder) -> None:
         if target not in self.targets:
             self.targets = (*self.targets, target)
-        target.new_source()
+        top = self.layers.top(time.monotonic()) if self.layers is not None else None
+        target.new_source(top.ssrc if top is not None else None)
 
     def detach(self, target: Forwarder) -> None:
         self.targets = tuple(t for t in self.targets if t is not target)
@@ -159,12 +197,19 @@ class Source:
             starts = key
         else:
             starts = key = self.kind == "audio"
+        now = time.monotonic()
+        layers = self.layers
+        if layers is not None:
+            layer = layers.packet(packet.ssrc, packet.extensions.rtp_stream_id, len(payload), now)
+            if key and descriptor is not None:
+                size = vp8_keyframe_size(payload, descriptor)
+                if size is not None:
+                    layer.width, layer.height = size
         if packet.marker or self.kind == "audio":
             self.frames += 1
-        if self.cine is not None and payload:
+        if self.cine is not None and payload and self._cine_takes(packet.ssrc, now):
             self._to_cine(packet, codec, starts, key)
         arrival = Arrival(packet, descriptor, key, starts, not payload)
-        now = time.monotonic()
         for target in self.targets:
             try:
                 await target.forward(arrival, now)
@@ -172,6 +217,25 @@ class Source:
                 # One subscriber's failure must not stop the others, nor the publisher's stream.
                 log.exception("forwarding to a subscriber failed; it is detached")
                 self.detach(target)
+
+    def _cine_takes(self, ssrc: int, now: float) -> bool:
+        """Whether the cine buffer takes this SSRC's packets: the largest layer's (the first one
+        seen, until a larger one's key frame says its size, or while it is idle)."""
+        if ssrc == self.cine_ssrc:
+            return True
+        assert self.layers is not None
+        layers = self.layers.by_ssrc
+        current = layers.get(self.cine_ssrc) if self.cine_ssrc is not None else None
+        if (
+            current is None
+            or now - current.last_at > LAYER_IDLE_SECONDS
+            or layers[ssrc].area > current.area
+        ):
+            # From this layer's next key frame: the assembler starts again.
+            self.cine_ssrc = ssrc
+            self.assembler = None
+            return True
+        return False
 
     def _to_cine(
         self, packet: RtpPacket, codec: RTCRtpCodecParameters, starts: bool, key: bool

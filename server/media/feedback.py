@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiortc import RTCRtpReceiver
@@ -42,13 +43,18 @@ DEFAULT_POLICY = BitratePolicy()
 class PublisherFeedback:
     """Transport feedback and the room's REMB for one publisher's receiver."""
 
-    def __init__(self, receiver: RTCRtpReceiver, policy: BitratePolicy):
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        policy: BitratePolicy,
+        limits: Callable[[], list[DownlinkLimit]],
+    ):
         self.receiver = receiver
         self.policy = policy
         self.arrivals = TransportFeedback()
         self.media_ssrc: int | None = None
-        # The subscribers' downlinks, by whatever identifies the subscriber to the room.
-        self.downlinks: dict[object, DownlinkLimit] = {}
+        # The subscribers' downlinks that limit the publisher now (the room says which).
+        self.limits = limits
         self.cap_bps: int | None = None
         self._remb_at = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -57,19 +63,6 @@ class PublisherFeedback:
         if self.media_ssrc is None:
             self.media_ssrc = ssrc
         self.arrivals.add(sequence_number, arrival_us)
-
-    def subscriber_estimate(self, subscriber: object, estimate_bps: int, sent_bps: float) -> None:
-        """A subscriber's REMB, with the rate it is being sent."""
-        limit = self.downlinks.setdefault(subscriber, DownlinkLimit())
-        limit.report(estimate_bps, sent_bps, time.monotonic())
-
-    def subscriber_loss(self, subscriber: object, fraction: float, sent_bps: float) -> None:
-        """A subscriber's receiver report: the share of what it was sent that it lost."""
-        limit = self.downlinks.setdefault(subscriber, DownlinkLimit())
-        limit.report_loss(fraction, sent_bps, time.monotonic())
-
-    def forget(self, subscriber: object) -> None:
-        self.downlinks.pop(subscriber, None)
 
     def start(self) -> None:
         """Once the answer is set: read arrivals, send feedback."""
@@ -98,7 +91,7 @@ class PublisherFeedback:
         for packet in self.arrivals.build(sender_ssrc, self.media_ssrc):
             await send_rtcp(self.receiver, packet)
         cap = publisher_cap(
-            list(self.downlinks.values()),
+            self.limits(),
             now,
             self.policy.floor_kbps * 1000,
             self.policy.ceiling_kbps * 1000,

@@ -32,6 +32,8 @@ class Peer:
     last_sample: Sample | None = None
     # The publisher's congestion feedback (None: its offer did not negotiate it).
     feedback: PublisherFeedback | None = None
+    # The publisher's simulcast: its video section's mid and the RIDs it sends (None: none).
+    simulcast: tuple[str, list[str]] | None = None
 
     def video_frames(self) -> int:
         """Video frames received (publisher) or sent (subscriber) so far."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -24,13 +25,24 @@ from aiortc.sdp import SessionDescription
 from server.auth import Role
 from server.errors import BadRequest, Conflict
 from server.media.capture import CineBuffer
+from server.media.congestion import DownlinkLimit
 from server.media.fanout import Forwarder, Source
 from server.media.feedback import DEFAULT_POLICY, BitratePolicy, PublisherFeedback
 from server.media.hooks.packets import PacketSender, take_packets
-from server.media.hooks.receive import NackRetry, on_keyframe_request, request_keyframe
-from server.media.hooks.transport import negotiate_transport_cc, on_receiver_reports
+from server.media.hooks.receive import on_keyframe_request, request_keyframe
+from server.media.hooks.transport import (
+    accept_stream_ids,
+    negotiate_transport_cc,
+    on_receiver_reports,
+)
 from server.media.peer import Peer
-from server.media.sdp import check_size, restrict_video_codec, video_codec
+from server.media.sdp import (
+    answer_simulcast,
+    check_size,
+    restrict_video_codec,
+    simulcast_rids,
+    video_codec,
+)
 from server.media.stats import rates, sample
 
 # Makes the cine buffer of a room's publisher: (codec, request_keyframe) -> buffer.
@@ -71,28 +83,31 @@ class MediaRoom:
         # Negotiations one at a time; the room is not closed while one is under way.
         self.negotiating = asyncio.Lock()
         self.pending = 0
-        self._keyframe_at = 0.0
-        self._keyframe_pending = False
+        # Keyframe requests by SSRC (None: every source): when last sent, and which are due.
+        self._keyframe_at: dict[int | None, float] = {}
+        self._keyframe_pending: set[int | None] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # Keyframes
 
-    def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe, at most every KEYFRAME_REQUEST_MIN_INTERVAL_SECONDS."""
-        if self._keyframe_pending:
+    def request_keyframe(self, ssrc: int | None = None) -> None:
+        """Ask the publisher for a keyframe of one layer's SSRC (None: of each), at most every
+        KEYFRAME_REQUEST_MIN_INTERVAL_SECONDS for each."""
+        if ssrc in self._keyframe_pending:
             return
-        wait = self._keyframe_at + KEYFRAME_REQUEST_MIN_INTERVAL_SECONDS - time.monotonic()
-        self._keyframe_pending = True
-        self._spawn(self._send_keyframe_request(max(0.0, wait)))
+        last = self._keyframe_at.get(ssrc, 0.0)
+        wait = last + KEYFRAME_REQUEST_MIN_INTERVAL_SECONDS - time.monotonic()
+        self._keyframe_pending.add(ssrc)
+        self._spawn(self._send_keyframe_request(ssrc, max(0.0, wait)))
 
-    async def _send_keyframe_request(self, delay: float) -> None:
+    async def _send_keyframe_request(self, ssrc: int | None, delay: float) -> None:
         if delay:
             await asyncio.sleep(delay)
-        self._keyframe_pending = False
-        self._keyframe_at = time.monotonic()
+        self._keyframe_pending.discard(ssrc)
+        self._keyframe_at[ssrc] = time.monotonic()
         receiver = self.video_receiver
         if receiver is not None:
-            await request_keyframe(receiver)  # type: ignore[arg-type]
+            await request_keyframe(receiver, ssrc)  # type: ignore[arg-type]
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
@@ -104,6 +119,7 @@ class MediaRoom:
     async def offer(self, sid: str, sub: str, role: Role, sdp: str) -> RTCSessionDescription:
         """Answer a participant's offer; a new offer from the same socket replaces its peer."""
         check_size(sdp)
+        offered = sdp
         await self.leave(sid)
         if role is Role.OPERATOR and self.publisher is not None:
             await self.leave(self.publisher)  # the operator reconnected: the old peer is gone
@@ -113,9 +129,13 @@ class MediaRoom:
         peer = Peer(sid, sub, role, pc)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            self._wire(peer)
+            self._wire(peer, offered)
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
+            answer = pc.localDescription
+            if peer.simulcast is not None:
+                mid, rids = peer.simulcast
+                answer = RTCSessionDescription(answer_simulcast(answer.sdp, mid, rids), "answer")
         except (BadRequest, Conflict):
             await pc.close()
             raise
@@ -141,10 +161,11 @@ class MediaRoom:
             self.publisher = sid
         self.codec = self.codec or video_codec(pc.localDescription.sdp)
         self._start(peer)
-        return pc.localDescription
+        return answer
 
-    def _wire(self, peer: Peer) -> None:
-        """Attach tracks to the peer's transceivers, by role and order."""
+    def _wire(self, peer: Peer, offer_sdp: str) -> None:
+        """Attach tracks to the peer's transceivers, by role and order (`offer_sdp`: the offer
+        as sent, with the simulcast lines aiortc's parser leaves out)."""
         video = [t for t in peer.pc.getTransceivers() if t.kind == "video"]
         if not video:
             raise BadRequest("the offer has no video section", code="invalid_sdp", field="sdp")
@@ -169,10 +190,16 @@ class MediaRoom:
                 if peer.role is Role.OPERATOR and client_sends:
                     source = Source("video")
                     receiver = transceiver.receiver
-                    take_packets(receiver, source.on_packet, NackRetry(receiver))
+                    take_packets(receiver, source.on_packet, repair=True)
                     media = next(m for m in offered if m.rtp.muxId == transceiver.mid)
                     if negotiate_transport_cc(transceiver, media, self.policy.start_kbps):
-                        peer.feedback = PublisherFeedback(transceiver.receiver, self.policy)
+                        peer.feedback = PublisherFeedback(
+                            transceiver.receiver, self.policy, self._publisher_limits
+                        )
+                    rids = simulcast_rids(offer_sdp, str(transceiver.mid))
+                    if rids:
+                        accept_stream_ids(transceiver, media)
+                        peer.simulcast = (str(transceiver.mid), rids)
                     peer.sources.append(source)
                     self.video_receiver = transceiver.receiver
                     reads = True
@@ -184,7 +211,7 @@ class MediaRoom:
                 audio_index += 1
                 if first and client_sends and peer.role is not Role.OBSERVER:
                     source = Source("audio")
-                    take_packets(transceiver.receiver, source.on_packet, None)
+                    take_packets(transceiver.receiver, source.on_packet, repair=False)
                     peer.sources.append(source)
                     reads = True
                 if client_receives and first and peer.role is not Role.OPERATOR:
@@ -212,27 +239,54 @@ class MediaRoom:
         kind: str,
         owned: list[Forwarder],
     ) -> None:
-        forwarder = Forwarder(kind, PacketSender(transceiver.sender), self.request_keyframe)
+        # Without simulcast, an expert's congested downlink lowers the publisher's rate (to the
+        # floor at most); an observer's (a trainee's) does not. With it, each gets its layer.
+        forwarder = Forwarder(
+            kind,
+            PacketSender(transceiver.sender),
+            self.request_keyframe,
+            limits_publisher=peer.role is Role.EXPERT,
+        )
         if kind == "video":
-            on_keyframe_request(transceiver.sender, self.request_keyframe)
-            if peer.role is Role.EXPERT:
-                # An expert's congested downlink lowers the publisher's rate (to the floor at
-                # most); an observer's (a trainee's) does not.
-                on_receiver_reports(
-                    transceiver.sender,
-                    lambda bps: self._subscriber_estimate(forwarder, bps),
-                    lambda fraction: self._subscriber_loss(forwarder, fraction),
-                )
+            on_keyframe_request(transceiver.sender, forwarder.ask_keyframe)
+            on_receiver_reports(
+                transceiver.sender,
+                lambda bps: self._subscriber_estimate(forwarder, bps),
+                lambda fraction: self._subscriber_loss(forwarder, fraction),
+            )
         outputs.add(forwarder)
         owned.append(forwarder)
 
     def _subscriber_estimate(self, track: Forwarder, estimate_bps: int) -> None:
-        if self.feedback is not None:
-            self.feedback.subscriber_estimate(track, estimate_bps, track.sent_bps(time.monotonic()))
+        """A subscriber's REMB: what its downlink carries, and so which layer it is sent."""
+        now = time.monotonic()
+        track.downlink.report(estimate_bps, track.sent_bps(now), now)
+        self._choose_layer(track, now)
 
     def _subscriber_loss(self, track: Forwarder, fraction: float) -> None:
-        if self.feedback is not None:
-            self.feedback.subscriber_loss(track, fraction, track.sent_bps(time.monotonic()))
+        """A subscriber's receiver report: the share of what it was sent that it lost."""
+        now = time.monotonic()
+        track.downlink.report_loss(fraction, track.sent_bps(now), now)
+        self._choose_layer(track, now)
+
+    def _choose_layer(self, track: Forwarder, now: float) -> None:
+        source = self.video
+        if source is None or source.layers is None:
+            return
+        ranked = source.layers.ranked(now)
+        limit = track.downlink.current(now, self.policy.ceiling_kbps * 1000)
+        layer = track.layer.choose(ranked, limit, now)
+        if layer is not None:
+            track.switch_to(layer.ssrc)
+
+    def _publisher_limits(self) -> list[DownlinkLimit]:
+        """The downlinks that limit the publisher's rate: none while it sends simulcast (each
+        subscriber is sent the layer its downlink carries), else the experts'."""
+        source = self.video
+        if source is not None and source.layers is not None:
+            if len(source.layers.ranked(time.monotonic())) > 1:
+                return []
+        return [f.downlink for f in self.video_outputs if f.limits_publisher]
 
     def _start(self, peer: Peer) -> None:
         if peer.feedback is not None:
@@ -242,7 +296,9 @@ class MediaRoom:
             if peer.role is Role.OPERATOR and source.kind == "video":
                 self.video = source
                 if self.cine_factory is not None and self.codec is not None:
-                    self.cine = source.cine = self.cine_factory(self.codec, self.request_keyframe)
+                    self.cine = source.cine = self.cine_factory(
+                        self.codec, functools.partial(self._cine_keyframe, source)
+                    )
                 for output in self.video_outputs:
                     source.attach(output)
             elif peer.role is Role.OPERATOR:
@@ -258,6 +314,9 @@ class MediaRoom:
                 if current is not None:
                     current.attach(output)
         self._assign_voices()
+
+    def _cine_keyframe(self, source: Source) -> None:
+        self.request_keyframe(source.cine_ssrc)
 
     def _assign_voices(self) -> None:
         """Give every other participant's voice a slot in each peer, where slots allow."""
@@ -308,8 +367,6 @@ class MediaRoom:
                     current.detach(track)
             self.video_outputs.discard(track)
             self.audio_outputs.discard(track)
-            if self.feedback is not None:
-                self.feedback.forget(track)
         await peer.pc.close()
         self._assign_voices()
 

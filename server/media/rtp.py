@@ -94,6 +94,17 @@ def vp8_descriptor(payload: bytes) -> Vp8Descriptor | None:
     return Vp8Descriptor(at, picture_id_at, picture_id, tl0_at, tl0, starts_frame, keyframe)
 
 
+def vp8_keyframe_size(payload: bytes, descriptor: Vp8Descriptor) -> tuple[int, int] | None:
+    """The picture size a VP8 key frame's first packet declares (RFC 6386 9.1: 14 bits each of
+    width and height after the start code), or None for any other packet."""
+    at = descriptor.length + 6
+    if not descriptor.keyframe or len(payload) < at + 4:
+        return None
+    width = int.from_bytes(payload[at : at + 2], "little") & 0x3FFF
+    height = int.from_bytes(payload[at + 2 : at + 4], "little") & 0x3FFF
+    return width, height
+
+
 def h264_starts_keyframe(payload: bytes) -> bool:
     """Whether an H.264 packet begins a key frame a new decoder can start from: it carries the
     sequence parameter set (alone, or in a STAP-A), which WebRTC encoders send before every IDR

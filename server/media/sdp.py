@@ -1,7 +1,9 @@
-"""SDP offers as the relay needs them: bounded in size, which video codec, and only the room's
-left in it."""
+"""SDP offers as the relay needs them: bounded in size, which video codec, only the room's left
+in it, and a publisher's simulcast layers (which aiortc's parser ignores) answered."""
 
 from __future__ import annotations
+
+import re
 
 from aiortc.sdp import SessionDescription
 
@@ -61,4 +63,66 @@ def video_codec(sdp: str) -> str | None:
     for media in SessionDescription.parse(sdp).media:
         if media.kind == "video" and media.rtp.codecs:
             return media.rtp.codecs[0].mimeType.lower()
+    return None
+
+
+# Simulcast (RFC 8853): a publisher may send its video as up to this many layers.
+SIMULCAST_LAYERS_MAX = 3
+RID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,16}")
+
+
+def simulcast_rids(sdp: str, mid: str) -> list[str]:
+    """The RIDs a publisher's offer sends as simulcast on the section `mid` ([]: none)."""
+    section = _section(sdp, mid)
+    if section is None:
+        return []
+    sent = {
+        line.split()[0][len("a=rid:") :]
+        for line in section.splitlines()
+        if line.startswith("a=rid:") and line.split()[1:2] == ["send"]
+    }
+    listed = next((line for line in section.splitlines() if line.startswith("a=simulcast:")), None)
+    if listed is None or not sent:
+        return []
+    words = listed[len("a=simulcast:") :].split()
+    if len(words) != 2 or words[0] != "send":
+        raise BadRequest(
+            "the offer's simulcast line must send, and only send", code="invalid_sdp", field="sdp"
+        )
+    # Alternatives (a,b) are taken as layers, paused ones (~a) as any other.
+    rids = [rid.lstrip("~") for group in words[1].split(";") for rid in group.split(",")]
+    if len(rids) > SIMULCAST_LAYERS_MAX or len(set(rids)) != len(rids):
+        raise BadRequest(
+            f"the offer's video has more than {SIMULCAST_LAYERS_MAX} simulcast layers, or a "
+            "layer twice",
+            code="invalid_sdp",
+            field="sdp",
+        )
+    if not all(RID_PATTERN.fullmatch(rid) and rid in sent for rid in rids):
+        raise BadRequest(
+            "the offer's simulcast line names a RID that is not a sent a=rid of up to 16 "
+            "letters, digits, '-' or '_'",
+            code="invalid_sdp",
+            field="sdp",
+        )
+    return rids
+
+
+def answer_simulcast(answer: str, mid: str, rids: list[str]) -> str:
+    """The answer receiving `rids` as simulcast on the section `mid` (aiortc writes no such
+    lines)."""
+    section = _section(answer, mid)
+    if section is None or not rids:
+        return answer
+    lines = [f"a=rid:{rid} recv" for rid in rids] + [f"a=simulcast:recv {';'.join(rids)}"]
+    return answer.replace(section, section + "".join(f"{line}\r\n" for line in lines), 1)
+
+
+def _section(sdp: str, mid: str) -> str | None:
+    """The text of the media section whose a=mid is `mid` (with its line ends)."""
+    starts = [m.start() for m in re.finditer(r"^m=", sdp, re.MULTILINE)]
+    for start, end in zip(starts, [*starts[1:], len(sdp)], strict=True):
+        section = sdp[start:end]
+        if re.search(rf"^a=mid:{re.escape(mid)}\r?$", section, re.MULTILINE):
+            return section
     return None

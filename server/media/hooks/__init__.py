@@ -13,8 +13,11 @@ assumptions stops holding:
    The relay's replacement keeps what the relay needs of it: the active sources
    (`__active_ssrc`, read by `getSynchronizationSources`), the statistics the receiver reports
    are built from (`__remote_streams`, a `StreamStatistics` per SSRC), RTX unwrapping
-   (`__rtx_ssrc`, the codec's `apt`, `__codecs`) and NACKs (`__nack_generator`,
-   `_send_rtcp_nack`). It does not depayload, reassemble frames or decode.
+   (`__rtx_ssrc`, the codec's `apt`, `__codecs`; an RTX stream a simulcast offer did not name
+   is learnt from the RID it repairs, which aiortc's `rtp.py` parses once the extension is
+   negotiated, see 9) and NACKs (aiortc's `NackGenerator`, one per SSRC, and
+   `_send_rtcp_nack`). It does not depayload, reassemble frames or decode. The transport's
+   router hands the receiver every SSRC whose payload type only it has negotiated.
 2. `RTCRtpSender.send(parameters)` starts `self._run_rtp(codec)`, looked up on the instance,
    once the transport is up, having configured `__rtp_header_extensions_map` (its `__ids`) and
    `__rtx_payload_type` and noted `__mid`; `stop()` waits for `__rtp_started` and
@@ -27,15 +30,18 @@ assumptions stops holding:
 5. A sender asks its own encoder for a keyframe through `RTCRtpSender._send_keyframe()` when a
    subscriber sends PLI/FIR; the relay routes that to the publisher instead.
 6. `RTCRtpReceiver._send_rtcp_pli(media_ssrc)` sends a PLI upstream.
-7. Loss repair: the receiver's `__nack_generator.missing` holds the sequence numbers still
-   missing, and `_send_rtcp_nack(ssrc, lost)` asks for them.
+7. Loss repair: a `NackGenerator`'s `missing` holds the sequence numbers still missing, and
+   `_send_rtcp_nack(ssrc, lost)` asks for them.
 8. For the test and benchmark bots only: `aiortc.rtcrtpreceiver.decoder_worker` builds its
    decoder through the module global `get_decoder(codec)`; `install()` replaces it with one that
    hands each frame on as an `av.Packet`, so a bot counts encoded frames without decoding.
 9. The answer's header extensions and codecs are `transceiver._headerExtensions` and
    `transceiver._codecs`, set by `setRemoteDescription` and read by `createAnswer` (and by the
    receiver's parameters when the connection starts). aiortc offers no transport-wide
-   congestion control, so the publisher's answer gets it here, from what its offer proposed.
+   congestion control, so the publisher's answer gets it here, from what its offer proposed;
+   likewise the RID header extensions (rtp-stream-id, repaired-rtp-stream-id) of a simulcast
+   offer. aiortc writes no `a=rid`/`a=simulcast` lines: `sdp.py` adds them to the answer's
+   text.
 10. Every received RTP packet of a DTLS transport passes through
     `transport._rtp_router.route_rtp(packet)`, parsed with that transport's header extension
     map, which knows the transport-wide sequence number once it is negotiated (aiortc's `rtp.py`

@@ -13,7 +13,7 @@ from typing import Any
 from aiortc import RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import RtpPacket, pack_header_extensions, unwrap_rtx
 
@@ -31,13 +31,19 @@ ONE_BYTE_PROFILE = 0xBEDE
 OnPacket = Callable[[RtpPacket, RTCRtpCodecParameters], Awaitable[None]]
 
 
-def take_packets(receiver: RTCRtpReceiver, on_packet: OnPacket, retry: NackRetry | None) -> None:
+def take_packets(receiver: RTCRtpReceiver, on_packet: OnPacket, repair: bool) -> None:
     """Hand every media packet `receiver` gets to `on_packet` (RTX unwrapped), after the
-    statistics and NACKs aiortc keeps for it; nothing else of aiortc's receive path runs."""
+    statistics aiortc keeps for it and, with `repair`, the NACKs for what is missing (per SSRC:
+    a simulcast publisher sends several); nothing else of aiortc's receive path runs."""
     codecs: dict[int, Any] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
     streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
     rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
     active: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
+    # A simulcast offer names no SSRCs: each layer's is learnt from its RID, and each RTX
+    # stream's from the RID it repairs.
+    rid_ssrc: dict[str, int] = {}
+    nacks: dict[int, NackGenerator] = {}
+    retries: dict[int, NackRetry] = {}
 
     async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
         if not receiver._enabled:
@@ -52,16 +58,30 @@ def take_packets(receiver: RTCRtpReceiver, on_packet: OnPacket, retry: NackRetry
         statistics.add(packet)
         if is_rtx(codec):
             media_ssrc = rtx_ssrc.get(packet.ssrc)
+            if media_ssrc is None and packet.extensions.repaired_rtp_stream_id:
+                media_ssrc = rid_ssrc.get(packet.extensions.repaired_rtp_stream_id)
+                if media_ssrc is not None:
+                    rtx_ssrc[packet.ssrc] = media_ssrc
             apt = codec.parameters.get("apt")
             if media_ssrc is None or len(packet.payload) < 2 or apt not in codecs:
                 return  # RTX padding (bandwidth probes) carries no packet
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=media_ssrc)
             codec = codecs[apt]
-        nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
-        if nacks is not None and nacks.add(packet):
-            await receiver._send_rtcp_nack(packet.ssrc, sorted(nacks.missing))
-        if retry is not None:
-            await retry.after_packet(packet)
+        elif packet.extensions.rtp_stream_id:
+            rid_ssrc[packet.extensions.rtp_stream_id] = packet.ssrc
+        if repair:
+            ssrc = packet.ssrc
+            generator = nacks.get(ssrc)
+            if generator is None:
+                generator = nacks[ssrc] = NackGenerator()
+                retries[ssrc] = NackRetry()
+            if generator.add(packet):
+                await receiver._send_rtcp_nack(ssrc, sorted(generator.missing))
+            retry = retries[ssrc]
+            if generator.missing or retry.asked:
+                lost = retry.due(generator.missing)
+                if lost:
+                    await receiver._send_rtcp_nack(ssrc, lost)
         await on_packet(packet, codec)
 
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]

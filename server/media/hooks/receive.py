@@ -15,9 +15,6 @@ from aiortc import rtcrtpreceiver as _receiver_module
 from aiortc.codecs.base import Decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import (
-    RtpPacket,
-)
 
 from server.media.payloads import is_keyframe
 
@@ -74,12 +71,7 @@ class NackRetry:
     retransmission stalled its frame; and it went on listing packets long given up.
     """
 
-    def __init__(
-        self,
-        receiver: RTCRtpReceiver,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.receiver = receiver
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         # Sequence number -> (times asked, when last asked).
         self.asked: dict[int, tuple[int, float]] = {}
@@ -106,23 +98,16 @@ class NackRetry:
             del self.asked[seq]
         return lost
 
-    async def after_packet(self, packet: RtpPacket) -> None:
-        generator = self.receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
-        if generator is None or not (generator.missing or self.asked):
-            return
-        lost = self.due(generator.missing)
-        if lost:
-            rtx = self.receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
-            ssrc = rtx.get(packet.ssrc, packet.ssrc)
-            await self.receiver._send_rtcp_nack(ssrc, lost)
-
 
 def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
     """Call `callback` instead of the sender's own encoder when its peer asks for a keyframe."""
     sender._send_keyframe = callback  # type: ignore[method-assign]
 
 
-async def request_keyframe(receiver: RTCRtpReceiver) -> None:
-    """Send a PLI for every source the receiver has heard from."""
+async def request_keyframe(receiver: RTCRtpReceiver, ssrc: int | None = None) -> None:
+    """Send a PLI for `ssrc`, or for every source the receiver has heard from lately."""
+    if ssrc is not None:
+        await receiver._send_rtcp_pli(ssrc)
+        return
     for source in receiver.getSynchronizationSources():
         await receiver._send_rtcp_pli(source.source)

@@ -167,3 +167,19 @@ def on_receiver_reports(
         await handle(packet)
 
     sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+RID_URIS = (
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+)
+
+
+def accept_stream_ids(transceiver: RTCRtpTransceiver, offered: MediaDescription) -> None:
+    """Answer the RID header extensions a simulcast offer proposes: each layer's packets, and
+    each retransmission stream's, say which layer they are (aiortc parses both once
+    negotiated)."""
+    extensions = [x for x in offered.rtp.headerExtensions if x.uri in RID_URIS]
+    transceiver._headerExtensions = [
+        x for x in transceiver._headerExtensions if x.uri not in RID_URIS
+    ] + extensions

@@ -1,0 +1,130 @@
+"""Simulcast layers: the encodings of the publisher's video, and which one each subscriber is
+sent (no I/O).
+
+A bedside page in a room with more than one subscriber sends its video as three encodings of one
+picture (simulcast, RFC 8853): full size, half and a quarter, each with its own SSRC, named by a
+RID (the rtp-stream-id header extension on their first packets). The relay ranks them by the
+picture size their key frames declare (by bitrate where none does: H.264) and measures each
+one's bitrate. Each subscriber is sent one (`LayerChoice`): the largest whose bitrate its
+downlink carries (`DownlinkLimit`, from that subscriber's own REMB and losses), switched at a key
+frame of the new layer (`Rewriter`). A downlink never congested, or whose limit has grown back
+past the ceiling, gets the largest; captures always take the largest.
+
+Switching up is how the relay finds out whether a downlink has room again: the limit grows 8 %
+a second while the subscriber reports no congestion, and once it passes the next layer's
+bitrate the subscriber is switched up. If the link cannot carry it, its reports say so within a
+couple of seconds and it goes back down; each such failed attempt doubles the wait before the
+next (from UP_HOLD_START_SECONDS to UP_HOLD_MAX_SECONDS). mediasoup and pion probe with padding
+instead; the relay sends none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A layer with no packet for this long is not offered: the browser paused it (too little
+# uplink, or the page turned it off).
+LAYER_IDLE_SECONDS = 1.0
+# Each layer's bitrate is measured over windows this long; a layer is offered once one is done.
+RATE_WINDOW_SECONDS = 1.0
+# Going down this soon after going up means the step up failed.
+UP_FAILED_SECONDS = 5.0
+UP_HOLD_START_SECONDS = 8.0
+UP_HOLD_MAX_SECONDS = 64.0
+
+
+@dataclass(slots=True)
+class Layer:
+    """One encoding of the publisher's video."""
+
+    ssrc: int
+    rid: str | None
+    started_at: float
+    width: int = 0
+    height: int = 0
+    bytes: int = 0
+    last_at: float = 0.0
+    window_at: float = 0.0
+    window_bytes: int = 0
+    bps: float = -1.0  # -1: not measured yet
+
+    @property
+    def area(self) -> int:
+        return self.width * self.height
+
+
+class Layers:
+    """The layers of one received video, by SSRC."""
+
+    def __init__(self) -> None:
+        self.by_ssrc: dict[int, Layer] = {}
+
+    def packet(self, ssrc: int, rid: str | None, size: int, now: float) -> Layer:
+        """A packet of `size` payload bytes arrived on `ssrc` (its RID, where it carries one)."""
+        layer = self.by_ssrc.get(ssrc)
+        if layer is None:
+            layer = self.by_ssrc[ssrc] = Layer(ssrc, rid, now, window_at=now)
+        elif rid and layer.rid is None:
+            layer.rid = rid
+        layer.bytes += size
+        layer.last_at = now
+        return layer
+
+    def ranked(self, now: float) -> list[Layer]:
+        """The layers sending now whose bitrate is measured, smallest picture first (lowest
+        bitrate first where sizes are equal or unknown)."""
+        live = []
+        for ssrc, layer in list(self.by_ssrc.items()):
+            if now - layer.last_at > LAYER_IDLE_SECONDS:
+                if now - layer.last_at > 60:
+                    del self.by_ssrc[ssrc]  # a source gone for good (the browser's SSRCs change)
+                continue
+            elapsed = now - layer.window_at
+            if elapsed >= RATE_WINDOW_SECONDS:
+                layer.bps = 8 * (layer.bytes - layer.window_bytes) / elapsed
+                layer.window_at, layer.window_bytes = now, layer.bytes
+            if layer.bps >= 0:
+                live.append(layer)
+        live.sort(key=lambda layer: (layer.area, layer.bps))
+        return live
+
+    def top(self, now: float) -> Layer | None:
+        """The largest layer sending now (measured or not)."""
+        live = [
+            layer for layer in self.by_ssrc.values() if now - layer.last_at <= LAYER_IDLE_SECONDS
+        ]
+        return max(live, key=lambda layer: (layer.area, layer.bytes), default=None)
+
+
+class LayerChoice:
+    """Which layer one subscriber is sent."""
+
+    def __init__(self) -> None:
+        self.ssrc: int | None = None
+        self.went_up_at = float("-inf")
+        self.hold_until = float("-inf")
+        self.hold = UP_HOLD_START_SECONDS
+
+    def choose(self, layers: list[Layer], limit_bps: int | None, now: float) -> Layer | None:
+        """The layer to send, from `layers` (as `Layers.ranked` gives them) and the subscriber's
+        downlink limit (None: not limited)."""
+        if not layers:
+            return None
+        target = len(layers) - 1
+        if limit_bps is not None:
+            fitting = [i for i, layer in enumerate(layers) if layer.bps <= limit_bps]
+            target = fitting[-1] if fitting else 0
+        current = next((i for i, layer in enumerate(layers) if layer.ssrc == self.ssrc), None)
+        if current is not None and target > current:
+            if now < self.hold_until:
+                target = current
+            else:
+                self.went_up_at = now
+        elif current is not None and target < current:
+            if now - self.went_up_at < UP_FAILED_SECONDS:
+                self.hold_until = now + self.hold
+                self.hold = min(2 * self.hold, UP_HOLD_MAX_SECONDS)
+            elif now - self.went_up_at > UP_HOLD_MAX_SECONDS:
+                self.hold = UP_HOLD_START_SECONDS
+        self.ssrc = layers[target].ssrc
+        return layers[target]
