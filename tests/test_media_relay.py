@@ -223,6 +223,13 @@ def test_the_forwarding_hook_still_fits_aiortc() -> None:
         assert f"_RTCRtpReceiver{name}" in receiver_fields, name
         assert f"_RTCRtpReceiver{name}" in handled, name
     assert "_enabled" in handled and "unwrap_rtx" in handled
+    # ... a simulcast layer's SSRC, named nowhere, reaches the receiver by its payload type;
+    # the RIDs are parsed; NACKs are generated per SSRC.
+    assert "payload_type_table" in RtpRouter.route_rtp.__code__.co_names
+    assert {"rtp_stream_id", "repaired_rtp_stream_id"} <= set(
+        aiortc.rtp.HeaderExtensions.__dataclass_fields__
+    )
+    assert callable(rtcrtpreceiver.NackGenerator().add)
     # 2-4. The packet path out: a parked sender, its reports' fields, NACKs answered.
     send = RTCRtpSender.send.__code__.co_names
     assert "_run_rtp" in send and "_RTCRtpSender__rtp_header_extensions_map" in send
@@ -243,6 +250,7 @@ def test_the_forwarding_hook_still_fits_aiortc() -> None:
     # 8. The bots' passthrough decoder.
     assert "get_decoder" in rtcrtpreceiver.decoder_worker.__code__.co_names
     assert hasattr(rtcrtpreceiver, "get_decoder")
+    assert callable(getattr(RTCRtpReceiver, "_send_rtcp", None))
     # 9-13. Congestion feedback.
     assert callable(RtpRouter.route_rtp)
     assert "_rtp_router" in RTCDtlsTransport.__init__.__code__.co_names

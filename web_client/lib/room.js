@@ -4,7 +4,7 @@
 import { api, apiBlob, describe } from "./api.js";
 import { $, el } from "./dom.js";
 import { Live } from "./live.js";
-import { connectMedia, quality } from "./rtc.js";
+import { connectMedia, quality, sendSmallerLayers } from "./rtc.js";
 
 const RECONNECT_AFTER_MS = 4000;
 const QUALITY_EVERY_MS = 2000;
@@ -146,12 +146,18 @@ export class Room {
 
   people(list) {
     this.participants = list;
+    if (this.media?.role === "operator") sendSmallerLayers(this.pc, this.smallerLayers());
     this.handlers.people?.(list);
     if (!this.ui.participants) return;
     this.ui.participants.replaceChildren(
       ...list.map((p) => el("li", { "data-role": p.role },
         el("span", { class: "pill", text: p.role }), " ", p.name || p.id)),
     );
+  }
+
+  // The bedside sends the smaller simulcast layers while more than one expert or observer watches.
+  smallerLayers() {
+    return this.participants.filter((p) => p.role === "expert" || p.role === "observer").length > 1;
   }
 
   say(message, isError = false) {
@@ -216,6 +222,7 @@ export class Room {
         ...this.media,
         iceServers: this.state?.ice?.ice_servers,
         onState: (s) => this.mediaState(s),
+        smaller: this.smallerLayers(),
       });
       this.say("Media connected");
     } catch (error) {

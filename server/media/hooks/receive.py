@@ -15,6 +15,7 @@ from aiortc import rtcrtpreceiver as _receiver_module
 from aiortc.codecs.base import Decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
 from server.media.payloads import is_keyframe
 
@@ -111,3 +112,17 @@ async def request_keyframe(receiver: RTCRtpReceiver, ssrc: int | None = None) ->
         return
     for source in receiver.getSynchronizationSources():
         await receiver._send_rtcp_pli(source.source)
+
+
+async def report_estimate(receiver: RTCRtpReceiver, bitrate_bps: int) -> None:
+    """For the test and benchmark bots only: send a REMB of `bitrate_bps` for the sources the
+    receiver hears, as a subscriber whose downlink carries that much would, in place of its
+    own estimator's (switched off: `__remote_bitrate_estimator`, `__rtcp_ssrc`, `_send_rtcp`)."""
+    receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+    rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+    ssrcs = [source.source for source in receiver.getSynchronizationSources()]
+    if rtcp_ssrc is None or not ssrcs:
+        return
+    fci = pack_remb_fci(bitrate_bps, ssrcs)
+    packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci)
+    await receiver._send_rtcp(packet)

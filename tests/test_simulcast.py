@@ -1,0 +1,134 @@
+"""Simulcast's parts without a network: the offer's RIDs and the answer's lines, a key frame's
+declared size, the layers ranked and measured, and which layer a subscriber is sent."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.errors import BadRequest
+from server.media.layers import (
+    LAYER_IDLE_SECONDS,
+    UP_HOLD_START_SECONDS,
+    LayerChoice,
+    Layers,
+)
+from server.media.rtp import vp8_descriptor, vp8_keyframe_size
+from server.media.sdp import answer_simulcast, simulcast_rids
+
+# The video section of a Chromium offer with three encodings (trimmed).
+CHROMIUM_OFFER = (
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
+    "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n"
+    "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+    "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n"
+    "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n"
+    "a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n"
+    "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendrecv\r\n"
+    "a=rtpmap:111 opus/48000/2\r\n"
+)
+
+
+def test_the_offer_s_rids_are_read_and_the_answer_receives_them() -> None:
+    assert simulcast_rids(CHROMIUM_OFFER, "0") == ["q", "h", "f"]
+    assert simulcast_rids(CHROMIUM_OFFER, "1") == []
+    answer = CHROMIUM_OFFER.replace("a=sendonly", "a=recvonly").replace(" send", " recv")
+    answer = answer.split("a=rid:")[0] + "m=audio" + CHROMIUM_OFFER.split("m=audio")[1]
+    written = answer_simulcast(answer, "0", ["q", "h", "f"])
+    video, audio = written.split("m=audio")
+    assert "a=rid:q recv\r\na=rid:h recv\r\na=rid:f recv\r\na=simulcast:recv q;h;f\r\n" in video
+    assert "simulcast" not in audio and "a=rid" not in audio
+    # Paused layers (~) and alternatives (,) are layers too.
+    paused = CHROMIUM_OFFER.replace("send q;h;f", "send ~q;h,f")
+    assert simulcast_rids(paused, "0") == ["q", "h", "f"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "a=simulcast:recv q;h;f",  # a publisher sends
+        "a=simulcast:send q;h;f;x",  # more layers than a room uses, one not an a=rid
+        "a=simulcast:send q;q",  # twice
+        "a=simulcast:send q;h;z",  # not sent as a=rid
+    ],
+)
+def test_a_simulcast_line_the_relay_cannot_use_is_refused_by_name(line: str) -> None:
+    offer = CHROMIUM_OFFER.replace("a=simulcast:send q;h;f", line)
+    with pytest.raises(BadRequest) as refused:
+        simulcast_rids(offer, "0")
+    assert refused.value.code == "invalid_sdp" and "simulcast" in str(refused.value)
+
+
+def test_a_key_frame_declares_its_size() -> None:
+    # Descriptor (X, I with a 15-bit picture id), frame tag (key, shown), start code, 640x360.
+    payload = bytes([0x90, 0x80, 0x81, 0x23, 0x50, 0x12, 0x00, 0x9D, 0x01, 0x2A])
+    payload += (640).to_bytes(2, "little") + (360 | 0x4000).to_bytes(2, "little") + b"\x00" * 8
+    descriptor = vp8_descriptor(payload)
+    assert descriptor is not None and descriptor.keyframe
+    assert vp8_keyframe_size(payload, descriptor) == (640, 360)  # the scale bits are not size
+    delta = bytes([0x90, 0x80, 0x81, 0x24, 0x51]) + b"\x00" * 12
+    delta_descriptor = vp8_descriptor(delta)
+    assert delta_descriptor is not None
+    assert vp8_keyframe_size(delta, delta_descriptor) is None
+
+
+def three_layers(now: float, rates: tuple[int, int, int] = (150_000, 450_000, 2_000_000)) -> Layers:
+    """Layers q, h, f measured over one second ending at `now`, their sizes known."""
+    layers = Layers()
+    for ssrc, (rid, size, bps) in enumerate(
+        zip("qhf", [(320, 180), (640, 360), (1280, 720)], rates, strict=True), start=1
+    ):
+        layer = layers.packet(ssrc, rid, 0, now - 1)
+        layer.width, layer.height = size
+        layers.packet(ssrc, None, bps // 8, now)
+    return layers
+
+
+def test_layers_are_ranked_by_picture_size_and_measured() -> None:
+    layers = three_layers(10.0)
+    ranked = layers.ranked(10.0)
+    assert [layer.rid for layer in ranked] == ["q", "h", "f"]
+    assert [round(layer.bps) for layer in ranked] == [150_000, 450_000, 2_000_000]
+    assert layers.top(10.0) is ranked[-1]
+    # A layer the browser stops sending is no longer offered.
+    layers.packet(1, None, 100, 10.0 + LAYER_IDLE_SECONDS + 0.5)
+    layers.packet(2, None, 100, 10.0 + LAYER_IDLE_SECONDS + 0.5)
+    assert [layer.rid for layer in layers.ranked(10.0 + LAYER_IDLE_SECONDS + 0.5)] == ["q", "h"]
+    # Without sizes (H.264), by bitrate.
+    unsized = Layers()
+    for ssrc, bps in ((7, 900_000), (8, 100_000)):
+        unsized.packet(ssrc, None, 0, 0.0)
+        unsized.packet(ssrc, None, bps // 8, 1.0)
+    assert [layer.ssrc for layer in unsized.ranked(1.0)] == [8, 7]
+
+
+def test_a_subscriber_is_sent_the_largest_layer_its_downlink_carries() -> None:
+    now = 100.0
+    ranked = three_layers(now).ranked(now)
+    choice = LayerChoice()
+    assert choice.choose([], None, now) is None
+    assert choice.choose(ranked, None, now).rid == "f"  # type: ignore[union-attr]
+    assert choice.choose(ranked, 1_000_000, now + 1).rid == "h"  # type: ignore[union-attr]
+    assert choice.choose(ranked, 100_000, now + 2).rid == "q"  # type: ignore[union-attr]
+    # Up again when the limit has grown past the next layer.
+    assert choice.choose(ranked, 500_000, now + 20).rid == "h"  # type: ignore[union-attr]
+
+
+def test_a_failed_step_up_waits_longer_each_time() -> None:
+    now = 100.0
+    ranked = three_layers(now).ranked(now)
+    choice = LayerChoice()
+    assert choice.choose(ranked, 200_000, now).rid == "q"  # type: ignore[union-attr]
+    # Up, and straight back down: the step failed.
+    assert choice.choose(ranked, 500_000, now + 1).rid == "h"  # type: ignore[union-attr]
+    assert choice.choose(ranked, 200_000, now + 3).rid == "q"  # type: ignore[union-attr]
+    # Held down while the hold lasts, whatever the limit says.
+    held = now + 3 + UP_HOLD_START_SECONDS - 1
+    assert choice.choose(ranked, 500_000, held).rid == "q"  # type: ignore[union-attr]
+    # Up after it; failing again holds twice as long.
+    after = now + 3 + UP_HOLD_START_SECONDS + 0.1
+    assert choice.choose(ranked, 500_000, after).rid == "h"  # type: ignore[union-attr]
+    assert choice.choose(ranked, 200_000, after + 1).rid == "q"  # type: ignore[union-attr]
+    longer = after + 1 + 2 * UP_HOLD_START_SECONDS - 1
+    assert choice.choose(ranked, 500_000, longer).rid == "q"  # type: ignore[union-attr]
+    assert choice.choose(ranked, 500_000, longer + 1.2).rid == "h"  # type: ignore[union-attr]

@@ -1,0 +1,179 @@
+"""Simulcast in real Chromium: with two experts watching, the bedside page sends its 1280x720 scan
+at full, half and quarter size; the relay sends the expert whose downlink reports 400 kbit/s a
+smaller layer while the other keeps 1280x720; with one expert left the bedside sends the full
+picture only, and that expert gets it again. The experts are aiortc peers over loopback whose
+REMB says what their downlink carries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from browser import coordinator_token
+from live_client import Participant
+from media_bots import Bot, expert_bot
+from phantom import BREAST_REQUEST
+from servers import Server, cli_env, live_session
+
+from server.media.hooks.receive import report_estimate
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
+
+TIMEOUT_MS = 30_000
+POLLS = 120  # every 0.5 s
+POOR_DOWNLINK_BPS = 400_000
+GOOD_DOWNLINK_BPS = 20_000_000
+FULL = (1280, 720)
+
+RECORD_PEER_CONNECTIONS = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  window.__pcs = [];
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) { super(...args); window.__pcs.push(this); }
+  };
+})();
+"""
+
+# The bedside's video layers as its own statistics see them: rid -> [width, height, bytes sent].
+BEDSIDE_LAYERS = """
+async () => {
+  const pc = window.__pcs[window.__pcs.length - 1];
+  if (!pc || pc.connectionState !== "connected") return {};
+  const out = {};
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "outbound-rtp" && s.kind === "video" && s.rid) {
+      out[s.rid] = [s.frameWidth || 0, s.frameHeight || 0, s.bytesSent || 0];
+    }
+  });
+  return out;
+}
+"""
+
+
+def keyframe_sizes(bot: Bot, start: int = 0) -> list[tuple[int, int]]:
+    """The sizes the VP8 key frames a bot received declare (RFC 6386 9.1), from `start` on."""
+    sizes = []
+    for packet in bot.received["video"][start:]:
+        data = bytes(packet)
+        if len(data) >= 10 and not data[0] & 1 and data[3:6] == b"\x9d\x01\x2a":
+            width = int.from_bytes(data[6:8], "little") & 0x3FFF
+            height = int.from_bytes(data[8:10], "little") & 0x3FFF
+            sizes.append((width, height))
+    return sizes
+
+
+async def eventually(check: Any, what: str, within: float = 60) -> None:
+    """Wait until `check()` holds (it may be a coroutine function), bounded."""
+    for _ in range(int(within / 0.5)):
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"never: {what}")
+
+
+async def layers_sending(bedside: Page, wait: float = 2.0) -> dict[str, tuple[int, int]]:
+    """The bedside's layers that sent bytes over `wait` seconds, with their sizes."""
+    before = await bedside.evaluate(BEDSIDE_LAYERS)
+    await asyncio.sleep(wait)
+    after = await bedside.evaluate(BEDSIDE_LAYERS)
+    return {
+        rid: (width, height)
+        for rid, (width, height, sent) in after.items()
+        if sent > before.get(rid, [0, 0, 0])[2]
+    }
+
+
+async def test_a_poor_downlink_gets_a_smaller_layer_while_the_other_expert_keeps_720p(
+    tmp_path: Path, chromium_720p: Browser
+) -> None:
+    with Server(cli_env(tmp_path / "data")) as server:
+        operator, *experts = live_session(
+            server, coordinator_token(server), BREAST_REQUEST, experts=2
+        )
+        context = await chromium_720p.new_context(viewport={"width": 1400, "height": 1000})
+        await context.add_init_script(RECORD_PEER_CONNECTIONS)
+        bedside = await context.new_page()
+        await bedside.goto(f"{server.url}/bedside#token={operator}")
+        await bedside.wait_for_function(
+            "() => document.getElementById('video').videoWidth === 1280", timeout=TIMEOUT_MS
+        )
+        await bedside.click("#go-live")
+        poor = await expert_bot(await Participant(server.url, experts[0]).connect(), voice=False)
+        good = await expert_bot(await Participant(server.url, experts[1]).connect(), voice=False)
+        reporting: asyncio.Task[None] | None = None
+        try:
+            assert "error" not in await poor.negotiate()
+            assert "error" not in await good.negotiate()
+
+            # Two experts watch: the bedside sends all three layers.
+            sizes: dict[str, tuple[int, int]] = {}
+
+            async def three_layers() -> bool:
+                nonlocal sizes
+                sizes = await layers_sending(bedside, 1.0)
+                return len(sizes) == 3
+
+            await eventually(three_layers, "the bedside sends three layers")
+            assert sorted(sizes.values()) == [(320, 180), (640, 360), FULL], sizes
+
+            # One downlink carries 400 kbit/s: that expert is switched to a smaller layer; the
+            # other's carries 20 Mbit/s, and it is sent the full picture throughout.
+            def video(bot: Bot) -> Any:
+                return next(t for t in bot.pc.getTransceivers() if t.kind == "video").receiver
+
+            async def report() -> None:
+                while True:
+                    await report_estimate(video(poor), POOR_DOWNLINK_BPS)
+                    await report_estimate(video(good), GOOD_DOWNLINK_BPS)
+                    await asyncio.sleep(0.25)
+
+            async def poor_reports() -> None:
+                while True:
+                    await report_estimate(video(poor), POOR_DOWNLINK_BPS)
+                    await asyncio.sleep(0.25)
+
+            reporting = asyncio.create_task(report())
+            good_from = len(good.received["video"])
+            await eventually(
+                lambda: any(size != FULL for size in keyframe_sizes(poor)),
+                "the poor downlink is sent a smaller layer",
+            )
+            await eventually(
+                lambda: len(keyframe_sizes(good, good_from)) >= 2,
+                "the other expert gets key frames",
+            )
+            assert set(keyframe_sizes(good, good_from)) == {FULL}
+
+            # One expert left: the bedside sends the full picture only, and the expert whose
+            # downlink is poor gets it again (the bedside's rate capped for it instead).
+            reporting.cancel()
+            await good.close()
+            reporting = asyncio.create_task(poor_reports())
+
+            async def full_only() -> bool:
+                return set((await layers_sending(bedside, 1.0)).values()) == {FULL}
+
+            await eventually(full_only, "the bedside sends the full picture only")
+            poor_from = len(poor.received["video"])
+            await eventually(
+                lambda: FULL in keyframe_sizes(poor, poor_from),
+                "the remaining expert is sent the full picture",
+            )
+        finally:
+            if reporting is not None:
+                reporting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporting
+            await poor.close()
+            with contextlib.suppress(Exception):
+                reporting.cancel()
+            await good.close()
+            reporting = asyncio.create_task(poor_reports())
+            await context.close()
