@@ -84,6 +84,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "expert2-1.5mbit": {"expert2_kbit": 1500},
     # A second expert whose link loses 3 % both ways: repaired by the relay's retransmissions.
     "expert2-loss3": {"expert2_loss_percent": 3},
+    # Two experts on clean links, and with the bedside's uplink at 1.5 Mbit/s: what simulcast
+    # (sent while two watch) costs the bedside's uplink and the picture.
+    "expert2-clean": {"expert2": True},
+    "expert2-uplink1.5mbit": {"expert2": True, "rate_kbit": 1500},
 }
 
 # Every page records each RTCPeerConnection it makes, and the expert's video each frame it
@@ -310,7 +314,7 @@ async def scenario(
     with server:
         coordinator = cli(server, "token", "--role", "coordinator", "--sub", "bench")
         request = {**BREAST_REQUEST, "device": PHANTOM_DEVICE}
-        second = spec.get("expert2_kbit") or spec.get("expert2_loss_percent")
+        second = spec.get("expert2") or spec.get("expert2_kbit") or spec.get("expert2_loss_percent")
         experts_wanted = 2 if second else 1
         operator, *experts = live_session(server, coordinator, request, experts_wanted)
         base = f"http://{HOST_IP}:{port}"

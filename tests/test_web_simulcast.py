@@ -1,20 +1,24 @@
 """Simulcast in real Chromium: with two experts watching, the bedside page sends its 1280x720 scan
 at full, half and quarter size; the relay sends the expert whose downlink reports 400 kbit/s a
-smaller layer while the other keeps 1280x720; with one expert left the bedside sends the full
-picture only, and that expert gets it again. The experts are aiortc peers over loopback whose
+smaller layer while the other keeps 1280x720, and a still that expert captures is the 1280x720
+picture all the same; with one expert left the bedside offers again with one encoding, and that
+expert gets the full picture again. The experts are aiortc peers over loopback whose
 REMB says what their downlink carries."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pydicom
 from browser import coordinator_token
 from live_client import Participant
 from media_bots import Bot, expert_bot
-from phantom import BREAST_REQUEST
+from phantom import BREAST_REQUEST, PHANTOM_DEVICE
 from servers import Server, cli_env, live_session
 
 from server.media.hooks.receive import report_estimate
@@ -38,15 +42,16 @@ RECORD_PEER_CONNECTIONS = """
 })();
 """
 
-# The bedside's video layers as its own statistics see them: rid -> [width, height, bytes sent].
+# The bedside's video layers as its own statistics see them: rid -> [width, height, bytes sent]
+# ("single" without simulcast).
 BEDSIDE_LAYERS = """
 async () => {
   const pc = window.__pcs[window.__pcs.length - 1];
   if (!pc || pc.connectionState !== "connected") return {};
   const out = {};
   (await pc.getStats()).forEach((s) => {
-    if (s.type === "outbound-rtp" && s.kind === "video" && s.rid) {
-      out[s.rid] = [s.frameWidth || 0, s.frameHeight || 0, s.bytesSent || 0];
+    if (s.type === "outbound-rtp" && s.kind === "video") {
+      out[s.rid || "single"] = [s.frameWidth || 0, s.frameHeight || 0, s.bytesSent || 0];
     }
   });
   return out;
@@ -95,7 +100,10 @@ async def test_a_poor_downlink_gets_a_smaller_layer_while_the_other_expert_keeps
 ) -> None:
     with Server(cli_env(tmp_path / "data")) as server:
         operator, *experts = live_session(
-            server, coordinator_token(server), BREAST_REQUEST, experts=2
+            server,
+            coordinator_token(server),
+            {**BREAST_REQUEST, "device": PHANTOM_DEVICE},
+            experts=2,
         )
         context = await chromium_720p.new_context(viewport={"width": 1400, "height": 1000})
         await context.add_init_script(RECORD_PEER_CONNECTIONS)
@@ -151,8 +159,21 @@ async def test_a_poor_downlink_gets_a_smaller_layer_while_the_other_expert_keeps
             )
             assert set(keyframe_sizes(good, good_from)) == {FULL}
 
-            # One expert left: the bedside sends the full picture only, and the expert whose
-            # downlink is poor gets it again (the bedside's rate capped for it instead).
+            # Captures take the largest layer, whichever the capturing expert is sent.
+            ack = await poor.participant.call("capture", {"kind": "still"})
+            assert "key_image_id" in ack, ack
+            request = urllib.request.Request(
+                f"{server.url}/api/key-images/{ack['key_image_id']}/dicom",
+                headers={"Authorization": f"Bearer {experts[0]}"},
+            )
+            body = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(request, timeout=10).read()
+            )
+            still = pydicom.dcmread(io.BytesIO(body))
+            assert (still.Columns, still.Rows) == FULL
+
+            # One expert left: the bedside offers again with one encoding, and the expert whose
+            # downlink is poor gets the full picture again (the bedside's rate capped for it).
             reporting.cancel()
             await good.close()
             reporting = asyncio.create_task(poor_reports())
@@ -173,7 +194,5 @@ async def test_a_poor_downlink_gets_a_smaller_layer_while_the_other_expert_keeps
                     await reporting
             await poor.close()
             with contextlib.suppress(Exception):
-                reporting.cancel()
-            await good.close()
-            reporting = asyncio.create_task(poor_reports())
+                await good.close()
             await context.close()

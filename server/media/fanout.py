@@ -169,9 +169,10 @@ class Source:
         # The publisher's video keeps its recent frames for captures.
         self.cine: CineBuffer | None = None
         self.assembler: FrameAssembler | None = None
-        # Video: its simulcast layers (one, without simulcast), and the one the cine takes.
+        # Video: its simulcast layers (one, without simulcast), and the largest, which the cine
+        # takes and whose frames are counted.
         self.layers = Layers() if kind == "video" else None
-        self.cine_ssrc: int | None = None
+        self.top_ssrc: int | None = None
         self.stopped = False
 
     def attach(self, target: Forwarder) -> None:
@@ -205,9 +206,10 @@ class Source:
                 size = vp8_keyframe_size(payload, descriptor)
                 if size is not None:
                     layer.width, layer.height = size
-        if packet.marker or self.kind == "audio":
+        top = layers is None or self._is_top(packet.ssrc, now)
+        if top and (packet.marker or self.kind == "audio"):
             self.frames += 1
-        if self.cine is not None and payload and self._cine_takes(packet.ssrc, now):
+        if top and self.cine is not None and payload:
             self._to_cine(packet, codec, starts, key)
         arrival = Arrival(packet, descriptor, key, starts, not payload)
         for target in self.targets:
@@ -218,21 +220,21 @@ class Source:
                 log.exception("forwarding to a subscriber failed; it is detached")
                 self.detach(target)
 
-    def _cine_takes(self, ssrc: int, now: float) -> bool:
-        """Whether the cine buffer takes this SSRC's packets: the largest layer's (the first one
-        seen, until a larger one's key frame says its size, or while it is idle)."""
-        if ssrc == self.cine_ssrc:
+    def _is_top(self, ssrc: int, now: float) -> bool:
+        """Whether this SSRC is the largest layer's: the first one seen, until a larger one's
+        key frame says its size, or while it is idle."""
+        if ssrc == self.top_ssrc:
             return True
         assert self.layers is not None
         layers = self.layers.by_ssrc
-        current = layers.get(self.cine_ssrc) if self.cine_ssrc is not None else None
+        current = layers.get(self.top_ssrc) if self.top_ssrc is not None else None
         if (
             current is None
             or now - current.last_at > LAYER_IDLE_SECONDS
             or layers[ssrc].area > current.area
         ):
-            # From this layer's next key frame: the assembler starts again.
-            self.cine_ssrc = ssrc
+            # The cine buffer takes this layer from its next key frame: its assembler starts again.
+            self.top_ssrc = ssrc
             self.assembler = None
             return True
         return False

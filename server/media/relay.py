@@ -316,7 +316,7 @@ class MediaRoom:
         self._assign_voices()
 
     def _cine_keyframe(self, source: Source) -> None:
-        self.request_keyframe(source.cine_ssrc)
+        self.request_keyframe(source.top_ssrc)
 
     def _assign_voices(self) -> None:
         """Give every other participant's voice a slot in each peer, where slots allow."""

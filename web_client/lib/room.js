@@ -4,7 +4,7 @@
 import { api, apiBlob, describe } from "./api.js";
 import { $, el } from "./dom.js";
 import { Live } from "./live.js";
-import { connectMedia, quality, sendSmallerLayers } from "./rtc.js";
+import { connectMedia, quality } from "./rtc.js";
 
 const RECONNECT_AFTER_MS = 4000;
 const QUALITY_EVERY_MS = 2000;
@@ -146,7 +146,12 @@ export class Room {
 
   people(list) {
     this.participants = list;
-    if (this.media?.role === "operator") sendSmallerLayers(this.pc, this.smallerLayers());
+    // The bedside offers again when simulcast is wanted or no longer (experts see the new
+    // video from its first keyframe, as after any reconnection).
+    const simulcast = this.wantsSimulcast();
+    if (this.media?.role === "operator" && this.simulcast !== undefined && this.simulcast !== simulcast) {
+      this.connect(); // after the offer under way, if there is one
+    }
     this.handlers.people?.(list);
     if (!this.ui.participants) return;
     this.ui.participants.replaceChildren(
@@ -155,8 +160,8 @@ export class Room {
     );
   }
 
-  // The bedside sends the smaller simulcast layers while more than one expert or observer watches.
-  smallerLayers() {
+  // The bedside sends simulcast while more than one expert or observer watches.
+  wantsSimulcast() {
     return this.participants.filter((p) => p.role === "expert" || p.role === "observer").length > 1;
   }
 
@@ -218,11 +223,12 @@ export class Room {
     this.pc = null;
     old?.close();
     try {
+      const simulcast = (this.simulcast = this.wantsSimulcast());
       this.pc = await connectMedia(this.live, {
         ...this.media,
         iceServers: this.state?.ice?.ice_servers,
         onState: (s) => this.mediaState(s),
-        smaller: this.smallerLayers(),
+        simulcast,
       });
       this.say("Media connected");
     } catch (error) {

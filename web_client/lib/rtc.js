@@ -2,16 +2,16 @@
 // (rtc_offer → answer). The relay forwards encoded frames; see docs/protocol.md, "Media".
 
 const GATHER_TIMEOUT_MS = 3000;
-// Simulcast (docs/protocol.md, "Simulcast"): the bedside sends its picture at full size and, while
-// more than one expert or observer watches, at half and a quarter too, each capped low so the
-// full-size layer keeps the uplink (the browser drops the largest layer first when the uplink
-// cannot carry them all). The relay sends each subscriber the largest its downlink carries.
+// Simulcast (docs/protocol.md, "Simulcast"): while more than one expert or observer watches, the
+// bedside sends its picture at full size, half and a quarter, the smaller two capped low so the
+// full-size layer keeps the uplink; the relay sends each subscriber the largest its downlink
+// carries. Otherwise one encoding: as a simulcast layer the full-size picture needs 600 kbit/s
+// or it stops (Chromium's minimum for 720p), where alone it goes down to what the uplink carries.
 const LAYERS = [
   { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
   { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 450_000 },
   { rid: "f", scaleResolutionDownBy: 1 },
 ];
-const FULL = "f";
 // Voice slots for further experts' voices (nobody renegotiates when someone joins).
 const EXTRA_VOICE_SLOTS = 2;
 
@@ -30,8 +30,8 @@ function gathered(pc) {
 
 // role: operator publishes `stream` (video + voice); expert and observer receive, and an
 // expert sends the microphone track of `stream` if it has one. onTrack(track, transceiverIndex).
-// smaller: whether the smaller layers are sent too (more than one subscriber).
-export async function connectMedia(live, { role, stream, iceServers, onTrack, onState, smaller }) {
+// simulcast: whether the operator sends the three layers (more than one subscriber).
+export async function connectMedia(live, { role, stream, iceServers, onTrack, onState, simulcast }) {
   const pc = new RTCPeerConnection({ iceServers: iceServers || [] });
   const video = stream?.getVideoTracks()[0] || null;
   const voice = stream?.getAudioTracks()[0] || null;
@@ -39,8 +39,9 @@ export async function connectMedia(live, { role, stream, iceServers, onTrack, on
     // Ultrasound is fine detail on a still-ish picture: on a poor link keep the resolution
     // and give up frame rate rather than the other way round.
     if (video) video.contentHint = "detail";
-    const sendEncodings = LAYERS.map((layer) => ({ ...layer, active: layer.rid === FULL || !!smaller }));
-    const sender = pc.addTransceiver(video, { direction: "sendonly", streams: [stream], sendEncodings }).sender;
+    const init = { direction: "sendonly", streams: [stream] };
+    if (simulcast && video) init.sendEncodings = LAYERS;
+    const sender = pc.addTransceiver(video, init).sender;
     const parameters = sender.getParameters();
     parameters.degradationPreference = "maintain-resolution";
     sender.setParameters(parameters).catch(() => {}); // not every browser lets it be set before negotiation
@@ -69,22 +70,6 @@ export async function connectMedia(live, { role, stream, iceServers, onTrack, on
     throw error;
   }
   return pc;
-}
-
-// Send the smaller simulcast layers or not (the full-size one is always sent).
-export async function sendSmallerLayers(pc, on) {
-  const sender = pc?.getSenders().find((s) => s.track?.kind === "video");
-  if (!sender) return;
-  const parameters = sender.getParameters();
-  let changed = false;
-  for (const encoding of parameters.encodings || []) {
-    const active = encoding.rid === FULL || encoding.rid === undefined || on;
-    if (encoding.active !== active) {
-      encoding.active = active;
-      changed = true;
-    }
-  }
-  if (changed) await sender.setParameters(parameters).catch(() => {});
 }
 
 // Connection quality from the browser's own statistics: "good", "fair", "poor". Loss is over
