@@ -1,8 +1,11 @@
-"""Media benchmark: N consultations, operator 720p30 VP8 (~1.5 Mbit/s) + Opus, two experts with voice.
+"""Media benchmark: N consultations, operator 720p30 VP8 (~1.5 Mbit/s) + Opus, two experts (with
+voice, or listening only: --no-expert-voice).
 
-Runs, one after the other in one invocation on one machine:
+Runs the relays named by --relays, alternated --rounds times, in one invocation on one machine:
   baseline   aiortc's MediaRelay (decode + re-encode per subscriber), load_tests/mediarelay_server.py
-  probelink  probelink serve (forwarding encoded frames), negotiated over Socket.IO rtc_offer
+  probelink  probelink serve (forwarding RTP packets), negotiated over Socket.IO rtc_offer
+  janus      Debian's Janus 1.1 VideoRoom (C, forwarding RTP packets), load_tests/janus_videoroom.py;
+             its subscribers only listen, so compare it with --no-expert-voice
 
 The operators send a pre-encoded clip in a loop (2 s, a keyframe at the start of each loop), so
 the generator spends no CPU encoding. Reported per run: server CPU (% of one core) and CPU per
@@ -10,6 +13,8 @@ forwarded video stream, frames delivered to the experts, end-to-end frame latenc
 (operator send → complete frame at the expert, both on this machine's loopback), server RSS.
 
     .venv/bin/python load_tests/media_bench.py --consultations 1,2,5,10 --seconds 15 --json out.json
+    .venv/bin/python load_tests/media_bench.py --relays probelink,janus --no-expert-voice \
+        --consultations 4 --rounds 3 --json out.json
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import fractions
 import math
 import os
 import secrets
+import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +43,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import janus_videoroom
 from eio_client import LiveConnection
 from procstat import cpu_seconds, rss_bytes
 from relay_latency import relay_samples
@@ -159,10 +166,16 @@ class Result:
 
 
 class Expert:
-    def __init__(self, voice: list[bytes]):
+    """A subscriber: it offers (video in, its voice out or audio in only), or answers (Janus)."""
+
+    def __init__(self, voice: list[bytes] | None, offers: bool = True):
         self.pc = RTCPeerConnection()
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTransceiver(LoopTrack("audio", voice, None, None), direction="sendrecv")
+        if offers:
+            self.pc.addTransceiver("video", direction="recvonly")
+            if voice is not None:
+                self.pc.addTransceiver(LoopTrack("audio", voice, None, None), direction="sendrecv")
+            else:
+                self.pc.addTransceiver("audio", direction="recvonly")
         self.arrivals: list[tuple[float, int]] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.pc.on("track", self.on_track)
@@ -252,6 +265,8 @@ async def run(
     pids: list[int],
     clip: Any,
     voice: list[bytes],
+    expert_voice: list[bytes] | None,
+    experts_offer: bool = True,
 ) -> Result:
     result = Result(name, consultations, seconds)
     clip_index = {hash(frame): i for i, frame in enumerate(clip[0])}
@@ -264,7 +279,7 @@ async def run(
         sent_lists.append(sent)
         pair = []
         for index in range(2):
-            expert = Expert(voice)
+            expert = Expert(expert_voice, offers=experts_offer)
             await negotiate(room, "expert", index, expert.pc)
             pair.append(expert)
         experts.append(pair)
@@ -329,7 +344,15 @@ def bench_baseline(args: argparse.Namespace, n: int, clip: Any, voice: list[byte
                         await pc.setRemoteDescription(RTCSessionDescription(**await r.json()))
 
                 return await run(
-                    "baseline", negotiate, n, args.seconds, args.warmup, [proc.pid], clip, voice
+                    "baseline",
+                    negotiate,
+                    n,
+                    args.seconds,
+                    args.warmup,
+                    [proc.pid],
+                    clip,
+                    voice,
+                    voice if args.expert_voice else None,
                 )
 
         return asyncio.run(main())
@@ -378,7 +401,15 @@ def bench_probelink(
                     )
 
                 result = await run(
-                    "probelink", negotiate, n, args.seconds, args.warmup, [proc.pid], clip, voice
+                    "probelink",
+                    negotiate,
+                    n,
+                    args.seconds,
+                    args.warmup,
+                    [proc.pid],
+                    clip,
+                    voice,
+                    voice if args.expert_voice else None,
                 )
                 for conn in connections:
                     await conn.close()
@@ -392,6 +423,46 @@ def bench_probelink(
         result.relay_p50_ms = percentile(relay, 50)
         result.relay_p99_ms = percentile(relay, 99)
     return result
+
+
+def bench_janus(
+    args: argparse.Namespace, n: int, clip: Any, voice: list[bytes], workdir: Path
+) -> Result:
+    port = free_port()
+    folder = workdir / f"janus-{n}-{secrets.token_hex(3)}"
+    config = janus_videoroom.write_config(folder, port)
+    with ExitStack() as stack:
+        command = [janus_videoroom.JANUS, "-C", str(config), "-F", str(folder)]
+        proc = stack.enter_context(process(command, dict(os.environ), port))
+        base = f"http://127.0.0.1:{port}/janus"
+
+        async def main() -> Result:
+            async with aiohttp.ClientSession() as http:
+                feeds: dict[int, int] = {}
+
+                async def negotiate(
+                    room: int, role: str, index: int, pc: RTCPeerConnection
+                ) -> None:
+                    handle = await janus_videoroom.JanusHandle.open(http, base)
+                    if role == "operator":
+                        feeds[room] = await handle.publish(1000 + room, pc)
+                    else:
+                        await handle.subscribe(1000 + room, feeds[room], pc)
+
+                return await run(
+                    "janus",
+                    negotiate,
+                    n,
+                    args.seconds,
+                    args.warmup,
+                    [proc.pid],
+                    clip,
+                    voice,
+                    None,
+                    experts_offer=False,
+                )
+
+        return asyncio.run(main())
 
 
 def continuous_decode_cost(clip: tuple[list[bytes], list[bool]], loops: int = 5) -> float:
@@ -421,6 +492,10 @@ def table(results: list[Result]) -> str:
             if base and r.name != "baseline" and r.cpu_percent_per_stream
             else "-"
         )
+        janus = [j for j in results if j.name == "janus" and j.consultations == r.consultations]
+        if janus and r.name == "probelink":
+            per_stream = statistics.median(j.cpu_percent_per_stream for j in janus)
+            ratio = f"{r.cpu_percent_per_stream / per_stream:.2f}× Janus (median)"
         delivered = 100 * r.video_frames_delivered / max(1, r.video_frames_expected)
         latency = (
             f"{r.latency_p50_ms:.1f} / {r.latency_p99_ms:.1f}"
@@ -440,6 +515,18 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--consultations", default="1,2,5", help="comma-separated counts")
+    parser.add_argument(
+        "--relays", default="baseline,probelink", help="comma-separated: baseline, probelink, janus"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of each relay, alternated, per count"
+    )
+    parser.add_argument(
+        "--expert-voice",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="experts send their voice (Janus's subscribers cannot: compare it without)",
+    )
     parser.add_argument(
         "--baseline-max", type=int, default=2, help="largest count to run the baseline at"
     )
@@ -463,12 +550,19 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         log(f"work directory {tmp}")
+        relays = args.relays.split(",")
         for n in [int(c) for c in args.consultations.split(",")]:
-            if n <= args.baseline_max:
-                results.append(bench_baseline(args, n, clip, voice))
-                log(f"baseline with {n}: done")
-            results.append(bench_probelink(args, n, clip, voice, Path(tmp)))
-            log(f"probelink with {n}: done")
+            for round_ in range(args.rounds):
+                for relay in relays:
+                    if relay == "baseline" and n > args.baseline_max:
+                        continue
+                    if relay == "baseline":
+                        results.append(bench_baseline(args, n, clip, voice))
+                    elif relay == "janus":
+                        results.append(bench_janus(args, n, clip, voice, Path(tmp)))
+                    else:
+                        results.append(bench_probelink(args, n, clip, voice, Path(tmp)))
+                    log(f"{relay} with {n}, round {round_ + 1}/{args.rounds}: done")
     print(table(results))
     print(
         f"\nContinuous decode of one 720p30 VP8 publisher (for captures): {decode_cost:.1f}% of a core"

@@ -7,8 +7,10 @@ import pytest
 
 from server.errors import BadRequest
 from server.media.layers import (
+    ESTIMATE_SETTLE_SECONDS,
     LAYER_IDLE_SECONDS,
     UP_HOLD_START_SECONDS,
+    Layer,
     LayerChoice,
     Layers,
 )
@@ -102,33 +104,60 @@ def test_layers_are_ranked_by_picture_size_and_measured() -> None:
     assert [layer.ssrc for layer in unsized.ranked(1.0)] == [8, 7]
 
 
+def rid(layer: Layer | None) -> str | None:
+    return layer.rid if layer is not None else None
+
+
+def congested(choice: LayerChoice, estimate_bps: int, now: float) -> None:
+    """Two REMBs in a row (what it takes to count as congested)."""
+    choice.report(estimate_bps, now)
+    choice.report(estimate_bps, now + 0.05)
+
+
 def test_a_subscriber_is_sent_the_largest_layer_its_downlink_carries() -> None:
     now = 100.0
     ranked = three_layers(now).ranked(now)
     choice = LayerChoice()
-    assert choice.choose([], None, now) is None
-    assert choice.choose(ranked, None, now).rid == "f"  # type: ignore[union-attr]
-    assert choice.choose(ranked, 1_000_000, now + 1).rid == "h"  # type: ignore[union-attr]
-    assert choice.choose(ranked, 100_000, now + 2).rid == "q"  # type: ignore[union-attr]
-    # Up again when the limit has grown past the next layer.
-    assert choice.choose(ranked, 500_000, now + 20).rid == "h"  # type: ignore[union-attr]
+    assert choice.choose([], now) is None
+    assert rid(choice.choose(ranked, now)) == "f"  # not limited: the largest
+    # Its REMB is not read while its estimator settles after the start ...
+    congested(choice, 300_000, now + 1)
+    assert rid(choice.choose(ranked, now + 1.1)) == "f"
+    # ... then below the layer's bitrate twice: the largest layer that fits.
+    congested(choice, 300_000, now + ESTIMATE_SETTLE_SECONDS + 0.1)
+    assert rid(choice.choose(ranked, now + ESTIMATE_SETTLE_SECONDS + 0.2)) == "q"
+    # The limit grows 8 % a second: past h's 450 kbit/s after about 5.3 s.
+    later = now + ESTIMATE_SETTLE_SECONDS + 0.1
+    assert rid(choice.choose(ranked, later + 5.0)) == "q"
+    assert rid(choice.choose(ranked, later + 5.6)) == "h"
+    # Heavy loss: what arrived is the limit.
+    choice.report_loss(0.5, later + 6)
+    assert rid(choice.choose(ranked, later + 6.1)) == "q"
+    # Once grown past the largest layer, the limit is gone.
+    assert rid(choice.choose(ranked, later + 60)) == "f"
 
 
 def test_a_failed_step_up_waits_longer_each_time() -> None:
-    now = 100.0
-    ranked = three_layers(now).ranked(now)
+    start = 100.0
+    ranked = three_layers(start).ranked(start)
     choice = LayerChoice()
-    assert choice.choose(ranked, 200_000, now).rid == "q"  # type: ignore[union-attr]
-    # Up, and straight back down: the step failed.
-    assert choice.choose(ranked, 500_000, now + 1).rid == "h"  # type: ignore[union-attr]
-    assert choice.choose(ranked, 200_000, now + 3).rid == "q"  # type: ignore[union-attr]
-    # Held down while the hold lasts, whatever the limit says.
-    held = now + 3 + UP_HOLD_START_SECONDS - 1
-    assert choice.choose(ranked, 500_000, held).rid == "q"  # type: ignore[union-attr]
-    # Up after it; failing again holds twice as long.
-    after = now + 3 + UP_HOLD_START_SECONDS + 0.1
-    assert choice.choose(ranked, 500_000, after).rid == "h"  # type: ignore[union-attr]
-    assert choice.choose(ranked, 200_000, after + 1).rid == "q"  # type: ignore[union-attr]
-    longer = after + 1 + 2 * UP_HOLD_START_SECONDS - 1
-    assert choice.choose(ranked, 500_000, longer).rid == "q"  # type: ignore[union-attr]
-    assert choice.choose(ranked, 500_000, longer + 1.2).rid == "h"  # type: ignore[union-attr]
+    choice.choose(ranked, start)
+    settled = start + ESTIMATE_SETTLE_SECONDS + 0.1
+    congested(choice, 400_000, settled)  # below 90 % of f, and h does not fit either
+    assert rid(choice.choose(ranked, settled + 0.1)) == "q"
+    # The limit grows past h within 2 s: up, and straight back down once the REMB is read.
+    up = settled + 2
+    assert rid(choice.choose(ranked, up)) == "h"
+    down = up + ESTIMATE_SETTLE_SECONDS + 0.1
+    congested(choice, 400_000, down)
+    assert rid(choice.choose(ranked, down + 0.1)) == "q"
+    # Held down while the hold lasts, though the limit has grown past h again.
+    assert rid(choice.choose(ranked, down + UP_HOLD_START_SECONDS - 0.5)) == "q"
+    again = down + UP_HOLD_START_SECONDS + 0.2
+    assert rid(choice.choose(ranked, again)) == "h"
+    # Failing again holds twice as long.
+    down = again + ESTIMATE_SETTLE_SECONDS + 0.1
+    congested(choice, 400_000, down)
+    assert rid(choice.choose(ranked, down + 0.1)) == "q"
+    assert rid(choice.choose(ranked, down + 2 * UP_HOLD_START_SECONDS - 0.5)) == "q"
+    assert rid(choice.choose(ranked, down + 2 * UP_HOLD_START_SECONDS + 0.2)) == "h"

@@ -6,8 +6,8 @@ picture (simulcast, RFC 8853): full size, half and a quarter, each with its own 
 RID (the rtp-stream-id header extension on their first packets). The relay ranks them by the
 picture size their key frames declare (by bitrate where none does: H.264) and measures each
 one's bitrate. Each subscriber is sent one (`LayerChoice`): the largest whose bitrate its
-downlink carries (`DownlinkLimit`, from that subscriber's own REMB and losses), switched at a key
-frame of the new layer (`Rewriter`). A downlink never congested, or whose limit has grown back
+downlink carries (from that subscriber's own REMB and losses), switched at a key frame of the new
+layer (`Rewriter`). A downlink never congested, or whose limit has grown back
 past the ceiling, gets the largest; captures always take the largest.
 
 Switching up is how the relay finds out whether a downlink has room again: the limit grows 8 %
@@ -22,13 +22,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.media.congestion import (
+    CONGESTED_REPORTS,
+    CONGESTED_SHARE,
+    LIMIT_GROWTH,
+    LOSS_CONGESTED,
+)
+
 # A layer with no packet for this long is not offered: the browser paused it (too little
 # uplink, or the page turned it off).
 LAYER_IDLE_SECONDS = 1.0
 # Each layer's bitrate is measured over windows this long; a layer is offered once one is done.
 RATE_WINDOW_SECONDS = 1.0
-# Going down this soon after going up means the step up failed.
-UP_FAILED_SECONDS = 5.0
+# A subscriber's REMB is not read for this long after it starts or steps up (see LayerChoice).
+ESTIMATE_SETTLE_SECONDS = 5.0
+# Going down this soon after the REMB is read again means the step up failed.
+UP_FAILED_SECONDS = ESTIMATE_SETTLE_SECONDS + 3.0
+# A limit grown past this share of the largest layer's bitrate is released.
+LIMIT_RELEASE_SHARE = 1.2
 UP_HOLD_START_SECONDS = 8.0
 UP_HOLD_MAX_SECONDS = 64.0
 
@@ -97,34 +108,83 @@ class Layers:
 
 
 class LayerChoice:
-    """Which layer one subscriber is sent."""
+    """Which layer one subscriber is sent, from what its downlink reports.
+
+    Its own REMB and receiver reports set a limit when the layer it is sent does not fit: its
+    estimate below CONGESTED_SHARE of the layer's bitrate, CONGESTED_REPORTS times in a row
+    (the limit is then that estimate), or more than LOSS_CONGESTED of it lost (the limit is what
+    arrived). The limit grows LIMIT_GROWTH a second from there and is released once it has grown
+    past the largest layer. A REMB is not read for ESTIMATE_SETTLE_SECONDS after the subscriber
+    starts or is sent a larger layer: a receiver's estimator ramps from what arrived before
+    (Chromium's by 8 % a second, up to 1.5x what arrives), so at first it says what the smaller
+    layer brought, not what the link carries; loss is read throughout.
+    """
 
     def __init__(self) -> None:
         self.ssrc: int | None = None
+        self.layer_bps = 0.0
+        self.limit_bps: float | None = None
+        self.limit_at = 0.0
+        self.congested_reports = 0
+        # When its REMB stopped being read (it started, or stepped up), and when it last stepped up.
         self.went_up_at = float("-inf")
+        self.stepped_up_at = float("-inf")
         self.hold_until = float("-inf")
         self.hold = UP_HOLD_START_SECONDS
 
-    def choose(self, layers: list[Layer], limit_bps: int | None, now: float) -> Layer | None:
-        """The layer to send, from `layers` (as `Layers.ranked` gives them) and the subscriber's
-        downlink limit (None: not limited)."""
+    def report(self, estimate_bps: float, now: float) -> None:
+        """The subscriber's REMB."""
+        if now - self.went_up_at < ESTIMATE_SETTLE_SECONDS or self.layer_bps <= 0:
+            return
+        if estimate_bps >= CONGESTED_SHARE * self.layer_bps:
+            self.congested_reports = 0
+            return
+        self.congested_reports += 1
+        if self.congested_reports >= CONGESTED_REPORTS:
+            self._limit(estimate_bps, now)
+
+    def report_loss(self, fraction: float, now: float) -> None:
+        """The share of what it was sent that the subscriber lost (about the last second)."""
+        if fraction > LOSS_CONGESTED and self.layer_bps > 0:
+            self._limit(self.layer_bps * (1 - fraction), now)
+
+    def _limit(self, bps: float, now: float) -> None:
+        grown = self._grown(now)
+        self.limit_bps = bps if grown is None else min(grown, bps)
+        self.limit_at = now
+
+    def _grown(self, now: float) -> float | None:
+        if self.limit_bps is None:
+            return None
+        growth: float = LIMIT_GROWTH ** max(0.0, now - self.limit_at)
+        return self.limit_bps * growth
+
+    def choose(self, layers: list[Layer], now: float) -> Layer | None:
+        """The layer to send, from `layers` (as `Layers.ranked` gives them)."""
         if not layers:
             return None
+        limit = self._grown(now)
+        if limit is not None and limit > LIMIT_RELEASE_SHARE * layers[-1].bps:
+            self.limit_bps = limit = None
         target = len(layers) - 1
-        if limit_bps is not None:
-            fitting = [i for i, layer in enumerate(layers) if layer.bps <= limit_bps]
+        if limit is not None:
+            fitting = [i for i, layer in enumerate(layers) if layer.bps <= limit]
             target = fitting[-1] if fitting else 0
         current = next((i for i, layer in enumerate(layers) if layer.ssrc == self.ssrc), None)
-        if current is not None and target > current:
+        if current is None:
+            self.went_up_at = now
+        elif target > current:
             if now < self.hold_until:
                 target = current
             else:
-                self.went_up_at = now
-        elif current is not None and target < current:
-            if now - self.went_up_at < UP_FAILED_SECONDS:
+                self.went_up_at = self.stepped_up_at = now
+                self.congested_reports = 0
+        elif target < current:
+            if now - self.stepped_up_at < UP_FAILED_SECONDS:
                 self.hold_until = now + self.hold
                 self.hold = min(2 * self.hold, UP_HOLD_MAX_SECONDS)
-            elif now - self.went_up_at > UP_HOLD_MAX_SECONDS:
+            elif now - self.stepped_up_at > UP_HOLD_MAX_SECONDS:
                 self.hold = UP_HOLD_START_SECONDS
         self.ssrc = layers[target].ssrc
+        self.layer_bps = layers[target].bps
         return layers[target]

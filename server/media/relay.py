@@ -261,21 +261,21 @@ class MediaRoom:
         """A subscriber's REMB: what its downlink carries, and so which layer it is sent."""
         now = time.monotonic()
         track.downlink.report(estimate_bps, track.sent_bps(now), now)
+        track.layer.report(estimate_bps, now)
         self._choose_layer(track, now)
 
     def _subscriber_loss(self, track: Forwarder, fraction: float) -> None:
         """A subscriber's receiver report: the share of what it was sent that it lost."""
         now = time.monotonic()
         track.downlink.report_loss(fraction, track.sent_bps(now), now)
+        track.layer.report_loss(fraction, now)
         self._choose_layer(track, now)
 
     def _choose_layer(self, track: Forwarder, now: float) -> None:
         source = self.video
         if source is None or source.layers is None:
             return
-        ranked = source.layers.ranked(now)
-        limit = track.downlink.current(now, self.policy.ceiling_kbps * 1000)
-        layer = track.layer.choose(ranked, limit, now)
+        layer = track.layer.choose(source.layers.ranked(now), now)
         if layer is not None:
             track.switch_to(layer.ssrc)
 
