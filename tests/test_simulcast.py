@@ -9,6 +9,7 @@ from server.errors import BadRequest
 from server.media.layers import (
     ESTIMATE_SETTLE_SECONDS,
     LAYER_IDLE_SECONDS,
+    LAYER_STEADY_SECONDS,
     UP_HOLD_START_SECONDS,
     Layer,
     LayerChoice,
@@ -74,15 +75,23 @@ def test_a_key_frame_declares_its_size() -> None:
     assert vp8_keyframe_size(delta, delta_descriptor) is None
 
 
+def sending(layers: Layers, ssrc: int, bps: int, start: float, end: float) -> None:
+    """Packets of `ssrc` every half second from `start` to `end`, at `bps`."""
+    steps = round((end - start) / 0.5)
+    layers.packet(ssrc, None, 0, start)
+    for step in range(1, steps + 1):
+        layers.packet(ssrc, None, bps // 16, start + 0.5 * step)
+
+
 def three_layers(now: float, rates: tuple[int, int, int] = (150_000, 450_000, 2_000_000)) -> Layers:
-    """Layers q, h, f measured over one second ending at `now`, their sizes known."""
+    """Layers q, h, f sending steadily for 4 s up to `now`, their sizes known."""
     layers = Layers()
     for ssrc, (rid, size, bps) in enumerate(
         zip("qhf", [(320, 180), (640, 360), (1280, 720)], rates, strict=True), start=1
     ):
-        layer = layers.packet(ssrc, rid, 0, now - 1)
+        layer = layers.packet(ssrc, rid, 0, now - 4)
         layer.width, layer.height = size
-        layers.packet(ssrc, None, bps // 8, now)
+        sending(layers, ssrc, bps, now - 4, now)
     return layers
 
 
@@ -90,18 +99,25 @@ def test_layers_are_ranked_by_picture_size_and_measured() -> None:
     layers = three_layers(10.0)
     ranked = layers.ranked(10.0)
     assert [layer.rid for layer in ranked] == ["q", "h", "f"]
-    assert [round(layer.bps) for layer in ranked] == [150_000, 450_000, 2_000_000]
+    assert [round(layer.bps, -3) for layer in ranked] == [150_000, 450_000, 2_000_000]
     assert layers.top(10.0) is ranked[-1]
-    # A layer the browser stops sending is no longer offered.
-    layers.packet(1, None, 100, 10.0 + LAYER_IDLE_SECONDS + 0.5)
-    layers.packet(2, None, 100, 10.0 + LAYER_IDLE_SECONDS + 0.5)
-    assert [layer.rid for layer in layers.ranked(10.0 + LAYER_IDLE_SECONDS + 0.5)] == ["q", "h"]
+    # A layer the browser stops sending is no longer offered ...
+    later = 10.0 + LAYER_IDLE_SECONDS + 0.5
+    sending(layers, 1, 150_000, 10.0, later)
+    sending(layers, 2, 450_000, 10.0, later)
+    assert [layer.rid for layer in layers.ranked(later)] == ["q", "h"]
+    # ... nor again until it has been sending for a while (it may stop again at once).
+    sending(layers, 3, 2_000_000, later, later + LAYER_STEADY_SECONDS - 0.5)
+    sending(layers, 1, 150_000, later, later + LAYER_STEADY_SECONDS - 0.5)
+    sending(layers, 2, 450_000, later, later + LAYER_STEADY_SECONDS - 0.5)
+    ranked = layers.ranked(later + LAYER_STEADY_SECONDS - 0.5)
+    assert [layer.rid for layer in ranked] == ["q", "h"]
+    assert layers.top(later) is not None and not layers.by_ssrc[3].steady(later + 1)
     # Without sizes (H.264), by bitrate.
     unsized = Layers()
     for ssrc, bps in ((7, 900_000), (8, 100_000)):
-        unsized.packet(ssrc, None, 0, 0.0)
-        unsized.packet(ssrc, None, bps // 8, 1.0)
-    assert [layer.ssrc for layer in unsized.ranked(1.0)] == [8, 7]
+        sending(unsized, ssrc, bps, 0.0, 4.0)
+    assert [layer.ssrc for layer in unsized.ranked(4.0)] == [8, 7]
 
 
 def rid(layer: Layer | None) -> str | None:
@@ -109,8 +125,8 @@ def rid(layer: Layer | None) -> str | None:
 
 
 def congested(choice: LayerChoice, estimate_bps: int, now: float) -> None:
-    """Two REMBs in a row (what it takes to count as congested)."""
-    choice.report(estimate_bps, now)
+    """A REMB that falls to `estimate_bps` (an overusing receiver's estimator's drop)."""
+    choice.report(2 * estimate_bps, now)
     choice.report(estimate_bps, now + 0.05)
 
 
@@ -123,7 +139,11 @@ def test_a_subscriber_is_sent_the_largest_layer_its_downlink_carries() -> None:
     # Its REMB is not read while its estimator settles after the start ...
     congested(choice, 300_000, now + 1)
     assert rid(choice.choose(ranked, now + 1.1)) == "f"
-    # ... then below the layer's bitrate twice: the largest layer that fits.
+    # ... and a low REMB that rises is an estimator catching up, not a congested link ...
+    choice.report(300_000, now + ESTIMATE_SETTLE_SECONDS + 0.1)
+    choice.report(320_000, now + ESTIMATE_SETTLE_SECONDS + 0.15)
+    assert rid(choice.choose(ranked, now + ESTIMATE_SETTLE_SECONDS + 0.2)) == "f"
+    # ... but one that falls below the layer's bitrate is: the largest layer that fits.
     congested(choice, 300_000, now + ESTIMATE_SETTLE_SECONDS + 0.1)
     assert rid(choice.choose(ranked, now + ESTIMATE_SETTLE_SECONDS + 0.2)) == "q"
     # The limit grows 8 % a second: past h's 450 kbit/s after about 5.3 s.
@@ -131,7 +151,7 @@ def test_a_subscriber_is_sent_the_largest_layer_its_downlink_carries() -> None:
     assert rid(choice.choose(ranked, later + 5.0)) == "q"
     assert rid(choice.choose(ranked, later + 5.6)) == "h"
     # Heavy loss: what arrived is the limit.
-    choice.report_loss(0.5, later + 6)
+    choice.report_loss(0.5, 600_000, later + 6)
     assert rid(choice.choose(ranked, later + 6.1)) == "q"
     # Once grown past the largest layer, the limit is gone.
     assert rid(choice.choose(ranked, later + 60)) == "f"

@@ -221,8 +221,8 @@ class Source:
                 self.detach(target)
 
     def _is_top(self, ssrc: int, now: float) -> bool:
-        """Whether this SSRC is the largest layer's: the first one seen, until a larger one's
-        key frame says its size, or while it is idle."""
+        """Whether this SSRC is the largest layer's: the first one seen, until a larger one has
+        said its size (in a key frame) and been sending steadily, or while it is idle."""
         if ssrc == self.top_ssrc:
             return True
         assert self.layers is not None
@@ -231,7 +231,7 @@ class Source:
         if (
             current is None
             or now - current.last_at > LAYER_IDLE_SECONDS
-            or layers[ssrc].area > current.area
+            or (layers[ssrc].area > current.area and layers[ssrc].steady(now))
         ):
             # The cine buffer takes this layer from its next key frame: its assembler starts again.
             self.top_ssrc = ssrc

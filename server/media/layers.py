@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.media.congestion import (
-    CONGESTED_REPORTS,
     CONGESTED_SHARE,
     LIMIT_GROWTH,
     LOSS_CONGESTED,
@@ -32,10 +31,15 @@ from server.media.congestion import (
 # A layer with no packet for this long is not offered: the browser paused it (too little
 # uplink, or the page turned it off).
 LAYER_IDLE_SECONDS = 1.0
-# Each layer's bitrate is measured over windows this long; a layer is offered once one is done.
+# Each layer's bitrate is measured over windows this long; a layer is offered once one is done
+# and it has been sending for LAYER_STEADY_SECONDS (a browser whose uplink barely carries a
+# layer starts and stops it every few seconds: subscribers would follow it, freezing each time).
 RATE_WINDOW_SECONDS = 1.0
-# A subscriber's REMB is not read for this long after it starts or steps up (see LayerChoice).
-ESTIMATE_SETTLE_SECONDS = 5.0
+LAYER_STEADY_SECONDS = 3.0
+# A subscriber's REMB is not read for this long after it starts or steps up; one this much
+# below the previous one is falling (see LayerChoice).
+ESTIMATE_SETTLE_SECONDS = 2.0
+ESTIMATE_FALL_SHARE = 0.97
 # Going down this soon after the REMB is read again means the step up failed.
 UP_FAILED_SECONDS = ESTIMATE_SETTLE_SECONDS + 3.0
 # A limit grown past this share of the largest layer's bitrate is released.
@@ -50,11 +54,11 @@ class Layer:
 
     ssrc: int
     rid: str | None
-    started_at: float
     width: int = 0
     height: int = 0
     bytes: int = 0
     last_at: float = 0.0
+    active_since: float = 0.0
     window_at: float = 0.0
     window_bytes: int = 0
     bps: float = -1.0  # -1: not measured yet
@@ -62,6 +66,12 @@ class Layer:
     @property
     def area(self) -> int:
         return self.width * self.height
+
+    def steady(self, now: float) -> bool:
+        """Sending now, and for LAYER_STEADY_SECONDS."""
+        return now - self.last_at <= LAYER_IDLE_SECONDS and (
+            now - self.active_since >= LAYER_STEADY_SECONDS
+        )
 
 
 class Layers:
@@ -74,8 +84,10 @@ class Layers:
         """A packet of `size` payload bytes arrived on `ssrc` (its RID, where it carries one)."""
         layer = self.by_ssrc.get(ssrc)
         if layer is None:
-            layer = self.by_ssrc[ssrc] = Layer(ssrc, rid, now, window_at=now)
-        elif rid and layer.rid is None:
+            layer = self.by_ssrc[ssrc] = Layer(ssrc, rid, window_at=now, active_since=now)
+        elif now - layer.last_at > LAYER_IDLE_SECONDS:
+            layer.active_since = now  # it resumed
+        if rid and layer.rid is None:
             layer.rid = rid
         layer.bytes += size
         layer.last_at = now
@@ -94,7 +106,7 @@ class Layers:
             if elapsed >= RATE_WINDOW_SECONDS:
                 layer.bps = 8 * (layer.bytes - layer.window_bytes) / elapsed
                 layer.window_at, layer.window_bytes = now, layer.bytes
-            if layer.bps >= 0:
+            if layer.bps >= 0 and now - layer.active_since >= LAYER_STEADY_SECONDS:
                 live.append(layer)
         live.sort(key=lambda layer: (layer.area, layer.bps))
         return live
@@ -110,14 +122,16 @@ class Layers:
 class LayerChoice:
     """Which layer one subscriber is sent, from what its downlink reports.
 
-    Its own REMB and receiver reports set a limit when the layer it is sent does not fit: its
-    estimate below CONGESTED_SHARE of the layer's bitrate, CONGESTED_REPORTS times in a row
-    (the limit is then that estimate), or more than LOSS_CONGESTED of it lost (the limit is what
-    arrived). The limit grows LIMIT_GROWTH a second from there and is released once it has grown
-    past the largest layer. A REMB is not read for ESTIMATE_SETTLE_SECONDS after the subscriber
-    starts or is sent a larger layer: a receiver's estimator ramps from what arrived before
-    (Chromium's by 8 % a second, up to 1.5x what arrives), so at first it says what the smaller
-    layer brought, not what the link carries; loss is read throughout.
+    Its own REMB and receiver reports set a limit when the layer it is sent does not fit: more
+    than LOSS_CONGESTED of what it was sent lost (the limit is what arrived), or its estimate
+    falling, below
+    CONGESTED_SHARE of the layer's bitrate (the limit is that estimate). Only a falling estimate
+    says so: a receiver's estimator (Chromium's, for a sender without transport-wide feedback)
+    starts low and ramps by 8 % a second up to 1.5x what arrives, so a low but rising REMB is an
+    estimator catching up, while on overuse it drops at once to 85 % of what arrives. It is not
+    read for ESTIMATE_SETTLE_SECONDS after the subscriber is sent a larger layer (the key frame's
+    burst); loss is read throughout. The limit grows LIMIT_GROWTH a second and is released once
+    it has grown past the largest layer.
     """
 
     def __init__(self) -> None:
@@ -125,7 +139,7 @@ class LayerChoice:
         self.layer_bps = 0.0
         self.limit_bps: float | None = None
         self.limit_at = 0.0
-        self.congested_reports = 0
+        self.estimate_bps = 0.0
         # When its REMB stopped being read (it started, or stepped up), and when it last stepped up.
         self.went_up_at = float("-inf")
         self.stepped_up_at = float("-inf")
@@ -134,19 +148,18 @@ class LayerChoice:
 
     def report(self, estimate_bps: float, now: float) -> None:
         """The subscriber's REMB."""
+        falling = estimate_bps < ESTIMATE_FALL_SHARE * self.estimate_bps
+        self.estimate_bps = estimate_bps
         if now - self.went_up_at < ESTIMATE_SETTLE_SECONDS or self.layer_bps <= 0:
             return
-        if estimate_bps >= CONGESTED_SHARE * self.layer_bps:
-            self.congested_reports = 0
-            return
-        self.congested_reports += 1
-        if self.congested_reports >= CONGESTED_REPORTS:
+        if falling and estimate_bps < CONGESTED_SHARE * self.layer_bps:
             self._limit(estimate_bps, now)
 
-    def report_loss(self, fraction: float, now: float) -> None:
-        """The share of what it was sent that the subscriber lost (about the last second)."""
-        if fraction > LOSS_CONGESTED and self.layer_bps > 0:
-            self._limit(self.layer_bps * (1 - fraction), now)
+    def report_loss(self, fraction: float, sent_bps: float, now: float) -> None:
+        """The share of what it was sent (`sent_bps`, about the same time) that the subscriber
+        lost (about the last second)."""
+        if fraction > LOSS_CONGESTED and sent_bps > 0:
+            self._limit(sent_bps * (1 - fraction), now)
 
     def _limit(self, bps: float, now: float) -> None:
         grown = self._grown(now)
@@ -178,7 +191,6 @@ class LayerChoice:
                 target = current
             else:
                 self.went_up_at = self.stepped_up_at = now
-                self.congested_reports = 0
         elif target < current:
             if now - self.stepped_up_at < UP_FAILED_SECONDS:
                 self.hold_until = now + self.hold

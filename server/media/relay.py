@@ -268,7 +268,7 @@ class MediaRoom:
         """A subscriber's receiver report: the share of what it was sent that it lost."""
         now = time.monotonic()
         track.downlink.report_loss(fraction, track.sent_bps(now), now)
-        track.layer.report_loss(fraction, now)
+        track.layer.report_loss(fraction, track.sent_bps(now), now)
         self._choose_layer(track, now)
 
     def _choose_layer(self, track: Forwarder, now: float) -> None:
