@@ -124,14 +124,13 @@ class LayerChoice:
 
     Its own REMB and receiver reports set a limit when the layer it is sent does not fit: more
     than LOSS_CONGESTED of what it was sent lost (the limit is what arrived), or its estimate
-    falling, below
-    CONGESTED_SHARE of the layer's bitrate (the limit is that estimate). Only a falling estimate
-    says so: a receiver's estimator (Chromium's, for a sender without transport-wide feedback)
-    starts low and ramps by 8 % a second up to 1.5x what arrives, so a low but rising REMB is an
-    estimator catching up, while on overuse it drops at once to 85 % of what arrives. It is not
-    read for ESTIMATE_SETTLE_SECONDS after the subscriber is sent a larger layer (the key frame's
-    burst); loss is read throughout. The limit grows LIMIT_GROWTH a second and is released once
-    it has grown past the largest layer.
+    falling, below CONGESTED_SHARE of the layer's bitrate (the limit is that estimate). Only a
+    falling estimate says so: a receiver's estimator (Chromium's, for a sender without
+    transport-wide feedback) starts low and ramps by 8 % a second up to 1.5x what arrives, so a
+    low but rising REMB is an estimator catching up, while on overuse it drops at once to 85 % of
+    what arrives. It is not read for ESTIMATE_SETTLE_SECONDS after the subscriber starts or is
+    sent a larger layer (the key frame's burst); loss is read throughout. The limit grows
+    LIMIT_GROWTH a second and is released once it has grown past the largest layer.
     """
 
     def __init__(self) -> None:
