@@ -4,10 +4,16 @@
 import { api, apiBlob, describe } from "./api.js";
 import { $, el } from "./dom.js";
 import { Live } from "./live.js";
-import { connectMedia, quality } from "./rtc.js";
+import { connectMedia, fullLayerSending, quality } from "./rtc.js";
 
 const RECONNECT_AFTER_MS = 4000;
 const QUALITY_EVERY_MS = 2000;
+// A bedside sending simulcast whose uplink has not carried the full-size layer for this long
+// goes back to one encoding (the experts see the full picture, at what the uplink carries),
+// and tries simulcast again after SIMULCAST_RETRY_MS, twice as long after each failure.
+const FULL_LAYER_GRACE_MS = 15_000;
+const SIMULCAST_RETRY_MS = 60_000;
+const SIMULCAST_RETRY_MAX_MS = 16 * 60_000;
 // Refusals that pass: the page tries again by itself rather than asking for a new link.
 const TRANSIENT = new Set([
   "connecting_too_fast", "server_full", "store_busy", "store_unavailable", "bus_unavailable",
@@ -148,10 +154,7 @@ export class Room {
     this.participants = list;
     // The bedside offers again when simulcast is wanted or no longer (experts see the new
     // video from its first keyframe, as after any reconnection).
-    const simulcast = this.wantsSimulcast();
-    if (this.media?.role === "operator" && this.simulcast !== undefined && this.simulcast !== simulcast) {
-      this.connect(); // after the offer under way, if there is one
-    }
+    this.followSimulcast();
     this.handlers.people?.(list);
     if (!this.ui.participants) return;
     this.ui.participants.replaceChildren(
@@ -160,9 +163,37 @@ export class Room {
     );
   }
 
-  // The bedside sends simulcast while more than one expert or observer watches.
+  // The bedside sends simulcast while more than one expert or observer watches, unless its
+  // uplink could not carry the full-size layer lately.
   wantsSimulcast() {
-    return this.participants.filter((p) => p.role === "expert" || p.role === "observer").length > 1;
+    const watching = this.participants.filter((p) => p.role === "expert" || p.role === "observer");
+    return watching.length > 1 && Date.now() >= (this.simulcastOffUntil || 0);
+  }
+
+  // The bedside offers again when simulcast is wanted or no longer (the experts see the new
+  // video from its first keyframe, as after any reconnection).
+  followSimulcast() {
+    if (this.media?.role !== "operator" || this.simulcast === undefined) return;
+    if (this.simulcast !== this.wantsSimulcast()) this.connect(); // after an offer under way
+  }
+
+  async checkFullLayer() {
+    if (!this.simulcast || this.pc?.connectionState !== "connected") {
+      this.fullMissingSince = null;
+      return;
+    }
+    const now = Date.now();
+    if (await fullLayerSending(this.pc).catch(() => true)) {
+      this.fullMissingSince = null;
+      if (now - (this.simulcastSince || now) > SIMULCAST_RETRY_MAX_MS) this.simulcastRetry = null;
+    } else if (!this.fullMissingSince) {
+      this.fullMissingSince = now;
+    } else if (now - this.fullMissingSince > FULL_LAYER_GRACE_MS) {
+      this.simulcastRetry = Math.min(2 * (this.simulcastRetry || SIMULCAST_RETRY_MS / 2), SIMULCAST_RETRY_MAX_MS);
+      this.simulcastOffUntil = now + this.simulcastRetry;
+      this.fullMissingSince = null;
+      this.say("The uplink cannot carry the full picture and smaller copies: sending the full picture only");
+    }
   }
 
   say(message, isError = false) {
@@ -224,6 +255,7 @@ export class Room {
     old?.close();
     try {
       const simulcast = (this.simulcast = this.wantsSimulcast());
+      if (simulcast) this.simulcastSince = Date.now();
       this.pc = await connectMedia(this.live, {
         ...this.media,
         iceServers: this.state?.ice?.ice_servers,
@@ -256,6 +288,10 @@ export class Room {
   }
 
   async indicate() {
+    if (this.media?.role === "operator") {
+      await this.checkFullLayer();
+      this.followSimulcast();
+    }
     const badge = this.ui.status;
     if (!badge) return;
     let level = "offline", text = "Offline: reconnecting…", figures = "";

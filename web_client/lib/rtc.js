@@ -72,6 +72,20 @@ export async function connectMedia(live, { role, stream, iceServers, onTrack, on
   return pc;
 }
 
+// Whether the full-size simulcast layer is being sent (its bytes grew since the last call for
+// this connection): a browser whose uplink cannot carry every layer stops the largest first.
+const fullSent = new WeakMap();
+
+export async function fullLayerSending(pc) {
+  let bytes = 0;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "outbound-rtp" && s.kind === "video" && s.rid === "f") bytes = s.bytesSent || 0;
+  });
+  const before = fullSent.get(pc);
+  fullSent.set(pc, bytes);
+  return before === undefined || bytes > before;
+}
+
 // Connection quality from the browser's own statistics: "good", "fair", "poor". Loss is over
 // the time since the previous call for this connection (counters are cumulative), so a past
 // bad moment does not keep the rating down.
