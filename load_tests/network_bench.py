@@ -122,10 +122,18 @@ async () => {
   const report = await pc.getStats();
   report.forEach((s) => {
     if (s.kind === "video" && s.type === "outbound-rtp") {
-      Object.assign(out, { bytesSent: s.bytesSent, targetBitrate: s.targetBitrate,
-        sentWidth: s.frameWidth, sentHeight: s.frameHeight, sentFps: s.framesPerSecond,
-        framesEncoded: s.framesEncoded, qpSum: s.qpSum, limitation: s.qualityLimitationReason,
-        nackIn: s.nackCount, pliIn: s.pliCount, retransmitted: s.retransmittedBytesSent });
+      // With simulcast, one per layer: the rates summed, the picture's figures the largest's.
+      const add = (key, value) => { out[key] = (out[key] || 0) + (value || 0); };
+      add("bytesSent", s.bytesSent);
+      add("targetBitrate", s.targetBitrate);
+      add("nackIn", s.nackCount);
+      add("pliIn", s.pliCount);
+      add("retransmitted", s.retransmittedBytesSent);
+      if ((s.frameWidth || 0) >= (out.sentWidth || 0)) {
+        Object.assign(out, { sentWidth: s.frameWidth, sentHeight: s.frameHeight,
+          sentFps: s.framesPerSecond, framesEncoded: s.framesEncoded, qpSum: s.qpSum,
+          limitation: s.qualityLimitationReason });
+      }
     }
     if (s.kind === "video" && s.type === "inbound-rtp") {
       Object.assign(out, { bytesReceived: s.bytesReceived, framesDecoded: s.framesDecoded,
