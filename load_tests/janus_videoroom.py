@@ -10,7 +10,10 @@ the target probelink is measured against (load_tests/media_bench.py --relays).
 from __future__ import annotations
 
 import glob
+import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,22 @@ JANUS = "/usr/bin/janus"
 KEPT = {"libjanus_videoroom.so", "libjanus_http.so"}
 
 
+def ensure_installed() -> None:
+    """Install Debian's janus package if it is missing (as root; otherwise say how)."""
+    if Path(JANUS).exists():
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("Janus is not installed: sudo apt-get install janus")
+    print("installing Debian's janus package", file=sys.stderr, flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "install", "-y", "-q", "janus"], check=True, env=env)
+
+
 def janus_libraries() -> Path:
     """Where Debian's janus package keeps its plugins and transports."""
     found = glob.glob("/usr/lib/*/janus/plugins")
     if not found:
-        raise SystemExit("Janus is not installed: apt-get install janus")
+        raise SystemExit("Janus's plugins are not where Debian puts them (/usr/lib/*/janus)")
     return Path(found[0]).parent
 
 

@@ -2,7 +2,7 @@
 voice, or listening only: --no-expert-voice).
 
 Runs the relays named by --relays, alternated --rounds times, in one invocation on one machine:
-  baseline   aiortc's MediaRelay (decode + re-encode per subscriber), load_tests/mediarelay_server.py
+  mediarelay aiortc's MediaRelay (decode + re-encode per subscriber), load_tests/mediarelay_server.py
   probelink  probelink serve (forwarding RTP packets), negotiated over Socket.IO rtc_offer
   janus      Debian's Janus 1.1 VideoRoom (C, forwarding RTP packets), load_tests/janus_videoroom.py;
              its subscribers only listen, so compare it with --no-expert-voice
@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import janus_videoroom
 from eio_client import LiveConnection
-from procstat import cpu_seconds, rss_bytes
+from procstat import cpu_seconds, machine_busy_seconds, rss_bytes
 from relay_latency import relay_samples
 from signaling_bench import (
     free_port,
@@ -163,6 +163,8 @@ class Result:
     cpu_percent_per_stream: float = 0.0
     server_rss_mib: float = 0.0
     generator_cpu_percent: float = 0.0
+    # The whole machine's busy CPU during the window, % of one core (2 cores: up to 200).
+    machine_cpu_percent: float = 0.0
 
 
 class Expert:
@@ -241,7 +243,7 @@ def latencies(
 ) -> list[float]:
     """Frame latency in ms. A forwarded frame is byte-identical to the one sent, so its bytes
     name its place in the clip; the latest send of that clip frame before arrival is the one.
-    Re-encoded frames (the baseline) match nothing and are not measured."""
+    Re-encoded frames (MediaRelay) match nothing and are not measured."""
     out = []
     period = len(clip_index)
     for at, digest in arrivals:
@@ -287,6 +289,7 @@ async def run(
     await asyncio.sleep(warmup)
     start = time.perf_counter()
     cpu0 = sum(cpu_seconds(p) for p in pids)
+    machine0 = machine_busy_seconds()
     self0 = time.process_time()
     counts0 = [[len(e.arrivals) for e in pair] for pair in experts]
     sent0 = [len(s) for s in sent_lists]
@@ -294,6 +297,7 @@ async def run(
     wall = time.perf_counter() - start
     result.server_cpu_percent = 100 * (sum(cpu_seconds(p) for p in pids) - cpu0) / wall
     result.generator_cpu_percent = 100 * (time.process_time() - self0) / wall
+    result.machine_cpu_percent = 100 * (machine_busy_seconds() - machine0) / wall
     result.server_rss_mib = sum(rss_bytes(p) for p in pids) / 2**20
     lat: list[float] = []
     for room, pair in enumerate(experts):
@@ -314,7 +318,7 @@ async def run(
     return result
 
 
-def bench_baseline(args: argparse.Namespace, n: int, clip: Any, voice: list[bytes]) -> Result:
+def bench_mediarelay(args: argparse.Namespace, n: int, clip: Any, voice: list[bytes]) -> Result:
     port = free_port()
     with ExitStack() as stack:
         proc = stack.enter_context(
@@ -344,7 +348,7 @@ def bench_baseline(args: argparse.Namespace, n: int, clip: Any, voice: list[byte
                         await pc.setRemoteDescription(RTCSessionDescription(**await r.json()))
 
                 return await run(
-                    "baseline",
+                    "mediarelay",
                     negotiate,
                     n,
                     args.seconds,
@@ -428,6 +432,7 @@ def bench_probelink(
 def bench_janus(
     args: argparse.Namespace, n: int, clip: Any, voice: list[bytes], workdir: Path
 ) -> Result:
+    janus_videoroom.ensure_installed()
     port = free_port()
     folder = workdir / f"janus-{n}-{secrets.token_hex(3)}"
     config = janus_videoroom.write_config(folder, port)
@@ -479,17 +484,17 @@ def continuous_decode_cost(clip: tuple[list[bytes], list[bool]], loops: int = 5)
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| relay | consultations | server CPU % | CPU % per stream | vs baseline | frames delivered | latency p50 / p99 ms | relay-only p50 / p99 ms | server RSS MiB | generator CPU % |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| relay | consultations | server CPU % | CPU % per stream | vs MediaRelay | frames delivered | latency p50 / p99 ms | relay-only p50 / p99 ms | server RSS MiB | generator CPU % | machine CPU % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         base = next(
-            (b for b in results if b.name == "baseline" and b.consultations == r.consultations),
+            (b for b in results if b.name == "mediarelay" and b.consultations == r.consultations),
             None,
         )
         ratio = (
             f"{base.cpu_percent_per_stream / r.cpu_percent_per_stream:.0f}× less"
-            if base and r.name != "baseline" and r.cpu_percent_per_stream
+            if base and r.name != "mediarelay" and r.cpu_percent_per_stream
             else "-"
         )
         janus = [j for j in results if j.name == "janus" and j.consultations == r.consultations]
@@ -505,7 +510,7 @@ def table(results: list[Result]) -> str:
         relay = f"{r.relay_p50_ms:.2f} / {r.relay_p99_ms:.2f}" if r.relay_measured else "-"
         lines.append(
             f"| {r.name} | {r.consultations} | {r.server_cpu_percent:.1f} | {r.cpu_percent_per_stream:.2f} | {ratio} "
-            f"| {delivered:.1f}% | {latency} | {relay} | {r.server_rss_mib:.0f} | {r.generator_cpu_percent:.0f} |"
+            f"| {delivered:.1f}% | {latency} | {relay} | {r.server_rss_mib:.0f} | {r.generator_cpu_percent:.0f} | {r.machine_cpu_percent:.0f} |"
         )
     return "\n".join(lines)
 
@@ -516,7 +521,9 @@ def main() -> None:
     )
     parser.add_argument("--consultations", default="1,2,5", help="comma-separated counts")
     parser.add_argument(
-        "--relays", default="baseline,probelink", help="comma-separated: baseline, probelink, janus"
+        "--relays",
+        default="mediarelay,probelink",
+        help="comma-separated: mediarelay, probelink, janus",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="runs of each relay, alternated, per count"
@@ -528,7 +535,7 @@ def main() -> None:
         help="experts send their voice (Janus's subscribers cannot: compare it without)",
     )
     parser.add_argument(
-        "--baseline-max", type=int, default=2, help="largest count to run the baseline at"
+        "--mediarelay-max", type=int, default=2, help="largest count to run MediaRelay at"
     )
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--warmup", type=float, default=4)
@@ -554,10 +561,10 @@ def main() -> None:
         for n in [int(c) for c in args.consultations.split(",")]:
             for round_ in range(args.rounds):
                 for relay in relays:
-                    if relay == "baseline" and n > args.baseline_max:
+                    if relay == "mediarelay" and n > args.mediarelay_max:
                         continue
-                    if relay == "baseline":
-                        results.append(bench_baseline(args, n, clip, voice))
+                    if relay == "mediarelay":
+                        results.append(bench_mediarelay(args, n, clip, voice))
                     elif relay == "janus":
                         results.append(bench_janus(args, n, clip, voice, Path(tmp)))
                     else:

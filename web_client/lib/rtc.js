@@ -72,18 +72,22 @@ export async function connectMedia(live, { role, stream, iceServers, onTrack, on
   return pc;
 }
 
-// Whether the full-size simulcast layer is being sent (its bytes grew since the last call for
-// this connection): a browser whose uplink cannot carry every layer stops the largest first.
+// Whether the full-size simulcast layer is being sent, at FULL_LAYER_MIN_FPS or more since the
+// last call for this connection: a browser whose uplink cannot carry every layer stops the
+// largest first, or starts and stops it.
+const FULL_LAYER_MIN_FPS = 10;
 const fullSent = new WeakMap();
 
 export async function fullLayerSending(pc) {
-  let bytes = 0;
+  let frames = 0;
   (await pc.getStats()).forEach((s) => {
-    if (s.type === "outbound-rtp" && s.kind === "video" && s.rid === "f") bytes = s.bytesSent || 0;
+    if (s.type === "outbound-rtp" && s.kind === "video" && s.rid === "f") frames = s.framesEncoded || 0;
   });
+  const now = performance.now();
   const before = fullSent.get(pc);
-  fullSent.set(pc, bytes);
-  return before === undefined || bytes > before;
+  fullSent.set(pc, { frames, at: now });
+  if (!before) return true;
+  return frames - before.frames >= (FULL_LAYER_MIN_FPS * (now - before.at)) / 1000;
 }
 
 // Connection quality from the browser's own statistics: "good", "fair", "poor". Loss is over
