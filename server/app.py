@@ -249,7 +249,8 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
         ceiling_kbps=settings.video_bitrate_ceiling_kbps,
         start_kbps=settings.video_bitrate_start_kbps,
     )
-    relay = Relay(_cine_factory(settings), policy)
+    address = str(settings.media_address) if settings.media_address is not None else None
+    relay = Relay(_cine_factory(settings), policy, media_address=address)
     app[RELAY] = relay
     reporter = asyncio.create_task(_report_media_stats(app), name="media-stats")
     yield

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, IPvAnyAddress, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode
 
 ENV_PREFIX = "PROBELINK_"
@@ -33,6 +33,13 @@ class LiveSettings(BaseSettings):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$",
         description="This node's name among the nodes sharing Redis (unset: a random one per "
         "start); the node that carries a consultation's media is named by it.",
+    )
+    media_address: IPvAnyAddress | None = Field(
+        None,
+        description="The address this node's media is reached at, where it is not the address "
+        "of one of its own interfaces (a node behind one-to-one NAT, or with several): the "
+        "relay's answers give it in their host candidates, in place of the interface addresses "
+        "of its family (as Janus's nat_1_1_mapping, mediasoup's announcedIp).",
     )
     presence_ttl_seconds: int = Field(
         15, ge=3, le=300, description="How long a silent node's participants stay listed (Redis)."

@@ -31,6 +31,15 @@ def test_conflicting_or_huge_settings_are_refused(overrides: dict[str, Any], nam
     assert "PROBELINK_:" not in refused.value.message
 
 
+def test_a_media_address_must_be_an_ip_address() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(media_address="media.example.org")
+    assert refused.value.message == (
+        "invalid configuration: PROBELINK_MEDIA_ADDRESS: value is not a valid IPv4 or IPv6 address"
+    )
+    assert str(load_settings(media_address="2001:db8::7").media_address) == "2001:db8::7"
+
+
 def test_the_longest_allowed_settings_are_accepted() -> None:
     settings = load_settings(
         token_max_ttl_seconds=12 * 3600,

@@ -11,6 +11,7 @@ from typing import Any
 import aiortc
 import pytest
 from aiohttp.test_utils import TestClient
+from aioice.ice import get_host_addresses
 from aiortc.mediastreams import AudioStreamTrack
 from live_client import Participant
 from media_bots import (
@@ -24,7 +25,9 @@ from media_bots import (
     prefer_codec,
 )
 
+from server.app import create_app
 from server.auth import Role
+from server.config import Settings
 from server.web.keys import RELAY
 
 Invite = Callable[[str], Awaitable[Participant]]
@@ -342,6 +345,49 @@ async def test_a_media_connection_its_peer_closed_is_released(
             await asyncio.sleep(0.05)
         assert [p.role for p in room.peers.values()] == [Role.OPERATOR]
         assert room.publisher is not None
+    finally:
+        await expert.close()
+        await operator.close()
+
+
+async def test_answers_give_the_nodes_media_address_and_media_still_flows(
+    aiohttp_client: Callable[..., Any], settings: Settings, coordinator: dict[str, str]
+) -> None:
+    """PROBELINK_MEDIA_ADDRESS: the answers' host candidates carry it. Here it is one of this
+    machine's own non-loopback addresses, so the bots can still reach the relay through it."""
+    address = get_host_addresses(use_ipv4=True, use_ipv6=False)[0]
+    client = await aiohttp_client(
+        create_app(settings.model_copy(update={"media_address": address}))
+    )
+    created = await client.post(
+        "/api/consultations",
+        json={"clinical_question": "q", "urgency": "urgent", "incomplete_reason": "test request"},
+        headers=coordinator,
+    )
+    cid = (await created.json())["id"]
+
+    async def join(role: str) -> Participant:
+        response = await client.post(
+            f"/api/consultations/{cid}/invites",
+            json={"role": role, "name": role},
+            headers=coordinator,
+        )
+        token = (await response.json())["token"]
+        return await Participant(str(client.make_url("/")), token).connect()
+
+    operator = await operator_bot(await join("operator"), CounterVideoTrack())
+    expert = await expert_bot(await join("expert"))
+    try:
+        for bot in (operator, expert):
+            answer = await bot.negotiate()
+            hosts = [
+                line.split()[4]
+                for line in answer["sdp"].splitlines()
+                if line.startswith("a=candidate:") and line.split()[7] == "host"
+            ]
+            ipv4 = [h for h in hosts if ":" not in h]
+            assert ipv4 and set(ipv4) == {address}, hosts
+        await expert.wait_packets("video", 10)
     finally:
         await expert.close()
         await operator.close()

@@ -1,5 +1,6 @@
 """Simulcast's parts without a network: the offer's RIDs and the answer's lines, a key frame's
-declared size, the layers ranked and measured, and which layer a subscriber is sent."""
+declared size, the layers ranked and measured, and which layer a subscriber is sent; and the
+answer's candidates given a node's media address."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from server.media.layers import (
     Layers,
 )
 from server.media.rtp import vp8_descriptor, vp8_keyframe_size
-from server.media.sdp import answer_simulcast, simulcast_rids
+from server.media.sdp import announce, answer_simulcast, simulcast_rids
 
 # The video section of a Chromium offer with three encodings (trimmed).
 CHROMIUM_OFFER = (
@@ -181,3 +182,22 @@ def test_a_failed_step_up_waits_longer_each_time() -> None:
     assert rid(choice.choose(ranked, down + 0.1)) == "q"
     assert rid(choice.choose(ranked, down + 2 * UP_HOLD_START_SECONDS - 0.5)) == "q"
     assert rid(choice.choose(ranked, down + 2 * UP_HOLD_START_SECONDS + 0.2)) == "h"
+
+
+def test_an_announced_media_address_replaces_the_host_candidates_of_its_family() -> None:
+    answer = (
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
+        "a=candidate:1 1 udp 2130706431 192.0.2.2 40000 typ host\r\n"
+        "a=candidate:2 1 udp 2130706431 10.0.0.5 40001 typ host\r\n"
+        "a=candidate:3 1 udp 2130706431 192.0.2.2 40000 typ host\r\n"
+        "a=candidate:4 1 udp 2130706431 fd00::2 40002 typ host\r\n"
+        "a=candidate:5 1 udp 1694498815 198.51.100.1 50000 typ srflx raddr 0.0.0.0 rport 0\r\n"
+    )
+    lines = announce(answer, "203.0.113.7").split("\r\n")
+    candidates = [line.split()[4:6] for line in lines if line.startswith("a=candidate:")]
+    assert candidates == [
+        ["203.0.113.7", "40000"],
+        ["203.0.113.7", "40001"],
+        ["fd00::2", "40002"],  # another family: left alone
+        ["198.51.100.1", "50000"],  # not a host candidate
+    ]

@@ -37,6 +37,7 @@ from server.media.hooks.transport import (
 )
 from server.media.peer import Peer
 from server.media.sdp import (
+    announce,
     answer_simulcast,
     check_size,
     restrict_video_codec,
@@ -61,10 +62,13 @@ class MediaRoom:
         consultation_id: str,
         cine_factory: CineFactory | None = None,
         policy: BitratePolicy = DEFAULT_POLICY,
+        media_address: str | None = None,
     ):
         self.consultation_id = consultation_id
         self.cine_factory = cine_factory
         self.policy = policy
+        # The address the answers' host candidates give (None: the interfaces' own).
+        self.media_address = media_address
         # The current publisher's congestion feedback, which the subscribers' REMBs inform.
         self.feedback: PublisherFeedback | None = None
         # The current publisher's recent video, for captures (None: no publisher).
@@ -133,9 +137,12 @@ class MediaRoom:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
             answer = pc.localDescription
+            text = answer.sdp
             if peer.simulcast is not None:
-                mid, rids = peer.simulcast
-                answer = RTCSessionDescription(answer_simulcast(answer.sdp, mid, rids), "answer")
+                text = answer_simulcast(text, *peer.simulcast)
+            if self.media_address is not None:
+                text = announce(text, self.media_address)
+            answer = RTCSessionDescription(text, "answer")
         except (BadRequest, Conflict):
             await pc.close()
             raise
@@ -384,11 +391,15 @@ class Relay:
     """Every media room on this node."""
 
     def __init__(
-        self, cine_factory: CineFactory | None = None, policy: BitratePolicy = DEFAULT_POLICY
+        self,
+        cine_factory: CineFactory | None = None,
+        policy: BitratePolicy = DEFAULT_POLICY,
+        media_address: str | None = None,
     ) -> None:
         self.rooms: dict[str, MediaRoom] = {}
         self.cine_factory = cine_factory
         self.policy = policy
+        self.media_address = media_address
 
     async def offer(
         self, consultation_id: str, sid: str, sub: str, role: Role, sdp: str
@@ -396,7 +407,7 @@ class Relay:
         room = self.rooms.get(consultation_id)
         if room is None:
             room = self.rooms[consultation_id] = MediaRoom(
-                consultation_id, self.cine_factory, self.policy
+                consultation_id, self.cine_factory, self.policy, self.media_address
             )
         room.pending += 1
         try:

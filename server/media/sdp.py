@@ -3,6 +3,8 @@ in it, and a publisher's simulcast layers (which aiortc's parser ignores) answer
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import re
 
 from aiortc.sdp import SessionDescription
@@ -126,3 +128,23 @@ def _section(sdp: str, mid: str) -> str | None:
         if re.search(rf"^a=mid:{re.escape(mid)}\r?$", section, re.MULTILINE):
             return section
     return None
+
+
+def announce(answer: str, address: str) -> str:
+    """The answer with `address` in place of the host candidates' addresses of its family (one
+    candidate per component and port)."""
+    family = ipaddress.ip_address(address).version
+    lines, seen = [], set()
+    for line in answer.split("\r\n"):
+        fields = line.split()
+        if line.startswith("a=candidate:") and len(fields) >= 8 and fields[7] == "host":
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(fields[4]).version == family:
+                    fields[4] = address
+                    line = " ".join(fields)
+            key = (fields[1], fields[2].lower(), fields[4], fields[5])
+            if key in seen:
+                continue
+            seen.add(key)
+        lines.append(line)
+    return "\r\n".join(lines)
