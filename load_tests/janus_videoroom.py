@@ -9,6 +9,7 @@ the target probelink is measured against (load_tests/media_bench.py --relays).
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import secrets
@@ -21,6 +22,7 @@ import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 JANUS = "/usr/bin/janus"
+SUBSCRIBE_TRIES = 80  # every 0.25 s
 KEPT = {"libjanus_videoroom.so", "libjanus_http.so"}
 
 
@@ -156,9 +158,22 @@ class JanusHandle:
 
     async def subscribe(self, room: int, feed: int, pc: RTCPeerConnection) -> None:
         """Subscribe `pc` to the publisher `feed`: Janus offers, `pc` answers."""
-        joined = await self.request(
-            {"request": "join", "room": room, "ptype": "subscriber", "streams": [{"feed": feed}]}
-        )
+        # The feed exists once the publisher's connection is up and its media flows.
+        for attempt in range(SUBSCRIBE_TRIES):
+            try:
+                joined = await self.request(
+                    {
+                        "request": "join",
+                        "room": room,
+                        "ptype": "subscriber",
+                        "streams": [{"feed": feed}],
+                    }
+                )
+                break
+            except RuntimeError as refused:
+                if "No such feed" not in str(refused) or attempt == SUBSCRIBE_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.25)
         await pc.setRemoteDescription(RTCSessionDescription(**joined["jsep"]))
         await pc.setLocalDescription(await pc.createAnswer())
         await self.request(
