@@ -262,14 +262,15 @@ async def run(
     name: str,
     negotiate: Any,
     consultations: int,
-    seconds: float,
-    warmup: float,
+    args: argparse.Namespace,
     pids: list[int],
     clip: Any,
     voice: list[bytes],
-    expert_voice: list[bytes] | None,
     experts_offer: bool = True,
 ) -> Result:
+    """One relay's window: `negotiate(room, role, index, pc)` connects each peer to it."""
+    seconds, warmup = args.seconds, args.warmup
+    expert_voice = voice if args.expert_voice else None
     result = Result(name, consultations, seconds)
     clip_index = {hash(frame): i for i, frame in enumerate(clip[0])}
     operators, experts, sent_lists = [], [], []
@@ -347,17 +348,7 @@ def bench_mediarelay(args: argparse.Namespace, n: int, clip: Any, voice: list[by
                     ) as r:
                         await pc.setRemoteDescription(RTCSessionDescription(**await r.json()))
 
-                return await run(
-                    "mediarelay",
-                    negotiate,
-                    n,
-                    args.seconds,
-                    args.warmup,
-                    [proc.pid],
-                    clip,
-                    voice,
-                    voice if args.expert_voice else None,
-                )
+                return await run("mediarelay", negotiate, n, args, [proc.pid], clip, voice)
 
         return asyncio.run(main())
 
@@ -404,17 +395,7 @@ def bench_probelink(
                         RTCSessionDescription(sdp=answer["sdp"], type=answer["type"])
                     )
 
-                result = await run(
-                    "probelink",
-                    negotiate,
-                    n,
-                    args.seconds,
-                    args.warmup,
-                    [proc.pid],
-                    clip,
-                    voice,
-                    voice if args.expert_voice else None,
-                )
+                result = await run("probelink", negotiate, n, args, [proc.pid], clip, voice)
                 for conn in connections:
                     await conn.close()
                 return result
@@ -455,16 +436,7 @@ def bench_janus(
                         await handle.subscribe(1000 + room, feeds[room], pc)
 
                 return await run(
-                    "janus",
-                    negotiate,
-                    n,
-                    args.seconds,
-                    args.warmup,
-                    [proc.pid],
-                    clip,
-                    voice,
-                    None,
-                    experts_offer=False,
+                    "janus", negotiate, n, args, [proc.pid], clip, voice, experts_offer=False
                 )
 
         return asyncio.run(main())

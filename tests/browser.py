@@ -243,3 +243,24 @@ async def save_screenshot(page: Page, name: str) -> Path:
     path = ARTIFACTS_DIR / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', name).strip('-.') or 'page'}.png"
     await page.screenshot(path=path, full_page=True)
     return path
+
+
+# Each page records its peer connections, so the test reads the browser's own statistics.
+RECORD_PEER_CONNECTIONS = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  window.__pcs = [];
+  window.RTCPeerConnection = class extends Native {
+    constructor(...args) { super(...args); window.__pcs.push(this); }
+  };
+})();
+"""
+
+
+async def open_page(browser: Browser, url: str) -> Page:
+    """A page in a context of its own that records its peer connections (`window.__pcs`)."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    await context.add_init_script(RECORD_PEER_CONNECTIONS)
+    page = await context.new_page()
+    await page.goto(url)
+    return page

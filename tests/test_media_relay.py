@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiortc
@@ -33,10 +33,8 @@ from server.web.keys import RELAY
 Invite = Callable[[str], Awaitable[Participant]]
 
 
-@pytest.fixture
-async def invite(
-    client: TestClient[Any, Any], coordinator: dict[str, str]
-) -> AsyncIterator[Invite]:
+async def new_consultation(client: TestClient[Any, Any], coordinator: dict[str, str]) -> Invite:
+    """A consultation on `client`'s server; joins a participant of a role to it."""
     created = await client.post(
         "/api/consultations",
         json={"clinical_question": "q", "urgency": "urgent", "incomplete_reason": "test request"},
@@ -53,7 +51,12 @@ async def invite(
         token = (await response.json())["token"]
         return await Participant(str(client.make_url("/")), token).connect()
 
-    yield connect
+    return connect
+
+
+@pytest.fixture
+async def invite(client: TestClient[Any, Any], coordinator: dict[str, str]) -> Invite:
+    return await new_consultation(client, coordinator)
 
 
 async def test_expert_receives_the_operators_frames_forwarded_unaltered_and_in_order(
@@ -359,22 +362,7 @@ async def test_answers_give_the_nodes_media_address_and_media_still_flows(
     client = await aiohttp_client(
         create_app(settings.model_copy(update={"media_address": address}))
     )
-    created = await client.post(
-        "/api/consultations",
-        json={"clinical_question": "q", "urgency": "urgent", "incomplete_reason": "test request"},
-        headers=coordinator,
-    )
-    cid = (await created.json())["id"]
-
-    async def join(role: str) -> Participant:
-        response = await client.post(
-            f"/api/consultations/{cid}/invites",
-            json={"role": role, "name": role},
-            headers=coordinator,
-        )
-        token = (await response.json())["token"]
-        return await Participant(str(client.make_url("/")), token).connect()
-
+    join = await new_consultation(client, coordinator)
     operator = await operator_bot(await join("operator"), CounterVideoTrack())
     expert = await expert_bot(await join("expert"))
     try:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from browser import coordinator_token
+from browser import coordinator_token, open_page
 from phantom import BREAST_REQUEST
 from servers import Server, cli_env, live_session
 
@@ -21,17 +21,6 @@ TIMEOUT_MS = 30_000
 STATS_POLLS = 120  # every 0.5 s
 # The relay's cap for this test's publisher: the bedside's estimate must settle exactly there.
 CEILING_KBPS = 1500
-
-# Each page records its peer connections, so the test reads the browser's own statistics.
-RECORD_PEER_CONNECTIONS = """
-(() => {
-  const Native = window.RTCPeerConnection;
-  window.__pcs = [];
-  window.RTCPeerConnection = class extends Native {
-    constructor(...args) { super(...args); window.__pcs.push(this); }
-  };
-})();
-"""
 
 # The bedside's video sender as its own statistics see it.
 BEDSIDE_VIDEO = """
@@ -50,14 +39,6 @@ async () => {
   return out;
 }
 """
-
-
-async def open_page(browser: Browser, url: str) -> Page:
-    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
-    await context.add_init_script(RECORD_PEER_CONNECTIONS)
-    page = await context.new_page()
-    await page.goto(url)
-    return page
 
 
 async def bedside_reaches(bedside: Page, condition: Callable[[dict[str, Any]], bool]) -> None:
