@@ -28,6 +28,9 @@ RTP_VERSION_2 = 0x80
 EXTENSION_BIT = 0x10
 ONE_BYTE_PROFILE = 0xBEDE
 
+# A source is marked active (a datetime, for `getSynchronizationSources`) at most this often.
+ACTIVE_MARK_MS = 500
+
 OnPacket = Callable[[RtpPacket, RTCRtpCodecParameters], Awaitable[None]]
 
 
@@ -44,11 +47,16 @@ def take_packets(receiver: RTCRtpReceiver, on_packet: OnPacket, repair: bool) ->
     rid_ssrc: dict[str, int] = {}
     nacks: dict[int, NackGenerator] = {}
     retries: dict[int, NackRetry] = {}
+    # When each SSRC was last marked active (a datetime per packet cost 2 % of the relay's time;
+    # aiortc counts a source active for 10 s after its last packet).
+    marked: dict[int, float] = {}
 
     async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
         if not receiver._enabled:
             return
-        active[packet.ssrc] = clock.current_datetime()
+        if arrival_time_ms - marked.get(packet.ssrc, -ACTIVE_MARK_MS) >= ACTIVE_MARK_MS:
+            marked[packet.ssrc] = arrival_time_ms
+            active[packet.ssrc] = clock.current_datetime()
         codec = codecs.get(packet.payload_type)
         if codec is None:
             return
