@@ -1,14 +1,17 @@
 """Loss repair on the relay's receive side (no network): missing packets are asked for again,
 then given up; the cine buffer's frames are put together from the forwarded packets, a frame a
 retransmission completes releases those behind it, and after a frame is given up nothing
-reaches the cine buffer until a key frame."""
+reaches the cine buffer until a key frame; a video source back after a gap asks for a keyframe."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
+from server.media.fanout import RESUME_GAP_SECONDS, Source
 from server.media.frames import GIVE_UP_SECONDS, FrameAssembler
 from server.media.hooks.receive import NACK_RETRY_SECONDS, NACK_TRIES, NackRetry
 
@@ -134,3 +137,25 @@ def test_missing_packets_are_asked_for_again_then_given_up() -> None:
     assert retry.due(missing) == []
     clock.now += step
     assert retry.due(missing) == [1010]
+
+
+async def test_a_video_source_back_after_a_gap_asks_for_a_keyframe_at_once() -> None:
+    """After an outage every subscriber needs a keyframe: the relay asks the publisher as soon
+    as its packets resume, not after each subscriber's NACKs for the gap have timed out."""
+    source = Source("video")
+    asked: list[int] = []
+    source.on_resume = asked.append
+
+    async def send(seq: int) -> None:
+        packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq * 3000, ssrc=7)
+        packet.payload = FIRST + DELTA + b"\x00" * 20
+        await source.on_packet(packet, VP8)
+
+    await send(1)
+    await send(2)
+    assert asked == []  # a steady stream asks for nothing
+    await asyncio.sleep(RESUME_GAP_SECONDS + 0.1)
+    await send(40)
+    assert asked == [7]
+    await send(41)
+    assert asked == [7]

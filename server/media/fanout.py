@@ -45,6 +45,8 @@ SENT_RATE_WINDOW_SECONDS = 2.0
 # A video subscriber waiting for a key frame asks again this often (the room rate-limits).
 KEYFRAME_ASK_AGAIN_SECONDS = 1.0
 CLOCK_RATES = {"video": 90_000, "audio": 48_000}
+# A video source silent this long and back asks for a keyframe at once.
+RESUME_GAP_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,9 @@ class Source:
         # takes and whose frames are counted.
         self.layers = Layers() if kind == "video" else None
         self.top_ssrc: int | None = None
+        # Asks the publisher for a keyframe of an SSRC whose packets resume after a gap (set by
+        # the room for the publisher's video).
+        self.on_resume: Callable[[int], None] | None = None
         self.stopped = False
 
     def attach(self, target: Forwarder) -> None:
@@ -201,6 +206,11 @@ class Source:
         now = time.monotonic()
         layers = self.layers
         if layers is not None:
+            before = layers.by_ssrc.get(packet.ssrc)
+            if before is not None and now - before.last_at > RESUME_GAP_SECONDS and self.on_resume:
+                # The link came back (or the layer resumed): whatever each subscriber missed,
+                # it will need a keyframe; ask now rather than after its own NACKs time out.
+                self.on_resume(packet.ssrc)
             layer = layers.packet(packet.ssrc, packet.extensions.rtp_stream_id, len(payload), now)
             if key and descriptor is not None:
                 size = vp8_keyframe_size(payload, descriptor)

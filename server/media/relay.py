@@ -302,6 +302,7 @@ class MediaRoom:
         for source in peer.sources:
             if peer.role is Role.OPERATOR and source.kind == "video":
                 self.video = source
+                source.on_resume = self.request_keyframe
                 if self.cine_factory is not None and self.codec is not None:
                     self.cine = source.cine = self.cine_factory(
                         self.codec, functools.partial(self._cine_keyframe, source)
