@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "load_tests"))
 
-from browser import CHROMIUM, CHROMIUM_ARGS, write_y4m  # noqa: E402
+from browser import CHROMIUM, CHROMIUM_ARGS, RECORD_PEER_CONNECTIONS, write_y4m  # noqa: E402
 from netns import Namespace  # noqa: E402
 from phantom import BREAST_REQUEST, PHANTOM_DEVICE, moving_speckle_frames  # noqa: E402
 from servers import Server, cli_env, free_port, live_session  # noqa: E402
@@ -90,15 +90,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "expert2-uplink1.5mbit": {"expert2": True, "rate_kbit": 1500},
 }
 
-# Every page records each RTCPeerConnection it makes, and the expert's video each frame it
-# presents: [wall-clock ms, width, height].
-INIT_SCRIPT = """
+# Every page records each RTCPeerConnection it makes (`window.__pcs`), and the expert's video
+# each frame it presents: [wall-clock ms, width, height].
+INIT_SCRIPT = (
+    RECORD_PEER_CONNECTIONS
+    + """
 (() => {
-  const Native = window.RTCPeerConnection;
-  window.__pcs = [];
-  window.RTCPeerConnection = class extends Native {
-    constructor(...args) { super(...args); window.__pcs.push(this); }
-  };
   window.__frames = [];
   document.addEventListener("DOMContentLoaded", () => {
     const video = document.getElementById("video");
@@ -111,6 +108,7 @@ INIT_SCRIPT = """
   });
 })();
 """
+)
 
 # The newest peer connection's figures: what a page's own statistics say.
 STATS_SCRIPT = """

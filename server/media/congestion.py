@@ -225,13 +225,46 @@ class LossWindow:
         return min(1.0, fraction)
 
 
+def arrived_if_congested(fraction: float, sent_bps: float) -> float | None:
+    """What reached a subscriber that lost `fraction` of the `sent_bps` it was sent (about the
+    last second), if that loss says its link is congested (over LOSS_CONGESTED); else None.
+
+    A receiver's delay-based estimate does not see a link that stays full and drops (its queue
+    delay no longer grows), and may then sit at 1.5x what arrives: what arrives is the limit.
+    """
+    if fraction <= LOSS_CONGESTED or sent_bps <= 0:
+        return None
+    return sent_bps * (1 - fraction)
+
+
 @dataclass
-class DownlinkLimit:
+class GrowingLimit:
+    """A limit on what a subscriber is sent: lowered to what its link says it carries each time
+    it says so, and otherwise growing LIMIT_GROWTH a second (a receiver's estimate holds at what
+    arrives once it stops overusing, and following it up would hold the limit down for good)."""
+
+    limit_bps: float | None = None
+    limit_at: float = 0.0  # when the limit was last set (it grows from there)
+
+    def lower(self, bps: float, now: float) -> None:
+        """The link carries `bps` now: the limit is that, or what it has grown to if less."""
+        grown = self.grown(now)
+        self.limit_bps = bps if grown is None else min(grown, bps)
+        self.limit_at = now
+
+    def grown(self, now: float) -> float | None:
+        """The limit now (None: none)."""
+        if self.limit_bps is None:
+            return None
+        growth: float = LIMIT_GROWTH ** max(0.0, now - self.limit_at)
+        return self.limit_bps * growth
+
+
+@dataclass
+class DownlinkLimit(GrowingLimit):
     """What one subscriber's downlink carries, from its own REMB and receiver reports, while it
     is congested."""
 
-    limit_bps: int | None = None
-    limit_at: float = 0.0  # when the limit was last set (it grows from there)
     reported_at: float = 0.0
     congested_reports: int = 0
 
@@ -240,40 +273,26 @@ class DownlinkLimit:
         self.reported_at = now
         congested = sent_bps > 0 and estimate_bps < CONGESTED_SHARE * sent_bps
         self.congested_reports = self.congested_reports + 1 if congested else 0
-        if self.limit_bps is None:
-            if self.congested_reports >= CONGESTED_REPORTS:
-                self.limit_bps, self.limit_at = estimate_bps, now
-        elif congested:
-            self.limit_bps, self.limit_at = min(self._grown(now), estimate_bps), now
+        if congested and (
+            self.limit_bps is not None or self.congested_reports >= CONGESTED_REPORTS
+        ):
+            self.lower(estimate_bps, now)
 
     def report_loss(self, fraction: float, sent_bps: float, now: float) -> None:
-        """A receiver report: it lost this share of what it was sent (about the last second).
-
-        A receiver's delay-based estimate does not see a link that stays full and drops (its
-        queue delay no longer grows), and may then sit at 1.5x what arrives: losing more than
-        LOSS_CONGESTED of what it is sent, it is congested, and what arrives is its limit.
-        """
-        if fraction <= LOSS_CONGESTED or sent_bps <= 0:
-            return
-        self.reported_at = now
-        arrives = int(sent_bps * (1 - fraction))
-        if self.limit_bps is None:
-            self.limit_bps, self.limit_at = arrives, now
-        else:
-            self.limit_bps, self.limit_at = min(self._grown(now), arrives), now
-
-    def _grown(self, now: float) -> int:
-        assert self.limit_bps is not None
-        return int(self.limit_bps * LIMIT_GROWTH ** max(0.0, now - self.limit_at))
+        """A receiver report: it lost this share of what it was sent (about the last second)."""
+        arrived = arrived_if_congested(fraction, sent_bps)
+        if arrived is not None:
+            self.reported_at = now
+            self.lower(arrived, now)
 
     def current(self, now: float, ceiling_bps: int) -> int | None:
-        if self.limit_bps is None:
+        grown = self.grown(now)
+        if grown is None:
             return None
-        grown = self._grown(now)
         if now - self.reported_at > ESTIMATE_TIMEOUT_SECONDS or grown >= ceiling_bps:
             self.limit_bps = None
             return None
-        return grown
+        return int(grown)
 
 
 def publisher_cap(limits: list[DownlinkLimit], now: float, floor_bps: int, ceiling_bps: int) -> int:

@@ -206,12 +206,11 @@ class Source:
         now = time.monotonic()
         layers = self.layers
         if layers is not None:
-            before = layers.by_ssrc.get(packet.ssrc)
-            if before is not None and now - before.last_at > RESUME_GAP_SECONDS and self.on_resume:
+            layer = layers.packet(packet.ssrc, packet.extensions.rtp_stream_id, len(payload), now)
+            if layer.silence > RESUME_GAP_SECONDS and self.on_resume is not None:
                 # The link came back (or the layer resumed): whatever each subscriber missed,
                 # it will need a keyframe; ask now rather than after its own NACKs time out.
                 self.on_resume(packet.ssrc)
-            layer = layers.packet(packet.ssrc, packet.extensions.rtp_stream_id, len(payload), now)
             if key and descriptor is not None:
                 size = vp8_keyframe_size(payload, descriptor)
                 if size is not None:

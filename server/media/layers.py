@@ -22,11 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.media.congestion import (
-    CONGESTED_SHARE,
-    LIMIT_GROWTH,
-    LOSS_CONGESTED,
-)
+from server.media.congestion import CONGESTED_SHARE, GrowingLimit, arrived_if_congested
 
 # A layer with no packet for this long is not offered: the browser paused it (too little
 # uplink, or the page turned it off).
@@ -59,6 +55,8 @@ class Layer:
     bytes: int = 0
     last_at: float = 0.0
     active_since: float = 0.0
+    # How long the layer was silent before its latest packet (0 for its first).
+    silence: float = 0.0
     window_at: float = 0.0
     window_bytes: int = 0
     bps: float = -1.0  # -1: not measured yet
@@ -85,8 +83,10 @@ class Layers:
         layer = self.by_ssrc.get(ssrc)
         if layer is None:
             layer = self.by_ssrc[ssrc] = Layer(ssrc, rid, window_at=now, active_since=now)
-        elif now - layer.last_at > LAYER_IDLE_SECONDS:
-            layer.active_since = now  # it resumed
+        else:
+            layer.silence = now - layer.last_at
+            if layer.silence > LAYER_IDLE_SECONDS:
+                layer.active_since = now  # it resumed
         if rid and layer.rid is None:
             layer.rid = rid
         layer.bytes += size
@@ -136,8 +136,7 @@ class LayerChoice:
     def __init__(self) -> None:
         self.ssrc: int | None = None
         self.layer_bps = 0.0
-        self.limit_bps: float | None = None
-        self.limit_at = 0.0
+        self.limit = GrowingLimit()
         self.estimate_bps = 0.0
         # When its REMB stopped being read (it started, or stepped up), and when it last stepped up.
         self.went_up_at = float("-inf")
@@ -152,32 +151,22 @@ class LayerChoice:
         if now - self.went_up_at < ESTIMATE_SETTLE_SECONDS or self.layer_bps <= 0:
             return
         if falling and estimate_bps < CONGESTED_SHARE * self.layer_bps:
-            self._limit(estimate_bps, now)
+            self.limit.lower(estimate_bps, now)
 
     def report_loss(self, fraction: float, sent_bps: float, now: float) -> None:
         """The share of what it was sent (`sent_bps`, about the same time) that the subscriber
         lost (about the last second)."""
-        if fraction > LOSS_CONGESTED and sent_bps > 0:
-            self._limit(sent_bps * (1 - fraction), now)
-
-    def _limit(self, bps: float, now: float) -> None:
-        grown = self._grown(now)
-        self.limit_bps = bps if grown is None else min(grown, bps)
-        self.limit_at = now
-
-    def _grown(self, now: float) -> float | None:
-        if self.limit_bps is None:
-            return None
-        growth: float = LIMIT_GROWTH ** max(0.0, now - self.limit_at)
-        return self.limit_bps * growth
+        arrived = arrived_if_congested(fraction, sent_bps)
+        if arrived is not None:
+            self.limit.lower(arrived, now)
 
     def choose(self, layers: list[Layer], now: float) -> Layer | None:
         """The layer to send, from `layers` (as `Layers.ranked` gives them)."""
         if not layers:
             return None
-        limit = self._grown(now)
+        limit = self.limit.grown(now)
         if limit is not None and limit > LIMIT_RELEASE_SHARE * layers[-1].bps:
-            self.limit_bps = limit = None
+            self.limit.limit_bps = limit = None
         target = len(layers) - 1
         if limit is not None:
             fitting = [i for i, layer in enumerate(layers) if layer.bps <= limit]

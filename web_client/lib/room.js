@@ -152,8 +152,6 @@ export class Room {
 
   people(list) {
     this.participants = list;
-    // The bedside offers again when simulcast is wanted or no longer (experts see the new
-    // video from its first keyframe, as after any reconnection).
     this.followSimulcast();
     this.handlers.people?.(list);
     if (!this.ui.participants) return;

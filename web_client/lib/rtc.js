@@ -1,5 +1,5 @@
 // Media with the relay: one RTCPeerConnection per page, offered through the live room
-// (rtc_offer → answer). The relay forwards encoded frames; see docs/protocol.md, "Media".
+// (rtc_offer → answer). The relay forwards RTP packets; see docs/protocol.md, "Media".
 
 const GATHER_TIMEOUT_MS = 3000;
 // Simulcast (docs/protocol.md, "Simulcast"): while more than one expert or observer watches, the
