@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -96,6 +97,18 @@ async def test_participant_needs_an_open_consultation(store: Store) -> None:
     with pytest.raises(Conflict):
         await store.add_participant(late, facts("invite.create"))
     assert len(await store.participants(row.id)) == 1
+
+
+async def test_an_accession_number_that_clashes_is_drawn_again(store: Store) -> None:
+    first = replace(consultation("a1" * 16), accession_number="ZZZZZZZZ")
+    assert (await store.create_consultation(first, facts())).accession_number == "ZZZZZZZZ"
+    second = await store.create_consultation(
+        replace(consultation("b2" * 16), accession_number="ZZZZZZZZ"), facts()
+    )
+    assert second.accession_number not in (None, "ZZZZZZZZ")
+    found = await store.consultation_by_accession(second.accession_number or "")
+    assert found is not None and found.id == second.id
+    assert (await store.consultation_by_accession("ZZZZZZZZ")).id == first.id  # type: ignore[union-attr]
 
 
 async def test_failed_write_leaves_neither_record_nor_audit_entry(store: Store) -> None:

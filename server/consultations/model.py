@@ -7,6 +7,7 @@ input into these types, ask this module what follows, then persist and emit.
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
@@ -29,6 +30,9 @@ from server.messages import LIST_MAX_ITEMS, Choice, LongText, ShortText, StrictM
 __all__ = ["Application", "Flag", "MissingItem"]  # re-exported: part of the request's vocabulary
 
 PATIENT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Accession numbers: short codes a person can read off a screen and type (no 0/O, 1/I/L, U).
+ACCESSION_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
+ACCESSION_LENGTH = 8
 
 
 class Urgency(enum.StrEnum):
@@ -303,10 +307,18 @@ class ConsultationRow:
     cancelled_at: datetime | None = None
     cancel_reason: str | None = None
     cancel_note: str | None = None
+    # The short code that ties a scanner's images to this consultation (the worklist's
+    # AccessionNumber); assigned at request.
+    accession_number: str | None = None
 
     @property
     def urgency(self) -> Urgency:
         return self.context.urgency
+
+
+def new_accession_number() -> str:
+    """A fresh accession number: 8 characters, about 6.6e11 codes (the store retries a clash)."""
+    return "".join(secrets.choice(ACCESSION_ALPHABET) for _ in range(ACCESSION_LENGTH))
 
 
 def require_open(row: ConsultationRow | None, doing: str) -> ConsultationRow:

@@ -22,6 +22,7 @@ from server.consultations.model import (
     ConsultationRow,
     check_sendable,
     due_at,
+    new_accession_number,
 )
 from server.consultations.views import participant_body, summary
 from server.errors import BadRequest
@@ -134,8 +135,9 @@ async def create_consultation(request: web.Request) -> web.Response:
         requested_at=now,
         due_at=due_at(context.urgency, now, request.app[SETTINGS].due_minutes()),
         updated_at=now,
+        accession_number=new_accession_number(),
     )
-    await request.app[STORE].create_consultation(
+    row = await request.app[STORE].create_consultation(
         row, facts(request, principal, "consultation.create", "consultation", row.id)
     )
     request.app[METRICS].consultations_created.labels(context.urgency.value).inc()

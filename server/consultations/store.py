@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import RowMapping, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.audit import GENESIS_HASH, AuditEntry, AuditFacts, ChainCheck, chain_next, verify_chain
 from server.auth import Role
 from server.consultations.access import Standing
 from server.consultations.lifecycle import Cancellation, State, accepts_participants, on_cancelled
-from server.consultations.model import ClinicalContext, ConsultationRow
+from server.consultations.model import ClinicalContext, ConsultationRow, new_accession_number
 from server.consultations.turnaround import Times
 from server.errors import Conflict, NotFound
 from server.store.database import open_engine
@@ -33,6 +34,10 @@ from server.store.times import from_iso, iso
 
 AUDIT_LOCK_ID = 0x61756474  # "audt": advisory lock key serializing audit appends on PostgreSQL
 AUDIT_PAGE_ROWS = 1000
+
+
+# Draws of an accession number before a clash is an error (one in 6.6e11 clashes at all).
+ACCESSION_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -80,16 +85,42 @@ class Store:
 
     # Consultations
 
-    async def create_consultation(self, row: ConsultationRow, audit: AuditFacts) -> None:
+    async def create_consultation(self, row: ConsultationRow, audit: AuditFacts) -> ConsultationRow:
+        """Store a new consultation; returns it as stored (a clashing accession number, one in
+        hundreds of billions, is drawn again)."""
+        for attempt in range(ACCESSION_ATTEMPTS):
+            try:
+                await self._insert_consultation(row, audit)
+                return row
+            except IntegrityError:
+                if attempt + 1 == ACCESSION_ATTEMPTS or not await self._accession_taken(row):
+                    raise
+                row = replace(row, accession_number=new_accession_number())
+        raise AssertionError("unreachable")
+
+    async def _accession_taken(self, row: ConsultationRow) -> bool:
+        return await self.consultation_by_accession(row.accession_number or "") is not None
+
+    async def consultation_by_accession(self, accession_number: str) -> ConsultationRow | None:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT * FROM consultations WHERE accession_number = :a"),
+                {"a": accession_number},
+            )
+            found = result.mappings().first()
+        return None if found is None else _consultation(found)
+
+    async def _insert_consultation(self, row: ConsultationRow, audit: AuditFacts) -> None:
         async with self.transaction() as conn:
             await conn.execute(
                 text(
                     "INSERT INTO consultations (id, state, urgency, application, context,"
-                    " created_by, requested_at, due_at, updated_at)"
+                    " created_by, requested_at, due_at, updated_at, accession_number)"
                     " VALUES (:id, :state, :urgency, :application, :context,"
-                    " :created_by, :requested_at, :due_at, :updated_at)"
+                    " :created_by, :requested_at, :due_at, :updated_at, :accession_number)"
                 ),
                 {
+                    "accession_number": row.accession_number,
                     "id": row.id,
                     "state": row.state.value,
                     "urgency": row.urgency.value,
@@ -347,6 +378,7 @@ def _consultation(m: RowMapping) -> ConsultationRow:
         cancelled_at=from_iso(m["cancelled_at"]),
         cancel_reason=m["cancel_reason"],
         cancel_note=m["cancel_note"],
+        accession_number=m["accession_number"],
     )
 
 

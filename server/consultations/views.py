@@ -25,6 +25,8 @@ def summary(row: ConsultationRow, now: datetime) -> dict[str, Any]:
     check = checklist(row.context)
     return {
         "id": row.id,
+        "accession_number": row.accession_number,
+        "patient_ref": row.context.patient_ref,
         "state": row.state.value,
         "urgency": row.urgency.value,
         "application": row.context.application,

@@ -226,4 +226,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE role = 'expert' AND invited_by IN (SELECT sub FROM experts)""",
         ),
     ),
+    Migration(
+        7,
+        "accession numbers: the short code a scanner's images are sent with",
+        (
+            "ALTER TABLE consultations ADD COLUMN accession_number TEXT",
+            # Consultations made before: ten hex digits of their id (new codes have eight
+            # characters of another alphabet, so the two never clash).
+            """UPDATE consultations SET accession_number = upper(substr(id, 1, 10))
+            WHERE accession_number IS NULL""",
+            "CREATE UNIQUE INDEX consultations_accession ON consultations (accession_number)",
+        ),
+    ),
 )
