@@ -2,7 +2,8 @@
 
     ProbelinkError            code, message, field; never carries patient data
     ├── BadRequest            400  the input is malformed or breaks a rule
-    │   └── PayloadTooLarge   413  the body is bigger than allowed
+    │   ├── PayloadTooLarge   413  the body is bigger than allowed
+    │   └── UnsupportedMediaType 415  a body of a type the endpoint does not take
     ├── Unauthorized          401  no token, or a token that is not valid
     ├── Forbidden             403  a valid token without the grant for this
     ├── NotFound              404  no such object (or not visible to the caller)
@@ -48,6 +49,11 @@ class BadRequest(ProbelinkError):
 class PayloadTooLarge(BadRequest):
     status = 413
     default_code = "payload_too_large"
+
+
+class UnsupportedMediaType(BadRequest):
+    status = 415
+    default_code = "unsupported_media_type"
 
 
 class Unauthorized(ProbelinkError):

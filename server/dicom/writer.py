@@ -52,7 +52,8 @@ LATERALITY = {"left": "L", "right": "R", "bilateral": "B"}
 # Body parts that come in pairs (the series then states laterality, PS3.3 C.7.3.1).
 PAIRED_BODY_PARTS = {"BREAST", "LEG"}
 # How the video reached the relay, when it was decoded from the live stream.
-STREAM_COMPRESSION = {"video/h264": "ISO_14496_10"}
+# (VP8 and VP9 have no defined term; their names are written.)
+STREAM_COMPRESSION = {"video/h264": "ISO_14496_10", "video/hevc": "ISO_23008_2", "video/vp9": "VP9"}
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,16 @@ def still(pixels: np.ndarray, study: Study, inst: Instance) -> Dataset:
 
 
 def clip(
-    frames: Seq[bytes], size: tuple[int, int], fps: float, study: Study, inst: Instance
+    frames: Seq[bytes],
+    size: tuple[int, int],
+    fps: float,
+    study: Study,
+    inst: Instance,
+    frame_times: Seq[float] | None = None,
 ) -> Dataset:
     """Ultrasound Multi-frame Image Storage from JPEG baseline frames (`jpeg_frame`), with cine
-    timing. `size` is (rows, columns), the size every frame was encoded at."""
+    timing. `size` is (rows, columns), the size every frame was encoded at; `frame_times`, the
+    milliseconds before each frame (the first 0) when the frames are not evenly spaced."""
     if not frames:
         raise ValueError("a clip needs at least one frame")
     rows, columns = size
@@ -186,8 +193,14 @@ def clip(
     _image(ds, study, inst, rows, columns)
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.NumberOfFrames = len(frames)
-    ds.FrameIncrementPointer = 0x00181063  # Frame Time
     ds.FrameTime = f"{1000.0 / fps:.3f}"
+    if frame_times is not None:
+        if len(frame_times) != len(frames):
+            raise ValueError("a frame time vector has one value per frame")
+        ds.FrameIncrementPointer = 0x00181065  # Frame Time Vector
+        ds.FrameTimeVector = [f"{t:.3f}"[:16] for t in frame_times]
+    else:
+        ds.FrameIncrementPointer = 0x00181063  # Frame Time
     ds.CineRate = round(fps)
     ds.RecommendedDisplayFrameRate = round(fps)
     raw = rows * columns * 3 * len(frames)

@@ -16,19 +16,21 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
+from sqlalchemy.exc import IntegrityError
 
 from server.audit import AuditFacts
 from server.auth import Principal
 from server.config import Settings
 from server.consultations.model import ConsultationRow
-from server.dicom import priors, writer
+from server.dicom import deid, incoming, writer
 from server.dicom.profiles import Profiles
 from server.errors import BadRequest, Conflict, PayloadTooLarge, ProbelinkError, Unavailable
-from server.imaging import pixels, png
+from server.imaging import pixels, png, video
 from server.imaging.archive import Archive, ArchiveCorrupt, ArchiveMissing, study_and_series
 from server.imaging.identity import StudyIdentity
 from server.imaging.kos import KeyObjectSelections
@@ -69,6 +71,14 @@ IMPORT_REFUSALS: dict[str, type[ProbelinkError]] = {
     "no_device_profile": Conflict,
     "image_too_large": PayloadTooLarge,
 }
+
+
+def read_dicom(data: bytes) -> Dataset:
+    """An uploaded DICOM file, parsed (worker thread), or the refusal that says why not."""
+    try:
+        return incoming.read_upload(data)
+    except incoming.ImportRefused as exc:
+        raise IMPORT_REFUSALS.get(exc.code, BadRequest)(str(exc), code=exc.code) from None
 
 
 class KeyImages:
@@ -207,13 +217,120 @@ class KeyImages:
         self._count(capture.kind, "upload", started)
         return event
 
+    async def from_video(
+        self, capture: Capture, data: bytes, content_type: str, commit: Commit
+    ) -> RoomEvent:
+        """A clip uploaded as MP4 or WebM (`video`), masked by the consultation's device on
+        every frame, stored as a US multi-frame key image. The caller has checked the device."""
+        started = time.monotonic()
+        codec = await asyncio.to_thread(video.codec_of, data, content_type)
+
+        def pictures() -> Iterator[tuple[np.ndarray, int]]:
+            return video.pictures(data, content_type)
+
+        event = await self._store(capture, pictures, codec, {"source": "video_upload"}, commit)
+        self._count(capture.kind, "video_upload", started)
+        return event
+
+    async def from_dicom(
+        self, capture: Capture, ds: Dataset, commit: Commit
+    ) -> tuple[str, RoomEvent | None]:
+        """A scanner's own image (C-STORE, or an uploaded DICOM file) as a key image of the
+        consultation: rebuilt and masked by the profile of the device its header names
+        (`incoming`), its ultrasound regions and cine timing kept, in the consultation's study.
+
+        Returns the key image's id and its room event; the same object again (a scanner
+        retrying) is the same key image, recorded once (event None).
+        """
+        started = time.monotonic()
+        row = capture.consultation
+        received = datetime.now(UTC)
+        try:
+            original = str(ds.get("SOPInstanceUID", "") or "")
+        except Exception:
+            raise BadRequest("the DICOM file could not be read", code="invalid_dicom") from None
+        sop = deid.derived_uid(self.key, "scanner-instance", row.id, original)
+        known = await self.records.key_image_of(sop)
+        if known is not None:
+            return known, None
+
+        def build() -> tuple[str, incoming.Imported, bytes]:
+            kind = "scanner_clip" if incoming.frame_count(ds) > 1 else "scanner_still"
+            when = incoming.acquired_at(ds) or received
+            inst = self.identity.instance_of(row, kind, sop, when)
+            imported = incoming.rebuild(
+                ds,
+                profiles=self.profiles,
+                study=self.identity.study_of(row),
+                inst=inst,
+                what="scanner image",
+            )
+            return kind, imported, writer.to_bytes(imported.dataset)
+
+        await self.check_quota(row.id, 1)  # a full archive refuses at once, before any work
+        async with self._building:
+            try:
+                kind, imported, data = await asyncio.to_thread(build)
+            except incoming.ImportRefused as exc:
+                raise IMPORT_REFUSALS.get(exc.code, BadRequest)(str(exc), code=exc.code) from None
+            await self.check_quota(row.id, len(data))
+            where = await asyncio.to_thread(
+                self.archive.store,
+                data,
+                self.identity.study_uid(row.id),
+                self.identity.series_uid(row.id, kind),
+            )
+        key_image_id = uuid.uuid4().hex
+        ds_out = imported.dataset
+        image = NewKeyImage(
+            id=key_image_id,
+            consultation_id=row.id,
+            kind=(CaptureKind.CLIP if imported.frames > 1 else CaptureKind.STILL).value,
+            sop_instance_uid=sop,
+            media_ts=None,
+            marks=[],
+            guidance=None,
+            detail={
+                "source": "scanner",
+                "width": int(ds_out.Columns),
+                "height": int(ds_out.Rows),
+                "frames": imported.frames,
+                "fps": None if imported.fps is None else round(imported.fps, 2),
+                "masked": imported.masked,
+                "ultrasound_regions": imported.regions,
+            },
+            created_by=capture.author,
+            objects=[ArchivedObject(sop, kind, where.path, where.sha256, where.size)],
+        )
+        audit = AuditFacts(
+            capture.author,
+            capture.author_role,
+            "key_image.scanner",
+            "key_image",
+            key_image_id,
+            "ok",
+            capture.source,
+            {"consultation": row.id, "frames": imported.frames},
+        )
+        try:
+            event = await commit(image, audit)
+        except IntegrityError:
+            # The same object, received twice at once: the other one is recorded.
+            again = await self.records.key_image_of(sop)
+            if again is None:
+                raise
+            return again, None
+        self.selections.due(row)
+        self._count(image.kind, "scanner", started)
+        return key_image_id, event
+
     async def import_prior(self, row: ConsultationRow, upload: bytes) -> ArchivedObject:
         """A prior study's DICOM file, de-identified and archived (the caller records it);
         built in turn with the captures, within the same limit."""
 
         def build() -> tuple[Dataset, bytes]:
-            imported = priors.deidentify_prior(
-                priors.read_upload(upload),
+            imported = incoming.deidentify_prior(
+                incoming.read_upload(upload),
                 key=self.key,
                 consultation_id=row.id,
                 profiles=self.profiles,
@@ -225,7 +342,7 @@ class KeyImages:
         async with self._building:
             try:
                 ds, data = await asyncio.to_thread(build)
-            except priors.ImportRefused as exc:
+            except incoming.ImportRefused as exc:
                 raise IMPORT_REFUSALS.get(exc.code, BadRequest)(str(exc), code=exc.code) from None
             sop = str(ds.SOPInstanceUID)
             if not await self.records.has_object(sop):  # the same prior again takes no more room
@@ -297,7 +414,8 @@ class KeyImages:
             consultation_id=row.id,
             kind=capture.kind.value,
             sop_instance_uid=stored[0].sop_instance_uid,
-            media_ts=built.media_ts,
+            # Only the live stream's timestamps place a capture on the room's timeline.
+            media_ts=built.media_ts if detail.get("source") == "relay" else None,
             marks=capture.marks,
             guidance=capture.guidance,
             detail={**detail, **built.detail},

@@ -15,8 +15,8 @@ from pydicom.pixels.utils import pixel_array
 
 from server.auth import Role, require_consultation
 from server.consultations.model import require_open
-from server.errors import NotFound, PayloadTooLarge
-from server.imaging.captures import room_commit
+from server.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
+from server.imaging.captures import read_dicom, room_commit
 from server.imaging.model import ArchivedObject
 from server.live.room import CaptureKind
 from server.web.edge import authenticate, consultation_of, facts
@@ -25,6 +25,15 @@ from server.web.keys import KEY_IMAGES, LIVE, STORE
 KEY_IMAGE_ID = re.compile(r"[0-9a-f]{32}")
 UID = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40}){1,30}")
 UPLOAD_MAX_BYTES = 32 * 1024 * 1024
+PNG, DICOM = "image/png", "application/dicom"
+# What a capture may be uploaded as, and how large each may be (a scanner's 20 s multi-frame
+# clip, uncompressed, is several hundred MiB; it is read into memory, never to disk).
+UPLOAD_TYPES = {
+    PNG: UPLOAD_MAX_BYTES,
+    DICOM: 512 * 1024 * 1024,
+    "video/mp4": 256 * 1024 * 1024,
+    "video/webm": 256 * 1024 * 1024,
+}
 PREVIEW_MAX_WIDTH = 640
 
 
@@ -62,20 +71,36 @@ async def list_key_images(request: web.Request) -> web.Response:
 
 
 async def upload_capture(request: web.Request) -> web.Response:
-    """The bedside page's own full-resolution frame (PNG): the preferred still."""
-    principal = authenticate(request, Role.OPERATOR, Role.EXPERT)
+    """A key image uploaded by the bedside (or the coordinator for a review without a live
+    session), by its Content-Type: the page's own full-resolution frame (PNG, the preferred
+    still), a scanner's DICOM file, or a clip (MP4, WebM)."""
+    principal = authenticate(request, Role.OPERATOR, Role.EXPERT, Role.COORDINATOR)
     row = await consultation_of(request, principal)
     require_open(row, "nothing can be captured")
-    cid = row.id
+    content_type = request.content_type
+    if content_type not in UPLOAD_TYPES:
+        raise UnsupportedMediaType(
+            f"a capture is uploaded as one of {', '.join(sorted(UPLOAD_TYPES))}",
+            field="Content-Type",
+        )
     key_images = request.app[KEY_IMAGES]
-    key_images.masks.check_device(row)
-    body = await read_upload(request)
-    capture = await key_images.capture(
-        row, CaptureKind.STILL, principal, request.remote or "unknown"
-    )
-    event = await key_images.from_upload(
-        capture, body, room_commit(request.app[LIVE], key_images, cid)
-    )
+    if content_type != DICOM:
+        # A scanner's DICOM is masked by the device its own header names; the rest by the
+        # consultation's device, checked before the upload is read.
+        key_images.masks.check_device(row)
+    body = await read_upload(request, UPLOAD_TYPES[content_type])
+    kind = CaptureKind.STILL if content_type == PNG else CaptureKind.CLIP
+    capture = await key_images.capture(row, kind, principal, request.remote or "unknown")
+    commit = room_commit(request.app[LIVE], key_images, row.id)
+    if content_type == DICOM:
+        dataset = await asyncio.to_thread(read_dicom, body)
+        key_image_id, event = await key_images.from_dicom(capture, dataset, commit)
+        if event is None:  # this object was received before
+            return web.json_response({"key_image_id": key_image_id, "seq": None}, status=200)
+    elif content_type == PNG:
+        event = await key_images.from_upload(capture, body, commit)
+    else:
+        event = await key_images.from_video(capture, body, content_type, commit)
     return web.json_response({"key_image_id": event.body["id"], "seq": event.seq}, status=201)
 
 

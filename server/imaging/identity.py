@@ -26,8 +26,18 @@ SERIES = {
     "presentation_state": 3,
     "key_object_selection": 4,
     "report": 5,
+    # A scanner's own images (C-STORE or uploaded DICOM), in series of their own.
+    "scanner_still": 6,
+    "scanner_clip": 7,
 }
-SOP_CLASS = {"still": UltrasoundImageStorage, "clip": UltrasoundMultiFrameImageStorage}
+SOP_CLASS = {
+    "still": UltrasoundImageStorage,
+    "clip": UltrasoundMultiFrameImageStorage,
+    "scanner_still": UltrasoundImageStorage,
+    "scanner_clip": UltrasoundMultiFrameImageStorage,
+}
+# The kinds of archived object a key image is (the key object selection lists them all).
+KEY_IMAGE_KINDS = tuple(SOP_CLASS)
 # Instance numbers: tenths of a second since the request (ordered, no shared counter needed).
 INSTANCE_NUMBER_MAX = 2**31 - 1
 

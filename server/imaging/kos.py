@@ -16,7 +16,7 @@ from server.consultations.lifecycle import OPEN_STATES
 from server.consultations.model import ConsultationRow
 from server.dicom import deid, writer
 from server.imaging.archive import Archive
-from server.imaging.identity import StudyIdentity
+from server.imaging.identity import KEY_IMAGE_KINDS, StudyIdentity
 from server.imaging.model import ArchivedObject
 from server.imaging.store import KeyImageLog
 
@@ -85,7 +85,7 @@ class KeyObjectSelections:
     async def _write_kos_version(self, row: ConsultationRow) -> None:
         listed = [
             (o.sop_instance_uid, o.kind)
-            for kind in ("still", "clip")
+            for kind in KEY_IMAGE_KINDS
             for o in await self.records.objects(row.id, kind)
         ]
         if not listed:

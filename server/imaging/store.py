@@ -61,6 +61,16 @@ class KeyImageLog:
             )
             return [_image_view(dict(m)) for m in result.mappings()]
 
+    async def key_image_of(self, sop_instance_uid: str) -> str | None:
+        """The id of the key image whose image is this object, or None."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT id FROM key_images WHERE sop_instance_uid = :sop"),
+                {"sop": sop_instance_uid},
+            )
+            found = result.scalar()
+        return None if found is None else str(found)
+
     async def image(self, key_image_id: str) -> tuple[dict[str, Any], ArchivedObject] | None:
         """One key image (with its consultation id) and its archived file."""
         async with self.engine.connect() as conn:

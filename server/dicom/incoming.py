@@ -1,15 +1,17 @@
-"""Prior studies uploaded for comparison: de-identified like captures, rebuilt from scratch.
+"""Incoming DICOM objects (a scanner's images, a prior study's): de-identified like captures,
+rebuilt from scratch.
 
-An imported file is never edited in place: its pixels are decoded, masked by the
-device profile of the device named in its own header (or accepted unmasked only
-when the header says BurnedInAnnotation NO), and written as a new object by
-`writer`, so private tags, sequences and every attribute not on the writer's
-allow-list are gone. UIDs are keyed HMACs of the consultation and the original
-UIDs: importing the same file twice gives the same object.
+An incoming file is never edited in place: its pixels are decoded one frame at a time, masked by
+the device profile of the device named in its own header (or accepted unmasked only when the
+header says BurnedInAnnotation NO), and written as a new object by `writer`, so private tags,
+sequences and every attribute not on the allow-list are gone. Kept from the file, checked and
+copied item by item: the ultrasound regions (what a measurement in mm is read from) and the cine
+timing (frame time, or a frame time vector). UIDs are keyed HMACs of the consultation and the
+original UIDs: the same file sent twice gives the same object.
 
-Partial: ultrasound images only (Modality US, 8-bit or wider greyscale/colour,
-single or multi-frame); wider greyscale is scaled to 8 bits by its own range, not
-by its VOI LUT. Other modalities are refused with a message that says so.
+Partial: ultrasound images only (Modality US, 8-bit or wider greyscale/colour, single or
+multi-frame); wider greyscale is scaled to 8 bits by its own range, not by its VOI LUT. Other
+modalities are refused with a message that says so.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -25,12 +27,40 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
+from pydicom.sequence import Sequence
 
 from server import image_limits
 from server.dicom import codestreams, deid, writer
 from server.dicom.profiles import Profiles
 
-SERIES_NUMBER = 90
+PRIOR_SERIES_NUMBER = 90
+# The ultrasound region attributes kept (PS3.3 C.8.5.5.1): those a measurement needs, then
+# optional numeric facts; each item must hold the required ones, in range, or is dropped.
+REGION_REQUIRED = (
+    "RegionSpatialFormat",
+    "RegionDataType",
+    "RegionFlags",
+    "RegionLocationMinX0",
+    "RegionLocationMinY0",
+    "RegionLocationMaxX1",
+    "RegionLocationMaxY1",
+    "PhysicalUnitsXDirection",
+    "PhysicalUnitsYDirection",
+    "PhysicalDeltaX",
+    "PhysicalDeltaY",
+)
+REGION_OPTIONAL = (
+    "ReferencePixelX0",
+    "ReferencePixelY0",
+    "ReferencePixelPhysicalValueX",
+    "ReferencePixelPhysicalValueY",
+    "TransducerFrequency",
+    "PulseRepetitionFrequency",
+    "DopplerCorrectionAngle",
+    "SteeringAngle",
+)
+REGIONS_MAX = 16
+FRAME_TIME_VECTOR = 0x00181065  # (0018,1065), as a Frame Increment Pointer
 # The file meta group (with the transfer syntax) lies within the first bytes of a file.
 FILE_META_SCAN_BYTES = 4096
 LOSSY_METHODS = {
@@ -69,6 +99,9 @@ class ImportRefused(Exception):
 class Imported:
     dataset: Dataset
     masked: bool
+    frames: int
+    regions: int  # ultrasound regions kept
+    fps: float | None  # a clip's frame rate
 
 
 def read_upload(data: bytes) -> Dataset:
@@ -118,6 +151,16 @@ def _size(ds: Dataset) -> Size:
     if problem is not None:
         raise ImportRefused(problem, "image_too_large")
     return Size(rows, columns, frames, samples)
+
+
+def frame_count(ds: Dataset) -> int:
+    """How many frames the image has, by its header (its size checked: `ImportRefused`)."""
+    try:
+        return _size(ds).frames
+    except (ImportRefused, MemoryError):
+        raise
+    except Exception:
+        raise ImportRefused("the DICOM file could not be read", "invalid_dicom") from None
 
 
 def _check_encoded(ds: Dataset, size: Size) -> None:
@@ -171,7 +214,8 @@ def _frames(ds: Dataset, size: Size) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(array)
 
 
-def _when(ds: Dataset) -> datetime | None:
+def acquired_at(ds: Dataset) -> datetime | None:
+    """When the image was taken, by its header (UTC assumed), or None."""
     for date_tag, time_tag in (("StudyDate", "StudyTime"), ("AcquisitionDate", "AcquisitionTime")):
         date = str(ds.get(date_tag, "") or "")
         if len(date) == 8 and date.isdigit():
@@ -193,16 +237,58 @@ def _fps(ds: Dataset) -> float:
     return 1000.0 / frame_time if math.isfinite(frame_time) and 1 <= frame_time <= 10_000 else 30.0
 
 
-def deidentify_prior(
-    ds: Dataset, *, key: bytes, consultation_id: str, profiles: Profiles, undated: datetime
-) -> Imported:
-    """A new, de-identified ultrasound object from an uploaded one, or `ImportRefused`.
+def _regions(ds: Dataset, size: Size) -> Sequence | None:
+    """The ultrasound regions, rebuilt item by item from the allow-list (None: none usable)."""
+    kept = []
+    for item in list(ds.get("SequenceOfUltrasoundRegions", None) or [])[:REGIONS_MAX]:
+        region = Dataset()
+        try:
+            for keyword in (*REGION_REQUIRED, *REGION_OPTIONAL):
+                value = item.get(keyword)
+                if value is None or value == "":
+                    if keyword in REGION_REQUIRED:
+                        raise ValueError(keyword)
+                    continue
+                number = float(value) if isinstance(value, float) else int(value)
+                if not math.isfinite(number):
+                    raise ValueError(keyword)
+                setattr(region, keyword, number)
+        except (TypeError, ValueError):
+            continue
+        x0, y0 = region.RegionLocationMinX0, region.RegionLocationMinY0
+        x1, y1 = region.RegionLocationMaxX1, region.RegionLocationMaxY1
+        if not (0 <= x0 <= x1 < size.columns and 0 <= y0 <= y1 < size.rows):
+            continue
+        if region.PhysicalDeltaX <= 0 or region.PhysicalDeltaY <= 0:
+            continue
+        kept.append(region)
+    return Sequence(kept) if kept else None
 
-    `undated`: the acquisition time to use when the prior's header has none (stable, so
-    that importing the same file twice gives the same object).
+
+def _frame_time_vector(ds: Dataset, frames: int) -> list[float] | None:
+    """The file's own frame time vector (ms between frames), when its timing is given that way."""
+    try:
+        if int(ds.get("FrameIncrementPointer", 0) or 0) != FRAME_TIME_VECTOR:
+            return None
+        vector = [float(v) for v in ds.FrameTimeVector]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if len(vector) != frames or not all(math.isfinite(v) and 0 <= v <= 10_000 for v in vector):
+        return None
+    return vector
+
+
+def rebuild(
+    ds: Dataset, *, profiles: Profiles, study: writer.Study, inst: writer.Instance, what: str
+) -> Imported:
+    """A new, de-identified ultrasound object from an incoming one, or `ImportRefused`.
+
+    `study` and `inst` say where it goes (pseudonym, UIDs, times); the device's names and
+    whether its pixels were cleaned are filled in here. `what` names the object in refusals
+    ("prior", "scanner image").
     """
     try:
-        return _deidentify(ds, key, consultation_id, profiles, undated)
+        return _rebuild(ds, profiles, study, inst, what)
     except (ImportRefused, MemoryError):
         raise
     except Exception:
@@ -210,12 +296,13 @@ def deidentify_prior(
         raise ImportRefused("the DICOM file could not be read", "invalid_dicom") from None
 
 
-def _deidentify(
-    ds: Dataset, key: bytes, consultation_id: str, profiles: Profiles, undated: datetime
+def _rebuild(
+    ds: Dataset, profiles: Profiles, study: writer.Study, inst: writer.Instance, what: str
 ) -> Imported:
     if str(ds.get("Modality", "")) != "US":
         raise ImportRefused(
-            "only ultrasound (Modality US) priors can be imported for now", "unsupported_modality"
+            f"only ultrasound (Modality US) images are accepted as a {what}",
+            "unsupported_modality",
         )
     size = _size(ds)
     rows, columns = size.rows, size.columns
@@ -228,9 +315,10 @@ def _deidentify(
     except LookupError:
         if str(ds.get("BurnedInAnnotation", "")).upper() != "NO":
             raise ImportRefused(
-                "the prior's device has no de-identification profile for its image size and "
-                "its header does not say it carries no burned-in text: add a profile for its "
-                "Manufacturer and ManufacturerModelName to PROBELINK_DEVICE_PROFILES",
+                f"the {what}'s device has no de-identification profile for its image size "
+                f"({columns}x{rows}) and its header does not say it carries no burned-in text "
+                "(BurnedInAnnotation NO): add a profile for its Manufacturer and "
+                "ManufacturerModelName to PROBELINK_DEVICE_PROFILES",
                 "no_device_profile",
             ) from None
         rects = None
@@ -244,37 +332,29 @@ def _deidentify(
             jpegs.append(writer.jpeg_frame(frame))
         else:
             pixels.append(frame)
-    when = _when(ds) or undated
     # The device's names are kept only when a profile knows them (then they are a device's,
     # not free text that might hold anything).
     known = rects is not None
-    study = writer.Study(
-        patient=deid.pseudonym(key, consultation_id),
-        study_uid=deid.derived_uid(
-            key, "prior-study", consultation_id, str(ds.get("StudyInstanceUID", ""))
-        ),
-        started_at=when,
-        manufacturer=manufacturer if known else None,
-        model=model if known else None,
+    study = replace(
+        study, manufacturer=manufacturer if known else None, model=model if known else None
     )
-    inst = writer.Instance(
-        series_uid=deid.derived_uid(
-            key, "prior-series", consultation_id, str(ds.get("SeriesInstanceUID", ""))
-        ),
-        series_number=SERIES_NUMBER,
-        sop_uid=deid.derived_uid(
-            key, "prior-instance", consultation_id, str(ds.get("SOPInstanceUID", ""))
-        ),
-        instance_number=1,
-        acquired_at=when,
-        pixels_cleaned=rects is not None,
-        stream_codec=None,
-    )
-    out = (
-        writer.clip(jpegs, (rows, columns), _fps(ds), study, inst)
-        if multi
-        else writer.still(pixels[0], study, inst)
-    )
+    inst = replace(inst, pixels_cleaned=known)
+    fps = _fps(ds) if multi else None
+    if multi:
+        assert fps is not None
+        out = writer.clip(
+            jpegs,
+            (rows, columns),
+            fps,
+            study,
+            inst,
+            frame_times=_frame_time_vector(ds, size.frames),
+        )
+    else:
+        out = writer.still(pixels[0], study, inst)
+    regions = _regions(ds, size)
+    if regions is not None:
+        out.SequenceOfUltrasoundRegions = regions
     # Once lossy, always declared lossy (with a defined term, never the file's own text).
     syntax = ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)
     lossy_syntax = syntax.is_compressed and syntax not in LOSSLESS
@@ -282,4 +362,45 @@ def _deidentify(
     if lossy and "LossyImageCompression" not in out:
         out.LossyImageCompression = "01"
         out.LossyImageCompressionMethod = LOSSY_METHODS.get(syntax, "ISO_10918_1")
-    return Imported(out, rects is not None)
+    return Imported(out, known, size.frames, len(regions or ()), fps)
+
+
+def deidentify_prior(
+    ds: Dataset, *, key: bytes, consultation_id: str, profiles: Profiles, undated: datetime
+) -> Imported:
+    """A prior study's image, in a study of its own (UIDs from its own), or `ImportRefused`.
+
+    `undated`: the acquisition time to use when the prior's header has none (stable, so
+    that importing the same file twice gives the same object).
+    """
+    try:
+        study, inst = _prior_place(ds, key, consultation_id, undated)
+    except Exception:
+        raise ImportRefused("the DICOM file could not be read", "invalid_dicom") from None
+    return rebuild(ds, profiles=profiles, study=study, inst=inst, what="prior")
+
+
+def _prior_place(
+    ds: Dataset, key: bytes, consultation_id: str, undated: datetime
+) -> tuple[writer.Study, writer.Instance]:
+    when = acquired_at(ds) or undated
+    study = writer.Study(
+        patient=deid.pseudonym(key, consultation_id),
+        study_uid=deid.derived_uid(
+            key, "prior-study", consultation_id, str(ds.get("StudyInstanceUID", ""))
+        ),
+        started_at=when,
+    )
+    inst = writer.Instance(
+        series_uid=deid.derived_uid(
+            key, "prior-series", consultation_id, str(ds.get("SeriesInstanceUID", ""))
+        ),
+        series_number=PRIOR_SERIES_NUMBER,
+        sop_uid=deid.derived_uid(
+            key, "prior-instance", consultation_id, str(ds.get("SOPInstanceUID", ""))
+        ),
+        instance_number=1,
+        acquired_at=when,
+        stream_codec=None,
+    )
+    return study, inst

@@ -1,0 +1,162 @@
+"""A scanner's own DICOM and recorded clips, uploaded, become de-identified key images.
+
+The upload endpoint takes a scanner's DICOM (masked by the device its own header names, its
+ultrasound regions and cine timing kept) and MP4/WebM clips (decoded with PyAV, masked by the
+consultation's device on every frame, stored as US multi-frame), at the size scanners use.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient
+from dicom_checks import dciodvfy_errors, every_value, ocr, read
+from phantom import BANNER_HEIGHT, PATIENT_MRN, PATIENT_NAME, PHANTOM_DEVICE
+from pydicom.uid import RLELossless, UltrasoundMultiFrameImageStorage
+from scanner_files import FRAME_TIME_MS, MM_PER_PIXEL, PHI, recorded_clip, scanner_file
+
+from server.config import Settings
+
+
+async def consultation(
+    client: TestClient[Any, Any], coordinator: dict[str, str], device: dict[str, Any]
+) -> tuple[str, dict[str, str]]:
+    """A consultation and its operator's authorization header."""
+    body = {
+        "clinical_question": "solid or cystic?",
+        "urgency": "urgent",
+        "incomplete_reason": "test request",
+        "device": device,
+    }
+    response = await client.post("/api/consultations", json=body, headers=coordinator)
+    cid = str((await response.json())["id"])
+    invite = await client.post(
+        f"/api/consultations/{cid}/invites",
+        json={"role": "operator", "name": "op"},
+        headers=coordinator,
+    )
+    return cid, {"Authorization": f"Bearer {(await invite.json())['token']}"}
+
+
+async def upload(
+    client: TestClient[Any, Any], cid: str, auth: dict[str, str], body: bytes, content_type: str
+) -> Any:
+    return await client.post(
+        f"/api/consultations/{cid}/captures",
+        data=io.BytesIO(body),
+        headers={**auth, "Content-Type": content_type},
+    )
+
+
+async def key_images(
+    client: TestClient[Any, Any], cid: str, auth: dict[str, str]
+) -> list[dict[str, Any]]:
+    listing = await client.get(f"/api/consultations/{cid}/key-images", headers=auth)
+    return list((await listing.json())["key_images"])
+
+
+def assert_no_phi(data: bytes, banner_frame: np.ndarray) -> None:
+    ds = read(data)
+    for text in PHI:
+        assert text.encode() not in data, text
+        assert not any(text in str(v) for v in every_value(ds)), text
+    assert not any(e.tag.is_private for e in ds.iterall())
+    assert ds.PatientIdentityRemoved == "YES" and ds.BurnedInAnnotation == "NO"
+    # The banner is gone (JPEG leaves at most a faint ringing at its edge), OCR reads nothing.
+    assert banner_frame[: BANNER_HEIGHT - 2].max() < 40
+    seen = ocr(banner_frame)
+    assert PATIENT_NAME.split()[0] not in seen and PATIENT_MRN.split()[1] not in seen, seen
+
+
+async def test_a_scanners_multiframe_file_is_de_identified_with_its_regions_and_timing(
+    client: TestClient[Any, Any], coordinator: dict[str, str], tmp_path: Path
+) -> None:
+    cid, auth = await consultation(client, coordinator, PHANTOM_DEVICE)
+    original = scanner_file(frames=12)
+    response = await upload(client, cid, auth, original, "application/dicom")
+    assert response.status == 201, await response.text()
+    key_image_id = (await response.json())["key_image_id"]
+    [listed] = await key_images(client, cid, auth)
+    assert listed["id"] == key_image_id and listed["kind"] == "clip"
+    detail = listed["detail"]
+    assert detail["source"] == "scanner" and detail["frames"] == 12
+    assert detail["ultrasound_regions"] == 1 and detail["masked"] is True
+    assert (detail["width"], detail["height"]) == (1280, 720)
+    data = await (await client.get(f"/api/key-images/{key_image_id}/dicom", headers=auth)).read()
+    assert dciodvfy_errors(data, tmp_path) == []
+    ds = read(data)
+    assert ds.SOPClassUID == UltrasoundMultiFrameImageStorage and int(ds.NumberOfFrames) == 12
+    assert abs(float(ds.FrameTime) - FRAME_TIME_MS) < 0.01
+    [item] = ds.SequenceOfUltrasoundRegions
+    assert item.PhysicalDeltaX == pytest.approx(MM_PER_PIXEL / 10)
+    assert item.PhysicalUnitsXDirection == 3 and item.RegionLocationMinY0 == 64
+    assert ds.Manufacturer == "probelink" and "DeviceSerialNumber" not in ds
+    assert ds.AccessionNumber == "" and ds.StudyDate  # the consultation's study, not the scanner's
+    assert_no_phi(data, ds.pixel_array[0])
+    assert_no_phi(data, ds.pixel_array[11])
+    # The scanner sends the same object again (a retry): the same key image, recorded once.
+    again = await upload(client, cid, auth, original, "application/dicom")
+    assert again.status == 200 and (await again.json())["key_image_id"] == key_image_id
+    assert len(await key_images(client, cid, auth)) == 1
+
+
+async def test_a_scanner_file_is_masked_by_its_own_device_or_refused(
+    client: TestClient[Any, Any], coordinator: dict[str, str], settings: Settings
+) -> None:
+    # The consultation names no device: a scanner's file is masked by the device it names.
+    cid, auth = await consultation(client, coordinator, {"manufacturer": "Acme", "model": "X"})
+    masked = await upload(client, cid, auth, scanner_file(syntax=RLELossless), "application/dicom")
+    assert masked.status == 201, await masked.text()
+    unknown = {"Manufacturer": "Other", "ManufacturerModelName": "Unknown 9"}
+    refused = await upload(client, cid, auth, scanner_file(**unknown), "application/dicom")
+    assert refused.status == 409
+    error = (await refused.json())["error"]
+    assert error["code"] == "no_device_profile" and "BurnedInAnnotation" in error["message"]
+    declared = scanner_file(BurnedInAnnotation="NO", **unknown)
+    accepted = await upload(client, cid, auth, declared, "application/dicom")
+    assert accepted.status == 201, await accepted.text()
+    images = await key_images(client, cid, auth)
+    assert [i["detail"]["masked"] for i in images] == [True, False]
+    ct = await upload(client, cid, auth, scanner_file(Modality="CT"), "application/dicom")
+    assert ct.status == 400 and (await ct.json())["error"]["code"] == "unsupported_modality"
+    junk = await upload(client, cid, auth, b"DICM" * 100, "application/dicom")
+    assert junk.status == 400 and (await junk.json())["error"]["code"] == "invalid_dicom"
+    gif = await upload(client, cid, auth, b"GIF89a", "image/gif")
+    assert gif.status == 415 and "video/mp4" in (await gif.json())["error"]["message"]
+    assert len(await key_images(client, cid, auth)) == 2
+
+
+@pytest.mark.parametrize("container", ["mp4", "webm"])
+async def test_a_recorded_clip_becomes_a_masked_multiframe_key_image(
+    client: TestClient[Any, Any], coordinator: dict[str, str], tmp_path: Path, container: str
+) -> None:
+    cid, auth = await consultation(client, coordinator, PHANTOM_DEVICE)
+    response = await upload(client, cid, auth, recorded_clip(container), f"video/{container}")
+    assert response.status == 201, await response.text()
+    [listed] = await key_images(client, cid, auth)
+    assert listed["kind"] == "clip" and listed["detail"]["source"] == "video_upload"
+    assert listed["detail"]["frames"] == 30 and listed["detail"]["fps"] == pytest.approx(30, 0.05)
+    data = await (await client.get(f"/api/key-images/{listed['id']}/dicom", headers=auth)).read()
+    assert dciodvfy_errors(data, tmp_path) == []
+    ds = read(data)
+    assert int(ds.NumberOfFrames) == 30 and (ds.Rows, ds.Columns) == (720, 1280)
+    assert abs(float(ds.FrameTime) - 1000 / 30) < 0.5
+    assert "ISO_14496_10" in ds.LossyImageCompressionMethod or container == "webm"
+    assert_no_phi(data, ds.pixel_array[0])
+    assert_no_phi(data, ds.pixel_array[29])
+    broken = await upload(client, cid, auth, b"\x00\x00\x00\x18ftypmp42" + bytes(64), "video/mp4")
+    assert broken.status == 400 and (await broken.json())["error"]["code"] == "invalid_video"
+
+
+async def test_a_clip_of_an_unmasked_device_is_refused_before_it_is_read(
+    client: TestClient[Any, Any], coordinator: dict[str, str], settings: Settings
+) -> None:
+    cid, auth = await consultation(client, coordinator, {"manufacturer": "Acme", "model": "X"})
+    response = await upload(client, cid, auth, recorded_clip("mp4", frames=2), "video/mp4")
+    assert response.status == 409
+    assert (await response.json())["error"]["code"] == "no_device_profile"
+    assert await key_images(client, cid, auth) == []
