@@ -19,11 +19,13 @@ from server.consultations import record
 from server.consultations.http import turnaround_summary
 from server.consultations.store import open_store
 from server.dicom.profiles import load_profiles
+from server.errors import ConfigError
 from server.experts import http as experts_http
 from server.files import ensure_private_dir
 from server.imaging import http as images_http
 from server.imaging.archive import Archive
 from server.imaging.captures import KeyImages
+from server.imaging.dicom_node import DicomNode
 from server.imaging.identity import load_deid_key
 from server.imaging.pacs import Dicomweb, PacsPusher
 from server.imaging.store import KeyImageLog
@@ -51,6 +53,7 @@ from server.reports.store import ReportLog
 from server.web import pages, vocabulary
 from server.web.edge import client_address_middleware
 from server.web.keys import (
+    DICOM_NODE,
     KEY_IMAGES,
     KEYRING,
     LIVE,
@@ -142,6 +145,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SIO] = sio
     app.cleanup_ctx.append(_live_ctx(namespace))
     app.cleanup_ctx.append(_relay_ctx)
+    if settings.dicom_port is not None:
+        app.cleanup_ctx.append(_dicom_node_ctx)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -209,6 +214,20 @@ def _key_images_ctx(
             await pacs.close()
 
     return context
+
+
+async def _dicom_node_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The DICOM node (scanners' C-STORE and worklist C-FIND), when PROBELINK_DICOM_PORT is set."""
+    try:
+        node = DicomNode(
+            app[SETTINGS], app[STORE], app[KEY_IMAGES], app[LIVE], asyncio.get_running_loop()
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    await asyncio.to_thread(node.start)
+    app[DICOM_NODE] = node
+    yield
+    await asyncio.to_thread(node.stop)
 
 
 def _live_ctx(

@@ -131,6 +131,28 @@ class Settings(LiveSettings):
         description="DICOMweb base URL of the PACS (STOW-RS at URL/studies); unset: archive "
         "locally only.",
     )
+    dicom_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of the DICOM node (Storage SCP for scanners' images, Modality "
+        "Worklist SCP), on the same address as HTTP; unset: no DICOM node.",
+    )
+    dicom_host: str | None = Field(
+        None,
+        description="Address the DICOM node listens on (default: PROBELINK_HOST). DICOM has "
+        "no TLS here: keep it inside the hospital's network.",
+    )
+    dicom_ae_title: str = Field(
+        "PROBELINK",
+        description="The DICOM node's AE title (1-16 characters, no backslash).",
+    )
+    dicom_peers: str = Field(
+        "",
+        description="The scanners allowed to call the DICOM node: comma-separated "
+        "AE_TITLE@host entries (host: an IP address or a name resolved at start); an "
+        "association from any other is rejected.",
+    )
     consultation_quota_mib: int = Field(
         2048,
         ge=1,
@@ -179,6 +201,23 @@ class Settings(LiveSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        if not ae_title_ok(value):
+            raise ValueError("must be 1-16 printable ASCII characters, no backslash")
+        return value.strip()
+
+    @field_validator("dicom_peers")
+    @classmethod
+    def _peers(cls, value: str) -> str:
+        parse_peers(value)
+        return value
+
+    @property
+    def dicom_peer_list(self) -> tuple[tuple[str, str], ...]:
+        return parse_peers(self.dicom_peers)
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:
@@ -225,6 +264,15 @@ class Settings(LiveSettings):
                 f"{ENV_PREFIX}TOKEN_MAX_TTL_SECONDS must be at least "
                 f"{ENV_PREFIX}INVITE_TTL_SECONDS ({self.invite_ttl_seconds}) and 12 h "
                 f"({COORDINATOR_LINK_TTL_SECONDS}), the coordinator link's lifetime"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dicom_peers_named(self) -> Settings:
+        if self.dicom_port is not None and not self.dicom_peer_list:
+            raise ValueError(
+                f"{ENV_PREFIX}DICOM_PORT is set but {ENV_PREFIX}DICOM_PEERS names no scanner: "
+                "list the ones allowed to send, as AE_TITLE@host, comma-separated"
             )
         return self
 
@@ -291,6 +339,28 @@ def is_loopback(host: str) -> bool:
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def ae_title_ok(value: str) -> bool:
+    """An AE title: 1-16 printable ASCII characters, not all spaces, no backslash."""
+    return (
+        0 < len(value) <= 16
+        and bool(value.strip())
+        and all(" " <= c <= "~" and c != "\\" for c in value)
+    )
+
+
+def parse_peers(value: str) -> tuple[tuple[str, str], ...]:
+    """`AE_TITLE@host, ...` as (AE title, host) pairs; ValueError naming the bad entry."""
+    peers = []
+    for n, entry in enumerate((e.strip() for e in value.split(",")), 1):
+        if not entry:
+            continue
+        title, at, host = entry.rpartition("@")
+        if not at or not ae_title_ok(title) or not host or any(c.isspace() for c in host):
+            raise ValueError(f"entry {n} must be AE_TITLE@host (AE title: 1-16 characters)")
+        peers.append((title.strip(), host))
+    return tuple(peers)
 
 
 def parse_networks(value: str) -> tuple[IPNetwork, ...]:

@@ -23,6 +23,7 @@ _QUIET_LIBRARIES = (
     "aiortc",
     "asyncio",
     "highdicom",  # narrates every object it builds
+    "pynetdicom",  # narrates every association and message
 )
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import av
 import numpy as np
-from phantom import PATIENT_DOB, PATIENT_MRN, PATIENT_NAME, phantom_frame
+from dicom_checks import every_value, ocr, read
+from phantom import BANNER_HEIGHT, PATIENT_DOB, PATIENT_MRN, PATIENT_NAME, phantom_frame
 from PIL import Image
 from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -146,3 +147,16 @@ def png_of(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def assert_no_phi(data: bytes, banner_frame: np.ndarray) -> None:
+    ds = read(data)
+    for text in PHI:
+        assert text.encode() not in data, text
+        assert not any(text in str(v) for v in every_value(ds)), text
+    assert not any(e.tag.is_private for e in ds.iterall())
+    assert ds.PatientIdentityRemoved == "YES" and ds.BurnedInAnnotation == "NO"
+    # The banner is gone (JPEG leaves at most a faint ringing at its edge), OCR reads nothing.
+    assert banner_frame[: BANNER_HEIGHT - 2].max() < 40
+    seen = ocr(banner_frame)
+    assert PATIENT_NAME.split()[0] not in seen and PATIENT_MRN.split()[1] not in seen, seen

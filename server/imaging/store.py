@@ -52,7 +52,8 @@ class KeyImageLog:
             result = await conn.execute(
                 text(
                     "SELECT k.id, k.kind, k.sop_instance_uid, k.media_ts, k.marks, k.guidance,"
-                    " k.detail, k.created_by, k.created_at, k.pacs_state, o.sha256"
+                    " k.detail, k.created_by, k.created_at, k.pacs_state, o.sha256,"
+                    " o.kind AS object_kind"
                     " FROM key_images k JOIN dicom_objects o"
                     " ON o.sop_instance_uid = k.sop_instance_uid"
                     " WHERE k.consultation_id = :cid ORDER BY k.created_at, k.id"
@@ -336,6 +337,8 @@ def _image_view(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "kind": row["kind"],
+        # The archived object's kind: its series (a scanner's images have their own).
+        "object_kind": row["object_kind"],
         "sop_instance_uid": row["sop_instance_uid"],
         "media_ts": row["media_ts"],
         "marks": json.loads(row["marks"]),

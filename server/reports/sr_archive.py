@@ -48,7 +48,9 @@ async def archive_report(
                 "a cited key image is not in this consultation", code="report_incomplete"
             )
         evidence.append(
-            key_images.identity.evidence_of(study, row.id, view["sop_instance_uid"], view["kind"])
+            key_images.identity.evidence_of(
+                study, row.id, view["sop_instance_uid"], view["object_kind"]
+            )
         )
     application = row.context.application.value if row.context.application else None
     category = None

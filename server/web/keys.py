@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from server.config import Settings
     from server.consultations.store import Store
     from server.imaging.captures import KeyImages
+    from server.imaging.dicom_node import DicomNode
     from server.live.hub import Live
     from server.live.log import RoomLog
     from server.media.relay import Relay
@@ -36,6 +37,7 @@ RELAY: web.AppKey[Relay] = web.AppKey("relay")
 KEY_IMAGES: web.AppKey[KeyImages] = web.AppKey("key_images")
 TERMINOLOGY: web.AppKey[tuple[Term, ...]] = web.AppKey("terminology")
 REFUSALS: web.AppKey[RefusalBursts] = web.AppKey("refusals")
+DICOM_NODE: web.AppKey[DicomNode] = web.AppKey("dicom_node")
 
 # Set on a request once its token is verified.
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
