@@ -81,6 +81,10 @@ def scanner_file(
     ds.Modality = "US"
     ds.Manufacturer, ds.ManufacturerModelName = "probelink", "Synthetic phantom"
     ds.DeviceSerialNumber = "SN-12345"
+    other = Dataset()
+    other.PatientID = PATIENT_MRN.split()[1]
+    other.IssuerOfPatientID = HOSPITAL
+    ds.OtherPatientIDsSequence = Sequence([other])
     block = ds.private_block(0x0099, "ACME PRIVATE", create=True)
     block.add_new(0x01, "LO", PATIENT_NAME)
     ds.SequenceOfUltrasoundRegions = Sequence([region(width, height)])

@@ -12,12 +12,9 @@ import jpeg_ls
 import numpy as np
 from aiohttp.test_utils import TestClient
 from dicom_checks import dciodvfy_errors, every_value, read
-from phantom import BANNER_HEIGHT, PATIENT_DOB, PATIENT_MRN, PATIENT_NAME, phantom_frame
+from phantom import BANNER_HEIGHT, PATIENT_MRN, PATIENT_NAME
 from PIL import Image
-from pydicom import config
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -25,56 +22,27 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
-    UltrasoundImageStorage,
-    generate_uid,
 )
+from scanner_files import HOSPITAL, scanner_file
 
 from server.dicom import writer
 from server.imaging.captures import BUILD_CONCURRENCY
 from server.web.keys import KEY_IMAGES
 
-HOSPITAL = "ST ELSEWHERE GENERAL"
 COMPRESSED = (JPEGBaseline8Bit, JPEGLSLossless, JPEG2000Lossless)
 OPERATOR = "SONOGRAPHER^SALLY"
 
 
 def hospital_file(**changes: Any) -> bytes:
     """An ultrasound image as a hospital PACS holds it: full of identifying data."""
-    ds = Dataset()
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientName = PATIENT_NAME.replace(" ", "^")
-    ds.PatientID = PATIENT_MRN.split()[1]
-    ds.PatientBirthDate = PATIENT_DOB.split()[1].replace("-", "")
-    ds.PatientSex = "F"
-    ds.InstitutionName = HOSPITAL
-    ds.OperatorsName = OPERATOR
-    ds.StudyDate, ds.StudyTime = "20250102", "101500"
-    ds.AccessionNumber = "ACC998877"
-    ds.Modality = "US"
-    ds.Manufacturer, ds.ManufacturerModelName = "probelink", "Synthetic phantom"
-    other = Dataset()
-    other.PatientID = PATIENT_MRN.split()[1]
-    other.IssuerOfPatientID = HOSPITAL
-    ds.OtherPatientIDsSequence = Sequence([other])
-    block = ds.private_block(0x0099, "ACME PRIVATE", create=True)
-    block.add_new(0x01, "LO", PATIENT_NAME)
-    pixels = phantom_frame(2)
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.BurnedInAnnotation = "YES"
-    ds.PixelData = pixels.tobytes()
-    with config.disable_value_validation():  # hostile values, as a hospital file may hold
-        for name, value in changes.items():
-            setattr(ds, name, value)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    return writer.to_bytes(ds)
+    return scanner_file(
+        "ACC998877",
+        width=640,
+        height=480,
+        syntax=ExplicitVRLittleEndian,
+        StudyDate="20250102",
+        **changes,
+    )
 
 
 async def consultation(client: TestClient[Any, Any], coordinator: dict[str, str]) -> str:

@@ -17,6 +17,7 @@ from dicom_checks import dciodvfy_errors, read
 from phantom import PHANTOM_DEVICE
 from pydicom.uid import RLELossless, UltrasoundMultiFrameImageStorage
 from scanner_files import FRAME_TIME_MS, MM_PER_PIXEL, assert_no_phi, recorded_clip, scanner_file
+from test_capture_uploads import consultation as png_consultation
 
 from server.config import Settings
 
@@ -25,20 +26,8 @@ async def consultation(
     client: TestClient[Any, Any], coordinator: dict[str, str], device: dict[str, Any]
 ) -> tuple[str, dict[str, str]]:
     """A consultation and its operator's authorization header."""
-    body = {
-        "clinical_question": "solid or cystic?",
-        "urgency": "urgent",
-        "incomplete_reason": "test request",
-        "device": device,
-    }
-    response = await client.post("/api/consultations", json=body, headers=coordinator)
-    cid = str((await response.json())["id"])
-    invite = await client.post(
-        f"/api/consultations/{cid}/invites",
-        json={"role": "operator", "name": "op"},
-        headers=coordinator,
-    )
-    return cid, {"Authorization": f"Bearer {(await invite.json())['token']}"}
+    cid, headers = await png_consultation(client, coordinator, device)
+    return cid, {"Authorization": headers["Authorization"]}
 
 
 async def upload(
