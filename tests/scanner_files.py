@@ -10,6 +10,7 @@ pixel, as a 4 cm-deep linear probe gives at 720 rows, with a 5 cm scale), and th
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from typing import Any
 
 import av
@@ -62,9 +63,11 @@ def scanner_file(
     width: int = 1280,
     height: int = 720,
     syntax: UID = JPEGBaseline8Bit,
+    pictures: Iterable[np.ndarray] | None = None,
     **changes: Any,
 ) -> bytes:
-    """A scanner's US image (multi-frame when `frames` > 1), sent with `accession`."""
+    """A scanner's US image (multi-frame when `frames` > 1), sent with `accession`; its
+    pictures `phantom_frame`s (white-noise speckle: the worst case for JPEG) unless given."""
     ds = Dataset()
     ds.SOPClassUID = UltrasoundMultiFrameImageStorage if frames > 1 else UltrasoundImageStorage
     ds.SOPInstanceUID = generate_uid()
@@ -92,7 +95,9 @@ def scanner_file(
     ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.BurnedInAnnotation = "YES"
-    pictures = [phantom_frame(n, width, height) for n in range(frames)]
+    if pictures is None:
+        pictures = (phantom_frame(n, width, height) for n in range(frames))
+    pictures = list(pictures)
     if frames > 1:
         ds.NumberOfFrames = frames
         ds.FrameIncrementPointer = 0x00181063
@@ -120,9 +125,15 @@ def scanner_file(
     return writer.to_bytes(ds)
 
 
-def recorded_clip(container: str, frames: int = 30, width: int = 1280, height: int = 720) -> bytes:
-    """The phantom's pictures (banner and all) as an MP4 (H.264) or WebM (VP8) at 30 fps,
-    with a sound track (which must never be kept)."""
+def recorded_clip(
+    container: str,
+    frames: int = 30,
+    width: int = 1280,
+    height: int = 720,
+    pictures: Iterable[np.ndarray] | None = None,
+) -> bytes:
+    """The phantom's pictures (banner and all, unless `pictures` are given) as an MP4 (H.264)
+    or WebM (VP8) at 30 fps, with a sound track (which must never be kept)."""
     out = io.BytesIO()
     codec = {"mp4": "libx264", "webm": "libvpx"}[container]
     with av.open(out, mode="w", format=container) as output:
@@ -130,8 +141,10 @@ def recorded_clip(container: str, frames: int = 30, width: int = 1280, height: i
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.bit_rate = 4_000_000
         audio = output.add_stream("aac" if container == "mp4" else "libopus", rate=48000)
-        for n in range(frames):
-            frame = av.VideoFrame.from_ndarray(phantom_frame(n, width, height), format="rgb24")
+        if pictures is None:
+            pictures = (phantom_frame(n, width, height) for n in range(frames))
+        for picture in pictures:
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
             for packet in stream.encode(frame):
                 output.mux(packet)
         silence = av.AudioFrame.from_ndarray(

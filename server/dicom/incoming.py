@@ -16,14 +16,17 @@ modalities are refused with a message that says so.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pydicom
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
@@ -31,7 +34,7 @@ from pydicom.sequence import Sequence
 
 from server import image_limits
 from server.dicom import codestreams, deid, writer
-from server.dicom.profiles import Profiles
+from server.dicom.profiles import Profiles, Rect
 
 PRIOR_SERIES_NUMBER = 90
 # The ultrasound region attributes kept (PS3.3 C.8.5.5.1): those a measurement needs, then
@@ -60,6 +63,9 @@ REGION_OPTIONAL = (
     "SteeringAngle",
 )
 REGIONS_MAX = 16
+# The photometric interpretations Pillow decodes JPEG baseline frames of, as DICOM means them.
+PILLOW_PHOTOMETRIC = {"YBR_FULL_422", "YBR_FULL", "MONOCHROME2"}
+Rects = tuple[Rect, ...]
 FRAME_TIME_VECTOR = 0x00181065  # (0018,1065), as a Frame Increment Pointer
 # The file meta group (with the transfer syntax) lies within the first bytes of a file.
 FILE_META_SCAN_BYTES = 4096
@@ -190,28 +196,78 @@ def _check_encoded(ds: Dataset, size: Size) -> None:
         raise ImportRefused("the DICOM image's frames cannot be read", "invalid_dicom") from None
 
 
-def _frames(ds: Dataset, size: Size) -> Iterator[np.ndarray]:
-    """The frames as 8-bit RGB arrays, one at a time."""
+def _decoders(ds: Dataset, size: Size) -> Iterator[Callable[[], np.ndarray]]:
+    """One decoder per frame, in order, each safe to run in a worker thread.
+
+    JPEG baseline frames in YBR or greyscale are decoded by Pillow, whose libjpeg-turbo converts
+    the colour as it decodes (about four times faster than pydicom's conversion in numpy); the
+    rest by pydicom, frame by frame.
+    """
     _check_encoded(ds, size)
-    for index in range(size.frames):
-        try:
-            array = np.asarray(pixel_array(ds, index=index))
-        except MemoryError:
-            raise
-        except Exception:
-            raise ImportRefused(
-                "the DICOM image cannot be decoded here (its transfer syntax is not supported)",
-                "unsupported_dicom",
-            ) from None
-        if size.samples == 1:
-            array = np.repeat(array[..., np.newaxis], 3, axis=-1)
-        if array.shape != (size.rows, size.columns, 3):
-            raise ImportRefused("the DICOM image's layout is not supported", "unsupported_dicom")
-        if array.dtype != np.uint8:
-            low, high = float(array.min()), float(array.max())
-            scale = 255.0 / (high - low) if high > low else 0.0
-            array = ((array.astype(np.float32) - low) * scale).clip(0, 255).astype(np.uint8)
-        yield np.ascontiguousarray(array)
+    syntax = ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if syntax == pydicom.uid.JPEGBaseline8Bit and photometric in PILLOW_PHOTOMETRIC:
+        for frame in generate_frames(ds.PixelData, number_of_frames=size.frames):
+            yield functools.partial(_pillow_frame, frame, size)
+    else:
+        for index in range(size.frames):
+            yield functools.partial(_pydicom_frame, ds, index, size)
+
+
+def _pillow_frame(data: bytes, size: Size) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            array = np.asarray(image.convert("RGB"))
+    except MemoryError:
+        raise
+    except Exception:
+        raise ImportRefused(
+            "a frame of the DICOM image cannot be decoded", "invalid_dicom"
+        ) from None
+    return _rgb8(array, size)
+
+
+def _pydicom_frame(ds: Dataset, index: int, size: Size) -> np.ndarray:
+    try:
+        array = np.asarray(pixel_array(ds, index=index))
+    except MemoryError:
+        raise
+    except Exception:
+        raise ImportRefused(
+            "the DICOM image cannot be decoded here (its transfer syntax is not supported)",
+            "unsupported_dicom",
+        ) from None
+    if size.samples == 1:
+        array = np.repeat(array[..., np.newaxis], 3, axis=-1)
+    return _rgb8(array, size)
+
+
+def _rgb8(array: np.ndarray, size: Size) -> np.ndarray:
+    """An HxWx3 frame of 8-bit samples (wider ones scaled by their own range), writable."""
+    if array.shape != (size.rows, size.columns, 3):
+        raise ImportRefused("the DICOM image's layout is not supported", "unsupported_dicom")
+    if array.dtype != np.uint8:
+        low, high = float(array.min()), float(array.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        array = ((array.astype(np.float32) - low) * scale).clip(0, 255).astype(np.uint8)
+    return np.array(array, order="C", copy=True) if not array.flags.writeable else array
+
+
+def _rebuilt_frames(
+    decoders: Iterator[Callable[[], np.ndarray]], rects: Rects | None, multi: bool
+) -> list[Any]:
+    """Each frame decoded and masked; a clip's encoded as JPEG (`writer.jpeg_frames`, a few at
+    a time), a still's one frame kept as pixels."""
+
+    def masked(decode: Callable[[], np.ndarray]) -> np.ndarray:
+        frame = decode()
+        if rects is not None:
+            deid.mask(frame, rects)
+        return frame
+
+    if not multi:
+        return [masked(decode) for decode in decoders]
+    return writer.jpeg_frames(functools.partial(masked, decode) for decode in decoders)
 
 
 def acquired_at(ds: Dataset) -> datetime | None:
@@ -309,9 +365,7 @@ def _rebuild(
     manufacturer = str(ds.get("Manufacturer", "") or "").strip()
     model = str(ds.get("ManufacturerModelName", "") or "").strip()
     try:
-        rects: tuple[tuple[int, int, int, int], ...] | None = profiles.mask_for(
-            manufacturer, model, columns, rows
-        )
+        rects: Rects | None = profiles.mask_for(manufacturer, model, columns, rows)
     except LookupError:
         if str(ds.get("BurnedInAnnotation", "")).upper() != "NO":
             raise ImportRefused(
@@ -322,16 +376,8 @@ def _rebuild(
                 "no_device_profile",
             ) from None
         rects = None
-    pixels: list[np.ndarray] = []
-    jpegs: list[bytes] = []
     multi = size.frames > 1
-    for frame in _frames(ds, size):
-        if rects is not None:
-            deid.mask(frame, rects)
-        if multi:
-            jpegs.append(writer.jpeg_frame(frame))
-        else:
-            pixels.append(frame)
+    frames = _rebuilt_frames(_decoders(ds, size), rects, multi)
     # The device's names are kept only when a profile knows them (then they are a device's,
     # not free text that might hold anything).
     known = rects is not None
@@ -343,7 +389,7 @@ def _rebuild(
     if multi:
         assert fps is not None
         out = writer.clip(
-            jpegs,
+            frames,
             (rows, columns),
             fps,
             study,
@@ -351,7 +397,7 @@ def _rebuild(
             frame_times=_frame_time_vector(ds, size.frames),
         )
     else:
-        out = writer.still(pixels[0], study, inst)
+        out = writer.still(frames[0], study, inst)
     regions = _regions(ds, size)
     if regions is not None:
         out.SequenceOfUltrasoundRegions = regions

@@ -8,7 +8,10 @@ that are already masked (`deid.mask`) and the pseudonymous identifiers.
 from __future__ import annotations
 
 import io
+from collections import deque
+from collections.abc import Callable, Iterable
 from collections.abc import Sequence as Seq
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,6 +41,10 @@ from server.dicom import deid
 CHARSET = "ISO_IR 192"  # UTF-8
 MANUFACTURER = "probelink"
 JPEG_QUALITY = 90
+# A clip's frames are made and encoded this many at once (Pillow and numpy release the GIL;
+# 2 cores here), with at most FRAMES_IN_FLIGHT frames decoded at any time.
+FRAME_WORKERS = 2
+FRAMES_IN_FLIGHT = 4
 # Stills keep every pixel (the bedside's PNG, or a decoded frame), compressed without loss.
 STILL_TRANSFER_SYNTAX = JPEGLSLossless
 DICOM_SIDE_MAX = 65535
@@ -222,6 +229,30 @@ def jpeg_frame(pixels: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(out, "JPEG", quality=JPEG_QUALITY, subsampling=1)
     return out.getvalue()
+
+
+def jpeg_frames(jobs: Iterable[Callable[[], np.ndarray]]) -> list[bytes]:
+    """A clip's frames as JPEG (`jpeg_frame`), in order: each job makes one RGB frame (decode,
+    mask) and is run with its encoding FRAME_WORKERS at a time, at most FRAMES_IN_FLIGHT frames
+    in memory at once. The first error stops the clip and is raised."""
+
+    def work(job: Callable[[], np.ndarray]) -> bytes:
+        return jpeg_frame(job())
+
+    done: list[bytes] = []
+    with ThreadPoolExecutor(FRAME_WORKERS, thread_name_prefix="frames") as pool:
+        window: deque[Future[bytes]] = deque()
+        try:
+            for job in jobs:
+                window.append(pool.submit(work, job))
+                if len(window) >= FRAMES_IN_FLIGHT:
+                    done.append(window.popleft().result())
+            while window:
+                done.append(window.popleft().result())
+        finally:
+            for pending in window:
+                pending.cancel()
+    return done
 
 
 def _check_rgb(pixels: np.ndarray) -> None:

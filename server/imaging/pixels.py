@@ -4,6 +4,8 @@ state)."""
 
 from __future__ import annotations
 
+import functools
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,13 +53,11 @@ def build(
     size: tuple[int, int] | None = None  # (height, width) of the first picture: the clip's
     rects: Rects | None = None
     still: np.ndarray | None = None
-    jpegs: list[bytes] = []
     timestamps: list[int] = []
-    for picture, timestamp in pictures():
-        if size is None:
-            size = (picture.shape[0], picture.shape[1])
-            rects = masks.rects_for(row, size[1], size[0])
-        elif picture.shape[:2] != size:
+
+    def masked(picture: np.ndarray) -> np.ndarray:
+        assert size is not None
+        if picture.shape[:2] != size:
             # The resolution changed mid-clip (WebRTC adapting): one size for the clip,
             # masked at that size.
             picture = _resize(picture, size)
@@ -69,13 +69,25 @@ def build(
                     "the device profile's mask does not fit the picture; nothing was stored",
                     code="masking_failed",
                 ) from None
-        timestamps.append(timestamp)
-        if capture.kind is CaptureKind.STILL:
-            still = picture
-        else:
-            if len(jpegs) >= CLIP_FRAMES_MAX:
+        return picture
+
+    def taken() -> Iterator[Callable[[], np.ndarray]]:
+        nonlocal size, rects
+        for picture, timestamp in pictures():
+            if size is None:
+                size = (picture.shape[0], picture.shape[1])
+                rects = masks.rects_for(row, size[1], size[0])
+            if capture.kind is CaptureKind.CLIP and len(timestamps) >= CLIP_FRAMES_MAX:
                 break
-            jpegs.append(writer.jpeg_frame(picture))
+            timestamps.append(timestamp)
+            yield functools.partial(masked, picture)
+
+    jpegs: list[bytes] = []
+    if capture.kind is CaptureKind.STILL:
+        last = deque(taken(), maxlen=1)  # one decoded picture held at a time
+        still = last[0]() if last else None  # the last picture taken is the still
+    else:
+        jpegs = writer.jpeg_frames(taken())
     if size is None:
         raise Conflict("the operator's video could not be decoded", code="no_picture")
     study = identity.study_of(row)
