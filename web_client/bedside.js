@@ -6,6 +6,7 @@ import { CAPTURE_BUTTONS, Captures } from "./lib/captures.js";
 import { $, el } from "./lib/dom.js";
 import { Overlay } from "./lib/overlay.js";
 import { phantomStream } from "./lib/phantom.js";
+import { Uploads } from "./lib/uploads.js";
 import { Room } from "./lib/room.js";
 
 const PHANTOM = "phantom";
@@ -182,7 +183,12 @@ async function captureStill() {
 
 room.on("state", (state) => {
   $("question").textContent = state.consultation.clinical_question;
+  $("accession").textContent = state.consultation.accession_number ? `Accession ${state.consultation.accession_number}` : "";
 });
+if (token) {
+  new Uploads(token, claims(token)?.consultation, { zone: $("upload-zone"), input: $("upload-input"), list: $("uploads") },
+    (file) => room.say(`${file.name} stored`));
+}
 // Signed or cancelled: the camera and microphone go off, and a reload does not go live again.
 room.on("ended", () => {
   live = false;

@@ -1,7 +1,7 @@
 // Expert page (observers get the same page without the tools): the operator's live video at
 // its own aspect ratio, voice both ways, pointer and marks drawn on the picture, probe guidance,
 // captures decoded by the relay from the exact stream on screen, key images, stream statistics.
-import { api, describe, pageToken } from "./lib/api.js";
+import { api, claims, describe, pageToken } from "./lib/api.js";
 import { CAPTURE_BUTTONS, Captures } from "./lib/captures.js";
 import { $, el } from "./lib/dom.js";
 import { Overlay, toNormalized } from "./lib/overlay.js";
@@ -9,6 +9,7 @@ import { PictureWatch } from "./lib/picture.js";
 import { ReportForm } from "./lib/report.js";
 import { showRequest } from "./lib/request.js";
 import { Room } from "./lib/room.js";
+import { Viewer } from "./lib/viewer.js";
 
 const POINTER_INTERVAL_MS = 33; // 30 Hz, under the server's per-socket limit
 const FREEHAND_POINTS_MAX = 500;
@@ -298,6 +299,8 @@ room.on("people", (list) => {
 room.on("media", () => showPicture());
 room.live.on("publishing", () => picture.newSource());
 room.on("keyImage", (k) => report?.addKeyImage(k));
+const viewer = token ? new Viewer(token, claims(token)?.consultation, (message) => room.alert(message)) : null;
+room.on("openKeyImage", (k) => viewer?.open(k));
 
 for (const b of $("tools").querySelectorAll("[data-tool]")) b.addEventListener("click", () => selectTool(b.dataset.tool));
 $("clear-marks").addEventListener("click", () => call("mark_clear", {}));

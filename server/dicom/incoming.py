@@ -63,6 +63,9 @@ REGION_OPTIONAL = (
     "SteeringAngle",
 )
 REGIONS_MAX = 16
+# Region values (PS3.3 C.8.5.5.1.1, C.8.5.5.1.15): a 2D tissue picture, physical units cm.
+SPATIAL_2D = 1
+CM = 3
 # The photometric interpretations Pillow decodes JPEG baseline frames of, as DICOM means them.
 PILLOW_PHOTOMETRIC = {"YBR_FULL_422", "YBR_FULL", "MONOCHROME2"}
 Rects = tuple[Rect, ...]
@@ -108,6 +111,9 @@ class Imported:
     frames: int
     regions: int  # ultrasound regions kept
     fps: float | None  # a clip's frame rate
+    # Millimetres per pixel and the region they hold in, from the first 2D tissue region in cm:
+    # what turns a caliper's pixels into a length (None: the image cannot be measured).
+    calibration: dict[str, Any] | None = None
 
 
 def read_upload(data: bytes) -> Dataset:
@@ -408,7 +414,24 @@ def _rebuild(
     if lossy and "LossyImageCompression" not in out:
         out.LossyImageCompression = "01"
         out.LossyImageCompressionMethod = LOSSY_METHODS.get(syntax, "ISO_10918_1")
-    return Imported(out, known, size.frames, len(regions or ()), fps)
+    return Imported(out, known, size.frames, len(regions or ()), fps, _calibration(regions))
+
+
+def _calibration(regions: Sequence | None) -> dict[str, Any] | None:
+    for region in regions or ():
+        in_cm = region.PhysicalUnitsXDirection == CM and region.PhysicalUnitsYDirection == CM
+        if region.RegionSpatialFormat == SPATIAL_2D and in_cm:
+            return {
+                "source": "ultrasound_region",
+                "mm_per_pixel": [region.PhysicalDeltaX * 10, region.PhysicalDeltaY * 10],
+                "region": [
+                    region.RegionLocationMinX0,
+                    region.RegionLocationMinY0,
+                    region.RegionLocationMaxX1,
+                    region.RegionLocationMaxY1,
+                ],
+            }
+    return None
 
 
 def deidentify_prior(

@@ -298,6 +298,7 @@ class KeyImages:
                 "fps": None if imported.fps is None else round(imported.fps, 2),
                 "masked": imported.masked,
                 "ultrasound_regions": imported.regions,
+                "calibration": imported.calibration,
             },
             created_by=capture.author,
             objects=[ArchivedObject(sop, kind, where.path, where.sha256, where.size)],

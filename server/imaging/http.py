@@ -11,7 +11,9 @@ import numpy as np
 import pydicom
 from aiohttp import web
 from PIL import Image
+from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
+from pydicom.uid import JPEGBaseline8Bit
 
 from server.auth import Role, require_consultation
 from server.consultations.model import require_open
@@ -42,6 +44,7 @@ def routes(table: web.RouteTableDef) -> None:
     table.post("/api/consultations/{consultation_id}/captures")(upload_capture)
     table.get("/api/key-images/{key_image_id}/dicom")(get_dicom)
     table.get("/api/key-images/{key_image_id}/preview")(get_preview)
+    table.get("/api/key-images/{key_image_id}/frames")(get_frames)
     table.post("/api/consultations/{consultation_id}/priors")(import_prior)
     table.get("/api/priors/{sop_instance_uid}/dicom")(get_prior)
 
@@ -138,6 +141,37 @@ async def get_preview(request: web.Request) -> web.Response:
     _row, data = await _archived(request)
     png = await asyncio.to_thread(_preview, data)
     return web.Response(body=png, headers={"Content-Type": "image/png"})
+
+
+async def get_frames(request: web.Request) -> web.Response:
+    """Every frame of a key image at full size, for the viewer's cine playback and calipers: one
+    response (frames concatenated; X-Frame-Lengths lists their sizes, X-Frame-Type their type,
+    X-Frame-Rate a clip's rate). A clip's frames are its stored JPEG frames as they are; a
+    still is one PNG."""
+    _row, data = await _archived(request)
+    frames, kind, fps = await asyncio.to_thread(_frames, data)
+    return web.Response(
+        body=b"".join(frames),
+        headers={
+            "Content-Type": "application/octet-stream",
+            "X-Frame-Type": kind,
+            "X-Frame-Lengths": ",".join(str(len(f)) for f in frames),
+            "X-Frame-Rate": f"{fps:.3f}" if fps else "",
+        },
+    )
+
+
+def _frames(data: bytes) -> tuple[list[bytes], str, float | None]:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit:
+        # The stored frames are JPEG baseline, which every browser shows as it is.
+        fps = 1000.0 / float(ds.FrameTime) if "FrameTime" in ds else None
+        return list(generate_frames(ds.PixelData, number_of_frames=frames)), "image/jpeg", fps
+    image = Image.fromarray(np.ascontiguousarray(pixel_array(ds, index=0)).astype(np.uint8), "RGB")
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=1)
+    return [out.getvalue()], "image/png", None
 
 
 def _preview(data: bytes) -> bytes:

@@ -288,6 +288,8 @@ class LiveNamespace(socketio.AsyncNamespace):
         return {
             "consultation": {
                 "id": row.id,
+                # What the scanner's worklist shows, and its images are sent with.
+                "accession_number": row.accession_number,
                 "state": row.state.value,
                 "urgency": row.urgency.value,
                 "application": row.context.application,

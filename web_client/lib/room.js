@@ -350,7 +350,10 @@ export class Room {
         this.alert(`DICOM download: ${describe(error)}`);
       }
     });
-    const figure = el("figure", { "data-key-image": k.id }, img,
+    // Opened in the page's viewer, where there is one.
+    const opener = this.handlers.openKeyImage;
+    const picture = opener ? el("button", { type: "button", class: "open", "aria-label": `Open this ${k.kind}`, onclick: () => opener(k) }, img) : img;
+    const figure = el("figure", { "data-key-image": k.id }, picture,
       el("figcaption", {}, el("span", { text: k.kind }), download));
     this.gallery.set(k.id, figure);
     this.ui.gallery.prepend(figure);

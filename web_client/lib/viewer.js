@@ -1,0 +1,192 @@
+// The viewer: a stored key image at full size, with cine playback at the recorded frame rate
+// (play, pause, frame step) and calipers in millimetres.
+//
+// Millimetres come from the image's calibration: a scanner's ultrasound region (its physical
+// size of a pixel, set by the scanner), or a two-point calibration the expert makes on the
+// on-screen depth scale (two points, then the distance between them in mm), shown as such. A
+// caliper outside the scanner's region, or on an image that has neither, is labelled
+// uncalibrated and given as a fraction of the picture's width.
+import { api, ApiError, describe } from "./api.js";
+import { $, el } from "./dom.js";
+
+const COLOR = "#ffd400";
+
+export class Viewer {
+  constructor(token, consultation, fail) {
+    this.token = token;
+    this.consultation = consultation;
+    this.fail = fail;
+    this.canvas = $("viewer-canvas");
+    this.ctx = this.canvas.getContext("2d");
+    this.frames = [];
+    this.playing = false;
+    this.index = 0;
+    $("viewer-play").addEventListener("click", () => (this.playing ? this.pause() : this.play()));
+    $("viewer-prev").addEventListener("click", () => this.step(-1));
+    $("viewer-next").addEventListener("click", () => this.step(1));
+    $("viewer-close").addEventListener("click", () => this.close());
+    $("viewer-calibrate").addEventListener("click", () => this.startCalibration());
+    $("viewer-calibrate-set").addEventListener("click", () => this.finishCalibration());
+    this.canvas.addEventListener("click", (event) => this.click(event));
+  }
+
+  // k: a key image as the room announced it (id, kind) or as listed (with detail).
+  async open(k) {
+    this.pause();
+    try {
+      const listed = await api(this.token, `/api/consultations/${this.consultation}/key-images`);
+      this.image = (listed.key_images || []).find((i) => i.id === k.id) || k;
+      const response = await fetch(`/api/key-images/${k.id}/frames`, { headers: { Authorization: `Bearer ${this.token}` }, cache: "no-store" });
+      if (!response.ok) throw new ApiError(response.status, (await response.json().catch(() => ({}))).error);
+      const type = response.headers.get("X-Frame-Type");
+      const lengths = response.headers.get("X-Frame-Lengths").split(",").map(Number);
+      const body = await response.arrayBuffer();
+      let at = 0;
+      this.frames = lengths.map((length) => new Blob([body.slice(at, (at += length))], { type }));
+      this.fps = Number(response.headers.get("X-Frame-Rate")) || this.image.detail?.fps || 30;
+    } catch (error) {
+      this.fail(`The key image cannot be shown: ${describe(error)}`);
+      return;
+    }
+    const detail = this.image.detail || {};
+    this.calibration = detail.calibration
+      ? { mmPerPixel: detail.calibration.mm_per_pixel, region: detail.calibration.region, label: "from the scanner's ultrasound region" }
+      : null;
+    this.calipers = [];
+    this.pending = null;
+    this.calibrating = null;
+    $("viewer-readout").replaceChildren();
+    $("viewer-calibration").textContent = this.calibration ? `Calibrated ${this.calibration.label}` : "Not calibrated: measurements are fractions of the width";
+    $("viewer-calibrate-form").classList.add("hidden");
+    $("viewer").classList.remove("hidden");
+    $("viewer-play").disabled = $("viewer-prev").disabled = $("viewer-next").disabled = this.frames.length < 2;
+    await this.show(0);
+  }
+
+  close() {
+    this.pause();
+    this.frames = [];
+    $("viewer").classList.add("hidden");
+  }
+
+  async show(index) {
+    this.index = (index + this.frames.length) % this.frames.length;
+    const bitmap = await createImageBitmap(this.frames[this.index]);
+    if (this.canvas.width !== bitmap.width || this.canvas.height !== bitmap.height) {
+      this.canvas.width = bitmap.width;
+      this.canvas.height = bitmap.height;
+    }
+    this.bitmap = bitmap;
+    this.draw();
+    $("viewer-counter").textContent = `Frame ${this.index + 1} / ${this.frames.length}`;
+  }
+
+  draw() {
+    if (!this.bitmap) return;
+    const ctx = this.ctx;
+    ctx.drawImage(this.bitmap, 0, 0);
+    ctx.strokeStyle = ctx.fillStyle = COLOR;
+    ctx.lineWidth = Math.max(2, this.canvas.width / 640);
+    ctx.font = `${Math.round(this.canvas.width / 50)}px sans-serif`;
+    for (const [n, c] of this.calipers.entries()) {
+      ctx.beginPath();
+      ctx.moveTo(...c.a);
+      ctx.lineTo(...c.b);
+      ctx.stroke();
+      ctx.fillText(`${n + 1}`, c.b[0] + 6, c.b[1] - 6);
+    }
+    for (const p of [this.pending, ...(this.calibrating || [])].filter(Boolean)) {
+      ctx.beginPath();
+      ctx.arc(p[0], p[1], ctx.lineWidth * 2, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+  }
+
+  // Playback at the recorded rate: the frame shown is the one the clock is at (frames the
+  // browser could not decode in time are skipped, not slowed down).
+  play() {
+    if (this.frames.length < 2) return;
+    this.playing = true;
+    $("viewer-play").textContent = "Pause";
+    const start = performance.now() - (this.index * 1000) / this.fps;
+    const tick = async () => {
+      if (!this.playing) return;
+      const due = Math.floor(((performance.now() - start) * this.fps) / 1000) % this.frames.length;
+      if (due !== this.index) await this.show(due);
+      requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+  }
+
+  pause() {
+    this.playing = false;
+    $("viewer-play").textContent = "Play";
+  }
+
+  step(by) {
+    this.pause();
+    if (this.frames.length) this.show(this.index + by);
+  }
+
+  // A point on the picture, in its own pixels.
+  point(event) {
+    const box = this.canvas.getBoundingClientRect();
+    return [((event.clientX - box.left) * this.canvas.width) / box.width, ((event.clientY - box.top) * this.canvas.height) / box.height];
+  }
+
+  click(event) {
+    const p = this.point(event);
+    if (this.calibrating) {
+      this.calibrating.push(p);
+      if (this.calibrating.length === 2) {
+        $("viewer-calibrate-form").classList.remove("hidden");
+        $("viewer-mm").focus();
+      }
+    } else if (!this.pending) {
+      this.pending = p;
+    } else {
+      this.calipers.push({ a: this.pending, b: p });
+      this.pending = null;
+      this.readout();
+    }
+    this.draw();
+  }
+
+  startCalibration() {
+    this.calibrating = [];
+    this.pending = null;
+    $("viewer-calibration").textContent = "Calibrating: click two marks of the depth scale, then give the distance between them";
+  }
+
+  finishCalibration() {
+    const mm = Number($("viewer-mm").value);
+    const [a, b] = this.calibrating || [];
+    if (!a || !b || !(mm > 0)) {
+      this.fail("Calibration needs two points on the depth scale and their distance in mm.");
+      return;
+    }
+    const pixels = Math.hypot(b[0] - a[0], b[1] - a[1]);
+    this.calibration = { mmPerPixel: [mm / pixels, mm / pixels], region: null, label: "on the depth scale" };
+    this.calibrating = null;
+    $("viewer-calibrate-form").classList.add("hidden");
+    $("viewer-calibration").textContent = `Calibrated ${this.calibration.label}`;
+    this.readout();
+    this.draw();
+  }
+
+  // A caliper's length: in mm when calibrated and inside the calibrated region.
+  length(c) {
+    const cal = this.calibration;
+    const inside = (p) => !cal?.region || (p[0] >= cal.region[0] && p[0] <= cal.region[2] && p[1] >= cal.region[1] && p[1] <= cal.region[3]);
+    if (cal && inside(c.a) && inside(c.b)) {
+      const mm = Math.hypot((c.b[0] - c.a[0]) * cal.mmPerPixel[0], (c.b[1] - c.a[1]) * cal.mmPerPixel[1]);
+      return { mm, text: `${mm.toFixed(1)} mm (calibrated ${cal.label})` };
+    }
+    const share = Math.hypot(c.b[0] - c.a[0], c.b[1] - c.a[1]) / this.canvas.width;
+    return { mm: null, text: `${share.toFixed(3)} of the width (uncalibrated${cal ? ": outside the calibrated region" : ""})` };
+  }
+
+  readout() {
+    $("viewer-readout").replaceChildren(...this.calipers.map((c, n) => el("li", { "data-mm": this.length(c).mm ?? "", text: `${n + 1}: ${this.length(c).text}` })));
+  }
+}
