@@ -20,6 +20,7 @@ from scanner_files import FRAME_TIME_MS, MM_PER_PIXEL, assert_no_phi, recorded_c
 from test_capture_uploads import consultation as png_consultation
 
 from server.config import Settings
+from server.web.keys import KEY_IMAGES
 
 
 async def consultation(
@@ -135,3 +136,96 @@ async def test_a_clip_of_an_unmasked_device_is_refused_before_it_is_read(
     assert response.status == 409
     assert (await response.json())["error"]["code"] == "no_device_profile"
     assert await key_images(client, cid, auth) == []
+
+
+async def test_calipers_in_mm_are_kept_drawn_and_reported(
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    token_for: Any,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """On a scanner's image the region gives the mm; on a capture, the depth-scale calibration;
+    the lengths are the server's own, drawn in a presentation state and in the signed SR."""
+    cid, auth = await consultation(client, coordinator, PHANTOM_DEVICE)
+    scanned = await upload(client, cid, auth, scanner_file(frames=3), "application/dicom")
+    scan_id = (await scanned.json())["key_image_id"]
+    still = await upload(client, cid, auth, recorded_clip("mp4", frames=2), "video/mp4")
+    clip_id = (await still.json())["key_image_id"]
+    expert = {"Authorization": f"Bearer {token_for('expert', sub='reader-1', consultation=cid)}"}
+
+    def put(key_image_id: str, body: Any, headers: dict[str, str] = expert) -> Any:
+        return client.put(
+            f"/api/key-images/{key_image_id}/measurements", json=body, headers=headers
+        )
+
+    # A caliper of 150 pixels down the region (0.1 mm a pixel); one in the banner, outside it.
+    calipers = [
+        {"points": [[400, 300], [400, 450]], "label": "AP"},
+        {"points": [[400, 10], [500, 10]]},
+    ]
+    response = await put(scan_id, {"calipers": calipers, "calibration": None})
+    assert response.status == 200, await response.text()
+    measured = (await response.json())["calipers"]
+    assert (
+        measured[0]["mm"] == pytest.approx(15.0)
+        and measured[0]["calibration"] == "ultrasound_region"
+    )
+    assert measured[1]["mm"] is None and measured[1]["said"] == "uncalibrated"
+    # The recorded clip has no region: 200 pixels of its depth scale are 20 mm.
+    depth = {"points": [[100, 100], [100, 300]], "mm": 20}
+    response = await put(
+        clip_id, {"calipers": [{"points": [[10, 10], [130, 10]]}], "calibration": depth}
+    )
+    assert (await response.json())["calipers"][0]["mm"] == pytest.approx(12.0)
+    # Bad bodies and the wrong role change nothing.
+    off = await put(scan_id, {"calipers": [{"points": [[0, 0], [5000, 0]]}]})
+    assert off.status == 400 and (await off.json())["error"]["code"] == "invalid_points"
+    assert (await put(scan_id, {"calipers": [], "extra": 1})).status == 400
+    assert (await put(scan_id, {"calipers": []}, auth)).status == 403
+    images = {k["id"]: k for k in await key_images(client, cid, auth)}
+    assert images[scan_id]["measurements"]["calipers"][0]["mm"] == pytest.approx(15.0)
+
+    # The presentation state draws the calipers on the scanner's image.
+    state_uid = images[scan_id]["measurements"]["presentation_state"]
+    [state] = [
+        o
+        for o in await client.app[KEY_IMAGES].records.objects(cid, "presentation_state")
+        if o.sop_instance_uid == state_uid
+    ]
+    data = (settings.data_dir / "archive" / state.path).read_bytes()
+    assert dciodvfy_errors(data, tmp_path) == []
+    ps = read(data)
+    referenced = ps.ReferencedSeriesSequence[0].ReferencedImageSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == images[scan_id]["sop_instance_uid"]
+
+    # Cited and signed: the SR carries 15 mm (UCUM) inferred from the scanner's image.
+    url = f"/api/consultations/{cid}/report"
+    report = {
+        "findings": "Oval circumscribed anechoic lesion: a simple cyst.",
+        "recommendation": "Routine screening.",
+        "technical_quality": {"grade": "adequate"},
+        "key_image_ids": [scan_id, clip_id],
+    }
+    assert (await client.put(url, json=report, headers=expert)).status == 200
+    signed = await client.post(f"{url}/sign", headers=expert)
+    assert signed.status == 200, await signed.text()
+    [sr_object] = await client.app[KEY_IMAGES].records.objects(cid, "report")
+    data = (settings.data_dir / "archive" / sr_object.path).read_bytes()
+    assert dciodvfy_errors(data, tmp_path) == []
+    numbers = [
+        item
+        for section in read(data).ContentSequence
+        if "ContentSequence" in section
+        for item in section.ContentSequence
+        if item.ValueType == "NUM"
+    ]
+    assert [float(n.MeasuredValueSequence[0].NumericValue) for n in numbers] == [15.0, 12.0]
+    unit = numbers[0].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
+    assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("mm", "UCUM")
+    source = numbers[0].ContentSequence[0]
+    assert source.RelationshipType == "INFERRED FROM"
+    assert (
+        source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        == images[scan_id]["sop_instance_uid"]
+    )

@@ -141,6 +141,15 @@ async def test_files_sent_from_the_bedside_are_played_and_measured_in_the_viewer
     await click_at(reader, 400, 10)  # in the banner, outside the region
     await click_at(reader, 500, 10)
     assert "outside the calibrated region" in await readout.nth(1).inner_text()
+    await reader.locator("#viewer-save").click()
+    await (
+        reader.locator("#viewer-saved")
+        .filter(has_text="Saved (2 calipers)")
+        .wait_for(timeout=TIMEOUT_MS)
+    )
+    listed = http(live_server, f"/api/consultations/{cid}/key-images", token)["key_images"]
+    [scanned] = [k for k in listed if k["id"] == by_source["scanner"]["id"]]
+    assert [c["mm"] for c in scanned["measurements"]["calipers"]] == [15.0, None]
     await save_screenshot(reader, "review-expert-viewer")
     assert errors == [] and reader_errors == []
     await context.close()

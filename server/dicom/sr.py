@@ -45,12 +45,25 @@ QUALITY_VALUES = {
     "non_diagnostic": codes.RADLEX.NonDiagnosticQuality,
 }
 QUALITY_REASON = hd.sr.CodedConcept("QUALITYREASON", LOCAL, "Image quality limitation")
+MEASUREMENT_LABEL = hd.sr.CodedConcept("MEASLABEL", LOCAL, "Measurement label")
 
 Concept = Code | hd.sr.CodedConcept
 Relation = hd.sr.RelationshipTypeValues
 CONTAINS = Relation.CONTAINS
 PROPERTY = Relation.HAS_PROPERTIES
 OBS_CONTEXT = Relation.HAS_OBS_CONTEXT
+INFERRED_FROM = Relation.INFERRED_FROM
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A caliper's length on a cited image, and how the image was calibrated for it."""
+
+    sop_class: str
+    sop: str
+    mm: float
+    calibration: str  # e.g. "calibrated on the depth scale"
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,7 @@ class ReportContent:
     signer: str  # pseudonymous reader id
     signed_at: datetime  # timezone-aware
     addenda: tuple[tuple[str, str, datetime], ...] = ()  # (text, signer, signed at)
+    measurements: tuple[Measurement, ...] = ()  # on cited images only
 
     def __post_init__(self) -> None:
         # Refuse bad content when it is made, not halfway through building the document.
@@ -119,8 +133,27 @@ def _observer(signer: str) -> list[hd.sr.ContentItem]:
     return [kind, name]
 
 
+def _measurement(m: Measurement) -> hd.sr.ContentItem:
+    """A distance in mm (UCUM), inferred from its image, with its calibration as a property."""
+    item = hd.sr.NumContentItem(
+        name=codes.DCM.Distance, value=m.mm, unit=codes.UCUM.Millimeter, relationship_type=CONTAINS
+    )
+    children: list[hd.sr.ContentItem] = [
+        hd.sr.ImageContentItem(
+            codes.DCM.SourceOfMeasurement, m.sop_class, m.sop, relationship_type=INFERRED_FROM
+        ),
+        _text(codes.DCM.Comment, m.calibration, PROPERTY),
+    ]
+    if m.label:
+        children.append(_text(MEASUREMENT_LABEL, m.label, PROPERTY))
+    item.ContentSequence = hd.sr.ContentSequence(children)
+    return item
+
+
 def _content(content: ReportContent) -> hd.sr.ContainerContentItem:
-    sections = [_section(codes.LN.Findings, [_text(codes.DCM.Finding, content.findings)])]
+    findings = [_text(codes.DCM.Finding, content.findings)]
+    findings += [_measurement(m) for m in content.measurements]
+    sections = [_section(codes.LN.Findings, findings)]
     impressions = []
     if content.category is not None:
         impressions.append(_text(codes.DCM.AssessmentCategory, content.category[1]))

@@ -12,14 +12,18 @@ selection's versions follow each other).
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import IntegrityError
 
@@ -30,7 +34,7 @@ from server.consultations.model import ConsultationRow
 from server.dicom import deid, incoming, writer
 from server.dicom.profiles import Profiles
 from server.errors import BadRequest, Conflict, PayloadTooLarge, ProbelinkError, Unavailable
-from server.imaging import pixels, png, video
+from server.imaging import measurements, pixels, png, video
 from server.imaging.archive import Archive, ArchiveCorrupt, ArchiveMissing, study_and_series
 from server.imaging.identity import StudyIdentity
 from server.imaging.kos import KeyObjectSelections
@@ -324,6 +328,50 @@ class KeyImages:
         self.selections.due(row)
         self._count(image.kind, "scanner", started)
         return key_image_id, event
+
+    async def save_measurements(
+        self,
+        row: ConsultationRow,
+        view: dict[str, Any],
+        obj: ArchivedObject,
+        body: measurements.MeasurementsBody,
+        audit: AuditFacts,
+    ) -> dict[str, Any]:
+        """Measure a stored key image (`measurements`) and archive a presentation state that
+        draws its calipers; returns the measurements as stored (they replace earlier ones)."""
+        data = await self.read(obj, "the key image")
+        detail = json.loads(view["detail"]) if isinstance(view["detail"], str) else view["detail"]
+        image = await asyncio.to_thread(
+            lambda: pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        )
+        width, height = int(image.Columns), int(image.Rows)
+        measured = measurements.measure(body, width, height, detail.get("calibration"))
+        now = datetime.now(UTC)
+        sop = deid.derived_uid(self.key, "measurements", view["id"], uuid.uuid4().hex)
+        study = replace(self.identity.study_of(row), manufacturer=image.get("Manufacturer"))
+        inst = self.identity.instance_of(row, "presentation_state", sop, now)
+        marks = [
+            {"kind": "caliper", "points": [[x / width, y / height] for x, y in c["points"]]}
+            for c in measured["calipers"]
+        ]
+        async with self._building:
+            state = await asyncio.to_thread(
+                lambda: writer.to_bytes(writer.presentation_state(image, marks, study, inst))
+            )
+            where = await asyncio.to_thread(
+                self.archive.store,
+                state,
+                study.study_uid,
+                self.identity.series_uid(row.id, "presentation_state"),
+            )
+        measured.update(presentation_state=sop, by=audit.actor, at=now.isoformat())
+        archived = ArchivedObject(sop, "presentation_state", where.path, where.sha256, where.size)
+        await self.records.set_measurements(
+            row.id, view["id"], measured, archived, push=self.push, audit=audit
+        )
+        if self.push:
+            self._pushable()
+        return measured
 
     async def import_prior(self, row: ConsultationRow, upload: bytes) -> ArchivedObject:
         """A prior study's DICOM file, de-identified and archived (the caller records it);

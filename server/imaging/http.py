@@ -15,13 +15,14 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import JPEGBaseline8Bit
 
-from server.auth import Role, require_consultation
+from server.auth import Principal, Role, require_consultation
 from server.consultations.model import require_open
 from server.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
 from server.imaging.captures import read_dicom, room_commit
+from server.imaging.measurements import MeasurementsBody
 from server.imaging.model import ArchivedObject
 from server.live.room import CaptureKind
-from server.web.edge import authenticate, consultation_of, facts
+from server.web.edge import authenticate, consultation_of, facts, read_json
 from server.web.keys import KEY_IMAGES, LIVE, STORE
 
 KEY_IMAGE_ID = re.compile(r"[0-9a-f]{32}")
@@ -45,6 +46,7 @@ def routes(table: web.RouteTableDef) -> None:
     table.get("/api/key-images/{key_image_id}/dicom")(get_dicom)
     table.get("/api/key-images/{key_image_id}/preview")(get_preview)
     table.get("/api/key-images/{key_image_id}/frames")(get_frames)
+    table.put("/api/key-images/{key_image_id}/measurements")(put_measurements)
     table.post("/api/consultations/{consultation_id}/priors")(import_prior)
     table.get("/api/priors/{sop_instance_uid}/dicom")(get_prior)
 
@@ -107,17 +109,26 @@ async def upload_capture(request: web.Request) -> web.Response:
     return web.json_response({"key_image_id": event.body["id"], "seq": event.seq}, status=201)
 
 
-async def _archived(request: web.Request) -> tuple[dict[str, Any], bytes]:
-    principal = authenticate(request)
+async def _key_image(
+    request: web.Request, principal: Principal
+) -> tuple[dict[str, Any], ArchivedObject]:
+    """The key image named in the path (its row and archived file), if the caller may see it."""
     key_image_id = request.match_info["key_image_id"]
     if not KEY_IMAGE_ID.fullmatch(key_image_id):
         raise NotFound("no such key image", code="key_image_not_found", field="id")
-    key_images = request.app[KEY_IMAGES]
-    found = await key_images.records.image(key_image_id)
+    found = await request.app[KEY_IMAGES].records.image(key_image_id)
     if found is None:
         raise NotFound("no such key image", code="key_image_not_found", field="id")
     row, obj = found
     require_consultation(principal, row["consultation_id"])
+    return row, obj
+
+
+async def _archived(request: web.Request) -> tuple[dict[str, Any], bytes]:
+    principal = authenticate(request)
+    row, obj = await _key_image(request, principal)
+    key_image_id = row["id"]
+    key_images = request.app[KEY_IMAGES]
     data = await key_images.read(obj, "the key image")
     await request.app[STORE].record_audit(
         facts(request, principal, "key_image.read", "key_image", key_image_id)
@@ -159,6 +170,21 @@ async def get_frames(request: web.Request) -> web.Response:
             "X-Frame-Rate": f"{fps:.3f}" if fps else "",
         },
     )
+
+
+async def put_measurements(request: web.Request) -> web.Response:
+    """The expert's calipers on a stored key image: lengths in mm computed here, kept with the
+    key image and drawn in a presentation state archived (and pushed) beside it."""
+    principal = authenticate(request, Role.EXPERT)
+    view, obj = await _key_image(request, principal)
+    row = require_open(
+        await request.app[STORE].get_consultation(view["consultation_id"]),
+        "nothing can be measured",
+    )
+    body = await read_json(request, MeasurementsBody)
+    audit = facts(request, principal, "key_image.measure", "key_image", view["id"])
+    measured = await request.app[KEY_IMAGES].save_measurements(row, view, obj, body, audit)
+    return web.json_response(measured)
 
 
 def _frames(data: bytes) -> tuple[list[bytes], str, float | None]:

@@ -52,7 +52,8 @@ class KeyImageLog:
             result = await conn.execute(
                 text(
                     "SELECT k.id, k.kind, k.sop_instance_uid, k.media_ts, k.marks, k.guidance,"
-                    " k.detail, k.created_by, k.created_at, k.pacs_state, o.sha256,"
+                    " k.detail, k.created_by, k.created_at, k.pacs_state, k.measurements,"
+                    " o.sha256,"
                     " o.kind AS object_kind"
                     " FROM key_images k JOIN dicom_objects o"
                     " ON o.sop_instance_uid = k.sop_instance_uid"
@@ -154,6 +155,26 @@ class KeyImageLog:
                 return True
         except IntegrityError:
             return False  # the same prior, attached at the same moment by another request
+
+    async def set_measurements(
+        self,
+        consultation_id: str,
+        key_image_id: str,
+        measured: dict[str, Any],
+        state: ArchivedObject,
+        *,
+        push: bool,
+        audit: AuditFacts,
+    ) -> None:
+        """Record a key image's measurements (replacing earlier ones) with the presentation
+        state that draws them."""
+        async with self.store.transaction() as conn:
+            await insert_object(conn, consultation_id, state, key_image_id, push=push)
+            await conn.execute(
+                text("UPDATE key_images SET measurements = :m WHERE id = :id"),
+                {"m": json.dumps(measured), "id": key_image_id},
+            )
+            await self.store.append_audit(conn, audit)
 
     async def has_object(self, sop_instance_uid: str) -> bool:
         async with self.engine.connect() as conn:
@@ -344,6 +365,7 @@ def _image_view(row: dict[str, Any]) -> dict[str, Any]:
         "marks": json.loads(row["marks"]),
         "guidance": json.loads(row["guidance"]),
         "detail": json.loads(row["detail"]),
+        "measurements": json.loads(row["measurements"]) if row["measurements"] else None,
         "created_by": row["created_by"],
         "created_at": row["created_at"],
         "pacs_state": row["pacs_state"],

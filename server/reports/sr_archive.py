@@ -70,6 +70,12 @@ async def archive_report(
         key_images=tuple((ds.SOPClassUID, ds.SOPInstanceUID) for ds in evidence),
         signer=deid.reader_pseudonym(key, signed[0].author),
         signed_at=signed[0].signed_at or now,
+        measurements=tuple(
+            sr.Measurement(ds.SOPClassUID, ds.SOPInstanceUID, c["mm"], c["said"], c["label"])
+            for ds, key_image_id in zip(evidence, body.key_image_ids, strict=True)
+            for c in (known[key_image_id].get("measurements") or {}).get("calipers", [])
+            if c["mm"] is not None
+        ),
         addenda=tuple(
             (a.addendum or "", deid.reader_pseudonym(key, a.author), a.signed_at or now)
             for a in report.addenda

@@ -238,4 +238,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE UNIQUE INDEX consultations_accession ON consultations (accession_number)",
         ),
     ),
+    Migration(
+        8,
+        "measurements on key images",
+        (
+            # JSON: the calipers with their lengths in mm, the calibration, the presentation
+            # state that draws them, who saved them and when (server/imaging/measurements.py).
+            "ALTER TABLE key_images ADD COLUMN measurements TEXT",
+        ),
+    ),
 )

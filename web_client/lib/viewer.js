@@ -27,6 +27,12 @@ export class Viewer {
     $("viewer-close").addEventListener("click", () => this.close());
     $("viewer-calibrate").addEventListener("click", () => this.startCalibration());
     $("viewer-calibrate-set").addEventListener("click", () => this.finishCalibration());
+    $("viewer-save").addEventListener("click", () => this.save());
+    $("viewer-clear").addEventListener("click", () => {
+      this.calipers = [];
+      this.readout();
+      this.draw();
+    });
     this.canvas.addEventListener("click", (event) => this.click(event));
   }
 
@@ -52,10 +58,19 @@ export class Viewer {
     this.calibration = detail.calibration
       ? { mmPerPixel: detail.calibration.mm_per_pixel, region: detail.calibration.region, label: "from the scanner's ultrasound region" }
       : null;
-    this.calipers = [];
+    // What was saved before: its calipers, and a depth-scale calibration.
+    const saved = this.image.measurements;
+    this.calipers = (saved?.calipers || []).map((c) => ({ a: c.points[0], b: c.points[1], saved: c }));
+    this.depth = saved?.calibration || null;
+    if (!this.calibration && this.depth) {
+      const [a, b] = this.depth.points;
+      const mm = this.depth.mm / Math.hypot(b[0] - a[0], b[1] - a[1]);
+      this.calibration = { mmPerPixel: [mm, mm], region: null, label: "on the depth scale" };
+    }
     this.pending = null;
     this.calibrating = null;
-    $("viewer-readout").replaceChildren();
+    $("viewer-saved").textContent = saved ? `Saved (${saved.calipers.length} calipers)` : "";
+    this.readout();
     $("viewer-calibration").textContent = this.calibration ? `Calibrated ${this.calibration.label}` : "Not calibrated: measurements are fractions of the width";
     $("viewer-calibrate-form").classList.add("hidden");
     $("viewer").classList.remove("hidden");
@@ -167,6 +182,7 @@ export class Viewer {
     }
     const pixels = Math.hypot(b[0] - a[0], b[1] - a[1]);
     this.calibration = { mmPerPixel: [mm / pixels, mm / pixels], region: null, label: "on the depth scale" };
+    this.depth = { points: [a, b], mm };
     this.calibrating = null;
     $("viewer-calibrate-form").classList.add("hidden");
     $("viewer-calibration").textContent = `Calibrated ${this.calibration.label}`;
@@ -184,6 +200,21 @@ export class Viewer {
     }
     const share = Math.hypot(c.b[0] - c.a[0], c.b[1] - c.a[1]) / this.canvas.width;
     return { mm: null, text: `${share.toFixed(3)} of the width (uncalibrated${cal ? ": outside the calibrated region" : ""})` };
+  }
+
+  // The calipers and calibration kept with the image (a presentation state draws them); the
+  // lengths shown then are the server's own.
+  async save() {
+    try {
+      const body = { calipers: this.calipers.map((c) => ({ points: [c.a, c.b] })), calibration: this.depth || null };
+      const saved = await api(this.token, `/api/key-images/${this.image.id}/measurements`, { method: "PUT", json: body });
+      this.calipers = saved.calipers.map((c) => ({ a: c.points[0], b: c.points[1], saved: c }));
+      this.image.measurements = saved;
+      $("viewer-saved").textContent = `Saved (${saved.calipers.length} calipers)`;
+      this.readout();
+    } catch (error) {
+      this.fail(`Measurements not saved: ${describe(error)}`);
+    }
   }
 
   readout() {
