@@ -145,6 +145,9 @@ async def test_a_scanner_reads_the_worklist_and_sends_its_images_to_the_consulta
     assert [i["kind"] for i in images] == ["clip", "still"]
     assert all(i["detail"]["source"] == "scanner" for i in images)
     assert images[0]["created_by"] == "dicom:SCANNER"
+    queue = await (await client.get("/api/consultations", headers=coordinator)).json()
+    [row] = [c for c in queue["consultations"] if c["id"] == cid]
+    assert row["attached"] == {"stills": 0, "clips": 0, "scanner_images": 2, "priors": 0}
     data = await (await client.get(images[0]["dicom_url"], headers=coordinator)).read()
     assert dciodvfy_errors(data, tmp_path) == []
     ds = read(data)

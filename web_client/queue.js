@@ -62,6 +62,14 @@ function actions(c) {
   return el("td", {}, select, " ", el("button", { type: "button", text: "Join link", onclick: () => invite(c) }));
 }
 
+// What a request holds for review: "2 stills, 1 clip, 3 scanner images".
+function attachedText(attached = {}) {
+  const parts = [["stills", "still"], ["clips", "clip"], ["scanner_images", "scanner image"], ["priors", "prior"]]
+    .filter(([key]) => attached[key])
+    .map(([key, noun]) => `${attached[key]} ${noun}${attached[key] === 1 ? "" : "s"}`);
+  return parts.join(", ") || "nothing yet";
+}
+
 // Rows by consultation id: a refresh rebuilds only the rows whose content changed (the time left
 // is updated in place), so the keyboard focus stays where it was and an expert list being chosen
 // from does not close under the pointer.
@@ -71,7 +79,7 @@ function rowOf(c) {
   // The experts offered in the row's list, by name: a credential or name change rebuilds it.
   const offered = experts.filter((x) => c.credentialed_experts?.includes(x.sub)).map((x) => [x.sub, x.name]);
   const key = JSON.stringify([c.urgency, c.application, c.clinical_question, c.flags, c.incomplete_reason,
-    c.state, c.checklist, c.assigned_expert, offered]);
+    c.state, c.checklist, c.assigned_expert, offered, c.attached, c.accession_number]);
   let row = rows.get(c.id);
   if (row?.key !== key) {
     const time = el("td");
@@ -80,8 +88,10 @@ function rowOf(c) {
       time,
       el("td", { text: c.application || "—" }),
       el("td", {}, c.clinical_question,
+        c.accession_number ? el("div", { class: "muted", text: `Accession ${c.accession_number}${c.patient_ref ? ` · ${c.patient_ref}` : ""}` }) : null,
         ...(c.flags || []).map((f) => el("div", { class: "error", text: `⚑ ${f.message}` })),
         c.incomplete_reason ? el("div", { class: "muted", text: `Sent incomplete: ${c.incomplete_reason}` }) : null),
+      el("td", { text: attachedText(c.attached) }),
       el("td", { text: c.state }),
       el("td", { text: c.checklist.complete ? "complete" : `${c.checklist.missing_count} missing` }),
       actions(c),

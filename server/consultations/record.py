@@ -99,12 +99,13 @@ async def list_queue(request: web.Request) -> web.Response:
     rows.sort(key=lambda r: (URGENCY_RANK[r.urgency], r.due_at, r.id))
     now = datetime.now(UTC)
     active = [e for e in await Experts(request.app[STORE]).all() if e.active]
+    attached = await request.app[STORE].attachments([r.id for r in rows])
 
     def row_body(row: ConsultationRow) -> dict[str, Any]:
         # Whom the coordinator may assign it to, by the server's own credentialing rule.
         application = row.context.application.value if row.context.application else None
         offered = [e.sub for e in active if credentialed(e.subspecialties, application)]
-        return {**summary(row, now), "credentialed_experts": offered}
+        return {**summary(row, now, attached.get(row.id)), "credentialed_experts": offered}
 
     return web.json_response({"consultations": [row_body(r) for r in rows]})
 

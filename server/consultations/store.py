@@ -38,6 +38,8 @@ AUDIT_PAGE_ROWS = 1000
 
 # Draws of an accession number before a clash is an error (one in 6.6e11 clashes at all).
 ACCESSION_ATTEMPTS = 3
+# The archived objects a reviewer reads (imaging's kinds; counted for the queue).
+ATTACHMENT_KINDS = ("still", "clip", "scanner_still", "scanner_clip", "prior")
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,28 @@ class Store:
                 text("SELECT * FROM consultations WHERE id = :id"), {"id": consultation_id}
             )
             return _consultation(result.mappings().one())
+
+    async def attachments(self, consultation_ids: list[str]) -> dict[str, dict[str, int]]:
+        """What each consultation holds for review, by kind: key images (stills, clips, a
+        scanner's images) and priors. Counted on the archived objects (one query)."""
+        if not consultation_ids:
+            return {}
+        names = ", ".join(f":c{i}" for i in range(len(consultation_ids)))
+        kinds = ", ".join(f":k{i}" for i in range(len(ATTACHMENT_KINDS)))
+        where = f"consultation_id IN ({names}) AND kind IN ({kinds})"
+        query = f"SELECT consultation_id, kind, COUNT(*) AS n FROM dicom_objects WHERE {where}"  # noqa: S608
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text(query + " GROUP BY consultation_id, kind"),
+                {
+                    **{f"c{i}": c for i, c in enumerate(consultation_ids)},
+                    **{f"k{i}": k for i, k in enumerate(ATTACHMENT_KINDS)},
+                },
+            )
+            counts: dict[str, dict[str, int]] = {}
+            for m in result.mappings():
+                counts.setdefault(m["consultation_id"], {})[m["kind"]] = int(m["n"])
+        return counts
 
     async def related_rows(self, table: str, consultation_id: str) -> list[dict[str, Any]]:
         """Marks, key images or reports of a consultation, as stored columns.

@@ -20,10 +20,20 @@ from server.store.times import iso
 from server.web.keys import KEYRING, SETTINGS, TOKEN_POLICY
 
 
-def summary(row: ConsultationRow, now: datetime) -> dict[str, Any]:
-    """What the queue shows of a consultation."""
+def summary(
+    row: ConsultationRow, now: datetime, attached: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """What the queue shows of a consultation; `attached`: its archived images by kind."""
     check = checklist(row.context)
+    counts = attached or {}
     return {
+        "attached": {
+            "stills": counts.get("still", 0),
+            "clips": counts.get("clip", 0),
+            "scanner_images": counts.get("scanner_still", 0) + counts.get("scanner_clip", 0),
+            "priors": counts.get("prior", 0),
+        },
+        "device": row.context.device.model_dump(exclude_none=True) if row.context.device else None,
         "id": row.id,
         "accession_number": row.accession_number,
         "patient_ref": row.context.patient_ref,

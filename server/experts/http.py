@@ -156,10 +156,11 @@ async def expert_queue(request: web.Request, principal: Principal) -> web.Respon
     ]
     rows.sort(key=lambda r: (URGENCY_RANK[r.urgency], r.due_at, r.id))
     now = datetime.now(UTC)
+    attached = await request.app[STORE].attachments([r.id for r in rows])
     return web.json_response(
         {
             "expert": expert_body(expert),
-            "consultations": [summary(r, now) for r in rows],
+            "consultations": [summary(r, now, attached.get(r.id)) for r in rows],
         }
     )
 
