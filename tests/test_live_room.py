@@ -182,6 +182,22 @@ async def test_caliper_carries_its_length_and_text_label_its_text(join: Any) -> 
     assert marks[1]["text"] == "vein" and marks[1]["author_role"] == "operator"
 
 
+async def test_a_calibration_on_the_depth_scale_carries_its_millimetres(join: Any) -> None:
+    expert = await join("expert")
+    depth = {"kind": "calibration", "points": [[0.1, 0.2], [0.1, 0.6]], "mm": 40}
+    assert "seq" in await expert.call("mark", depth)
+    [mark] = await expert.wait_for("mark", 1)
+    assert mark["mm"] == 40 and mark["length"] == pytest.approx(0.4)
+    refusals = [
+        {"kind": "calibration", "points": [[0.1, 0.2], [0.1, 0.6]]},  # no mm
+        {"kind": "calibration", "points": [[0.1, 0.2], [0.1, 0.2]], "mm": 10},  # one point twice
+        {"kind": "calibration", "points": [[0.1, 0.2], [0.1, 0.6]], "mm": -1},
+        {"kind": "caliper", "points": [[0.1, 0.2], [0.1, 0.6]], "mm": 10},  # only calibrations
+    ]
+    for body in refusals:
+        assert (await expert.call("mark", body))["error"]["code"] == "invalid_field", body
+
+
 async def test_roles_decide_who_may_mark_guide_point_and_clear(join: Any) -> None:
     operator = await join("operator")
     expert = await join("expert")

@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from browser import coordinator_token, save_screenshot
-from phantom import PHANTOM_DEVICE
+from live_client import Participant
+from phantom import PHANTOM_DEVICE, phantom_png
 from scanner_files import recorded_clip, scanner_file
 from servers import Server
-from test_web_e2e import TIMEOUT_MS, http, new_page
+from test_web_e2e import TIMEOUT_MS, http, new_page, upload_png
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -150,6 +151,27 @@ async def test_files_sent_from_the_bedside_are_played_and_measured_in_the_viewer
     listed = http(live_server, f"/api/consultations/{cid}/key-images", token)["key_images"]
     [scanned] = [k for k in listed if k["id"] == by_source["scanner"]["id"]]
     assert [c["mm"] for c in scanned["measurements"]["calipers"]] == [15.0, None]
+
+    # A live calibration on the depth scale (another expert, over Socket.IO) is on screen when
+    # the bedside captures a still: the still carries it, and the viewer reads mm from it.
+    second = http(
+        live_server, f"/api/consultations/{cid}/invites", token, {"role": "expert", "name": "B"}
+    )
+    colleague = await Participant(live_server.url, second["token"]).connect()
+    depth = {"kind": "calibration", "points": [[0.1, 0.2], [0.1, 0.6]], "mm": 40}
+    assert "seq" in await colleague.call("mark", depth)
+    upload_png(live_server, cid, operator["token"], phantom_png(3))  # 640x480: 192 px = 40 mm
+    await colleague.close()
+    listed = http(live_server, f"/api/consultations/{cid}/key-images", token)["key_images"]
+    [still] = [k for k in listed if k["kind"] == "still"]
+    await reader.locator(f"figure[data-key-image='{still['id']}'] button.open").wait_for(
+        timeout=TIMEOUT_MS
+    )
+    await open_in_viewer(reader, still["id"], 1)
+    assert "on the depth scale" in await reader.locator("#viewer-calibration").inner_text()
+    await click_at(reader, 300, 200)
+    await click_at(reader, 300, 296)
+    assert (await readout.first.inner_text()).startswith("1: 20.0 mm (calibrated on the depth")
     await save_screenshot(reader, "review-expert-viewer")
     assert errors == [] and reader_errors == []
     await context.close()

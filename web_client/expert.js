@@ -14,7 +14,7 @@ import { Viewer } from "./lib/viewer.js";
 const POINTER_INTERVAL_MS = 33; // 30 Hz, under the server's per-socket limit
 const FREEHAND_POINTS_MAX = 500;
 const FREEHAND_STEP = 0.004; // normalized distance between kept freehand points
-const TOOL_KEYS = { p: "pointer", a: "arrow", c: "circle", f: "freehand", t: "text", l: "caliper" };
+const TOOL_KEYS = { p: "pointer", a: "arrow", c: "circle", f: "freehand", t: "text", l: "caliper", d: "calibration" };
 const ACTION_KEYS = new Set(["x", "g", "h", "s", "k", "r"]);
 
 const token = pageToken();
@@ -117,7 +117,13 @@ async function pointerUp() {
   overlay.setDraft(null);
   const tooSmall = kind !== "freehand" && Math.hypot(points[1][0] - points[0][0], points[1][1] - points[0][1]) < 0.005;
   if (tooSmall || (kind === "freehand" && points.length < 2)) return;
-  await call("mark", withTs({ kind, points }));
+  const mark = { kind, points };
+  if (kind === "calibration") {
+    // Two marks of the depth scale; the distance between them is typed first, in mm.
+    mark.mm = Number($("label-text").value.trim().replace(",", "."));
+    if (!(mark.mm > 0 && mark.mm <= 1000)) return fail(new Error("Type the distance between the two depth-scale marks in mm first (the field beside the tools)."));
+  }
+  await call("mark", withTs(mark));
 }
 
 // The keyboard on the picture (it takes focus): arrow keys move a cursor (Shift: faster), Enter

@@ -53,6 +53,9 @@ class MarkKind(enum.StrEnum):
     FREEHAND = "freehand"
     TEXT = "text"
     CALIPER = "caliper"
+    # Two marks of the picture's depth scale and the distance between them (`mm`): calipers
+    # drawn after it read in millimetres ("calibrated on the depth scale").
+    CALIBRATION = "calibration"
 
 
 # How many points each kind takes: (fewest, most).
@@ -62,6 +65,7 @@ MARK_POINTS = {
     MarkKind.FREEHAND: (2, MARK_POINTS_MAX),
     MarkKind.TEXT: (1, 1),  # anchor
     MarkKind.CALIPER: (2, 2),  # the two ends
+    MarkKind.CALIBRATION: (2, 2),  # two marks of the depth scale
 }
 
 
@@ -106,6 +110,8 @@ class Mark(StrictModel):
         Annotated[str, Field(min_length=1, max_length=TEXT_LABEL_MAX_CHARS), NoControlChars] | None
     ) = None
     media_ts: MediaTs | None = None
+    # A calibration's distance between its two points, in mm.
+    mm: float | None = Field(None, gt=0, le=1000)
 
     @model_validator(mode="after")
     def _fits_kind(self) -> Mark:
@@ -117,11 +123,16 @@ class Mark(StrictModel):
             raise ValueError("a text mark needs its text")
         if self.kind is not MarkKind.TEXT and self.text is not None:
             raise ValueError("only a text mark carries text")
+        if (self.kind is MarkKind.CALIBRATION) != (self.mm is not None):
+            raise ValueError("a calibration mark, and only it, carries mm")
+        if self.kind is MarkKind.CALIBRATION and self.length() == 0:
+            raise ValueError("a calibration's two points must be apart")
         return self
 
     def length(self) -> float | None:
-        """A caliper's length in normalized units (straight distance between its ends)."""
-        if self.kind is not MarkKind.CALIPER:
+        """A caliper's (or calibration's) length in normalized units (straight distance
+        between its ends)."""
+        if self.kind not in (MarkKind.CALIPER, MarkKind.CALIBRATION):
             return None
         (x0, y0), (x1, y1) = self.points
         return math.hypot(x1 - x0, y1 - y0)
@@ -254,6 +265,8 @@ def mark_body(mark: Mark, *, mark_id: str, author: str, author_role: Role) -> di
         body["text"] = mark.text
     if mark.media_ts is not None:
         body["media_ts"] = mark.media_ts
+    if mark.mm is not None:
+        body["mm"] = mark.mm
     length = mark.length()
     if length is not None:
         body["length"] = round(length, 6)

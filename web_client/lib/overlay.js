@@ -90,8 +90,9 @@ export class Overlay {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, w, h);
     const r = contentRect(this.video);
-    for (const m of this._marks.values()) drawMark(ctx, r, m, false);
-    if (this._draft) drawMark(ctx, r, this._draft, true);
+    const scale = depthScale(this._marks.values(), r);
+    for (const m of this._marks.values()) drawMark(ctx, r, m, false, scale);
+    if (this._draft) drawMark(ctx, r, this._draft, true, scale);
     for (const p of this._pointers.values()) drawPointer(ctx, r, p, now);
     if (this._guidance) drawGuidance(ctx, r, this._guidance.g);
     this._planNext(now);
@@ -162,7 +163,17 @@ function fit(ctx, text, max) {
   return text + "…";
 }
 
-function drawMark(ctx, r, mark, dashed) {
+// Millimetres per screen pixel from the newest calibration on the depth scale, or null.
+function depthScale(marks, r) {
+  let newest = null;
+  for (const m of marks) if (m.kind === "calibration" && m.mm > 0 && (!newest || (m.seq ?? 0) >= (newest.seq ?? 0))) newest = m;
+  if (!newest) return null;
+  const [[x0, y0], [x1, y1]] = newest.points;
+  const pixels = Math.hypot((x1 - x0) * r.width, (y1 - y0) * r.height);
+  return pixels > 0 ? newest.mm / pixels : null;
+}
+
+function drawMark(ctx, r, mark, dashed, scale = null) {
   const pts = (mark.points || []).map(([x, y]) => [r.x + x * r.width, r.y + y * r.height]);
   const color = ROLE_COLOR[mark.author_role] || DRAFT_COLOR;
   const [a, b] = pts;
@@ -187,7 +198,7 @@ function drawMark(ctx, r, mark, dashed) {
   } else if (mark.kind === "circle") {
     const radius = Math.hypot(b[0] - a[0], b[1] - a[1]);
     outlined(ctx, color, dashed, () => ctx.arc(a[0], a[1], radius, 0, 2 * Math.PI));
-  } else if (mark.kind === "caliper") {
+  } else if (mark.kind === "caliper" || mark.kind === "calibration") {
     const len = Math.hypot(b[0] - a[0], b[1] - a[1]) || 1;
     const nx = (-(b[1] - a[1]) / len) * 7, ny = ((b[0] - a[0]) / len) * 7;
     outlined(ctx, color, dashed, () => {
@@ -195,11 +206,14 @@ function drawMark(ctx, r, mark, dashed) {
       ctx.lineTo(...b);
       for (const [px, py] of [a, b]) { ctx.moveTo(px - nx, py - ny); ctx.lineTo(px + nx, py + ny); }
     });
-    // The protocol's length is in normalized units (not pixels), so recompute it the same way.
+    // In mm once the depth scale is calibrated; otherwise the protocol's normalized length.
     const [[x0, y0], [x1, y1]] = mark.points;
     const value = typeof mark.length === "number" ? mark.length : Math.hypot(x1 - x0, y1 - y0);
     const mx = (a[0] + b[0]) / 2 + nx * 2.5, my = (a[1] + b[1]) / 2 + ny * 2.5;
-    label(ctx, color, value.toFixed(3), mx, my, "center");
+    let text = `${value.toFixed(3)} (uncalibrated)`;
+    if (mark.kind === "calibration") text = `depth scale ${mark.mm} mm`;
+    else if (scale) text = `${(len * scale).toFixed(1)} mm`;
+    label(ctx, color, text, mx, my, "center");
   }
 }
 

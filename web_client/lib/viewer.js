@@ -58,24 +58,29 @@ export class Viewer {
     this.calibration = detail.calibration
       ? { mmPerPixel: detail.calibration.mm_per_pixel, region: detail.calibration.region, label: "from the scanner's ultrasound region" }
       : null;
-    // What was saved before: its calipers, and a depth-scale calibration.
+    this.calipers = [];
+    this.pending = null;
+    this.calibrating = null;
+    $("viewer").classList.remove("hidden");
+    await this.show(0);
+    // What was saved before: its calipers, and a depth-scale calibration; else the live room's
+    // calibration that was on screen when it was captured (normalized points).
     const saved = this.image.measurements;
     this.calipers = (saved?.calipers || []).map((c) => ({ a: c.points[0], b: c.points[1], saved: c }));
-    this.depth = saved?.calibration || null;
+    const onScreen = (this.image.marks || []).filter((m) => m.kind === "calibration" && m.mm > 0).pop();
+    this.depth = saved?.calibration
+      || (onScreen ? { points: onScreen.points.map(([x, y]) => [x * this.canvas.width, y * this.canvas.height]), mm: onScreen.mm } : null);
     if (!this.calibration && this.depth) {
       const [a, b] = this.depth.points;
       const mm = this.depth.mm / Math.hypot(b[0] - a[0], b[1] - a[1]);
       this.calibration = { mmPerPixel: [mm, mm], region: null, label: "on the depth scale" };
     }
-    this.pending = null;
-    this.calibrating = null;
     $("viewer-saved").textContent = saved ? `Saved (${saved.calipers.length} calipers)` : "";
     this.readout();
     $("viewer-calibration").textContent = this.calibration ? `Calibrated ${this.calibration.label}` : "Not calibrated: measurements are fractions of the width";
     $("viewer-calibrate-form").classList.add("hidden");
-    $("viewer").classList.remove("hidden");
     $("viewer-play").disabled = $("viewer-prev").disabled = $("viewer-next").disabled = this.frames.length < 2;
-    await this.show(0);
+    this.draw();
   }
 
   close() {
