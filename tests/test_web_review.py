@@ -10,11 +10,13 @@ region, a two-point calibration on the depth scale gives the caliper its millime
 
 from __future__ import annotations
 
+import urllib.request
 from typing import TYPE_CHECKING
 
 from browser import coordinator_token, save_screenshot
 from live_client import Participant
 from phantom import PHANTOM_DEVICE, phantom_png
+from pydicom.uid import ExplicitVRLittleEndian
 from scanner_files import recorded_clip, scanner_file
 from servers import Server
 from test_web_e2e import TIMEOUT_MS, http, new_page, upload_png
@@ -24,17 +26,24 @@ if TYPE_CHECKING:
 
 
 async def click_at(page: Page, x: float, y: float) -> None:
-    """Click the viewer's picture at (x, y) in the picture's own pixels."""
-    box = await page.locator("#viewer-canvas").bounding_box()
+    """Click the viewer's picture at (x, y) in the picture's own pixels (scrolled into view)."""
+    canvas = page.locator("#viewer-canvas")
+    box = await canvas.bounding_box()
     size = await page.evaluate(
-        "() => [viewerCanvas.width, viewerCanvas.height]".replace(
-            "viewerCanvas", "document.getElementById('viewer-canvas')"
-        )
+        "() => { const c = document.getElementById('viewer-canvas'); return [c.width, c.height]; }"
     )
     assert box is not None
-    await page.mouse.click(
-        box["x"] + x * box["width"] / size[0], box["y"] + y * box["height"] / size[1]
+    await canvas.click(position={"x": x * box["width"] / size[0], "y": y * box["height"] / size[1]})
+
+
+def attach_prior(server: Server, cid: str, token: str, data: bytes) -> None:
+    request = urllib.request.Request(
+        f"{server.url}/api/consultations/{cid}/priors",
+        data=data,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/dicom"},
     )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 201
 
 
 async def counter_is(page: Page, text: str) -> None:
@@ -105,6 +114,12 @@ async def test_files_sent_from_the_bedside_are_played_and_measured_in_the_viewer
     by_source = {k["detail"]["source"]: k for k in listed}
     assert set(by_source) == {"video_upload", "scanner"}
 
+    # A prior study's image, attached for comparison.
+    prior = scanner_file(
+        "OLD12345", width=640, height=480, syntax=ExplicitVRLittleEndian, StudyDate="20250102"
+    )
+    attach_prior(live_server, cid, token, prior)
+
     # The expert, with no live picture, reads the files in the viewer.
     expert_context, reader, reader_errors = await new_page(chromium)
     await reader.goto(f"{live_server.url}/expert#token={expert['token']}")
@@ -119,6 +134,19 @@ async def test_files_sent_from_the_bedside_are_played_and_measured_in_the_viewer
     frame = int(shown.split()[1])
     await reader.locator("#viewer-next").click()
     await counter_is(reader, f"Frame {frame % 30 + 1} / 30")
+    # Beside it, the prior (its first frame, at its own size).
+    await reader.locator("#viewer-compare-select option", has_text="Prior 1").wait_for(
+        state="attached", timeout=TIMEOUT_MS
+    )
+    await reader.locator("#viewer-compare-select").select_option(label="Prior 1")
+    await reader.locator("#viewer-compare-caption", has_text="Prior 1").wait_for(timeout=TIMEOUT_MS)
+    size = await reader.evaluate(
+        "() => { const c = document.getElementById('viewer-compare-canvas'); return [c.width, c.height]; }"
+    )
+    assert size == [640, 480]
+    assert await reader.locator("#viewer-panes.comparing").count() == 1
+    await reader.locator("#viewer-compare-select").select_option(value="")
+
     # No region on a recorded clip: uncalibrated, until calibrated on the depth scale.
     await click_at(reader, 100, 200)
     await click_at(reader, 300, 200)

@@ -49,6 +49,7 @@ def routes(table: web.RouteTableDef) -> None:
     table.put("/api/key-images/{key_image_id}/measurements")(put_measurements)
     table.post("/api/consultations/{consultation_id}/priors")(import_prior)
     table.get("/api/priors/{sop_instance_uid}/dicom")(get_prior)
+    table.get("/api/priors/{sop_instance_uid}/frames")(get_prior_frames)
 
 
 async def read_upload(request: web.Request, limit: int = UPLOAD_MAX_BYTES) -> bytes:
@@ -160,6 +161,10 @@ async def get_frames(request: web.Request) -> web.Response:
     X-Frame-Rate a clip's rate). A clip's frames are its stored JPEG frames as they are; a
     still is one PNG."""
     _row, data = await _archived(request)
+    return await _frames_response(data)
+
+
+async def _frames_response(data: bytes) -> web.Response:
     frames, kind, fps = await asyncio.to_thread(_frames, data)
     return web.Response(
         body=b"".join(frames),
@@ -238,7 +243,7 @@ async def import_prior(request: web.Request) -> web.Response:
     return web.json_response(prior_view(obj), status=201 if created else 200)
 
 
-async def get_prior(request: web.Request) -> web.Response:
+async def _prior(request: web.Request) -> bytes:
     principal = authenticate(request)
     sop = request.match_info["sop_instance_uid"]
     if not UID.fullmatch(sop) or len(sop) > 64:
@@ -253,4 +258,14 @@ async def get_prior(request: web.Request) -> web.Response:
     await request.app[STORE].record_audit(
         facts(request, principal, "prior.read", "dicom_object", sop)
     )
+    return data
+
+
+async def get_prior(request: web.Request) -> web.Response:
+    data = await _prior(request)
     return web.Response(body=data, headers={"Content-Type": "application/dicom"})
+
+
+async def get_prior_frames(request: web.Request) -> web.Response:
+    """A prior's frames for the viewer's comparison, as for a key image (`get_frames`)."""
+    return await _frames_response(await _prior(request))

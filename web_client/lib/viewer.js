@@ -34,6 +34,7 @@ export class Viewer {
       this.draw();
     });
     this.canvas.addEventListener("click", (event) => this.click(event));
+    $("viewer-compare-select").addEventListener("change", () => this.compare($("viewer-compare-select").value));
   }
 
   // k: a key image as the room announced it (id, kind) or as listed (with detail).
@@ -42,14 +43,10 @@ export class Viewer {
     try {
       const listed = await api(this.token, `/api/consultations/${this.consultation}/key-images`);
       this.image = (listed.key_images || []).find((i) => i.id === k.id) || k;
-      const response = await fetch(`/api/key-images/${k.id}/frames`, { headers: { Authorization: `Bearer ${this.token}` }, cache: "no-store" });
-      if (!response.ok) throw new ApiError(response.status, (await response.json().catch(() => ({}))).error);
-      const type = response.headers.get("X-Frame-Type");
-      const lengths = response.headers.get("X-Frame-Lengths").split(",").map(Number);
-      const body = await response.arrayBuffer();
-      let at = 0;
-      this.frames = lengths.map((length) => new Blob([body.slice(at, (at += length))], { type }));
-      this.fps = Number(response.headers.get("X-Frame-Rate")) || this.image.detail?.fps || 30;
+      const { frames, fps } = await this.fetchFrames(`/api/key-images/${k.id}/frames`);
+      this.frames = frames;
+      this.fps = fps || this.image.detail?.fps || 30;
+      this.offerComparisons(listed.key_images || []);
     } catch (error) {
       this.fail(`The key image cannot be shown: ${describe(error)}`);
       return;
@@ -58,18 +55,20 @@ export class Viewer {
     this.calibration = detail.calibration
       ? { mmPerPixel: detail.calibration.mm_per_pixel, region: detail.calibration.region, label: "from the scanner's ultrasound region" }
       : null;
-    this.calipers = [];
+    // The picture's size, before anything is drawn or shown (the calibration on screen at a
+    // capture is in fractions of it).
+    const first = await createImageBitmap(this.frames[0]);
+    const [width, height] = [first.width, first.height];
+    first.close();
     this.pending = null;
     this.calibrating = null;
-    $("viewer").classList.remove("hidden");
-    await this.show(0);
     // What was saved before: its calipers, and a depth-scale calibration; else the live room's
     // calibration that was on screen when it was captured (normalized points).
     const saved = this.image.measurements;
     this.calipers = (saved?.calipers || []).map((c) => ({ a: c.points[0], b: c.points[1], saved: c }));
     const onScreen = (this.image.marks || []).filter((m) => m.kind === "calibration" && m.mm > 0).pop();
     this.depth = saved?.calibration
-      || (onScreen ? { points: onScreen.points.map(([x, y]) => [x * this.canvas.width, y * this.canvas.height]), mm: onScreen.mm } : null);
+      || (onScreen ? { points: onScreen.points.map(([x, y]) => [x * width, y * height]), mm: onScreen.mm } : null);
     if (!this.calibration && this.depth) {
       const [a, b] = this.depth.points;
       const mm = this.depth.mm / Math.hypot(b[0] - a[0], b[1] - a[1]);
@@ -80,7 +79,55 @@ export class Viewer {
     $("viewer-calibration").textContent = this.calibration ? `Calibrated ${this.calibration.label}` : "Not calibrated: measurements are fractions of the width";
     $("viewer-calibrate-form").classList.add("hidden");
     $("viewer-play").disabled = $("viewer-prev").disabled = $("viewer-next").disabled = this.frames.length < 2;
-    this.draw();
+    $("viewer").classList.remove("hidden");
+    $("viewer").scrollIntoView({ block: "start" });
+    // Last: the frame counter it sets says the viewer is ready.
+    await this.show(0);
+  }
+
+  // Every frame of an image, at full size, in one response (the server's /frames).
+  async fetchFrames(path) {
+    const response = await fetch(path, { headers: { Authorization: `Bearer ${this.token}` }, cache: "no-store" });
+    if (!response.ok) throw new ApiError(response.status, (await response.json().catch(() => ({}))).error);
+    const type = response.headers.get("X-Frame-Type");
+    const lengths = response.headers.get("X-Frame-Lengths").split(",").map(Number);
+    const body = await response.arrayBuffer();
+    let at = 0;
+    return { frames: lengths.map((length) => new Blob([body.slice(at, (at += length))], { type })), fps: Number(response.headers.get("X-Frame-Rate")) };
+  }
+
+  // The other key images and the priors, to show beside this one.
+  async offerComparisons(images) {
+    let priors = [];
+    try {
+      priors = (await api(this.token, `/api/consultations/${this.consultation}`)).priors || [];
+    } catch {
+      // the key images alone are offered
+    }
+    const options = [
+      ...priors.map((p, n) => el("option", { value: `/api/priors/${p.sop_instance_uid}/frames`, text: `Prior ${n + 1}` })),
+      ...images.filter((i) => i.id !== this.image.id).map((i, n) => el("option", { value: `/api/key-images/${i.id}/frames`, text: `${i.detail?.source === "scanner" ? "scanner " : ""}${i.kind} ${n + 1}` })),
+    ];
+    $("viewer-compare-select").replaceChildren(el("option", { value: "", text: "—" }), ...options);
+    this.compare("");
+  }
+
+  async compare(path) {
+    $("viewer-panes").classList.toggle("comparing", !!path);
+    $("viewer-compare").classList.toggle("hidden", !path);
+    if (!path) return;
+    try {
+      const { frames } = await this.fetchFrames(path);
+      const bitmap = await createImageBitmap(frames[0]);
+      const canvas = $("viewer-compare-canvas");
+      canvas.width = bitmap.width;
+      canvas.height = bitmap.height;
+      canvas.getContext("2d").drawImage(bitmap, 0, 0);
+      const chosen = $("viewer-compare-select").selectedOptions[0]?.textContent || "";
+      $("viewer-compare-caption").textContent = `${chosen}${frames.length > 1 ? ` (first of ${frames.length} frames)` : ""}`;
+    } catch (error) {
+      this.fail(`The image to compare with cannot be shown: ${describe(error)}`);
+    }
   }
 
   close() {
