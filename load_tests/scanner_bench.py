@@ -1,7 +1,8 @@
 """Scanner benchmark: a scanner's 10 s 1280x720 30 fps clip and 20 stills → durable key images.
 
-Runs `probelink serve` as a subprocess with its DICOM node on. One consultation (the phantom
-device, whose banner every frame carries and the profile masks) receives, round after round:
+Runs `probelink serve` as a subprocess with its DICOM node on. Each round goes to a new consultation
+(the phantom device, whose banner every frame carries and the profile masks; `--one-consultation`:
+all to one), which receives:
 
   clip (C-STORE)   a 300-frame US multi-frame file (JPEG baseline, regions, patient data in the
                    header) sent by a pynetdicom SCU on an open association: C-STORE request →
@@ -151,19 +152,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             base = f"http://127.0.0.1:{port}"
             headers = {"Authorization": f"Bearer {coordinator_token(secret)}"}
             async with aiohttp.ClientSession(headers=headers) as http:
-                made = await consultation(http, base, [])
-                async with http.get(f"{base}/api/consultations/{made['id']}") as r:
-                    accession = (await r.json())["accession_number"]
-                url = f"{base}/api/consultations/{made['id']}/captures"
                 clip_ds = pydicom.dcmread(io.BytesIO(clip_bytes))
                 still_ds = pydicom.dcmread(io.BytesIO(still_bytes))
-                for ds in (clip_ds, still_ds):
-                    ds.AccessionNumber = accession
+                target: dict[str, str] = {}
+
+                async def new_consultation() -> None:
+                    """A request of its own (as each patient's is), the files sent with its
+                    accession number."""
+                    made = await consultation(http, base, [])
+                    async with http.get(f"{base}/api/consultations/{made['id']}") as r:
+                        accession = (await r.json())["accession_number"]
+                    target["url"] = f"{base}/api/consultations/{made['id']}/captures"
+                    for ds in (clip_ds, still_ds):
+                        ds.AccessionNumber = accession
+
+                await new_consultation()
                 scanner = await asyncio.to_thread(Scanner, dicom_port)
 
                 async def upload(body: bytes, content_type: str) -> int:
                     async with http.post(
-                        url, data=io.BytesIO(body), headers={"Content-Type": content_type}
+                        target["url"], data=io.BytesIO(body), headers={"Content-Type": content_type}
                     ) as r:
                         await r.read()
                         return r.status
@@ -194,6 +202,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 busy0 = machine_busy_seconds()
                 started = time.perf_counter()
                 for n in range(1, args.rounds + 1):
+                    if n > 1 and not args.one_consultation:
+                        await new_consultation()
                     await phase(
                         "clip (C-STORE)",
                         lambda: asyncio.to_thread(scanner.send, renewed(clip_ds)),
@@ -243,6 +253,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     results["machine_busy_percent"] = round(machine, 1)
     results["content"] = args.content
+    results["one_consultation"] = args.one_consultation
     results["clip_mib"] = round(len(clip_bytes) / 2**20, 1)
     results["mp4_mib"] = round(len(mp4) / 2**20, 1)
     return results
@@ -252,6 +263,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--one-consultation",
+        action="store_true",
+        help="send every round to the same consultation (default: a new one per round, as "
+        "each patient's study is): shows the cost of a consultation's growing key object "
+        "selection",
+    )
     parser.add_argument(
         "--content",
         choices=["speckle", "noise"],
