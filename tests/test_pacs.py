@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from dicom_checks import read
 from orthanc_server import OrthancServer
 from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_png
 from pydicom.dataset import Dataset
+from scanner_files import scanner_file
 
 from server.config import Settings, load_settings
 from server.imaging.pacs import stored_uids, stow_body
@@ -214,3 +216,37 @@ async def test_signed_report_reaches_the_pacs_as_a_structured_report(
             for item in section.get("ContentSequence", [])
         ]
     )
+
+
+async def test_a_scanners_clip_and_its_measurements_reach_the_pacs(
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    token_for: Any,
+    orthanc: OrthancServer,
+) -> None:
+    """A scanner's multi-frame file, uploaded, is pushed with its regions and timing; the
+    presentation state of its measurements follows it."""
+    cid, operator = await setup(client, coordinator, token_for)
+    response = await client.post(
+        f"/api/consultations/{cid}/captures",
+        data=io.BytesIO(scanner_file(frames=5)),
+        headers={**operator, "Content-Type": "application/dicom"},
+    )
+    assert response.status == 201, await response.text()
+    key_image_id = (await response.json())["key_image_id"]
+    expert = {"Authorization": f"Bearer {token_for('expert', sub='reader', consultation=cid)}"}
+    calipers = {"calipers": [{"points": [[400, 300], [400, 450]]}]}
+    measured = await client.put(
+        f"/api/key-images/{key_image_id}/measurements", json=calipers, headers=expert
+    )
+    assert measured.status == 200, await measured.text()
+    # The clip, its key object selection and the presentation state.
+    await wait_for_state(client, cid, operator, lambda r: r["pacs"]["sent"] == 3)
+    ours = await archived(client, key_image_id, operator)
+    study, series, sop = ours.StudyInstanceUID, ours.SeriesInstanceUID, ours.SOPInstanceUID
+    theirs = read(wado_instance(orthanc, study, series, sop))
+    assert int(theirs.NumberOfFrames) == 5 and theirs.FrameTime == ours.FrameTime
+    assert theirs.SequenceOfUltrasoundRegions[0].PhysicalDeltaX == pytest.approx(0.01)
+    assert "ST ELSEWHERE" not in str(theirs) and theirs.PatientID == ours.PatientID
+    state = (await measured.json())["presentation_state"]
+    assert state in {i["00080018"]["Value"][0] for i in qido_instances(orthanc, study)}

@@ -123,6 +123,9 @@ async def test_files_sent_from_the_bedside_are_played_and_measured_in_the_viewer
     # The expert, with no live picture, reads the files in the viewer.
     expert_context, reader, reader_errors = await new_page(chromium)
     await reader.goto(f"{live_server.url}/expert#token={expert['token']}")
+    # With no live picture, the page opens on the first key image.
+    await reader.locator("#viewer").wait_for(state="visible", timeout=TIMEOUT_MS)
+    await reader.locator("#viewer-counter", has_text="Frame 1 /").wait_for(timeout=TIMEOUT_MS)
     await open_in_viewer(reader, by_source["video_upload"]["id"], 30)
     await reader.locator("#viewer-play").click()
     await reader.wait_for_function(

@@ -304,8 +304,16 @@ room.on("people", (list) => {
 });
 room.on("media", () => showPicture());
 room.live.on("publishing", () => picture.newSource());
-room.on("keyImage", (k) => report?.addKeyImage(k));
 const viewer = token ? new Viewer(token, claims(token)?.consultation, (message) => room.alert(message)) : null;
+let reviewOpened = false;
+room.on("keyImage", (k) => {
+  report?.addKeyImage(k);
+  // A review without a live picture opens on the first key image.
+  if (viewer && !reviewOpened && !video.srcObject) {
+    reviewOpened = true;
+    viewer.open(k);
+  }
+});
 room.on("openKeyImage", (k) => viewer?.open(k));
 
 for (const b of $("tools").querySelectorAll("[data-tool]")) b.addEventListener("click", () => selectTool(b.dataset.tool));

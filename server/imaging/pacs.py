@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import random
@@ -111,7 +112,10 @@ class Dicomweb:
         headers = {"Content-Type": content_type, "Accept": "application/dicom+json"}
         try:
             async with self.session.post(
-                f"{self.url}/studies", data=body, headers=headers
+                # A stream, not bytes: a clip is tens of MiB, sent without holding the loop.
+                f"{self.url}/studies",
+                data=io.BytesIO(body),
+                headers=headers,
             ) as response:
                 raw = await response.read()
                 if response.status not in (200, 202):

@@ -50,7 +50,11 @@ export async function showRequest(token, consultationId, root) {
   try {
     const record = await api(token, `/api/consultations/${consultationId}`);
     root.replaceChildren(
-      el("dl", { class: "context" }, ...rows(record.context).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
+      el("dl", { class: "context" }, ...[
+        ["Accession", record.accession_number],
+        ["Patient reference", record.context.patient_ref],
+        ...rows(record.context),
+      ].filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
       record.checklist.missing.length
         ? el("p", { class: "muted", text: `Not given: ${record.checklist.missing.map((m) => m.label).join(", ")}.` })
         : el("p", { class: "muted", text: "The checklist is complete." }),

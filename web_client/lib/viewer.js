@@ -40,10 +40,13 @@ export class Viewer {
   // k: a key image as the room announced it (id, kind) or as listed (with detail).
   async open(k) {
     this.pause();
+    // The image opened last is the one shown, whichever arrives first.
+    const ticket = (this.ticket = (this.ticket || 0) + 1);
     try {
       const listed = await api(this.token, `/api/consultations/${this.consultation}/key-images`);
-      this.image = (listed.key_images || []).find((i) => i.id === k.id) || k;
       const { frames, fps } = await this.fetchFrames(`/api/key-images/${k.id}/frames`);
+      if (ticket !== this.ticket) return;
+      this.image = (listed.key_images || []).find((i) => i.id === k.id) || k;
       this.frames = frames;
       this.fps = fps || this.image.detail?.fps || 30;
       this.offerComparisons(listed.key_images || []);
@@ -60,6 +63,7 @@ export class Viewer {
     const first = await createImageBitmap(this.frames[0]);
     const [width, height] = [first.width, first.height];
     first.close();
+    if (ticket !== this.ticket) return;
     this.pending = null;
     this.calibrating = null;
     // What was saved before: its calipers, and a depth-scale calibration; else the live room's
