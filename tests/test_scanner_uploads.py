@@ -15,7 +15,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 from dicom_checks import dciodvfy_errors, read
 from phantom import PHANTOM_DEVICE
-from pydicom.uid import RLELossless, UltrasoundMultiFrameImageStorage
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    RLELossless,
+    UltrasoundMultiFrameImageStorage,
+)
 from scanner_files import FRAME_TIME_MS, MM_PER_PIXEL, assert_no_phi, recorded_clip, scanner_file
 from test_capture_uploads import consultation as png_consultation
 
@@ -229,3 +234,61 @@ async def test_calipers_in_mm_are_kept_drawn_and_reported(
         source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
         == images[scan_id]["sop_instance_uid"]
     )
+
+
+async def test_what_cannot_be_placed_or_masked_safely_is_refused_or_dropped(
+    client: TestClient[Any, Any], coordinator: dict[str, str], tmp_path: Path
+) -> None:
+    cid, auth = await consultation(client, coordinator, PHANTOM_DEVICE)
+
+    async def refused(body: bytes, content_type: str, status: int, code: str) -> str:
+        response = await upload(client, cid, auth, body, content_type)
+        assert response.status == status, await response.text()
+        error = (await response.json())["error"]
+        assert error["code"] == code, error
+        return str(error["message"])
+
+    # Without its own UID a retry could not be told from a new image: every such file after the
+    # first would have been answered "stored" and dropped.
+    await refused(scanner_file(SOPInstanceUID=""), "application/dicom", 400, "invalid_dicom")
+    # Deflated, its transfer syntax pushed past the first 4 KiB by a long file meta value
+    # (the check read the first 4 KiB; pydicom then inflated the whole body in memory).
+    ds = read(scanner_file(width=640, height=480, syntax=ExplicitVRLittleEndian))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.file_meta.FileMetaInformationVersion = bytes(8192)  # (0002,0001), before the syntax
+    deflated = io.BytesIO()
+    ds.save_as(deflated, enforce_file_format=True)
+    assert b"1.2.840.10008.1.2.1.99" not in deflated.getvalue()[:4096]
+    said = await refused(deflated.getvalue(), "application/dicom", 400, "unsupported_dicom")
+    assert "deflated" in said
+    # A recorded clip must be the device's own output at a profile's exact size: 640x360 has
+    # the 1280x720 profile's shape, but nothing says the picture is the scanner's, scaled.
+    small = recorded_clip("mp4", frames=2, width=640, height=360)
+    said = await refused(small, "video/mp4", 409, "no_device_profile")
+    assert "exact size" in said
+    assert await key_images(client, cid, auth) == []
+
+    # A region whose values do not fit their DICOM types is dropped; a frame time vector is
+    # kept, and the clip's rate is read from it.
+    bad_region = read(scanner_file(frames=3)).SequenceOfUltrasoundRegions
+    bad_region[0]["PhysicalUnitsXDirection"].VR = "UL"  # written wrong, as a file may be
+    bad_region[0].PhysicalUnitsXDirection = 70000
+    stored = await upload(
+        client,
+        cid,
+        auth,
+        scanner_file(
+            frames=3,
+            SequenceOfUltrasoundRegions=bad_region,
+            FrameIncrementPointer=0x00181065,
+            FrameTimeVector=["0", "40", "40"],
+        ),
+        "application/dicom",
+    )
+    assert stored.status == 201, await stored.text()
+    [listed] = await key_images(client, cid, auth)
+    assert listed["detail"]["ultrasound_regions"] == 0 and listed["detail"]["calibration"] is None
+    assert listed["detail"]["fps"] == pytest.approx(25.0)
+    data = await (await client.get(listed["dicom_url"], headers=auth)).read()
+    assert dciodvfy_errors(data, tmp_path) == []
+    assert [float(v) for v in read(data).FrameTimeVector] == [0, 40, 40]

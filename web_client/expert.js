@@ -305,14 +305,17 @@ room.on("people", (list) => {
 room.on("media", () => showPicture());
 room.live.on("publishing", () => picture.newSource());
 const viewer = token ? new Viewer(token, claims(token)?.consultation, (message) => room.alert(message)) : null;
+// A review without a live picture opens on the first key image, unless the bedside's picture
+// arrives within a few seconds of joining (past key images come before it does).
+const REVIEW_WAIT_MS = 3000;
 let reviewOpened = false;
 room.on("keyImage", (k) => {
   report?.addKeyImage(k);
-  // A review without a live picture opens on the first key image.
-  if (viewer && !reviewOpened && !video.srcObject) {
-    reviewOpened = true;
-    viewer.open(k);
-  }
+  if (!viewer || reviewOpened) return;
+  reviewOpened = true;
+  setTimeout(() => {
+    if (!video.videoWidth && !viewer.image) viewer.open(k); // no picture has been shown
+  }, REVIEW_WAIT_MS);
 });
 room.on("openKeyImage", (k) => viewer?.open(k));
 

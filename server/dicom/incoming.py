@@ -29,6 +29,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
+from pydicom.filereader import read_preamble
 from pydicom.pixels.utils import pixel_array
 from pydicom.sequence import Sequence
 
@@ -63,6 +64,23 @@ REGION_OPTIONAL = (
     "SteeringAngle",
 )
 REGIONS_MAX = 16
+# What each integer region attribute's VR can hold (US, UL, SL); the rest are FD.
+_US, _UL, _SL = (0, 0xFFFF), (0, 0xFFFFFFFF), (-(2**31), 2**31 - 1)
+REGION_BOUNDS = {
+    "RegionSpatialFormat": _US,
+    "RegionDataType": _US,
+    "PhysicalUnitsXDirection": _US,
+    "PhysicalUnitsYDirection": _US,
+    "RegionFlags": _UL,
+    "RegionLocationMinX0": _UL,
+    "RegionLocationMinY0": _UL,
+    "RegionLocationMaxX1": _UL,
+    "RegionLocationMaxY1": _UL,
+    "TransducerFrequency": _UL,
+    "PulseRepetitionFrequency": _UL,
+    "ReferencePixelX0": _SL,
+    "ReferencePixelY0": _SL,
+}
 # Region values (PS3.3 C.8.5.5.1.1, C.8.5.5.1.15): a 2D tissue picture, physical units cm.
 SPATIAL_2D = 1
 CM = 3
@@ -70,8 +88,6 @@ CM = 3
 PILLOW_PHOTOMETRIC = {"YBR_FULL_422", "YBR_FULL", "MONOCHROME2"}
 Rects = tuple[Rect, ...]
 FRAME_TIME_VECTOR = 0x00181065  # (0018,1065), as a Frame Increment Pointer
-# The file meta group (with the transfer syntax) lies within the first bytes of a file.
-FILE_META_SCAN_BYTES = 4096
 LOSSY_METHODS = {
     pydicom.uid.JPEGBaseline8Bit: "ISO_10918_1",
     pydicom.uid.JPEGExtended12Bit: "ISO_10918_1",
@@ -116,11 +132,20 @@ class Imported:
     calibration: dict[str, Any] | None = None
 
 
+def _file_meta(fp: io.BytesIO) -> Dataset:
+    """The file meta group alone (pydicom's `read_file_meta_info`, for bytes in memory)."""
+    read_preamble(fp, False)
+    return pydicom.filereader._read_file_meta_info(fp)
+
+
 def read_upload(data: bytes) -> Dataset:
     """Parse an upload, refusing what could not be read safely (a clear `ImportRefused`)."""
     try:
-        if pydicom.uid.DeflatedExplicitVRLittleEndian.encode() in data[:FILE_META_SCAN_BYTES]:
-            # Inflating happens whole, in memory: a small upload could become gigabytes.
+        # The transfer syntax, read from the file meta alone (wherever in it it stands): a
+        # deflated dataset is inflated whole, in memory, and a small upload could become
+        # gigabytes.
+        meta = _file_meta(io.BytesIO(data))
+        if meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
             raise ImportRefused("deflated DICOM files are not accepted", "unsupported_dicom")
         return pydicom.dcmread(io.BytesIO(data))
     except ImportRefused:
@@ -312,7 +337,8 @@ def _regions(ds: Dataset, size: Size) -> Sequence | None:
                         raise ValueError(keyword)
                     continue
                 number = float(value) if isinstance(value, float) else int(value)
-                if not math.isfinite(number):
+                low, high = REGION_BOUNDS.get(keyword, (-math.inf, math.inf))
+                if not (math.isfinite(number) and low <= number <= high):
                     raise ValueError(keyword)
                 setattr(region, keyword, number)
         except (TypeError, ValueError):
@@ -336,6 +362,9 @@ def _frame_time_vector(ds: Dataset, frames: int) -> list[float] | None:
     except (AttributeError, TypeError, ValueError):
         return None
     if len(vector) != frames or not all(math.isfinite(v) and 0 <= v <= 10_000 for v in vector):
+        return None
+    # The first frame comes at 0; the others each after some time.
+    if vector[0] != 0 or not all(v > 0 for v in vector[1:]):
         return None
     return vector
 
@@ -391,7 +420,9 @@ def _rebuild(
         study, manufacturer=manufacturer if known else None, model=model if known else None
     )
     inst = replace(inst, pixels_cleaned=known)
-    fps = _fps(ds) if multi else None
+    times = _frame_time_vector(ds, size.frames) if multi else None
+    # A clip timed by a vector plays at its mean rate where one rate is asked for.
+    fps = (1000.0 * (len(times) - 1) / sum(times) if times else _fps(ds)) if multi else None
     if multi:
         assert fps is not None
         out = writer.clip(
@@ -400,7 +431,7 @@ def _rebuild(
             fps,
             study,
             inst,
-            frame_times=_frame_time_vector(ds, size.frames),
+            frame_times=times,
         )
     else:
         out = writer.still(frames[0], study, inst)

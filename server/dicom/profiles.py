@@ -55,9 +55,12 @@ class Profiles:
     def __init__(self, profiles: tuple[Profile, ...]):
         self.profiles = profiles
 
-    def mask_for(self, manufacturer: str, model: str, width: int, height: int) -> tuple[Rect, ...]:
-        """The rectangles to mask; `LookupError` (with no device names in it) when none fits."""
-        for exact in (True, False):
+    def mask_for(
+        self, manufacturer: str, model: str, width: int, height: int, *, scaled: bool = True
+    ) -> tuple[Rect, ...]:
+        """The rectangles to mask; `LookupError` (with no device names in it) when none fits.
+        `scaled` False: only a profile of exactly this size fits."""
+        for exact in (True, False) if scaled else (True,):
             for profile in self.profiles:
                 if not profile.matches_device(manufacturer, model):
                     continue

@@ -200,7 +200,7 @@ def clip(
     _image(ds, study, inst, rows, columns)
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.NumberOfFrames = len(frames)
-    ds.FrameTime = f"{1000.0 / fps:.3f}"
+    # Frame Time or Frame Time Vector, whichever the pointer names (never both: Type 1C).
     if frame_times is not None:
         if len(frame_times) != len(frames):
             raise ValueError("a frame time vector has one value per frame")
@@ -208,6 +208,7 @@ def clip(
         ds.FrameTimeVector = [f"{t:.3f}"[:16] for t in frame_times]
     else:
         ds.FrameIncrementPointer = 0x00181063  # Frame Time
+        ds.FrameTime = f"{1000.0 / fps:.3f}"
     ds.CineRate = round(fps)
     ds.RecommendedDisplayFrameRate = round(fps)
     raw = rows * columns * 3 * len(frames)

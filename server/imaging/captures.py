@@ -15,6 +15,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -69,7 +70,10 @@ def room_commit(live: Live, key_images: KeyImages, consultation_id: str) -> Comm
 # Decoding, masking and encoding at once, across all consultations (2 cores: more would
 # only queue inside the threads and hold more pictures in memory).
 BUILD_CONCURRENCY = 2
+RECEIVE_CONCURRENCY = 2
 MIB = 1 << 20
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)+")
+UID_MAX = 64
 # How a prior's refusal is answered, by its code (others: 400).
 IMPORT_REFUSALS: dict[str, type[ProbelinkError]] = {
     "no_device_profile": Conflict,
@@ -112,6 +116,8 @@ class KeyImages:
         # The PACS, where objects another node archived are read back from (set by the app).
         self.pacs: Dicomweb | None = None
         self._building = asyncio.Semaphore(BUILD_CONCURRENCY)
+        # Large uploads (a scanner's DICOM, a clip) read, parsed and built at once.
+        self.receiving = asyncio.Semaphore(RECEIVE_CONCURRENCY)
         self.selections = KeyObjectSelections(
             records, archive, self.identity, key, self._building, self._pushable
         )
@@ -164,13 +170,20 @@ class KeyImages:
     # Capture paths
 
     async def capture(
-        self, row: ConsultationRow, kind: CaptureKind, author: Principal, source: str
+        self,
+        row: ConsultationRow,
+        kind: CaptureKind,
+        author: Principal,
+        source: str,
+        on_screen: bool = True,
     ) -> Capture:
         """A capture asked for now, with what is on screen: the room's open marks and guidance.
 
         The one way in for live captures (`signaling`) and uploaded stills (`images_api`), once
         they have checked the consultation is open and its device can be masked.
         """
+        if not on_screen:  # a file from elsewhere: what is on screen now is not about it
+            return Capture(row, kind, author.sub, author.role.value, source, [], None)
         snapshot = await self.room_log.snapshot(row.id)
         return Capture(
             consultation=row,
@@ -250,9 +263,12 @@ class KeyImages:
         row = capture.consultation
         received = datetime.now(UTC)
         try:
-            original = str(ds.get("SOPInstanceUID", "") or "")
+            original = str(ds.get("SOPInstanceUID", "") or "").strip()
         except Exception:
             raise BadRequest("the DICOM file could not be read", code="invalid_dicom") from None
+        # The object's own UID is what tells a scanner's retry from a new image.
+        if not UID_PATTERN.fullmatch(original) or len(original) > UID_MAX:
+            raise BadRequest("the DICOM file has no valid SOP Instance UID", code="invalid_dicom")
         sop = deid.derived_uid(self.key, "scanner-instance", row.id, original)
         known = await self.records.key_image_of(sop)
         if known is not None:
@@ -260,8 +276,8 @@ class KeyImages:
 
         def build() -> tuple[str, incoming.Imported, bytes]:
             kind = "scanner_clip" if incoming.frame_count(ds) > 1 else "scanner_still"
-            when = incoming.acquired_at(ds) or received
-            inst = self.identity.instance_of(row, kind, sop, when)
+            # When it arrived: a scanner's own times are local, without a zone as a rule.
+            inst = self.identity.instance_of(row, kind, sop, received)
             imported = incoming.rebuild(
                 ds,
                 profiles=self.profiles,
@@ -358,6 +374,7 @@ class KeyImages:
             state = await asyncio.to_thread(
                 lambda: writer.to_bytes(writer.presentation_state(image, marks, study, inst))
             )
+            await self.check_quota(row.id, len(state))
             where = await asyncio.to_thread(
                 self.archive.store,
                 state,
@@ -447,6 +464,8 @@ class KeyImages:
                 masks=self.masks,
                 identity=self.identity,
                 key=self.key,
+                # A recorded file is masked only by a profile of its exact size.
+                exact_size=detail.get("source") == "video_upload",
             )
             await self.check_quota(row.id, sum(len(data) for _, _, data in built.objects))
             stored = []

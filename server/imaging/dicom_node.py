@@ -142,12 +142,21 @@ class DicomNode:
 
     # Association: only the peers allowed (pynetdicom thread)
 
+    def allows(self, calling: str, address: str) -> bool:
+        # An IPv4 peer reaching a dual-stack listener is seen as ::ffff:a.b.c.d.
+        address = address.removeprefix("::ffff:")
+        return (calling.strip(), address) in self.allowed
+
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
-        request = assoc.requestor.primitive
-        calling = str(request.calling_ae_title if request is not None else "").strip()
-        address = str(assoc.requestor.address)
-        if (calling, address) not in self.allowed:
+        try:
+            request = assoc.requestor.primitive
+            calling = str(request.calling_ae_title if request is not None else "").strip()
+            address = str(assoc.requestor.address)
+            allowed = self.allows(calling, address)
+        except Exception:  # pynetdicom would log it and accept: refuse instead
+            calling, address, allowed = "", "", False
+        if not allowed:
             # Rejected permanent, by the service user: calling AE title not recognised.
             assoc.acse.send_reject(0x01, 0x01, 0x03)
             assoc.kill()  # waits until the rejection is sent, as pynetdicom's own rejections do
@@ -166,6 +175,8 @@ class DicomNode:
 
     def _on_store(self, event: evt.Event) -> Dataset | int:
         title, address = self._peer(event)
+        if not self.allows(title, address):  # checked again: never store for a stranger
+            return _status(CANNOT_UNDERSTAND, "this peer may not store here")
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
@@ -178,7 +189,8 @@ class DicomNode:
         try:
             return work.result(timeout=STORE_TIMEOUT_SECONDS)
         except TimeoutError:
-            work.cancel()
+            # Not cancelled: the build goes on within its limit and is recorded; the scanner's
+            # retry of the same object is then answered at once.
             return _status(OUT_OF_RESOURCES, "the image was not stored in time; send it again")
 
     async def _store(self, ds: Dataset, accession: str, title: str, address: str) -> Dataset | int:
@@ -231,6 +243,9 @@ class DicomNode:
     # C-FIND on the worklist (pynetdicom thread)
 
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        if not self.allows(*self._peer(event)):
+            yield CANNOT_UNDERSTAND, None
+            return
         try:
             query = event.identifier
             work = asyncio.run_coroutine_threadsafe(self._worklist(query), self.loop)

@@ -16,7 +16,7 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import JPEGBaseline8Bit
 
 from server.auth import Principal, Role, require_consultation
-from server.consultations.model import require_open
+from server.consultations.model import ConsultationRow, require_open
 from server.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
 from server.imaging.captures import read_dicom, room_commit
 from server.imaging.measurements import MeasurementsBody
@@ -94,9 +94,24 @@ async def upload_capture(request: web.Request) -> web.Response:
         # A scanner's DICOM is masked by the device its own header names; the rest by the
         # consultation's device, checked before the upload is read.
         key_images.masks.check_device(row)
+    if content_type == PNG:
+        return await _upload(request, principal, row, content_type)
+    # A file of hundreds of MiB is held in memory while it is read, parsed and rebuilt: a few
+    # at a time, the others wait (their bodies unread).
+    async with key_images.receiving:
+        return await _upload(request, principal, row, content_type)
+
+
+async def _upload(
+    request: web.Request, principal: Principal, row: ConsultationRow, content_type: str
+) -> web.Response:
+    key_images = request.app[KEY_IMAGES]
     body = await read_upload(request, UPLOAD_TYPES[content_type])
     kind = CaptureKind.STILL if content_type == PNG else CaptureKind.CLIP
-    capture = await key_images.capture(row, kind, principal, request.remote or "unknown")
+    # The page's own frame is what is on screen (its marks go with it); a file is not.
+    capture = await key_images.capture(
+        row, kind, principal, request.remote or "unknown", on_screen=content_type == PNG
+    )
     commit = room_commit(request.app[LIVE], key_images, row.id)
     if content_type == DICOM:
         dataset = await asyncio.to_thread(read_dicom, body)

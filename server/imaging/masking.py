@@ -44,23 +44,36 @@ class DeviceMasks:
                 code="no_device_profile",
             )
 
-    def rects_for(self, row: ConsultationRow, width: int, height: int) -> Rects | None:
+    def rects_for(
+        self, row: ConsultationRow, width: int, height: int, *, scaled: bool = True
+    ) -> Rects | None:
         """The mask for a frame of this size; None only for a declared clean source.
 
         A device with a profile is masked even when declared clean: the profile is the
-        stronger statement.
+        stronger statement. `scaled` False: only a profile of exactly this size will do (a
+        file recorded elsewhere: nothing says its picture is the device's, scaled).
         """
         device = row.context.device
         if device is not None and self._profile_exists(device.manufacturer, device.model):
             assert device.manufacturer and device.model
             try:
-                return self.profiles.mask_for(device.manufacturer, device.model, width, height)
+                return self.profiles.mask_for(
+                    device.manufacturer, device.model, width, height, scaled=scaled
+                )
             except LookupError:
                 if device.burned_in_text is False:
                     return None
                 raise Conflict(
-                    f"the device's profile does not cover {width}x{height} captures: add that "
-                    "size to the device profiles (PROBELINK_DEVICE_PROFILES)",
+                    f"the device's profile does not cover {width}x{height} "
+                    f"{'captures' if scaled else 'clips'}: add that size to the device profiles "
+                    "(PROBELINK_DEVICE_PROFILES)"
+                    + (
+                        ""
+                        if scaled
+                        else "; a recorded clip must be the scanner's own output at "
+                        "a profile's exact size (a phone's recording of its screen cannot be "
+                        "masked: send the scanner's DICOM or its exported clip)"
+                    ),
                     code="no_device_profile",
                 ) from None
         if device is not None and device.burned_in_text is False:

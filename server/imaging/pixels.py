@@ -46,6 +46,7 @@ def build(
     masks: DeviceMasks,
     identity: StudyIdentity,
     key: bytes,
+    exact_size: bool = False,
 ) -> Built:
     """Decode, mask each picture as it comes (own size, one at a time), write the objects."""
     row = capture.consultation
@@ -76,7 +77,7 @@ def build(
         for picture, timestamp in pictures():
             if size is None:
                 size = (picture.shape[0], picture.shape[1])
-                rects = masks.rects_for(row, size[1], size[0])
+                rects = masks.rects_for(row, size[1], size[0], scaled=not exact_size)
             if capture.kind is CaptureKind.CLIP and len(timestamps) >= CLIP_FRAMES_MAX:
                 break
             timestamps.append(timestamp)

@@ -36,6 +36,7 @@ def pictures(data: bytes, content_type: str) -> Iterator[tuple[np.ndarray, int]]
         stream = _stream(container)
         stream.thread_type = "AUTO"
         count = 0
+        size: tuple[int, int] | None = None
         try:
             for frame in container.decode(stream):
                 count += 1
@@ -48,6 +49,20 @@ def pictures(data: bytes, content_type: str) -> Iterator[tuple[np.ndarray, int]]
                 problem = image_limits.size_problem(frame.width, frame.height)
                 if problem is not None:
                     raise PayloadTooLarge(problem, code="image_too_large")
+                # A mask is a place in the picture: a clip turned on playback, or one that
+                # changes size, cannot be masked by it.
+                if frame.rotation:
+                    raise BadRequest(
+                        "the clip is stored turned (a phone's rotation flag): send it as the "
+                        "scanner exported it",
+                        code="invalid_video",
+                    )
+                if size is None:
+                    size = (frame.width, frame.height)
+                elif (frame.width, frame.height) != size:
+                    raise BadRequest(
+                        "the clip changes size partway: it cannot be masked", code="invalid_video"
+                    )
                 seconds = float(frame.time) if frame.time is not None else count / 30.0
                 yield frame.to_ndarray(format="rgb24"), round(seconds * RTP_VIDEO_CLOCK)
         except av.FFmpegError:

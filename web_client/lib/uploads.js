@@ -81,7 +81,12 @@ export class Uploads {
   }
 
   async one(file, bar, status, item) {
-    const type = await contentType(file);
+    let type = null;
+    try {
+      type = await contentType(file);
+    } catch {
+      // unreadable (a folder dropped, a file gone): refused below, and the queue goes on
+    }
     if (!type) {
       this.done(item, status, "refused", "not a DICOM file, MP4 or WebM clip, or PNG still");
       return;

@@ -11,6 +11,13 @@ import { $, el } from "./dom.js";
 
 const COLOR = "#ffd400";
 
+// Millimetres per pixel (both ways) from two points of the depth scale and their distance.
+function scaleOf(depth) {
+  const [a, b] = depth.points;
+  const mm = depth.mm / Math.hypot(b[0] - a[0], b[1] - a[1]);
+  return [mm, mm];
+}
+
 export class Viewer {
   constructor(token, consultation, fail) {
     this.token = token;
@@ -73,14 +80,10 @@ export class Viewer {
     const onScreen = (this.image.marks || []).filter((m) => m.kind === "calibration" && m.mm > 0).pop();
     this.depth = saved?.calibration
       || (onScreen ? { points: onScreen.points.map(([x, y]) => [x * width, y * height]), mm: onScreen.mm } : null);
-    if (!this.calibration && this.depth) {
-      const [a, b] = this.depth.points;
-      const mm = this.depth.mm / Math.hypot(b[0] - a[0], b[1] - a[1]);
-      this.calibration = { mmPerPixel: [mm, mm], region: null, label: "on the depth scale" };
-    }
+    this.depthScale = this.depth ? scaleOf(this.depth) : null;
     $("viewer-saved").textContent = saved ? `Saved (${saved.calipers.length} calipers)` : "";
     this.readout();
-    $("viewer-calibration").textContent = this.calibration ? `Calibrated ${this.calibration.label}` : "Not calibrated: measurements are fractions of the width";
+    this.sayCalibration();
     $("viewer-calibrate-form").classList.add("hidden");
     $("viewer-play").disabled = $("viewer-prev").disabled = $("viewer-next").disabled = this.frames.length < 2;
     $("viewer").classList.remove("hidden");
@@ -147,6 +150,7 @@ export class Viewer {
       this.canvas.width = bitmap.width;
       this.canvas.height = bitmap.height;
     }
+    this.bitmap?.close(); // a decoded 720p frame is 3.7 MB: one at a time
     this.bitmap = bitmap;
     this.draw();
     $("viewer-counter").textContent = `Frame ${this.index + 1} / ${this.frames.length}`;
@@ -176,12 +180,13 @@ export class Viewer {
   // Playback at the recorded rate: the frame shown is the one the clock is at (frames the
   // browser could not decode in time are skipped, not slowed down).
   play() {
-    if (this.frames.length < 2) return;
+    if (this.frames.length < 2 || this.playing) return;
     this.playing = true;
+    const loop = (this.loop = (this.loop || 0) + 1); // a pause and play again: one loop only
     $("viewer-play").textContent = "Pause";
     const start = performance.now() - (this.index * 1000) / this.fps;
     const tick = async () => {
-      if (!this.playing) return;
+      if (!this.playing || loop !== this.loop) return;
       const due = Math.floor(((performance.now() - start) * this.fps) / 1000) % this.frames.length;
       if (due !== this.index) await this.show(due);
       requestAnimationFrame(tick);
@@ -223,6 +228,11 @@ export class Viewer {
     this.draw();
   }
 
+  sayCalibration() {
+    const said = [this.calibration && `Calibrated ${this.calibration.label}`, this.depthScale && `${this.calibration ? "elsewhere, c" : "C"}alibrated on the depth scale`];
+    $("viewer-calibration").textContent = said.filter(Boolean).join("; ") || "Not calibrated: measurements are fractions of the width";
+  }
+
   startCalibration() {
     this.calibrating = [];
     this.pending = null;
@@ -232,30 +242,36 @@ export class Viewer {
   finishCalibration() {
     const mm = Number($("viewer-mm").value);
     const [a, b] = this.calibrating || [];
-    if (!a || !b || !(mm > 0)) {
-      this.fail("Calibration needs two points on the depth scale and their distance in mm.");
+    if (!a || !b || !(mm > 0) || Math.hypot(b[0] - a[0], b[1] - a[1]) < 1) {
+      this.fail("Calibration needs two points apart on the depth scale and their distance in mm.");
       return;
     }
-    const pixels = Math.hypot(b[0] - a[0], b[1] - a[1]);
-    this.calibration = { mmPerPixel: [mm / pixels, mm / pixels], region: null, label: "on the depth scale" };
     this.depth = { points: [a, b], mm };
+    this.depthScale = scaleOf(this.depth);
     this.calibrating = null;
     $("viewer-calibrate-form").classList.add("hidden");
-    $("viewer-calibration").textContent = `Calibrated ${this.calibration.label}`;
+    this.sayCalibration();
     this.readout();
     this.draw();
   }
 
-  // A caliper's length: in mm when calibrated and inside the calibrated region.
+  // A caliper's length: the server's, once saved; otherwise in mm when calibrated and inside
+  // the calibrated region (the server's rule: the region, else the depth scale).
   length(c) {
+    if (c.saved) return { mm: c.saved.mm, text: c.saved.mm != null ? `${c.saved.mm.toFixed(1)} mm (${c.saved.said})` : `${this.share(c)} of the width (uncalibrated)` };
     const cal = this.calibration;
     const inside = (p) => !cal?.region || (p[0] >= cal.region[0] && p[0] <= cal.region[2] && p[1] >= cal.region[1] && p[1] <= cal.region[3]);
-    if (cal && inside(c.a) && inside(c.b)) {
-      const mm = Math.hypot((c.b[0] - c.a[0]) * cal.mmPerPixel[0], (c.b[1] - c.a[1]) * cal.mmPerPixel[1]);
-      return { mm, text: `${mm.toFixed(1)} mm (calibrated ${cal.label})` };
-    }
-    const share = Math.hypot(c.b[0] - c.a[0], c.b[1] - c.a[1]) / this.canvas.width;
-    return { mm: null, text: `${share.toFixed(3)} of the width (uncalibrated${cal ? ": outside the calibrated region" : ""})` };
+    const measure = (scale, label) => {
+      const mm = Math.hypot((c.b[0] - c.a[0]) * scale[0], (c.b[1] - c.a[1]) * scale[1]);
+      return { mm, text: `${mm.toFixed(1)} mm (calibrated ${label})` };
+    };
+    if (cal && inside(c.a) && inside(c.b)) return measure(cal.mmPerPixel, cal.label);
+    if (this.depthScale) return measure(this.depthScale, "on the depth scale");
+    return { mm: null, text: `${this.share(c)} of the width (uncalibrated${cal ? ": outside the calibrated region" : ""})` };
+  }
+
+  share(c) {
+    return (Math.hypot(c.b[0] - c.a[0], c.b[1] - c.a[1]) / this.canvas.width).toFixed(3);
   }
 
   // The calipers and calibration kept with the image (a presentation state draws them); the
