@@ -166,7 +166,7 @@ async def test_calipers_in_mm_are_kept_drawn_and_reported(
 
     # A caliper of 150 pixels down the region (0.1 mm a pixel); one in the banner, outside it.
     calipers = [
-        {"points": [[400, 300], [400, 450]], "label": "AP"},
+        {"points": [[400, 300], [400, 450]], "label": "AP", "frame": 2},
         {"points": [[400, 10], [500, 10]]},
     ]
     response = await put(scan_id, {"calipers": calipers, "calibration": None})
@@ -186,6 +186,8 @@ async def test_calipers_in_mm_are_kept_drawn_and_reported(
     # Bad bodies and the wrong role change nothing.
     off = await put(scan_id, {"calipers": [{"points": [[0, 0], [5000, 0]]}]})
     assert off.status == 400 and (await off.json())["error"]["code"] == "invalid_points"
+    no_such_frame = await put(scan_id, {"calipers": [{"points": [[0, 0], [5, 0]], "frame": 4}]})
+    assert (await no_such_frame.json())["error"]["code"] == "invalid_points"
     assert (await put(scan_id, {"calipers": [], "extra": 1})).status == 400
     assert (await put(scan_id, {"calipers": []}, auth)).status == 403
     images = {k["id"]: k for k in await key_images(client, cid, auth)}
@@ -203,6 +205,12 @@ async def test_calipers_in_mm_are_kept_drawn_and_reported(
     ps = read(data)
     referenced = ps.ReferencedSeriesSequence[0].ReferencedImageSequence[0]
     assert referenced.ReferencedSOPInstanceUID == images[scan_id]["sop_instance_uid"]
+    # Each caliper on the frame it was drawn on (the one in the banner: every frame).
+    on_frames = [
+        a.ReferencedImageSequence[0].get("ReferencedFrameNumber")
+        for a in ps.GraphicAnnotationSequence
+    ]
+    assert sorted(on_frames, key=str) == [2, None]
 
     # Cited and signed: the SR carries 15 mm (UCUM) inferred from the scanner's image.
     url = f"/api/consultations/{cid}/report"
@@ -230,6 +238,7 @@ async def test_calipers_in_mm_are_kept_drawn_and_reported(
     assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("mm", "UCUM")
     source = numbers[0].ContentSequence[0]
     assert source.RelationshipType == "INFERRED FROM"
+    assert int(source.ReferencedSOPSequence[0].ReferencedFrameNumber) == 2
     assert (
         source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
         == images[scan_id]["sop_instance_uid"]

@@ -64,6 +64,7 @@ class Measurement:
     mm: float
     calibration: str  # e.g. "calibrated on the depth scale"
     label: str | None = None
+    frame: int | None = None  # the clip's frame it was measured on (1-based)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,11 @@ def _measurement(m: Measurement) -> hd.sr.ContentItem:
     )
     children: list[hd.sr.ContentItem] = [
         hd.sr.ImageContentItem(
-            codes.DCM.SourceOfMeasurement, m.sop_class, m.sop, relationship_type=INFERRED_FROM
+            codes.DCM.SourceOfMeasurement,
+            m.sop_class,
+            m.sop,
+            referenced_frame_numbers=m.frame,
+            relationship_type=INFERRED_FROM,
         ),
         _text(codes.DCM.Comment, m.calibration, PROPERTY),
     ]

@@ -346,14 +346,15 @@ def _srgb_profile() -> bytes:
 def presentation_state(
     image: Dataset, marks: Seq[dict[str, Any]], study: Study, inst: Instance
 ) -> Dataset:
-    """A colour softcopy presentation state drawing `marks` (normalized points) on `image`.
+    """A colour softcopy presentation state drawing `marks` (normalized points) on `image`;
+    a mark with a `frame` (1-based) is drawn on that frame of a clip only.
 
     Shapes only: a text label is drawn as a point at its anchor, its words stay in the
     record. Free text typed during a session may name the patient, and nothing could tell.
     """
     rows, columns = int(image.Rows), int(image.Columns)
     layer = hd.pr.GraphicLayer(layer_name="MARKS", order=1, description="Expert marks")
-    graphics: list[hd.pr.GraphicObject] = []
+    by_frame: dict[int | None, list[hd.pr.GraphicObject]] = {}
     for mark in marks:
         points = np.clip(np.array(mark["points"], dtype=float), 0.0, 1.0) * (columns, rows)
         kind = mark["kind"]
@@ -363,18 +364,22 @@ def presentation_state(
             graphic_type, data = hd.pr.GraphicTypeValues.POINT, points[:1]
         else:
             graphic_type, data = hd.pr.GraphicTypeValues.POLYLINE, points
-        graphics.append(
+        by_frame.setdefault(mark.get("frame"), []).append(
             hd.pr.GraphicObject(
                 graphic_type=graphic_type,
                 graphic_data=data,
                 units=hd.pr.AnnotationUnitsValues.PIXEL,
             )
         )
-    annotation = hd.pr.GraphicAnnotation(
-        referenced_images=[image],
-        graphic_layer=layer,
-        graphic_objects=graphics or None,
-    )
+    annotations = [
+        hd.pr.GraphicAnnotation(
+            referenced_images=[image],
+            graphic_layer=layer,
+            referenced_frame_number=frame,
+            graphic_objects=graphics,
+        )
+        for frame, graphics in by_frame.items()
+    ] or [hd.pr.GraphicAnnotation(referenced_images=[image], graphic_layer=layer)]
     ds = hd.pr.ColorSoftcopyPresentationState(
         referenced_images=[image],
         manufacturer=MANUFACTURER,
@@ -384,7 +389,7 @@ def presentation_state(
         content_label="MARKS",
         content_description="Marks on screen at capture",
         graphic_layers=[layer],
-        graphic_annotations=[annotation],
+        graphic_annotations=annotations,
         icc_profile=_srgb_profile(),
         **_series_facts(study, inst),
     )

@@ -361,13 +361,18 @@ class KeyImages:
             lambda: pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         )
         width, height = int(image.Columns), int(image.Rows)
-        measured = measurements.measure(body, width, height, detail.get("calibration"))
+        frames = int(image.get("NumberOfFrames", 1) or 1)
+        measured = measurements.measure(body, width, height, detail.get("calibration"), frames)
         now = datetime.now(UTC)
         sop = deid.derived_uid(self.key, "measurements", view["id"], uuid.uuid4().hex)
         study = replace(self.identity.study_of(row), manufacturer=image.get("Manufacturer"))
         inst = self.identity.instance_of(row, "presentation_state", sop, now)
         marks = [
-            {"kind": "caliper", "points": [[x / width, y / height] for x, y in c["points"]]}
+            {
+                "kind": "caliper",
+                "points": [[x / width, y / height] for x, y in c["points"]],
+                "frame": c["frame"],
+            }
             for c in measured["calipers"]
         ]
         async with self._building:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
+from server import image_limits
 from server.errors import BadRequest
 from server.messages import ShortText, StrictModel
 
@@ -35,6 +36,8 @@ PixelPoint = Annotated[tuple[float, float], Field(strict=False)]
 class Caliper(StrictModel):
     points: list[PixelPoint] = Field(min_length=2, max_length=2)
     label: ShortText | None = None
+    # The clip's frame it was drawn on (1-based); none: a still, or every frame.
+    frame: int | None = Field(None, ge=1, le=image_limits.FRAMES_MAX)
 
 
 class Calibration(StrictModel):
@@ -57,10 +60,21 @@ class MeasurementsBody(StrictModel):
 
 
 def measure(
-    body: MeasurementsBody, width: int, height: int, region: dict[str, Any] | None
+    body: MeasurementsBody,
+    width: int,
+    height: int,
+    region: dict[str, Any] | None,
+    frames: int = 1,
 ) -> dict[str, Any]:
     """The calipers with their lengths, as stored and shown; `BadRequest` naming a point off the
-    picture. `region`: the image's ultrasound region calibration (`incoming`), if it has one."""
+    picture or a frame it does not have. `region`: the image's ultrasound region calibration
+    (`incoming`), if it has one; `frames`: how many frames it has."""
+    for caliper in body.calipers:
+        if caliper.frame is not None and caliper.frame > frames:
+            raise BadRequest(
+                f"a caliper names frame {caliper.frame} of an image of {frames}",
+                code="invalid_points",
+            )
     points = [p for c in body.calipers for p in c.points]
     points += body.calibration.points if body.calibration else []
     for x, y in points:
@@ -85,6 +99,7 @@ def measure(
             {
                 "points": [list(p) for p in caliper.points],
                 "label": caliper.label,
+                "frame": caliper.frame,
                 "mm": None if mm is None else round(mm, 2),
                 "calibration": calibration,
                 "said": CALIBRATION_LABELS[calibration],

@@ -71,7 +71,9 @@ async def archive_report(
         signer=deid.reader_pseudonym(key, signed[0].author),
         signed_at=signed[0].signed_at or now,
         measurements=tuple(
-            sr.Measurement(ds.SOPClassUID, ds.SOPInstanceUID, c["mm"], c["said"], c["label"])
+            sr.Measurement(
+                ds.SOPClassUID, ds.SOPInstanceUID, c["mm"], c["said"], c["label"], c.get("frame")
+            )
             for ds, key_image_id in zip(evidence, body.key_image_ids, strict=True)
             for c in (known[key_image_id].get("measurements") or {}).get("calipers", [])
             if c["mm"] is not None

@@ -76,7 +76,7 @@ export class Viewer {
     // What was saved before: its calipers, and a depth-scale calibration; else the live room's
     // calibration that was on screen when it was captured (normalized points).
     const saved = this.image.measurements;
-    this.calipers = (saved?.calipers || []).map((c) => ({ a: c.points[0], b: c.points[1], saved: c }));
+    this.calipers = (saved?.calipers || []).map((c) => ({ a: c.points[0], b: c.points[1], frame: c.frame, saved: c }));
     const onScreen = (this.image.marks || []).filter((m) => m.kind === "calibration" && m.mm > 0).pop();
     this.depth = saved?.calibration
       || (onScreen ? { points: onScreen.points.map(([x, y]) => [x * width, y * height]), mm: onScreen.mm } : null);
@@ -164,6 +164,7 @@ export class Viewer {
     ctx.lineWidth = Math.max(2, this.canvas.width / 640);
     ctx.font = `${Math.round(this.canvas.width / 50)}px sans-serif`;
     for (const [n, c] of this.calipers.entries()) {
+      if (c.frame && c.frame !== this.index + 1) continue;
       ctx.beginPath();
       ctx.moveTo(...c.a);
       ctx.lineTo(...c.b);
@@ -221,7 +222,8 @@ export class Viewer {
     } else if (!this.pending) {
       this.pending = p;
     } else {
-      this.calipers.push({ a: this.pending, b: p });
+      // On a clip, a caliper belongs to the frame it was drawn on.
+      this.calipers.push({ a: this.pending, b: p, frame: this.frames.length > 1 ? this.index + 1 : null });
       this.pending = null;
       this.readout();
     }
@@ -278,9 +280,9 @@ export class Viewer {
   // lengths shown then are the server's own.
   async save() {
     try {
-      const body = { calipers: this.calipers.map((c) => ({ points: [c.a, c.b] })), calibration: this.depth || null };
+      const body = { calipers: this.calipers.map((c) => ({ points: [c.a, c.b], frame: c.frame || null })), calibration: this.depth || null };
       const saved = await api(this.token, `/api/key-images/${this.image.id}/measurements`, { method: "PUT", json: body });
-      this.calipers = saved.calipers.map((c) => ({ a: c.points[0], b: c.points[1], saved: c }));
+      this.calipers = saved.calipers.map((c) => ({ a: c.points[0], b: c.points[1], frame: c.frame, saved: c }));
       this.image.measurements = saved;
       $("viewer-saved").textContent = `Saved (${saved.calipers.length} calipers)`;
       this.readout();
@@ -290,6 +292,6 @@ export class Viewer {
   }
 
   readout() {
-    $("viewer-readout").replaceChildren(...this.calipers.map((c, n) => el("li", { "data-mm": this.length(c).mm ?? "", text: `${n + 1}: ${this.length(c).text}` })));
+    $("viewer-readout").replaceChildren(...this.calipers.map((c, n) => el("li", { "data-mm": this.length(c).mm ?? "", text: `${n + 1}: ${this.length(c).text}${c.frame ? ` (frame ${c.frame})` : ""}` })));
   }
 }
