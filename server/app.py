@@ -79,6 +79,8 @@ HEALTH_PROBE_SECONDS = 2.0
 # A burst of refused requests from one actor and address is one audit entry per this window.
 REFUSAL_BURST_SECONDS = 60.0
 REFUSAL_FLUSH_SECONDS = 1.0
+# How soon a device profile saved on another node comes into use on this one.
+PROFILE_REFRESH_SECONDS = 5.0
 
 
 def routes() -> web.RouteTableDef:
@@ -176,6 +178,18 @@ async def _flush_refusals_forever(app: web.Application) -> None:
         await flush_refusals(app)
 
 
+async def _refresh_profiles_forever(key_images: KeyImages) -> None:
+    """Profiles saved on another node come into use here within PROFILE_REFRESH_SECONDS."""
+    while True:
+        await asyncio.sleep(PROFILE_REFRESH_SECONDS)
+        try:
+            await key_images.refresh_profiles()
+        except Exception:
+            log.warning(
+                "device profiles could not be read from the records store; kept those read before"
+            )
+
+
 def _key_images_ctx(
     settings: Settings,
 ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
@@ -193,6 +207,10 @@ def _key_images_ctx(
         )
         app[KEY_IMAGES] = key_images
         key_images.selections.resume()
+        await key_images.refresh_profiles()
+        profiles_reader = asyncio.create_task(
+            _refresh_profiles_forever(key_images), name="device-profiles"
+        )
         pacs = pusher = None
         if settings.dicomweb_url is not None:
             pacs = Dicomweb(settings.dicomweb_url)
@@ -207,6 +225,9 @@ def _key_images_ctx(
             key_images.on_outbox = pusher.kick
             pusher.start()
         yield
+        profiles_reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await profiles_reader
         await key_images.close()
         if pusher is not None:
             await pusher.stop()

@@ -2,7 +2,9 @@
 
 The data file format is documented in `device_profiles.toml` (bundled); a site's
 own file (PROBELINK_DEVICE_PROFILES) is read first and takes precedence. Reading
-is strict: a malformed file stops start-up naming the file and the entry.
+is strict: a malformed file stops start-up naming the file and the entry. Profiles
+made over the API (kept in the records store, `server/imaging/profile_store.py`)
+are consulted before both, and swapped in without a restart (`use_stored`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Profile:
     width: int
     height: int
     mask: tuple[Rect, ...]
+    note: str | None = None
 
     def matches_device(self, manufacturer: str, model: str) -> bool:
         return norm(manufacturer) == norm(self.manufacturer) and norm(model) == norm(self.model)
@@ -50,10 +53,20 @@ class Profile:
 
 
 class Profiles:
-    """The profiles in force: the site's first, then the bundled ones."""
+    """The profiles in force: those made over the API first, then the site's, then the bundled
+    ones (the files are read once, at start)."""
 
     def __init__(self, profiles: tuple[Profile, ...]):
-        self.profiles = profiles
+        self.files = profiles
+        self.stored: tuple[Profile, ...] = ()
+
+    @property
+    def profiles(self) -> tuple[Profile, ...]:
+        return self.stored + self.files
+
+    def use_stored(self, stored: tuple[Profile, ...]) -> None:
+        """Replace the stored profiles (one assignment: a capture sees the old or the new)."""
+        self.stored = stored
 
     def mask_for(
         self, manufacturer: str, model: str, width: int, height: int, *, scaled: bool = True
@@ -83,7 +96,12 @@ def _read(path: Path) -> list[Profile]:
 
 
 def _profile(path: Path, n: int, entry: object) -> Profile:
-    where = f"the device profiles {path}, profile {n}"
+    return checked_profile(entry, f"the device profiles {path}, profile {n}")
+
+
+def checked_profile(entry: object, where: str) -> Profile:
+    """A profile from its fields (the file's format), or `ConfigError` saying, after `where`,
+    which field is wrong."""
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a table")
     unknown = set(entry) - {"manufacturer", "model", "width", "height", "mask", "note"}
@@ -112,6 +130,9 @@ def _profile(path: Path, n: int, entry: object) -> Profile:
         if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
             raise ConfigError(f"{where}: mask rectangle {rect} lies outside {width}x{height}")
         rects.append((x, y, w, h))
+    note = entry.get("note")
+    if note is not None and not isinstance(note, str):
+        raise ConfigError(f"{where}: 'note' must be text")
     return Profile(
-        entry["manufacturer"].strip(), entry["model"].strip(), width, height, tuple(rects)
+        entry["manufacturer"].strip(), entry["model"].strip(), width, height, tuple(rects), note
     )

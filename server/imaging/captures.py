@@ -42,6 +42,7 @@ from server.imaging.kos import KeyObjectSelections
 from server.imaging.masking import DeviceMasks
 from server.imaging.model import ArchivedObject, Capture, NewKeyImage
 from server.imaging.pacs import Dicomweb, RetrieveFailed
+from server.imaging.profile_store import ProfileStore
 from server.imaging.store import KeyImageLog
 from server.live.hub import Live
 from server.live.log import RoomLog
@@ -107,6 +108,8 @@ class KeyImages:
         self.archive = archive
         self.profiles = profiles
         self.masks = DeviceMasks(profiles)
+        # Profiles made over the API (the records store), swapped into `profiles` when read.
+        self.profile_store = ProfileStore(records.store)
         self.key = key
         # The consultation's DICOM identity (pseudonym, UIDs), derived from the same key.
         self.identity = StudyIdentity(key)
@@ -122,6 +125,12 @@ class KeyImages:
             records, archive, self.identity, key, self._building, self._pushable
         )
         self.selections.push = self.push
+
+    async def refresh_profiles(self) -> None:
+        """Put the profiles in force in the records store into use (at start, every few
+        seconds, and after a save on this node)."""
+        current = await self.profile_store.current()
+        self.profiles.use_stored(tuple(profile for profile, _ in current))
 
     def _pushable(self) -> None:
         if self.on_outbox is not None:

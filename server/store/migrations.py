@@ -247,4 +247,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE key_images ADD COLUMN measurements TEXT",
         ),
     ),
+    Migration(
+        9,
+        "device profiles made over the API, versioned",
+        (
+            # One row per version; the newest version of a device_key (manufacturer and model
+            # as compared, width, height) is in force. Rows are never changed or deleted.
+            """CREATE TABLE device_profiles (
+                id TEXT PRIMARY KEY,
+                device_key TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                manufacturer TEXT NOT NULL,
+                model TEXT NOT NULL,
+                width INTEGER NOT NULL,
+                height INTEGER NOT NULL,
+                mask TEXT NOT NULL,
+                note TEXT,
+                created_by TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                UNIQUE (device_key, version)
+            )""",
+        ),
+    ),
 )
