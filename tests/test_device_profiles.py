@@ -24,8 +24,18 @@ ACME = {"manufacturer": "Acme", "model": f"US-9 {secrets.token_hex(4)}"}
 PROFILE = {**ACME, "width": 640, "height": 480, "mask": [[0, 0, 640, 64]], "note": "measured"}
 
 
-async def still(client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any) -> Any:
-    body = {"clinical_question": "q", "urgency": "urgent", "incomplete_reason": "t", "device": ACME}
+async def still(
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    token_for: Any,
+    device: dict[str, str] = ACME,
+) -> Any:
+    body = {
+        "clinical_question": "q",
+        "urgency": "urgent",
+        "incomplete_reason": "t",
+        "device": device,
+    }
     cid = (await (await client.post("/api/consultations", json=body, headers=coordinator)).json())[
         "id"
     ]
@@ -106,3 +116,28 @@ async def test_bad_profiles_are_refused_naming_what_is_wrong_and_change_nothing(
     assert (await client.post(url, json=PROFILE, headers=operator)).status == 403
     assert (await client.get(url, headers=operator)).status == 403
     assert await (await client.get(url, headers=coordinator)).json() == before
+
+
+async def test_the_clinician_is_told_to_ask_the_coordinator_who_is_told_what_to_fix(
+    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
+) -> None:
+    device = {"manufacturer": "Acme", "model": f"never set up {secrets.token_hex(4)}"}
+    refused = await still(client, coordinator, token_for, device)  # the operator's upload
+    message = (await refused.json())["error"]["message"]
+    assert message.startswith("This scanner is not set up for captures yet; ask your coordinator")
+    body = {
+        "clinical_question": "q",
+        "urgency": "urgent",
+        "incomplete_reason": "t",
+        "device": device,
+    }
+    cid = (await (await client.post("/api/consultations", json=body, headers=coordinator)).json())[
+        "id"
+    ]
+    response = await client.post(
+        f"/api/consultations/{cid}/captures",
+        data=io.BytesIO(phantom_png(2)),
+        headers={**coordinator, "Content-Type": "image/png"},
+    )
+    error = (await response.json())["error"]
+    assert error["code"] == "no_device_profile" and "PROBELINK_DEVICE_PROFILES" in error["message"]

@@ -207,3 +207,29 @@ async def test_files_sent_from_the_bedside_are_played_and_measured_in_the_viewer
     assert errors == [] and reader_errors == []
     await context.close()
     await expert_context.close()
+
+
+async def test_the_request_form_warns_of_a_device_without_a_profile(
+    live_server: Server, chromium: Browser
+) -> None:
+    """Named as a new user would, "GE Healthcare / LOGIQ e" has no profile: the form says so at
+    once; the phantom has one; a profile saved over the API silences the warning."""
+    context, page, errors = await new_page(chromium)
+    token = coordinator_token(live_server)
+    await page.goto(f"{live_server.url}/#token={token}")
+    warning = page.locator("#device-warning")
+    await page.locator("#device_manufacturer").fill("GE Healthcare")
+    await page.locator("#device_model").fill("LOGIQ e")
+    await warning.filter(has_text="no de-identification profile").wait_for(timeout=TIMEOUT_MS)
+    await page.locator("#use-phantom").click()
+    assert await warning.is_hidden()
+    profile = {"manufacturer": "GE Healthcare", "model": "LOGIQ e", "width": 640, "height": 480}
+    http(live_server, "/api/device-profiles", token, {**profile, "mask": [[0, 0, 640, 40]]})
+    await page.reload()
+    await page.locator("#device_manufacturer").fill("ge healthcare ")
+    await page.locator("#device_model").fill("LOGIQ P9")  # another model: still warned
+    await warning.filter(has_text="no de-identification profile").wait_for(timeout=TIMEOUT_MS)
+    await page.locator("#device_model").fill("LOGIQ  e")  # compared as the server compares
+    await warning.wait_for(state="hidden", timeout=TIMEOUT_MS)
+    assert errors == []
+    await context.close()

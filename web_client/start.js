@@ -195,6 +195,27 @@ async function invite() {
   }
 }
 
+// The devices with a de-identification profile: a request naming another one is warned at once
+// (its captures would be refused until it has one).
+let profiled = null;
+const normal = (text) => text.trim().replace(/\s+/g, " ").toLowerCase();
+
+async function loadProfiles() {
+  try {
+    profiled = (await api(token, "/api/device-profiles")).profiles;
+  } catch {
+    profiled = null; // no warning rather than a wrong one
+  }
+}
+
+function warnDevice() {
+  const manufacturer = $("device_manufacturer").value, model = $("device_model").value;
+  const known = !profiled || !manufacturer.trim() || !model.trim() || $("device_clean").checked
+    || profiled.some((p) => normal(p.manufacturer) === normal(manufacturer) && normal(p.model) === normal(model));
+  $("device-warning").classList.toggle("hidden", known);
+  $("device-warning").textContent = known ? "" : "This device has no de-identification profile yet: its captures will be refused until one is saved for it (POST /api/device-profiles), or the video is declared free of burned-in text.";
+}
+
 health();
 if (!token || claims(token)?.role !== "coordinator") {
   $("no-token").classList.remove("hidden");
@@ -211,12 +232,18 @@ if (!token || claims(token)?.role !== "coordinator") {
   buildTemplateInputs(vocabulary);
   $("application").addEventListener("change", templateFields);
   form.addEventListener("input", checkSoon);
+  await loadProfiles();
+  for (const id of ["device_manufacturer", "device_model", "device_clean"]) {
+    $(id).addEventListener("input", warnDevice);
+    $(id).addEventListener("change", warnDevice);
+  }
   form.addEventListener("change", checkSoon);
   form.addEventListener("submit", submit);
   $("invite").addEventListener("click", invite);
   $("use-phantom").addEventListener("click", () => {
     $("device_manufacturer").value = PHANTOM_DEVICE.manufacturer;
     $("device_model").value = PHANTOM_DEVICE.model;
+    warnDevice();
     checkSoon();
   });
   checkSoon();

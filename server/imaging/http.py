@@ -99,7 +99,7 @@ async def upload_capture(request: web.Request) -> web.Response:
     if content_type != DICOM:
         # A scanner's DICOM is masked by the device its own header names; the rest by the
         # consultation's device, checked before the upload is read.
-        key_images.masks.check_device(row)
+        key_images.masks.check_device(row, principal.role)
     if content_type == PNG:
         return await _upload(request, principal, row, content_type)
     # A file of hundreds of MiB is held in memory while it is read, parsed and rebuilt: a few

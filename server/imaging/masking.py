@@ -7,11 +7,17 @@ device with a profile is masked even when declared clean: the profile is the str
 
 from __future__ import annotations
 
+from server.auth import Role
 from server.consultations.model import ConsultationRow
 from server.dicom.profiles import Profiles
 from server.errors import Conflict
 
 Rects = tuple[tuple[int, int, int, int], ...]
+# What a clinician at capture time is told when the device cannot be masked.
+NOT_SET_UP = (
+    "This scanner is not set up for captures yet; ask your coordinator (it needs a "
+    "de-identification profile)."
+)
 
 
 class DeviceMasks:
@@ -23,8 +29,18 @@ class DeviceMasks:
             p.matches_device(manufacturer or "", model or "") for p in self.profiles.profiles
         )
 
-    def check_device(self, row: ConsultationRow) -> None:
-        """Refuse at once when nothing could mask this device's burned-in text."""
+    def check_device(self, row: ConsultationRow, role: Role | None = None) -> None:
+        """Refuse at once when nothing could mask this device's burned-in text: in plain words
+        for the clinician capturing (`role` not a coordinator), the technical reason for the
+        coordinator who can fix it."""
+        try:
+            self._check_device(row)
+        except Conflict as exc:
+            if role is None or role is Role.COORDINATOR:
+                raise
+            raise Conflict(NOT_SET_UP, code=exc.code) from None
+
+    def _check_device(self, row: ConsultationRow) -> None:
         device = row.context.device
         if device is not None and device.burned_in_text is False:
             return
@@ -78,5 +94,5 @@ class DeviceMasks:
                 ) from None
         if device is not None and device.burned_in_text is False:
             return None
-        self.check_device(row)
+        self._check_device(row)
         raise Conflict("no de-identification profile for this device", code="no_device_profile")

@@ -175,7 +175,7 @@ async def capture(
     row = await store.get_consultation(cid)
     row = require_open(row, "nothing can be captured")
     key_images = app[KEY_IMAGES]
-    key_images.masks.check_device(row)
+    key_images.masks.check_device(row, socket.principal.role)
     room = app[RELAY].rooms.get(cid)
     live = app[LIVE]
     if room is None and forward and live.calls is not None:
