@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from server.imaging.archive import Archive, ArchiveCorrupt
+from server.imaging.archive import Archive, ArchiveCorrupt, ArchiveMissing
 from server.imaging.model import OutboxItem
 from server.imaging.store import KeyImageLog
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 BATCH = 8
 IDLE_POLL_SECONDS = 2.0
+# An object another node archived is looked at again after this (by whichever node claims it).
+OTHER_NODE_RETRY_SECONDS = 2.0
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 300.0
 REQUEST_TIMEOUT_SECONDS = 60.0
@@ -217,6 +219,17 @@ class PacsPusher:
     async def _push(self, item: OutboxItem) -> None:
         try:
             data = await asyncio.to_thread(self.archive.read, item.path, item.sha256)
+        except ArchiveMissing:
+            # Another node archived it (nodes with archives of their own): let that node push
+            # it soon, with no attempt counted (a back-off here would hold back the owner).
+            await self.log.push_failed(
+                item.sop_instance_uid,
+                "the file is in another node's archive: that node pushes it",
+                OTHER_NODE_RETRY_SECONDS,
+                attempt=False,
+            )
+            return
+        try:
             await self.pacs.send(item.sop_instance_uid, data)
         except (PushFailed, ArchiveCorrupt) as exc:
             delay = retry_delay(item.attempts)

@@ -262,12 +262,17 @@ class KeyImageLog:
                 {"sent": SENT, "sop": sop_instance_uid},
             )
 
-    async def push_failed(self, sop_instance_uid: str, error: str, retry_in: float) -> None:
+    async def push_failed(
+        self, sop_instance_uid: str, error: str, retry_in: float, *, attempt: bool = True
+    ) -> None:
+        """The push did not happen: retried after `retry_in`; `attempt` False leaves its count
+        (and so its back-off) alone, for an object this node could not even try."""
         now = datetime.now(UTC)
         async with self.store.transaction() as conn:
             await conn.execute(
                 text(
-                    "UPDATE pacs_outbox SET attempts = attempts + 1, last_error = :error,"
+                    f"UPDATE pacs_outbox SET attempts = attempts + {int(attempt)},"  # noqa: S608
+                    " last_error = :error,"
                     " claimed_until = NULL, next_attempt_at = :next, updated_at = :now"
                     " WHERE sop_instance_uid = :sop"
                 ),
