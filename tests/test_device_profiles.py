@@ -29,21 +29,23 @@ async def still(
     coordinator: dict[str, str],
     token_for: Any,
     device: dict[str, str] = ACME,
+    as_coordinator: bool = False,
 ) -> Any:
+    """A request naming `device`, and a still uploaded to it (by its operator, or the
+    coordinator)."""
     body = {
         "clinical_question": "q",
         "urgency": "urgent",
         "incomplete_reason": "t",
         "device": device,
     }
-    cid = (await (await client.post("/api/consultations", json=body, headers=coordinator)).json())[
-        "id"
-    ]
+    created = await client.post("/api/consultations", json=body, headers=coordinator)
+    cid = (await created.json())["id"]
     operator = {"Authorization": f"Bearer {token_for('operator', consultation=cid)}"}
     return await client.post(
         f"/api/consultations/{cid}/captures",
         data=io.BytesIO(phantom_png(2)),
-        headers={**operator, "Content-Type": "image/png"},
+        headers={**(coordinator if as_coordinator else operator), "Content-Type": "image/png"},
     )
 
 
@@ -125,19 +127,6 @@ async def test_the_clinician_is_told_to_ask_the_coordinator_who_is_told_what_to_
     refused = await still(client, coordinator, token_for, device)  # the operator's upload
     message = (await refused.json())["error"]["message"]
     assert message.startswith("This scanner is not set up for captures yet; ask your coordinator")
-    body = {
-        "clinical_question": "q",
-        "urgency": "urgent",
-        "incomplete_reason": "t",
-        "device": device,
-    }
-    cid = (await (await client.post("/api/consultations", json=body, headers=coordinator)).json())[
-        "id"
-    ]
-    response = await client.post(
-        f"/api/consultations/{cid}/captures",
-        data=io.BytesIO(phantom_png(2)),
-        headers={**coordinator, "Content-Type": "image/png"},
-    )
+    response = await still(client, coordinator, token_for, device, as_coordinator=True)
     error = (await response.json())["error"]
     assert error["code"] == "no_device_profile" and "PROBELINK_DEVICE_PROFILES" in error["message"]

@@ -301,7 +301,7 @@ def _rebuilt_frames(
     return writer.jpeg_frames(functools.partial(masked, decode) for decode in decoders)
 
 
-def acquired_at(ds: Dataset) -> datetime | None:
+def _acquired_at(ds: Dataset) -> datetime | None:
     """When the image was taken, by its header (UTC assumed), or None."""
     for date_tag, time_tag in (("StudyDate", "StudyTime"), ("AcquisitionDate", "AcquisitionTime")):
         date = str(ds.get(date_tag, "") or "")
@@ -483,7 +483,7 @@ def deidentify_prior(
 def _prior_place(
     ds: Dataset, key: bytes, consultation_id: str, undated: datetime
 ) -> tuple[writer.Study, writer.Instance]:
-    when = acquired_at(ds) or undated
+    when = _acquired_at(ds) or undated
     study = writer.Study(
         patient=deid.pseudonym(key, consultation_id),
         study_uid=deid.derived_uid(

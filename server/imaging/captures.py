@@ -82,12 +82,17 @@ IMPORT_REFUSALS: dict[str, type[ProbelinkError]] = {
 }
 
 
+def refusal(exc: incoming.ImportRefused) -> ProbelinkError:
+    """An incoming file's refusal as the API answers it (by its code; others: 400)."""
+    return IMPORT_REFUSALS.get(exc.code, BadRequest)(str(exc), code=exc.code)
+
+
 def read_dicom(data: bytes) -> Dataset:
     """An uploaded DICOM file, parsed (worker thread), or the refusal that says why not."""
     try:
         return incoming.read_upload(data)
     except incoming.ImportRefused as exc:
-        raise IMPORT_REFUSALS.get(exc.code, BadRequest)(str(exc), code=exc.code) from None
+        raise refusal(exc) from None
 
 
 class KeyImages:
@@ -301,7 +306,7 @@ class KeyImages:
             try:
                 kind, imported, data = await asyncio.to_thread(build)
             except incoming.ImportRefused as exc:
-                raise IMPORT_REFUSALS.get(exc.code, BadRequest)(str(exc), code=exc.code) from None
+                raise refusal(exc) from None
             await self.check_quota(row.id, len(data))
             where = await asyncio.to_thread(
                 self.archive.store,
@@ -423,7 +428,7 @@ class KeyImages:
             try:
                 ds, data = await asyncio.to_thread(build)
             except incoming.ImportRefused as exc:
-                raise IMPORT_REFUSALS.get(exc.code, BadRequest)(str(exc), code=exc.code) from None
+                raise refusal(exc) from None
             sop = str(ds.SOPInstanceUID)
             if not await self.records.has_object(sop):  # the same prior again takes no more room
                 await self.check_quota(row.id, len(data))

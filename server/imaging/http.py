@@ -12,6 +12,7 @@ import pydicom
 from aiohttp import web
 from PIL import Image
 from pydantic import Field
+from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import JPEGBaseline8Bit
@@ -78,6 +79,8 @@ async def list_key_images(request: web.Request) -> web.Response:
         {
             "key_images": await key_images.records.images(cid),
             "pacs": await key_images.records.outbox_state(cid),
+            # What the viewer compares with.
+            "priors": [prior_view(o) for o in await key_images.records.objects(cid, "prior")],
         }
     )
 
@@ -220,18 +223,20 @@ def _frames(data: bytes) -> tuple[list[bytes], str, float | None]:
         # The stored frames are JPEG baseline, which every browser shows as it is.
         fps = 1000.0 / float(ds.FrameTime) if "FrameTime" in ds else None
         return list(generate_frames(ds.PixelData, number_of_frames=frames)), "image/jpeg", fps
-    image = Image.fromarray(np.ascontiguousarray(pixel_array(ds, index=0)).astype(np.uint8), "RGB")
     out = io.BytesIO()
-    image.save(out, "PNG", compress_level=1)
+    _first_frame(ds).save(out, "PNG", compress_level=1)
     return [out.getvalue()], "image/png", None
 
 
-def _preview(data: bytes) -> bytes:
-    ds = pydicom.dcmread(io.BytesIO(data))
-    # The first frame only: a clip's other frames are not needed for a thumbnail.
-    pixels = pixel_array(ds, index=0)
+def _first_frame(ds: Dataset) -> Image.Image:
+    """The image's first frame (a clip's others are not decoded) as RGB."""
     # pydicom hands JPEG (YBR_FULL_422) pixels over as RGB already.
-    image = Image.fromarray(np.ascontiguousarray(pixels).astype(np.uint8), "RGB")
+    pixels = pixel_array(ds, index=0)
+    return Image.fromarray(np.ascontiguousarray(pixels).astype(np.uint8), "RGB")
+
+
+def _preview(data: bytes) -> bytes:
+    image = _first_frame(pydicom.dcmread(io.BytesIO(data)))
     if image.width > PREVIEW_MAX_WIDTH:
         image = image.resize(
             (PREVIEW_MAX_WIDTH, round(image.height * PREVIEW_MAX_WIDTH / image.width))

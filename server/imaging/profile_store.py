@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,15 +80,8 @@ class ProfileStore:
                         "at": now,
                     },
                 )
-                facts = AuditFacts(
-                    audit.actor,
-                    audit.role,
-                    audit.action,
-                    audit.object_type,
-                    row_id,
-                    audit.outcome,
-                    audit.source,
-                    {**audit.detail, "version": version},
+                facts = replace(
+                    audit, object_id=row_id, detail={**audit.detail, "version": version}
                 )
                 await self.store.append_audit(conn, facts)
         except IntegrityError:

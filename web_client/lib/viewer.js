@@ -56,7 +56,7 @@ export class Viewer {
       this.image = (listed.key_images || []).find((i) => i.id === k.id) || k;
       this.frames = frames;
       this.fps = fps || this.image.detail?.fps || 30;
-      this.offerComparisons(listed.key_images || []);
+      this.offerComparisons(listed.key_images || [], listed.priors || []);
     } catch (error) {
       this.fail(`The key image cannot be shown: ${describe(error)}`);
       return;
@@ -104,13 +104,7 @@ export class Viewer {
   }
 
   // The other key images and the priors, to show beside this one.
-  async offerComparisons(images) {
-    let priors = [];
-    try {
-      priors = (await api(this.token, `/api/consultations/${this.consultation}`)).priors || [];
-    } catch {
-      // the key images alone are offered
-    }
+  offerComparisons(images, priors) {
     const options = [
       ...priors.map((p, n) => el("option", { value: `/api/priors/${p.sop_instance_uid}/frames`, text: `Prior ${n + 1}` })),
       ...images.filter((i) => i.id !== this.image.id).map((i, n) => el("option", { value: `/api/key-images/${i.id}/frames`, text: `${i.detail?.source === "scanner" ? "scanner " : ""}${i.kind} ${n + 1}` })),
