@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
+# tesseract's English model: the text check under the masks reads every capture with it.
+apt_install tesseract-ocr-eng
 ensure_venv ""
 exec .venv/bin/probelink serve --print-link "$@"

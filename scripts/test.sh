@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
-# dicom3tools: dciodvfy validates every DICOM object; tesseract-ocr proves burned-in text is gone;
+# dicom3tools: dciodvfy validates every DICOM object; tesseract-ocr proves burned-in text is gone
+# (its CLI, in the tests) and tesseract-ocr-eng is the model the server's own text check reads with;
 # dcmtk: findscu and storescu act as a scanner against the DICOM node;
 # orthanc + orthanc-dicomweb: the PACS that key images are pushed to (tests start their own);
 # chromium: the headless browser the web client's end-to-end tests drive through Playwright
@@ -15,6 +16,7 @@ source scripts/common.sh
 # iproute2, nftables: the network namespace of a bedside whose UDP is blocked (tests/netns.py);
 # nginx: the TLS proxy of docs/nginx/probelink.conf, run by tests/test_deployment.py.
 DEBIAN_PACKAGES=(postgresql postgresql-client redis-server coturn dicom3tools dcmtk tesseract-ocr
+  tesseract-ocr-eng
   orthanc orthanc-dicomweb chromium fonts-dejavu-core iproute2 nftables nginx)
 PG_URL="${PROBELINK_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
 

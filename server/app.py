@@ -19,12 +19,13 @@ from server.consultations import record
 from server.consultations.http import turnaround_summary
 from server.consultations.store import open_store
 from server.dicom.profiles import load_profiles
+from server.dicom.text_check import TextCheck, TextCheckUnavailable, find_tessdata
 from server.errors import ConfigError
 from server.experts import http as experts_http
 from server.files import ensure_private_dir
 from server.imaging import http as images_http
 from server.imaging.archive import Archive
-from server.imaging.captures import KeyImages
+from server.imaging.captures import BUILD_CONCURRENCY, KeyImages
 from server.imaging.dicom_node import DicomNode
 from server.imaging.identity import load_deid_key
 from server.imaging.pacs import Dicomweb, PacsPusher
@@ -195,6 +196,7 @@ def _key_images_ctx(
 ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
     """Captures: profiles and key are read at once, so a bad one stops start-up."""
     profiles = load_profiles(settings.device_profiles)
+    text = _text_check(settings)
     key = load_deid_key(settings)
     archive = Archive(settings.data_dir)
     archive.open()
@@ -203,7 +205,14 @@ def _key_images_ctx(
     async def context(app: web.Application) -> AsyncIterator[None]:
         metrics = app[METRICS]
         key_images = KeyImages(
-            settings, KeyImageLog(app[STORE]), app[ROOM_LOG], archive, profiles, key, metrics
+            settings,
+            KeyImageLog(app[STORE]),
+            app[ROOM_LOG],
+            archive,
+            profiles,
+            key,
+            text,
+            metrics,
         )
         app[KEY_IMAGES] = key_images
         key_images.selections.resume()
@@ -233,8 +242,20 @@ def _key_images_ctx(
             await pusher.stop()
         if pacs is not None:
             await pacs.close()
+        text.close()
 
     return context
+
+
+def _text_check(settings: Settings) -> TextCheck:
+    """The safety net under the masks, its model loaded now: without it nothing is captured,
+    so a missing model stops start-up with what to install."""
+    try:
+        text = TextCheck(find_tessdata(settings.tessdata), workers=BUILD_CONCURRENCY)
+        text.warm()
+    except TextCheckUnavailable as exc:
+        raise ConfigError(str(exc)) from None
+    return text
 
 
 async def _dicom_node_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -115,6 +115,12 @@ class Settings(LiveSettings):
         description="A site's device profiles file (TOML, the format of "
         "server/dicom/device_profiles.toml): where each device burns in text, to mask it.",
     )
+    tessdata: Path | None = Field(
+        None,
+        description="The folder holding tesseract's English model (eng.traineddata) for the "
+        "burned-in text check under the masks (default: TESSDATA_PREFIX, then Debian's "
+        "/usr/share/tesseract-ocr/5/tessdata); start-up stops when it cannot be loaded.",
+    )
     terminology: Path | None = Field(
         None,
         description="A site's reporting terminology (TOML, the format of "

@@ -32,6 +32,8 @@ class Metrics:
     capture_seconds: Histogram
     # PACS pushes by outcome (sent, failed).
     pacs_pushes: Counter
+    # Captures refused by the safety net under the masks (text that looks like patient data).
+    text_refusals: Counter
     # Turnaround per stage (quantile 0.5, 0.9) and overdue requests, refreshed at each scrape.
     turnaround: Gauge
     overdue: Gauge
@@ -109,6 +111,14 @@ def create_metrics() -> Metrics:
         ),
         pacs_pushes=Counter(
             "probelink_pacs_pushes", "PACS pushes by outcome.", ["outcome"], registry=registry
+        ),
+        text_refusals=Counter(
+            "probelink_burned_in_text_refusals",
+            "Captures and files refused because text that looks like patient data was left "
+            "after masking, by source (relay, upload, video_upload, scanner, prior) and kind "
+            "(name, identifier, date).",
+            ["source", "kind"],
+            registry=registry,
         ),
         turnaround=Gauge(
             "probelink_turnaround_seconds",

@@ -38,12 +38,13 @@ FPS = 30
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 
 
-def phantom_frame(n: int, width: int = 640, height: int = 480) -> np.ndarray:
+def phantom_frame(n: int, width: int = 640, height: int = 480, banner: bool = True) -> np.ndarray:
     rng = np.random.default_rng(n % 7)
     speckle = rng.integers(20, 90, size=(height, width), dtype=np.uint8)
     image = Image.fromarray(np.stack([speckle] * 3, axis=-1), "RGB")
     draw = ImageDraw.Draw(image)
-    _draw_banner(draw, width)
+    if banner:
+        _draw_banner(draw, width)
     cx = width // 2 + (n % 40) - 20
     draw.ellipse((cx - 40, height // 2 - 30, cx + 40, height // 2 + 30), fill=(5, 5, 5))
     return np.array(image)
@@ -69,9 +70,10 @@ class PhantomTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, width: int = 640, height: int = 480) -> None:
+    def __init__(self, width: int = 640, height: int = 480, banner: bool = True) -> None:
         super().__init__()
         self.width, self.height = width, height
+        self.banner = banner
         self.n = 0
         self.started = time.monotonic()
 
@@ -79,7 +81,7 @@ class PhantomTrack(MediaStreamTrack):
         self.n += 1
         await asyncio.sleep(max(0.0, self.started + self.n / FPS - time.monotonic()))
         frame = av.VideoFrame.from_ndarray(
-            phantom_frame(self.n, self.width, self.height), format="rgb24"
+            phantom_frame(self.n, self.width, self.height, self.banner), format="rgb24"
         )
         frame.pts = self.n * (90000 // FPS)
         frame.time_base = VIDEO_TIME_BASE

@@ -17,6 +17,7 @@ from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_frame
 from server.consultations.lifecycle import State
 from server.consultations.model import ClinicalContext, ConsultationRow
 from server.dicom.profiles import load_profiles
+from server.dicom.text_check import TextCheck, find_tessdata
 from server.errors import Conflict
 from server.imaging import pixels
 from server.imaging.identity import StudyIdentity
@@ -77,7 +78,14 @@ def build(
     key = b"k" * 32
     masks = DeviceMasks(load_profiles(None))
     return pixels.build(
-        capture, pictures, codec, key_image_id, masks=masks, identity=StudyIdentity(key), key=key
+        capture,
+        pictures,
+        codec,
+        key_image_id,
+        masks=masks,
+        text=TextCheck(find_tessdata()),
+        identity=StudyIdentity(key),
+        key=key,
     )
 
 

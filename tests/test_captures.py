@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from phantom import (
 
 from server.app import create_app
 from server.config import Settings
-from server.web.keys import KEY_IMAGES
+from server.web.keys import KEY_IMAGES, STORE
 
 # Every form the fake patient's data could take in a file.
 PHI = [
@@ -355,16 +356,21 @@ async def test_capture_needs_video_a_role_and_a_valid_request(
 
 
 async def clean_source_still(
-    client: TestClient[Any, Any], coordinator: dict[str, str], width: int, height: int
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    width: int,
+    height: int,
+    banner: bool = False,
 ) -> dict[str, Any]:
-    """The answer to a still captured from a declared clean source's video of that size."""
+    """The answer to a still captured from a declared clean source's video of that size (with
+    the phantom's patient banner on it, or not)."""
     cid = await create(
         client,
         coordinator,
         device={"manufacturer": "Acme", "model": "US-1", "burned_in_text": False},
     )
     operator = Bot(await joiner(client, coordinator, cid)("operator"))
-    operator.pc.addTransceiver(PhantomTrack(width, height), direction="sendonly")
+    operator.pc.addTransceiver(PhantomTrack(width, height, banner), direction="sendonly")
     operator.pc.addTransceiver(AudioStreamTrack(), direction="sendrecv")
     try:
         assert "sdp" in await operator.negotiate()
@@ -388,6 +394,32 @@ async def test_declared_clean_source_is_archived_without_masking(
     codes = {item.CodeValue for item in ds.DeidentificationMethodCodeSequence}
     assert "113100" in codes and "113101" not in codes  # nothing was cleaned
     assert ds.pixel_array[: BANNER_HEIGHT // 2].any()  # not masked
+
+
+async def test_a_declared_clean_source_showing_a_patient_banner_is_stopped_by_the_text_check(
+    client: TestClient[Any, Any], coordinator: dict[str, str], settings: Settings
+) -> None:
+    """The declaration is wrong: the safety net under the masks reads the banner, nothing is
+    stored, the refusal is counted and audited (what kind of text and where, never the text)."""
+    ack = await clean_source_still(client, coordinator, 1280, 720, banner=True)
+    assert ack.get("error", {}).get("code") == "burned_in_text", ack
+    # The operator is told in plain words; the text itself is nowhere.
+    assert "ask your coordinator" in ack["error"]["message"]
+    assert not list((settings.data_dir / "archive").rglob("*.dcm"))
+    metrics = await (await client.get("/metrics")).text()
+    assert 'probelink_burned_in_text_refusals_total{kind="name",source="relay"} 1.0' in metrics
+    entries = [
+        e.facts
+        for e in await client.app[STORE].audit_entries()
+        if e.facts.action == "key_image.text_found"
+    ]
+    assert len(entries) == 1 and entries[0].outcome == "refused"
+    assert {"name", "identifier"} <= set(entries[0].detail["found"])
+    _, y, _, h = entries[0].detail["boxes"][0]
+    assert y + h <= BANNER_HEIGHT  # where: the banner's rows
+    everything = repr(entries) + metrics + json.dumps(ack)
+    for secret in (*PATIENT_NAME.split(), PATIENT_MRN.split()[1], "1957"):
+        assert secret not in everything
 
 
 async def test_a_video_wider_than_4096_pixels_is_not_captured(

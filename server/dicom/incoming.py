@@ -35,7 +35,8 @@ from pydicom.sequence import Sequence
 
 from server import image_limits
 from server.dicom import codestreams, deid, writer
-from server.dicom.profiles import Profiles, Rect
+from server.dicom.profiles import Layout, Profiles
+from server.dicom.text_check import FramesCheck, TextCheck, TextFound
 
 PRIOR_SERIES_NUMBER = 90
 # The ultrasound region attributes kept (PS3.3 C.8.5.5.1): those a measurement needs, then
@@ -86,7 +87,6 @@ SPATIAL_2D = 1
 CM = 3
 # The photometric interpretations Pillow decodes JPEG baseline frames of, as DICOM means them.
 PILLOW_PHOTOMETRIC = {"YBR_FULL_422", "YBR_FULL", "MONOCHROME2"}
-Rects = tuple[Rect, ...]
 FRAME_TIME_VECTOR = 0x00181065  # (0018,1065), as a Frame Increment Pointer
 LOSSY_METHODS = {
     pydicom.uid.JPEGBaseline8Bit: "ISO_10918_1",
@@ -285,20 +285,33 @@ def _rgb8(array: np.ndarray, size: Size) -> np.ndarray:
 
 
 def _rebuilt_frames(
-    decoders: Iterator[Callable[[], np.ndarray]], rects: Rects | None, multi: bool
+    decoders: Iterator[Callable[[], np.ndarray]],
+    layout: Layout | None,
+    multi: bool,
+    text: TextCheck,
 ) -> list[Any]:
-    """Each frame decoded and masked; a clip's encoded as JPEG (`writer.jpeg_frames`, a few at
-    a time), a still's one frame kept as pixels."""
+    """Each frame decoded and masked, then checked for text left (`text_check`: sampled frames
+    and the last; `TextFound`); a clip's encoded as JPEG (`writer.jpeg_frames`, a few at a
+    time), a still's one frame kept as pixels."""
+    checks = FramesCheck(text, layout.unread if layout is not None else ())
 
-    def masked(decode: Callable[[], np.ndarray]) -> np.ndarray:
+    def masked(index: int, decode: Callable[[], np.ndarray]) -> np.ndarray:
         frame = decode()
-        if rects is not None:
-            deid.mask(frame, rects)
+        if layout is not None:
+            deid.mask(frame, layout.mask)
+        if multi:
+            checks.frame(index, frame)
         return frame
 
     if not multi:
-        return [masked(decode) for decode in decoders]
-    return writer.jpeg_frames(functools.partial(masked, decode) for decode in decoders)
+        frames = [masked(n, decode) for n, decode in enumerate(decoders)]
+        text.check(frames[0], checks.blank)
+        return frames
+    jpegs = writer.jpeg_frames(
+        functools.partial(masked, n, decode) for n, decode in enumerate(decoders)
+    )
+    checks.finish()
+    return jpegs
 
 
 def _acquired_at(ds: Dataset) -> datetime | None:
@@ -370,7 +383,13 @@ def _frame_time_vector(ds: Dataset, frames: int) -> list[float] | None:
 
 
 def rebuild(
-    ds: Dataset, *, profiles: Profiles, study: writer.Study, inst: writer.Instance, what: str
+    ds: Dataset,
+    *,
+    profiles: Profiles,
+    text: TextCheck,
+    study: writer.Study,
+    inst: writer.Instance,
+    what: str,
 ) -> Imported:
     """A new, de-identified ultrasound object from an incoming one, or `ImportRefused`.
 
@@ -379,8 +398,8 @@ def rebuild(
     ("prior", "scanner image").
     """
     try:
-        return _rebuild(ds, profiles, study, inst, what)
-    except (ImportRefused, MemoryError):
+        return _rebuild(ds, profiles, text, study, inst, what)
+    except (ImportRefused, TextFound, MemoryError):
         raise
     except Exception:
         # Nothing of the file (its values may be patient data) goes into the message.
@@ -388,7 +407,12 @@ def rebuild(
 
 
 def _rebuild(
-    ds: Dataset, profiles: Profiles, study: writer.Study, inst: writer.Instance, what: str
+    ds: Dataset,
+    profiles: Profiles,
+    text: TextCheck,
+    study: writer.Study,
+    inst: writer.Instance,
+    what: str,
 ) -> Imported:
     if str(ds.get("Modality", "")) != "US":
         raise ImportRefused(
@@ -400,7 +424,7 @@ def _rebuild(
     manufacturer = str(ds.get("Manufacturer", "") or "").strip()
     model = str(ds.get("ManufacturerModelName", "") or "").strip()
     try:
-        rects: Rects | None = profiles.mask_for(manufacturer, model, columns, rows)
+        layout: Layout | None = profiles.mask_for(manufacturer, model, columns, rows)
     except LookupError:
         if str(ds.get("BurnedInAnnotation", "")).upper() != "NO":
             raise ImportRefused(
@@ -410,12 +434,12 @@ def _rebuild(
                 "ManufacturerModelName to PROBELINK_DEVICE_PROFILES",
                 "no_device_profile",
             ) from None
-        rects = None
+        layout = None
     multi = size.frames > 1
-    frames = _rebuilt_frames(_decoders(ds, size), rects, multi)
+    frames = _rebuilt_frames(_decoders(ds, size), layout, multi, text)
     # The device's names are kept only when a profile knows them (then they are a device's,
     # not free text that might hold anything).
-    known = rects is not None
+    known = layout is not None
     study = replace(
         study, manufacturer=manufacturer if known else None, model=model if known else None
     )
@@ -466,7 +490,13 @@ def _calibration(regions: Sequence | None) -> dict[str, Any] | None:
 
 
 def deidentify_prior(
-    ds: Dataset, *, key: bytes, consultation_id: str, profiles: Profiles, undated: datetime
+    ds: Dataset,
+    *,
+    key: bytes,
+    consultation_id: str,
+    profiles: Profiles,
+    text: TextCheck,
+    undated: datetime,
 ) -> Imported:
     """A prior study's image, in a study of its own (UIDs from its own), or `ImportRefused`.
 
@@ -477,7 +507,7 @@ def deidentify_prior(
         study, inst = _prior_place(ds, key, consultation_id, undated)
     except Exception:
         raise ImportRefused("the DICOM file could not be read", "invalid_dicom") from None
-    return rebuild(ds, profiles=profiles, study=study, inst=inst, what="prior")
+    return rebuild(ds, profiles=profiles, text=text, study=study, inst=inst, what="prior")
 
 
 def _prior_place(

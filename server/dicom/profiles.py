@@ -31,14 +31,18 @@ class Profile:
     height: int
     mask: tuple[Rect, ...]
     note: str | None = None
+    # The ultrasound picture itself: text inside it (depth marks, labels) is left to the mask
+    # and not read by the safety net (`text_check`).
+    picture: Rect | None = None
 
     def matches_device(self, manufacturer: str, model: str) -> bool:
         return norm(manufacturer) == norm(self.manufacturer) and norm(model) == norm(self.model)
 
-    def rects_for(self, width: int, height: int) -> tuple[Rect, ...] | None:
-        """The mask for a frame of this size: exact, scaled outwards at the same aspect, or None."""
+    def layout_for(self, width: int, height: int) -> Layout | None:
+        """The mask and picture region for a frame of this size: exact, scaled at the same
+        aspect (the mask outwards, the picture inwards), or None."""
         if (width, height) == (self.width, self.height):
-            return self.mask
+            return Layout(self.mask, self.picture)
         if abs(width / height - self.width / self.height) > ASPECT_TOLERANCE * (
             self.width / self.height
         ):
@@ -49,7 +53,27 @@ class Profile:
             x0, y0 = math.floor(x * sx), math.floor(y * sy)
             x1, y1 = math.ceil((x + w) * sx), math.ceil((y + h) * sy)
             scaled.append((x0, y0, min(x1, width) - x0, min(y1, height) - y0))
-        return tuple(scaled)
+        picture = None
+        if self.picture is not None:
+            x, y, w, h = self.picture
+            x0, y0 = math.ceil(x * sx), math.ceil(y * sy)
+            x1, y1 = math.floor((x + w) * sx), math.floor((y + h) * sy)
+            picture = (x0, y0, max(x1 - x0, 0), max(y1 - y0, 0))
+        return Layout(tuple(scaled), picture)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a profile says of a frame of one size: the rectangles to mask, and the picture region
+    the safety net leaves out (None: the whole frame is read)."""
+
+    mask: tuple[Rect, ...]
+    picture: Rect | None = None
+
+    @property
+    def unread(self) -> tuple[Rect, ...]:
+        """What the text check leaves out: the picture region, if there is one."""
+        return () if self.picture is None else (self.picture,)
 
 
 class Profiles:
@@ -70,18 +94,18 @@ class Profiles:
 
     def mask_for(
         self, manufacturer: str, model: str, width: int, height: int, *, scaled: bool = True
-    ) -> tuple[Rect, ...]:
-        """The rectangles to mask; `LookupError` (with no device names in it) when none fits.
-        `scaled` False: only a profile of exactly this size fits."""
+    ) -> Layout:
+        """The rectangles to mask and the picture region; `LookupError` (with no device names in
+        it) when none fits. `scaled` False: only a profile of exactly this size fits."""
         for exact in (True, False) if scaled else (True,):
             for profile in self.profiles:
                 if not profile.matches_device(manufacturer, model):
                     continue
                 if exact and (width, height) != (profile.width, profile.height):
                     continue
-                rects = profile.rects_for(width, height)
-                if rects is not None:
-                    return rects
+                layout = profile.layout_for(width, height)
+                if layout is not None:
+                    return layout
         raise LookupError(f"no device profile for this device at {width}x{height}")
 
 
@@ -104,7 +128,7 @@ def checked_profile(entry: object, where: str) -> Profile:
     which field is wrong."""
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a table")
-    unknown = set(entry) - {"manufacturer", "model", "width", "height", "mask", "note"}
+    unknown = set(entry) - {"manufacturer", "model", "width", "height", "mask", "note", "picture"}
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     for key in ("manufacturer", "model"):
@@ -118,21 +142,32 @@ def checked_profile(entry: object, where: str) -> Profile:
     mask = entry.get("mask")
     if not isinstance(mask, list) or not mask:
         raise ConfigError(f"{where}: 'mask' must list at least one [x, y, width, height]")
-    rects: list[Rect] = []
-    for rect in mask:
-        if (
-            not isinstance(rect, list)
-            or len(rect) != 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in rect)
-        ):
-            raise ConfigError(f"{where}: each mask rectangle is [x, y, width, height] in pixels")
-        x, y, w, h = rect
-        if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
-            raise ConfigError(f"{where}: mask rectangle {rect} lies outside {width}x{height}")
-        rects.append((x, y, w, h))
+    rects = tuple(_rect(where, "mask rectangle", rect, width, height) for rect in mask)
     note = entry.get("note")
     if note is not None and not isinstance(note, str):
         raise ConfigError(f"{where}: 'note' must be text")
+    picture = entry.get("picture")
+    if picture is not None:
+        picture = _rect(where, "picture", picture, width, height)
     return Profile(
-        entry["manufacturer"].strip(), entry["model"].strip(), width, height, tuple(rects), note
+        entry["manufacturer"].strip(),
+        entry["model"].strip(),
+        width,
+        height,
+        rects,
+        note,
+        picture,
     )
+
+
+def _rect(where: str, what: str, rect: object, width: int, height: int) -> Rect:
+    if (
+        not isinstance(rect, list)
+        or len(rect) != 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in rect)
+    ):
+        raise ConfigError(f"{where}: each {what} must be [x, y, width, height] in pixels")
+    x, y, w, h = rect
+    if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
+        raise ConfigError(f"{where}: {what} {rect} lies outside {width}x{height}")
+    return (x, y, w, h)

@@ -29,17 +29,18 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import IntegrityError
 
 from server.audit import AuditFacts
-from server.auth import Principal
+from server.auth import Principal, Role
 from server.config import Settings
 from server.consultations.model import ConsultationRow
 from server.dicom import deid, incoming, writer
 from server.dicom.profiles import Profiles
+from server.dicom.text_check import TextCheck, TextFound
 from server.errors import BadRequest, Conflict, PayloadTooLarge, ProbelinkError, Unavailable
 from server.imaging import measurements, pixels, png, video
 from server.imaging.archive import Archive, ArchiveCorrupt, ArchiveMissing, study_and_series
 from server.imaging.identity import StudyIdentity
 from server.imaging.kos import KeyObjectSelections
-from server.imaging.masking import DeviceMasks
+from server.imaging.masking import TEXT_FOUND, DeviceMasks
 from server.imaging.model import ArchivedObject, Capture, NewKeyImage
 from server.imaging.pacs import Dicomweb, RetrieveFailed
 from server.imaging.profile_store import ProfileStore
@@ -104,9 +105,12 @@ class KeyImages:
         archive: Archive,
         profiles: Profiles,
         key: bytes,
+        text: TextCheck,
         metrics: Metrics | None = None,
     ):
         self.metrics = metrics
+        # The safety net under the masks, run on what they leave before anything is stored.
+        self.text = text
         self.settings = settings
         self.records = records
         self.room_log = room_log
@@ -295,6 +299,7 @@ class KeyImages:
             imported = incoming.rebuild(
                 ds,
                 profiles=self.profiles,
+                text=self.text,
                 study=self.identity.study_of(row),
                 inst=inst,
                 what="scanner image",
@@ -307,6 +312,8 @@ class KeyImages:
                 kind, imported, data = await asyncio.to_thread(build)
             except incoming.ImportRefused as exc:
                 raise refusal(exc) from None
+            except TextFound as exc:
+                raise await self._text_found(exc, capture, "scanner") from None
             await self.check_quota(row.id, len(data))
             where = await asyncio.to_thread(
                 self.archive.store,
@@ -409,7 +416,9 @@ class KeyImages:
             self._pushable()
         return measured
 
-    async def import_prior(self, row: ConsultationRow, upload: bytes) -> ArchivedObject:
+    async def import_prior(
+        self, row: ConsultationRow, upload: bytes, author: Principal, source: str
+    ) -> ArchivedObject:
         """A prior study's DICOM file, de-identified and archived (the caller records it);
         built in turn with the captures, within the same limit."""
 
@@ -419,6 +428,7 @@ class KeyImages:
                 key=self.key,
                 consultation_id=row.id,
                 profiles=self.profiles,
+                text=self.text,
                 undated=row.requested_at,
             ).dataset
             return imported, writer.to_bytes(imported)
@@ -429,6 +439,11 @@ class KeyImages:
                 ds, data = await asyncio.to_thread(build)
             except incoming.ImportRefused as exc:
                 raise refusal(exc) from None
+            except TextFound as exc:
+                capture = Capture(
+                    row, CaptureKind.STILL, author.sub, author.role.value, source, [], None
+                )
+                raise await self._text_found(exc, capture, "prior") from None
             sop = str(ds.SOPInstanceUID)
             if not await self.records.has_object(sop):  # the same prior again takes no more room
                 await self.check_quota(row.id, len(data))
@@ -449,6 +464,48 @@ class KeyImages:
                 "was stored",
                 code="quota_exceeded",
             )
+
+    async def _text_found(self, exc: TextFound, capture: Capture, source: str) -> Conflict:
+        """The refusal of a capture the safety net stopped: counted, audited (what kind of text
+        and where, never the text), and said to the coordinator with where it was found so the
+        profile can be corrected, to a clinician in plain words."""
+        kinds = sorted({f.what for f in exc.findings})
+        if self.metrics is not None:
+            for kind in kinds:
+                self.metrics.text_refusals.labels(source, kind).inc()
+        row = capture.consultation
+        facts = AuditFacts(
+            capture.author,
+            capture.author_role,
+            "key_image.text_found",
+            "consultation",
+            row.id,
+            "refused",
+            capture.source,
+            {
+                "source": source,
+                "found": kinds,
+                "frame": exc.frame,
+                "boxes": [list(f.box) for f in exc.findings[:8]],
+            },
+        )
+        try:
+            await self.records.store.record_audit(facts)
+        except Exception:
+            log.exception("a refusal of the text check could not be audited")
+        log.warning(
+            "a capture was refused: text that looks like patient data was left after masking",
+            extra={"consultation": row.id, "source": source, "found": kinds},
+        )
+        if capture.author_role not in (Role.OPERATOR.value, Role.EXPERT.value):
+            message = (
+                f"{exc.describe()}. The device's profile must mask it: correct it on the device "
+                "setup page (a rectangle over that text, or the picture region if the text is "
+                "part of the ultrasound image)"
+            )
+        else:
+            message = TEXT_FOUND
+        return Conflict(message, code="burned_in_text")
 
     def _count(self, kind: str, source: str, started: float) -> None:
         if self.metrics is not None:
@@ -474,18 +531,22 @@ class KeyImages:
         key_image_id = uuid.uuid4().hex
         await self.check_quota(row.id, 1)  # a full archive refuses at once, before any work
         async with self._building:
-            built = await asyncio.to_thread(
-                pixels.build,
-                capture,
-                pictures,
-                codec,
-                key_image_id,
-                masks=self.masks,
-                identity=self.identity,
-                key=self.key,
-                # A recorded file is masked only by a profile of its exact size.
-                exact_size=detail.get("source") == "video_upload",
-            )
+            try:
+                built = await asyncio.to_thread(
+                    pixels.build,
+                    capture,
+                    pictures,
+                    codec,
+                    key_image_id,
+                    masks=self.masks,
+                    text=self.text,
+                    identity=self.identity,
+                    key=self.key,
+                    # A recorded file is masked only by a profile of its exact size.
+                    exact_size=detail.get("source") == "video_upload",
+                )
+            except TextFound as exc:
+                raise await self._text_found(exc, capture, detail["source"]) from None
             await self.check_quota(row.id, sum(len(data) for _, _, data in built.objects))
             stored = []
             for kind, sop, data in built.objects:

@@ -263,7 +263,7 @@ async def import_prior(request: web.Request) -> web.Response:
     cid = row.id
     key_images = request.app[KEY_IMAGES]
     body = await read_upload(request)
-    obj = await key_images.import_prior(row, body)
+    obj = await key_images.import_prior(row, body, principal, request.remote or "unknown")
     audit = facts(request, principal, "prior.import", "dicom_object", obj.sop_instance_uid)
     created = await key_images.records.add_prior(cid, obj, audit)
     return web.json_response(prior_view(obj), status=201 if created else 200)
@@ -306,6 +306,7 @@ class ProfileBody(StrictModel):
     height: int
     mask: list[list[int]] = Field(max_length=PROFILE_RECTS_MAX)
     note: LongText | None = None
+    picture: list[int] | None = None
 
 
 def _profile_view(profile: Profile, source: str, record: dict[str, Any] | None) -> dict[str, Any]:
@@ -316,6 +317,7 @@ def _profile_view(profile: Profile, source: str, record: dict[str, Any] | None) 
         "height": profile.height,
         "mask": [list(r) for r in profile.mask],
         "note": profile.note,
+        "picture": None if profile.picture is None else list(profile.picture),
         "source": source,  # store (made over the API), or file (site or bundled, read at start)
         **(record or {}),
     }

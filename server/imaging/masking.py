@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from server.auth import Role
 from server.consultations.model import ConsultationRow
-from server.dicom.profiles import Profiles
+from server.dicom.profiles import Layout, Profiles
 from server.errors import Conflict
 
-Rects = tuple[tuple[int, int, int, int], ...]
 # What a clinician at capture time is told when the device cannot be masked.
 NOT_SET_UP = (
     "This scanner is not set up for captures yet; ask your coordinator (it needs a "
     "de-identification profile)."
+)
+# What a clinician is told when the safety net under the masks stops a capture.
+TEXT_FOUND = (
+    "Text that looks like patient data is visible on the scanner's picture outside the masked "
+    "areas, so nothing was stored; ask your coordinator to check this scanner's setup."
 )
 
 
@@ -60,10 +64,11 @@ class DeviceMasks:
                 code="no_device_profile",
             )
 
-    def rects_for(
+    def layout_for(
         self, row: ConsultationRow, width: int, height: int, *, scaled: bool = True
-    ) -> Rects | None:
-        """The mask for a frame of this size; None only for a declared clean source.
+    ) -> Layout | None:
+        """The mask (and picture region) for a frame of this size; None only for a declared
+        clean source.
 
         A device with a profile is masked even when declared clean: the profile is the
         stronger statement. `scaled` False: only a profile of exactly this size will do (a

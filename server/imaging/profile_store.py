@@ -62,9 +62,9 @@ class ProfileStore:
                 await conn.execute(
                     text(
                         "INSERT INTO device_profiles (id, device_key, version, manufacturer,"
-                        " model, width, height, mask, note, created_by, created_at) VALUES"
+                        " model, width, height, mask, note, picture, created_by, created_at) VALUES"
                         " (:id, :key, :version, :manufacturer, :model, :width, :height, :mask,"
-                        " :note, :by, :at)"
+                        " :note, :picture, :by, :at)"
                     ),
                     {
                         "id": row_id,
@@ -76,6 +76,9 @@ class ProfileStore:
                         "height": profile.height,
                         "mask": json.dumps([list(r) for r in profile.mask]),
                         "note": profile.note,
+                        "picture": None
+                        if profile.picture is None
+                        else json.dumps(list(profile.picture)),
                         "by": by,
                         "at": now,
                     },
@@ -95,7 +98,11 @@ class ProfileStore:
 
 def _profile(m: RowMapping) -> Profile:
     mask = tuple((int(x), int(y), int(w), int(h)) for x, y, w, h in json.loads(m["mask"]))
-    return Profile(m["manufacturer"], m["model"], m["width"], m["height"], mask, m["note"])
+    picture = None
+    if m["picture"]:
+        x, y, w, h = (int(v) for v in json.loads(m["picture"]))
+        picture = (x, y, w, h)
+    return Profile(m["manufacturer"], m["model"], m["width"], m["height"], mask, m["note"], picture)
 
 
 def _record(m: RowMapping) -> dict[str, Any]:

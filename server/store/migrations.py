@@ -269,4 +269,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        10,
+        "a device profile's picture region",
+        (
+            # JSON [x, y, width, height]: the ultrasound picture, left out of the text check.
+            "ALTER TABLE device_profiles ADD COLUMN picture TEXT",
+        ),
+    ),
 )
