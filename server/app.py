@@ -23,6 +23,7 @@ from server.dicom.text_check import TextCheck, TextCheckUnavailable, find_tessda
 from server.errors import ConfigError
 from server.experts import http as experts_http
 from server.files import ensure_private_dir
+from server.imaging import device_setup
 from server.imaging import http as images_http
 from server.imaging.archive import Archive
 from server.imaging.captures import BUILD_CONCURRENCY, KeyImages
@@ -91,6 +92,7 @@ def routes() -> web.RouteTableDef:
         consultations_http,
         record,
         images_http,
+        device_setup,
         experts_http,
         reports_http,
         vocabulary,

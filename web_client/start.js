@@ -213,7 +213,11 @@ function warnDevice() {
   const known = !profiled || !manufacturer.trim() || !model.trim() || $("device_clean").checked
     || profiled.some((p) => normal(p.manufacturer) === normal(manufacturer) && normal(p.model) === normal(model));
   $("device-warning").classList.toggle("hidden", known);
-  $("device-warning").textContent = known ? "" : "This device has no de-identification profile yet: its captures will be refused until one is saved for it (POST /api/device-profiles), or the video is declared free of burned-in text.";
+  const setup = `/setup#${new URLSearchParams({ token, manufacturer, model })}`;
+  $("device-warning").replaceChildren(...(known ? [] : [
+    "This device has no de-identification profile yet: its captures will be refused until one is saved for it, or the video is declared free of burned-in text. ",
+    el("a", { href: setup, target: "_blank", rel: "noopener", text: "Set this scanner up" }),
+  ]));
 }
 
 health();

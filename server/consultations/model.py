@@ -35,6 +35,15 @@ ACCESSION_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
 ACCESSION_LENGTH = 8
 
 
+class Kind(enum.StrEnum):
+    """A consultation about a patient, or a device setup session: a scanner's video (its demo
+    or phantom mode) shown to the coordinator who measures its device profile; no patient, and
+    nothing it shows is stored."""
+
+    CONSULTATION = "consultation"
+    DEVICE_SETUP = "device_setup"
+
+
 class Urgency(enum.StrEnum):
     ROUTINE = "routine"
     URGENT = "urgent"
@@ -102,6 +111,7 @@ class ClinicalContext(StrictModel):
 
     clinical_question: LongText
     urgency: Choice[Urgency]
+    kind: Choice[Kind] = Kind.CONSULTATION
     exam_objective: LongText | None = None
     application: Choice[Application] | None = None
     # Pseudonymous reference chosen by the site (never a name or an MRN).
@@ -255,7 +265,9 @@ def flags(context: ClinicalContext) -> tuple[Flag, ...]:
 
 def check_sendable(context: ClinicalContext) -> Checklist:
     """A request is sent complete, or incomplete with a stated reason; otherwise `BadRequest`
-    naming what is missing."""
+    naming what is missing. A device setup session names its device and no patient."""
+    if context.kind is Kind.DEVICE_SETUP:
+        return _check_setup(context)
     check = checklist(context)
     if not check.complete and context.incomplete_reason is None:
         labels = ", ".join(item.label for item in check.missing)
@@ -265,6 +277,27 @@ def check_sendable(context: ClinicalContext) -> Checklist:
             field="incomplete_reason",
         )
     return check
+
+
+def _check_setup(context: ClinicalContext) -> Checklist:
+    if not _given(context, "device"):
+        raise BadRequest(
+            "a device setup session names the device (device.manufacturer and device.model)",
+            code="invalid_field",
+            field="device",
+        )
+    clinical = [
+        name
+        for name in ("patient_ref", "first_read", "application", "breast", "dvt")
+        if getattr(context, name) is not None
+    ]
+    if clinical:
+        raise BadRequest(
+            f"a device setup session involves no patient: leave out '{clinical[0]}'",
+            code="invalid_field",
+            field=clinical[0],
+        )
+    return Checklist(True, ())
 
 
 def _given(context: ClinicalContext, field: str) -> bool:

@@ -35,6 +35,7 @@ def summary(
         },
         "device": row.context.device.model_dump(exclude_none=True) if row.context.device else None,
         "id": row.id,
+        "kind": row.context.kind.value,
         "accession_number": row.accession_number,
         "patient_ref": row.context.patient_ref,
         "state": row.state.value,

@@ -8,7 +8,7 @@ like a patient's name, an identifier or a date fails the capture closed (`TextFo
 
 The profile's picture region (the ultrasound image itself, whose depth marks and labels are not
 about the patient) is blanked before reading: text drawn inside it is not caught. Neither is text
-tesseract cannot read (very small, low contrast, handwriting-like), a single word with no label
+tesseract cannot read (very small, dim or dark, handwriting-like), a single word with no label
 (a surname alone) or a name split across lines. What it reads is never logged or stored; a
 refusal says what kind of text was found and where.
 """
@@ -42,6 +42,9 @@ TESSDATA_CANDIDATES = (
 # frame finds a banner the mask misses; the samples between find text that comes and goes (a
 # frozen frame's annotation) at ~0.1 s of work per sample.
 EVERY_FRAMES = 30
+# Text is read where a pixel's brightest channel reaches this (of 255): white and grey text, and
+# coloured text (yellow, green, cyan, a bright red); dim or dark text is not read.
+BRIGHT = 150
 # Words read with less confidence than this are noise (speckle read as letters) for the name
 # rule; digits and dates are judged on any confidence, as a missed date is the worse error.
 NAME_CONFIDENCE = 60.0
@@ -164,16 +167,14 @@ class TextCheck:
     def words(self, picture: np.ndarray, blank: Iterable[Rect] = ()) -> list[Word]:
         """Every word tesseract reads on an RGB picture, with the `blank` rectangles (the
         picture region) left out."""
-        gray = np.asarray(Image.fromarray(picture).convert("L"))
-        # Scanners write light text on black: tesseract reads dark text on light best.
-        gray = 255 - gray
-        blanks = list(blank)
-        if blanks:
-            gray = gray.copy()
-            for x, y, w, h in blanks:
-                gray[y : y + h, x : x + w] = 255
+        # Scanners write bright text (white, grey or a colour) over a darker picture: the bright
+        # pixels, black on white, are what tesseract reads best, and the speckle between
+        # falls away (on a full grey frame its page layout missed a corner's annotation).
+        ink = np.where(picture.max(axis=2) >= BRIGHT, 0, 255).astype(np.uint8)
+        for x, y, w, h in blank:
+            ink[y : y + h, x : x + w] = 255
         with self._engine() as engine:
-            return list(_read_words(engine, Image.fromarray(gray)))
+            return list(_read_words(engine, Image.fromarray(ink)))
 
     def check(
         self, picture: np.ndarray, blank: Iterable[Rect] = (), frame: int | None = None
@@ -276,15 +277,26 @@ def _read_words(engine: object, image: Image.Image) -> Iterator[Word]:
         yield Word(text, (x0, y0, x1 - x0, y1 - y0), float(word.Confidence(level)), line)
 
 
+@dataclass(frozen=True)
+class Line:
+    text: str
+    box: Rect
+    found: tuple[str, ...]  # what it looks like: "name", "identifier", "date" (or nothing)
+
+
+def lines(words: Sequence[Word]) -> list[Line]:
+    """The words by line, each with what it looks like."""
+    out = []
+    for number in sorted({w.line for w in words}):
+        members = [w for w in words if w.line == number]
+        text = " ".join(w.text for w in members)
+        out.append(Line(text, _union(w.box for w in members), tuple(_kinds(members))))
+    return out
+
+
 def findings(words: Sequence[Word]) -> list[Finding]:
     """What looks like patient data among the words, one finding per kind and line."""
-    found: list[Finding] = []
-    for line in sorted({w.line for w in words}):
-        members = [w for w in words if w.line == line]
-        box = _union(w.box for w in members)
-        for what in _kinds(members):
-            found.append(Finding(what, box))
-    return found
+    return [Finding(what, line.box) for line in lines(words) for what in line.found]
 
 
 def _kinds(words: Sequence[Word]) -> list[str]:

@@ -40,7 +40,7 @@ from server.imaging import measurements, pixels, png, video
 from server.imaging.archive import Archive, ArchiveCorrupt, ArchiveMissing, study_and_series
 from server.imaging.identity import StudyIdentity
 from server.imaging.kos import KeyObjectSelections
-from server.imaging.masking import TEXT_FOUND, DeviceMasks
+from server.imaging.masking import TEXT_FOUND, DeviceMasks, require_patient_consultation
 from server.imaging.model import ArchivedObject, Capture, NewKeyImage
 from server.imaging.pacs import Dicomweb, RetrieveFailed
 from server.imaging.profile_store import ProfileStore
@@ -279,6 +279,7 @@ class KeyImages:
         """
         started = time.monotonic()
         row = capture.consultation
+        require_patient_consultation(row)
         received = datetime.now(UTC)
         try:
             original = str(ds.get("SOPInstanceUID", "") or "").strip()
@@ -421,6 +422,7 @@ class KeyImages:
     ) -> ArchivedObject:
         """A prior study's DICOM file, de-identified and archived (the caller records it);
         built in turn with the captures, within the same limit."""
+        require_patient_consultation(row)
 
         def build() -> tuple[Dataset, bytes]:
             imported = incoming.deidentify_prior(
@@ -528,6 +530,7 @@ class KeyImages:
         commit: Commit,
     ) -> RoomEvent:
         row = capture.consultation
+        require_patient_consultation(row)
         key_image_id = uuid.uuid4().hex
         await self.check_quota(row.id, 1)  # a full archive refuses at once, before any work
         async with self._building:

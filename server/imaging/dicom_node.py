@@ -29,7 +29,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from server.audit import AuditFacts
 from server.config import Settings
 from server.consultations.lifecycle import OPEN_STATES
-from server.consultations.model import ConsultationRow
+from server.consultations.model import ConsultationRow, Kind
 from server.consultations.store import Store
 from server.dicom import deid, worklist
 from server.errors import PayloadTooLarge, ProbelinkError, Unavailable
@@ -263,7 +263,12 @@ class DicomNode:
 
     async def _worklist(self, query: Dataset) -> list[Dataset]:
         rows = await self.store.list_consultations(OPEN_STATES)
-        items = [self._item(row) for row in rows if row.accession_number]
+        # A device setup session has no patient and takes no images: not on the worklist.
+        items = [
+            self._item(row)
+            for row in rows
+            if row.accession_number and row.context.kind is not Kind.DEVICE_SETUP
+        ]
         return worklist.search(query, items)
 
     def _item(self, row: ConsultationRow) -> worklist.Item:

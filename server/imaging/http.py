@@ -11,7 +11,6 @@ import numpy as np
 import pydicom
 from aiohttp import web
 from PIL import Image
-from pydantic import Field
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
@@ -19,13 +18,11 @@ from pydicom.uid import JPEGBaseline8Bit
 
 from server.auth import Principal, Role, require_consultation
 from server.consultations.model import ConsultationRow, require_open
-from server.dicom.profiles import Profile, checked_profile
-from server.errors import BadRequest, ConfigError, NotFound, PayloadTooLarge, UnsupportedMediaType
+from server.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
 from server.imaging.captures import read_dicom, room_commit
 from server.imaging.measurements import MeasurementsBody
 from server.imaging.model import ArchivedObject
 from server.live.room import CaptureKind
-from server.messages import LongText, ShortText, StrictModel
 from server.web.edge import authenticate, consultation_of, facts, read_json
 from server.web.keys import KEY_IMAGES, LIVE, STORE
 
@@ -42,7 +39,6 @@ UPLOAD_TYPES = {
     "video/webm": 256 * 1024 * 1024,
 }
 PREVIEW_MAX_WIDTH = 640
-PROFILE_RECTS_MAX = 64
 
 
 def routes(table: web.RouteTableDef) -> None:
@@ -55,8 +51,6 @@ def routes(table: web.RouteTableDef) -> None:
     table.post("/api/consultations/{consultation_id}/priors")(import_prior)
     table.get("/api/priors/{sop_instance_uid}/dicom")(get_prior)
     table.get("/api/priors/{sop_instance_uid}/frames")(get_prior_frames)
-    table.get("/api/device-profiles")(list_device_profiles)
-    table.post("/api/device-profiles")(create_device_profile)
 
 
 async def read_upload(request: web.Request, limit: int = UPLOAD_MAX_BYTES) -> bytes:
@@ -295,59 +289,3 @@ async def get_prior(request: web.Request) -> web.Response:
 async def get_prior_frames(request: web.Request) -> web.Response:
     """A prior's frames for the viewer's comparison, as for a key image (`get_frames`)."""
     return await _frames_response(await _prior(request))
-
-
-class ProfileBody(StrictModel):
-    """A device profile, the files' fields as JSON (the geometry checked by `checked_profile`)."""
-
-    manufacturer: ShortText
-    model: ShortText
-    width: int
-    height: int
-    mask: list[list[int]] = Field(max_length=PROFILE_RECTS_MAX)
-    note: LongText | None = None
-    picture: list[int] | None = None
-
-
-def _profile_view(profile: Profile, source: str, record: dict[str, Any] | None) -> dict[str, Any]:
-    return {
-        "manufacturer": profile.manufacturer,
-        "model": profile.model,
-        "width": profile.width,
-        "height": profile.height,
-        "mask": [list(r) for r in profile.mask],
-        "note": profile.note,
-        "picture": None if profile.picture is None else list(profile.picture),
-        "source": source,  # store (made over the API), or file (site or bundled, read at start)
-        **(record or {}),
-    }
-
-
-async def list_device_profiles(request: web.Request) -> web.Response:
-    """The device profiles in force, in the order they are consulted: those made over the API
-    (newest version of each), then those of the files."""
-    authenticate(request, Role.COORDINATOR)
-    key_images = request.app[KEY_IMAGES]
-    stored = await key_images.profile_store.current()
-    return web.json_response(
-        {
-            "profiles": [_profile_view(p, "store", record) for p, record in stored]
-            + [_profile_view(p, "file", None) for p in key_images.profiles.files]
-        }
-    )
-
-
-async def create_device_profile(request: web.Request) -> web.Response:
-    """Save a device's profile (the files' fields as JSON): a new version when the device and
-    size have one; in use on this node at once, on the others within seconds."""
-    principal = authenticate(request, Role.COORDINATOR)
-    body = await read_json(request, ProfileBody)
-    try:
-        profile = checked_profile(body.model_dump(exclude_none=True), "the device profile")
-    except ConfigError as exc:
-        raise BadRequest(str(exc), code="invalid_profile") from None
-    key_images = request.app[KEY_IMAGES]
-    audit = facts(request, principal, "device_profile.save", "device_profile", "")
-    record = await key_images.profile_store.add(profile, principal.sub, audit)
-    await key_images.refresh_profiles()
-    return web.json_response(_profile_view(profile, "store", record), status=201)

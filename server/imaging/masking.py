@@ -8,7 +8,7 @@ device with a profile is masked even when declared clean: the profile is the str
 from __future__ import annotations
 
 from server.auth import Role
-from server.consultations.model import ConsultationRow
+from server.consultations.model import ConsultationRow, Kind
 from server.dicom.profiles import Layout, Profiles
 from server.errors import Conflict
 
@@ -24,6 +24,16 @@ TEXT_FOUND = (
 )
 
 
+def require_patient_consultation(row: ConsultationRow) -> None:
+    """A device setup session stores nothing: its frames are shown on the setup page only."""
+    if row.context.kind is Kind.DEVICE_SETUP:
+        raise Conflict(
+            "this is a device setup session: nothing is captured or stored in it (its frames "
+            "are shown on the device setup page only)",
+            code="device_setup_session",
+        )
+
+
 class DeviceMasks:
     def __init__(self, profiles: Profiles):
         self.profiles = profiles
@@ -37,6 +47,7 @@ class DeviceMasks:
         """Refuse at once when nothing could mask this device's burned-in text: in plain words
         for the clinician capturing (`role` not a coordinator), the technical reason for the
         coordinator who can fix it."""
+        require_patient_consultation(row)
         try:
             self._check_device(row)
         except Conflict as exc:

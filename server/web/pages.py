@@ -15,6 +15,7 @@ WEB_PAGES = {
     "/queue": "queue.html",
     "/bedside": "bedside.html",
     "/expert": "expert.html",
+    "/setup": "setup.html",
 }
 # Pages load only their own scripts and talk only to this server; tokens travel in the URL
 # fragment (never sent to a server) and must not leak through a Referer either.
