@@ -58,10 +58,10 @@ def _draw_banner(draw: ImageDraw.ImageDraw, width: int) -> None:
     draw.text((12, 34), PATIENT_DOB, fill=(255, 255, 255), font=font)
 
 
-def phantom_png(n: int, width: int = 640, height: int = 480) -> bytes:
+def phantom_png(n: int, width: int = 640, height: int = 480, banner: bool = True) -> bytes:
     """Phantom frame `n` as a PNG: what a bedside page uploads as its lossless still."""
     out = io.BytesIO()
-    Image.fromarray(phantom_frame(n, width, height), "RGB").save(out, "PNG")
+    Image.fromarray(phantom_frame(n, width, height, banner), "RGB").save(out, "PNG")
     return out.getvalue()
 
 

@@ -124,10 +124,12 @@ def test_stamp_declares_what_was_done() -> None:
 
 def test_bundled_profiles_load_and_scale_outwards(tmp_path: Path) -> None:
     profiles = load_profiles(None)
-    assert profiles.mask_for("PROBELINK ", "synthetic  phantom", 1280, 720) == ((0, 0, 1280, 64),)
+    assert profiles.mask_for("PROBELINK ", "synthetic  phantom", 1280, 720).mask == (
+        (0, 0, 1280, 64),
+    )
     # Same aspect, lower resolution (WebRTC adapting): scaled, rounded outwards.
-    assert profiles.mask_for("probelink", "Synthetic phantom", 640, 360) == ((0, 0, 640, 32),)
-    assert profiles.mask_for("probelink", "Synthetic phantom", 854, 480)[0][3] >= 43
+    assert profiles.mask_for("probelink", "Synthetic phantom", 640, 360).mask == ((0, 0, 640, 32),)
+    assert profiles.mask_for("probelink", "Synthetic phantom", 854, 480).mask[0][3] >= 43
     with pytest.raises(LookupError):
         profiles.mask_for("probelink", "Synthetic phantom", 500, 500)
     with pytest.raises(LookupError):
@@ -137,7 +139,7 @@ def test_bundled_profiles_load_and_scale_outwards(tmp_path: Path) -> None:
         '[[profile]]\nmanufacturer = "Acme"\nmodel = "US-1"\nwidth = 800\nheight = 600\n'
         "mask = [[0, 0, 800, 40], [600, 560, 200, 40]]\n"
     )
-    assert len(load_profiles(site).mask_for("acme", "us-1", 800, 600)) == 2
+    assert len(load_profiles(site).mask_for("acme", "us-1", 800, 600).mask) == 2
     assert BUNDLED_PROFILES.exists()
 
 

@@ -40,6 +40,7 @@ HANDLERS = {
     "server.live.events": "live",
     "server.live.media_calls": "live",
     "server.imaging.http": "imaging",
+    "server.imaging.device_setup": "imaging",
     "server.reports.http": "reports",
 }
 # The whole record and the queue: the one view that reads every feature's handlers.

@@ -12,7 +12,7 @@ import jpeg_ls
 import numpy as np
 from aiohttp.test_utils import TestClient
 from dicom_checks import dciodvfy_errors, every_value, read
-from phantom import BANNER_HEIGHT, PATIENT_MRN, PATIENT_NAME
+from phantom import BANNER_HEIGHT, PATIENT_MRN, PATIENT_NAME, phantom_frame
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -113,13 +113,17 @@ async def test_prior_without_profile_or_not_an_image_is_refused(
         assert PATIENT_NAME.split()[0] not in error["message"]
     # A header that says there is no burned-in text is taken at its word (no profile needed);
     # its free-text device names and compression method are not (they could hold anything).
-    clean = hospital_file(
-        Manufacturer=HOSPITAL,
-        ManufacturerModelName=PATIENT_NAME,
-        BurnedInAnnotation="NO",
-        LossyImageCompression="01",
-        LossyImageCompressionMethod=OPERATOR,
-    )
+    # (When the picture does not say otherwise: the text check reads it too.)
+    declared = {
+        "Manufacturer": HOSPITAL,
+        "ManufacturerModelName": PATIENT_NAME,
+        "BurnedInAnnotation": "NO",
+        "LossyImageCompression": "01",
+        "LossyImageCompressionMethod": OPERATOR,
+    }
+    lying = await client.post(url, data=hospital_file(**declared), headers=headers)
+    assert lying.status == 409 and (await lying.json())["error"]["code"] == "burned_in_text"
+    clean = hospital_file(pictures=[phantom_frame(1, banner=False)], **declared)
     response = await client.post(url, data=clean, headers=headers)
     assert response.status == 201, await response.text()
     data = await (

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from dicom_checks import dciodvfy_errors, read
-from phantom import PHANTOM_DEVICE
+from phantom import PHANTOM_DEVICE, phantom_frame
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -97,7 +97,13 @@ async def test_a_scanner_file_is_masked_by_its_own_device_or_refused(
     assert refused.status == 409
     error = (await refused.json())["error"]
     assert error["code"] == "no_device_profile" and "BurnedInAnnotation" in error["message"]
-    declared = scanner_file(BurnedInAnnotation="NO", **unknown)
+    # A header that says "no burned-in text" over a picture that has a banner: the safety net
+    # under the masks reads it and refuses the file.
+    lying = scanner_file(BurnedInAnnotation="NO", **unknown)
+    caught = await upload(client, cid, auth, lying, "application/dicom")
+    assert caught.status == 409 and (await caught.json())["error"]["code"] == "burned_in_text"
+    clean = [phantom_frame(1, 1280, 720, banner=False)]
+    declared = scanner_file(BurnedInAnnotation="NO", pictures=clean, **unknown)
     accepted = await upload(client, cid, auth, declared, "application/dicom")
     assert accepted.status == 201, await accepted.text()
     images = await key_images(client, cid, auth)
