@@ -221,6 +221,9 @@ async def test_the_request_form_warns_of_a_device_without_a_profile(
     await page.locator("#device_manufacturer").fill("GE Healthcare")
     await page.locator("#device_model").fill("LOGIQ e")
     await warning.filter(has_text="no de-identification profile").wait_for(timeout=TIMEOUT_MS)
+    # ... with a link to the device setup page, the device filled in.
+    setup = await warning.locator("a").get_attribute("href")
+    assert setup is not None and setup.startswith("/setup#") and "model=LOGIQ+e" in setup
     await page.locator("#use-phantom").click()
     assert await warning.is_hidden()
     profile = {"manufacturer": "GE Healthcare", "model": "LOGIQ e", "width": 640, "height": 480}
