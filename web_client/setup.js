@@ -113,7 +113,7 @@ async function drawFrame() {
   const canvas = $("frame");
   canvas.width = frame.width;
   canvas.height = frame.height;
-  frame.bitmap = frame.bitmap || await loadImage(frame.image);
+  frame.bitmap = await loadImage(frame.image);
   redraw();
 }
 

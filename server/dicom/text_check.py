@@ -122,11 +122,11 @@ class TextFound(Exception):
 def find_tessdata(configured: Path | None = None) -> Path:
     """The folder holding eng.traineddata: the configured one, TESSDATA_PREFIX, or Debian's."""
     prefix = os.environ.get("TESSDATA_PREFIX")
-    candidates = [configured] if configured is not None else []
-    if configured is None and prefix:
-        candidates += [Path(prefix), Path(prefix) / "tessdata"]
-    if configured is None:
-        candidates += list(TESSDATA_CANDIDATES)
+    if configured is not None:
+        candidates = [configured]
+    else:
+        candidates = [Path(prefix), Path(prefix) / "tessdata"] if prefix else []
+        candidates += TESSDATA_CANDIDATES
     for folder in candidates:
         if (folder / "eng.traineddata").is_file():
             return folder
