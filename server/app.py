@@ -42,6 +42,7 @@ from server.keyring import (
 from server.live.hub import NAMESPACE, Reaper, open_live, room_of
 from server.live.log import RoomLog
 from server.live.media_calls import serve_media_calls
+from server.live.queue_feed import QueueNamespace
 from server.live.server import create_sio
 from server.live.signaling import LiveNamespace
 from server.media.capture import CineBuffer
@@ -146,6 +147,7 @@ def create_app(settings: Settings) -> web.Application:
     sio = create_sio(settings)
     namespace = LiveNamespace(app)
     sio.register_namespace(namespace)
+    sio.register_namespace(QueueNamespace(app))
     sio.attach(app)
     app[SIO] = sio
     app.cleanup_ctx.append(_live_ctx(namespace))

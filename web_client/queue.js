@@ -1,11 +1,15 @@
 // The queue: open consultations, most urgent first, then by due time (the server's order),
-// with the time left; refreshed every few seconds. A credentialed expert (their own
-// reading-room link) sees what they are credentialed for and accepts it; a coordinator sees
-// everything, gives experts a join link and reassigns.
+// with the time left, counted down by the page. Live: the server says `queue_changed` on
+// Socket.IO /queue when a request is sent, accepted, assigned, reported, signed or cancelled,
+// and the page reads the list again (also on every (re)connection); no polling. A credentialed
+// expert (their own reading-room link) sees what they are credentialed for and accepts it; a
+// coordinator sees everything, gives experts a join link and reassigns.
+import { io } from "/static/vendor/socket.io.esm.min.js";
 import { api, claims, describe, pageToken, timeLeft } from "./lib/api.js";
 import { $, el } from "./lib/dom.js";
 
-const REFRESH_MS = 10000;
+// The page's own countdown of the time left: no request to the server.
+const COUNTDOWN_MS = 15000;
 const token = pageToken();
 const isExpert = claims(token || "")?.role === "expert";
 let experts = [];
@@ -79,16 +83,18 @@ function rowOf(c) {
   // The experts offered in the row's list, by name: a credential or name change rebuilds it.
   const offered = experts.filter((x) => c.credentialed_experts?.includes(x.sub)).map((x) => [x.sub, x.name]);
   const key = JSON.stringify([c.urgency, c.application, c.clinical_question, c.flags, c.incomplete_reason,
-    c.state, c.checklist, c.assigned_expert, offered, c.attached, c.accession_number]);
+    c.state, c.checklist, c.assigned_expert, offered, c.attached, c.accession_number, c.patient_ref, c.device]);
   let row = rows.get(c.id);
   if (row?.key !== key) {
     const time = el("td");
     const node = el("tr", { "data-id": c.id },
       el("td", {}, el("span", { class: `pill ${c.urgency}`, text: c.urgency })),
       time,
+      el("td", {}, el("div", { class: "patient-ref", text: c.patient_ref || "no patient reference" }),
+        el("div", { class: "muted", text: `Accession ${c.accession_number || "—"}` })),
+      el("td", { text: deviceText(c.device) }),
       el("td", { text: c.application || "—" }),
       el("td", {}, c.clinical_question,
-        c.accession_number ? el("div", { class: "muted", text: `Accession ${c.accession_number}${c.patient_ref ? ` · ${c.patient_ref}` : ""}` }) : null,
         ...(c.flags || []).map((f) => el("div", { class: "error", text: `⚑ ${f.message}` })),
         c.incomplete_reason ? el("div", { class: "muted", text: `Sent incomplete: ${c.incomplete_reason}` }) : null),
       el("td", { text: attachedText(c.attached) }),
@@ -99,10 +105,26 @@ function rowOf(c) {
     row = { key, node, time };
     rows.set(c.id, row);
   }
-  row.time.className = c.overdue ? "error" : "";
-  row.time.textContent = timeLeft(c.time_left_seconds);
+  // The due time on this page's clock: the server's time left from now (no clock skew).
+  row.deadline = performance.now() + c.time_left_seconds * 1000;
   row.time.title = new Date(c.due_at).toLocaleString();
+  showTimeLeft(row);
   return row.node;
+}
+
+function showTimeLeft(row) {
+  const seconds = Math.round((row.deadline - performance.now()) / 1000);
+  row.time.className = seconds < 0 ? "error" : "";
+  row.time.textContent = timeLeft(seconds);
+}
+
+function countDown() {
+  for (const row of rows.values()) showTimeLeft(row);
+}
+
+// "Acme U1" from the request's device, or a dash.
+function deviceText(device) {
+  return [device?.manufacturer, device?.model].filter(Boolean).join(" ") || "—";
 }
 
 // Put `nodes` in `parent` in this order, moving only what is out of place.
@@ -116,12 +138,36 @@ function reconcile(parent, nodes) {
 function focusedControl() {
   const active = document.activeElement;
   const row = active?.closest?.("#queue tr[data-id]");
-  return row ? { id: row.dataset.id, tag: active.tagName.toLowerCase() } : null;
+  return row ? { id: row.dataset.id, tag: active.tagName.toLowerCase(), node: active } : null;
 }
 
+// One read of the list at a time: a change announced during a read is read again after it.
+let reading = null, again = null;
 async function refresh(force = false) {
+  if (reading) {
+    again = { force: force || again?.force };
+    return reading;
+  }
+  reading = read(force);
+  try {
+    await reading;
+  } finally {
+    reading = null;
+  }
+  if (again) {
+    const { force: forced } = again;
+    again = null;
+    await refresh(forced);
+  }
+}
+
+async function read(force) {
   const focus = focusedControl();
-  if (focus?.tag === "select" && !force) return; // next time
+  if (focus?.tag === "select" && !force) {
+    // An expert list is open under the pointer: read once it is chosen or left.
+    focus.node.addEventListener("blur", () => refresh(), { once: true });
+    return;
+  }
   try {
     const answer = await api(token, "/api/consultations");
     if (!isExpert) experts = (await api(token, "/api/experts")).experts || [];
@@ -132,7 +178,7 @@ async function refresh(force = false) {
     reconcile($("queue"), consultations.map(rowOf));
     if (focus && document.activeElement === document.body) $("queue").querySelector(`tr[data-id="${focus.id}"] ${focus.tag}`)?.focus();
     const overdue = consultations.filter((c) => c.overdue).length;
-    $("status").textContent = `${consultations.length} open, ${overdue} overdue · ${new Date().toLocaleTimeString()}`;
+    $("status").textContent = `${consultations.length} open, ${overdue} overdue · updated ${new Date().toLocaleTimeString()}`;
     // Not a refused accept or assignment: that message stays until the next action.
     if (listFailed) $("error").textContent = "";
     listFailed = false;
@@ -147,6 +193,9 @@ $("new-link").classList.toggle("hidden", isExpert);
 $("action-title").textContent = isExpert ? "Take it" : "Expert";
 if (!token) $("error").textContent = "This page needs your queue link (a coordinator's, or an expert's own).";
 else {
-  refresh();
-  setInterval(() => refresh(), REFRESH_MS);
+  const feed = io("/queue", { auth: { token }, transports: ["websocket"], reconnectionDelay: 500, reconnectionDelayMax: 4000 });
+  feed.on("connect", () => refresh(true));
+  feed.on("queue_changed", () => refresh());
+  feed.on("disconnect", () => { $("status").textContent = "Reconnecting… (the list may be out of date)"; });
+  setInterval(countDown, COUNTDOWN_MS);
 }

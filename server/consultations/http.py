@@ -27,6 +27,7 @@ from server.consultations.store import ParticipantRow
 from server.consultations.turnaround import Summary, summarise
 from server.consultations.views import join_body, summary
 from server.errors import BadRequest
+from server.live.queue_feed import queue_changed
 from server.media.ice import ice_servers_for
 from server.messages import Choice, Name, StrictModel, decode_json, parse
 from server.web.edge import authenticate, consultation_id_of, facts, read_body, read_json
@@ -132,6 +133,7 @@ async def cancel_consultation(request: web.Request) -> web.Response:
         facts(request, principal, "consultation.cancel", "consultation", consultation_id),
     )
     await request.app[LIVE].end_access([consultation_id])
+    await queue_changed(request.app, [consultation_id])
     return web.json_response(summary(row, now))
 
 

@@ -30,6 +30,7 @@ from server.experts import http as experts_http
 from server.experts.model import credentialed
 from server.experts.store import Experts
 from server.imaging import http as images_http
+from server.live.queue_feed import queue_changed
 from server.messages import StrictModel, parse
 from server.reports import http as reports_http
 from server.reports.model import ReportState
@@ -142,4 +143,5 @@ async def create_consultation(request: web.Request) -> web.Response:
         row, facts(request, principal, "consultation.create", "consultation", row.id)
     )
     request.app[METRICS].consultations_created.labels(context.urgency.value).inc()
+    await queue_changed(request.app, [row.id])
     return web.json_response(await full_record(request, row), status=201)

@@ -28,6 +28,7 @@ from server.experts.model import (
     subspecialty_set,
 )
 from server.experts.store import ExpertRow, Experts
+from server.live.queue_feed import queue_changed
 from server.messages import StrictModel, parse
 from server.store.times import iso
 from server.web.edge import authenticate, consultation_id_of, facts, read_json
@@ -125,6 +126,7 @@ async def put_expert(request: web.Request) -> web.Response:
     )
     # Deactivated, or no longer credentialed for what they held: their links end.
     await request.app[LIVE].end_access(await experts.linked_consultations(sub))
+    await queue_changed(request.app, experts=[sub])
     return web.json_response(expert_body(row))
 
 
@@ -185,6 +187,7 @@ async def accept_consultation(request: web.Request) -> web.Response:
         participant,
         facts(request, principal, "consultation.accept", "consultation", consultation_id),
     )
+    await queue_changed(request.app, [consultation_id])
     return web.json_response(body, status=201)
 
 
@@ -207,6 +210,7 @@ async def assign_consultation(request: web.Request) -> web.Response:
         facts(request, principal, action, "consultation", consultation_id),
     )
     await request.app[LIVE].end_access([consultation_id])
+    await queue_changed(request.app, [consultation_id])
     assigned = await _consultation(request, consultation_id)
     return web.json_response(summary(assigned, datetime.now(UTC)))
 

@@ -29,6 +29,7 @@ from server.live.bus import LocalRoomBus, RedisRoomBus, RoomBus
 from server.live.calls import NodeCalls
 from server.live.log import RoomLog
 from server.live.presence import MemoryPresence, Presence, RedisPresence
+from server.live.queue_feed import announce
 from server.live.room import RoomEvent
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,9 @@ class Live:
                 "room event stored but not published",
                 extra={"consultation": consultation_id, "seq": event.seq},
             )
+        if event.type == "key_image":
+            # What the request holds for review changed: the queue pages read it again.
+            self.spawn(announce(self.sio, self.store, [consultation_id]))
 
     async def close(self) -> None:
         for task in list(self.tasks):

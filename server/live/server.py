@@ -15,6 +15,7 @@ import socketio
 
 from server.config import Settings
 from server.live.hub import NAMESPACE
+from server.live.queue_feed import QUEUE_NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,9 @@ def create_sio(settings: Settings) -> socketio.AsyncServer:
     return LiveServer(
         async_mode="aiohttp",
         client_manager=manager,
-        # Only /live: a client asking for another namespace (the default "/") is refused.
-        namespaces=[NAMESPACE],
+        # Only /live and the queue pages' /queue: a client asking for another namespace (the
+        # default "/") is refused.
+        namespaces=[NAMESPACE, QUEUE_NAMESPACE],
         logger=False,
         engineio_logger=False,
         # Up to this size a bad event gets an error ack; a bigger packet closes the connection.

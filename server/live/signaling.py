@@ -41,6 +41,7 @@ from server.live.events import LiveSocket, remote_socket
 from server.live.hub import NAMESPACE, let_go, room_of
 from server.live.media_calls import leave_media, offer_here
 from server.live.presence import Attendee, participant_view
+from server.live.queue_feed import announce
 from server.live.room import (
     RtcOffer,
     refuse_unknown_event,
@@ -220,6 +221,9 @@ class LiveNamespace(socketio.AsyncNamespace):
         await self.app[ROOM_LOG].participant_joined(
             cid, principal.sub, is_expert=principal.role is Role.EXPERT
         )
+        if principal.role is Role.EXPERT:
+            # The first expert to join makes the request live: the queue pages read it again.
+            live.spawn(announce(self.server, store, [cid]))
         # Joining shows the record's summary and marks: a read, so it is audited like one.
         await store.record_audit(
             AuditFacts(

@@ -15,6 +15,7 @@ from server.auth import Principal, Role
 from server.consultations.applications import CATEGORIES, category_label
 from server.consultations.lifecycle import State, on_report_drafted, on_report_signed
 from server.consultations.model import ConsultationRow, flags
+from server.live.queue_feed import queue_changed
 from server.messages import LongText, StrictModel
 from server.reports.model import (
     ReportBody,
@@ -153,6 +154,8 @@ async def put_report(request: web.Request) -> web.Response:
         facts(request, principal, "report.draft", "consultation", row.id),
         state=on_report_drafted(row.state),
     )
+    if on_report_drafted(row.state) is not row.state:
+        await queue_changed(request.app, [row.id])
     images = await request.app[KEY_IMAGES].records.images(row.id)
     return web.json_response(await report_view(request, row, report, images))
 
@@ -172,6 +175,7 @@ async def sign_report(request: web.Request) -> web.Response:
     await _commit_with_sr(request, principal, row, report, images, version, state)
     # The bedside and observers are let go; the expert stays for addenda.
     await request.app[LIVE].end_access([row.id])
+    await queue_changed(request.app, [row.id])
     return web.json_response(await report_view(request, row, report, images))
 
 
