@@ -17,7 +17,8 @@ source scripts/common.sh
 # nginx: the TLS proxy of docs/nginx/probelink.conf, run by tests/test_deployment.py.
 DEBIAN_PACKAGES=(postgresql postgresql-client redis-server coturn dicom3tools dcmtk tesseract-ocr
   tesseract-ocr-eng
-  orthanc orthanc-dicomweb chromium fonts-dejavu-core iproute2 nftables nginx)
+  orthanc orthanc-dicomweb chromium fonts-dejavu-core iproute2 nftables nginx
+  zbar-tools)  # zbarimg: the join links' QR codes decoded back in the page tests
 PG_URL="${PROBELINK_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
 
 start_postgres() {

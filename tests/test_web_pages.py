@@ -3,16 +3,20 @@ as copy buttons and QR codes, and a page opened with a refused token."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from browser import coordinator_token, probelink
+from browser import coordinator_token, probelink, save_screenshot
+from conftest import require
 from servers import Server
-from test_web_e2e import TIMEOUT_MS, http, new_page
+from test_web_e2e import TIMEOUT_MS, VIEWPORT, http, new_page
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser
+    from playwright.async_api import Browser, Locator
 
 WEB_CLIENT = Path(__file__).resolve().parents[1] / "web_client"
 DVT_REQUEST = {
@@ -70,4 +74,79 @@ async def test_a_request_appears_on_an_open_queue_page_without_a_reload(
     await row.wait_for(state="detached", timeout=TIMEOUT_MS)
     assert loads == []
     assert errors == []
+    await context.close()
+
+
+ZBARIMG = shutil.which("zbarimg")
+
+
+def zbar(png: bytes, tmp_path: Path) -> str:
+    require("zbarimg", ZBARIMG is not None, "install the Debian package zbar-tools")
+    assert ZBARIMG is not None
+    path = tmp_path / f"qr-{len(list(tmp_path.glob('qr-*')))}.png"
+    path.write_bytes(png)
+    result = subprocess.run(
+        [ZBARIMG, "--quiet", "--raw", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+async def decoded_qr(image: Locator, tmp_path: Path) -> str:
+    """The QR code on the page as a phone's camera would read it: a screenshot, decoded."""
+    return await asyncio.to_thread(zbar, await image.screenshot(), tmp_path)
+
+
+async def test_a_join_link_is_a_copy_button_and_a_qr_code_that_decodes_to_it(
+    live_server: Server, chromium: Browser, tmp_path: Path
+) -> None:
+    """The start page's links after a request, and the queue's invite links: a short label, a
+    Copy button that puts the exact link in the clipboard, and a QR code that decodes to it."""
+    token = coordinator_token(live_server)
+    context = await chromium.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    page = await context.new_page()
+    await page.goto(f"{live_server.url}/#token={token}")
+    await page.fill("#clinical_question", "Swollen left calf: DVT?")
+    await page.select_option("#urgency", "urgent")
+    await page.click("#use-phantom")
+    await page.fill("#incomplete_reason", "Scanning now")
+    await page.click("#submit")
+    await page.locator("#invites").wait_for(timeout=TIMEOUT_MS)
+    await page.select_option("#invite-role", "operator")
+    await page.fill("#invite-name", "Bedside")
+    await page.click("#invite")
+    made = page.locator("#links .join-link[data-role='operator']")
+    await made.wait_for(timeout=TIMEOUT_MS)
+    url = await made.locator("a").get_attribute("href")
+    assert url and "/join#token=" in url
+    # Short: the label and "Open", never the 400-character link as the visible text.
+    assert url not in await made.locator(".join-head").inner_text()
+    assert await made.locator(".join-url").input_value() == url
+    assert await decoded_qr(made.locator("img.join-qr"), tmp_path) == url
+    await made.locator("button.join-copy").click()
+    await page.wait_for_function(
+        "() => document.querySelector('#links .join-copy').textContent === 'Copied'",
+        timeout=TIMEOUT_MS,
+    )
+    assert await page.evaluate("() => navigator.clipboard.readText()") == url
+    await save_screenshot(page, "pages-join-link")
+    # The decoded link opens the consultation with its token.
+    join_token = url.split("#token=", 1)[1]
+    cid = http(live_server, "/api/consultations", token)["consultations"][0]["id"]
+    assert http(live_server, f"/api/consultations/{cid}", join_token)["id"] == cid
+
+    # The coordinator's queue: a row's "Join link" gives an expert link the same way.
+    await page.goto(f"{live_server.url}/queue#token={token}")
+    await page.locator(f"#queue tr[data-id='{cid}'] button", has_text="Join link").click()
+    made = page.locator("#links .join-link[data-role='expert']")
+    await made.wait_for(timeout=TIMEOUT_MS)
+    url = await made.locator("a").get_attribute("href")
+    assert url and await decoded_qr(made.locator("img.join-qr"), tmp_path) == url
+    await made.locator("button.join-copy").click()
+    await page.wait_for_function(
+        "() => document.querySelector('#links .join-copy').textContent === 'Copied'",
+        timeout=TIMEOUT_MS,
+    )
+    assert await page.evaluate("() => navigator.clipboard.readText()") == url
     await context.close()

@@ -7,6 +7,7 @@
 import { io } from "/static/vendor/socket.io.esm.min.js";
 import { api, claims, describe, pageToken, timeLeft } from "./lib/api.js";
 import { $, el } from "./lib/dom.js";
+import { joinLink } from "./lib/joinlink.js";
 
 // The page's own countdown of the time left: no request to the server.
 const COUNTDOWN_MS = 15000;
@@ -36,8 +37,8 @@ async function invite(row) {
       method: "POST",
       json: { role: "expert", name: "Expert" },
     });
-    $("links").prepend(el("li", {}, `Expert link for ${row.id.slice(0, 8)}: `,
-      el("a", { href: made.url, target: "_blank", rel: "noopener", text: made.url })));
+    const whose = [row.patient_ref, row.accession_number && `accession ${row.accession_number}`].filter(Boolean).join(", ");
+    $("links").prepend(el("li", {}, joinLink(made, { label: `Expert link for ${whose || row.id.slice(0, 8)}`, role: "expert" })));
   } catch (error) {
     fail(error);
   }

@@ -2,6 +2,7 @@
 // server's own rules), sends it, and creates a join link per person.
 import { api, claims, describe, pageToken } from "./lib/api.js";
 import { $, el } from "./lib/dom.js";
+import { joinLink } from "./lib/joinlink.js";
 import { PHANTOM_DEVICE } from "./lib/phantom.js";
 
 const CHECK_DELAY_MS = 300;
@@ -177,17 +178,7 @@ async function invite() {
       method: "POST",
       json: { role, name },
     });
-    const link = el("a", { href: made.url, target: "_blank", rel: "noopener", "data-role": role, text: made.url });
-    // Say whether it worked: a link the coordinator believes copied but is not gets lost.
-    const copy = el("button", { type: "button", text: "Copy", onclick: async () => {
-      try {
-        await navigator.clipboard.writeText(made.url);
-        copy.textContent = "Copied";
-      } catch {
-        copy.textContent = "Copy failed: select the link";
-      }
-    } });
-    $("links").append(el("li", {}, el("strong", { text: `${name} (${role}) ` }), copy, el("br"), link));
+    $("links").append(el("li", {}, joinLink(made, { label: `${name} (${role})`, role })));
     $("invite-role").value = role === "operator" ? "expert" : role;
     $("invite-name").value = role === "operator" ? "Expert" : "";
   } catch (error) {

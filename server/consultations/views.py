@@ -18,6 +18,7 @@ from server.consultations.model import ConsultationRow, checklist, flags
 from server.consultations.store import ParticipantRow
 from server.store.times import iso
 from server.web.keys import KEYRING, SETTINGS, TOKEN_POLICY
+from server.web.qr import qr_svg
 
 
 def summary(
@@ -80,10 +81,13 @@ def join_body(request: web.Request, participant: ParticipantRow) -> dict[str, An
         name=participant.name,
     )
     expires = participant.invited_at + timedelta(seconds=settings.invite_ttl_seconds)
+    # The token travels in the fragment, which browsers never send to servers or logs.
+    url = f"{settings.base_url}/join#token={token}"
     return {
         "participant": participant_body(participant),
         "token": token,
-        # The token travels in the fragment, which browsers never send to servers or logs.
-        "url": f"{settings.base_url}/join#token={token}",
+        "url": url,
+        # The same link as a QR code (SVG), for a phone or tablet at the bedside to scan.
+        "qr_svg": qr_svg(url),
         "expires_at": iso(expires),
     }
