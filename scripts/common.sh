@@ -28,6 +28,20 @@ ensure_venv() {
   fi
   if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then apt_install python3-venv; fi
   [ -x .venv/bin/python ] || python3 -m venv .venv
+  # The install is editable: code changes need none. It is redone only when what it installs
+  # from changes (pyproject.toml, the extras, the Python), so a restart takes seconds.
+  # The stamp holds the hash of what was installed from and the extras installed with it
+  # (an install with the test extras also serves).
+  local stamp=".venv/.probelink-installed" want had
+  want="$(cat pyproject.toml <(.venv/bin/python -VV) | sha256sum | cut -d' ' -f1)"
+  had="$(cat "$stamp" 2>/dev/null || true)"
+  if [ -x .venv/bin/probelink ]; then
+    [ "$had" = "$want $extras" ] && return 0
+    [ -z "$extras" ] && [ "$had" = "$want [test]" ] && return 0
+  fi
+  echo "probelink: installing into .venv (first run, or pyproject.toml changed)" >&2
+  rm -f "$stamp"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+  echo "$want $extras" >"$stamp"
 }

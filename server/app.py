@@ -53,6 +53,7 @@ from server.metrics import create_metrics
 from server.reports import http as reports_http
 from server.reports.model import load_terminology
 from server.reports.store import ReportLog
+from server.shutdown import step
 from server.web import pages, vocabulary
 from server.web.edge import client_address_middleware
 from server.web.keys import (
@@ -152,6 +153,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SIO] = sio
     app.cleanup_ctx.append(_live_ctx(namespace))
     app.cleanup_ctx.append(_relay_ctx)
+    app.on_shutdown.append(close_live)
     if settings.dicom_port is not None:
         app.cleanup_ctx.append(_dicom_node_ctx)
 
@@ -160,6 +162,22 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(routes())
     pages.add_routes(app)
     return app
+
+
+async def close_live(app: web.Application) -> None:
+    """Listening has stopped: end the live connections and media first, so that nothing
+    waits on them (a browser's Socket.IO connection would otherwise hold the server open)."""
+    sio, relay = app[SIO], app[RELAY]
+    connections = len(sio.eio.sockets)
+    rooms = len(relay.rooms)
+    log.info(
+        "shutting down",
+        extra={"live_connections": connections, "media_rooms": rooms},
+    )
+    # Clients are told the server went away and reconnect (to another node, behind a balancer).
+    if connections:
+        await step("live connections closed", sio.eio.disconnect())
+    await step("media peer connections closed", relay.close())
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -173,8 +191,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     flusher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await flusher
-    await flush_refusals(app, drain=True)
-    await store.close()
+    await step("refusal counts written", flush_refusals(app, drain=True))
+    await step("records store closed", store.close())
 
 
 async def _flush_refusals_forever(app: web.Application) -> None:
@@ -241,11 +259,11 @@ def _key_images_ctx(
         profiles_reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await profiles_reader
-        await key_images.close()
+        await step("key object selections finished", key_images.close())
         if pusher is not None:
-            await pusher.stop()
+            await step("PACS pushes stopped (the outbox keeps what is left)", pusher.stop())
         if pacs is not None:
-            await pacs.close()
+            await step("PACS client closed", pacs.close())
         text.close()
 
     return context
@@ -273,7 +291,7 @@ async def _dicom_node_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(node.start)
     app[DICOM_NODE] = node
     yield
-    await asyncio.to_thread(node.stop)
+    await step("DICOM node stopped", asyncio.to_thread(node.stop))
 
 
 def _live_ctx(
@@ -322,7 +340,7 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     reporter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reporter
-    await relay.close()
+    await step("media closed", relay.close())
 
 
 async def _report_media_stats(app: web.Application) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import logging
 import os
 import re
 import sys
@@ -26,6 +27,9 @@ from server.experts.store import Experts
 from server.keyring import rotate
 from server.logs import setup_logging
 from server.messages import parse
+from server.shutdown import REQUEST_GRACE_SECONDS
+
+log = logging.getLogger(__name__)
 
 CLI_TOKEN_TTL_SECONDS = COORDINATOR_LINK_TTL_SECONDS
 SERVE_UMASK = 0o077
@@ -98,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         help="an application the expert reads (repeat for several)",
     )
     add.add_argument("--inactive", action="store_true", help="registered, but offered nothing")
+    add.add_argument("--email", help="where notifications reach them (none: not told by e-mail)")
     expert_commands.add_parser("list", help="list the registered experts")
     return parser
 
@@ -124,10 +129,18 @@ def _serve(args: argparse.Namespace) -> int:
             )
 
     try:
-        web.run_app(app, host=settings.host, port=settings.port, print=announce, access_log=None)
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=announce,
+            access_log=None,
+            shutdown_timeout=REQUEST_GRACE_SECONDS,
+        )
     except OSError as exc:
         why = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
         raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {why}") from None
+    log.info("stopped")
     return 0
 
 
@@ -173,7 +186,12 @@ async def _expert_add(args: argparse.Namespace) -> int:
         raise ValueError("--sub must be 1 to 128 of A-Z a-z 0-9 . _ @ -")
     profile = parse(
         ExpertProfile,
-        {"name": args.name, "subspecialties": args.subspecialty, "active": not args.inactive},
+        {
+            "name": args.name,
+            "subspecialties": args.subspecialty,
+            "active": not args.inactive,
+            "email": args.email,
+        },
     )
     subspecialties = subspecialty_set(profile.subspecialties)
     audit = AuditFacts(
@@ -189,7 +207,13 @@ async def _expert_add(args: argparse.Namespace) -> int:
     store = await _records(settings)
     try:
         row, created = await Experts(store).put(
-            args.sub, profile.name, subspecialties, profile.active, datetime.now(UTC), audit
+            args.sub,
+            profile.name,
+            subspecialties,
+            profile.active,
+            datetime.now(UTC),
+            audit,
+            email=profile.email,
         )
     finally:
         await store.close()

@@ -585,6 +585,18 @@ class KeyImages:
         )
         event = await commit(image, audit)
         self.selections.due(row)
+        log.info(
+            "captured",
+            extra={
+                "consultation": row.id,
+                "key_image": key_image_id,
+                "kind": capture.kind.value,
+                "source": detail.get("source"),
+                "participant": capture.author,
+                "role": capture.author_role,
+                "frames": built.detail["frames"],
+            },
+        )
         return event
 
     # The key object selection: after the ack, one for a burst of captures

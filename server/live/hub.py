@@ -31,6 +31,7 @@ from server.live.log import RoomLog
 from server.live.presence import MemoryPresence, Presence, RedisPresence
 from server.live.queue_feed import announce
 from server.live.room import RoomEvent
+from server.shutdown import step
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +266,9 @@ async def open_live(
     try:
         yield live
     finally:
-        await live.close()
+        await step("live rooms closed", live.close())
         if redis is not None:
-            await redis.aclose()
+            await step("Redis connection closed", redis.aclose())
 
 
 async def _reap_forever(reaper: Reaper, interval_seconds: float) -> None:

@@ -243,6 +243,7 @@ class LiveNamespace(socketio.AsyncNamespace):
             await self.on_disconnect(sid)
             raise socketio.exceptions.ConnectionRefusedError("closed while connecting")
         live.spawn(self._welcome(socket, attendee))
+        log.info("joined", extra=_who(socket))
 
     def _transport_alive(self, sid: str) -> bool:
         eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
@@ -342,6 +343,7 @@ class LiveNamespace(socketio.AsyncNamespace):
         socket = self.sockets.pop(sid, None)
         if socket is None:
             return
+        log.info("left", extra=_who(socket))
         await self.leave_room(sid, room_of(socket.consultation_id))
         live = self.app[LIVE]
         if socket.media_node is not None and live.calls is not None:
@@ -398,3 +400,12 @@ class LiveNamespace(socketio.AsyncNamespace):
                 skip_sid=socket.sid,
             )
         return answer
+
+
+def _who(socket: LiveSocket) -> dict[str, str]:
+    """A log line's facts about a participant: opaque ids and the role, never the name."""
+    return {
+        "consultation": socket.consultation_id,
+        "participant": socket.principal.sub,
+        "role": socket.principal.role.value,
+    }

@@ -6,6 +6,7 @@ DICOM SR (queued for the PACS with the key images) and commits version, state an
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,9 @@ from server.reports.sr_archive import archive_report
 from server.store.times import iso
 from server.web.edge import authenticate, consultation_of, facts, read_json
 from server.web.keys import KEY_IMAGES, LIVE, REPORT_LOG, STORE, TERMINOLOGY
+
+
+log = logging.getLogger(__name__)
 
 
 class AddendumRequest(StrictModel):
@@ -210,6 +214,10 @@ async def _commit_with_sr(
         state=state,
         sr=sr,
         push=key_images.push,
+    )
+    log.info(
+        "report signed" if version.addendum is None else "addendum signed",
+        extra={"consultation": row.id, "participant": principal.sub, "version": version.version},
     )
     if key_images.push and key_images.on_outbox is not None:
         key_images.on_outbox()

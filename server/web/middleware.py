@@ -6,6 +6,7 @@ is logged with a reference id and answered with a 500 that carries only that id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -102,6 +103,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             "unhandled error", extra={"reference": reference, "route": route_name(request)}
         )
         return error_response(500, "internal_error", f"internal error (reference {reference})")
+    except asyncio.CancelledError:
+        # Handlers are cancelled only when the server stops and its grace period is over.
+        log.warning("request cut short by shutdown", extra={"route": route_name(request)})
+        raise
     finally:
         metrics = request.app[METRICS]
         route = route_name(request)
