@@ -52,6 +52,7 @@ from server.media.relay import Relay
 from server.metrics import create_metrics
 from server.reports import http as reports_http
 from server.reports.model import load_terminology
+from server.reports.pdf import find_fonts
 from server.reports.store import ReportLog
 from server.shutdown import step
 from server.web import pages, vocabulary
@@ -141,6 +142,8 @@ def create_app(settings: Settings) -> web.Application:
     app[KEYRING] = serving_keys(settings)
     app[TOKEN_POLICY] = token_policy(settings)
     app[TERMINOLOGY] = load_terminology(settings.terminology)
+    # The report PDF's fonts: missing, start-up stops now rather than a signature later.
+    find_fonts(settings.report_fonts)
     app[REFUSALS] = RefusalBursts(REFUSAL_BURST_SECONDS)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_key_images_ctx(settings))

@@ -127,6 +127,12 @@ class Settings(LiveSettings):
         "server/reports/terminology.toml): ambiguous phrases and their preferred terms, read "
         "first.",
     )
+    report_fonts: Path | None = Field(
+        None,
+        description="The folder holding the report PDF's fonts, DejaVuSans.ttf and "
+        "DejaVuSans-Bold.ttf (default: Debian's /usr/share/fonts/truetype/dejavu, package "
+        "fonts-dejavu-core); start-up stops when they are missing.",
+    )
     deid_secret: SecretStr | None = Field(
         None,
         description="Key of the HMAC that derives pseudonyms and DICOM UIDs (default: "

@@ -192,9 +192,9 @@ async def test_signed_report_reaches_the_pacs_as_a_structured_report(
     url = f"/api/consultations/{cid}/report"
     assert (await client.put(url, json=report, headers=expert)).status == 200
     assert (await client.post(f"{url}/sign", headers=expert)).status == 200
-    # Image, key object selection and report: all three confirmed by the PACS (the bedside's
-    # access ended with the signature: the coordinator looks).
-    await wait_for_state(client, cid, coordinator, lambda r: r["pacs"]["sent"] == 3)
+    # Image, key object selection, report and its PDF: all four confirmed by the PACS (the
+    # bedside's access ended with the signature: the coordinator looks).
+    await wait_for_state(client, cid, coordinator, lambda r: r["pacs"]["sent"] == 4)
     ours = await archived(client, key_image_id, coordinator)
     found = qido_instances(orthanc, ours.StudyInstanceUID)
     classes = {i["00080016"]["Value"][0]: i for i in found}

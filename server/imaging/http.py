@@ -218,19 +218,19 @@ def _frames(data: bytes) -> tuple[list[bytes], str, float | None]:
         fps = 1000.0 / float(ds.FrameTime) if "FrameTime" in ds else None
         return list(generate_frames(ds.PixelData, number_of_frames=frames)), "image/jpeg", fps
     out = io.BytesIO()
-    _first_frame(ds).save(out, "PNG", compress_level=1)
+    first_frame(ds).save(out, "PNG", compress_level=1)
     return [out.getvalue()], "image/png", None
 
 
-def _first_frame(ds: Dataset) -> Image.Image:
-    """The image's first frame (a clip's others are not decoded) as RGB."""
+def first_frame(ds: Dataset, index: int = 0) -> Image.Image:
+    """The image's first frame (or frame `index`; a clip's others are not decoded) as RGB."""
     # pydicom hands JPEG (YBR_FULL_422) pixels over as RGB already.
-    pixels = pixel_array(ds, index=0)
+    pixels = pixel_array(ds, index=index)
     return Image.fromarray(np.ascontiguousarray(pixels).astype(np.uint8), "RGB")
 
 
 def _preview(data: bytes) -> bytes:
-    image = _first_frame(pydicom.dcmread(io.BytesIO(data)))
+    image = first_frame(pydicom.dcmread(io.BytesIO(data)))
     if image.width > PREVIEW_MAX_WIDTH:
         image = image.resize(
             (PREVIEW_MAX_WIDTH, round(image.height * PREVIEW_MAX_WIDTH / image.width))

@@ -29,6 +29,8 @@ SERIES = {
     # A scanner's own images (C-STORE or uploaded DICOM), in series of their own.
     "scanner_still": 6,
     "scanner_clip": 7,
+    # The report's PDF (Encapsulated PDF), archived beside each version of its SR.
+    "report_pdf": 8,
 }
 SOP_CLASS = {
     "still": UltrasoundImageStorage,

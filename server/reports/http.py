@@ -16,8 +16,11 @@ from server.auth import Principal, Role
 from server.consultations.applications import CATEGORIES, category_label
 from server.consultations.lifecycle import State, on_report_drafted, on_report_signed
 from server.consultations.model import ConsultationRow, flags
+from server.dicom import deid
+from server.errors import Conflict
 from server.live.queue_feed import queue_changed
 from server.messages import LongText, StrictModel
+from server.reports import filed
 from server.reports.model import (
     ReportBody,
     ReportState,
@@ -26,11 +29,10 @@ from server.reports.model import (
     may_write,
     missing_for_signing,
 )
-from server.reports.sr_archive import archive_report
+from server.reports.sr_archive import SR_KIND, archive_report
 from server.store.times import iso
 from server.web.edge import authenticate, consultation_of, facts, read_json
 from server.web.keys import KEY_IMAGES, LIVE, REPORT_LOG, STORE, TERMINOLOGY
-
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ def routes(table: web.RouteTableDef) -> None:
     table.put(path)(put_report)
     table.post(f"{path}/sign")(sign_report)
     table.post(f"{path}/addenda")(add_addendum)
+    table.get(f"{path}/pdf")(get_report_pdf)
 
 
 async def _state(request: web.Request, row: ConsultationRow) -> ReportState:
@@ -146,6 +149,52 @@ async def get_report(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
+async def get_report_pdf(request: web.Request) -> web.Response:
+    """The report as a fileable PDF (a draft says it is one); read as the report is."""
+    principal = authenticate(request)
+    row = await consultation_of(request, principal)
+    report = await _state(request, row)
+    if report.current is None:
+        raise Conflict("there is no report yet", code="no_report")
+    images = await request.app[KEY_IMAGES].records.images(row.id)
+    srs = await request.app[KEY_IMAGES].records.objects(row.id, SR_KIND)
+    record = await _record(request, row, report, images, srs[-1].sop_instance_uid if srs else None)
+    data = await filed.report_pdf(request.app[KEY_IMAGES], record, datetime.now(UTC))
+    await request.app[STORE].record_audit(
+        facts(request, principal, "report.pdf", "consultation", row.id)
+    )
+    # Named by the accession (or the consultation id): nothing about the patient.
+    name = f"report-{row.accession_number or row.id}.pdf"
+    return web.Response(
+        body=data,
+        headers={
+            "Content-Type": "application/pdf",
+            "Content-Disposition": f'inline; filename="{name}"',
+        },
+    )
+
+
+async def _record(
+    request: web.Request,
+    row: ConsultationRow,
+    report: ReportState,
+    images: list[dict[str, Any]],
+    sr_uid: str | None,
+) -> filed.Record:
+    key_images = request.app[KEY_IMAGES]
+    names = {p.id: p.name for p in await request.app[STORE].participants(row.id)}
+    key = key_images.key
+    return filed.Record(
+        row,
+        report,
+        images,
+        names,
+        sr_uid,
+        key_images.identity.study_of(row).patient,
+        {v.author: deid.reader_pseudonym(key, v.author) for v in report.versions},
+    )
+
+
 async def put_report(request: web.Request) -> web.Response:
     """Save the draft (partial is fine); the consultation becomes `reported`."""
     principal, row = await _writer(request)
@@ -206,6 +255,9 @@ async def _commit_with_sr(
     """Archive the report as it now stands and record it with `version` (signature or addendum)."""
     key_images = request.app[KEY_IMAGES]
     sr = await archive_report(key_images, row, report, images, version.created_at)
+    # The report's PDF beside its SR, naming it (de-identified like it), for the PACS too.
+    record = await _record(request, row, report, images, sr.sop_instance_uid)
+    pdf = await filed.archive_pdf(key_images, record, version.created_at)
     action = "report.addendum" if version.addendum is not None else "report.sign"
     await request.app[REPORT_LOG].append(
         row.id,
@@ -214,6 +266,7 @@ async def _commit_with_sr(
         state=state,
         sr=sr,
         push=key_images.push,
+        pdf=pdf,
     )
     log.info(
         "report signed" if version.addendum is None else "addendum signed",

@@ -67,8 +67,10 @@ class ReportLog:
         state: State | None = None,
         sr: ArchivedObject | None = None,
         push: bool = False,
+        pdf: ArchivedObject | None = None,
     ) -> None:
-        """Store `version`, move the consultation to `state` (stamping its time), record the SR."""
+        """Store `version`, move the consultation to `state` (stamping its time), record the SR
+        and the report's PDF archived beside it."""
         stored = (
             {"addendum": version.addendum}
             if version.body is None
@@ -116,8 +118,9 @@ class ReportLog:
                             "the consultation is cancelled; it takes no report",
                             code="invalid_state",
                         )
-                if sr is not None:
-                    await insert_object(conn, consultation_id, sr, None, push=push)
+                for archived in (sr, pdf):
+                    if archived is not None:
+                        await insert_object(conn, consultation_id, archived, None, push=push)
                 await self.store.append_audit(conn, audit)
         except IntegrityError:
             raise Conflict(
