@@ -50,6 +50,7 @@ from server.media.feedback import BitratePolicy
 from server.media.hooks import receive
 from server.media.relay import Relay
 from server.metrics import create_metrics
+from server.notify.outbox import Notifier
 from server.reports import http as reports_http
 from server.reports.model import load_terminology
 from server.reports.pdf import find_fonts
@@ -63,6 +64,7 @@ from server.web.keys import (
     KEYRING,
     LIVE,
     METRICS,
+    NOTIFIER,
     REFUSALS,
     RELAY,
     REPORT_LOG,
@@ -147,6 +149,8 @@ def create_app(settings: Settings) -> web.Application:
     app[REFUSALS] = RefusalBursts(REFUSAL_BURST_SECONDS)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_key_images_ctx(settings))
+    if settings.notify_enabled:
+        app.cleanup_ctx.append(_notify_ctx)
 
     sio = create_sio(settings)
     namespace = LiveNamespace(app)
@@ -196,6 +200,17 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await flusher
     await step("refusal counts written", flush_refusals(app, drain=True))
     await step("records store closed", store.close())
+
+
+async def _notify_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Notifications (PROBELINK_SMTP_HOST, PROBELINK_NOTIFY_WEBHOOK_URL): the outbox's sender
+    and the due-soon scanner, stopped before the store closes."""
+    settings = app[SETTINGS]
+    notifier = Notifier(settings, settings.base_url, app[STORE], app[METRICS])
+    app[NOTIFIER] = notifier
+    notifier.start()
+    yield
+    await notifier.stop()
 
 
 async def _flush_refusals_forever(app: web.Application) -> None:

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import SettingsConfigDict
 
 from server.config_live import ENV_PREFIX, LiveSettings
+from server.config_notify import NotifySettings
 from server.errors import ConfigError
 
 SQLITE_FILE_NAME = "probelink.sqlite3"
@@ -25,7 +26,7 @@ COORDINATOR_LINK_TTL_SECONDS = 12 * 3600
 DUE_MINUTES_MAX = 365 * 24 * 60
 
 
-class Settings(LiveSettings):
+class Settings(LiveSettings, NotifySettings):
     """probelink's settings; the README has a table of all of them."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)

@@ -37,6 +37,10 @@ class Metrics:
     # Turnaround per stage (quantile 0.5, 0.9) and overdue requests, refreshed at each scrape.
     turnaround: Gauge
     overdue: Gauge
+    # Notifications by channel (email, webhook) and outcome (sent, failed, dropped, refused),
+    # and the deliveries waiting in the outbox (as this node last counted them).
+    notifications: Counter
+    notifications_pending: Gauge
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
@@ -130,6 +134,18 @@ def create_metrics() -> Metrics:
             "probelink_consultations_overdue",
             "Consultations past their due time: open now (open), or signed after it (signed_late).",
             ["kind"],
+            registry=registry,
+        ),
+        notifications=Counter(
+            "probelink_notifications",
+            "Notification deliveries by channel (email, webhook) and outcome (sent; failed, to "
+            "be retried; dropped, the request closed first; refused for good by the mail server).",
+            ["channel", "outcome"],
+            registry=registry,
+        ),
+        notifications_pending=Gauge(
+            "probelink_notifications_pending",
+            "Notification deliveries waiting in the outbox.",
             registry=registry,
         ),
     )

@@ -36,7 +36,7 @@ from server.reports import http as reports_http
 from server.reports.model import ReportState
 from server.store.times import iso
 from server.web.edge import authenticate, consultation_of, facts, read_json
-from server.web.keys import KEY_IMAGES, METRICS, REPORT_LOG, SETTINGS, STORE
+from server.web.keys import KEY_IMAGES, METRICS, NOTIFIER, REPORT_LOG, SETTINGS, STORE
 
 
 def routes(table: web.RouteTableDef) -> None:
@@ -139,9 +139,14 @@ async def create_consultation(request: web.Request) -> web.Response:
         updated_at=now,
         accession_number=new_accession_number(),
     )
+    # Who is told of it (none when notifications are off), staged with the request itself.
+    notifier = request.app.get(NOTIFIER)
+    notices = await notifier.on_request(row) if notifier is not None else []
     row = await request.app[STORE].create_consultation(
-        row, facts(request, principal, "consultation.create", "consultation", row.id)
+        row, facts(request, principal, "consultation.create", "consultation", row.id), notices
     )
+    if notifier is not None:
+        notifier.kick()
     request.app[METRICS].consultations_created.labels(context.urgency.value).inc()
     await queue_changed(request.app, [row.id])
     return web.json_response(await full_record(request, row), status=201)

@@ -29,6 +29,8 @@ from server.consultations.lifecycle import Cancellation, State, accepts_particip
 from server.consultations.model import ClinicalContext, ConsultationRow, new_accession_number
 from server.consultations.turnaround import Times
 from server.errors import Conflict, NotFound
+from server.notify.model import Delivery
+from server.notify.staging import stage
 from server.store.database import open_engine
 from server.store.times import from_iso, iso
 
@@ -87,12 +89,15 @@ class Store:
 
     # Consultations
 
-    async def create_consultation(self, row: ConsultationRow, audit: AuditFacts) -> ConsultationRow:
-        """Store a new consultation; returns it as stored (a clashing accession number, one in
-        hundreds of billions, is drawn again)."""
+    async def create_consultation(
+        self, row: ConsultationRow, audit: AuditFacts, notices: Iterable[Delivery] = ()
+    ) -> ConsultationRow:
+        """Store a new consultation with the notices of its arrival; returns it as stored (a
+        clashing accession number, one in hundreds of billions, is drawn again)."""
+        notices = tuple(notices)
         for attempt in range(ACCESSION_ATTEMPTS):
             try:
-                await self._insert_consultation(row, audit)
+                await self._insert_consultation(row, audit, notices)
                 return row
             except IntegrityError:
                 if attempt + 1 == ACCESSION_ATTEMPTS or not await self._accession_taken(row):
@@ -112,7 +117,9 @@ class Store:
             found = result.mappings().first()
         return None if found is None else _consultation(found)
 
-    async def _insert_consultation(self, row: ConsultationRow, audit: AuditFacts) -> None:
+    async def _insert_consultation(
+        self, row: ConsultationRow, audit: AuditFacts, notices: tuple[Delivery, ...]
+    ) -> None:
         async with self.transaction() as conn:
             await conn.execute(
                 text(
@@ -135,6 +142,7 @@ class Store:
                 },
             )
             await self.append_audit(conn, audit)
+            await stage(conn, notices, row.requested_at)
 
     async def get_consultation(self, consultation_id: str) -> ConsultationRow | None:
         async with self.engine.connect() as conn:

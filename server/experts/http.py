@@ -60,6 +60,7 @@ def expert_body(row: ExpertRow) -> dict[str, object]:
         "name": row.name,
         "subspecialties": [s.value for s in row.subspecialties],
         "active": row.active,
+        "email": row.email,
         "created_at": iso(row.created_at),
         "updated_at": iso(row.updated_at),
     }
@@ -111,7 +112,8 @@ async def list_experts(request: web.Request) -> web.Response:
 
 
 async def put_expert(request: web.Request) -> web.Response:
-    """Register an expert's credentials, or replace them (name, subspecialties, active)."""
+    """Register an expert's credentials, or replace them (name, subspecialties, active, e-mail
+    address)."""
     principal = authenticate(request, Role.COORDINATOR)
     sub = _sub_of(request)
     profile = await read_json(request, ExpertProfile)
@@ -122,7 +124,13 @@ async def put_expert(request: web.Request) -> web.Response:
     )
     experts = Experts(request.app[STORE])
     row, _created = await experts.put(
-        sub, profile.name, subspecialties, profile.active, datetime.now(UTC), audit
+        sub,
+        profile.name,
+        subspecialties,
+        profile.active,
+        datetime.now(UTC),
+        audit,
+        email=profile.email,
     )
     # Deactivated, or no longer credentialed for what they held: their links end.
     await request.app[LIVE].end_access(await experts.linked_consultations(sub))

@@ -16,6 +16,7 @@ from pydantic import Field, StringConstraints
 
 from server.consultations.model import Application
 from server.messages import Choice, Name, StrictModel
+from server.notify.address import EmailAddress
 
 # An expert's `sub` (their tokens' subject): the characters a TURN username keeps as they are.
 SUB_PATTERN = r"^[A-Za-z0-9._@-]{1,128}$"
@@ -28,6 +29,9 @@ class ExpertProfile(StrictModel):
     name: Name
     subspecialties: list[Choice[Application]] = Field(min_length=1, max_length=len(Application))
     active: bool = True
+    # Where notifications reach them (a request they may read arrives, or comes due); none: not
+    # told by e-mail.
+    email: EmailAddress | None = None
 
 
 def subspecialty_set(subspecialties: Iterable[str]) -> tuple[Application, ...]:

@@ -44,6 +44,8 @@ class ExpertRow:
     active: bool
     created_at: datetime
     updated_at: datetime
+    # Where notifications reach them (None: not told by e-mail).
+    email: str | None = None
 
 
 class Experts:
@@ -60,6 +62,7 @@ class Experts:
         active: bool,
         now: datetime,
         audit: AuditFacts,
+        email: str | None = None,
     ) -> tuple[ExpertRow, bool]:
         """Register or update an expert; returns the row and whether it was created."""
         async with self.store.transaction() as conn:
@@ -67,16 +70,17 @@ class Experts:
             created = before is None
             await conn.execute(
                 text(
-                    "INSERT INTO experts (sub, name, subspecialties, active, created_at,"
-                    " updated_at) VALUES (:sub, :name, :subs, :active, :at, :at)"
+                    "INSERT INTO experts (sub, name, subspecialties, active, email, created_at,"
+                    " updated_at) VALUES (:sub, :name, :subs, :active, :email, :at, :at)"
                     " ON CONFLICT (sub) DO UPDATE SET name = :name, subspecialties = :subs,"
-                    " active = :active, updated_at = :at"
+                    " active = :active, email = :email, updated_at = :at"
                 ),
                 {
                     "sub": sub,
                     "name": name,
                     "subs": json.dumps([s.value for s in subspecialties]),
                     "active": active,
+                    "email": email,
                     "at": iso(now),
                 },
             )
@@ -230,4 +234,5 @@ def _expert_row(m: RowMapping) -> ExpertRow:
         active=bool(m["active"]),
         created_at=datetime.fromisoformat(m["created_at"]),
         updated_at=datetime.fromisoformat(m["updated_at"]),
+        email=m["email"],
     )

@@ -277,4 +277,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE device_profiles ADD COLUMN picture TEXT",
         ),
     ),
+    Migration(
+        11,
+        "notifications: experts' e-mail addresses and the notification outbox",
+        (
+            # Where notifications reach an expert (NULL: not told by e-mail).
+            "ALTER TABLE experts ADD COLUMN email TEXT",
+            # One row per notice, channel and recipient (an address; '' for the webhook); it
+            # leaves 'pending' when sent, dropped (the request closed first) or refused.
+            """CREATE TABLE notify_outbox (
+                id TEXT PRIMARY KEY,
+                consultation_id TEXT NOT NULL REFERENCES consultations (id),
+                event TEXT NOT NULL,
+                channel TEXT NOT NULL,
+                recipient TEXT NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at TEXT NOT NULL,
+                claimed_until TEXT,
+                last_error TEXT,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                UNIQUE (consultation_id, event, channel, recipient)
+            )""",
+            "CREATE INDEX notify_outbox_due ON notify_outbox (state, next_attempt_at)",
+        ),
+    ),
 )

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from server.live.log import RoomLog
     from server.media.relay import Relay
     from server.metrics import Metrics
+    from server.notify.outbox import Notifier
     from server.reports.model import Term
     from server.reports.store import ReportLog
     from server.web.refusals import RefusalBursts
@@ -38,6 +39,8 @@ KEY_IMAGES: web.AppKey[KeyImages] = web.AppKey("key_images")
 TERMINOLOGY: web.AppKey[tuple[Term, ...]] = web.AppKey("terminology")
 REFUSALS: web.AppKey[RefusalBursts] = web.AppKey("refusals")
 DICOM_NODE: web.AppKey[DicomNode] = web.AppKey("dicom_node")
+# Notifications, when configured (absent: off).
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 
 # Set on a request once its token is verified.
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
