@@ -243,3 +243,50 @@ async def test_after_reassignment_only_the_assigned_expert_writes_the_report(
         await client.put(url, json={**SIGNABLE, "key_image_ids": [key_image]}, headers=second)
     ).status == 200
     assert (await client.post(f"{url}/sign", headers=second)).status == 200
+
+
+async def test_contradictions_are_advised_while_writing_and_a_hard_one_refuses_signing(
+    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
+) -> None:
+    cid, expert, key_image = await consultation(client, coordinator, token_for, BREAST)
+    url = f"/api/consultations/{cid}/report"
+    # The case: BI-RADS 0 "agree" with a first read of 4A.
+    contradicting = {
+        **SIGNABLE,
+        "category": "0",
+        "concordance": "agree",
+        "recommendation": "Diagnostic mammography.",
+        "key_image_ids": [key_image],
+    }
+    # Checked as it is written, before anything is saved: nothing is stored.
+    checked = await client.post(f"{url}/check", json=contradicting, headers=expert)
+    assert checked.status == 200, await checked.text()
+    advice = (await checked.json())["consistency"]
+    assert [(a["field"], a["hard"]) for a in advice] == [("concordance", True)]
+    assert "BI-RADS 4A" in advice[0]["message"]
+    assert (await (await client.get(url, headers=expert)).json())["current"] is None
+    # A body the application refuses is refused here too, naming the field.
+    bad = await client.post(
+        f"{url}/check", json={"segments_examined": ["popliteal"]}, headers=expert
+    )
+    assert bad.status == 400 and (await bad.json())["error"]["field"] == "segments_examined"
+
+    view = await (await client.put(url, json=contradicting, headers=expert)).json()
+    assert [a["field"] for a in view["consistency"]] == ["concordance"]
+    refused = await client.post(f"{url}/sign", headers=expert)
+    assert refused.status == 409
+    error = (await refused.json())["error"]
+    assert error["code"] == "report_inconsistent" and "BI-RADS 4A" in error["message"]
+
+    # Advice alone does not stop signing: the expert may know better.
+    advised = {
+        **contradicting,
+        "category": "2",
+        "concordance": "major_discrepancy",
+        "recommendation": "Ultrasound-guided biopsy.",
+    }
+    view = await (await client.put(url, json=advised, headers=expert)).json()
+    assert [(a["field"], a["hard"]) for a in view["consistency"]] == [("recommendation", False)]
+    signed = await client.post(f"{url}/sign", headers=expert)
+    assert signed.status == 200, await signed.text()
+    assert (await signed.json())["consistency"] == []  # signed: nothing more to check

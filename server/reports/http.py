@@ -21,10 +21,12 @@ from server.errors import Conflict
 from server.live.queue_feed import queue_changed
 from server.messages import LongText, StrictModel
 from server.reports import filed
+from server.reports.consistency import Advice, RequestFacts, check_consistency, refuse_hard
 from server.reports.model import (
     ReportBody,
     ReportState,
     Version,
+    check_draft,
     check_terminology,
     may_write,
     missing_for_signing,
@@ -45,6 +47,7 @@ def routes(table: web.RouteTableDef) -> None:
     path = "/api/consultations/{consultation_id}/report"
     table.get(path)(get_report)
     table.put(path)(put_report)
+    table.post(f"{path}/check")(check_report)
     table.post(f"{path}/sign")(sign_report)
     table.post(f"{path}/addenda")(add_addendum)
     table.get(f"{path}/pdf")(get_report_pdf)
@@ -84,14 +87,8 @@ async def report_view(
     application = row.context.application.value if row.context.application else None
     body = report.current
     latest = next((v for v in reversed(report.versions) if v.body is not None), None)
-    known = {i["id"] for i in images}
-    terms = request.app[TERMINOLOGY]
     names = {p.id: p.name for p in await request.app[STORE].participants(row.id)}
-    missing = (
-        []
-        if body is None or report.signed
-        else missing_for_signing(application, body, bool(row.context.first_read), known)
-    )
+    rules = _rules(request, row, None if report.signed else body, images)
     categories = (
         [{"value": c, "label": category_label(application, c)} for c in CATEGORIES[application]]
         if application in CATEGORIES
@@ -113,14 +110,50 @@ async def report_view(
             }
             for a in report.addenda
         ],
+        **rules,
+    }
+
+
+def _rules(
+    request: web.Request,
+    row: ConsultationRow,
+    body: ReportBody | None,
+    images: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What the report's rules say of `body` (None: nothing to check, e.g. once signed):
+    what signing still needs, ambiguous terms, and contradictions (`consistency`)."""
+    if body is None:
+        return {"missing_for_signing": [], "terminology": [], "consistency": []}
+    application = row.context.application.value if row.context.application else None
+    known = {i["id"] for i in images}
+    missing = missing_for_signing(application, body, bool(row.context.first_read), known)
+    terms = request.app[TERMINOLOGY]
+    return {
         "missing_for_signing": [
             {"field": m.field, "label": m.label, "why": m.why} for m in missing
         ],
         "terminology": [
             {"field": t.field, "phrase": t.phrase, "preferred": t.preferred, "why": t.why}
-            for t in (check_terminology(terms, body) if body else [])
+            for t in check_terminology(terms, body)
+        ],
+        "consistency": [
+            {"field": a.field, "message": a.message, "hard": a.hard}
+            for a in _consistency(row, body, images)
         ],
     }
+
+
+def _consistency(
+    row: ConsultationRow, body: ReportBody, images: list[dict[str, Any]]
+) -> list[Advice]:
+    context = row.context
+    facts = RequestFacts(
+        first_read_birads=context.breast.first_read_birads if context.breast else None,
+        segments_requested=tuple(context.dvt.segments_examined or ()) if context.dvt else (),
+    )
+    cited = {i["id"]: (i.get("measurements") or {}).get("calipers", []) for i in images}
+    application = context.application.value if context.application else None
+    return check_consistency(application, body, facts, cited)
 
 
 def _version_view(v: Version, names: dict[str, str]) -> dict[str, Any]:
@@ -213,11 +246,23 @@ async def put_report(request: web.Request) -> web.Response:
     return web.json_response(await report_view(request, row, report, images))
 
 
+async def check_report(request: web.Request) -> web.Response:
+    """What the rules say of a body being written, before it is saved: nothing is stored."""
+    _, row = await _writer(request)
+    body = await read_json(request, ReportBody)
+    application = row.context.application.value if row.context.application else None
+    check_draft(application, body)
+    images = await request.app[KEY_IMAGES].records.images(row.id)
+    return web.json_response(_rules(request, row, body, images))
+
+
 async def sign_report(request: web.Request) -> web.Response:
     """Sign: immutable from now on, archived as a DICOM SR and queued for the PACS."""
     principal, row = await _writer(request)
     report = await _state(request, row)
     images = await request.app[KEY_IMAGES].records.images(row.id)
+    if report.current is not None and not report.signed:
+        refuse_hard(_consistency(row, report.current, images))
     version = report.sign(
         principal.sub,
         datetime.now(UTC),

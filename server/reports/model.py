@@ -25,7 +25,13 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from server.consultations.applications import CATEGORIES, Application, BiRads, MissingItem
+from server.consultations.applications import (
+    CATEGORIES,
+    Application,
+    BiRads,
+    DvtSegment,
+    MissingItem,
+)
 from server.datafiles import norm, read_tables
 from server.errors import BadRequest, ConfigError, Conflict, Forbidden
 from server.messages import LIST_MAX_ITEMS, Choice, LongText, ShortText, StrictModel
@@ -79,6 +85,8 @@ class ReportBody(StrictModel):
     concordance: Choice[Concordance] | None = None
     technical_quality: TechnicalQuality | None = None
     key_image_ids: list[KeyImageId] = Field(default_factory=list, max_length=LIST_MAX_ITEMS)
+    # DVT: the venous segments the report covers (a negative scan excludes thrombus only there).
+    segments_examined: list[Choice[DvtSegment]] | None = Field(None, max_length=LIST_MAX_ITEMS)
 
 
 def may_write(cancelled: bool, assigned_expert: str | None, writer: str | None) -> None:
@@ -95,11 +103,18 @@ def may_write(cancelled: bool, assigned_expert: str | None, writer: str | None) 
 
 
 def check_draft(application: str | None, body: ReportBody) -> None:
-    """Refuse (`BadRequest` on "category") a category the application does not have."""
+    """Refuse (`BadRequest` on the field) a category the application does not have, and
+    segments in a report that is not a DVT one."""
     allowed = CATEGORIES.get(application or "", ())
     if body.category is not None and body.category not in allowed:
         which = f"one of: {', '.join(allowed)}" if allowed else "absent: the application has none"
         raise BadRequest(f"'category' must be {which}", code="invalid_field", field="category")
+    if body.segments_examined is not None and application != Application.DVT:
+        raise BadRequest(
+            "'segments_examined' is for DVT reports only",
+            code="invalid_field",
+            field="segments_examined",
+        )
 
 
 def missing_for_signing(

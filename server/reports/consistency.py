@@ -1,0 +1,240 @@
+"""Contradictions inside a report, and between the report and its request (no I/O).
+
+`check_consistency` reads the report body with what the request said (the first reader's
+BI-RADS category, the DVT segments asked for) and what the cited key images measure, and
+returns `Advice`: shown while the report is written and listed before it is signed. Advice is
+advice, like the terminology check: the expert may know better. One rule is hard, because
+the report would contradict itself in structured values: concordance "agree" with a BI-RADS
+category other than the first reader's (4A and 4B are both 4: a subcategory apart is advice).
+`Conflict report_inconsistent` refuses signing while a hard rule holds.
+
+Text rules look for what the recommendation says (a biopsy, anticoagulation, a follow-up) by
+whole words, and skip a biopsy that is advised against ("no biopsy", "biopsy is not needed").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.consultations.applications import (
+    SEGMENT_LABELS,
+    Application,
+    BiRads,
+    DvtCategory,
+    DvtSegment,
+)
+from server.errors import Conflict
+from server.reports.model import Concordance, ReportBody
+
+
+@dataclass(frozen=True)
+class Advice:
+    """One contradiction: the report field it is about and what to check."""
+
+    field: str
+    message: str
+    hard: bool = False
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the request said that the report is checked against."""
+
+    first_read_birads: str | None = None
+    segments_requested: tuple[str, ...] = ()
+
+
+# Breast: where management changes (a biopsy or not).
+_BENIGN = {BiRads.NEGATIVE, BiRads.BENIGN}
+_SUSPICIOUS = {"4", "4A", "4B", "4C", "5"}
+_BELOW_BIOPSY = {"1", "2", "3"}
+_DVT_ACUTE = {DvtCategory.ACUTE_DVT, DvtCategory.ACUTE_ON_CHRONIC}
+
+_BIOPSY = re.compile(
+    r"\b(biops\w*|core[- ]needle|fine[- ]needle|FNA|FNAC|tissue (sampling|diagnosis)|"
+    r"vacuum[- ]assisted)\b",
+    re.IGNORECASE,
+)
+# A biopsy advised against: a negation shortly before it, or "not needed" shortly after.
+_NEGATED_BEFORE = re.compile(
+    r"\b(no|not|without|avoid\w*|instead of|unnecessary|spar\w+|defer\w*|rather than)\b"
+    r"[^.;]{0,25}$",
+    re.IGNORECASE,
+)
+_NEGATED_AFTER = re.compile(
+    r"^[^.;]{0,25}\b(not (needed|required|indicated|necessary|recommended)|unnecessary|"
+    r"can be avoided|is avoided)\b",
+    re.IGNORECASE,
+)
+_TREATMENT_OR_FOLLOW_UP = re.compile(
+    r"\b(anticoagula\w*|heparin|LMWH|DOACs?|apixaban|rivaroxaban|edoxaban|dabigatran|"
+    r"warfarin|fondaparinux|treat\w*|follow[- ]?up|repeat (scan|ultrasound|study|duplex)|"
+    r"re-?scan|refer\w*|vascular (team|surgeon|clinic)|haematolog\w*|hematolog\w*)\b",
+    re.IGNORECASE,
+)
+_SIZE = re.compile(r"\b\d+(?:[.,]\d+)?\s?(?:mm|cm)\b", re.IGNORECASE)
+
+
+def recommends_biopsy(text: str | None) -> bool:
+    """True when the text recommends a biopsy (a mention advised against does not count)."""
+    for match in _BIOPSY.finditer(text or ""):
+        before, after = text[: match.start()], text[match.end() :]  # type: ignore[index]
+        if not (_NEGATED_BEFORE.search(before) or _NEGATED_AFTER.search(after)):
+            return True
+    return False
+
+
+def _birads(value: str) -> str:
+    return f"BI-RADS {value}"
+
+
+def _main(category: str) -> str:
+    return category[:1]  # 4A, 4B, 4C and 4 are all category 4
+
+
+def _breast(body: ReportBody, facts: RequestFacts) -> list[Advice]:
+    advice = []
+    category, first = body.category, facts.first_read_birads
+    if category is not None and first is not None and body.concordance is not None:
+        if body.concordance == Concordance.AGREE and _main(category) != _main(first):
+            advice.append(
+                Advice(
+                    "concordance",
+                    f"Concordance is 'agree', but the first read is {_birads(first)} and this"
+                    f" report {_birads(category)}: choose a minor or major discrepancy, or the"
+                    " category that agrees.",
+                    hard=True,
+                )
+            )
+        elif body.concordance == Concordance.AGREE and category != first:
+            advice.append(
+                Advice(
+                    "concordance",
+                    f"Concordance is 'agree', but the first read is {_birads(first)} and this"
+                    f" report {_birads(category)}: a different subcategory is a minor"
+                    " discrepancy.",
+                )
+            )
+        elif body.concordance != Concordance.AGREE and category == first:
+            advice.append(
+                Advice(
+                    "concordance",
+                    f"Both reads are {_birads(category)} but concordance says a discrepancy:"
+                    " say in the findings what differs, or choose 'agree'.",
+                )
+            )
+        crosses = {category, first} & _SUSPICIOUS and {category, first} & _BELOW_BIOPSY
+        if body.concordance == Concordance.MINOR_DISCREPANCY and crosses:
+            advice.append(
+                Advice(
+                    "concordance",
+                    f"{_birads(first)} to {_birads(category)} changes whether the patient has a"
+                    " biopsy: that is a major discrepancy.",
+                )
+            )
+    biopsy = recommends_biopsy(body.recommendation)
+    if category in _BENIGN and biopsy:
+        advice.append(
+            Advice(
+                "recommendation",
+                f"{_birads(category)} is negative or benign, but the recommendation advises a"
+                " biopsy: check the category or the recommendation.",
+            )
+        )
+    elif category == BiRads.PROBABLY_BENIGN and biopsy:
+        advice.append(
+            Advice(
+                "recommendation",
+                f"{_birads(category)} (probably benign) is followed up at a short interval, not"
+                " biopsied: if a biopsy is needed the category is 4.",
+            )
+        )
+    elif category in _SUSPICIOUS and body.recommendation is not None and not biopsy:
+        advice.append(
+            Advice(
+                "recommendation",
+                f"{_birads(category)} calls for a tissue diagnosis, but the recommendation does"
+                " not advise a biopsy.",
+            )
+        )
+    return advice
+
+
+def _dvt(body: ReportBody, facts: RequestFacts) -> list[Advice]:
+    advice = []
+    if body.category in _DVT_ACUTE and body.recommendation is not None:
+        if not _TREATMENT_OR_FOLLOW_UP.search(body.recommendation):
+            advice.append(
+                Advice(
+                    "recommendation",
+                    "An acute DVT, but the recommendation says nothing of anticoagulation,"
+                    " referral or follow-up.",
+                )
+            )
+    requested = [DvtSegment(s) for s in facts.segments_requested]
+    examined = set(body.segments_examined or ())
+    if requested and body.segments_examined is None:
+        advice.append(
+            Advice(
+                "segments_examined",
+                "Say which venous segments the report covers: a negative scan excludes thrombus"
+                " only where the veins were examined.",
+            )
+        )
+    elif requested:
+        left_out = [SEGMENT_LABELS[s] for s in dict.fromkeys(requested) if s not in examined]
+        if left_out:
+            advice.append(
+                Advice(
+                    "segments_examined",
+                    f"The request covers the {', '.join(left_out)}, which the report does not"
+                    " say were examined.",
+                )
+            )
+    return advice
+
+
+def _sizes(body: ReportBody, cited: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[Advice]:
+    """A size in the text with only uncalibrated calipers on the cited images to back it."""
+    texts = " ".join(t for t in (body.findings, body.recommendation) if t)
+    sizes = _SIZE.findall(texts)
+    calipers = [c for key in body.key_image_ids for c in cited.get(key, ())]
+    uncalibrated = [c for c in calipers if c.get("mm") is None]
+    if sizes and uncalibrated and len(uncalibrated) == len(calipers):
+        return [
+            Advice(
+                "findings",
+                f"The report gives a size ({sizes[0]}), but the calipers on the cited key images"
+                " are uncalibrated: calibrate them on the depth scale, or do not cite the size.",
+            )
+        ]
+    return []
+
+
+def check_consistency(
+    application: str | None,
+    body: ReportBody,
+    facts: RequestFacts,
+    cited: Mapping[str, Sequence[Mapping[str, Any]]] = {},
+) -> list[Advice]:
+    """Every contradiction found, in reading order. `cited`: key image id -> its calipers
+    (as `measurements.measure` stores them)."""
+    advice: list[Advice] = []
+    if application == Application.BREAST:
+        advice += _breast(body, facts)
+    if application == Application.DVT:
+        advice += _dvt(body, facts)
+    advice += _sizes(body, cited)
+    return advice
+
+
+def refuse_hard(advice: Iterable[Advice]) -> None:
+    """Signing is refused while a hard rule holds; the message says which."""
+    hard = [a.message for a in advice if a.hard]
+    if hard:
+        raise Conflict(
+            f"the report contradicts itself: {' '.join(hard)}", code="report_inconsistent"
+        )
