@@ -573,3 +573,48 @@ def test_the_command_line_registers_an_experts_address(tmp_path: Path) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             (expert,) = json.load(response)["experts"]
     assert expert["email"] == "lee@hospital.example"
+
+
+async def test_a_stop_in_the_middle_of_a_delivery_gives_its_lease_back(
+    client: Client, coordinator: Headers, mailbox: Mailbox, receiver: Receiver
+) -> None:
+    """A mail server and a receiver that take the connection and never answer: the stop cuts
+    the deliveries short, and the notices are free for any node at once, not after the lease."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    servers = [
+        await asyncio.start_server(silent, "127.0.0.1", port)
+        for port in (mailbox.port, receiver.port)
+    ]
+    try:
+        created = await send_request(client, coordinator)
+
+        async def claimed() -> bool:
+            async with client.app[STORE].engine.connect() as conn:
+                leased = await conn.scalar(
+                    text(
+                        "SELECT COUNT(*) FROM notify_outbox WHERE consultation_id = :cid"
+                        " AND claimed_until IS NOT NULL"
+                    ),
+                    {"cid": created["id"]},
+                )
+            return leased == 2 and len(held) == 2
+
+        await eventually(claimed, "both deliveries claimed and waiting on a silent server")
+        await client.app[NOTIFIER].stop()
+        rows = await outbox(client, created["id"])
+        assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 0)] * 2
+        async with client.app[STORE].engine.connect() as conn:
+            leased = await conn.scalar(
+                text("SELECT COUNT(*) FROM notify_outbox WHERE claimed_until IS NOT NULL")
+            )
+        assert leased == 0
+    finally:
+        for writer in held:
+            writer.close()
+        for server in servers:
+            server.close()
+            await server.wait_closed()

@@ -184,8 +184,8 @@ class Notifier:
                 "notification outcome not recorded",
                 extra={"notice": notice.id, "why": type(exc).__name__},
             )
-        finally:
-            self.held.discard(notice.id)
+        # Cut short by a stop (CancelledError), the lease stays held, for stop() to give back.
+        self.held.discard(notice.id)
         self.metrics.notifications.labels(notice.channel.value, outcome).inc()
         if outcome != "failed":
             log.info(
