@@ -196,6 +196,15 @@ async def request_from_start_page(server: Server, browser: Browser) -> tuple[str
         "() => document.getElementById('form-error').textContent.includes('incomplete')",
         timeout=TIMEOUT_MS,
     )
+    refusal = await page.locator("#form-error").inner_text()
+    # The refusal stays until the user acts on it: a field filled and left refreshes the
+    # checklist (the lesion's position leaves it), and the error is still there.
+    await page.select_option("#lesion_clock", "2")
+    await page.locator("#lesion_clock").blur()
+    await checklist.locator("li[data-field='breast.lesion_clock']").wait_for(
+        state="detached", timeout=TIMEOUT_MS
+    )
+    assert await page.locator("#form-error").inner_text() == refusal
     await page.fill("#incomplete_reason", "Scanning now; details follow")
     await page.click("#submit")
     await page.locator("#invites").wait_for(timeout=TIMEOUT_MS)

@@ -1,12 +1,15 @@
 // Start page: a coordinator writes the request (the checklist follows as they type, from the
 // server's own rules), sends it, and creates a join link per person.
-import { api, claims, describe, pageToken } from "./lib/api.js";
+import { api, claims, describe } from "./lib/api.js";
+import { admit } from "./lib/gate.js";
 import { $, el } from "./lib/dom.js";
 import { joinLink } from "./lib/joinlink.js";
 import { PHANTOM_DEVICE } from "./lib/phantom.js";
 
 const CHECK_DELAY_MS = 300;
-const token = pageToken();
+// Nothing of the page runs before its link is accepted (lib/gate.js).
+health(); // the server's state, whatever the link
+const { token } = await admit("start", { keep: ["status"] });
 const form = $("request");
 let consultationId = null;
 
@@ -135,6 +138,21 @@ function renderChecklist(check) {
     : `${items.length} item${items.length === 1 ? "" : "s"} missing. A request can be sent without the optional ones.`;
 }
 
+// Errors stay until the user acts: a refused send's or invite's error stays until the next
+// send or invite (the checklist's refresh as a field is left must not wipe it); the checklist's
+// own error is cleared by its next good answer.
+let errorFrom = null;
+function showError(error, from) {
+  $("form-error").textContent = describe(error);
+  errorFrom = from;
+}
+function clearError(from) {
+  if (from !== "checklist" || errorFrom === "checklist") {
+    $("form-error").textContent = "";
+    errorFrom = null;
+  }
+}
+
 let timer = null;
 let asked = 0;
 function checkSoon() {
@@ -144,17 +162,17 @@ function checkSoon() {
     try {
       const check = await api(token, "/api/consultations/checklist", { method: "POST", json: body() });
       if (mine !== asked) return;
-      $("form-error").textContent = "";
+      clearError("checklist");
       renderChecklist(check);
     } catch (error) {
-      if (mine === asked) $("form-error").textContent = describe(error);
+      if (mine === asked && errorFrom !== "send") showError(error, "checklist");
     }
   }, CHECK_DELAY_MS);
 }
 
 async function submit(event) {
   event.preventDefault();
-  $("form-error").textContent = "";
+  clearError("send");
   try {
     const record = await api(token, "/api/consultations", { method: "POST", json: body() });
     consultationId = record.id;
@@ -166,7 +184,7 @@ async function submit(event) {
     renderChecklist({ ...record.checklist, required_missing: [], flags: record.flags });
     $("invite-name").focus();
   } catch (error) {
-    $("form-error").textContent = describe(error);
+    showError(error, "send");
   }
 }
 
@@ -181,8 +199,9 @@ async function invite() {
     $("links").append(el("li", {}, joinLink(made, { label: `${name} (${role})`, role })));
     $("invite-role").value = role === "operator" ? "expert" : role;
     $("invite-name").value = role === "operator" ? "Expert" : "";
+    clearError("invite");
   } catch (error) {
-    $("form-error").textContent = describe(error);
+    showError(error, "invite");
   }
 }
 
@@ -211,7 +230,6 @@ function warnDevice() {
   ]));
 }
 
-health();
 if (!token || claims(token)?.role !== "coordinator") {
   $("no-token").classList.remove("hidden");
   $("queue-link").classList.add("hidden");
