@@ -9,21 +9,28 @@ import asyncio
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pypdfium2 as pdfium
 import pytest
 from aiohttp.test_utils import TestClient
-from dicom_checks import dciodvfy_errors, every_value, read
+from browser import ARTIFACTS_DIR, coordinator_token, save_screenshot
+from dicom_checks import dciodvfy_errors, every_value, ocr, read
 from orthanc_server import OrthancServer
 from phantom import BREAST_REQUEST, phantom_frame
 from PIL import Image, ImageDraw
+from servers import Server
 from test_pacs import qido_instances, wado_instance
+from test_web_e2e import TIMEOUT_MS, http, new_page, upload_png
 
 from server.config import Settings, load_settings
 from server.keyring import load_or_create
+from server.reports.pdf import CALIPER_COLOUR, ROLE_COLOURS, find_fonts, picture
 from server.web.keys import KEY_IMAGES, STORE
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 PATIENT_REF = "PT-0042"
@@ -159,7 +166,8 @@ async def test_the_report_pdf_carries_the_record_the_pictures_and_the_signature(
         f"Exam date {exam} UTC",
         "Application Breast ultrasound",
         f"Clinical question {REQUEST['clinical_question']}",
-        "First read Oval hypoechoic mass, BI-RADS 4A (BI-RADS 4A (low suspicion",
+        "First read Oval hypoechoic mass, BI-RADS 4A; category stated: BI-RADS 4A (low"
+        " suspicion for malignancy)",
         "Category 2: BI-RADS 2 (benign)",
         f"Findings {REPORT['findings']}",
         f"Recommendation {REPORT['recommendation']}",
@@ -173,7 +181,10 @@ async def test_the_report_pdf_carries_the_record_the_pictures_and_the_signature(
     ):
         assert expected in text, expected
     assert f"id {key_image[:8]}" in text
-    assert coloured_share(first_page(data), MAGENTA) > 0.002
+    page = first_page(data)
+    assert coloured_share(page, MAGENTA) > 0.002
+    # The caliper is drawn on the picture in its colour.
+    assert coloured_share(page, CALIPER_COLOUR, tolerance=40) > 0.00003
 
     # An addendum appears after it, with its author and time.
     added = await client.post(
@@ -301,3 +312,99 @@ async def test_the_signed_report_is_archived_and_pushed_as_an_encapsulated_pdf(
         bytes(amended.EncapsulatedDocument)[: amended.EncapsulatedDocumentLength]
     )
     assert "Addendum 1" in amended_text and "Aspirated." in amended_text
+
+
+async def download_pdf(page: Page, button: str) -> tuple[str, bytes]:
+    """Click the page's PDF button; the file it saves: its name and bytes."""
+    async with page.expect_download(timeout=TIMEOUT_MS) as info:
+        await page.click(button)
+    download = await info.value
+    path = await download.path()
+    return download.suggested_filename, await asyncio.to_thread(Path(path).read_bytes)
+
+
+async def test_the_expert_page_gives_the_report_as_a_pdf_with_its_accession_and_pictures(
+    live_server: Server, chromium: Browser
+) -> None:
+    token = coordinator_token(live_server)
+    record = http(live_server, "/api/consultations", token, REQUEST)
+    cid, accession = record["id"], record["accession_number"]
+    operator = http(
+        live_server, f"/api/consultations/{cid}/invites", token, {"role": "operator", "name": "Bed"}
+    )
+    expert = http(
+        live_server,
+        f"/api/consultations/{cid}/invites",
+        token,
+        {"role": "expert", "name": "Dr Breast"},
+    )
+    upload_png(live_server, cid, operator["token"], marked_png())
+
+    context, page, errors = await new_page(chromium)
+    await page.goto(f"{live_server.url}/expert#token={expert['token']}")
+    await page.locator("#report-key-images input").first.wait_for(timeout=TIMEOUT_MS)
+    await page.select_option("#report-category", "2")
+    await page.fill("#report-findings", REPORT["findings"])
+    await page.fill("#report-recommendation", REPORT["recommendation"])
+    await page.select_option("#report-concordance", "major_discrepancy")
+    await page.select_option("#report-quality", "limited")
+    await page.check("#quality-reasons input[value='missing_landmarks']")
+    await page.locator("#report-key-images input").first.check()
+    await page.click("#report-save")
+    await page.locator("#report-status", has_text="Draft saved").wait_for(timeout=TIMEOUT_MS)
+
+    # The draft's PDF says what it is.
+    name, data = await download_pdf(page, "#report-pdf-draft")
+    assert name == f"report-{accession}.pdf"
+    assert "DRAFT — NOT SIGNED" in pdf_text(data)
+
+    await page.click("#report-sign")
+    await page.click("#report-sign")
+    await page.locator("#report-signed").wait_for(state="visible", timeout=TIMEOUT_MS)
+    # The print view shows the cited picture and the identifiers, not a count.
+    await page.wait_for_function(
+        "() => { const img = document.querySelector('#report-document img[data-cited]');"
+        " return img !== null && img.complete && img.naturalWidth > 0; }",
+        timeout=TIMEOUT_MS,
+    )
+    document = await page.locator("#report-document").inner_text()
+    assert cid in document and accession in document
+    await page.emulate_media(media="print")
+    await save_screenshot(page, "report-print-view")
+    await page.emulate_media(media="screen")
+
+    name, data = await download_pdf(page, "#report-pdf")
+    assert name == f"report-{accession}.pdf"
+    text = pdf_text(data)
+    assert "DRAFT" not in text and "Signed by Dr Breast Signed at" in text
+    # The first page, as a reader sees it: the accession is legible and the picture is there.
+    pixels = first_page(data, scale=2.5)
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    Image.fromarray(pixels).save(ARTIFACTS_DIR / "report-pdf-first-page.png")
+    assert accession in ocr(pixels).replace(" ", "")
+    assert coloured_share(pixels, MAGENTA) > 0.002
+    assert errors == []
+    await context.close()
+
+
+def test_marks_on_screen_and_calipers_are_drawn_on_the_picture() -> None:
+    black = Image.new("RGB", (640, 480))
+    fonts = find_fonts(None)
+    arrow = {"kind": "arrow", "points": [[0.1, 0.1], [0.5, 0.5]], "author_role": "expert"}
+    circle = {"kind": "circle", "points": [[0.7, 0.7], [0.8, 0.7]], "author_role": "operator"}
+    label = {"kind": "text", "points": [[0.2, 0.8]], "text": "LT BREAST 2 OCLOCK"}
+    caliper = {"points": [[300, 100], [600, 100]], "mm": 20.0, "n": 3}
+
+    def drawn(**kw: Any) -> np.ndarray:
+        made = picture(black, [arrow, circle, label], [caliper], "c", ["n"], fonts, **kw)
+        return np.array(Image.open(io.BytesIO(made.jpeg)).convert("RGB"))
+
+    pixels = drawn()
+    expert, operator = ROLE_COLOURS["expert"], ROLE_COLOURS["operator"]
+    assert coloured_share(pixels[48:240, 64:320], expert) > 0.01  # the arrow's box
+    assert coloured_share(pixels[300:400, 420:540], operator) > 0.01  # the circle
+    assert coloured_share(pixels[:480, 300:600], CALIPER_COLOUR) > 0.001
+    text = ocr(pixels).replace(" ", "")
+    assert "LTBREAST" in text and "M320.0mm" in text.replace(" ", "")
+    # De-identified, a label is its anchor point only (as in the presentation state).
+    assert "BREAST" not in ocr(drawn(mark_text=False))

@@ -147,8 +147,7 @@ def document(
     def person(sub: str) -> str:
         if deidentified:
             return record.readers.get(sub, "reader")
-        name = record.names.get(sub)
-        return f"{name} ({sub})" if name and name != sub else sub
+        return record.names.get(sub) or sub
 
     exam = _exam_date(row, record.images)
     identity: list[tuple[str, str]] = []
@@ -168,7 +167,7 @@ def document(
     first_read = ctx.first_read
     if ctx.breast is not None and ctx.breast.first_read_birads is not None:
         stated = category_label("breast", ctx.breast.first_read_birads.value)
-        first_read = f"{first_read} ({stated})" if first_read else stated
+        first_read = f"{first_read}; category stated: {stated}" if first_read else stated
     fields = [
         ("Clinical question", ctx.clinical_question),
         ("First read", first_read or "none given"),

@@ -104,6 +104,11 @@ def when(at: datetime) -> str:
 class _Page(FPDF):
     """A4 with the draft banner on every page and the identifiers and page number below."""
 
+    def multi_cell(self, *args: Any, **kwargs: Any) -> Any:
+        # Ragged right: fpdf2 justifies by default, which spreads short clinical lines apart.
+        kwargs.setdefault("align", "L")
+        return super().multi_cell(*args, **kwargs)
+
     def __init__(self, document: Document, fonts: Fonts):
         super().__init__(orientation="P", unit="mm", format="A4")
         # What the header and footer print on each page.
@@ -261,7 +266,7 @@ def picture(
     if scale < 1.0:
         image = image.resize((round(image.width * scale), round(image.height * scale)))
     draw = ImageDraw.Draw(image)
-    stroke = max(2, round(image.width / 320))
+    stroke = max(3, round(image.width / 210))  # legible once printed at ~9 cm wide
     font = ImageFont.truetype(str(fonts.bold), max(12, round(image.width / 40)))
     size = (image.width, image.height)
     for mark in marks:

@@ -1,9 +1,11 @@
 // The expert's structured report: a draft saved as it is written, the server's rules shown
 // (what signing still needs, ambiguous terms), signing, addenda, and a printable document.
-import { api, describe } from "./api.js";
+import { api, apiBlob, describe } from "./api.js";
 import { $, el } from "./dom.js";
 
 const SIGN_CONFIRM_MS = 6000;
+// The rules are asked again this long after the expert stops typing (nothing is saved).
+const CHECK_DELAY_MS = 500;
 const CONCORDANCE = { agree: "Agree", minor_discrepancy: "Minor discrepancy", major_discrepancy: "Major discrepancy" };
 const QUALITY = { adequate: "Adequate", limited: "Limited", non_diagnostic: "Non-diagnostic" };
 const REASONS = { missing_landmarks: "missing landmarks", poor_image_quality: "poor image quality", incomplete_protocol: "incomplete protocol" };
@@ -22,11 +24,19 @@ export class ReportForm {
     this.armed = null;
     this.busy = false;
     this.typed = false; // the expert has typed or chosen something in the form
-    for (const kind of ["input", "change"]) $("report-form").addEventListener(kind, () => { this.typed = true; });
+    this.checkTimer = null;
+    this.checks = 0; // the newest check's number: an older answer is not shown over a newer one
+    for (const kind of ["input", "change"]) {
+      $("report-form").addEventListener(kind, () => {
+        this.typed = true;
+        this.checkSoon();
+      });
+    }
     $("report-save").addEventListener("click", () => this.once(() => this.save()));
     $("report-sign").addEventListener("click", (event) => this.sign(event));
     $("addendum-add").addEventListener("click", () => this.once(() => this.addendum()));
     $("report-print").addEventListener("click", () => window.print());
+    for (const button of document.querySelectorAll("[data-report-pdf]")) button.addEventListener("click", () => this.pdf());
     $("report-quality").addEventListener("change", () => this.showReasons());
     if (readOnly) $("report-form").classList.add("hidden");
   }
@@ -58,11 +68,30 @@ export class ReportForm {
       concordance: $("report-concordance").value || undefined,
       technical_quality: grade ? { grade, reasons, note: text("report-quality-note") } : undefined,
       key_image_ids: [...this.keyImages.entries()].filter(([, box]) => box.checked).map(([id]) => id),
+      segments_examined: this.view?.segments.length
+        ? [...$("report-segments").querySelectorAll("input:checked")].map((i) => i.value)
+        : undefined,
     };
     return Object.fromEntries(Object.entries(body).filter(([, v]) => v !== undefined));
   }
 
+  // Contradictions and the rest of the rules, shown as the expert writes (POST .../check).
+  checkSoon() {
+    if (this.readOnly || this.view?.signed) return;
+    clearTimeout(this.checkTimer);
+    this.checkTimer = setTimeout(async () => {
+      const mine = ++this.checks;
+      try {
+        const rules = await api(this.token, `${this.url}/check`, { method: "POST", json: this.body() });
+        if (mine === this.checks) this.rules(rules);
+      } catch {
+        // A body the server refuses is named when it is saved; the advice shown stays.
+      }
+    }, CHECK_DELAY_MS);
+  }
+
   async save() {
+    this.checks++; // a check still on its way is older than what saving returns
     try {
       this.render(await api(this.token, this.url, { method: "PUT", json: this.body() }));
       this.status("Draft saved");
@@ -125,6 +154,19 @@ export class ReportForm {
     }
   }
 
+  // The fileable PDF, made by the server (a draft's says DRAFT), saved under the accession.
+  async pdf() {
+    try {
+      const blob = await apiBlob(this.token, `${this.url}/pdf`);
+      const name = `report-${this.consultation.accession_number || this.consultation.id}.pdf`;
+      const link = el("a", { href: URL.createObjectURL(blob), download: name });
+      link.click();
+      setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    } catch (error) {
+      this.status(`PDF: ${describe(error)}`, true);
+    }
+  }
+
   status(message, isError = false) {
     $("report-status").textContent = message;
     $("report-status").className = isError ? "error" : "muted";
@@ -152,10 +194,14 @@ export class ReportForm {
       const body = view.current?.body;
       if (body && !this.typed) this.fill(body);
     }
-    $("report-terminology").replaceChildren(...view.terminology.map((t) => el("li", { "data-phrase": t.phrase },
-      el("strong", { text: `“${t.phrase}” → “${t.preferred}”` }), el("span", { class: "why", text: ` ${t.why}` }))));
-    $("report-missing").replaceChildren(...view.missing_for_signing.map((m) => el("li", { "data-field": m.field },
-      el("strong", { text: m.label }), el("span", { class: "why", text: m.why }))));
+    if (first) {
+      $("report-segments").replaceChildren(...view.segments.map((s) =>
+        el("label", { class: "inline" }, el("input", { type: "checkbox", value: s.value }), s.label)));
+      $("report-segments-field").classList.toggle("hidden", !view.segments.length);
+      const body = view.current?.body;
+      if (body && !this.typed) this.fillSegments(body);
+    }
+    this.rules(view);
     this.showReasons();
     $("report-form").classList.toggle("hidden", view.signed || this.readOnly);
     $("report-signed").classList.toggle("hidden", !view.signed);
@@ -163,6 +209,23 @@ export class ReportForm {
     for (const id of ["addendum-text", "addendum-add"]) $(id).classList.toggle("hidden", this.readOnly);
     $("addendum-text").labels[0].classList.toggle("hidden", this.readOnly);
     if (view.signed) this.document(view);
+  }
+
+  // What the rules say: contradictions (a hard one blocks signing), terms, what is missing.
+  rules(view) {
+    $("report-consistency").replaceChildren(...view.consistency.map((c) => el("li",
+      { "data-field": c.field, class: c.hard ? "hard" : "" },
+      el("strong", { text: c.hard ? "⚠ Blocks signing: " : "⚠ Check: " }), c.message)));
+    $("report-terminology").replaceChildren(...view.terminology.map((t) => el("li", { "data-phrase": t.phrase },
+      el("strong", { text: `“${t.phrase}” → “${t.preferred}”` }), el("span", { class: "why", text: ` ${t.why}` }))));
+    $("report-missing").replaceChildren(...view.missing_for_signing.map((m) => el("li", { "data-field": m.field },
+      el("strong", { text: m.label }), el("span", { class: "why", text: m.why }))));
+  }
+
+  fillSegments(body) {
+    for (const box of $("report-segments").querySelectorAll("input")) {
+      box.checked = (body.segments_examined || []).includes(box.value);
+    }
   }
 
   fill(body) {
@@ -187,21 +250,35 @@ export class ReportForm {
     const category = view.categories.find((k) => k.value === body.category)?.label;
     const quality = body.technical_quality;
     const rows = [
+      ["Consultation", this.consultation.id],
+      ["Accession", this.consultation.accession_number],
       ["Question", this.consultation.clinical_question],
+      ["First read", view.first_read],
       ["Category", category],
       ["Findings", body.findings],
       ["Recommendation", body.recommendation],
       ["Concordance with the first read", CONCORDANCE[body.concordance]],
       ["Technical quality", quality && [QUALITY[quality.grade], ...quality.reasons.map((r) => REASONS[r]), quality.note].filter(Boolean).join(", ")],
-      ["Key images cited", String(body.key_image_ids.length)],
       ["Signed", `${new Date(view.current.signed_at).toLocaleString()} by ${view.current.signed_by_name || view.current.signed_by}`],
     ].filter(([, v]) => v);
     $("report-document").replaceChildren(
       el("h3", { text: "Second opinion" }),
       el("dl", {}, ...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
+      el("h4", { text: "Key images cited" }),
+      el("div", { class: "cited" }, ...body.key_image_ids.map((id, n) => this.cited(id, n + 1))),
       ...view.addenda.map((a) => el("div", { class: "addendum" },
         el("h4", { text: `Addendum, ${new Date(a.signed_at).toLocaleString()} by ${a.author_name || a.author}` }),
         el("p", { text: a.text }))),
     );
+  }
+
+  // A cited key image as the print-out shows it: its picture and which one it is.
+  cited(id, n) {
+    const img = el("img", { alt: `Key image ${n}`, "data-cited": id });
+    apiBlob(this.token, `/api/key-images/${id}/preview`).then((blob) => {
+      img.src = URL.createObjectURL(blob);
+      img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
+    }, (error) => { img.alt = `Key image ${n}: ${describe(error)}`; });
+    return el("figure", {}, img, el("figcaption", { text: `Key image ${n} · ${id.slice(0, 8)}` }));
   }
 }
