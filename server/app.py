@@ -56,7 +56,7 @@ from server.reports.model import load_terminology
 from server.reports.pdf import find_fonts
 from server.reports.store import ReportLog
 from server.shutdown import step
-from server.web import pages, vocabulary
+from server.web import pages, session, vocabulary
 from server.web.edge import client_address_middleware
 from server.web.keys import (
     DICOM_NODE,
@@ -101,6 +101,7 @@ def routes() -> web.RouteTableDef:
         experts_http,
         reports_http,
         vocabulary,
+        session,
     ):
         feature.routes(table)
     return table

@@ -7,6 +7,7 @@ import asyncio
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,9 @@ from browser import coordinator_token, probelink, save_screenshot
 from conftest import require
 from servers import Server
 from test_web_e2e import TIMEOUT_MS, VIEWPORT, http, new_page
+
+from server.auth import Role, TokenPolicy, issue_token
+from server.keyring import load
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Locator
@@ -149,4 +153,76 @@ async def test_a_join_link_is_a_copy_button_and_a_qr_code_that_decodes_to_it(
         timeout=TIMEOUT_MS,
     )
     assert await page.evaluate("() => navigator.clipboard.readText()") == url
+    await context.close()
+
+
+def signed(live_server: Server, role: Role, consultation: str | None, *, age: int = 0) -> str:
+    """A token signed with the server's own keys; `age` seconds old (past its 600 s: expired)."""
+    keys = load(Path(live_server.env["PROBELINK_DATA_DIR"]))
+    policy = TokenPolicy("probelink", "probelink", 30, 30 * 86400)
+    return issue_token(
+        keys,
+        policy,
+        sub=f"{role.value}-1",
+        role=role,
+        ttl_seconds=600,
+        consultation_id=consultation,
+        now=time.time() - age,
+    )
+
+
+async def test_a_page_opened_with_a_refused_link_shows_only_why_and_what_to_do(
+    live_server: Server, chromium: Browser
+) -> None:
+    token = coordinator_token(live_server)
+    cid = http(live_server, "/api/consultations", token, DVT_REQUEST)["id"]
+    expert = http(
+        live_server, f"/api/consultations/{cid}/invites", token, {"role": "expert", "name": "E"}
+    )["token"]
+    cancelled = http(live_server, "/api/consultations", token, DVT_REQUEST)["id"]
+    revoked = http(
+        live_server,
+        f"/api/consultations/{cancelled}/invites",
+        token,
+        {"role": "operator", "name": "Bedside"},
+    )["token"]
+    http(live_server, f"/api/consultations/{cancelled}/cancel", token, {"reason": "duplicate"})
+    expired = signed(live_server, Role.OPERATOR, cid, age=3600)
+    cases = [
+        ("/bedside", expired, "This link has expired.", "Ask the coordinator for a new link."),
+        ("/bedside", revoked, "The consultation was cancelled.", "Nothing more can be done"),
+        ("/bedside", expert, "This is an expert's link", "It opens the expert page"),
+        ("/bedside", "", "This page opens from a link", "Open the link you were sent"),
+        ("/expert", "not.a-token", "This link is not valid", "scan its QR code again"),
+        ("/expert", signed(live_server, Role.EXPERT, cid, age=3600), "This link has expired.", ""),
+        ("/queue", expired, "This is an operator's link", "It opens the bedside page"),
+        ("/queue", signed(live_server, Role.COORDINATOR, None, age=3600), "has expired", ""),
+        ("/", expert, "This is an expert's link", ""),
+        ("/setup", signed(live_server, Role.COORDINATOR, None, age=3600), "has expired", ""),
+        ("/join", revoked, "The consultation was cancelled.", ""),
+        ("/join", "eyJhbGciOiJFZERTQSJ9.e30.c2ln", "This link is not valid", ""),
+    ]
+    for path, bad, reason, todo in cases:
+        context, page, errors = await new_page(chromium)
+        await page.goto(f"{live_server.url}{path}#token={bad}")
+        await page.locator("#refused").wait_for(timeout=TIMEOUT_MS)
+        assert reason in await page.locator("#refusal-reason").inner_text(), (path, reason)
+        assert todo in await page.locator("#refusal-todo").inner_text(), (path, todo)
+        # Only that: none of the page's tools, no picture, no camera, no room.
+        assert await page.locator("main").count() == 1
+        for tool in ("video", "button", "form", "select", "canvas", "#go-live", "#queue"):
+            assert await page.locator(tool).count() == 0, (path, tool)
+        live = await page.evaluate(
+            "() => performance.getEntriesByType('resource').map((e) => e.name)"
+        )
+        assert not [u for u in live if "/socket.io/" in u], (path, live)
+        # The browser logs the refused /api/session; nothing else.
+        assert [e for e in errors if "/api/session" not in e] == [], (path, errors)
+        await context.close()
+
+    # The bedside's expired link started nothing: the page is not live and made no stream.
+    context, page, _errors = await new_page(chromium)
+    await page.goto(f"{live_server.url}/bedside?live=1#token={expired}")
+    await page.locator("#refused").wait_for(timeout=TIMEOUT_MS)
+    assert await page.evaluate("() => document.querySelectorAll('video, canvas').length") == 0
     await context.close()

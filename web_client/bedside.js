@@ -1,7 +1,8 @@
 // Bedside page: pick the scanner's video (capture card, camera, or the demo phantom), publish
 // it with the operator's voice, see the expert's pointer, marks and guidance over it, hear the
 // expert, and capture. A still is the page's own full-resolution frame, lossless (PNG upload).
-import { api, claims, describe, pageToken } from "./lib/api.js";
+import { api, claims, describe } from "./lib/api.js";
+import { admit } from "./lib/gate.js";
 import { CAPTURE_BUTTONS, Captures } from "./lib/captures.js";
 import { $, el } from "./lib/dom.js";
 import { Overlay } from "./lib/overlay.js";
@@ -10,7 +11,8 @@ import { Uploads } from "./lib/uploads.js";
 import { Room } from "./lib/room.js";
 
 const PHANTOM = "phantom";
-const token = pageToken();
+// Nothing of the page runs before its link is accepted (lib/gate.js).
+const { token } = await admit("bedside");
 const video = $("video");
 const overlay = new Overlay($("overlay"), video);
 const room = new Room(token, overlay);

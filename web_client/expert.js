@@ -1,7 +1,8 @@
 // Expert page (observers get the same page without the tools): the operator's live video at
 // its own aspect ratio, voice both ways, pointer and marks drawn on the picture, probe guidance,
 // captures decoded by the relay from the exact stream on screen, key images, stream statistics.
-import { api, claims, describe, pageToken } from "./lib/api.js";
+import { api, claims, describe } from "./lib/api.js";
+import { admit } from "./lib/gate.js";
 import { CAPTURE_BUTTONS, Captures } from "./lib/captures.js";
 import { $, el } from "./lib/dom.js";
 import { Overlay, toNormalized } from "./lib/overlay.js";
@@ -17,7 +18,8 @@ const FREEHAND_STEP = 0.004; // normalized distance between kept freehand points
 const TOOL_KEYS = { p: "pointer", a: "arrow", c: "circle", f: "freehand", t: "text", l: "caliper", d: "calibration" };
 const ACTION_KEYS = new Set(["x", "g", "h", "s", "k", "r"]);
 
-const token = pageToken();
+// Nothing of the page runs before its link is accepted (lib/gate.js).
+const { token } = await admit("expert");
 const video = $("video");
 const overlay = new Overlay($("overlay"), video);
 const room = new Room(token, overlay);

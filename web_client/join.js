@@ -1,8 +1,8 @@
-// A join link opens the page of the invitee's role, keeping the token in the fragment.
-import { claims, pageToken } from "./lib/api.js";
+// A join link opens the page of the invitee's role, keeping the token in the fragment; an
+// expert's own (reading-room) link opens their queue. A refused link says why (lib/gate.js).
+import { admit } from "./lib/gate.js";
 
 const PAGES = { operator: "/bedside", expert: "/expert", observer: "/expert", coordinator: "/" };
-const token = pageToken();
-const page = token && PAGES[claims(token)?.role];
-if (page) location.replace(`${page}${location.search}#token=${encodeURIComponent(token)}`);
-else document.getElementById("status").textContent = "This join link is not valid: ask for a new one.";
+const { token, claims } = await admit("join");
+const page = claims.role === "expert" && !claims.consultation ? "/queue" : PAGES[claims.role];
+location.replace(`${page}${location.search}#token=${encodeURIComponent(token)}`);

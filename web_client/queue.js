@@ -5,13 +5,15 @@
 // expert (their own reading-room link) sees what they are credentialed for and accepts it; a
 // coordinator sees everything, gives experts a join link and reassigns.
 import { io } from "/static/vendor/socket.io.esm.min.js";
-import { api, claims, describe, pageToken, timeLeft } from "./lib/api.js";
+import { api, claims, describe, timeLeft } from "./lib/api.js";
+import { admit } from "./lib/gate.js";
 import { $, el } from "./lib/dom.js";
 import { joinLink } from "./lib/joinlink.js";
 
 // The page's own countdown of the time left: no request to the server.
 const COUNTDOWN_MS = 15000;
-const token = pageToken();
+// Nothing of the page runs before its link is accepted (lib/gate.js).
+const { token } = await admit("queue");
 const isExpert = claims(token || "")?.role === "expert";
 let experts = [];
 let listFailed = false; // the error shown is the list's own: the next good refresh clears it

@@ -2,10 +2,12 @@
 // server has it; the text tesseract reads on it is proposed as mask rectangles; the coordinator
 // adds, moves, resizes and deletes them, marks the picture region, previews the masked frame with
 // what is still read, and saves the profile (POST /api/device-profiles). No frame is stored.
-import { api, claims, describe, pageToken } from "./lib/api.js";
+import { api, claims, describe } from "./lib/api.js";
+import { admit } from "./lib/gate.js";
 import { $, el } from "./lib/dom.js";
 
-const token = pageToken();
+// Nothing of the page runs before its link is accepted (lib/gate.js).
+const { token } = await admit("setup");
 const PAD = 4; // pixels around a proposed line of text
 const HANDLE = 14; // the lower right corner that resizes, in frame pixels
 let session = null; // the setup consultation's id
