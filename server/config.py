@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from server.config_live import ENV_PREFIX, LiveSettings
+from server.config_live import ENV_PREFIX, LiveSettings, http_url
 from server.config_notify import NotifySettings
 from server.errors import ConfigError
 
@@ -249,13 +249,7 @@ class Settings(LiveSettings, NotifySettings):
     def _base_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        try:
-            url = urlsplit(value)
-            port = url.port  # raises on a port that is not a number below 65536
-        except ValueError:
-            raise ValueError("must be an http:// or https:// URL") from None
-        if url.scheme not in ("http", "https") or not url.hostname or port == 0:
-            raise ValueError("must be an http:// or https:// URL with a host")
+        url = http_url(value)
         if url.username is not None or url.query or url.fragment:
             raise ValueError("must have no user, query or fragment")
         return value.rstrip("/")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, IPvAnyAddress, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode
@@ -23,6 +24,18 @@ TURN_SECRET_MIN_BYTES = 32
 # coturn checks the expiry at each new allocation (a running one is refreshed past it).
 TURN_TTL_SECONDS_DEFAULT = 4 * 3600
 TURN_TTL_SECONDS_MAX = 24 * 3600
+
+
+def http_url(value: str) -> SplitResult:
+    """`value` split, if it is an http:// or https:// URL with a host; else ValueError."""
+    try:
+        url = urlsplit(value)
+        port = url.port  # raises on a port that is not a number below 65536
+    except ValueError:
+        raise ValueError("must be an http:// or https:// URL") from None
+    if url.scheme not in ("http", "https") or not url.hostname or port == 0:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return url
 
 
 class LiveSettings(BaseSettings):

@@ -4,12 +4,11 @@ one `Settings` (config.py), read the same way. Nothing set: notifications are of
 from __future__ import annotations
 
 import enum
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from server.config_live import ENV_PREFIX
+from server.config_live import ENV_PREFIX, http_url
 from server.notify.address import check_address, parse_addresses
 
 # The webhook's HMAC key is shared with the receiving system: as long as a signing key.
@@ -96,13 +95,7 @@ class NotifySettings(BaseSettings):
     def _webhook_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            url = urlsplit(value)
-            port = url.port  # raises on a port that is not a number below 65536
-        except ValueError:
-            raise ValueError("must be an http:// or https:// URL") from None
-        if url.scheme not in ("http", "https") or not url.hostname or port == 0:
-            raise ValueError("must be an http:// or https:// URL with a host")
+        url = http_url(value)
         if url.username is not None or url.fragment:
             raise ValueError("must have no user or fragment (the signature authenticates)")
         return value

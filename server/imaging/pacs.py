@@ -16,7 +16,6 @@ import contextlib
 import io
 import json
 import logging
-import random
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ import aiohttp
 from server.imaging.archive import Archive, ArchiveCorrupt, ArchiveMissing
 from server.imaging.model import OutboxItem
 from server.imaging.store import KeyImageLog
+from server.store.outbox import retry_delay
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ BATCH = 8
 IDLE_POLL_SECONDS = 2.0
 # An object another node archived is looked at again after this (by whichever node claims it).
 OTHER_NODE_RETRY_SECONDS = 2.0
-RETRY_MIN_SECONDS = 1.0
-RETRY_MAX_SECONDS = 300.0
 REQUEST_TIMEOUT_SECONDS = 60.0
 # Someone is waiting for the picture: a PACS that does not answer by then is reported as such.
 RETRIEVE_TIMEOUT_SECONDS = 15.0
@@ -54,12 +52,6 @@ class PushFailed(Exception):
 
 class RetrieveFailed(Exception):
     """The PACS did not give the object back; the message says why (no patient data in it)."""
-
-
-def retry_delay(attempts: int) -> float:
-    """Exponential back-off with jitter: 1 s, 2 s, 4 s ... up to 5 minutes."""
-    base = min(RETRY_MAX_SECONDS, RETRY_MIN_SECONDS * 2 ** min(attempts, 16))
-    return float(base * random.uniform(0.8, 1.0))
 
 
 def stow_body(files: list[bytes]) -> tuple[bytes, str]:

@@ -20,12 +20,12 @@ from server.audit import AuditFacts
 from server.imaging.model import ArchivedObject, NewKeyImage, OutboxItem
 from server.live.log import insert_event, next_seq
 from server.live.room import RoomEvent
+from server.store.outbox import PENDING, take_leases
 from server.store.times import iso
 
 if TYPE_CHECKING:
     from server.consultations.store import Store
 
-PENDING = "pending"
 SENT = "sent"
 NOT_CONFIGURED = "not_configured"
 
@@ -226,19 +226,9 @@ class KeyImageLog:
                     {"pending": PENDING, "now": iso(now), "limit": limit},
                 )
             ).all()
-            claimed = []
-            for row in rows:
-                result = await conn.execute(
-                    text(
-                        "UPDATE pacs_outbox SET claimed_until = :until"
-                        " WHERE sop_instance_uid = :sop AND state = :pending"
-                        " AND (claimed_until IS NULL OR claimed_until < :now)"
-                    ),
-                    {"until": until, "sop": row[0], "now": iso(now), "pending": PENDING},
-                )
-                if result.rowcount == 1:
-                    claimed.append(OutboxItem(row[0], row[1], row[2], row[3], row[4]))
-            return claimed
+            keys = [row[0] for row in rows]
+            won = await take_leases(conn, "pacs_outbox", "sop_instance_uid", keys, until, iso(now))
+            return [OutboxItem(*row) for row in rows if row[0] in won]
 
     async def pushed(self, sop_instance_uid: str) -> None:
         now = iso(datetime.now(UTC))

@@ -21,7 +21,6 @@ from server.consultations.lifecycle import OPEN_STATES
 from server.consultations.model import ConsultationRow
 from server.consultations.store import Store
 from server.experts.store import Experts
-from server.imaging.pacs import retry_delay
 from server.metrics import Metrics
 from server.notify.model import (
     Channel,
@@ -38,6 +37,7 @@ from server.notify.model import (
 from server.notify.smtp import Mailer
 from server.notify.store import DROPPED, REFUSED, SENT, Claim, Outbox
 from server.notify.webhook import Webhook
+from server.store.outbox import retry_delay
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.notify.model import Delivery
+from server.store.outbox import PENDING
 from server.store.times import iso
-
-PENDING = "pending"
 
 
 async def stage(conn: AsyncConnection, deliveries: Iterable[Delivery], now: datetime) -> int:

@@ -1,9 +1,8 @@
 """The notification outbox in the records store: staged with the event, claimed by one node.
 
 A request's notices are staged in the transaction that stores it (staging.py). A due-soon
-notice is staged by whichever node sees it first. Claiming follows the PACS outbox: a lease on
-the row (a conditional UPDATE that only one node's transaction can win), released when the
-delivery is done or failed; a node that dies holding one leaves it to the others when it ends.
+notice is staged by whichever node sees it first. A delivery is claimed with a lease as the PACS
+outbox's are (server/store/outbox.py), released when it is done or failed.
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ from server.consultations.lifecycle import OPEN_STATES, State
 from server.consultations.model import ConsultationRow
 from server.consultations.store import Store, _consultation
 from server.notify.model import Channel, Delivery, Event, Notice
-from server.notify.staging import PENDING, stage
+from server.notify.staging import stage
+from server.store.outbox import PENDING, take_leases
 from server.store.times import iso
 
 SENT = "sent"
@@ -87,17 +87,12 @@ class Outbox:
                     {"pending": PENDING, "now": iso(now), "limit": limit},
                 )
             ).all()
+            won = await take_leases(
+                conn, "notify_outbox", "id", [row[0] for row in rows], until, iso(now)
+            )
             claimed = []
             for row in rows:
-                result = await conn.execute(
-                    text(
-                        "UPDATE notify_outbox SET claimed_until = :until"
-                        " WHERE id = :id AND state = :pending"
-                        " AND (claimed_until IS NULL OR claimed_until < :now)"
-                    ),
-                    {"until": until, "id": row[0], "now": iso(now), "pending": PENDING},
-                )
-                if result.rowcount == 1:
+                if row[0] in won:
                     notice = Notice(
                         id=row[0],
                         event=Event(row[1]),
