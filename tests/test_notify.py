@@ -16,7 +16,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,11 @@ from sqlalchemy import text
 
 from server.app import create_app
 from server.config import Settings, load_settings
+from server.consultations.lifecycle import State
+from server.consultations.model import ClinicalContext, ConsultationRow, Kind, Urgency
 from server.errors import ConfigError
 from server.keyring import load_or_create
-from server.notify.model import time_left
+from server.notify.model import Event, Expert, Routing, deliveries, time_left
 from server.web.keys import NOTIFIER, STORE
 
 Client = TestClient[Any, Any]
@@ -618,3 +620,36 @@ async def test_a_stop_in_the_middle_of_a_delivery_gives_its_lease_back(
         for server in servers:
             server.close()
             await server.wait_closed()
+
+
+def test_who_is_told_follows_credentials_assignment_and_kind() -> None:
+    """The routing rule alone: no server."""
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    context = ClinicalContext(clinical_question="q", urgency=Urgency.URGENT, application="dvt")
+    row = ConsultationRow("c1", State.LIVE, context, "desk", now, now + timedelta(hours=4), now)
+    people = [
+        Expert("vein", "vein@hospital.example", ("dvt",), True),
+        Expert("both", "Desk@Hospital.example", ("dvt", "breast"), True),
+        Expert("breast", "breast@hospital.example", ("breast",), True),
+        Expert("off", "off@hospital.example", ("dvt",), False),
+        Expert("silent", None, ("dvt",), True),
+    ]
+    routing = Routing(email=True, webhook=True, coordinators=("desk@hospital.example",))
+
+    def told(event: Event, row: ConsultationRow, routing: Routing = routing) -> list[str]:
+        return sorted(f"{d.channel}:{d.recipient}" for d in deliveries(event, row, people, routing))
+
+    everyone = ["email:Desk@Hospital.example", "email:vein@hospital.example", "webhook:"]
+    assert told(Event.REQUESTED, row) == everyone
+    assert told(Event.DUE_SOON, row) == everyone
+    held = replace(row, assigned_expert="vein")
+    # Once an expert holds it, the reminder is theirs (and the coordinators').
+    assert told(Event.REQUESTED, held) == everyone
+    assert told(Event.DUE_SOON, held) == [
+        "email:desk@hospital.example",
+        "email:vein@hospital.example",
+        "webhook:",
+    ]
+    assert told(Event.REQUESTED, row, Routing(False, True, ())) == ["webhook:"]
+    setup = replace(row, context=context.model_copy(update={"kind": Kind.DEVICE_SETUP}))
+    assert told(Event.REQUESTED, setup) == []

@@ -20,11 +20,10 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
-from server.consultations.lifecycle import OPEN_STATES, State
 from server.consultations.model import ConsultationRow, Kind
 from server.experts.model import credentialed
 from server.store.times import iso
@@ -104,11 +103,6 @@ class Notice:
 def notified(row: ConsultationRow) -> bool:
     """Device setup sessions have no patient and no expert to read them: never notified."""
     return row.context.kind is not Kind.DEVICE_SETUP
-
-
-def is_due_soon(state: State, due_at: datetime, now: datetime, lead: timedelta) -> bool:
-    """Open, not yet due, and due within `lead` of now."""
-    return state in OPEN_STATES and now < due_at <= now + lead
 
 
 def deliveries(
