@@ -226,3 +226,29 @@ async def test_a_page_opened_with_a_refused_link_shows_only_why_and_what_to_do(
     await page.locator("#refused").wait_for(timeout=TIMEOUT_MS)
     assert await page.evaluate("() => document.querySelectorAll('video, canvas').length") == 0
     await context.close()
+
+
+async def test_the_same_link_in_a_second_tab_takes_over_and_the_first_says_so(
+    live_server: Server, chromium: Browser
+) -> None:
+    token = coordinator_token(live_server)
+    cid = http(live_server, "/api/consultations", token, DVT_REQUEST)["id"]
+    expert = http(
+        live_server, f"/api/consultations/{cid}/invites", token, {"role": "expert", "name": "Dr E"}
+    )["token"]
+    first_context, first, _ = await new_page(chromium)
+    await first.goto(f"{live_server.url}/expert#token={expert}")
+    await first.locator("#participants li").first.wait_for(timeout=TIMEOUT_MS)
+    second_context, second, errors = await new_page(chromium)
+    await second.goto(f"{live_server.url}/expert#token={expert}")
+    await first.wait_for_function(
+        "() => document.getElementById('error').textContent.includes('no longer connected')",
+        timeout=TIMEOUT_MS,
+    )
+    assert "another tab or on another device" in await first.inner_text("#error")
+    assert await first.inner_text("#connection") == "Session ended"
+    await second.locator("#participants li").first.wait_for(timeout=TIMEOUT_MS)
+    assert await second.inner_text("#error") == ""
+    assert errors == []
+    await first_context.close()
+    await second_context.close()

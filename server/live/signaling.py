@@ -82,6 +82,15 @@ def unexpected(exc: Exception, event: str) -> ProbelinkError:
     return ProbelinkError(f"internal error (reference {reference})")
 
 
+def opened_elsewhere() -> Conflict:
+    """Why a participant's older connection is closed: their link was opened again."""
+    return Conflict(
+        "this join link was opened in another window or on another device;"
+        " the room is shown there now, and this one is no longer connected",
+        code="opened_elsewhere",
+    )
+
+
 class LiveNamespace(socketio.AsyncNamespace):
     """Handlers for `/live`."""
 
@@ -206,17 +215,15 @@ class LiveNamespace(socketio.AsyncNamespace):
         )
         self.sockets[sid] = socket
         for old in self.admission.seat(sid, Seat(source, cid, principal.sub)):
-            await self.end(
-                old,
-                Conflict(
-                    "this join link was opened in another window or on another device;"
-                    " the room is shown there now",
-                    code="opened_elsewhere",
-                ),
-            )
+            await self.end(old, opened_elsewhere())
         live = self.app[LIVE]
         attendee = Attendee(sid, principal.sub, principal.role.value, principal.name, live.node)
         await live.presence.join(cid, attendee)
+        # The same link open on another node (a laptop, then a tablet behind the balancer): the
+        # new connection replaces that one too, through the Socket.IO manager.
+        for other in await live.presence.members(cid):
+            if other.sub == principal.sub and other.node != live.node:
+                await self.end(other.sid, opened_elsewhere())
         store = self.app[STORE]
         await self.app[ROOM_LOG].participant_joined(
             cid, principal.sub, is_expert=principal.role is Role.EXPERT

@@ -107,7 +107,12 @@ export class Room {
   // reassigned or deactivated, or the link opened in another window) and lets us go: say why,
   // and stop the media for good.
   ended(r) {
-    this.refusal = { ...r, ended: true, text: `This session has ended: ${r.message}.` };
+    // The same link opened in another tab or on another device took the room over: this tab
+    // lets go (camera, microphone, media) and says how to bring it back.
+    const text = r.code === "opened_elsewhere"
+      ? "This link was opened in another tab or on another device: the room is shown there now, and this tab is no longer connected. Reload this page to use it here instead."
+      : `This session has ended: ${r.message}.`;
+    this.refusal = { ...r, ended: true, text };
     this.alert(this.refusal.text);
     this.media = null;
     clearTimeout(this.retry);
