@@ -559,6 +559,14 @@ async def test_credentialed_expert_accepts_from_the_queue_and_signs_a_dvt_report
         state="attached", timeout=TIMEOUT_MS
     )
     assert await page.locator("#concordance-field").is_hidden()  # no first read to agree with
+    # The request names the popliteal vein: the report is told, as it is written, to say it
+    # covered it; ticking it answers the advice.
+    advice = page.locator("#report-consistency li[data-field='segments_examined']")
+    await page.fill("#report-findings", "Popliteal vein:")
+    await advice.wait_for(timeout=TIMEOUT_MS)
+    assert "popliteal vein" in await advice.inner_text()
+    await page.check("#report-segments input[value='popliteal']")
+    await advice.wait_for(state="detached", timeout=TIMEOUT_MS)
     await fill_and_sign_report(
         page,
         category="chronic_postthrombotic_change",

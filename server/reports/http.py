@@ -13,7 +13,12 @@ from typing import Any
 from aiohttp import web
 
 from server.auth import Principal, Role
-from server.consultations.applications import CATEGORIES, category_label
+from server.consultations.applications import (
+    CATEGORIES,
+    SEGMENT_LABELS,
+    Application,
+    category_label,
+)
 from server.consultations.lifecycle import State, on_report_drafted, on_report_signed
 from server.consultations.model import ConsultationRow, flags
 from server.dicom import deid
@@ -97,6 +102,12 @@ async def report_view(
     return {
         "application": application,
         "categories": categories,
+        # A DVT report says which venous segments it covers.
+        "segments": (
+            [{"value": s.value, "label": label} for s, label in SEGMENT_LABELS.items()]
+            if application == Application.DVT
+            else []
+        ),
         "first_read": row.context.first_read,
         "flags": [{"code": f.code, "message": f.message} for f in flags(row.context)],
         "current": None if latest is None else _version_view(latest, names),

@@ -4,6 +4,8 @@ import { api, apiBlob, describe } from "./api.js";
 import { $, el } from "./dom.js";
 
 const SIGN_CONFIRM_MS = 6000;
+// The rules are asked again this long after the expert stops typing (nothing is saved).
+const CHECK_DELAY_MS = 500;
 const CONCORDANCE = { agree: "Agree", minor_discrepancy: "Minor discrepancy", major_discrepancy: "Major discrepancy" };
 const QUALITY = { adequate: "Adequate", limited: "Limited", non_diagnostic: "Non-diagnostic" };
 const REASONS = { missing_landmarks: "missing landmarks", poor_image_quality: "poor image quality", incomplete_protocol: "incomplete protocol" };
@@ -22,7 +24,14 @@ export class ReportForm {
     this.armed = null;
     this.busy = false;
     this.typed = false; // the expert has typed or chosen something in the form
-    for (const kind of ["input", "change"]) $("report-form").addEventListener(kind, () => { this.typed = true; });
+    this.checkTimer = null;
+    this.checks = 0; // the newest check's number: an older answer is not shown over a newer one
+    for (const kind of ["input", "change"]) {
+      $("report-form").addEventListener(kind, () => {
+        this.typed = true;
+        this.checkSoon();
+      });
+    }
     $("report-save").addEventListener("click", () => this.once(() => this.save()));
     $("report-sign").addEventListener("click", (event) => this.sign(event));
     $("addendum-add").addEventListener("click", () => this.once(() => this.addendum()));
@@ -59,11 +68,30 @@ export class ReportForm {
       concordance: $("report-concordance").value || undefined,
       technical_quality: grade ? { grade, reasons, note: text("report-quality-note") } : undefined,
       key_image_ids: [...this.keyImages.entries()].filter(([, box]) => box.checked).map(([id]) => id),
+      segments_examined: this.view?.segments.length
+        ? [...$("report-segments").querySelectorAll("input:checked")].map((i) => i.value)
+        : undefined,
     };
     return Object.fromEntries(Object.entries(body).filter(([, v]) => v !== undefined));
   }
 
+  // Contradictions and the rest of the rules, shown as the expert writes (POST .../check).
+  checkSoon() {
+    if (this.readOnly || this.view?.signed) return;
+    clearTimeout(this.checkTimer);
+    this.checkTimer = setTimeout(async () => {
+      const mine = ++this.checks;
+      try {
+        const rules = await api(this.token, `${this.url}/check`, { method: "POST", json: this.body() });
+        if (mine === this.checks) this.rules(rules);
+      } catch {
+        // A body the server refuses is named when it is saved; the advice shown stays.
+      }
+    }, CHECK_DELAY_MS);
+  }
+
   async save() {
+    this.checks++; // a check still on its way is older than what saving returns
     try {
       this.render(await api(this.token, this.url, { method: "PUT", json: this.body() }));
       this.status("Draft saved");
@@ -162,14 +190,14 @@ export class ReportForm {
     if (first) {
       $("report-category").replaceChildren(el("option", { value: "", text: "—" }),
         ...view.categories.map((k) => el("option", { value: k.value, text: k.label })));
+      $("report-segments").replaceChildren(...view.segments.map((s) =>
+        el("label", { class: "inline" }, el("input", { type: "checkbox", value: s.value }), s.label)));
+      $("report-segments-field").classList.toggle("hidden", !view.segments.length);
       // A late first load (after a reconnection) must not replace what the expert typed.
       const body = view.current?.body;
       if (body && !this.typed) this.fill(body);
     }
-    $("report-terminology").replaceChildren(...view.terminology.map((t) => el("li", { "data-phrase": t.phrase },
-      el("strong", { text: `“${t.phrase}” → “${t.preferred}”` }), el("span", { class: "why", text: ` ${t.why}` }))));
-    $("report-missing").replaceChildren(...view.missing_for_signing.map((m) => el("li", { "data-field": m.field },
-      el("strong", { text: m.label }), el("span", { class: "why", text: m.why }))));
+    this.rules(view);
     this.showReasons();
     $("report-form").classList.toggle("hidden", view.signed || this.readOnly);
     $("report-signed").classList.toggle("hidden", !view.signed);
@@ -179,7 +207,21 @@ export class ReportForm {
     if (view.signed) this.document(view);
   }
 
+  // What the rules say: contradictions (a hard one blocks signing), terms, what is missing.
+  rules(view) {
+    $("report-consistency").replaceChildren(...view.consistency.map((c) => el("li",
+      { "data-field": c.field, class: c.hard ? "hard" : "" },
+      el("strong", { text: c.hard ? "⚠ Blocks signing: " : "⚠ Check: " }), c.message)));
+    $("report-terminology").replaceChildren(...view.terminology.map((t) => el("li", { "data-phrase": t.phrase },
+      el("strong", { text: `“${t.phrase}” → “${t.preferred}”` }), el("span", { class: "why", text: ` ${t.why}` }))));
+    $("report-missing").replaceChildren(...view.missing_for_signing.map((m) => el("li", { "data-field": m.field },
+      el("strong", { text: m.label }), el("span", { class: "why", text: m.why }))));
+  }
+
   fill(body) {
+    for (const box of $("report-segments").querySelectorAll("input")) {
+      box.checked = (body.segments_examined || []).includes(box.value);
+    }
     $("report-findings").value = body.findings || "";
     $("report-recommendation").value = body.recommendation || "";
     $("report-category").value = body.category || "";
