@@ -653,3 +653,37 @@ def test_who_is_told_follows_credentials_assignment_and_kind() -> None:
     assert told(Event.REQUESTED, row, Routing(False, True, ())) == ["webhook:"]
     setup = replace(row, context=context.model_copy(update={"kind": Kind.DEVICE_SETUP}))
     assert told(Event.REQUESTED, setup) == []
+
+
+@both_backends
+async def test_two_nodes_on_one_database_send_each_notice_once(
+    aiohttp_client: Callable[..., Any],
+    client: Client,
+    coordinator: Headers,
+    mailbox: Mailbox,
+    receiver: Receiver,
+    settings: Settings,
+) -> None:
+    nodes = (client, await aiohttp_client(create_app(settings)))  # a second node, same records
+    await register(
+        client, coordinator, "dr-nodes", name="Dr Mammary", subspecialties=["breast"],
+        email="nodes@hospital.example",
+    )  # fmt: skip
+    # Staged while nothing listens: the senders of both nodes find them due, again and again.
+    created = [await send_request(node, coordinator) for node in nodes + nodes]
+    await mailbox.start()
+    await receiver.start()
+    for c in created:
+        await eventually(lambda c=c: settled(client, c["id"]), "every notice settled")
+
+    accessions = sorted(c["accession_number"] for c in created)
+    assert sorted(e["accession_number"] for e in receiver.events()) == accessions
+    for address in ("nodes@hospital.example", COORDINATOR):
+        assert len(mailbox.to(address)) == len(created)
+    # Between them, the nodes sent each delivery once.
+    sent = 0.0
+    for node in nodes:
+        for line in (await (await node.get("/metrics")).text()).splitlines():
+            if line.startswith("probelink_notifications_total{") and 'outcome="sent"' in line:
+                sent += float(line.rsplit(" ", 1)[1])
+    assert sent == len(created) * 3  # two e-mails and the webhook each
