@@ -211,7 +211,7 @@ async def test_the_report_pdf_carries_the_record_the_pictures_and_the_signature(
 
 
 async def test_the_report_pdf_is_refused_to_other_consultations_and_unknown_ids(
-    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
+    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any, settings: Settings
 ) -> None:
     cid, _, expert, key_image = await consultation(client, coordinator, token_for)
     url = f"/api/consultations/{cid}/report"
@@ -230,6 +230,14 @@ async def test_the_report_pdf_is_refused_to_other_consultations_and_unknown_ids(
     )
     assert unknown.status == 404
     assert (await client.get(f"{url}/pdf")).status == 401
+
+    # A cited picture this node cannot read is said so; the document is still made.
+    found = await client.app[KEY_IMAGES].records.image(key_image)
+    assert found is not None
+    (settings.data_dir / "archive" / found[1].path).unlink()
+    gone = await client.get(f"{url}/pdf", headers=expert)
+    assert gone.status == 200
+    assert "Key image 1: picture unavailable" in pdf_text(await gone.read())
 
 
 @pytest.fixture

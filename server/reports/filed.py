@@ -17,11 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pydicom
+from PIL import Image
 
-from server.consultations.applications import category_label
+from server.consultations.applications import SEGMENT_LABELS, category_label
 from server.consultations.model import ConsultationRow
 from server.dicom import deid, writer
 from server.dicom.encapsulated import encapsulated_pdf
+from server.errors import Unavailable
 from server.imaging.captures import KeyImages
 from server.imaging.http import first_frame
 from server.imaging.identity import SOP_CLASS
@@ -83,7 +85,12 @@ async def report_pdf(
         found = await key_images.records.image(key_image_id) if view is not None else None
         if view is None or found is None:
             continue  # a draft may cite an image that is not (or no longer) this one's
-        data = await key_images.read(found[1], "a cited key image")
+        try:
+            data = await key_images.read(found[1], "a cited key image")
+        except Unavailable as exc:
+            # The document still lists it (a signature is not refused for want of a picture).
+            pictures.append(await asyncio.to_thread(_unavailable, view, n, fonts, exc.message))
+            continue
         pictures.append(
             await asyncio.to_thread(_picture, data, view, n, fonts, deidentified=deidentified)
         )
@@ -193,6 +200,9 @@ def document(
                 else "—",
             ),
         ]
+        if body.segments_examined is not None:
+            covered = ", ".join(SEGMENT_LABELS[s] for s in body.segments_examined)
+            fields.append(("Venous segments examined", covered or "none"))
     if signed is not None and signed.signed_at is not None:
         signature = [
             ("Signed by", person(signed.author)),
@@ -268,3 +278,11 @@ def _picture(
         fonts,
         mark_text=not deidentified,
     )
+
+
+def _unavailable(view: dict[str, Any], n: int, fonts: pdf.Fonts, why: str) -> pdf.Picture:
+    """A grey stand-in for a cited key image this node cannot read, saying so."""
+    blank = Image.new("RGB", (640, 360), (90, 90, 90))
+    created = pdf.when(datetime.fromisoformat(view["created_at"]))
+    caption = f"Key image {n}: picture unavailable · {created}"
+    return pdf.picture(blank, [], [], caption, [why], fonts)
