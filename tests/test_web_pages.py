@@ -8,11 +8,14 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from browser import coordinator_token, probelink, save_screenshot
 from conftest import require
+from phantom import PHANTOM_DEVICE, phantom_png
+from scanner_files import scanner_file
 from servers import Server
 from test_web_e2e import TIMEOUT_MS, VIEWPORT, http, new_page
 
@@ -252,3 +255,66 @@ async def test_the_same_link_in_a_second_tab_takes_over_and_the_first_says_so(
     assert errors == []
     await first_context.close()
     await second_context.close()
+
+
+def upload(server: Server, cid: str, token: str, body: bytes, content_type: str) -> None:
+    """A capture as the bedside's page (PNG) or a scanner's file (DICOM) is uploaded."""
+    request = urllib.request.Request(
+        f"{server.url}/api/consultations/{cid}/captures",
+        data=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 201
+
+
+async def test_the_gallery_shows_capture_times_and_opens_items_large_where_clips_play(
+    live_server: Server, chromium: Browser
+) -> None:
+    token = coordinator_token(live_server)
+    cid = http(live_server, "/api/consultations", token, {**DVT_REQUEST, "device": PHANTOM_DEVICE})[
+        "id"
+    ]
+    invite = f"/api/consultations/{cid}/invites"
+    operator = http(live_server, invite, token, {"role": "operator", "name": "Bedside"})["token"]
+    expert = http(live_server, invite, token, {"role": "expert", "name": "Dr E"})["token"]
+    upload(live_server, cid, operator, phantom_png(3), "image/png")
+    upload(live_server, cid, operator, scanner_file(frames=12), "application/dicom")
+    images = http(live_server, f"/api/consultations/{cid}/key-images", expert)["key_images"]
+    clip = next(i for i in images if i["kind"] == "clip")
+
+    context, page, errors = await new_page(chromium)
+    await page.goto(f"{live_server.url}/expert#token={expert}")
+    thumbnails = page.locator("#gallery figure")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#gallery figure time').length === 2",
+        timeout=TIMEOUT_MS,
+    )
+    # Each thumbnail says when it was captured.
+    for image in images:
+        time_element = page.locator(f"#gallery figure[data-key-image='{image['id']}'] time")
+        assert await time_element.get_attribute("datetime") == image["created_at"]
+        assert re.fullmatch(r"\d\d:\d\d:\d\d( [AP]M)?", await time_element.inner_text())
+    assert await thumbnails.count() == 2
+
+    # The clip opens large, with its capture time, and plays.
+    await page.locator(f"#gallery figure[data-key-image='{clip['id']}'] button.open").click()
+    viewer = page.locator("#viewer")
+    await viewer.wait_for(state="visible", timeout=TIMEOUT_MS)
+    await page.wait_for_function(
+        "() => document.getElementById('viewer-counter').textContent === 'Frame 1 / 12'",
+        timeout=TIMEOUT_MS,
+    )
+    title = await page.inner_text("#viewer-title")
+    shown = await page.inner_text(f"#gallery figure[data-key-image='{clip['id']}'] time")
+    assert title == f"Scanner clip · captured {shown}", title
+    box = await page.locator("#viewer-canvas").bounding_box()
+    assert box and box["width"] >= 600  # large: not a thumbnail
+    await page.click("#viewer-play")
+    await page.wait_for_function(
+        "() => /^Frame ([2-9]|1[0-2]) \\/ 12$/.test(document.getElementById('viewer-counter').textContent)",
+        timeout=TIMEOUT_MS,
+    )
+    await save_screenshot(page, "pages-gallery-viewer")
+    assert errors == []
+    await context.close()

@@ -131,6 +131,8 @@ class KeyImageLog:
                     "kind": image.kind,
                     "author": image.created_by,
                     "preview_url": f"/api/key-images/{image.id}/preview",
+                    # When it was captured: the gallery and the viewer show it.
+                    "created_at": now,
                     "seq": seq,
                 },
             )

@@ -68,6 +68,14 @@ export function describe(error) {
   return error?.message || String(error);
 }
 
+// A capture's time as the gallery shows it: "14:05:09", with the date when not today.
+export function capturedAt(iso) {
+  if (!iso) return "";
+  const at = new Date(iso);
+  const time = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return at.toDateString() === new Date().toDateString() ? time : `${at.toLocaleDateString()} ${time}`;
+}
+
 // "in 1 h 20 min" / "12 min overdue".
 export function timeLeft(seconds) {
   const abs = Math.abs(seconds);

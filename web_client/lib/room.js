@@ -1,7 +1,7 @@
 // What the bedside and expert pages share: joining the live room, drawing its marks, pointers
 // and guidance on the overlay, the participant list, the key image gallery, the connection
 // indicator and keeping the media connected across drops.
-import { api, apiBlob, describe } from "./api.js";
+import { api, apiBlob, capturedAt, describe } from "./api.js";
 import { $, el } from "./dom.js";
 import { Live } from "./live.js";
 import { connectMedia, fullLayerSending, quality } from "./rtc.js";
@@ -359,7 +359,8 @@ export class Room {
     const opener = this.handlers.openKeyImage;
     const picture = opener ? el("button", { type: "button", class: "open", "aria-label": `Open this ${k.kind}`, onclick: () => opener(k) }, img) : img;
     const figure = el("figure", { "data-key-image": k.id }, picture,
-      el("figcaption", {}, el("span", { text: k.kind }), download));
+      el("figcaption", {}, el("span", { text: k.kind }),
+        k.created_at ? el("time", { datetime: k.created_at, text: capturedAt(k.created_at) }) : null, download));
     this.gallery.set(k.id, figure);
     this.ui.gallery.prepend(figure);
     try {

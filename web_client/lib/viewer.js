@@ -6,7 +6,7 @@
 // on-screen depth scale (two points, then the distance between them in mm), shown as such. A
 // caliper outside the scanner's region, or on an image that has neither, is labelled
 // uncalibrated and given as a fraction of the picture's width.
-import { api, ApiError, describe } from "./api.js";
+import { api, ApiError, capturedAt, describe } from "./api.js";
 import { $, el } from "./dom.js";
 
 const COLOR = "#ffd400";
@@ -86,6 +86,10 @@ export class Viewer {
     this.sayCalibration();
     $("viewer-calibrate-form").classList.add("hidden");
     $("viewer-play").disabled = $("viewer-prev").disabled = $("viewer-next").disabled = this.frames.length < 2;
+    // What it is and when it was captured, as the gallery says it.
+    const source = detail.source === "scanner" ? "Scanner " : "";
+    const when = this.image.created_at ? ` · captured ${capturedAt(this.image.created_at)}` : "";
+    $("viewer-title").textContent = `${source}${source ? this.image.kind : this.image.kind[0].toUpperCase() + this.image.kind.slice(1)}${when}`;
     $("viewer").classList.remove("hidden");
     $("viewer").scrollIntoView({ block: "start" });
     // Last: the frame counter it sets says the viewer is ready.
