@@ -298,3 +298,14 @@ def test_evidence_from_another_study_is_refused() -> None:
         sr.report_sr(content(foreign), [foreign], study(), instance("report", SIGNED))
     with pytest.raises(ValueError):
         sr.report_sr(content(foreign), [], study(), instance("report", SIGNED))
+
+
+def test_a_dvt_report_names_the_venous_segments_it_covers(tmp_path: Path) -> None:
+    covered = ("common femoral vein", "popliteal vein")
+    data = writer.to_bytes(report(key_image(), segments_examined=covered))
+    assert dciodvfy_errors(data, tmp_path) == []
+    texts = {(name(i), i.TextValue) for i in items(read(data)) if i.ValueType == "TEXT"}
+    assert ("Venous segments examined", "common femoral vein, popliteal vein") in texts
+    # A report that names none has no such item.
+    plain = items(read(writer.to_bytes(report(key_image()))))
+    assert not [i for i in plain if name(i) == "Venous segments examined"]

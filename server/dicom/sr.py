@@ -46,6 +46,7 @@ QUALITY_VALUES = {
 }
 QUALITY_REASON = hd.sr.CodedConcept("QUALITYREASON", LOCAL, "Image quality limitation")
 MEASUREMENT_LABEL = hd.sr.CodedConcept("MEASLABEL", LOCAL, "Measurement label")
+SEGMENTS_EXAMINED = hd.sr.CodedConcept("VENSEGEXAM", LOCAL, "Venous segments examined")
 
 Concept = Code | hd.sr.CodedConcept
 Relation = hd.sr.RelationshipTypeValues
@@ -84,6 +85,7 @@ class ReportContent:
     signed_at: datetime  # timezone-aware
     addenda: tuple[tuple[str, str, datetime], ...] = ()  # (text, signer, signed at)
     measurements: tuple[Measurement, ...] = ()  # on cited images only
+    segments_examined: tuple[str, ...] = ()  # DVT: the venous segments covered, as labels
 
     def __post_init__(self) -> None:
         # Refuse bad content when it is made, not halfway through building the document.
@@ -176,8 +178,10 @@ def _content(content: ReportContent) -> hd.sr.ContainerContentItem:
         properties.append(_text(codes.DCM.Comment, content.quality_note, PROPERTY))
     if properties:
         quality.ContentSequence = hd.sr.ContentSequence(properties)
-    procedure = _text(codes.DCM.ProcedureDescription, content.application_label)
-    sections.append(_section(codes.LN.CurrentProcedureDescriptions, [procedure, quality]))
+    procedure = [_text(codes.DCM.ProcedureDescription, content.application_label), quality]
+    if content.segments_examined:
+        procedure.append(_text(SEGMENTS_EXAMINED, ", ".join(content.segments_examined)))
+    sections.append(_section(codes.LN.CurrentProcedureDescriptions, procedure))
     if content.key_images:
         images = [
             hd.sr.ImageContentItem(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pydicom
 
-from server.consultations.applications import category_label
+from server.consultations.applications import SEGMENT_LABELS, category_label
 from server.consultations.model import ConsultationRow
 from server.dicom import deid, sr, writer
 from server.errors import Conflict
@@ -78,6 +78,7 @@ async def archive_report(
             for c in (known[key_image_id].get("measurements") or {}).get("calipers", [])
             if c["mm"] is not None
         ),
+        segments_examined=tuple(SEGMENT_LABELS[s] for s in body.segments_examined or ()),
         addenda=tuple(
             (a.addendum or "", deid.reader_pseudonym(key, a.author), a.signed_at or now)
             for a in report.addenda

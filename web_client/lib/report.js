@@ -251,6 +251,8 @@ export class ReportForm {
       ["Findings", body.findings],
       ["Recommendation", body.recommendation],
       ["Concordance with the first read", CONCORDANCE[body.concordance]],
+      ["Venous segments examined", body.segments_examined
+        ?.map((v) => view.segments.find((s) => s.value === v)?.label || v).join(", ")],
       ["Technical quality", quality && [QUALITY[quality.grade], ...quality.reasons.map((r) => REASONS[r]), quality.note].filter(Boolean).join(", ")],
       ["Signed", `${new Date(view.current.signed_at).toLocaleString()} by ${view.current.signed_by_name || view.current.signed_by}`],
     ].filter(([, v]) => v);
