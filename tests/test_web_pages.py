@@ -4,15 +4,16 @@ as copy buttons and QR codes, and a page opened with a refused token."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from browser import coordinator_token, probelink, save_screenshot
+from browser import coordinator_token, probelink, probelink_token, save_screenshot
 from conftest import require
 from phantom import PHANTOM_DEVICE, phantom_png
 from scanner_files import scanner_file
@@ -81,6 +82,47 @@ async def test_a_request_appears_on_an_open_queue_page_without_a_reload(
     await row.wait_for(state="detached", timeout=TIMEOUT_MS)
     assert loads == []
     assert errors == []
+    await context.close()
+
+
+def put_json(server: Server, path: str, token: str, body: Any) -> None:
+    request = urllib.request.Request(
+        f"{server.url}{path}",
+        data=json.dumps(body).encode(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+async def test_an_experts_open_queue_follows_their_credentials(
+    live_server: Server, chromium: Browser
+) -> None:
+    """An expert's queue gets the requests they are credentialed for, live, and is told at once
+    when a coordinator deactivates them."""
+    token = coordinator_token(live_server)
+    probelink(live_server, "expert", "add", "--sub", "dr-vein", "--name", "Dr Vein",
+              "--subspecialty", "dvt")  # fmt: skip
+    reading_room = probelink_token(live_server, "--role", "expert", "--sub", "dr-vein")
+    context, page, errors = await new_page(chromium)
+    await page.goto(f"{live_server.url}/queue#token={reading_room}")
+    await page.wait_for_function(
+        "() => document.getElementById('status').textContent.startsWith('0 open')",
+        timeout=TIMEOUT_MS,
+    )
+    http(live_server, "/api/consultations", token, {**DVT_REQUEST, "application": "breast"})
+    cid = http(live_server, "/api/consultations", token, DVT_REQUEST)["id"]
+    await page.locator(f"#queue tr[data-id='{cid}']").wait_for(timeout=TIMEOUT_MS)
+    assert await page.locator("#queue tr").count() == 1  # not the breast request
+    body = {"name": "Dr Vein", "subspecialties": ["dvt"], "active": False}
+    put_json(live_server, "/api/experts/dr-vein", token, body)
+    await page.wait_for_function(
+        "() => document.getElementById('error').textContent.includes('no active credentials')",
+        timeout=TIMEOUT_MS,
+    )
+    # The browser logs the refused re-read; nothing else.
+    assert [e for e in errors if "403 (Forbidden)" not in e] == []
     await context.close()
 
 

@@ -131,7 +131,8 @@ async def test_ice_host_candidates_are_ip_addresses(live_server: Server, chromiu
 async def test_a_queue_refresh_keeps_unchanged_rows_and_the_focus(
     live_server: Server, chromium: Browser
 ) -> None:
-    """The queue refreshes every 10 s; it used to rebuild every row, losing the focus."""
+    """The queue re-reads its list on every change; it used to rebuild every row, losing the
+    focus."""
     token = coordinator_token(live_server)
     request = {"clinical_question": "q", "urgency": "routine", "incomplete_reason": "test request"}
     first = post_json(live_server, "/api/consultations", token, request)["id"]

@@ -200,5 +200,12 @@ else {
   feed.on("connect", () => refresh(true));
   feed.on("queue_changed", () => refresh());
   feed.on("disconnect", () => { $("status").textContent = "Reconnecting… (the list may be out of date)"; });
+  // Refused by the server (the link expired or the credentials ended while the page was open):
+  // Socket.IO stops retrying; say why rather than show a list that no longer updates.
+  feed.on("connect_error", (error) => {
+    if (feed.active) return;
+    $("status").textContent = "Not updating";
+    $("error").textContent = `Live updates refused: ${error.data?.message || error.message}. Open the queue again with a new link.`;
+  });
   setInterval(countDown, COUNTDOWN_MS);
 }
