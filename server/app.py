@@ -211,7 +211,7 @@ async def _notify_ctx(app: web.Application) -> AsyncIterator[None]:
     app[NOTIFIER] = notifier
     notifier.start()
     yield
-    await notifier.stop()
+    await step("notifications stopped (the outbox keeps what is left)", notifier.stop())
 
 
 async def _flush_refusals_forever(app: web.Application) -> None:
