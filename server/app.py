@@ -43,7 +43,7 @@ from server.live.hub import NAMESPACE, Reaper, open_live, room_of
 from server.live.log import RoomLog
 from server.live.media_calls import serve_media_calls
 from server.live.queue_feed import QueueNamespace
-from server.live.server import create_sio
+from server.live.server import close_manager, create_sio
 from server.live.signaling import LiveNamespace
 from server.media.capture import CineBuffer
 from server.media.feedback import BitratePolicy
@@ -325,6 +325,7 @@ def _live_ctx(
             if live.calls is not None:
                 serve_media_calls(app, live.calls)
             yield
+        await step("Socket.IO Redis manager closed", close_manager(app[SIO]))
 
     return context
 

@@ -41,6 +41,11 @@ def _call(url: str, token: str, method: str, body: Any = None, ctype: str = "") 
         return json.loads(response.read())
 
 
+def _consultation(token: str) -> str:
+    consultation: str = jwt.decode(token, options={"verify_signature": False})["consultation"]
+    return consultation
+
+
 def _lines(err: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
 
@@ -66,15 +71,18 @@ async def test_stop_with_live_clients_takes_under_five_seconds_and_the_log_tells
             await operator.negotiate()
             await expert.negotiate()
             await expert.wait_packets("video", 10)
-            # A capture and a signature, through the API as the pages make them.
-            cid = jwt.decode(expert_token, options={"verify_signature": False})["consultation"]
-            base = f"{server.url}/api/consultations/{cid}"
+            cid = _consultation(expert_token)
+            # A capture and a signature in another consultation, through the API as the pages
+            # make them (signing lets that room's bedside go; this room stays live).
+            _, other_expert = live_session(server, coordinator, BREAST_REQUEST)
+            signed_cid = _consultation(other_expert)
+            base = f"{server.url}/api/consultations/{signed_cid}"
             made = await asyncio.to_thread(
-                _call, f"{base}/captures", expert_token, "POST", phantom_png(2), "image/png"
+                _call, f"{base}/captures", other_expert, "POST", phantom_png(2), "image/png"
             )
             body = {**SIGNABLE, "key_image_ids": [made["key_image_id"]]}
-            await asyncio.to_thread(_call, f"{base}/report", expert_token, "PUT", body)
-            await asyncio.to_thread(_call, f"{base}/report/sign", expert_token, "POST")
+            await asyncio.to_thread(_call, f"{base}/report", other_expert, "PUT", body)
+            await asyncio.to_thread(_call, f"{base}/report/sign", other_expert, "POST")
 
             # Ctrl-C with the room live: media flows, both participants connected.
             assert server.process is not None
@@ -100,7 +108,7 @@ async def test_stop_with_live_clients_takes_under_five_seconds_and_the_log_tells
     captured = next(line for line in lines if line["message"] == "captured")
     assert captured["key_image"] == made["key_image_id"] and captured["role"] == "expert"
     signed = next(line for line in lines if line["message"] == "report signed")
-    assert signed["consultation"] == cid
+    assert signed["consultation"] == signed_cid
     stopping = next(line for line in lines if line["message"] == "shutting down")
     assert stopping["live_connections"] == 2 and stopping["media_rooms"] == 1
     steps = [line["step"] for line in lines if line["message"] == "shutdown step done"]

@@ -7,6 +7,8 @@ anything is buffered, with one log line per address and minute (never the packet
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -84,7 +86,7 @@ class LiveServer(socketio.AsyncServer):
 def create_sio(settings: Settings) -> socketio.AsyncServer:
     """The Socket.IO server; with a Redis URL it fans out across nodes."""
     manager = (
-        socketio.AsyncRedisManager(settings.redis_url, channel=f"{settings.redis_prefix}:socketio")
+        RedisManager(settings.redis_url, channel=f"{settings.redis_prefix}:socketio")
         if settings.redis_url
         else None
     )
@@ -102,3 +104,40 @@ def create_sio(settings: Settings) -> socketio.AsyncServer:
         # task per event (measured: cheaper under pointer load); sockets still run concurrently.
         async_handlers=False,
     )
+
+
+class RedisManager(socketio.AsyncRedisManager):
+    """python-socketio's Redis manager, with its clients closed.
+
+    Its publisher and its listener each connect when they first need Redis, and the second
+    replaces the first's client without closing it; nothing closes the last one either. Each
+    replaced client is kept here and all are closed with the listener at shutdown (`close`).
+    """
+
+    def __init__(self, url: str, channel: str):
+        super().__init__(url, channel=channel)
+        self.replaced: list[Any] = []
+
+    def _redis_connect(self) -> None:
+        if self.redis is not None:
+            self.replaced.append(self.redis)
+        super()._redis_connect()
+
+    async def close(self) -> None:
+        listener = getattr(self, "thread", None)
+        if isinstance(listener, asyncio.Task):
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+        clients = [self.pubsub, *self.replaced, self.redis]
+        self.replaced, self.connected = [], False
+        for client in clients:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+
+async def close_manager(sio: socketio.AsyncServer) -> None:
+    """At shutdown: the Redis manager's listener and connections (none without Redis)."""
+    if isinstance(sio.manager, RedisManager):
+        await sio.manager.close()
