@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.config import Settings
-from server.consultations.applications import Compressibility, DvtSegment
+from server.consultations.lexicon import Compressibility, DvtSegment
 from server.consultations.lifecycle import State
 from server.live.room import Cue, Guidance
 from server.web.keys import STORE

@@ -14,7 +14,7 @@ from dicom_checks import dciodvfy_errors, ocr, read
 from phantom import BANNER_HEIGHT, PATIENT_DOB, PATIENT_MRN, PATIENT_NAME, phantom_png
 from servers import Server, cli_env
 
-from server.consultations.applications import Compressibility, DvtSegment
+from server.consultations.lexicon import Compressibility, DvtSegment
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, Page

@@ -14,8 +14,22 @@ import enum
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, StringConstraints, field_validator
 
+from server.consultations.lexicon import (
+    BIRADS_4,
+    LESION_CLOCK_PATTERN,
+    LESIONS_MAX,
+    NIPPLE_DISTANCE_MAX_CM,
+    SEGMENT_LABELS,
+    SEGMENT_VALUES,
+    BiRads,
+    Compressibility,
+    DvtSegment,
+    Lesion,
+    SegmentFinding,
+    unique_segments,
+)
 from server.messages import LIST_MAX_ITEMS, Choice, ShortText, StrictModel
 
 
@@ -42,77 +56,6 @@ class MissingItem:
     why: str
 
 
-# Clock-face position seen facing the patient: hours 1-12, optionally on the half hour.
-LESION_CLOCK_PATTERN = r"^(1[0-2]|[1-9])(:(00|30))?$"
-NIPPLE_DISTANCE_MAX_CM = 30.0
-
-
-class BiRads(enum.StrEnum):
-    """BI-RADS assessment categories (ACR, 5th edition), 4 subdivided as on ultrasound."""
-
-    INCOMPLETE = "0"
-    NEGATIVE = "1"
-    BENIGN = "2"
-    PROBABLY_BENIGN = "3"
-    SUSPICIOUS = "4"
-    LOW_SUSPICION = "4A"
-    MODERATE_SUSPICION = "4B"
-    HIGH_SUSPICION = "4C"
-    HIGHLY_SUGGESTIVE = "5"
-    KNOWN_MALIGNANCY = "6"
-
-
-BIRADS_4 = frozenset(
-    {BiRads.SUSPICIOUS, BiRads.LOW_SUSPICION, BiRads.MODERATE_SUSPICION, BiRads.HIGH_SUSPICION}
-)
-
-
-class DvtSegment(enum.StrEnum):
-    """Deep venous segments of the lower limb examined by compression ultrasound."""
-
-    COMMON_FEMORAL = "common_femoral"
-    SAPHENOFEMORAL_JUNCTION = "saphenofemoral_junction"
-    FEMORAL_PROXIMAL = "femoral_proximal"
-    FEMORAL_MID = "femoral_mid"
-    FEMORAL_DISTAL = "femoral_distal"
-    POPLITEAL = "popliteal"
-    POSTERIOR_TIBIAL = "posterior_tibial"
-    PERONEAL = "peroneal"
-    CALF_MUSCULAR = "calf_muscular"
-
-
-_SEGMENT_VALUES = frozenset(DvtSegment)
-
-SEGMENT_LABELS: dict[DvtSegment, str] = {
-    DvtSegment.COMMON_FEMORAL: "common femoral vein",
-    DvtSegment.SAPHENOFEMORAL_JUNCTION: "saphenofemoral junction",
-    DvtSegment.FEMORAL_PROXIMAL: "proximal femoral vein",
-    DvtSegment.FEMORAL_MID: "mid femoral vein",
-    DvtSegment.FEMORAL_DISTAL: "distal femoral vein",
-    DvtSegment.POPLITEAL: "popliteal vein",
-    DvtSegment.POSTERIOR_TIBIAL: "posterior tibial veins",
-    DvtSegment.PERONEAL: "peroneal veins",
-    DvtSegment.CALF_MUSCULAR: "calf muscular veins",
-}
-
-
-class Compressibility(enum.StrEnum):
-    """How a venous segment responds to transducer pressure (full compression excludes thrombus)."""
-
-    COMPRESSIBLE = "compressible"
-    PARTIALLY_COMPRESSIBLE = "partially_compressible"
-    NON_COMPRESSIBLE = "non_compressible"
-    NOT_VISUALIZED = "not_visualized"
-
-
-COMPRESSIBILITY_LABELS: dict[Compressibility, str] = {
-    Compressibility.COMPRESSIBLE: "compressible",
-    Compressibility.PARTIALLY_COMPRESSIBLE: "partially compressible",
-    Compressibility.NON_COMPRESSIBLE: "non-compressible",
-    Compressibility.NOT_VISUALIZED: "not visualized",
-}
-
-
 class DvtCategory(enum.StrEnum):
     """The conclusion of a lower-limb venous study."""
 
@@ -131,6 +74,8 @@ class BreastContext(StrictModel):
     first_read_birads: Choice[BiRads] | None = None
     # What further imaging a category 0 first read asks for (e.g. "diagnostic mammography").
     additional_imaging: ShortText | None = None
+    # The first read in the lexicon (optional): compared field by field with the second opinion.
+    first_read_lesions: list[Lesion] | None = Field(None, max_length=LESIONS_MAX)
 
 
 class DvtContext(StrictModel):
@@ -141,12 +86,16 @@ class DvtContext(StrictModel):
     symptoms_persist_after_negative: bool | None = None
     # The earlier scan to compare with (date, place); never a patient identifier.
     prior_scan: ShortText | None = None
+    # The first read per segment in the lexicon (optional): compared with the second opinion.
+    first_read_segments: Annotated[
+        list[SegmentFinding] | None, AfterValidator(unique_segments)
+    ] = Field(None, max_length=len(DvtSegment))
 
     @field_validator("compressibility", mode="before")
     @classmethod
     def _known_segments(cls, value: Any) -> Any:
         # Checked here so that an unknown key is refused without echoing it in the error's field.
-        if isinstance(value, dict) and not all(key in _SEGMENT_VALUES for key in value):
+        if isinstance(value, dict) and not all(key in SEGMENT_VALUES for key in value):
             raise ValueError(f"keys must be segments: {', '.join(DvtSegment)}")
         return value
 

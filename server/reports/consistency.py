@@ -19,13 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.consultations.applications import (
-    SEGMENT_LABELS,
-    Application,
-    BiRads,
-    DvtCategory,
-    DvtSegment,
-)
+from server.consultations.applications import Application, DvtCategory
+from server.consultations.lexicon import SEGMENT_LABELS, BiRads, DvtSegment
 from server.errors import Conflict
 from server.reports.model import Concordance, ReportBody
 

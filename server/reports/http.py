@@ -13,12 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from server.auth import Principal, Role
-from server.consultations.applications import (
-    CATEGORIES,
-    SEGMENT_LABELS,
-    Application,
-    category_label,
-)
+from server.consultations.applications import CATEGORIES, Application, category_label
+from server.consultations.lexicon import SEGMENT_LABELS
 from server.consultations.lifecycle import State, on_report_drafted, on_report_signed
 from server.consultations.model import ConsultationRow, flags
 from server.dicom import deid

@@ -23,14 +23,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
-from server.consultations.applications import (
-    CATEGORIES,
-    Application,
+from server.consultations.applications import CATEGORIES, Application, MissingItem
+from server.consultations.lexicon import (
+    LESIONS_MAX,
     BiRads,
     DvtSegment,
-    MissingItem,
+    Lesion,
+    SegmentFinding,
+    unique_segments,
 )
 from server.datafiles import norm, read_tables
 from server.errors import BadRequest, ConfigError, Conflict, Forbidden
@@ -87,6 +89,12 @@ class ReportBody(StrictModel):
     key_image_ids: list[KeyImageId] = Field(default_factory=list, max_length=LIST_MAX_ITEMS)
     # DVT: the venous segments the report covers (a negative scan excludes thrombus only there).
     segments_examined: list[Choice[DvtSegment]] | None = Field(None, max_length=LIST_MAX_ITEMS)
+    # The lexicon (server/consultations/lexicon.py): breast lesions; DVT findings per segment
+    # (their segments count as examined too). The free text stays for what it cannot say.
+    lesions: list[Lesion] | None = Field(None, max_length=LESIONS_MAX)
+    segment_findings: Annotated[
+        list[SegmentFinding] | None, AfterValidator(unique_segments)
+    ] = Field(None, max_length=len(DvtSegment))
 
 
 def may_write(cancelled: bool, assigned_expert: str | None, writer: str | None) -> None:
@@ -109,12 +117,15 @@ def check_draft(application: str | None, body: ReportBody) -> None:
     if body.category is not None and body.category not in allowed:
         which = f"one of: {', '.join(allowed)}" if allowed else "absent: the application has none"
         raise BadRequest(f"'category' must be {which}", code="invalid_field", field="category")
-    if body.segments_examined is not None and application != Application.DVT:
-        raise BadRequest(
-            "'segments_examined' is for DVT reports only",
-            code="invalid_field",
-            field="segments_examined",
-        )
+    for name, only in (
+        ("segments_examined", Application.DVT),
+        ("segment_findings", Application.DVT),
+        ("lesions", Application.BREAST),
+    ):
+        if getattr(body, name) is not None and application != only:
+            raise BadRequest(
+                f"'{name}' is for {only.value} reports only", code="invalid_field", field=name
+            )
 
 
 def missing_for_signing(

@@ -14,7 +14,8 @@ from typing import Any
 
 import pydicom
 
-from server.consultations.applications import SEGMENT_LABELS, category_label
+from server.consultations.applications import category_label
+from server.consultations.lexicon import SEGMENT_LABELS
 from server.consultations.model import ConsultationRow
 from server.dicom import deid, sr, writer
 from server.errors import Conflict

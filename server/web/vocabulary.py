@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.consultations.applications import COMPRESSIBILITY_LABELS, SEGMENT_LABELS
+from server.consultations.lexicon import COMPRESSIBILITY_LABELS, SEGMENT_LABELS
 from server.live.room import CUE_DIRECTIONS
 from server.web.edge import authenticate
 
