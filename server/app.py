@@ -42,7 +42,7 @@ from server.keyring import (
 from server.live.hub import NAMESPACE, Reaper, open_live, room_of
 from server.live.log import RoomLog
 from server.live.media_calls import serve_media_calls
-from server.live.queue_feed import QueueNamespace
+from server.live.queue_namespace import QueueNamespace
 from server.live.server import close_manager, create_sio
 from server.live.signaling import LiveNamespace
 from server.media.capture import CineBuffer

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from server.config_live import ENV_PREFIX, LiveSettings, http_url
+from server.config_live import ENV_PREFIX, LiveSettings, http_url, is_loopback
 from server.config_notify import NotifySettings
 from server.errors import ConfigError
 
@@ -333,16 +333,6 @@ class Settings(LiveSettings, NotifySettings):
             "urgent": self.due_minutes_urgent,
             "routine": self.due_minutes_routine,
         }
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address, IPv6 with or without brackets) is this machine."""
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

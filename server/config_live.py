@@ -3,6 +3,7 @@ stream, the video bitrate policy. Part of the one `Settings` (config.py), read t
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated
 from urllib.parse import SplitResult, urlsplit
@@ -207,3 +208,13 @@ class LiveSettings(BaseSettings):
                 "turns: URLs (the static-auth-secret of coturn)"
             )
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without brackets) is this machine."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -8,8 +8,8 @@ import enum
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from server.config_live import ENV_PREFIX, http_url
-from server.notify.address import check_address, parse_addresses
+from server.config_live import ENV_PREFIX, http_url, is_loopback
+from server.email_address import check_address, parse_addresses
 
 # The webhook's HMAC key is shared with the receiving system: as long as a signing key.
 WEBHOOK_SECRET_MIN_BYTES = 32
@@ -142,7 +142,6 @@ class NotifySettings(BaseSettings):
             raise ValueError(f"{mail} is set but {ENV_PREFIX}SMTP_FROM (the sender) is not")
         if (self.smtp_username is None) != (self.smtp_password is None):
             raise ValueError(f"{ENV_PREFIX}SMTP_USERNAME and {ENV_PREFIX}SMTP_PASSWORD go together")
-        from server.config import is_loopback  # config.py builds Settings from this class
 
         if (
             self.smtp_username is not None

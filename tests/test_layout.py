@@ -30,7 +30,7 @@ from pathlib import Path
 SERVER_DIR = Path(__file__).resolve().parent.parent / "server"
 
 # The features, from the bottom up: each may use the ones before it.
-FEATURES = ("consultations", "experts", "live", "media", "imaging", "reports")
+FEATURES = ("consultations", "experts", "notify", "live", "media", "imaging", "reports")
 # Each feature's handlers (HTTP and Socket.IO), above the shared HTTP edge (`web/`).
 HANDLERS = {
     "server.consultations.views": "consultations",
@@ -39,6 +39,7 @@ HANDLERS = {
     "server.live.signaling": "live",
     "server.live.events": "live",
     "server.live.media_calls": "live",
+    "server.live.queue_namespace": "live",
     "server.imaging.http": "imaging",
     "server.imaging.device_setup": "imaging",
     "server.reports.http": "reports",
@@ -222,8 +223,8 @@ def test_the_layering_rule_finds_an_upward_import() -> None:
         "server.dicom.deid": {"server.errors": [2]},
     }
     assert upward_imports(graph) == [
-        "server.consultations.http (4, 0) imports server.reports.http (4, 5) (line 7)",
-        "server.consultations.store (2, 0) imports server.imaging.store (2, 4) (line 3)",
+        "server.consultations.http (4, 0) imports server.reports.http (4, 6) (line 7)",
+        "server.consultations.store (2, 0) imports server.imaging.store (2, 5) (line 3)",
         "server.experts.model (2, 1) imports server.web.edge (3, 0) (line 5)",
     ]
 

@@ -87,9 +87,9 @@ class DvtContext(StrictModel):
     # The earlier scan to compare with (date, place); never a patient identifier.
     prior_scan: ShortText | None = None
     # The first read per segment in the lexicon (optional): compared with the second opinion.
-    first_read_segments: Annotated[
-        list[SegmentFinding] | None, AfterValidator(unique_segments)
-    ] = Field(None, max_length=len(DvtSegment))
+    first_read_segments: Annotated[list[SegmentFinding] | None, AfterValidator(unique_segments)] = (
+        Field(None, max_length=len(DvtSegment))
+    )
 
     @field_validator("compressibility", mode="before")
     @classmethod

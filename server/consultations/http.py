@@ -27,11 +27,11 @@ from server.consultations.store import ParticipantRow
 from server.consultations.turnaround import Summary, summarise
 from server.consultations.views import join_body, summary
 from server.errors import BadRequest
-from server.live.queue_feed import queue_changed
 from server.media.ice import ice_servers_for
 from server.messages import Choice, Name, StrictModel, decode_json, parse
 from server.web.edge import authenticate, consultation_id_of, facts, read_body, read_json
 from server.web.keys import LIVE, METRICS, SETTINGS, STORE
+from server.web.queue import queue_changed
 
 INVITABLE_ROLES = (Role.OPERATOR, Role.EXPERT, Role.OBSERVER)
 

@@ -30,13 +30,14 @@ from server.experts import http as experts_http
 from server.experts.model import credentialed
 from server.experts.store import Experts
 from server.imaging import http as images_http
-from server.live.queue_feed import queue_changed
 from server.messages import StrictModel, parse
+from server.notify.staging import stage
 from server.reports import http as reports_http
 from server.reports.model import ReportState
 from server.store.times import iso
 from server.web.edge import authenticate, consultation_of, facts, read_json
 from server.web.keys import KEY_IMAGES, METRICS, NOTIFIER, REPORT_LOG, SETTINGS, STORE
+from server.web.queue import queue_changed
 
 
 def routes(table: web.RouteTableDef) -> None:
@@ -142,8 +143,11 @@ async def create_consultation(request: web.Request) -> web.Response:
     # Who is told of it (none when notifications are off), staged with the request itself.
     notifier = request.app.get(NOTIFIER)
     notices = await notifier.on_request(row) if notifier is not None else []
+    stored = row.requested_at
     row = await request.app[STORE].create_consultation(
-        row, facts(request, principal, "consultation.create", "consultation", row.id), notices
+        row,
+        facts(request, principal, "consultation.create", "consultation", row.id),
+        also=lambda conn: stage(conn, notices, stored),
     )
     if notifier is not None:
         notifier.kick()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -29,8 +29,6 @@ from server.consultations.lifecycle import Cancellation, State, accepts_particip
 from server.consultations.model import ClinicalContext, ConsultationRow, new_accession_number
 from server.consultations.turnaround import Times
 from server.errors import Conflict, NotFound
-from server.notify.model import Delivery
-from server.notify.staging import stage
 from server.store.database import open_engine
 from server.store.times import from_iso, iso
 
@@ -65,6 +63,10 @@ class ParticipantRow:
         return cls(uuid.uuid4().hex, consultation_id, role, name, by, datetime.now(UTC))
 
 
+# More writes a caller makes in the transaction that stores a new consultation.
+AlsoWrite = Callable[[AsyncConnection], Awaitable[object]]
+
+
 class Store:
     """The records store behind one engine (SQLite or PostgreSQL)."""
 
@@ -90,14 +92,14 @@ class Store:
     # Consultations
 
     async def create_consultation(
-        self, row: ConsultationRow, audit: AuditFacts, notices: Iterable[Delivery] = ()
+        self, row: ConsultationRow, audit: AuditFacts, also: AlsoWrite | None = None
     ) -> ConsultationRow:
-        """Store a new consultation with the notices of its arrival; returns it as stored (a
-        clashing accession number, one in hundreds of billions, is drawn again)."""
-        notices = tuple(notices)
+        """Store a new consultation, and whatever `also` writes in the same transaction (the
+        notices of its arrival); returns it as stored (a clashing accession number, one in
+        hundreds of billions, is drawn again)."""
         for attempt in range(ACCESSION_ATTEMPTS):
             try:
-                await self._insert_consultation(row, audit, notices)
+                await self._insert_consultation(row, audit, also)
                 return row
             except IntegrityError:
                 if attempt + 1 == ACCESSION_ATTEMPTS or not await self._accession_taken(row):
@@ -118,7 +120,7 @@ class Store:
         return None if found is None else _consultation(found)
 
     async def _insert_consultation(
-        self, row: ConsultationRow, audit: AuditFacts, notices: tuple[Delivery, ...]
+        self, row: ConsultationRow, audit: AuditFacts, also: AlsoWrite | None
     ) -> None:
         async with self.transaction() as conn:
             await conn.execute(
@@ -142,7 +144,8 @@ class Store:
                 },
             )
             await self.append_audit(conn, audit)
-            await stage(conn, notices, row.requested_at)
+            if also is not None:
+                await also(conn)
 
     async def get_consultation(self, consultation_id: str) -> ConsultationRow | None:
         async with self.engine.connect() as conn:

@@ -190,6 +190,13 @@ def _size(ds: Dataset) -> Size:
     return Size(rows, columns, frames, samples)
 
 
+def first_frame(ds: Dataset, index: int = 0) -> Image.Image:
+    """The image's first frame (or frame `index`; a clip's others are not decoded) as RGB."""
+    # pydicom hands JPEG (YBR_FULL_422) pixels over as RGB already.
+    pixels = pixel_array(ds, index=index)
+    return Image.fromarray(np.ascontiguousarray(pixels).astype(np.uint8), "RGB")
+
+
 def frame_count(ds: Dataset) -> int:
     """How many frames the image has, by its header (its size checked: `ImportRefused`)."""
     try:

@@ -28,11 +28,11 @@ from server.experts.model import (
     subspecialty_set,
 )
 from server.experts.store import ExpertRow, Experts
-from server.live.queue_feed import queue_changed
 from server.messages import StrictModel, parse
 from server.store.times import iso
 from server.web.edge import authenticate, consultation_id_of, facts, read_json
 from server.web.keys import LIVE, STORE
+from server.web.queue import queue_changed
 
 EXPERT_SUB = re.compile(SUB_PATTERN)
 

@@ -15,8 +15,8 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from server.consultations.model import Application
+from server.email_address import EmailAddress
 from server.messages import Choice, Name, StrictModel
-from server.notify.address import EmailAddress
 
 # An expert's `sub` (their tokens' subject): the characters a TURN username keeps as they are.
 SUB_PATTERN = r"^[A-Za-z0-9._@-]{1,128}$"

@@ -7,17 +7,14 @@ import io
 import re
 from typing import Any
 
-import numpy as np
 import pydicom
 from aiohttp import web
-from PIL import Image
-from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.pixels.utils import pixel_array
 from pydicom.uid import JPEGBaseline8Bit
 
 from server.auth import Principal, Role, require_consultation
 from server.consultations.model import ConsultationRow, require_open
+from server.dicom.incoming import first_frame
 from server.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
 from server.imaging.captures import read_dicom, room_commit
 from server.imaging.measurements import MeasurementsBody
@@ -220,13 +217,6 @@ def _frames(data: bytes) -> tuple[list[bytes], str, float | None]:
     out = io.BytesIO()
     first_frame(ds).save(out, "PNG", compress_level=1)
     return [out.getvalue()], "image/png", None
-
-
-def first_frame(ds: Dataset, index: int = 0) -> Image.Image:
-    """The image's first frame (or frame `index`; a clip's others are not decoded) as RGB."""
-    # pydicom hands JPEG (YBR_FULL_422) pixels over as RGB already.
-    pixels = pixel_array(ds, index=index)
-    return Image.fromarray(np.ascontiguousarray(pixels).astype(np.uint8), "RGB")
 
 
 def _preview(data: bytes) -> bytes:

@@ -24,9 +24,9 @@ from server.consultations.lexicon import SEGMENT_LABELS
 from server.consultations.model import ConsultationRow
 from server.dicom import deid, writer
 from server.dicom.encapsulated import encapsulated_pdf
+from server.dicom.incoming import first_frame
 from server.errors import Unavailable
 from server.imaging.captures import KeyImages
-from server.imaging.http import first_frame
 from server.imaging.identity import SOP_CLASS
 from server.imaging.measurements import CALIBRATION_LABELS
 from server.imaging.model import ArchivedObject

@@ -19,7 +19,6 @@ from server.consultations.lifecycle import State, on_report_drafted, on_report_s
 from server.consultations.model import ConsultationRow, flags
 from server.dicom import deid
 from server.errors import Conflict
-from server.live.queue_feed import queue_changed
 from server.messages import LongText, StrictModel
 from server.reports import filed
 from server.reports.consistency import Advice, RequestFacts, check_consistency, refuse_hard
@@ -36,6 +35,7 @@ from server.reports.sr_archive import SR_KIND, archive_report
 from server.store.times import iso
 from server.web.edge import authenticate, consultation_of, facts, read_json
 from server.web.keys import KEY_IMAGES, LIVE, REPORT_LOG, STORE, TERMINOLOGY
+from server.web.queue import queue_changed
 
 log = logging.getLogger(__name__)
 

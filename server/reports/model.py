@@ -92,9 +92,9 @@ class ReportBody(StrictModel):
     # The lexicon (server/consultations/lexicon.py): breast lesions; DVT findings per segment
     # (their segments count as examined too). The free text stays for what it cannot say.
     lesions: list[Lesion] | None = Field(None, max_length=LESIONS_MAX)
-    segment_findings: Annotated[
-        list[SegmentFinding] | None, AfterValidator(unique_segments)
-    ] = Field(None, max_length=len(DvtSegment))
+    segment_findings: Annotated[list[SegmentFinding] | None, AfterValidator(unique_segments)] = (
+        Field(None, max_length=len(DvtSegment))
+    )
 
 
 def may_write(cancelled: bool, assigned_expert: str | None, writer: str | None) -> None:
