@@ -290,3 +290,62 @@ async def test_contradictions_are_advised_while_writing_and_a_hard_one_refuses_s
     signed = await client.post(f"{url}/sign", headers=expert)
     assert signed.status == 200, await signed.text()
     assert (await signed.json())["consistency"] == []  # signed: nothing more to check
+
+
+async def test_the_second_read_is_compared_field_by_field_with_a_structured_first_read(
+    client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
+) -> None:
+    first_lesion = {"side": "left", "clock": "2", "shape": "oval", "margin": ["indistinct"]}
+    request = {**BREAST, "breast": {**BREAST["breast"], "first_read_lesions": [first_lesion]}}
+    cid, expert, key_image = await consultation(client, coordinator, token_for, request)
+    url = f"/api/consultations/{cid}/report"
+    # No structured findings in the report yet: nothing to compare.
+    assert (await (await client.get(url, headers=expert)).json())["differences"] == []
+    second = {**first_lesion, "margin": ["circumscribed"], "special_case": "simple_cyst"}
+    report = {**SIGNABLE, "key_image_ids": [key_image], "lesions": [second]}
+    checked = await client.post(f"{url}/check", json=report, headers=expert)
+    assert checked.status == 200, await checked.text()
+    expected = [
+        {
+            "field": "lesions.0.margin",
+            "label": "Lesion 1: margin",
+            "first": "indistinct",
+            "second": "circumscribed",
+        },
+        {
+            "field": "lesions.0.special_case",
+            "label": "Lesion 1: special case",
+            "first": None,
+            "second": "simple cyst",
+        },
+    ]
+    assert (await checked.json())["differences"] == expected
+    assert (await client.put(url, json=report, headers=expert)).status == 200
+    signed = await client.post(f"{url}/sign", headers=expert)
+    assert signed.status == 200, await signed.text()
+    # Once signed, the record of where the reads differ stays on the report.
+    assert (await signed.json())["differences"] == expected
+    assert (await (await client.get(url, headers=expert)).json())["differences"] == expected
+
+    # A DVT request's first read per segment, compared segment by segment.
+    dvt = {
+        "clinical_question": "Left calf pain: DVT?",
+        "urgency": "urgent",
+        "application": "dvt",
+        "device": PHANTOM_DEVICE,
+        "incomplete_reason": "scanning now",
+        "dvt": {"first_read_segments": [{"segment": "popliteal", "thrombus": "none"}]},
+    }
+    cid, expert, _ = await consultation(client, coordinator, token_for, dvt)
+    findings = {"segment_findings": [{"segment": "popliteal", "thrombus": "acute"}]}
+    checked = await client.post(
+        f"/api/consultations/{cid}/report/check", json=findings, headers=expert
+    )
+    assert (await checked.json())["differences"] == [
+        {
+            "field": "segment_findings.popliteal.thrombus",
+            "label": "Popliteal vein: thrombus",
+            "first": "none",
+            "second": "acute",
+        }
+    ]

@@ -7,6 +7,7 @@ DICOM SR (queued for the PACS with the key images) and commits version, state an
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from server.dicom import deid
 from server.errors import Conflict
 from server.messages import LongText, StrictModel
 from server.reports import filed
+from server.reports.compare import lesion_differences, segment_differences
 from server.reports.consistency import Advice, RequestFacts, check_consistency, refuse_hard
 from server.reports.model import (
     ReportBody,
@@ -118,6 +120,8 @@ async def report_view(
             for a in report.addenda
         ],
         **rules,
+        # Where the second read differs from the first, also once signed.
+        "differences": _differences(row, body),
     }
 
 
@@ -128,9 +132,10 @@ def _rules(
     images: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """What the report's rules say of `body` (None: nothing to check, e.g. once signed):
-    what signing still needs, ambiguous terms, and contradictions (`consistency`)."""
+    what signing still needs, ambiguous terms, contradictions (`consistency`) and where it
+    differs from a structured first read (`differences`)."""
     if body is None:
-        return {"missing_for_signing": [], "terminology": [], "consistency": []}
+        return {"missing_for_signing": [], "terminology": [], "consistency": [], "differences": []}
     application = row.context.application.value if row.context.application else None
     known = {i["id"] for i in images}
     missing = missing_for_signing(application, body, bool(row.context.first_read), known)
@@ -147,7 +152,18 @@ def _rules(
             {"field": a.field, "message": a.message, "hard": a.hard}
             for a in _consistency(row, body, images)
         ],
+        "differences": _differences(row, body),
     }
+
+
+def _differences(row: ConsultationRow, body: ReportBody | None) -> list[dict[str, Any]]:
+    """The report's structured findings against the request's structured first read."""
+    if body is None:
+        return []
+    breast, dvt = row.context.breast, row.context.dvt
+    found = lesion_differences(breast.first_read_lesions if breast else None, body.lesions)
+    found += segment_differences(dvt.first_read_segments if dvt else None, body.segment_findings)
+    return [asdict(d) for d in found]
 
 
 def _consistency(
