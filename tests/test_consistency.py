@@ -14,7 +14,7 @@ from server.reports.consistency import (
     recommends_biopsy,
     refuse_hard,
 )
-from server.reports.model import ReportBody, check_draft
+from server.reports.model import ReportBody, check_draft, check_terminology, load_terminology
 
 IMAGE = "0123456789abcdef0123456789abcdef"
 FIRST_4A = RequestFacts(first_read_birads="4A")
@@ -130,3 +130,117 @@ def test_a_size_backed_only_by_uncalibrated_calipers_is_advised() -> None:
     # Calipers on an image the report does not cite are not its support.
     uncited = body(findings="Oval mass, 1.2 cm.")
     assert check_consistency(None, uncited, RequestFacts(), uncalibrated) == []
+
+
+CYST = {"side": "left", "clock": "2", "special_case": "simple_cyst"}
+
+
+def test_a_simple_cyst_with_a_suspicious_category_contradicts_itself() -> None:
+    # The case: "simple cyst" with BI-RADS 4, in the lesion's own structured values.
+    report = body(category="4A", lesions=[{**CYST, "category": "4A"}])
+    advice = check_consistency("breast", report, RequestFacts())
+    assert [(a.field, a.hard) for a in advice] == [("lesions.0.category", True)]
+    assert "simple cyst" in advice[0].message and "BI-RADS 4A" in advice[0].message
+    with pytest.raises(Conflict):
+        refuse_hard(advice)
+    # Category 3 for a simple cyst is advice; 2 is what a simple cyst is.
+    three = body(category="3", lesions=[{**CYST, "category": "3"}])
+    assert said("breast", three, RequestFacts()) == [("lesions.0.category", False)]
+    assert (
+        said("breast", body(category="2", lesions=[{**CYST, "category": "2"}]), RequestFacts())
+        == []
+    )
+
+
+def test_every_lesion_a_simple_cyst_under_a_suspicious_overall_category_is_advised() -> None:
+    report = body(category="4B", lesions=[CYST, {**CYST, "clock": "10"}])
+    assert said("breast", report, RequestFacts()) == [("category", False)]
+    # Another, solid lesion may be what is suspicious.
+    solid = {"side": "left", "clock": "4", "shape": "irregular"}
+    assert said("breast", body(category="4B", lesions=[CYST, solid]), RequestFacts()) == []
+
+
+def test_an_overall_category_below_a_lesions_is_a_contradiction() -> None:
+    lesions = [{"shape": "oval", "category": "3"}, {"shape": "irregular", "category": "4C"}]
+    advice = check_consistency("breast", body(category="3", lesions=lesions), RequestFacts())
+    assert [(a.field, a.hard) for a in advice] == [("category", True)]
+    assert "lesion 2" in advice[0].message and "BI-RADS 4C" in advice[0].message
+    # A subcategory below is advice; the highest or above is fine; 0 and 6 are not ranked.
+    assert said("breast", body(category="4A", lesions=lesions), RequestFacts()) == [
+        ("category", False)
+    ]
+    for overall in ("4C", "5", "0", "6"):
+        assert said("breast", body(category=overall, lesions=lesions), RequestFacts()) == []
+
+
+def test_a_lesion_size_must_come_from_calibrated_calipers_on_its_key_image() -> None:
+    other = "fedcba9876543210fedcba9876543210"
+    sized = [{"size_mm": [12, 8], "size_key_image_id": IMAGE}]
+    calibrated = {IMAGE: [{"mm": 12.3}, {"mm": 7.9}], other: []}
+    report = body(lesions=sized)
+    assert check_consistency("breast", report, RequestFacts(), calibrated) == []
+    for cited, why in (
+        ({IMAGE: [{"mm": None}]}, "uncalibrated"),
+        ({IMAGE: []}, "no calipers"),
+        ({other: [{"mm": 12.0}]}, "not this consultation's"),
+        ({IMAGE: [{"mm": 20.4}]}, "20.4 mm"),
+    ):
+        advice = check_consistency("breast", report, RequestFacts(), cited)
+        assert [(a.field, a.hard) for a in advice] == [("lesions.0.size_mm", False)], cited
+        assert why in advice[0].message
+    # A size that names no key image is the reader's own estimate: not checked.
+    assert check_consistency("breast", body(lesions=[{"size_mm": [12]}]), RequestFacts()) == []
+
+
+def test_dvt_segment_findings_must_fit_the_category() -> None:
+    acute = {"segment": "popliteal", "compressibility": "non_compressible", "thrombus": "acute"}
+    advice = check_consistency(
+        "dvt", body(category="no_dvt", segment_findings=[acute]), RequestFacts()
+    )
+    assert [(a.field, a.hard) for a in advice] == [("segment_findings.0.thrombus", True)]
+    assert "popliteal vein" in advice[0].message
+    # Non-compressible, or an older thrombus, under "no DVT": advice.
+    for finding, field in (
+        ({"segment": "popliteal", "compressibility": "non_compressible"}, "compressibility"),
+        ({"segment": "popliteal", "thrombus": "chronic"}, "thrombus"),
+    ):
+        report = body(category="no_dvt", segment_findings=[finding])
+        assert said("dvt", report, RequestFacts()) == [(f"segment_findings.0.{field}", False)]
+    # The reverse: an acute DVT where every segment found is normal.
+    normal = [
+        {"segment": "common_femoral", "compressibility": "compressible", "thrombus": "none"},
+        {"segment": "popliteal", "compressibility": "compressible"},
+    ]
+    treat = "Start anticoagulation."
+    report = body(category="acute_dvt", recommendation=treat, segment_findings=normal)
+    assert said("dvt", report, RequestFacts()) == [("category", False)]
+    calf = {**acute, "segment": "posterior_tibial"}
+    report = body(category="acute_dvt", recommendation=treat, segment_findings=[*normal, calf])
+    assert said("dvt", report, RequestFacts()) == []
+    # An extent needs a thrombus.
+    report = body(
+        category="no_dvt",
+        segment_findings=[{"segment": "popliteal", "thrombus": "none", "extent": "occlusive"}],
+    )
+    assert said("dvt", report, RequestFacts()) == [("segment_findings.0.extent", False)]
+
+
+def test_segments_with_findings_count_as_examined() -> None:
+    facts = RequestFacts(segments_requested=("common_femoral", "popliteal"))
+    findings = [{"segment": "common_femoral", "compressibility": "compressible"}]
+    advice = check_consistency("dvt", body(category="no_dvt", segment_findings=findings), facts)
+    assert [a.field for a in advice] == ["segments_examined"]
+    assert "popliteal vein" in advice[0].message and "common femoral" not in advice[0].message
+    report = body(
+        category="no_dvt",
+        segments_examined=["popliteal"],
+        segment_findings=findings,
+    )
+    assert check_consistency("dvt", report, facts) == []
+
+
+def test_the_terminology_check_reads_each_lesions_note() -> None:
+    terms = load_terminology()
+    report = body(lesions=[{"note": "Looks like a complex cyst."}, {"note": "fine"}])
+    flags = check_terminology(terms, report)
+    assert [(f.field, f.phrase) for f in flags] == [("lesions.0.note", "complex cyst")]

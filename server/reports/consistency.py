@@ -1,11 +1,22 @@
 """Contradictions inside a report, and between the report and its request (no I/O).
 
-`check_consistency` reads the report body with what the request said (the first reader's
-BI-RADS category, the DVT segments asked for) and what the cited key images measure, and
-returns `Advice`: shown while the report is written and listed before it is signed. Advice is
-advice, like the terminology check: the expert may know better. One rule is hard, because
-the report would contradict itself in structured values: concordance "agree" with a BI-RADS
-category other than the first reader's (4A and 4B are both 4: a subcategory apart is advice).
+`check_consistency` reads the report body (its text and its structured findings: breast
+`lesions`, DVT `segment_findings`) with what the request said (the first reader's BI-RADS
+category, the DVT segments asked for) and what the key images measure, and returns `Advice`:
+shown while the report is written and listed before it is signed. Advice is advice, like the
+terminology check: the expert may know better. A rule is hard only where the report would
+contradict itself in structured values, with no reading under which both can be true:
+- concordance "agree" with a BI-RADS category other than the first reader's (4A and 4B are both
+  4: a subcategory apart is advice);
+- a lesion that is a simple cyst (benign by definition) with category 4 or 5 (3: advice);
+- an overall category below a lesion's (the overall assessment is the most suspicious lesion's;
+  a subcategory below is advice; 0 and 6 are not ranked);
+- a DVT segment finding with acute thrombus under the category "no DVT".
+Advice only, because the structured findings may be partial while written: every lesion a
+simple cyst under an overall 4-5; a non-compressible segment or a chronic or indeterminate
+thrombus under "no DVT"; "acute DVT" while every segment found is compressible without thrombus;
+an extent with no thrombus; a lesion's size said to come from a key image whose calipers there
+are uncalibrated, absent, none near the size, or not this consultation's.
 `Conflict report_inconsistent` refuses signing while a hard rule holds.
 
 Text rules look for what the recommendation says (a biopsy, anticoagulation, a follow-up) by
@@ -20,7 +31,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.consultations.applications import Application, DvtCategory
-from server.consultations.lexicon import SEGMENT_LABELS, BiRads, DvtSegment
+from server.consultations.lexicon import (
+    SEGMENT_LABELS,
+    BiRads,
+    Compressibility,
+    DvtSegment,
+    Lesion,
+    SpecialCase,
+    Thrombus,
+)
 from server.errors import Conflict
 from server.reports.model import Concordance, ReportBody
 
@@ -70,6 +89,8 @@ _TREATMENT_OR_FOLLOW_UP = re.compile(
     r"re-?scan|refer\w*|vascular (team|surgeon|clinic)|haematolog\w*|hematolog\w*)\b",
     re.IGNORECASE,
 )
+# A lesion's size and the caliper it came from may differ by rounding.
+SIZE_TOLERANCE_MM = 1.0
 _SIZE = re.compile(r"\b\d+(?:[.,]\d+)?\s?(?:mm|cm)\b", re.IGNORECASE)
 
 
@@ -130,6 +151,7 @@ def _breast(body: ReportBody, facts: RequestFacts) -> list[Advice]:
                     " biopsy: that is a major discrepancy.",
                 )
             )
+    advice += _lesions(category, body.lesions or [])
     biopsy = recommends_biopsy(body.recommendation)
     if category in _BENIGN and biopsy:
         advice.append(
@@ -158,8 +180,106 @@ def _breast(body: ReportBody, facts: RequestFacts) -> list[Advice]:
     return advice
 
 
-def _dvt(body: ReportBody, facts: RequestFacts) -> list[Advice]:
+# Categories 1-5 in order of suspicion (0 and 6 say something else: not ranked).
+_RANK = {"1": 1, "2": 2, "3": 3, "4": 4, "4A": 4.1, "4B": 4.2, "4C": 4.3, "5": 5}
+
+
+def _lesions(category: str | None, lesions: Sequence[Lesion]) -> list[Advice]:
+    """The lesions' own categories against their special case and the overall category."""
     advice = []
+    for n, lesion in enumerate(lesions):
+        where, said = f"lesions.{n}", f"Lesion {n + 1}"
+        mine = lesion.category
+        if lesion.special_case == SpecialCase.SIMPLE_CYST and mine in _RANK and _RANK[mine] > 2:
+            advice.append(
+                Advice(
+                    f"{where}.category",
+                    f"{said} is a simple cyst, which is benign (BI-RADS 2), but its category is"
+                    f" {_birads(mine)}: check the special case or the category.",
+                    hard=_RANK[mine] >= 4,
+                )
+            )
+        if category in _RANK and mine in _RANK and _RANK[category] < _RANK[mine]:
+            advice.append(
+                Advice(
+                    "category",
+                    f"The overall category {_birads(category)} is below {said.lower()}'s"
+                    f" {_birads(mine)}: the overall assessment is the most suspicious lesion's.",
+                    hard=int(_RANK[category]) < int(_RANK[mine]),
+                )
+            )
+    cysts = [lesion.special_case == SpecialCase.SIMPLE_CYST for lesion in lesions]
+    # Said once: not again when a cyst's own category already contradicts it.
+    if cysts and all(cysts) and category in _SUSPICIOUS and not advice:
+        advice.append(
+            Advice(
+                "category",
+                f"Every lesion is a simple cyst, which is benign, but the overall category is"
+                f" {_birads(category)}: say which finding is suspicious, or check the category.",
+            )
+        )
+    return advice
+
+
+def _segment_findings(category: str | None, body: ReportBody) -> list[Advice]:
+    """What each examined segment shows against the study's category."""
+    advice = []
+    findings = body.segment_findings or []
+    for n, finding in enumerate(findings):
+        where, named = f"segment_findings.{n}", SEGMENT_LABELS[finding.segment]
+        if category == DvtCategory.NO_DVT and finding.thrombus == Thrombus.ACUTE:
+            advice.append(
+                Advice(
+                    f"{where}.thrombus",
+                    f"The {named} has acute thrombus, but the category is no DVT.",
+                    hard=True,
+                )
+            )
+        elif category == DvtCategory.NO_DVT and finding.thrombus in (
+            Thrombus.CHRONIC,
+            Thrombus.INDETERMINATE,
+        ):
+            advice.append(
+                Advice(
+                    f"{where}.thrombus",
+                    f"The {named} has {finding.thrombus.value} thrombus, but the category is no"
+                    " DVT: choose chronic postthrombotic change or indeterminate.",
+                )
+            )
+        elif category == DvtCategory.NO_DVT and (
+            finding.compressibility == Compressibility.NON_COMPRESSIBLE
+        ):
+            advice.append(
+                Advice(
+                    f"{where}.compressibility",
+                    f"The {named} is non-compressible, but the category is no DVT: a vein that"
+                    " does not compress is thrombosed until shown otherwise.",
+                )
+            )
+        if finding.extent is not None and finding.thrombus == Thrombus.NONE:
+            advice.append(
+                Advice(
+                    f"{where}.extent",
+                    f"The {named} has no thrombus, but an extent of thrombus is given.",
+                )
+            )
+    normal = [
+        f.compressibility == Compressibility.COMPRESSIBLE and f.thrombus in (None, Thrombus.NONE)
+        for f in findings
+    ]
+    if category in _DVT_ACUTE and normal and all(normal):
+        advice.append(
+            Advice(
+                "category",
+                "The category is an acute DVT, but every segment found is compressible without"
+                " thrombus: add the thrombosed segment, or check the category.",
+            )
+        )
+    return advice
+
+
+def _dvt(body: ReportBody, facts: RequestFacts) -> list[Advice]:
+    advice = _segment_findings(body.category, body)
     if body.category in _DVT_ACUTE and body.recommendation is not None:
         if not _TREATMENT_OR_FOLLOW_UP.search(body.recommendation):
             advice.append(
@@ -170,8 +290,10 @@ def _dvt(body: ReportBody, facts: RequestFacts) -> list[Advice]:
                 )
             )
     requested = [DvtSegment(s) for s in facts.segments_requested]
-    examined = set(body.segments_examined or ())
-    if requested and body.segments_examined is None:
+    # A segment with a finding was examined, whether or not it is ticked too.
+    found = [f.segment for f in body.segment_findings or ()]
+    examined = set(body.segments_examined or ()) | set(found)
+    if requested and body.segments_examined is None and not found:
         advice.append(
             Advice(
                 "segments_examined",
@@ -209,20 +331,51 @@ def _sizes(body: ReportBody, cited: Mapping[str, Sequence[Mapping[str, Any]]]) -
     return []
 
 
+def _lesion_sizes(
+    body: ReportBody, cited: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[Advice]:
+    """A lesion's size said to come from a key image that does not measure it."""
+    advice = []
+    for n, lesion in enumerate(body.lesions or ()):
+        key, sizes = lesion.size_key_image_id, lesion.size_mm
+        if key is None or not sizes:
+            continue
+        said = f"Lesion {n + 1}'s size"
+        calipers = cited.get(key)
+        lengths = [c["mm"] for c in calipers or () if c.get("mm") is not None]
+        if calipers is None:
+            why = "is said to come from a key image that is not this consultation's"
+        elif not calipers:
+            why = "is said to come from a key image with no calipers on it"
+        elif not lengths:
+            why = (
+                "is said to come from a key image whose calipers are uncalibrated: calibrate"
+                " them on the depth scale"
+            )
+        elif not any(abs(s - m) <= SIZE_TOLERANCE_MM for s in sizes for m in lengths):
+            measured = ", ".join(f"{m:.1f} mm" for m in lengths)
+            why = f"matches none of the lengths measured on its key image ({measured})"
+        else:
+            continue
+        advice.append(Advice(f"lesions.{n}.size_mm", f"{said} {why}."))
+    return advice
+
+
 def check_consistency(
     application: str | None,
     body: ReportBody,
     facts: RequestFacts,
     cited: Mapping[str, Sequence[Mapping[str, Any]]] = {},
 ) -> list[Advice]:
-    """Every contradiction found, in reading order. `cited`: key image id -> its calipers
-    (as `measurements.measure` stores them)."""
+    """Every contradiction found, in reading order. `cited`: this consultation's key image
+    id -> its calipers (as `measurements.measure` stores them)."""
     advice: list[Advice] = []
     if application == Application.BREAST:
         advice += _breast(body, facts)
     if application == Application.DVT:
         advice += _dvt(body, facts)
     advice += _sizes(body, cited)
+    advice += _lesion_sizes(body, cited)
     return advice
 
 

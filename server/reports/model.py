@@ -241,12 +241,14 @@ def _pattern(text: str) -> re.Pattern[str]:
 
 
 def check_terminology(terms: Iterable[Term], body: ReportBody) -> list[TermFlag]:
-    """Flag each listed phrase found in the findings, recommendation and quality note."""
+    """Flag each listed phrase found in the findings, recommendation, quality note and each
+    lesion's note (the lexicon's own values need no check: they are the preferred terms)."""
     quality_note = body.technical_quality.note if body.technical_quality else None
     fields = (
         ("findings", body.findings),
         ("recommendation", body.recommendation),
         ("technical_quality.note", quality_note),
+        *((f"lesions.{n}.note", lesion.note) for n, lesion in enumerate(body.lesions or ())),
     )
     terms = tuple(terms)
     flags: list[TermFlag] = []
