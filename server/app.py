@@ -51,6 +51,8 @@ from server.media.hooks import receive
 from server.media.relay import Relay
 from server.metrics import create_metrics
 from server.notify.outbox import Notifier
+from server.outcomes import http as outcomes_http
+from server.outcomes.http import LEDGER_CLOCK, LedgerClock, refresh_ledger_metrics
 from server.reports import http as reports_http
 from server.reports.model import load_terminology
 from server.reports.pdf import find_fonts
@@ -100,6 +102,7 @@ def routes() -> web.RouteTableDef:
         device_setup,
         experts_http,
         reports_http,
+        outcomes_http,
         vocabulary,
         session,
     ):
@@ -142,6 +145,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(api_headers)
     app[SETTINGS] = settings
     app[METRICS] = create_metrics()
+    app[LEDGER_CLOCK] = LedgerClock()
     app[KEYRING] = serving_keys(settings)
     app[TOKEN_POLICY] = token_policy(settings)
     app[TERMINOLOGY] = load_terminology(settings.terminology)
@@ -448,5 +452,9 @@ async def metrics(request: web.Request) -> web.Response:
     except Exception:
         # The other metrics still matter when the store does not answer.
         log.exception("turnaround metrics not refreshed")
+    try:
+        await refresh_ledger_metrics(request.app)
+    except Exception:
+        log.exception("second-opinion ledger metrics not refreshed")
     body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -41,10 +42,44 @@ class Metrics:
     # and the deliveries waiting in the outbox (as this node last counted them).
     notifications: Counter
     notifications_pending: Gauge
+    # The second-opinion ledger per application, over every signed report (no reader labels):
+    # see server/outcomes/ledger.py and show_ledger.
+    ledger: dict[str, Gauge]
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
         return generate_latest(self.registry)
+
+    def show_ledger(self, applications: dict[str, dict[str, Any]]) -> None:
+        """Set the ledger's gauges from its figures per application; a figure that is None (no
+        case to count) is left out, never NaN."""
+        gauges = self.ledger
+        for gauge in gauges.values():
+            gauge.clear()
+        for app, f in applications.items():
+            gauges["second_opinions"].labels(app).set(f["second_opinions"])
+            for measure in ("percent", "kappa", "n"):
+                _set(gauges["agreement"].labels(app, measure), f["category_agreement"][measure])
+            for kind in ("major", "minor"):
+                _set(gauges["discordance"].labels(app, kind), f["discordance"][kind]["rate"])
+            if "downgraded" in f:
+                _set(gauges["downgraded"].labels(app), f["downgraded"]["rate"])
+            for figure in ("ppv_biopsy", "repeat_scan_confirmed"):
+                for read, p in f.get(figure, {}).items():
+                    low, high = p["ci95"] or (None, None)
+                    for bound, value in (
+                        ("value", p["value"]),
+                        ("ci95_low", low),
+                        ("ci95_high", high),
+                    ):
+                        _set(gauges[figure].labels(app, read, bound), value)
+                    for count in ("n", "positives"):
+                        gauges["cases"].labels(app, figure, read, count).set(p[count])
+
+
+def _set(child: Any, value: float | None) -> None:
+    if value is not None:
+        child.set(value)
 
 
 def create_metrics() -> Metrics:
@@ -148,4 +183,54 @@ def create_metrics() -> Metrics:
             "Notification deliveries waiting in the outbox.",
             registry=registry,
         ),
+        ledger=_ledger_gauges(registry),
     )
+
+
+def _ledger_gauges(registry: CollectorRegistry) -> dict[str, Gauge]:
+    """The second-opinion ledger's figures (README: "The second-opinion ledger")."""
+    read = ["application", "read", "bound"]
+    return {
+        "second_opinions": Gauge(
+            "probelink_second_opinions",
+            "Signed second opinions with a first read.",
+            ["application"],
+            registry=registry,
+        ),
+        "agreement": Gauge(
+            "probelink_category_agreement",
+            "Category agreement with the first read: percent, Cohen's kappa, pairs compared (n).",
+            ["application", "measure"],
+            registry=registry,
+        ),
+        "discordance": Gauge(
+            "probelink_discordance_ratio",
+            "Share of second opinions stating a major or minor discrepancy with the first read.",
+            ["application", "kind"],
+            registry=registry,
+        ),
+        "downgraded": Gauge(
+            "probelink_downgraded_ratio",
+            "Share of first reads at BI-RADS 4-5 the second opinion put at 2-3.",
+            ["application"],
+            registry=registry,
+        ),
+        "ppv_biopsy": Gauge(
+            "probelink_ppv_biopsy",
+            "PPV of a biopsy recommendation (BI-RADS 4-5) by read, with its Wilson 95% interval.",
+            read,
+            registry=registry,
+        ),
+        "repeat_scan_confirmed": Gauge(
+            "probelink_repeat_scan_confirmed",
+            "Share of DVT calls a repeat scan agreed with, by read, with its Wilson 95% interval.",
+            read,
+            registry=registry,
+        ),
+        "cases": Gauge(
+            "probelink_ledger_cases",
+            "The counts behind the ledger's proportions (n, positives).",
+            ["application", "figure", "read", "count"],
+            registry=registry,
+        ),
+    }

@@ -30,7 +30,16 @@ from pathlib import Path
 SERVER_DIR = Path(__file__).resolve().parent.parent / "server"
 
 # The features, from the bottom up: each may use the ones before it.
-FEATURES = ("consultations", "experts", "notify", "live", "media", "imaging", "reports")
+FEATURES = (
+    "consultations",
+    "experts",
+    "notify",
+    "live",
+    "media",
+    "imaging",
+    "reports",
+    "outcomes",
+)
 # Each feature's handlers (HTTP and Socket.IO), above the shared HTTP edge (`web/`).
 HANDLERS = {
     "server.consultations.views": "consultations",
@@ -43,6 +52,7 @@ HANDLERS = {
     "server.imaging.http": "imaging",
     "server.imaging.device_setup": "imaging",
     "server.reports.http": "reports",
+    "server.outcomes.http": "outcomes",
 }
 # The whole record and the queue: the one view that reads every feature's handlers.
 RECORD = "server.consultations.record"

@@ -32,6 +32,7 @@ from server.experts.store import Experts
 from server.imaging import http as images_http
 from server.messages import StrictModel, parse
 from server.notify.staging import stage
+from server.outcomes import http as outcomes_http
 from server.reports import http as reports_http
 from server.reports.model import ReportState
 from server.store.times import iso
@@ -71,6 +72,8 @@ async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, A
             for o in await request.app[KEY_IMAGES].records.objects(row.id, "prior")
         ],
         "report": await reports_http.report_view(request, row, report, key_images),
+        # What happened next (breast and DVT, once signed): the newest and every version.
+        "outcome": await outcomes_http.record_outcome(request, row),
         "turnaround": {
             "requested_at": iso(row.requested_at),
             "first_joined_at": iso(row.first_joined_at) if row.first_joined_at else None,

@@ -303,4 +303,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX notify_outbox_due ON notify_outbox (state, next_attempt_at)",
         ),
     ),
+    Migration(
+        12,
+        "outcomes: what happened after a second opinion, versioned",
+        (
+            # One row per recording (server/outcomes/): the newest version is in force; rows are
+            # never changed or deleted. body: JSON, the outcome as posted.
+            """CREATE TABLE outcomes (
+                id TEXT PRIMARY KEY,
+                consultation_id TEXT NOT NULL REFERENCES consultations (id),
+                version INTEGER NOT NULL,
+                body TEXT NOT NULL,
+                recorded_by TEXT NOT NULL,
+                recorded_at TEXT NOT NULL,
+                UNIQUE (consultation_id, version)
+            )""",
+            # The ledger counts signed reports over a period.
+            "CREATE INDEX consultations_signed ON consultations (signed_at)",
+        ),
+    ),
 )

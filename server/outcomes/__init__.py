@@ -1,0 +1,1 @@
+"""Outcomes after a second opinion and the accuracy ledger they feed."""
