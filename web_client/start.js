@@ -4,6 +4,7 @@ import { api, claims, describe } from "./lib/api.js";
 import { admit } from "./lib/gate.js";
 import { $, el } from "./lib/dom.js";
 import { joinLink } from "./lib/joinlink.js";
+import { LesionEditor, findingControls, readFinding } from "./lib/lexicon.js";
 import { PHANTOM_DEVICE } from "./lib/phantom.js";
 
 const CHECK_DELAY_MS = 300;
@@ -12,6 +13,7 @@ health(); // the server's state, whatever the link
 const { token } = await admit("start", { keep: ["status"] });
 const form = $("request");
 let consultationId = null;
+let lesions = null; // the structured first read of a breast request (lib/lexicon.js)
 
 async function health() {
   try {
@@ -76,6 +78,7 @@ export function body() {
       distance_from_nipple_cm: number("breast.distance_from_nipple_cm"),
       first_read_birads: text("breast.first_read_birads"),
       additional_imaging: text("breast.additional_imaging"),
+      first_read_lesions: lesions?.value(),
     }) : undefined,
     dvt: text("application") === "dvt" ? dvtBody() : undefined,
     incomplete_reason: $("incomplete").classList.contains("hidden") ? undefined : text("incomplete_reason"),
@@ -88,9 +91,14 @@ function dvtBody() {
     .map((s) => [s, form.elements[`dvt.compressibility.${s}`].value])
     .filter(([, v]) => v));
   const persist = text("dvt.symptoms_persist_after_negative");
+  // The first read per examined segment, in the lexicon: what it found beyond the segment.
+  const found = examined
+    .map((s) => ({ compressibility: graded[s], ...readFinding(form.querySelector(`tr[data-segment="${s}"]`), s) }))
+    .filter((f) => Object.values(f).filter(Boolean).length > 1);
   return prune({
     segments_examined: examined.length ? examined : undefined,
     compressibility: Object.keys(graded).length ? graded : undefined,
+    first_read_segments: found.length ? found.map((f) => prune(f)) : undefined,
     symptoms_persist_after_negative: persist === undefined ? undefined : persist === "true",
     prior_scan: text("dvt.prior_scan"),
   });
@@ -102,20 +110,23 @@ function templateFields() {
 }
 
 // The DVT segments and grades come from the server (GET /api/vocabulary), as it checks them.
-function buildTemplateInputs({ dvt }) {
+function buildTemplateInputs({ dvt, breast }) {
   for (let hour = 1; hour <= 12; hour++) {
     for (const minutes of ["", ":30"]) {
       $("lesion_clock").append(el("option", { value: `${hour}${minutes}`, text: `${hour}${minutes || ":00"} o'clock` }));
     }
   }
   const capital = (text) => text[0].toUpperCase() + text.slice(1);
-  $("dvt-segments").replaceChildren(...dvt.segments.map(({ value, label }) => el("tr", {},
+  $("dvt-segments").replaceChildren(...dvt.segments.map(({ value, label }) => el("tr", { "data-segment": value },
     el("td", {}, el("label", { class: "inline" },
       el("input", { type: "checkbox", name: "dvt.segment", value }), capital(label))),
     el("td", {}, el("select", { name: `dvt.compressibility.${value}`, "aria-label": `Compressibility of the ${label}` },
       el("option", { value: "", text: "—" }),
       ...dvt.compressibility.map((c) => el("option", { value: c.value, text: capital(c.label) })))),
+    ...(dvt.findings ? findingControls(dvt, value, label).map((control) => el("td", {}, control)) : []),
   )));
+  if (breast) lesions = new LesionEditor($("first-read-lesions"), breast);
+  $("first-read-lesions-field").classList.toggle("hidden", !breast);
 }
 
 function renderChecklist(check) {

@@ -2,6 +2,7 @@
 // (what signing still needs, ambiguous terms), signing, addenda, and a printable document.
 import { api, apiBlob, describe } from "./api.js";
 import { $, el } from "./dom.js";
+import { LesionEditor, SegmentTable, sayLesion, saySegment, vocabulary } from "./lexicon.js";
 
 const SIGN_CONFIRM_MS = 6000;
 // The rules are asked again this long after the expert stops typing (nothing is saved).
@@ -20,6 +21,9 @@ export class ReportForm {
     this.url = `/api/consultations/${consultation.id}/report`;
     this.keyImages = new Map();
     this.view = null;
+    this.vocabulary = null; // the lexicon (GET /api/vocabulary)
+    this.lesions = null; // breast: the lesion editor
+    this.segments = null; // DVT: the segments covered and what each shows
     this.readOnly = readOnly;
     this.armed = null;
     this.busy = false;
@@ -38,12 +42,16 @@ export class ReportForm {
     $("report-print").addEventListener("click", () => window.print());
     for (const button of document.querySelectorAll("[data-report-pdf]")) button.addEventListener("click", () => this.pdf());
     $("report-quality").addEventListener("change", () => this.showReasons());
+    // A lesion's size may come from a cited key image: the choice follows the citations.
+    $("report-key-images").addEventListener("change", () => this.lesions?.keyImagesChanged());
     if (readOnly) $("report-form").classList.add("hidden");
   }
 
   async load() {
     try {
-      this.render(await api(this.token, this.url));
+      const [words, view] = await Promise.all([vocabulary(this.token), api(this.token, this.url)]);
+      this.vocabulary = words;
+      this.render(view);
     } catch (error) {
       this.status(describe(error), true);
     }
@@ -55,6 +63,13 @@ export class ReportForm {
     this.keyImages.set(k.id, box);
     const n = this.keyImages.size;
     $("report-key-images").append(el("label", { class: "inline" }, box, `${k.kind} ${n}`));
+    this.lesions?.keyImagesChanged();
+  }
+
+  // The cited key images a lesion's size may come from.
+  citedImages() {
+    return [...this.keyImages.entries()].filter(([, box]) => box.checked)
+      .map(([id, box]) => ({ id, label: box.parentElement.textContent.trim() }));
   }
 
   body() {
@@ -68,9 +83,9 @@ export class ReportForm {
       concordance: $("report-concordance").value || undefined,
       technical_quality: grade ? { grade, reasons, note: text("report-quality-note") } : undefined,
       key_image_ids: [...this.keyImages.entries()].filter(([, box]) => box.checked).map(([id]) => id),
-      segments_examined: this.view?.segments.length
-        ? [...$("report-segments").querySelectorAll("input:checked")].map((i) => i.value)
-        : undefined,
+      segments_examined: this.segments ? this.segments.examined() : undefined,
+      segment_findings: this.segments?.findings(),
+      lesions: this.lesions?.value(),
     };
     return Object.fromEntries(Object.entries(body).filter(([, v]) => v !== undefined));
   }
@@ -190,9 +205,14 @@ export class ReportForm {
     if (first) {
       $("report-category").replaceChildren(el("option", { value: "", text: "—" }),
         ...view.categories.map((k) => el("option", { value: k.value, text: k.label })));
-      $("report-segments").replaceChildren(...view.segments.map((s) =>
-        el("label", { class: "inline" }, el("input", { type: "checkbox", value: s.value }), s.label)));
-      $("report-segments-field").classList.toggle("hidden", !view.segments.length);
+      // The lexicon: a breast report's lesions, a DVT report's segments and what each shows.
+      const words = this.vocabulary;
+      if (view.segments.length && words?.dvt) this.segments = new SegmentTable($("report-segments"), words.dvt, view.segments);
+      $("report-segments-field").classList.toggle("hidden", !this.segments);
+      if (view.application === "breast" && words?.breast) {
+        this.lesions = new LesionEditor($("report-lesions"), words.breast, { keyImages: () => this.citedImages() });
+      }
+      $("report-lesions-field").classList.toggle("hidden", !this.lesions);
       // A late first load (after a reconnection) must not replace what the expert typed.
       const body = view.current?.body;
       if (body && !this.typed) this.fill(body);
@@ -209,6 +229,13 @@ export class ReportForm {
 
   // What the rules say: contradictions (a hard one blocks signing), terms, what is missing.
   rules(view) {
+    // Where the second read differs from the structured first read, field by field.
+    const differences = view.differences || [];
+    const said = (value) => (value === null || value === undefined || value === "" ? "not stated" : String(value));
+    $("report-differences").replaceChildren(...differences.map((d) => el("li", { "data-field": d.field },
+      el("strong", { text: `${d.label}: ` }), el("span", { class: "first", text: said(d.first) }), " → ",
+      el("span", { class: "second", text: said(d.second) }))));
+    $("report-differences-field").classList.toggle("hidden", !differences.length);
     $("report-consistency").replaceChildren(...view.consistency.map((c) => el("li",
       { "data-field": c.field, class: c.hard ? "hard" : "" },
       el("strong", { text: c.hard ? "⚠ Blocks signing: " : "⚠ Check: " }), c.message)));
@@ -219,9 +246,7 @@ export class ReportForm {
   }
 
   fill(body) {
-    for (const box of $("report-segments").querySelectorAll("input")) {
-      box.checked = (body.segments_examined || []).includes(box.value);
-    }
+    this.segments?.fill(body.segments_examined, body.segment_findings);
     $("report-findings").value = body.findings || "";
     $("report-recommendation").value = body.recommendation || "";
     $("report-category").value = body.category || "";
@@ -235,6 +260,7 @@ export class ReportForm {
       if (!this.keyImages.has(id)) this.addKeyImage({ id, kind: "key image" });
       this.keyImages.get(id).checked = true;
     }
+    this.lesions?.fill(body.lesions); // after the key images: a size may come from one
   }
 
   // The signed report as a document: what the print-out shows.
@@ -253,6 +279,8 @@ export class ReportForm {
       ["Concordance with the first read", CONCORDANCE[body.concordance]],
       ["Venous segments examined", body.segments_examined
         ?.map((v) => view.segments.find((s) => s.value === v)?.label || v).join(", ")],
+      ["Segment findings", body.segment_findings?.map((f) => saySegment(f, this.vocabulary?.dvt)).join("\n")],
+      ["Lesions", body.lesions?.map((l, n) => `${n + 1}. ${sayLesion(l, this.vocabulary?.breast)}`).join("\n")],
       ["Technical quality", quality && [QUALITY[quality.grade], ...quality.reasons.map((r) => REASONS[r]), quality.note].filter(Boolean).join(", ")],
       ["Signed", `${new Date(view.current.signed_at).toLocaleString()} by ${view.current.signed_by_name || view.current.signed_by}`],
     ].filter(([, v]) => v);

@@ -3,6 +3,7 @@
 // and what the reviewer's checklist still finds missing. Text only, from the record.
 import { api, describe } from "./api.js";
 import { el } from "./dom.js";
+import { sayLesion, saySegment, vocabulary } from "./lexicon.js";
 
 const MODES = {
   b_mode: "B-mode", m_mode: "M-mode", color_doppler: "colour Doppler", power_doppler: "power Doppler",
@@ -14,7 +15,7 @@ function words(value) {
 }
 
 // [label, text] rows for what the request gives; nothing for what it does not.
-function rows(c) {
+function rows(c, lexicon) {
   const device = c.device && [c.device.manufacturer, c.device.model].filter(Boolean).join(" ");
   const probe = c.transducer && [c.transducer.model, c.transducer.type && words(c.transducer.type),
     c.transducer.frequency_mhz && `${c.transducer.frequency_mhz} MHz`].filter(Boolean).join(", ");
@@ -42,6 +43,9 @@ function rows(c) {
     ["Comparison", c.comparison_studies && (c.comparison_studies.join(", ") || "none")],
     ["Breast", breast],
     ["DVT", dvt],
+    // The structured first read (the lexicon), when the request gave one.
+    ["First-read lesions", c.breast?.first_read_lesions?.map((l, n) => `${n + 1}. ${sayLesion(l, lexicon?.breast)}`).join("\n")],
+    ["First-read segments", c.dvt?.first_read_segments?.map((f) => saySegment(f, lexicon?.dvt)).join("\n")],
     ["Sent incomplete", c.incomplete_reason],
   ].filter(([, v]) => v);
 }
@@ -49,11 +53,12 @@ function rows(c) {
 export async function showRequest(token, consultationId, root) {
   try {
     const record = await api(token, `/api/consultations/${consultationId}`);
+    const lexicon = await vocabulary(token).catch(() => null); // values said as in the lexicon
     root.replaceChildren(
       el("dl", { class: "context" }, ...[
         ["Accession", record.accession_number],
         ["Patient reference", record.context.patient_ref],
-        ...rows(record.context),
+        ...rows(record.context, lexicon),
       ].filter(([, v]) => v).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
       record.checklist.missing.length
         ? el("p", { class: "muted", text: `Not given: ${record.checklist.missing.map((m) => m.label).join(", ")}.` })
