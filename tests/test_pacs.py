@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from dicom_checks import read
 from orthanc_server import OrthancServer
-from phantom import BANNER_HEIGHT, PHANTOM_DEVICE, phantom_png
+from phantom import BANNER_HEIGHT, BREAST_REQUEST, PHANTOM_DEVICE, phantom_png
 from pydicom.dataset import Dataset
 from scanner_files import scanner_file
 
@@ -250,3 +250,151 @@ async def test_a_scanners_clip_and_its_measurements_reach_the_pacs(
     assert "ST ELSEWHERE" not in str(theirs) and theirs.PatientID == ours.PatientID
     state = (await measured.json())["presentation_state"]
     assert state in {i["00080018"]["Value"][0] for i in qido_instances(orthanc, study)}
+
+
+def coded(ds: Dataset) -> list[list[tuple[str, str, str]]]:
+    """Each container of the findings: its CODE items as (name code, value scheme, value code)."""
+    findings = next(s for s in ds.ContentSequence if s.get("ValueType") == "CONTAINER")
+    return [
+        [
+            (
+                i.ConceptNameCodeSequence[0].CodeValue,
+                i.ConceptCodeSequence[0].CodingSchemeDesignator,
+                i.ConceptCodeSequence[0].CodeValue,
+            )
+            for i in item.ContentSequence
+            if i.ValueType == "CODE"
+        ]
+        for item in findings.ContentSequence
+        if item.ValueType == "CONTAINER"
+    ]
+
+
+async def signed_sr_in_pacs(
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    token_for: Any,
+    orthanc: OrthancServer,
+    request: dict[str, Any],
+    report: dict[str, Any],
+) -> Dataset:
+    """Sign `report` on a new consultation; the SR as the PACS gives it back (WADO-RS)."""
+    created = await client.post("/api/consultations", json=request, headers=coordinator)
+    cid = (await created.json())["id"]
+    expert = {"Authorization": f"Bearer {token_for('expert', sub='reader', consultation=cid)}"}
+    key_image_id = await upload(client, cid, expert)
+    url = f"/api/consultations/{cid}/report"
+    body = {**report, "key_image_ids": [key_image_id]}
+    assert (await client.put(url, json=body, headers=expert)).status == 200
+    signed = await client.post(f"{url}/sign", headers=expert)
+    assert signed.status == 200, await signed.text()
+    await wait_for_state(client, cid, coordinator, lambda r: r["pacs"]["sent"] == 4)
+    ours = await archived(client, key_image_id, coordinator)
+    found = qido_instances(orthanc, ours.StudyInstanceUID)
+    sr = next(i for i in found if i["00080016"]["Value"][0] == "1.2.840.10008.5.1.4.1.1.88.33")
+    return read(
+        wado_instance(
+            orthanc, ours.StudyInstanceUID, sr["0020000E"]["Value"][0], sr["00080018"]["Value"][0]
+        )
+    )
+
+
+async def test_the_structured_findings_reach_the_pacs_coded(
+    client: TestClient[Any, Any],
+    coordinator: dict[str, str],
+    token_for: Any,
+    orthanc: OrthancServer,
+) -> None:
+    lesion = {
+        "side": "left",
+        "clock": "2",
+        "distance_from_nipple_cm": 3,
+        "size_mm": [12, 8],
+        "shape": "irregular",
+        "orientation": "not_parallel",
+        "margin": ["spiculated"],
+        "echo_pattern": "hypoechoic",
+        "posterior_features": "shadowing",
+        "category": "4C",
+    }
+    breast = {
+        "findings": "Irregular spiculated hypoechoic mass.",
+        "category": "4C",
+        "recommendation": "Ultrasound-guided core biopsy.",
+        "concordance": "minor_discrepancy",
+        "technical_quality": {"grade": "adequate"},
+        "lesions": [lesion, {"side": "right", "clock": "10:30", "special_case": "simple_cyst"}],
+    }
+    theirs = await signed_sr_in_pacs(
+        client, coordinator, token_for, orthanc, BREAST_REQUEST, breast
+    )
+    assert coded(theirs) == [
+        [
+            ("363698007", "SCT", "80248007"),  # finding site: left breast
+            ("111014", "SCT", "129773009"),  # 2 o'clock position
+            ("300842002", "SCT", "49608001"),  # shape: irregular
+            ("111354", "DCM", "111356"),  # orientation: not parallel
+            ("111037", "SCT", "129742005"),  # margin: spiculated
+            ("111360", "DCM", "111364"),  # echo pattern: hypoechoic
+            ("111366", "DCM", "111369"),  # posterior acoustic shadowing
+            ("111005", "99PROBELINK", "BIRADS4C"),  # its category
+        ],
+        [
+            ("363698007", "SCT", "73056007"),  # right breast
+            ("111014", "99PROBELINK", "CLOCK1030"),
+            ("121071", "SCT", "399294002"),  # cyst of breast
+        ],
+    ]
+    # The size in mm, as numbers.
+    findings = next(s for s in theirs.ContentSequence if s.get("ValueType") == "CONTAINER")
+    first = next(i for i in findings.ContentSequence if i.ValueType == "CONTAINER")
+    sizes = [
+        (i.ConceptNameCodeSequence[0].CodeValue, float(i.MeasuredValueSequence[0].NumericValue))
+        for i in first.ContentSequence
+        if i.ValueType == "NUM"
+    ]
+    assert sizes == [("121242", 3.0), ("81827009", 12.0), ("81827009", 8.0)]
+
+    dvt_request = {
+        "clinical_question": "Left leg swelling: DVT?",
+        "urgency": "urgent",
+        "application": "dvt",
+        "device": PHANTOM_DEVICE,
+        "incomplete_reason": "test request",
+    }
+    dvt = {
+        "findings": "Occlusive acute thrombus in the popliteal vein.",
+        "category": "acute_dvt",
+        "recommendation": "Start anticoagulation.",
+        "technical_quality": {"grade": "adequate"},
+        "segment_findings": [
+            {
+                "segment": "femoral_distal",
+                "compressibility": "compressible",
+                "thrombus": "none",
+                "flow": ["phasic", "augmentation"],
+            },
+            {
+                "segment": "popliteal",
+                "compressibility": "non_compressible",
+                "thrombus": "acute",
+                "extent": "occlusive",
+            },
+        ],
+    }
+    theirs = await signed_sr_in_pacs(client, coordinator, token_for, orthanc, dvt_request, dvt)
+    assert coded(theirs) == [
+        [
+            ("363698007", "SCT", "83419000"),  # femoral vein (its distal third: a modifier)
+            ("COMPRESSIBILITY", "99PROBELINK", "COMPRESSIBLE"),
+            ("396339007", "SCT", "272519000"),  # thrombus: absent
+            ("VENFLOW", "99PROBELINK", "PHASICFLOW"),
+            ("VENFLOW", "99PROBELINK", "AUGMENTATION"),
+        ],
+        [
+            ("363698007", "SCT", "56849005"),  # popliteal vein
+            ("COMPRESSIBILITY", "99PROBELINK", "NONCOMPRESSIBLE"),
+            ("396339007", "SCT", "385315009"),  # acute
+            ("THROMBEXTENT", "99PROBELINK", "OCCLUSIVE"),
+        ],
+    ]

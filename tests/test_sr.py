@@ -309,3 +309,162 @@ def test_a_dvt_report_names_the_venous_segments_it_covers(tmp_path: Path) -> Non
     # A report that names none has no such item.
     plain = items(read(writer.to_bytes(report(key_image()))))
     assert not [i for i in plain if name(i) == "Venous segments examined"]
+
+
+LESIONS = (
+    sr.LesionContent(
+        side="left",
+        clock="2",
+        distance_from_nipple_cm=3.5,
+        size_mm=(14.0, 9.5, 11.0),
+        shape="irregular",
+        orientation="not_parallel",
+        margin=("angular", "spiculated"),
+        echo_pattern="hypoechoic",
+        posterior_features="shadowing",
+        calcifications="in_mass",
+        associated_features=("architectural_distortion", "vascularity_internal", "elasticity_hard"),
+        category="4C",
+        note="Abuts the pectoral fascia.",
+    ),
+    sr.LesionContent(side="right", clock="10:30", special_case="simple_cyst", category="2"),
+)
+SEGMENTS = (
+    sr.SegmentContent("common_femoral", "compressible", "none", ("spontaneous", "phasic")),
+    sr.SegmentContent("femoral_mid", "non_compressible", "acute", (), "occlusive"),
+    sr.SegmentContent("calf_muscular", "partially_compressible", "chronic"),
+)
+
+
+def codes_of(item: Dataset) -> tuple[str, str, str]:
+    """(concept name's code, value's scheme, value's code) of a CODE item."""
+    value = item.ConceptCodeSequence[0]
+    return (
+        item.ConceptNameCodeSequence[0].CodeValue,
+        value.CodingSchemeDesignator,
+        value.CodeValue,
+    )
+
+
+def test_breast_lesions_are_coded_containers(tmp_path: Path) -> None:
+    image = key_image()
+    source = (UltrasoundImageStorage, image.SOPInstanceUID)
+    lesions = (replace(LESIONS[0], size_source=source), LESIONS[1])
+    data = writer.to_bytes(report(image, lesions=lesions))
+    assert dciodvfy_errors(data, tmp_path) == []
+    tree = read(data)
+    containers = [i for i in items(tree) if i.ValueType == "CONTAINER" and name(i) == "Lesion"]
+    assert len(containers) == 2
+    first = containers[0].ContentSequence
+    coded = {codes_of(i) for i in first if i.ValueType == "CODE"}
+    assert coded >= {
+        ("363698007", "SCT", "80248007"),  # finding site: left breast
+        ("111014", "SCT", "129773009"),  # clock face: 2 o'clock
+        ("300842002", "SCT", "49608001"),  # shape: irregular
+        ("111354", "DCM", "111356"),  # orientation: not parallel
+        ("111037", "DCM", "111343"),  # margins: angular
+        ("111037", "SCT", "129742005"),  # ... and spiculated
+        ("111360", "DCM", "111364"),  # echo pattern: hypoechoic
+        ("111366", "DCM", "111369"),  # posterior shadowing
+        ("111008", "DCM", "111346"),  # calcifications within a mass
+        ("246090004", "SCT", "129792006"),  # architectural distortion
+        ("111372", "DCM", "111375"),  # vascularity present in lesion
+        ("110830", "99PROBELINK", "ELASTHARD"),
+        ("111005", "99PROBELINK", "BIRADS4C"),
+    }
+    side = next(i for i in first if i.ValueType == "CODE" and name(i) == "Finding Site")
+    assert side.RelationshipType == "HAS CONCEPT MOD"
+    numbers = [
+        (
+            i.ConceptNameCodeSequence[0].CodeValue,
+            float(i.MeasuredValueSequence[0].NumericValue),
+            i.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue,
+        )
+        for i in first
+        if i.ValueType == "NUM"
+    ]
+    assert numbers == [
+        ("121242", 3.5, "cm"),
+        ("81827009", 14.0, "mm"),
+        ("81827009", 9.5, "mm"),
+        ("81827009", 11.0, "mm"),
+    ]
+    # Each diameter names the key image it was measured on.
+    diameter = next(i for i in first if i.ValueType == "NUM" and name(i) == "Diameter")
+    assert diameter.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+        image.SOPInstanceUID
+    )
+    texts = {(name(i), i.TextValue) for i in first if i.ValueType == "TEXT"}
+    assert ("Comment", "Abuts the pectoral fascia.") in texts
+    second = {codes_of(i) for i in containers[1].ContentSequence if i.ValueType == "CODE"}
+    assert second == {
+        ("363698007", "SCT", "73056007"),  # right breast
+        ("111014", "99PROBELINK", "CLOCK1030"),  # half hours are local
+        ("121071", "SCT", "399294002"),  # finding: cyst of breast
+        ("111005", "99PROBELINK", "BIRADS2"),
+    }
+
+
+def test_venous_segment_findings_are_coded_containers(tmp_path: Path) -> None:
+    data = writer.to_bytes(report(key_image(), segment_findings=SEGMENTS))
+    assert dciodvfy_errors(data, tmp_path) == []
+    containers = [
+        i for i in items(read(data)) if i.ValueType == "CONTAINER" and name(i) == "Finding"
+    ]
+    found = [{codes_of(i) for i in c.ContentSequence if i.ValueType == "CODE"} for c in containers]
+    assert found == [
+        {
+            ("363698007", "SCT", "397363009"),  # common femoral vein
+            ("COMPRESSIBILITY", "99PROBELINK", "COMPRESSIBLE"),
+            ("396339007", "SCT", "272519000"),  # thrombus: absent
+            ("VENFLOW", "99PROBELINK", "SPONTFLOW"),
+            ("VENFLOW", "99PROBELINK", "PHASICFLOW"),
+        },
+        {
+            ("363698007", "SCT", "83419000"),  # femoral vein ...
+            ("COMPRESSIBILITY", "99PROBELINK", "NONCOMPRESSIBLE"),
+            ("396339007", "SCT", "385315009"),  # acute
+            ("THROMBEXTENT", "99PROBELINK", "OCCLUSIVE"),
+        },
+        {
+            ("363698007", "99PROBELINK", "CALFMUSCVEIN"),
+            ("COMPRESSIBILITY", "99PROBELINK", "PARTCOMPRESSIBLE"),
+            ("396339007", "SCT", "90734009"),  # chronic
+        },
+    ]
+    # ... its middle third, as a modifier of the site.
+    site = containers[1].ContentSequence[0]
+    assert codes_of(site.ContentSequence[0]) == ("106233006", "NCIt", "C25569")
+
+
+def test_every_lexicon_value_has_a_code() -> None:
+    from server.consultations import lexicon
+    from server.dicom import sr_codes
+
+    tables = {
+        lexicon.Side: sr_codes.SIDES,
+        lexicon.Shape: sr_codes.SHAPES,
+        lexicon.Orientation: sr_codes.ORIENTATIONS,
+        lexicon.Margin: sr_codes.MARGINS,
+        lexicon.EchoPattern: sr_codes.ECHO_PATTERNS,
+        lexicon.PosteriorFeatures: sr_codes.POSTERIOR,
+        lexicon.Calcifications: sr_codes.CALCIFICATION_VALUES,
+        lexicon.AssociatedFeature: sr_codes.ASSOCIATED,
+        lexicon.SpecialCase: sr_codes.SPECIAL_CASES,
+        lexicon.BiRads: sr_codes.BIRADS,
+        lexicon.DvtSegment: sr_codes.VEINS,
+        lexicon.Compressibility: sr_codes.COMPRESSIBILITY_VALUES,
+        lexicon.Thrombus: sr_codes.THROMBUS_VALUES,
+        lexicon.Flow: sr_codes.FLOW_VALUES,
+        lexicon.Extent: sr_codes.EXTENT_VALUES,
+    }
+    for kind, table in tables.items():
+        assert set(table) == {member.value for member in kind}, kind
+    for hour in range(1, 13):
+        for minutes in ("", ":00", ":30"):
+            assert sr_codes.clock(f"{hour}{minutes}").meaning.startswith(f"{hour}")
+    # A value without a code is refused when the content is made.
+    with pytest.raises(ValueError, match="no code"):
+        sr.LesionContent(shape="lobulated")
+    with pytest.raises(ValueError, match="no code"):
+        sr.SegmentContent("great_saphenous")

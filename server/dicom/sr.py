@@ -10,13 +10,19 @@ claiming it: a title from CID 7000, the signer as observer context, sections fro
 CID 7001 holding items named from CID 7002, study quality from CID 7036 (RadLex).
 Concordance with the first read and quality limitations have no standard codes:
 they use a local scheme ("99" prefix, PS3.16 8.2) declared in the header.
+The structured findings are coded (`sr_codes`: PS3.16's breast and vascular codes where it has
+them, the local scheme otherwise): each breast lesion is a container in the findings section
+with its side (finding site), clock face, distance from the nipple (cm) and diameters (mm,
+inferred from the cited key image that measured them), its lexicon descriptors and category;
+each examined venous segment a container with the vein as finding site, compressibility,
+thrombus, flow and extent.
 Signers are pseudonymous reader ids; no person's name is ever written.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -26,9 +32,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.valuerep import DA, DT, TM
 
-from server.dicom import writer
+from server.dicom import sr_codes, writer
+from server.dicom.sr_codes import LOCAL
 
-LOCAL = "99PROBELINK"
 ORGANIZATION = "probelink"
 # A reader id, never a name: no spaces, nothing that would split a PN into components.
 SIGNER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -54,6 +60,7 @@ CONTAINS = Relation.CONTAINS
 PROPERTY = Relation.HAS_PROPERTIES
 OBS_CONTEXT = Relation.HAS_OBS_CONTEXT
 INFERRED_FROM = Relation.INFERRED_FROM
+MODIFIER = Relation.HAS_CONCEPT_MOD
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,70 @@ class Measurement:
     calibration: str  # e.g. "calibrated on the depth scale"
     label: str | None = None
     frame: int | None = None  # the clip's frame it was measured on (1-based)
+
+
+@dataclass(frozen=True)
+class LesionContent:
+    """One breast lesion in the lexicon's values (the keys of `sr_codes`' tables)."""
+
+    side: str | None = None
+    clock: str | None = None
+    distance_from_nipple_cm: float | None = None
+    size_mm: tuple[float, ...] = ()
+    # The cited key image whose calipers gave the size: (SOP Class UID, SOP Instance UID).
+    size_source: tuple[str, str] | None = None
+    shape: str | None = None
+    orientation: str | None = None
+    margin: tuple[str, ...] = ()
+    echo_pattern: str | None = None
+    posterior_features: str | None = None
+    calcifications: str | None = None
+    associated_features: tuple[str, ...] = ()
+    special_case: str | None = None
+    category: str | None = None
+    note: str | None = None
+
+    def __post_init__(self) -> None:
+        _known(
+            (self.side, sr_codes.SIDES),
+            (self.shape, sr_codes.SHAPES),
+            (self.orientation, sr_codes.ORIENTATIONS),
+            (self.echo_pattern, sr_codes.ECHO_PATTERNS),
+            (self.posterior_features, sr_codes.POSTERIOR),
+            (self.calcifications, sr_codes.CALCIFICATION_VALUES),
+            (self.special_case, sr_codes.SPECIAL_CASES),
+            (self.category, sr_codes.BIRADS),
+            *((m, sr_codes.MARGINS) for m in self.margin),
+            *((a, sr_codes.ASSOCIATED) for a in self.associated_features),
+        )
+        if self.clock is not None:
+            sr_codes.clock(self.clock)
+
+
+@dataclass(frozen=True)
+class SegmentContent:
+    """What one examined venous segment shows, in the lexicon's values."""
+
+    segment: str
+    compressibility: str | None = None
+    thrombus: str | None = None
+    flow: tuple[str, ...] = ()
+    extent: str | None = None
+
+    def __post_init__(self) -> None:
+        _known(
+            (self.segment, sr_codes.VEINS),
+            (self.compressibility, sr_codes.COMPRESSIBILITY_VALUES),
+            (self.thrombus, sr_codes.THROMBUS_VALUES),
+            (self.extent, sr_codes.EXTENT_VALUES),
+            *((f, sr_codes.FLOW_VALUES) for f in self.flow),
+        )
+
+
+def _known(*pairs: tuple[str | None, Mapping[str, object]]) -> None:
+    for value, table in pairs:
+        if value is not None and value not in table:
+            raise ValueError(f"no code for {value!r}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +157,8 @@ class ReportContent:
     addenda: tuple[tuple[str, str, datetime], ...] = ()  # (text, signer, signed at)
     measurements: tuple[Measurement, ...] = ()  # on cited images only
     segments_examined: tuple[str, ...] = ()  # DVT: the venous segments covered, as labels
+    lesions: tuple[LesionContent, ...] = ()  # breast, coded
+    segment_findings: tuple[SegmentContent, ...] = ()  # DVT, coded
 
     def __post_init__(self) -> None:
         # Refuse bad content when it is made, not halfway through building the document.
@@ -157,9 +230,74 @@ def _measurement(m: Measurement) -> hd.sr.ContentItem:
     return item
 
 
+def _num(name: Concept, value: float, unit: Code) -> hd.sr.NumContentItem:
+    return hd.sr.NumContentItem(name=name, value=value, unit=unit, relationship_type=CONTAINS)
+
+
+def _lesion(n: int, lesion: LesionContent) -> hd.sr.ContainerContentItem:
+    """A breast lesion: its location, diameters, descriptors and category, coded."""
+    c = sr_codes
+    items: list[hd.sr.ContentItem] = [_text(codes.DCM.LesionIdentifier, f"Lesion {n}")]
+    if lesion.side is not None:
+        items.append(hd.sr.CodeContentItem(c.SIDE, c.SIDES[lesion.side], MODIFIER))
+    if lesion.clock is not None:
+        items.append(_code(c.CLOCK, c.clock(lesion.clock)))
+    if lesion.distance_from_nipple_cm is not None:
+        items.append(_num(c.NIPPLE_DISTANCE, lesion.distance_from_nipple_cm, codes.UCUM.Centimeter))
+    for size in lesion.size_mm:
+        diameter = _num(c.DIAMETER, size, codes.UCUM.Millimeter)
+        if lesion.size_source is not None:
+            sop_class, sop = lesion.size_source
+            source = hd.sr.ImageContentItem(
+                codes.DCM.SourceOfMeasurement, sop_class, sop, relationship_type=INFERRED_FROM
+            )
+            diameter.ContentSequence = hd.sr.ContentSequence([source])
+        items.append(diameter)
+    for name, value, table in (
+        (c.SHAPE, lesion.shape, c.SHAPES),
+        (c.ORIENTATION, lesion.orientation, c.ORIENTATIONS),
+        *((c.MARGIN, m, c.MARGINS) for m in lesion.margin),
+        (c.ECHO_PATTERN, lesion.echo_pattern, c.ECHO_PATTERNS),
+        (c.POSTERIOR_FEATURES, lesion.posterior_features, c.POSTERIOR),
+        (c.CALCIFICATIONS, lesion.calcifications, c.CALCIFICATION_VALUES),
+        (c.SPECIAL_CASE, lesion.special_case, c.SPECIAL_CASES),
+    ):
+        if value is not None:
+            items.append(_code(name, table[value]))
+    items += [_code(*c.ASSOCIATED[a]) for a in lesion.associated_features]
+    if lesion.category is not None:
+        items.append(_code(c.CATEGORY, c.BIRADS[lesion.category]))
+    if lesion.note:
+        items.append(_text(c.NOTE, lesion.note))
+    return _section(c.LESION, items)
+
+
+def _segment(finding: SegmentContent) -> hd.sr.ContainerContentItem:
+    """An examined venous segment: the vein (finding site) and what compression and Doppler
+    showed there, coded."""
+    c = sr_codes
+    vein, where = c.VEINS[finding.segment]
+    site = hd.sr.CodeContentItem(c.VEIN, vein, MODIFIER)
+    if where is not None:
+        site.ContentSequence = hd.sr.ContentSequence(
+            [hd.sr.CodeContentItem(c.TOPOGRAPHY, where, MODIFIER)]
+        )
+    items: list[hd.sr.ContentItem] = [site]
+    if finding.compressibility is not None:
+        items.append(_code(c.COMPRESSIBILITY, c.COMPRESSIBILITY_VALUES[finding.compressibility]))
+    if finding.thrombus is not None:
+        items.append(_code(c.THROMBUS, c.THROMBUS_VALUES[finding.thrombus]))
+    items += [_code(c.FLOW, c.FLOW_VALUES[f]) for f in finding.flow]
+    if finding.extent is not None:
+        items.append(_code(c.EXTENT, c.EXTENT_VALUES[finding.extent]))
+    return _section(c.SEGMENT_FINDING, items)
+
+
 def _content(content: ReportContent) -> hd.sr.ContainerContentItem:
     findings = [_text(codes.DCM.Finding, content.findings)]
     findings += [_measurement(m) for m in content.measurements]
+    findings += [_lesion(n, lesion) for n, lesion in enumerate(content.lesions, 1)]
+    findings += [_segment(finding) for finding in content.segment_findings]
     sections = [_section(codes.LN.Findings, findings)]
     impressions = []
     if content.category is not None:

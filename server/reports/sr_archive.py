@@ -8,6 +8,7 @@ in one transaction. Each signature or addendum is a new SR instance; the newest 
 from __future__ import annotations
 
 import asyncio
+import enum
 import io
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pydicom
 
 from server.consultations.applications import category_label
-from server.consultations.lexicon import SEGMENT_LABELS
+from server.consultations.lexicon import SEGMENT_LABELS, Lesion
 from server.consultations.model import ConsultationRow
 from server.dicom import deid, sr, writer
 from server.errors import Conflict
@@ -53,6 +54,11 @@ async def archive_report(
                 study, row.id, view["sop_instance_uid"], view["object_kind"]
             )
         )
+    # The cited key images, as the SR's evidence names them.
+    cited = {
+        key_image_id: (ds.SOPClassUID, ds.SOPInstanceUID)
+        for key_image_id, ds in zip(body.key_image_ids, evidence, strict=True)
+    }
     application = row.context.application.value if row.context.application else None
     category = None
     if body.category is not None and application is not None:
@@ -80,6 +86,20 @@ async def archive_report(
             if c["mm"] is not None
         ),
         segments_examined=tuple(SEGMENT_LABELS[s] for s in body.segments_examined or ()),
+        lesions=tuple(
+            _lesion(lesion, cited.get(lesion.size_key_image_id or ""))
+            for lesion in body.lesions or ()
+        ),
+        segment_findings=tuple(
+            sr.SegmentContent(
+                f.segment.value,
+                _value(f.compressibility),
+                _value(f.thrombus),
+                tuple(v.value for v in f.flow),
+                _value(f.extent),
+            )
+            for f in body.segment_findings or ()
+        ),
         addenda=tuple(
             (a.addendum or "", deid.reader_pseudonym(key, a.author), a.signed_at or now)
             for a in report.addenda
@@ -104,3 +124,28 @@ async def archive_report(
         key_images.identity.series_uid(row.id, SR_KIND),
     )
     return ArchivedObject(sop, SR_KIND, where.path, where.sha256, where.size)
+
+
+def _value(choice: enum.StrEnum | None) -> str | None:
+    return choice.value if choice is not None else None
+
+
+def _lesion(lesion: Lesion, size_source: tuple[str, str] | None) -> sr.LesionContent:
+    """A lesion for the SR; its size names its key image only when the report cites it."""
+    return sr.LesionContent(
+        side=_value(lesion.side),
+        clock=lesion.clock,
+        distance_from_nipple_cm=lesion.distance_from_nipple_cm,
+        size_mm=tuple(lesion.size_mm or ()),
+        size_source=size_source if lesion.size_mm else None,
+        shape=_value(lesion.shape),
+        orientation=_value(lesion.orientation),
+        margin=tuple(m.value for m in lesion.margin or ()),
+        echo_pattern=_value(lesion.echo_pattern),
+        posterior_features=_value(lesion.posterior_features),
+        calcifications=_value(lesion.calcifications),
+        associated_features=tuple(a.value for a in lesion.associated_features),
+        special_case=_value(lesion.special_case),
+        category=_value(lesion.category),
+        note=lesion.note,
+    )
