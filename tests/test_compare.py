@@ -83,13 +83,22 @@ def test_lesions_are_compared_by_index_and_a_lesion_only_one_read_has_is_one_dif
     second = {"side": "right", "clock": "10", "special_case": "simple_cyst", "category": "2"}
     found = lesion_differences(lesions(FIRST), lesions(FIRST, second))
     assert found == [
-        Difference("lesions.1", "Lesion 2", None, "right, 10 o'clock, simple cyst, BI-RADS 2")
+        Difference(
+            "lesions.1",
+            "Lesion 2",
+            None,
+            "right breast, 10 o'clock; special case simple cyst; BI-RADS 2",
+        )
     ]
     # The second opinion finds no lesion at all: the first read's lesion is said whole.
     (gone,) = lesion_differences(lesions(FIRST), [])
     assert (gone.field, gone.second) == ("lesions.0", None)
     assert gone.first == lesion_summary(lesions(FIRST)[0])
-    assert gone.first.startswith("left, 2 o'clock, 3 cm, 12 x 8 mm, oval, parallel")
+    assert gone.first == (
+        "left breast, 2 o'clock, 3 cm from the nipple, 12 x 8 mm; shape oval; orientation"
+        " parallel; margin circumscribed; echo pattern hypoechoic; associated features edema,"
+        " internal vascularity; BI-RADS 4A"
+    )
 
 
 def test_nothing_is_compared_until_both_reads_are_structured() -> None:
@@ -147,7 +156,7 @@ def test_dvt_segments_are_compared_segment_by_segment() -> None:
             "segment_findings.posterior_tibial",
             "Posterior tibial veins",
             None,
-            "partially compressible, indeterminate",
+            "partially compressible; thrombus indeterminate",
         ),
     ]
     assert segment_differences(first, first) == []

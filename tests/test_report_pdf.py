@@ -25,7 +25,10 @@ from test_pacs import qido_instances, wado_instance
 from test_web_e2e import TIMEOUT_MS, http, new_page, upload_png
 
 from server.config import Settings, load_settings
+from server.consultations.lexicon import SegmentFinding
 from server.keyring import load_or_create
+from server.messages import parse
+from server.reports.filed import findings_in_words
 from server.reports.pdf import CALIPER_COLOUR, ROLE_COLOURS, find_fonts, picture
 from server.web.keys import KEY_IMAGES, STORE
 
@@ -130,7 +133,17 @@ async def test_the_report_pdf_carries_the_record_the_pictures_and_the_signature(
     assert none.status == 409 and (await none.json())["error"]["code"] == "no_report"
 
     # A draft: all it has, and DRAFT on it.
-    body = {**REPORT, "key_image_ids": [key_image]}
+    cyst = {
+        "side": "left",
+        "clock": "2",
+        "size_mm": [20],
+        "size_key_image_id": key_image,
+        "echo_pattern": "anechoic",
+        "special_case": "simple_cyst",
+        "category": "2",
+        "note": "thin septum",
+    }
+    body = {**REPORT, "key_image_ids": [key_image], "lesions": [cyst]}
     assert (await client.put(url, json=body, headers=expert)).status == 200
     draft = await client.get(f"{url}/pdf", headers=expert)
     assert draft.status == 200, await draft.text()
@@ -173,6 +186,9 @@ async def test_the_report_pdf_carries_the_record_the_pictures_and_the_signature(
         f"Recommendation {REPORT['recommendation']}",
         "Concordance Major discrepancy with the first read",
         "Technical quality Limited, missing landmarks",
+        # Each lesion in the lexicon's words.
+        "Lesion 1 left breast, 2 o'clock, 20 mm; echo pattern anechoic; special case simple"
+        " cyst; BI-RADS 2; size measured on key image 1; note: thin septum",
         "Key images cited (1)",
         "M1 (cyst): 20.0 mm — calibrated on the depth scale",
         "Signed by reader-1",
@@ -416,3 +432,24 @@ def test_marks_on_screen_and_calipers_are_drawn_on_the_picture() -> None:
     assert "LTBREAST" in text and "M320.0mm" in text.replace(" ", "")
     # De-identified, a label is its anchor point only (as in the presentation state).
     assert "BREAST" not in ocr(drawn(mark_text=False))
+
+
+def test_each_examined_venous_segment_is_a_row_in_words() -> None:
+    findings = [
+        parse(SegmentFinding, f)
+        for f in (
+            {"segment": "common_femoral", "compressibility": "compressible", "flow": ["phasic"]},
+            {
+                "segment": "popliteal",
+                "compressibility": "non_compressible",
+                "thrombus": "acute",
+                "extent": "free_floating",
+            },
+        )
+    ]
+    assert findings_in_words(None, findings) == [
+        ("Common femoral vein", "compressible; flow phasic"),
+        ("Popliteal vein", "non-compressible; thrombus acute; extent free-floating"),
+    ]
+    # A breast report that says there is no lesion says so.
+    assert findings_in_words([], None) == [("Lesions", "none")]

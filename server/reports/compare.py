@@ -91,16 +91,35 @@ def _same(first: Any, second: Any) -> bool:
     return bool(first == second)
 
 
+# Said before the descriptors, unnamed: where the lesion is and how big.
+_WHERE = ("side", "clock", "distance_from_nipple_cm", "size_mm")
+
+
 def lesion_summary(lesion: Lesion) -> str:
-    """One lesion in a line, e.g. "left, 2 o'clock, 12 x 8 mm, oval, ..., BI-RADS 4A"."""
-    parts = [_say(name, getattr(lesion, name)) for name in LESION_FIELDS]
-    return ", ".join(p for p in parts if p) or "no descriptor stated"
+    """One lesion in a line, e.g. "left breast, 2 o'clock, 3 cm from the nipple, 12 x 8 mm;
+    shape oval; margin circumscribed; ...; BI-RADS 2" (its note is not part of it)."""
+    where = [_say(name, getattr(lesion, name)) for name in _WHERE]
+    if where[0]:
+        where[0] += " breast"
+    if where[2]:
+        where[2] += " from the nipple"
+    described = [
+        value if name == "category" else f"{named} {value}"
+        for name, named in LESION_FIELDS.items()
+        if name not in _WHERE and (value := _say(name, getattr(lesion, name)))
+    ]
+    parts = [", ".join(w for w in where if w), *described]
+    return "; ".join(p for p in parts if p) or "no descriptor stated"
 
 
 def segment_summary(finding: SegmentFinding) -> str:
-    """One segment's finding in a line, e.g. "non-compressible, acute, occlusive"."""
-    parts = [_say(name, getattr(finding, name)) for name in SEGMENT_FIELDS]
-    return ", ".join(p for p in parts if p) or "examined, nothing stated"
+    """One segment's finding in a line, e.g. "non-compressible; thrombus acute; flow phasic"."""
+    parts = [
+        value if name == "compressibility" else f"{named} {value}"
+        for name, named in SEGMENT_FIELDS.items()
+        if (value := _say(name, getattr(finding, name)))
+    ]
+    return "; ".join(parts) or "examined, nothing stated"
 
 
 def _fields(

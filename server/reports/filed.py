@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,7 @@ import pydicom
 from PIL import Image
 
 from server.consultations.applications import category_label
-from server.consultations.lexicon import SEGMENT_LABELS
+from server.consultations.lexicon import SEGMENT_LABELS, Lesion, SegmentFinding
 from server.consultations.model import ConsultationRow
 from server.dicom import deid, writer
 from server.dicom.encapsulated import encapsulated_pdf
@@ -31,6 +32,7 @@ from server.imaging.identity import SOP_CLASS
 from server.imaging.measurements import CALIBRATION_LABELS
 from server.imaging.model import ArchivedObject
 from server.reports import pdf
+from server.reports.compare import lesion_summary, segment_summary
 from server.reports.model import ReportState
 
 PDF_KIND = "report_pdf"
@@ -204,6 +206,7 @@ def document(
         if body.segments_examined is not None:
             covered = ", ".join(SEGMENT_LABELS[s] for s in body.segments_examined)
             fields.append(("Venous segments examined", covered or "none"))
+        fields += findings_in_words(body.lesions, body.segment_findings, body.key_image_ids)
     if signed is not None and signed.signed_at is not None:
         signature = [
             ("Signed by", person(signed.author)),
@@ -235,6 +238,29 @@ def document(
         footer=footer,
         made_at=now,
     )
+
+
+def findings_in_words(
+    lesions: Sequence[Lesion] | None,
+    segment_findings: Sequence[SegmentFinding] | None,
+    cited: Sequence[str] = (),
+) -> list[tuple[str, str]]:
+    """The structured findings as the document's rows: one per lesion, one per venous segment,
+    in the lexicon's words (a lesion's size names the cited key image it was measured on)."""
+    rows = []
+    for n, lesion in enumerate(lesions or (), 1):
+        text = lesion_summary(lesion)
+        if lesion.size_mm and lesion.size_key_image_id in cited:
+            text += f"; size measured on key image {cited.index(lesion.size_key_image_id) + 1}"
+        if lesion.note:
+            text += f"; note: {lesion.note}"
+        rows.append((f"Lesion {n}", text))
+    if lesions is not None and not lesions:
+        rows.append(("Lesions", "none"))
+    for finding in segment_findings or ():
+        label = SEGMENT_LABELS[finding.segment]
+        rows.append((label[:1].upper() + label[1:], segment_summary(finding)))
+    return rows
 
 
 def _exam_date(row: ConsultationRow, images: list[dict[str, Any]]) -> datetime | None:
