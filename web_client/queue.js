@@ -193,6 +193,8 @@ async function read(force) {
 
 $("new-link").href = `/#token=${encodeURIComponent(token || "")}`;
 $("new-link").classList.toggle("hidden", isExpert);
+$("quality-link").href = `/quality#token=${encodeURIComponent(token || "")}`;
+$("quality-link").classList.toggle("hidden", isExpert);
 $("action-title").textContent = isExpert ? "Take it" : "Expert";
 if (!token) $("error").textContent = "This page needs your queue link (a coordinator's, or an expert's own).";
 else {

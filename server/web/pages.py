@@ -16,6 +16,7 @@ WEB_PAGES = {
     "/bedside": "bedside.html",
     "/expert": "expert.html",
     "/setup": "setup.html",
+    "/quality": "quality.html",
 }
 # Pages load only their own scripts and talk only to this server; tokens travel in the URL
 # fragment (never sent to a server) and must not leak through a Referer either.

@@ -12,6 +12,7 @@ const NEW_LINK = "Ask the coordinator for a new link.";
 const PAGES = {
   start: { roles: ["coordinator"], what: "the coordinator's request page", consultation: false },
   setup: { roles: ["coordinator"], what: "the device setup page", consultation: false },
+  quality: { roles: ["coordinator"], what: "the second-opinion ledger", consultation: false },
   queue: { roles: ["coordinator", "expert"], what: "the queue", consultation: false },
   bedside: { roles: ["operator"], what: "the bedside page", consultation: true },
   expert: { roles: ["expert", "observer"], what: "the expert page", consultation: true },
