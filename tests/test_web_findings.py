@@ -104,8 +104,9 @@ async def request_with_a_first_read_lesion(server: Server, browser: Browser) -> 
     await page.click("#first-read-lesions .add-lesion")
     lesion = page.locator("#first-read-lesions [data-lesion]")
     assert await lesion.count() == 1
-    # Adding puts the keyboard in the new lesion.
+    # Adding puts the keyboard in the new lesion, which starts with the first read's category.
     assert await page.evaluate("() => document.activeElement.dataset.field") == "side"
+    assert await lesion.locator("select[data-field='category']").input_value() == "4A"
     await set_lesion(lesion, FIRST_READ_LESION)
     # A second lesion added and removed again leaves the first as it was.
     await page.click("#first-read-lesions .add-lesion")
@@ -350,5 +351,56 @@ async def test_dvt_segment_findings_are_saved_and_restored(
         "#report-segments [data-segment='peroneal'] select[data-field='thrombus']"
     ).is_hidden()
     assert await page.locator("#report-segments input[data-examined]:checked").count() == 3
+    assert errors == []
+    await context.close()
+
+
+async def test_a_dvt_first_read_is_entered_per_segment_on_the_request_form(
+    live_server: Server, chromium: Browser
+) -> None:
+    context, page, errors = await new_page(chromium)
+    await page.goto(f"{live_server.url}/#token={coordinator_token(live_server)}")
+    await page.locator("#checklist li").first.wait_for(timeout=TIMEOUT_MS)
+    await page.fill("#clinical_question", "Swollen left calf: DVT?")
+    await page.select_option("#urgency", "urgent")
+    await page.select_option("#application", "dvt")
+    await page.click("#use-phantom")
+    assert await page.locator("#first-read-lesions-field").is_hidden()  # breast only
+    popliteal = page.locator("#dvt-segments tr[data-segment='popliteal']")
+    await popliteal.locator("input[name='dvt.segment']").check()
+    await popliteal.locator("select[name='dvt.compressibility.popliteal']").select_option(
+        "non_compressible"
+    )
+    await popliteal.locator("select[data-field='thrombus']").select_option("acute")
+    await popliteal.locator("select[data-field='extent']").select_option("non_occlusive")
+    femoral = page.locator("#dvt-segments tr[data-segment='femoral_mid']")
+    await femoral.locator("input[name='dvt.segment']").check()
+    await femoral.locator("select[name='dvt.compressibility.femoral_mid']").select_option(
+        "compressible"
+    )
+    await femoral.locator("input[data-flow='phasic']").check()
+    # Examined with nothing said of it: covered, without a finding.
+    common = page.locator("#dvt-segments tr[data-segment='common_femoral']")
+    await common.locator("input[name='dvt.segment']").check()
+    # Findings of a segment not examined are not sent.
+    await page.locator(
+        "#dvt-segments tr[data-segment='peroneal'] select[data-field='thrombus']"
+    ).select_option("chronic")
+    await page.fill("#incomplete_reason", "after hours")
+    await page.click("#submit")
+    await page.locator("#invites").wait_for(timeout=TIMEOUT_MS)
+    token = coordinator_token(live_server)
+    cid = http(live_server, "/api/consultations", token)["consultations"][0]["id"]
+    dvt = http(live_server, f"/api/consultations/{cid}", token)["context"]["dvt"]
+    assert dvt["segments_examined"] == ["common_femoral", "femoral_mid", "popliteal"]
+    assert [{k: v for k, v in f.items() if v} for f in dvt["first_read_segments"]] == [
+        {"segment": "femoral_mid", "compressibility": "compressible", "flow": ["phasic"]},
+        {
+            "segment": "popliteal",
+            "compressibility": "non_compressible",
+            "thrombus": "acute",
+            "extent": "non_occlusive",
+        },
+    ]
     assert errors == []
     await context.close()

@@ -125,7 +125,14 @@ function buildTemplateInputs({ dvt, breast }) {
       ...dvt.compressibility.map((c) => el("option", { value: c.value, text: capital(c.label) })))),
     ...(dvt.findings ? findingControls(dvt, value, label).map((control) => el("td", {}, control)) : []),
   )));
-  if (breast) lesions = new LesionEditor($("first-read-lesions"), breast);
+  // A first-read lesion starts where the request says the lesion is, with its category.
+  const defaults = () => prune({
+    side: ["left", "right"].includes(text("laterality")) ? text("laterality") : undefined,
+    clock: text("breast.lesion_clock"),
+    distance_from_nipple_cm: number("breast.distance_from_nipple_cm"),
+    category: text("breast.first_read_birads"),
+  }) || {};
+  if (breast) lesions = new LesionEditor($("first-read-lesions"), breast, { defaults });
   $("first-read-lesions-field").classList.toggle("hidden", !breast);
 }
 

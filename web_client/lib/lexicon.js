@@ -22,9 +22,9 @@ export function vocabulary(token) {
 
 const capital = (text) => (text ? text[0].toUpperCase() + text.slice(1) : text);
 
-// A select offering `choices` ([{value, label}]) after "—" (not said).
-function options(choices, attributes = {}) {
-  return el("select", attributes, el("option", { value: "", text: "—" }),
+// A select offering `choices` ([{value, label}]) after "—" (not said), or after what it is for.
+function options(choices, attributes = {}, unset = "—") {
+  return el("select", attributes, el("option", { value: "", text: unset }),
     ...choices.map((c) => el("option", { value: c.value, text: c.label })));
 }
 
@@ -51,8 +51,9 @@ let editors = 0;
 
 // Breast lesions: add and remove, each with where it is, its size, its descriptors and category.
 // `keyImages()` lists the key images a size may come from ([{id, label}]); none: not offered.
+// `defaults()`: what a lesion added by the button starts with (e.g. the request's own position).
 export class LesionEditor {
-  constructor(root, breast, { keyImages = null, legend = "Lesion" } = {}) {
+  constructor(root, breast, { keyImages = null, legend = "Lesion", defaults = () => ({}) } = {}) {
     this.root = root;
     this.breast = breast; // vocabulary().breast: {lesion: {field: choices}, categories}
     this.keyImages = keyImages;
@@ -62,7 +63,7 @@ export class LesionEditor {
     this.list = el("div", { class: "lesion-list" });
     this.addButton = el("button", { type: "button", class: "add-lesion", text: `Add ${legend.toLowerCase()}`,
       onclick: () => {
-        this.add().querySelector("select").focus();
+        this.add(defaults()).querySelector("select").focus();
         this.changed();
       } });
     root.replaceChildren(this.list, this.addButton);
@@ -194,12 +195,13 @@ export class LesionEditor {
   }
 }
 
-// What one examined segment shows, as controls: thrombus, extent, flow. `label` is the segment's.
-export function findingControls(dvt, segment, label) {
+// What one examined segment shows, as controls: thrombus, extent, flow. `label` is the segment's;
+// `named`: each select says what it is for until a value is chosen (no column heading above it).
+export function findingControls(dvt, segment, label, { named = false } = {}) {
   const { thrombus, extent, flow } = dvt.findings;
   return [
-    options(thrombus, { "data-field": "thrombus", "aria-label": `Thrombus in the ${label}` }),
-    options(extent, { "data-field": "extent", "aria-label": `Extent of the thrombus in the ${label}` }),
+    options(thrombus, { "data-field": "thrombus", "aria-label": `Thrombus in the ${label}` }, named ? "Thrombus —" : "—"),
+    options(extent, { "data-field": "extent", "aria-label": `Extent of the thrombus in the ${label}` }, named ? "Extent —" : "—"),
     checks("flow", flow, "Flow", `flow in the ${label}`),
   ];
 }
@@ -221,14 +223,13 @@ export class SegmentTable {
   constructor(root, dvt, segments = dvt.segments) {
     this.root = root;
     this.rows = new Map();
-    const head = el("div", { class: "segment head", "aria-hidden": "true" }, el("span", { text: "Segment" }),
-      el("span", { text: "Compression" }), el("span", { text: "Thrombus" }), el("span", { text: "Extent" }));
-    root.replaceChildren(head, ...segments.map(({ value, label }) => {
+    root.replaceChildren(...segments.map(({ value, label }) => {
       const examined = el("input", { type: "checkbox", value, "data-examined": value });
       const row = el("div", { class: "segment", "data-segment": value, role: "group", "aria-label": capital(label) },
         el("label", { class: "inline" }, examined, capital(label)),
-        options(dvt.compressibility, { "data-field": "compressibility", "aria-label": `Compressibility of the ${label}` }),
-        ...findingControls(dvt, value, label));
+        options(dvt.compressibility, { "data-field": "compressibility", "aria-label": `Compressibility of the ${label}` },
+          "Compression —"),
+        ...findingControls(dvt, value, label, { named: true }));
       examined.addEventListener("change", () => this.show(row));
       this.rows.set(value, row);
       return row;
@@ -240,7 +241,6 @@ export class SegmentTable {
     const open = row.querySelector("input[data-examined]").checked;
     for (const control of row.querySelectorAll("select, fieldset")) control.classList.toggle("hidden", !open);
     row.classList.toggle("open", open);
-    this.root.querySelector(".head").classList.toggle("hidden", !this.root.querySelector(".segment.open"));
   }
 
   examined() {
