@@ -274,3 +274,45 @@ def test_dvt_outcome_rules_and_what_may_be_followed() -> None:
         with pytest.raises(Conflict) as conflict:
             may_follow(kind, application, signed)
         assert conflict.value.code == code
+
+
+def test_the_readme_worked_example() -> None:
+    """README, "The second-opinion ledger": ten breast second opinions by one reader."""
+
+    def case(first: str, second: str, concordance: str, outcome: dict[str, Any] | None) -> Any:
+        body = None if outcome is None else OutcomeBody.model_validate({"breast": outcome})
+        return SecondOpinion("breast", "R-1111111111111111", True, first, second, concordance, body)
+
+    def biopsied(pathology: str) -> dict[str, Any]:
+        return {"result": "biopsy", "pathology": pathology, "date": "2026-11-20"}
+
+    stable = {"result": "follow_up_imaging", "imaging": "stable", "date": "2026-11-20"}
+    opinions = [
+        case("4A", "2", "major_discrepancy", stable),
+        case("4A", "2", "major_discrepancy", biopsied("benign")),
+        case("4B", "4B", "agree", biopsied("malignant")),
+        case("4C", "5", "minor_discrepancy", biopsied("malignant")),
+        case("4A", "4A", "agree", biopsied("benign")),
+        case("4A", "4A", "agree", biopsied("high_risk")),
+        case("3", "3", "agree", stable),
+        case("3", "2", "minor_discrepancy", {"result": "none_known"}),
+        case("2", "2", "agree", None),
+        case("5", "5", "agree", biopsied("malignant")),
+    ]
+    figures = ledger(opinions)["applications"]["breast"]
+    # expected = (6*3 + 2*1 + 1*4 + 1*2) / 100 = 0.26; kappa = (0.6 - 0.26) / 0.74 = 0.4595
+    assert figures["category_agreement"] == {"percent": 60.0, "kappa": 0.4595, "agreed": 6, "n": 10}
+    assert figures["discordance"]["major"] == {"rate": 0.2, "count": 2, "n": 10}
+    assert figures["discordance"]["minor"] == {"rate": 0.2, "count": 2, "n": 10}
+    assert figures["downgraded"] == {
+        "rate": 0.2857,
+        "count": 2,
+        "n": 7,
+        "biopsied": 1,
+        "malignant": 0,
+    }
+    assert figures["ppv_biopsy"] == {
+        "first_read": {"value": 0.5, "ci95": [0.1876, 0.8124], "n": 6, "positives": 3},
+        "second_opinion": {"value": 0.6, "ci95": [0.2307, 0.8824], "n": 5, "positives": 3},
+    }
+    assert figures["outcomes_known"] == 8
