@@ -52,7 +52,8 @@ SIGNABLE = {
     "findings": "Oval circumscribed anechoic lesion with posterior enhancement.",
     "category": "2",
     "recommendation": "Routine screening.",
-    "concordance": "agree",
+    # The first read is BI-RADS 4A: "agree" with 2 would be refused as a contradiction.
+    "concordance": "major_discrepancy",
     "technical_quality": {"grade": "adequate"},
     "key_image_ids": [OWN],
 }

@@ -284,14 +284,16 @@ async def sign_report(request: web.Request) -> web.Response:
     principal, row = await _writer(request)
     report = await _state(request, row)
     images = await request.app[KEY_IMAGES].records.images(row.id)
-    if report.current is not None and not report.signed:
-        refuse_hard(_consistency(row, report.current, images))
     version = report.sign(
         principal.sub,
         datetime.now(UTC),
         has_first_read=bool(row.context.first_read),
         known_key_images={i["id"] for i in images},
     )
+    # Complete (sign refuses otherwise), it must not contradict itself either; nothing is
+    # stored until the commit below.
+    if version.body is not None:
+        refuse_hard(_consistency(row, version.body, images))
     state = on_report_signed(row.state)
     await _commit_with_sr(request, principal, row, report, images, version, state)
     # The bedside and observers are let go; the expert stays for addenda.
