@@ -221,9 +221,17 @@ def _lesions(category: str | None, lesions: Sequence[Lesion]) -> list[Advice]:
     return advice
 
 
-def _segment_findings(category: str | None, body: ReportBody) -> list[Advice]:
+# How an older or undated thrombus is said (not "chronic thrombus": see terminology.toml).
+_OLDER = {
+    Thrombus.CHRONIC: "chronic postthrombotic change",
+    Thrombus.INDETERMINATE: "thrombus of indeterminate age",
+}
+
+
+def _segment_findings(body: ReportBody) -> list[Advice]:
     """What each examined segment shows against the study's category."""
     advice = []
+    category = body.category
     findings = body.segment_findings or []
     for n, finding in enumerate(findings):
         where, named = f"segment_findings.{n}", SEGMENT_LABELS[finding.segment]
@@ -242,8 +250,8 @@ def _segment_findings(category: str | None, body: ReportBody) -> list[Advice]:
             advice.append(
                 Advice(
                     f"{where}.thrombus",
-                    f"The {named} has {finding.thrombus.value} thrombus, but the category is no"
-                    " DVT: choose chronic postthrombotic change or indeterminate.",
+                    f"The {named} shows {_OLDER[finding.thrombus]}, but the category is no DVT:"
+                    " choose chronic postthrombotic change or indeterminate.",
                 )
             )
         elif category == DvtCategory.NO_DVT and (
@@ -279,7 +287,7 @@ def _segment_findings(category: str | None, body: ReportBody) -> list[Advice]:
 
 
 def _dvt(body: ReportBody, facts: RequestFacts) -> list[Advice]:
-    advice = _segment_findings(body.category, body)
+    advice = _segment_findings(body)
     if body.category in _DVT_ACUTE and body.recommendation is not None:
         if not _TREATMENT_OR_FOLLOW_UP.search(body.recommendation):
             advice.append(
