@@ -28,12 +28,19 @@ async def signed(
     request: dict[str, Any],
     report: dict[str, Any],
     reader: str = "reader-1",
+    accepted: bool = False,
 ) -> str:
-    """A consultation whose report `reader` signed; its id."""
+    """A consultation whose report `reader` signed (with a token of the consultation, or
+    `accepted` from their own queue: a join token whose sub is a participant id); its id."""
     created = await client.post("/api/consultations", json=request, headers=coordinator)
     assert created.status == 201, await created.text()
     cid = (await created.json())["id"]
     expert = {"Authorization": f"Bearer {token_for('expert', sub=reader, consultation=cid)}"}
+    if accepted:
+        own = {"Authorization": f"Bearer {token_for('expert', sub=reader)}"}
+        joined = await client.post(f"/api/consultations/{cid}/accept", headers=own)
+        assert joined.status == 201, await joined.text()
+        expert = {"Authorization": f"Bearer {(await joined.json())['token']}"}
     upload = await client.post(
         f"/api/consultations/{cid}/captures",
         data=phantom_png(3),
@@ -130,7 +137,14 @@ async def test_the_ledger_over_a_period_per_reader_and_on_metrics(
     client: TestClient[Any, Any], coordinator: dict[str, str], token_for: Any
 ) -> None:
     # Two breast second opinions on first reads of BI-RADS 4A by reader-1: one downgraded to 2
-    # (biopsied anyway: benign), one kept at 4B (biopsy: malignant); reader-2 agrees on a DVT.
+    # (biopsied anyway: benign), one kept at 4B (biopsy: malignant); reader-2 agrees on a DVT,
+    # accepted from their own queue.
+    registered = await client.put(
+        "/api/experts/reader-2",
+        json={"name": "Dr Two", "subspecialties": ["dvt"]},
+        headers=coordinator,
+    )
+    assert registered.status == 200
     downgraded = await signed(
         client,
         coordinator,
@@ -156,6 +170,7 @@ async def test_the_ledger_over_a_period_per_reader_and_on_metrics(
         dvt_request,
         {"category": "acute_dvt", "concordance": "agree"},
         reader="reader-2",
+        accepted=True,
     )
     for cid, body in (
         (downgraded, biopsy("benign")),
@@ -201,7 +216,8 @@ async def test_the_ledger_over_a_period_per_reader_and_on_metrics(
     assert dvt["category_agreement"]["percent"] == 100.0
     assert dvt["repeat_scan_confirmed"]["second_opinion"]["positives"] == 1
 
-    # Readers by pseudonym, as the SR names them; never the sub itself.
+    # Readers by pseudonym (the SR's keyed pseudonym of the expert behind the signature: for
+    # reader-2 their own sub, not the join link's participant id); never the sub itself.
     key = client.app[KEY_IMAGES].key
     one, two = deid.reader_pseudonym(key, "reader-1"), deid.reader_pseudonym(key, "reader-2")
     assert set(ledger["readers"]) == {one, two}
@@ -212,6 +228,12 @@ async def test_the_ledger_over_a_period_per_reader_and_on_metrics(
     ).json()
     assert set(mine["applications"]) == {"breast"}
     assert mine["applications"]["breast"]["second_opinions"] == 2
+
+    requested = await (
+        await client.get("/api/quality?basis=requested_at", headers=coordinator)
+    ).json()
+    assert requested["applications"]["breast"]["second_opinions"] == 2
+    assert requested["period"]["basis"] == "requested_at"
 
     # A period before any of it: counts of zero and nulls.
     past = await (
