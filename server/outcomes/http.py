@@ -7,6 +7,7 @@ period (`server/outcomes/ledger.py`), and `/metrics` shows its aggregate figures
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from server.reports.model import ReportState
 from server.store.times import iso
 from server.web.edge import authenticate, consultation_of, facts, read_json
 from server.web.keys import KEY_IMAGES, METRICS, REPORT_LOG, STORE
+
+log = logging.getLogger(__name__)
 
 DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 READER_PATTERN = re.compile(r"R-[0-9A-F]{16}")
@@ -95,12 +98,14 @@ async def post_outcome(request: web.Request) -> web.Response:
     followed = may_follow(row.context.kind.value, application, report.signed)
     now = datetime.now(UTC)
     check_outcome(followed, body, now.date())
-    log = OutcomeLog(request.app[STORE])
-    versions = await log.versions(row.id)
+    outcomes = OutcomeLog(request.app[STORE])
+    versions = await outcomes.versions(row.id)
     version = OutcomeVersion(len(versions) + 1, body, principal.sub, now)
-    await log.append(
+    await outcomes.append(
         row.id, version, facts(request, principal, "outcome.record", "consultation", row.id)
     )
+    # Which consultation and version only: the outcome itself is clinical.
+    log.info("outcome recorded", extra={"consultation": row.id, "version": version.version})
     return web.json_response(outcome_view([*versions, version]), status=201)
 
 
