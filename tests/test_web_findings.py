@@ -209,6 +209,7 @@ async def test_breast_lesions_are_compared_checked_saved_and_signed(
         " <= document.getElementById('report-lesions').clientWidth"
     )
     assert wide
+    await save_screenshot(page, "findings-lesion-editor-laptop")
     await page.set_viewport_size(WIDE)  # type: ignore[arg-type]
     sheet = await page.evaluate(
         "() => document.getElementById('report-lesions').scrollWidth"
@@ -253,6 +254,7 @@ async def test_breast_lesions_are_compared_checked_saved_and_signed(
     await page.locator("#report-signed").wait_for(state="visible", timeout=TIMEOUT_MS)
     document = await page.locator("#report-document").inner_text()
     assert "Lesions" in document and "angular, spiculated" in document, document
+    await save_screenshot(page, "findings-signed")
     signed = http(live_server, f"/api/consultations/{cid}/report", token)
     assert signed["signed"] and stated(signed["current"]["body"]["lesions"]) == [expected]
     assert errors == []
