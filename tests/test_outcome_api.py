@@ -3,8 +3,10 @@ period (GET /api/quality, /metrics), on both record stores."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import pydicom
 import pytest
 from aiohttp.test_utils import TestClient
 from phantom import BREAST_REQUEST, PHANTOM_DEVICE, phantom_png
@@ -221,6 +223,12 @@ async def test_the_ledger_over_a_period_per_reader_and_on_metrics(
     key = client.app[KEY_IMAGES].key
     one, two = deid.reader_pseudonym(key, "reader-1"), deid.reader_pseudonym(key, "reader-2")
     assert set(ledger["readers"]) == {one, two}
+    # The SR names the reader by the same pseudonym, also when the expert accepted from the queue.
+    for cid, pseudonym in ((clot, two), (kept, one)):
+        (sr,) = await client.app[KEY_IMAGES].records.objects(cid, "report")
+        data = await client.app[KEY_IMAGES].read(sr, "the report")
+        signer = pydicom.dcmread(io.BytesIO(data)).VerifyingObserverSequence[0]
+        assert str(signer.VerifyingObserverName) == f"{pseudonym}^"
     assert set(ledger["readers"][one]) == {"breast"}
     assert "reader-1" not in await quality.text()
     mine = await (

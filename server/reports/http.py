@@ -238,7 +238,9 @@ async def _record(
     sr_uid: str | None,
 ) -> filed.Record:
     key_images = request.app[KEY_IMAGES]
-    names = {p.id: p.name for p in await request.app[STORE].participants(row.id)}
+    participants = await request.app[STORE].participants(row.id)
+    names = {p.id: p.name for p in participants}
+    readers = {p.id: p.expert_sub or p.id for p in participants}
     key = key_images.key
     return filed.Record(
         row,
@@ -247,7 +249,10 @@ async def _record(
         names,
         sr_uid,
         key_images.identity.study_of(row).patient,
-        {v.author: deid.reader_pseudonym(key, v.author) for v in report.versions},
+        {
+            v.author: deid.reader_pseudonym(key, readers.get(v.author, v.author))
+            for v in report.versions
+        },
     )
 
 
@@ -324,7 +329,10 @@ async def _commit_with_sr(
 ) -> None:
     """Archive the report as it now stands and record it with `version` (signature or addendum)."""
     key_images = request.app[KEY_IMAGES]
-    sr = await archive_report(key_images, row, report, images, version.created_at)
+    # The expert behind each join link names the reader, as the ledger does.
+    participants = await request.app[STORE].participants(row.id)
+    readers = {p.id: p.expert_sub or p.id for p in participants}
+    sr = await archive_report(key_images, row, report, images, version.created_at, readers)
     # The report's PDF beside its SR, naming it (de-identified like it), for the PACS too.
     record = await _record(request, row, report, images, sr.sop_instance_uid)
     pdf = await filed.archive_pdf(key_images, record, version.created_at)
