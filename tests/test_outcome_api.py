@@ -259,6 +259,11 @@ async def test_the_ledger_over_a_period_per_reader_and_on_metrics(
         ("reader=reader-1", "reader"),
         ("basis=updated_at", "basis"),
         ("since=2026-01-01", "since"),
+        # A year before 2000: no record is that old, and such a period once crashed (the
+        # default 'from' a year before 0001) or counted this year's reports (years under 1000
+        # were compared as unpadded text).
+        ("to=0001-01-01", "to"),
+        ("from=0100-01-01&to=0999-01-01", "to"),
     ):
         refused = await client.get(f"/api/quality?{query}", headers=coordinator)
         assert refused.status == 400, query

@@ -34,6 +34,9 @@ DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 READER_PATTERN = re.compile(r"R-[0-9A-F]{16}")
 # Without a period: the last year up to today (UTC) included.
 DEFAULT_PERIOD_DAYS = 365
+# No record is older; an earlier day would overflow the default period or, as stored times
+# compare as text, not sort before them (a year under 1000 is written unpadded).
+EARLIEST_DAY = date(2000, 1, 1)
 QUALITY_PARAMETERS = ("from", "to", "basis", "application", "reader")
 # /metrics shows the ledger over all signed reports, computed at most this often (on a scrape).
 LEDGER_METRICS_MAX_AGE_SECONDS = 60.0
@@ -116,11 +119,18 @@ def _day(query: dict[str, str], name: str) -> date | None:
     try:
         if not DATE_PATTERN.fullmatch(value):
             raise ValueError
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise BadRequest(
             f"'{name}' must be a date, YYYY-MM-DD", code="invalid_field", field=name
         ) from None
+    if day < EARLIEST_DAY:
+        raise BadRequest(
+            f"'{name}' must be {EARLIEST_DAY.isoformat()} or later",
+            code="invalid_field",
+            field=name,
+        )
+    return day
 
 
 @dataclass(frozen=True)
