@@ -47,6 +47,7 @@ def test_a_lesion_in_the_lexicon_is_taken_whole_and_partly() -> None:
         ({"size_mm": [0]}, "lesions.0.size_mm.0"),
         ({"clock": "13"}, "lesions.0.clock"),
         ({"category": "7"}, "lesions.0.category"),
+        ({"associated_features": ["edema", "edema"]}, "lesions.0.associated_features"),
     ],
 )
 def test_a_bad_lesion_is_refused_naming_the_field(change: dict[str, Any], field: str) -> None:
@@ -76,3 +77,7 @@ def test_segment_findings_name_each_segment_once_and_belong_to_dvt() -> None:
     with pytest.raises(BadRequest) as lesions:
         check_draft("dvt", parse(ReportBody, {"lesions": [LESION]}))
     assert lesions.value.field == "lesions"
+    # A flow feature is present or not: listed twice is refused (the SR would code it twice).
+    with pytest.raises(BadRequest) as flow:
+        parse(ReportBody, {"segment_findings": [{**finding, "flow": ["phasic", "phasic"]}]})
+    assert flow.value.field == "segment_findings.0.flow"

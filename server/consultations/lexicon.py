@@ -11,7 +11,7 @@ cannot say.
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import Field, StringConstraints, field_validator
 
@@ -20,6 +20,7 @@ from server.messages import Choice, ShortText, StrictModel
 # Clock-face position seen facing the patient: hours 1-12, optionally on the half hour.
 LESION_CLOCK_PATTERN = r"^(1[0-2]|[1-9])(:(00|30))?$"
 NIPPLE_DISTANCE_MAX_CM = 30.0
+_Value = TypeVar("_Value")
 
 
 class BiRads(enum.StrEnum):
@@ -199,9 +200,19 @@ class Lesion(StrictModel):
     def _margin(cls, margin: list[Margin] | None) -> list[Margin] | None:
         if margin and Margin.CIRCUMSCRIBED in margin and len(margin) > 1:
             raise ValueError("circumscribed alone, or one or more kinds of not circumscribed")
-        if margin is not None and len(set(margin)) != len(margin):
-            raise ValueError("a kind is listed twice")
-        return margin
+        return _once(margin)
+
+    @field_validator("associated_features")
+    @classmethod
+    def _associated(cls, features: list[AssociatedFeature]) -> list[AssociatedFeature]:
+        return _once(features) or []
+
+
+def _once(values: list[_Value] | None) -> list[_Value] | None:
+    """Refuse a value listed twice (ValueError, for a validator)."""
+    if values is not None and len(set(values)) != len(values):
+        raise ValueError("a kind is listed twice")
+    return values
 
 
 # Compression ultrasound of the deep veins: what each examined segment shows.
@@ -238,6 +249,11 @@ class SegmentFinding(StrictModel):
     thrombus: Choice[Thrombus] | None = None
     flow: list[Choice[Flow]] = Field(default_factory=list, max_length=len(Flow))
     extent: Choice[Extent] | None = None
+
+    @field_validator("flow")
+    @classmethod
+    def _flow(cls, flow: list[Flow]) -> list[Flow]:
+        return _once(flow) or []
 
 
 def unique_segments(value: list[SegmentFinding] | None) -> list[SegmentFinding] | None:
