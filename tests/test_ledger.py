@@ -206,6 +206,20 @@ def test_dvt_category_from_segments_agreement_and_repeat_scans() -> None:
     assert dvt_category_of_segments(segments("indeterminate")) == "indeterminate"
     assert dvt_category_of_segments([SegmentFinding(segment="popliteal")]) is None  # type: ignore[arg-type]
     assert dvt_category_of_segments(None) is None
+    # The request form sends a segment the first read only graded as its compressibility: full
+    # compression excludes thrombus (no DVT there), a vein that does not compress is thrombosed
+    # until shown otherwise (of an age not stated: indeterminate, no call).
+    graded = [
+        SegmentFinding(segment="popliteal", compressibility="compressible"),  # type: ignore[arg-type]
+        SegmentFinding(segment="femoral_mid", compressibility="compressible"),  # type: ignore[arg-type]
+    ]
+    assert dvt_category_of_segments(graded) == "no_dvt"
+    stiff = SegmentFinding(segment="common_femoral", compressibility="non_compressible")  # type: ignore[arg-type]
+    assert dvt_category_of_segments([*graded, stiff]) == "indeterminate"
+    stated = SegmentFinding(
+        segment="common_femoral", compressibility="non_compressible", thrombus="acute"
+    )  # type: ignore[arg-type]
+    assert dvt_category_of_segments([*graded, stated]) == "acute_dvt"
 
     # Repeat scans (three done): the second opinion's calls were DVT, DVT, no DVT and the repeat
     # scans found DVT, no DVT, no DVT: 2 of 3 confirmed. The first read's (no DVT, no DVT, DVT):

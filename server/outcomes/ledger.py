@@ -11,7 +11,9 @@ NaN). The rules, stated once here and in the README ("The second-opinion ledger"
   Cohen's kappa is over the categories either reader used. DVT: the first read's category is
   read from its segments (any acute thrombus: acute DVT, with chronic change beside it: acute on
   chronic; chronic only: chronic post-thrombotic change; indeterminate only: indeterminate; all
-  free: no DVT); no structured first read, no pair.
+  free: no DVT); a segment stating no thrombus is read by its compressibility (compressible:
+  free; partially or non-compressible: thrombus of indeterminate age); no structured first read,
+  no pair.
 - Major and minor discordance: the report's own concordance, over the reports that state it.
 - Downgraded: of the first reads at BI-RADS 4-5 (4, 4A-4C, 5), those the second opinion put at
   2 or 3 (biopsies it advised against); of those, what was later found malignant.
@@ -33,7 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.consultations.applications import Application, DvtCategory
-from server.consultations.lexicon import BIRADS_4, BiRads, SegmentFinding, Thrombus
+from server.consultations.lexicon import (
+    BIRADS_4,
+    BiRads,
+    Compressibility,
+    SegmentFinding,
+    Thrombus,
+)
 from server.outcomes.model import OutcomeBody, Pathology, RepeatScan
 from server.reports.model import Concordance
 
@@ -44,6 +52,12 @@ BIOPSY_ADVISED = frozenset({*BIRADS_4, BiRads.HIGHLY_SUGGESTIVE})
 DOWNGRADE_TO = frozenset({BiRads.BENIGN, BiRads.PROBABLY_BENIGN})
 # Pathology that says something (non-diagnostic leaves the PPV's denominator).
 DIAGNOSTIC = frozenset({Pathology.BENIGN, Pathology.HIGH_RISK, Pathology.MALIGNANT})
+# A segment whose thrombus is not stated, by its compressibility (not visualized: nothing).
+COMPRESSION_SAYS = {
+    Compressibility.COMPRESSIBLE: Thrombus.NONE,
+    Compressibility.PARTIALLY_COMPRESSIBLE: Thrombus.INDETERMINATE,
+    Compressibility.NON_COMPRESSIBLE: Thrombus.INDETERMINATE,
+}
 # The DVT categories as a call: is there a thrombus to treat? (indeterminate: no call)
 DVT_CALL: dict[str, str] = {
     DvtCategory.ACUTE_DVT: "dvt",
@@ -75,9 +89,17 @@ def birads_for_agreement(category: str | None) -> str | None:
     return BiRads.SUSPICIOUS.value if category in BIRADS_4 else category
 
 
+def _thrombus(finding: SegmentFinding) -> Thrombus | None:
+    """A segment's thrombus as stated or, unstated, as its compressibility says: full compression
+    excludes thrombus; a vein that does not compress holds one of an age not stated."""
+    if finding.thrombus is not None:
+        return finding.thrombus
+    return COMPRESSION_SAYS.get(finding.compressibility) if finding.compressibility else None
+
+
 def dvt_category_of_segments(findings: Sequence[SegmentFinding] | None) -> str | None:
     """The DVT category a first read's segments state, or None when they state no thrombus."""
-    seen = {f.thrombus for f in findings or () if f.thrombus is not None}
+    seen = {t for f in findings or () if (t := _thrombus(f)) is not None}
     if not seen:
         return None
     if Thrombus.ACUTE in seen:
