@@ -24,6 +24,7 @@ _QUIET_LIBRARIES = (
     "asyncio",
     "highdicom",  # narrates every object it builds
     "pynetdicom",  # narrates every association and message
+    "fontTools",  # narrates each report PDF's font subsetting, glyph by glyph
 )
 
 
