@@ -177,8 +177,9 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def close_live(app: web.Application) -> None:
-    """Listening has stopped: end the live connections and media first, so that nothing
-    waits on them (a browser's Socket.IO connection would otherwise hold the server open)."""
+    """Listening has stopped: end the live connections first, so that nothing waits on them (a
+    browser's Socket.IO connection would otherwise hold the server open). The media stays up
+    for the requests in flight (a capture reads the relay's frames); `_relay_ctx` closes it."""
     sio, relay = app[SIO], app[RELAY]
     connections = len(sio.eio.sockets)
     rooms = len(relay.rooms)
@@ -189,7 +190,6 @@ async def close_live(app: web.Application) -> None:
     # Clients are told the server went away and reconnect (to another node, behind a balancer).
     if connections:
         await step("live connections closed", sio.eio.disconnect())
-    await step("media peer connections closed", relay.close())
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
