@@ -456,5 +456,10 @@ async def metrics(request: web.Request) -> web.Response:
         await refresh_ledger_metrics(request.app)
     except Exception:
         log.exception("second-opinion ledger metrics not refreshed")
+    if NOTIFIER in request.app:
+        try:
+            await request.app[NOTIFIER].count_pending()
+        except Exception:
+            log.exception("notification backlog not counted")
     body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

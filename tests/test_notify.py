@@ -412,6 +412,7 @@ async def test_an_outage_delays_notices_never_the_request(
 
     await eventually(tried_and_failed, "every delivery tried and kept for a retry")
     assert mailbox.messages == [] and receiver.posts == []
+    assert "probelink_notifications_pending 6.0" in await (await client.get("/metrics")).text()
     response = await client.post(
         f"/api/consultations/{cancelled['id']}/cancel",
         json={"reason": "duplicate"},
@@ -431,6 +432,7 @@ async def test_an_outage_delays_notices_never_the_request(
     assert {r["state"] for r in await outbox(client, cid)} == {"sent"}
     assert {r["state"] for r in await outbox(client, cancelled["id"])} == {"dropped"}
     verify(*receiver.posts[0])
+    assert "probelink_notifications_pending 0.0" in await (await client.get("/metrics")).text()
 
 
 @pytest.mark.parametrize(

@@ -102,6 +102,10 @@ class Notifier:
             for e in await Experts(self.store).all()
         ]
 
+    async def count_pending(self) -> None:
+        """Set the backlog gauge (when /metrics is read, not on every poll of the sender)."""
+        self.metrics.notifications_pending.set(await self.outbox.backlog())
+
     # The background tasks
 
     def start(self) -> None:
@@ -148,8 +152,6 @@ class Notifier:
                 claims = []
             self.held.update(c.notice.id for c in claims)
             await asyncio.gather(*(self._settle(c) for c in claims))
-            with contextlib.suppress(Exception):
-                self.metrics.notifications_pending.set(await self.outbox.backlog())
             if len(claims) < BATCH:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), IDLE_POLL_SECONDS)
