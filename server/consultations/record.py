@@ -59,11 +59,12 @@ async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, A
     application = row.context.application.value if row.context.application else None
     report = ReportState(application, await request.app[REPORT_LOG].versions(row.id))
     key_images = await request.app[KEY_IMAGES].records.images(row.id)
+    participants = await store.participants(row.id)
     return {
         **summary(row, datetime.now(UTC)),
         "context": row.context.model_dump(mode="json", exclude_none=True),
         "checklist": checklist_body(row, key_images),
-        "participants": [participant_body(p) for p in await store.participants(row.id)],
+        "participants": [participant_body(p) for p in participants],
         "marks": await store.related_rows("marks", row.id),
         "key_images": key_images,
         "pacs": await request.app[KEY_IMAGES].records.outbox_state(row.id),
@@ -71,7 +72,7 @@ async def full_record(request: web.Request, row: ConsultationRow) -> dict[str, A
             images_http.prior_view(o)
             for o in await request.app[KEY_IMAGES].records.objects(row.id, "prior")
         ],
-        "report": await reports_http.report_view(request, row, report, key_images),
+        "report": reports_http.report_view(request, row, report, key_images, participants),
         # What happened next (breast and DVT, once signed): the newest and every version.
         "outcome": await outcomes_http.record_outcome(request, row),
         "turnaround": {

@@ -7,7 +7,7 @@ DICOM SR (queued for the PACS with the key images) and commits version, state an
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from server.consultations.applications import CATEGORIES, Application, category_
 from server.consultations.lexicon import SEGMENT_LABELS
 from server.consultations.lifecycle import State, on_report_drafted, on_report_signed
 from server.consultations.model import ConsultationRow, flags
+from server.consultations.store import ParticipantRow
 from server.dicom import deid
 from server.errors import Conflict
 from server.messages import LongText, StrictModel
@@ -66,31 +67,35 @@ def _expert(request: web.Request) -> Principal:
     return principal
 
 
-async def _writer(request: web.Request) -> tuple[Principal, ConsultationRow]:
+async def _writer(
+    request: web.Request,
+) -> tuple[Principal, ConsultationRow, list[ParticipantRow]]:
     """The consultation's expert who may write its report: once it is assigned, only the
-    assigned expert (a join link from before a reassignment no longer writes or signs)."""
+    assigned expert (a join link from before a reassignment no longer writes or signs).
+    With the participants, read once for the whole request (names, readers)."""
     principal = _expert(request)
     row = await consultation_of(request, principal)
+    participants = await request.app[STORE].participants(row.id)
     writer = None
     if row.assigned_expert is not None:
-        participants = await request.app[STORE].participants(row.id)
         mine = next((p for p in participants if p.id == principal.sub), None)
         writer = mine.expert_sub if mine is not None else None
     may_write(row.state is State.CANCELLED, row.assigned_expert, writer)
-    return principal, row
+    return principal, row, participants
 
 
-async def report_view(
+def report_view(
     request: web.Request,
     row: ConsultationRow,
     report: ReportState,
     images: list[dict[str, Any]],
+    participants: list[ParticipantRow],
 ) -> dict[str, Any]:
     """The report as the expert page and the record show it, with what its rules say now."""
     application = row.context.application.value if row.context.application else None
     body = report.current
     latest = next((v for v in reversed(report.versions) if v.body is not None), None)
-    names = {p.id: p.name for p in await request.app[STORE].participants(row.id)}
+    names = {p.id: p.name for p in participants}
     rules = _rules(request, row, None if report.signed else body, images)
     categories = (
         [{"value": c, "label": category_label(application, c)} for c in CATEGORIES[application]]
@@ -197,7 +202,8 @@ async def get_report(request: web.Request) -> web.Response:
     principal = authenticate(request)
     row = await consultation_of(request, principal)
     images = await request.app[KEY_IMAGES].records.images(row.id)
-    view = await report_view(request, row, await _state(request, row), images)
+    participants = await request.app[STORE].participants(row.id)
+    view = report_view(request, row, await _state(request, row), images, participants)
     # Who read which report, recorded before it leaves the server (as for the record).
     await request.app[STORE].record_audit(
         facts(request, principal, "report.read", "consultation", row.id)
@@ -214,7 +220,10 @@ async def get_report_pdf(request: web.Request) -> web.Response:
         raise Conflict("there is no report yet", code="no_report")
     images = await request.app[KEY_IMAGES].records.images(row.id)
     srs = await request.app[KEY_IMAGES].records.objects(row.id, SR_KIND)
-    record = await _record(request, row, report, images, srs[-1].sop_instance_uid if srs else None)
+    participants = await request.app[STORE].participants(row.id)
+    record = _record(
+        request, row, report, images, participants, srs[-1].sop_instance_uid if srs else None
+    )
     data = await filed.report_pdf(request.app[KEY_IMAGES], record, datetime.now(UTC))
     await request.app[STORE].record_audit(
         facts(request, principal, "report.pdf", "consultation", row.id)
@@ -230,35 +239,41 @@ async def get_report_pdf(request: web.Request) -> web.Response:
     )
 
 
-async def _record(
+def _record(
     request: web.Request,
     row: ConsultationRow,
     report: ReportState,
     images: list[dict[str, Any]],
+    participants: list[ParticipantRow],
     sr_uid: str | None,
 ) -> filed.Record:
     key_images = request.app[KEY_IMAGES]
-    participants = await request.app[STORE].participants(row.id)
-    names = {p.id: p.name for p in participants}
-    readers = {p.id: p.expert_sub or p.id for p in participants}
-    key = key_images.key
     return filed.Record(
         row,
         report,
         images,
-        names,
+        {p.id: p.name for p in participants},
         sr_uid,
         key_images.identity.study_of(row).patient,
-        {
-            v.author: deid.reader_pseudonym(key, readers.get(v.author, v.author))
-            for v in report.versions
-        },
+        _reader_pseudonyms(key_images.key, report, participants),
     )
+
+
+def _reader_pseudonyms(
+    key: bytes, report: ReportState, participants: list[ParticipantRow]
+) -> dict[str, str]:
+    """Each version's author by reader pseudonym: the expert behind a join link names the
+    reader (as the ledger does), so one expert is one reader across consultations."""
+    readers = {p.id: p.expert_sub or p.id for p in participants}
+    return {
+        v.author: deid.reader_pseudonym(key, readers.get(v.author, v.author))
+        for v in report.versions
+    }
 
 
 async def put_report(request: web.Request) -> web.Response:
     """Save the draft (partial is fine); the consultation becomes `reported`."""
-    principal, row = await _writer(request)
+    principal, row, participants = await _writer(request)
     body = await read_json(request, ReportBody)
     report = await _state(request, row)
     version = report.draft(body, principal.sub, datetime.now(UTC))
@@ -271,12 +286,12 @@ async def put_report(request: web.Request) -> web.Response:
     if on_report_drafted(row.state) is not row.state:
         await queue_changed(request.app, [row.id])
     images = await request.app[KEY_IMAGES].records.images(row.id)
-    return web.json_response(await report_view(request, row, report, images))
+    return web.json_response(report_view(request, row, report, images, participants))
 
 
 async def check_report(request: web.Request) -> web.Response:
     """What the rules say of a body being written, before it is saved: nothing is stored."""
-    _, row = await _writer(request)
+    _, row, _ = await _writer(request)
     body = await read_json(request, ReportBody)
     application = row.context.application.value if row.context.application else None
     check_draft(application, body)
@@ -286,7 +301,7 @@ async def check_report(request: web.Request) -> web.Response:
 
 async def sign_report(request: web.Request) -> web.Response:
     """Sign: immutable from now on, archived as a DICOM SR and queued for the PACS."""
-    principal, row = await _writer(request)
+    principal, row, participants = await _writer(request)
     report = await _state(request, row)
     images = await request.app[KEY_IMAGES].records.images(row.id)
     version = report.sign(
@@ -300,22 +315,22 @@ async def sign_report(request: web.Request) -> web.Response:
     if version.body is not None:
         refuse_hard(_consistency(row, version.body, images))
     state = on_report_signed(row.state)
-    await _commit_with_sr(request, principal, row, report, images, version, state)
+    await _commit_with_sr(request, principal, row, report, images, participants, version, state)
     # The bedside and observers are let go; the expert stays for addenda.
     await request.app[LIVE].end_access([row.id])
     await queue_changed(request.app, [row.id])
-    return web.json_response(await report_view(request, row, report, images))
+    return web.json_response(report_view(request, row, report, images, participants))
 
 
 async def add_addendum(request: web.Request) -> web.Response:
     """A change after signing: its own signature and time, and a new SR version."""
-    principal, row = await _writer(request)
+    principal, row, participants = await _writer(request)
     addendum = await read_json(request, AddendumRequest)
     report = await _state(request, row)
     images = await request.app[KEY_IMAGES].records.images(row.id)
     version = report.addendum(addendum.text, principal.sub, datetime.now(UTC))
-    await _commit_with_sr(request, principal, row, report, images, version, None)
-    return web.json_response(await report_view(request, row, report, images), status=201)
+    await _commit_with_sr(request, principal, row, report, images, participants, version, None)
+    return web.json_response(report_view(request, row, report, images, participants), status=201)
 
 
 async def _commit_with_sr(
@@ -324,17 +339,16 @@ async def _commit_with_sr(
     row: ConsultationRow,
     report: ReportState,
     images: list[dict[str, Any]],
+    participants: list[ParticipantRow],
     version: Version,
     state: State | None,
 ) -> None:
     """Archive the report as it now stands and record it with `version` (signature or addendum)."""
     key_images = request.app[KEY_IMAGES]
-    # The expert behind each join link names the reader, as the ledger does.
-    participants = await request.app[STORE].participants(row.id)
-    readers = {p.id: p.expert_sub or p.id for p in participants}
-    sr = await archive_report(key_images, row, report, images, version.created_at, readers)
+    record = _record(request, row, report, images, participants, None)
+    sr = await archive_report(key_images, row, report, images, version.created_at, record.readers)
     # The report's PDF beside its SR, naming it (de-identified like it), for the PACS too.
-    record = await _record(request, row, report, images, sr.sop_instance_uid)
+    record = replace(record, sr_uid=sr.sop_instance_uid)
     pdf = await filed.archive_pdf(key_images, record, version.created_at)
     action = "report.addendum" if version.addendum is not None else "report.sign"
     await request.app[REPORT_LOG].append(

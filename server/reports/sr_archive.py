@@ -37,8 +37,7 @@ async def archive_report(
     readers: Mapping[str, str],
 ) -> ArchivedObject:
     """Write the report as it stands (signed body and addenda) durably; its archived object.
-    `readers`: an author's reader id (the expert behind a join link; the ledger's too), which
-    the SR names by its pseudonym."""
+    `readers`: each author's reader pseudonym (the printed record's too), which the SR names."""
     body = report.current
     signed = [v for v in report.versions if v.body is not None and v.signed_at is not None]
     if body is None or not signed:
@@ -79,7 +78,7 @@ async def archive_report(
         quality_reasons=tuple(r.value for r in quality.reasons),
         quality_note=quality.note,
         key_images=tuple((ds.SOPClassUID, ds.SOPInstanceUID) for ds in evidence),
-        signer=deid.reader_pseudonym(key, readers.get(signed[0].author, signed[0].author)),
+        signer=readers[signed[0].author],
         signed_at=signed[0].signed_at or now,
         measurements=tuple(
             sr.Measurement(
@@ -105,12 +104,7 @@ async def archive_report(
             for f in body.segment_findings or ()
         ),
         addenda=tuple(
-            (
-                a.addendum or "",
-                deid.reader_pseudonym(key, readers.get(a.author, a.author)),
-                a.signed_at or now,
-            )
-            for a in report.addenda
+            (a.addendum or "", readers[a.author], a.signed_at or now) for a in report.addenda
         ),
     )
     # An amended report names the version it replaces (the newest archived one).
