@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from server.consultations.lifecycle import OPEN_STATES, State
+from server.consultations.lifecycle import State
 from server.consultations.model import ConsultationRow
 from server.consultations.store import Store, _consultation
+from server.experts.store import _OPEN_IN, _OPEN_PARAMS
 from server.notify.model import Channel, Delivery, Event, Notice
 from server.notify.staging import stage
 from server.store.outbox import PENDING, take_leases
@@ -26,9 +27,6 @@ SENT = "sent"
 DROPPED = "dropped"
 # The mail server refused the recipient for good (a 5xx answer to RCPT).
 REFUSED = "refused"
-_OPEN = sorted(s.value for s in OPEN_STATES)
-_OPEN_PARAMS = {f"open{i}": s for i, s in enumerate(_OPEN)}
-_OPEN_IN = ", ".join(f":{name}" for name in _OPEN_PARAMS)
 
 
 @dataclass(frozen=True)
