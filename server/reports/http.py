@@ -137,10 +137,9 @@ def _rules(
     images: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """What the report's rules say of `body` (None: nothing to check, e.g. once signed):
-    what signing still needs, ambiguous terms, contradictions (`consistency`) and where it
-    differs from a structured first read (`differences`)."""
+    what signing still needs, ambiguous terms and contradictions (`consistency`)."""
     if body is None:
-        return {"missing_for_signing": [], "terminology": [], "consistency": [], "differences": []}
+        return {"missing_for_signing": [], "terminology": [], "consistency": []}
     application = row.context.application.value if row.context.application else None
     known = {i["id"] for i in images}
     missing = missing_for_signing(application, body, bool(row.context.first_read), known)
@@ -157,7 +156,6 @@ def _rules(
             {"field": a.field, "message": a.message, "hard": a.hard}
             for a in _consistency(row, body, images)
         ],
-        "differences": _differences(row, body),
     }
 
 
@@ -296,7 +294,10 @@ async def check_report(request: web.Request) -> web.Response:
     application = row.context.application.value if row.context.application else None
     check_draft(application, body)
     images = await request.app[KEY_IMAGES].records.images(row.id)
-    return web.json_response(_rules(request, row, body, images))
+    # With where it differs from a structured first read.
+    return web.json_response(
+        {**_rules(request, row, body, images), "differences": _differences(row, body)}
+    )
 
 
 async def sign_report(request: web.Request) -> web.Response:
