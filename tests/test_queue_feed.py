@@ -13,7 +13,9 @@ import aiohttp
 import pytest
 import socketio
 from conftest import unique_prefix
+from live_client import Participant
 from servers import Server, cli_env
+from test_live_multinode import setup_room
 
 from server.auth import Role, TokenPolicy, issue_token
 from server.keyring import from_secret
@@ -159,3 +161,32 @@ async def test_a_join_link_or_a_bad_token_is_refused_with_the_reason(
                 await page.connect()
             assert page.refusal["data"]["code"] == code, page.refusal
             await page.close()
+
+
+async def test_the_first_expert_to_join_is_told_and_a_reconnect_is_not(
+    shared_env: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    """The first expert's join makes the request live (the queue shows it); the same expert's
+    page reloaded changes nothing a queue lists, so the queue pages are not told again."""
+    env_a, _env_b = shared_env
+    secret = env_a["PROBELINK_SECRET_KEY"]
+    desk = {"Authorization": f"Bearer {token(secret, Role.COORDINATOR, 'desk')}"}
+    with Server(env_a) as node:
+        room = await setup_room(node.url, secret)
+        coordinator = await QueuePage(node.url, desk["Authorization"][7:]).connect()
+        try:
+            for _ in range(2):  # the expert's page, then the same page reloaded
+                expert = await Participant(node.url, room["expert"]).connect()
+                await expert.close()
+            await coordinator.wait_for(1)
+            # The cancellation is told after what the joins told: the barrier.
+            async with aiohttp.ClientSession(headers=desk) as http:
+                async with http.post(
+                    f"{node.url}/api/consultations/{room['consultation']}/cancel",
+                    json={"reason": "duplicate"},
+                ) as response:
+                    assert response.status == 200
+            await coordinator.wait_for(2)
+            assert coordinator.changes == [{}, {}]
+        finally:
+            await coordinator.close()

@@ -154,8 +154,8 @@ class RoomLog:
 
     async def participant_joined(
         self, consultation_id: str, participant_id: str, *, is_expert: bool
-    ) -> None:
-        """Record first join times; the first expert to join makes a request live."""
+    ) -> bool:
+        """Record first join times; the first expert to join makes a request live (True then)."""
         now = iso(datetime.now(UTC))
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -165,12 +165,14 @@ class RoomLog:
                 ),
                 {"at": now, "pid": participant_id, "cid": consultation_id},
             )
-            if is_expert:
-                # Joining a signed room later is not part of its turnaround.
-                await conn.execute(
-                    _FIRST_EXPERT_JOINED,
-                    {"at": now, "cid": consultation_id, **_JOIN_MOVES_PARAMETERS},
-                )
+            if not is_expert:
+                return False
+            # Joining a signed room later is not part of its turnaround.
+            result = await conn.execute(
+                _FIRST_EXPERT_JOINED,
+                {"at": now, "cid": consultation_id, **_JOIN_MOVES_PARAMETERS},
+            )
+            return result.rowcount == 1
 
 
 async def next_seq(conn: AsyncConnection, consultation_id: str) -> int:

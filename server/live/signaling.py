@@ -225,11 +225,12 @@ class LiveNamespace(socketio.AsyncNamespace):
             if other.sub == principal.sub and other.node != live.node:
                 await self.end(other.sid, opened_elsewhere())
         store = self.app[STORE]
-        await self.app[ROOM_LOG].participant_joined(
+        first_expert = await self.app[ROOM_LOG].participant_joined(
             cid, principal.sub, is_expert=principal.role is Role.EXPERT
         )
-        if principal.role is Role.EXPERT:
-            # The first expert to join makes the request live: the queue pages read it again.
+        if first_expert:
+            # The first expert to join makes the request live: the queue pages read it again
+            # (not on every expert's reconnect: nothing they list changed).
             live.spawn(announce(self.server, store, [cid]))
         # Joining shows the record's summary and marks: a read, so it is audited like one.
         await store.record_audit(
