@@ -187,10 +187,8 @@ room.on("state", (state) => {
   $("question").textContent = state.consultation.clinical_question;
   $("accession").textContent = state.consultation.accession_number ? `Accession ${state.consultation.accession_number}` : "";
 });
-if (token) {
-  new Uploads(token, claims(token)?.consultation, { zone: $("upload-zone"), input: $("upload-input"), list: $("uploads") },
-    (file) => room.say(`${file.name} stored`));
-}
+new Uploads(token, claims(token)?.consultation, { zone: $("upload-zone"), input: $("upload-input"), list: $("uploads") },
+  (file) => room.say(`${file.name} stored`));
 // Signed or cancelled: the camera and microphone go off, and a reload does not go live again.
 room.on("ended", () => {
   live = false;
@@ -217,19 +215,15 @@ document.addEventListener("keydown", (event) => {
 });
 navigator.mediaDevices?.addEventListener?.("devicechange", listSources);
 
-if (!token) {
-  $("error").textContent = "This page needs the join link you were sent.";
-} else {
-  const before = remembered();
-  if (before) $("mic").checked = before.mic !== false;
-  await listSources();
-  await preview();
-  // Device labels appear only after permission: list again now that it is granted.
-  if ($("source").value !== PHANTOM) await listSources();
-  if (before && sameSource(before.source)) {
-    goLive();
-    room.say("Live again with the same source (the page was reloaded)");
-  } else if (before) {
-    room.alert("The video source this page was live with is not available: choose the source, then go live again.");
-  } else if (new URLSearchParams(location.search).has("live")) goLive();
-}
+const before = remembered();
+if (before) $("mic").checked = before.mic !== false;
+await listSources();
+await preview();
+// Device labels appear only after permission: list again now that it is granted.
+if ($("source").value !== PHANTOM) await listSources();
+if (before && sameSource(before.source)) {
+  goLive();
+  room.say("Live again with the same source (the page was reloaded)");
+} else if (before) {
+  room.alert("The video source this page was live with is not available: choose the source, then go live again.");
+} else if (new URLSearchParams(location.search).has("live")) goLive();

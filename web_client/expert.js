@@ -306,20 +306,20 @@ room.on("people", (list) => {
 });
 room.on("media", () => showPicture());
 room.live.on("publishing", () => picture.newSource());
-const viewer = token ? new Viewer(token, claims(token)?.consultation, (message) => room.alert(message)) : null;
+const viewer = new Viewer(token, claims(token)?.consultation, (message) => room.alert(message));
 // A review without a live picture opens on the first key image, unless the bedside's picture
 // arrives within a few seconds of joining (past key images come before it does).
 const REVIEW_WAIT_MS = 3000;
 let reviewOpened = false;
 room.on("keyImage", (k) => {
   report?.addKeyImage(k);
-  if (!viewer || reviewOpened) return;
+  if (reviewOpened) return;
   reviewOpened = true;
   setTimeout(() => {
     if (!video.videoWidth && !viewer.image) viewer.open(k); // no picture has been shown
   }, REVIEW_WAIT_MS);
 });
-room.on("openKeyImage", (k) => viewer?.open(k));
+room.on("openKeyImage", (k) => viewer.open(k));
 
 for (const b of $("tools").querySelectorAll("[data-tool]")) b.addEventListener("click", () => selectTool(b.dataset.tool));
 $("clear-marks").addEventListener("click", () => call("mark_clear", {}));
@@ -356,12 +356,9 @@ document.addEventListener("keydown", (event) => {
 
 selectTool("pointer");
 trackFrames();
-if (!token) $("error").textContent = "This page needs the join link you were sent.";
-else {
-  try {
-    directions = (await api(token, "/api/vocabulary")).guidance;
-  } catch (error) {
-    fail(error);
-  }
+try {
+  directions = (await api(token, "/api/vocabulary")).guidance;
+} catch (error) {
+  fail(error);
 }
 fillDirections();

@@ -14,7 +14,7 @@ import { joinLink } from "./lib/joinlink.js";
 const COUNTDOWN_MS = 15000;
 // Nothing of the page runs before its link is accepted (lib/gate.js).
 const { token } = await admit("queue");
-const isExpert = claims(token || "")?.role === "expert";
+const isExpert = claims(token)?.role === "expert";
 let experts = [];
 let listFailed = false; // the error shown is the list's own: the next good refresh clears it
 
@@ -191,23 +191,20 @@ async function read(force) {
   }
 }
 
-$("new-link").href = `/#token=${encodeURIComponent(token || "")}`;
+$("new-link").href = `/#token=${encodeURIComponent(token)}`;
 $("new-link").classList.toggle("hidden", isExpert);
-$("quality-link").href = `/quality#token=${encodeURIComponent(token || "")}`;
+$("quality-link").href = `/quality#token=${encodeURIComponent(token)}`;
 $("quality-link").classList.toggle("hidden", isExpert);
 $("action-title").textContent = isExpert ? "Take it" : "Expert";
-if (!token) $("error").textContent = "This page needs your queue link (a coordinator's, or an expert's own).";
-else {
-  const feed = io("/queue", { auth: { token }, transports: ["websocket"], reconnectionDelay: 500, reconnectionDelayMax: 4000 });
-  feed.on("connect", () => refresh(true));
-  feed.on("queue_changed", () => refresh());
-  feed.on("disconnect", () => { $("status").textContent = "Reconnecting… (the list may be out of date)"; });
-  // Refused by the server (the link expired or the credentials ended while the page was open):
-  // Socket.IO stops retrying; say why rather than show a list that no longer updates.
-  feed.on("connect_error", (error) => {
-    if (feed.active) return;
-    $("status").textContent = "Not updating";
-    $("error").textContent = `Live updates refused: ${error.data?.message || error.message}. Open the queue again with a new link.`;
-  });
-  setInterval(countDown, COUNTDOWN_MS);
-}
+const feed = io("/queue", { auth: { token }, transports: ["websocket"], reconnectionDelay: 500, reconnectionDelayMax: 4000 });
+feed.on("connect", () => refresh(true));
+feed.on("queue_changed", () => refresh());
+feed.on("disconnect", () => { $("status").textContent = "Reconnecting… (the list may be out of date)"; });
+// Refused by the server (the link expired or the credentials ended while the page was open):
+// Socket.IO stops retrying; say why rather than show a list that no longer updates.
+feed.on("connect_error", (error) => {
+  if (feed.active) return;
+  $("status").textContent = "Not updating";
+  $("error").textContent = `Live updates refused: ${error.data?.message || error.message}. Open the queue again with a new link.`;
+});
+setInterval(countDown, COUNTDOWN_MS);

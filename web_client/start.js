@@ -1,6 +1,6 @@
 // Start page: a coordinator writes the request (the checklist follows as they type, from the
 // server's own rules), sends it, and creates a join link per person.
-import { api, claims, describe } from "./lib/api.js";
+import { api, describe } from "./lib/api.js";
 import { admit } from "./lib/gate.js";
 import { $, el } from "./lib/dom.js";
 import { joinLink } from "./lib/joinlink.js";
@@ -248,34 +248,29 @@ function warnDevice() {
   ]));
 }
 
-if (!token || claims(token)?.role !== "coordinator") {
-  $("no-token").classList.remove("hidden");
-  $("queue-link").classList.add("hidden");
-} else {
-  $("queue-link").href = `/queue#token=${encodeURIComponent(token)}`;
-  form.classList.remove("hidden");
-  let vocabulary = { dvt: { segments: [], compressibility: [] } };
-  try {
-    vocabulary = await api(token, "/api/vocabulary");
-  } catch (error) {
-    $("form-error").textContent = describe(error);
-  }
-  buildTemplateInputs(vocabulary);
-  $("application").addEventListener("change", templateFields);
-  form.addEventListener("input", checkSoon);
-  await loadProfiles();
-  for (const id of ["device_manufacturer", "device_model", "device_clean"]) {
-    $(id).addEventListener("input", warnDevice);
-    $(id).addEventListener("change", warnDevice);
-  }
-  form.addEventListener("change", checkSoon);
-  form.addEventListener("submit", submit);
-  $("invite").addEventListener("click", invite);
-  $("use-phantom").addEventListener("click", () => {
-    $("device_manufacturer").value = PHANTOM_DEVICE.manufacturer;
-    $("device_model").value = PHANTOM_DEVICE.model;
-    warnDevice();
-    checkSoon();
-  });
-  checkSoon();
+$("queue-link").href = `/queue#token=${encodeURIComponent(token)}`;
+form.classList.remove("hidden");
+let vocabulary = { dvt: { segments: [], compressibility: [] } };
+try {
+  vocabulary = await api(token, "/api/vocabulary");
+} catch (error) {
+  $("form-error").textContent = describe(error);
 }
+buildTemplateInputs(vocabulary);
+$("application").addEventListener("change", templateFields);
+form.addEventListener("input", checkSoon);
+await loadProfiles();
+for (const id of ["device_manufacturer", "device_model", "device_clean"]) {
+  $(id).addEventListener("input", warnDevice);
+  $(id).addEventListener("change", warnDevice);
+}
+form.addEventListener("change", checkSoon);
+form.addEventListener("submit", submit);
+$("invite").addEventListener("click", invite);
+$("use-phantom").addEventListener("click", () => {
+  $("device_manufacturer").value = PHANTOM_DEVICE.manufacturer;
+  $("device_model").value = PHANTOM_DEVICE.model;
+  warnDevice();
+  checkSoon();
+});
+checkSoon();

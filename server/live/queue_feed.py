@@ -39,6 +39,8 @@ async def audience(store: Store, consultation_ids: Iterable[str]) -> set[str]:
         row = await store.get_consultation(consultation_id)
         if row is not None:
             applications.add(row.context.application)
+    if not applications:  # (an expert's credentials changed: the caller adds their room)
+        return rooms
     experts = [e for e in await Experts(store).all() if e.active]
     for application in applications:
         rooms.update(
