@@ -116,7 +116,7 @@ async def archive_pdf(key_images: KeyImages, record: Record, now: datetime) -> A
         for k in (body.key_image_ids if body is not None else [])
         if k in known and known[k]["object_kind"] in SOP_CLASS
     ]
-    signed = _signature(report)
+    signed = report.signature
     encoded = await asyncio.to_thread(
         lambda: writer.to_bytes(
             encapsulated_pdf(
@@ -137,12 +137,6 @@ async def archive_pdf(key_images: KeyImages, record: Record, now: datetime) -> A
     return ArchivedObject(sop, PDF_KIND, where.path, where.sha256, where.size)
 
 
-def _signature(report: ReportState) -> Any:
-    return next(
-        (v for v in report.versions if v.body is not None and v.signed_at is not None), None
-    )
-
-
 def document(
     record: Record, pictures: tuple[pdf.Picture, ...], now: datetime, *, deidentified: bool
 ) -> pdf.Document:
@@ -151,7 +145,7 @@ def document(
     ctx = row.context
     application = ctx.application.value if ctx.application else None
     body = report.current
-    signed = _signature(report)
+    signed = report.signature
     latest = next((v for v in reversed(report.versions) if v.body is not None), None)
 
     def person(sub: str) -> str:

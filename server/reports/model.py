@@ -308,9 +308,16 @@ class ReportState:
         return bodies[-1] if bodies else None
 
     @property
+    def signature(self) -> Version | None:
+        """The signed body's version (its author signed it); None before signing."""
+        return next(
+            (v for v in self.versions if v.body is not None and v.signed_at is not None), None
+        )
+
+    @property
     def signed(self) -> bool:
         """True once the body is signed; it never changes after that."""
-        return any(v.body is not None and v.signed_at is not None for v in self.versions)
+        return self.signature is not None
 
     @property
     def addenda(self) -> list[Version]:

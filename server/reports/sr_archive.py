@@ -39,8 +39,8 @@ async def archive_report(
     """Write the report as it stands (signed body and addenda) durably; its archived object.
     `readers`: each author's reader pseudonym (the printed record's too), which the SR names."""
     body = report.current
-    signed = [v for v in report.versions if v.body is not None and v.signed_at is not None]
-    if body is None or not signed:
+    signed = report.signature
+    if body is None or signed is None:
         raise Conflict("only a signed report is archived", code="report_not_signed")
     key = key_images.key
     study = key_images.identity.study_of(row)
@@ -78,8 +78,8 @@ async def archive_report(
         quality_reasons=tuple(r.value for r in quality.reasons),
         quality_note=quality.note,
         key_images=tuple((ds.SOPClassUID, ds.SOPInstanceUID) for ds in evidence),
-        signer=readers[signed[0].author],
-        signed_at=signed[0].signed_at or now,
+        signer=readers[signed.author],
+        signed_at=signed.signed_at or now,
         measurements=tuple(
             sr.Measurement(
                 ds.SOPClassUID, ds.SOPInstanceUID, c["mm"], c["said"], c["label"], c.get("frame")
