@@ -41,6 +41,8 @@ class BiRads(enum.StrEnum):
 BIRADS_4 = frozenset(
     {BiRads.SUSPICIOUS, BiRads.LOW_SUSPICION, BiRads.MODERATE_SUSPICION, BiRads.HIGH_SUSPICION}
 )
+# BI-RADS 4-5: the categories that advise a biopsy.
+BIOPSY_ADVISED = frozenset({*BIRADS_4, BiRads.HIGHLY_SUGGESTIVE})
 
 
 class DvtSegment(enum.StrEnum):

@@ -36,6 +36,7 @@ from typing import Any
 
 from server.consultations.applications import Application, DvtCategory
 from server.consultations.lexicon import (
+    BIOPSY_ADVISED,
     BIRADS_4,
     BiRads,
     Compressibility,
@@ -48,7 +49,6 @@ from server.reports.model import Concordance
 # Two-sided 95%: the normal quantile of 0.975.
 Z_95 = 1.959963984540054
 ROUND_DIGITS = 4
-BIOPSY_ADVISED = frozenset({*BIRADS_4, BiRads.HIGHLY_SUGGESTIVE})
 DOWNGRADE_TO = frozenset({BiRads.BENIGN, BiRads.PROBABLY_BENIGN})
 # Pathology that says something (non-diagnostic leaves the PPV's denominator).
 DIAGNOSTIC = frozenset({Pathology.BENIGN, Pathology.HIGH_RISK, Pathology.MALIGNANT})

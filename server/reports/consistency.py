@@ -32,6 +32,7 @@ from typing import Any
 
 from server.consultations.applications import Application, DvtCategory
 from server.consultations.lexicon import (
+    BIOPSY_ADVISED,
     SEGMENT_LABELS,
     BiRads,
     Compressibility,
@@ -63,7 +64,6 @@ class RequestFacts:
 
 # Breast: where management changes (a biopsy or not).
 _BENIGN = {BiRads.NEGATIVE, BiRads.BENIGN}
-_SUSPICIOUS = {"4", "4A", "4B", "4C", "5"}
 _BELOW_BIOPSY = {"1", "2", "3"}
 _DVT_ACUTE = {DvtCategory.ACUTE_DVT, DvtCategory.ACUTE_ON_CHRONIC}
 
@@ -142,7 +142,7 @@ def _breast(body: ReportBody, facts: RequestFacts) -> list[Advice]:
                     " say in the findings what differs, or choose 'agree'.",
                 )
             )
-        crosses = {category, first} & _SUSPICIOUS and {category, first} & _BELOW_BIOPSY
+        crosses = {category, first} & BIOPSY_ADVISED and {category, first} & _BELOW_BIOPSY
         if body.concordance == Concordance.MINOR_DISCREPANCY and crosses:
             advice.append(
                 Advice(
@@ -169,7 +169,7 @@ def _breast(body: ReportBody, facts: RequestFacts) -> list[Advice]:
                 " biopsied: if a biopsy is needed the category is 4.",
             )
         )
-    elif category in _SUSPICIOUS and body.recommendation is not None and not biopsy:
+    elif category in BIOPSY_ADVISED and body.recommendation is not None and not biopsy:
         advice.append(
             Advice(
                 "recommendation",
@@ -210,7 +210,7 @@ def _lesions(category: str | None, lesions: Sequence[Lesion]) -> list[Advice]:
             )
     cysts = [lesion.special_case == SpecialCase.SIMPLE_CYST for lesion in lesions]
     # Said once: not again when a cyst's own category already contradicts it.
-    if cysts and all(cysts) and category in _SUSPICIOUS and not advice:
+    if cysts and all(cysts) and category in BIOPSY_ADVISED and not advice:
         advice.append(
             Advice(
                 "category",
