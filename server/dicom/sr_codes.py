@@ -1,7 +1,7 @@
 """The codes of the report's structured findings in its SR: the lexicon's values -> DICOM codes.
 
 Keys are the lexicon's values (`server/consultations/lexicon.py`; this module is below it and
-does not import it: `tests/test_sr_findings.py` checks that every value has a code). Codes come
+does not import it: `tests/test_sr.py` checks that every value has a code). Codes come
 from PS3.16 where it has them: the breast imaging context groups (CID 6004 shape, 6006 margin,
 6012 calcification distribution, 6018 clock face, 6022 side, 6054/6064 breast findings, 6152
 orientation, 6154 echo pattern, 6155 posterior acoustic features, 6157 vascularity, 6165 linear
