@@ -85,14 +85,7 @@ def _require_reading_room(principal: Principal) -> None:
 
 async def _credentials(request: web.Request, principal: Principal) -> ExpertRow:
     """The active credentials of the reading-room token's expert, or 403 `not_credentialed`."""
-    expert = await Experts(request.app[STORE]).get(principal.sub)
-    if expert is None or not expert.active:
-        raise Forbidden(
-            "no active credentials are registered for this expert: a coordinator must register"
-            " their subspecialties (PUT /api/experts/{sub})",
-            code="not_credentialed",
-        )
-    return expert
+    return await Experts(request.app[STORE]).active(principal.sub)
 
 
 async def _consultation(request: web.Request, consultation_id: str) -> ConsultationRow:

@@ -24,7 +24,7 @@ from server.consultations.store import (
     _consultation,
     locked_assignment,
 )
-from server.errors import Conflict
+from server.errors import Conflict, Forbidden
 from server.store.times import iso
 
 _OPEN = sorted(s.value for s in OPEN_STATES)
@@ -130,6 +130,17 @@ class Experts:
     async def get(self, sub: str) -> ExpertRow | None:
         async with self.store.engine.connect() as conn:
             return await _expert(conn, sub)
+
+    async def active(self, sub: str) -> ExpertRow:
+        """The expert's credentials if they are active, else 403 `not_credentialed`."""
+        expert = await self.get(sub)
+        if expert is None or not expert.active:
+            raise Forbidden(
+                "no active credentials are registered for this expert: a coordinator must register"
+                " their subspecialties (PUT /api/experts/{sub})",
+                code="not_credentialed",
+            )
+        return expert
 
     async def all(self) -> list[ExpertRow]:
         async with self.store.engine.connect() as conn:

@@ -67,11 +67,7 @@ class QueueNamespace(socketio.AsyncNamespace):
         if principal.role is Role.COORDINATOR:
             return COORDINATORS_ROOM
         if principal.is_reading_room:
-            expert = await Experts(self.app[STORE]).get(principal.sub)
-            if expert is None or not expert.active:
-                raise Forbidden(
-                    "no active credentials are registered for this expert", code="not_credentialed"
-                )
+            await Experts(self.app[STORE]).active(principal.sub)
             return expert_room(principal.sub)
         raise Forbidden(
             "the queue is opened with a coordinator's or an expert's own link, not a join link",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.errors import Forbidden, NotFound
+from server.errors import NotFound
 from server.experts.store import Experts
 from server.web.edge import authenticate
 from server.web.keys import STORE
@@ -27,11 +27,7 @@ async def get_session(request: web.Request) -> web.Response:
         if await store.standing(principal.consultation_id, principal.sub) is None:
             raise NotFound("the link's consultation does not exist", code="consultation_not_found")
     elif principal.is_reading_room:
-        expert = await Experts(store).get(principal.sub)
-        if expert is None or not expert.active:
-            raise Forbidden(
-                "no active credentials are registered for this expert", code="not_credentialed"
-            )
+        await Experts(store).active(principal.sub)
     return web.json_response(
         {
             "role": principal.role.value,
