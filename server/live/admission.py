@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from server.config_live import LiveSettings
 from server.errors import ProbelinkError, RateLimited, Unavailable
 from server.ratelimit import TokenBucket
 
@@ -34,6 +35,16 @@ class Admission:
     seats: dict[str, Seat] = field(default_factory=dict)  # by sid
     by_address: Counter[str] = field(default_factory=Counter)
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, settings: LiveSettings) -> Admission:
+        """The limits of PROBELINK_LIVE_SOCKETS_* and _LIVE_CONNECT*, on one namespace."""
+        return cls(
+            per_address=settings.live_sockets_per_address,
+            total=settings.live_sockets_max,
+            connects_per_second=settings.live_connects_per_second,
+            connect_burst=settings.live_connect_burst,
+        )
 
     def check(self, address: str, now: float) -> ProbelinkError | None:
         """Why a new connection from `address` is refused, or None to let it in."""

@@ -25,13 +25,7 @@ class QueueNamespace(socketio.AsyncNamespace):
     def __init__(self, app: web.Application):
         super().__init__(QUEUE_NAMESPACE)
         self.app = app
-        settings = app[SETTINGS]
-        self.admission = Admission(
-            per_address=settings.live_sockets_per_address,
-            total=settings.live_sockets_max,
-            connects_per_second=settings.live_connects_per_second,
-            connect_burst=settings.live_connect_burst,
-        )
+        self.admission = Admission.of(app[SETTINGS])
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         if event in ("connect", "disconnect") and not self.server.manager.is_connected(

@@ -100,13 +100,7 @@ class LiveNamespace(socketio.AsyncNamespace):
         self.app = app
         # Sockets connected to this node, by sid.
         self.sockets: dict[str, LiveSocket] = {}
-        settings = app[SETTINGS]
-        self.admission = Admission(
-            per_address=settings.live_sockets_per_address,
-            total=settings.live_sockets_max,
-            connects_per_second=settings.live_connects_per_second,
-            connect_burst=settings.live_connect_burst,
-        )
+        self.admission = Admission.of(app[SETTINGS])
         self.events: dict[str, Handler] = {
             "pointer": partial(events.pointer, app),
             "mark": partial(events.mark, app),
