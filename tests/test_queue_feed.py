@@ -14,6 +14,7 @@ import pytest
 import socketio
 from conftest import unique_prefix
 from live_client import Participant
+from phantom import PHANTOM_DEVICE, phantom_png
 from servers import Server, cli_env
 from test_live_multinode import setup_room
 
@@ -166,27 +167,34 @@ async def test_a_join_link_or_a_bad_token_is_refused_with_the_reason(
 async def test_the_first_expert_to_join_is_told_and_a_reconnect_is_not(
     shared_env: tuple[dict[str, str], dict[str, str]],
 ) -> None:
-    """The first expert's join makes the request live (the queue shows it); the same expert's
-    page reloaded changes nothing a queue lists, so the queue pages are not told again."""
+    """The first expert's join makes the request live (the queue shows it), a key image adds to
+    what it holds; the same expert's page reloaded changes nothing a queue lists, so the queue
+    pages are not told of that."""
     env_a, _env_b = shared_env
     secret = env_a["PROBELINK_SECRET_KEY"]
     desk = {"Authorization": f"Bearer {token(secret, Role.COORDINATOR, 'desk')}"}
     with Server(env_a) as node:
-        room = await setup_room(node.url, secret)
+        room = await setup_room(node.url, secret, PHANTOM_DEVICE)
         coordinator = await QueuePage(node.url, desk["Authorization"][7:]).connect()
         try:
             for _ in range(2):  # the expert's page, then the same page reloaded
                 expert = await Participant(node.url, room["expert"]).connect()
                 await expert.close()
             await coordinator.wait_for(1)
+            # A key image changes what the request holds for review (the queue counts them).
+            base = f"{node.url}/api/consultations/{room['consultation']}"
+            expert_auth = {"Authorization": f"Bearer {room['expert']}"}
+            async with aiohttp.ClientSession(headers=expert_auth) as http:
+                async with http.post(
+                    f"{base}/captures", data=phantom_png(1), headers={"Content-Type": "image/png"}
+                ) as response:
+                    assert response.status == 201, await response.text()
+            await coordinator.wait_for(2)
             # The cancellation is told after what the joins told: the barrier.
             async with aiohttp.ClientSession(headers=desk) as http:
-                async with http.post(
-                    f"{node.url}/api/consultations/{room['consultation']}/cancel",
-                    json={"reason": "duplicate"},
-                ) as response:
+                async with http.post(f"{base}/cancel", json={"reason": "duplicate"}) as response:
                     assert response.status == 200
-            await coordinator.wait_for(2)
-            assert coordinator.changes == [{}, {}]
+            await coordinator.wait_for(3)
+            assert coordinator.changes == [{}, {}, {}]
         finally:
             await coordinator.close()
