@@ -11,10 +11,11 @@ from aiohttp import web
 from server.audit import AuditFacts
 from server.auth import Principal, Role, require_consultation, require_role, verify_token
 from server.config import IPNetwork
+from server.consultations.access import Standing
 from server.consultations.model import ConsultationRow
 from server.errors import NotFound, Unauthorized
 from server.messages import M, parse_json
-from server.web.keys import KEYRING, PRINCIPAL, SETTINGS, STORE, TOKEN_POLICY
+from server.web.keys import KEYRING, PRINCIPAL, SETTINGS, STANDING, STORE, TOKEN_POLICY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -74,6 +75,16 @@ def _principal(request: web.Request) -> Principal:
     principal = verify_token(token.strip(), request.app[KEYRING], request.app[TOKEN_POLICY])
     request[PRINCIPAL] = principal
     return principal
+
+
+async def standing_of(request: web.Request, principal: Principal) -> Standing | None:
+    """The standing of the consultation a consultation token is for (read once per request:
+    the access middleware and the handler share it); None when there is no such consultation."""
+    assert principal.consultation_id is not None
+    if STANDING not in request:
+        store = request.app[STORE]
+        request[STANDING] = await store.standing(principal.consultation_id, principal.sub)
+    return request[STANDING]
 
 
 async def read_body(request: web.Request) -> bytes:

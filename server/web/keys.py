@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
     from server.auth import Keys, Principal, TokenPolicy
     from server.config import Settings
+    from server.consultations.access import Standing
     from server.consultations.store import Store
     from server.imaging.captures import KeyImages
     from server.imaging.dicom_node import DicomNode
@@ -44,3 +45,5 @@ NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 
 # Set on a request once its token is verified.
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
+# A consultation token's standing, once read for the request (None: no such consultation).
+STANDING: web.RequestKey[Standing | None] = web.RequestKey("standing")

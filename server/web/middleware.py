@@ -16,8 +16,8 @@ from aiohttp import web
 
 from server.consultations.access import check_access
 from server.errors import Forbidden, ProbelinkError, Unauthorized
-from server.web.edge import authenticate
-from server.web.keys import METRICS, PRINCIPAL, STORE
+from server.web.edge import authenticate, standing_of
+from server.web.keys import METRICS, PRINCIPAL
 from server.web.outages import as_outage, retry_after
 from server.web.refusal_audit import record_refusal
 
@@ -120,8 +120,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     if request.path.startswith("/api/") and "Authorization" in request.headers:
         principal = authenticate(request)
         if principal.consultation_id is not None:
-            store = request.app[STORE]
-            standing = await store.standing(principal.consultation_id, principal.sub)
+            standing = await standing_of(request, principal)
             if standing is not None:  # no such consultation: the route says so
                 check_access(principal.role, standing)
     return await handler(request)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from server.errors import NotFound
 from server.experts.store import Experts
-from server.web.edge import authenticate
+from server.web.edge import authenticate, standing_of
 from server.web.keys import STORE
 
 
@@ -24,7 +24,7 @@ async def get_session(request: web.Request) -> web.Response:
     principal = authenticate(request)
     store = request.app[STORE]
     if principal.consultation_id is not None:
-        if await store.standing(principal.consultation_id, principal.sub) is None:
+        if await standing_of(request, principal) is None:
             raise NotFound("the link's consultation does not exist", code="consultation_not_found")
     elif principal.is_reading_room:
         await Experts(store).active(principal.sub)
