@@ -4,7 +4,7 @@ import { api, describe } from "./lib/api.js";
 import { admit } from "./lib/gate.js";
 import { $, el } from "./lib/dom.js";
 import { joinLink } from "./lib/joinlink.js";
-import { LesionEditor, findingControls, readFinding } from "./lib/lexicon.js";
+import { CLOCK, LesionEditor, capital, findingControls, options, readFinding } from "./lib/lexicon.js";
 import { PHANTOM_DEVICE } from "./lib/phantom.js";
 
 const CHECK_DELAY_MS = 300;
@@ -111,18 +111,12 @@ function templateFields() {
 
 // The DVT segments and grades come from the server (GET /api/vocabulary), as it checks them.
 function buildTemplateInputs({ dvt, breast }) {
-  for (let hour = 1; hour <= 12; hour++) {
-    for (const minutes of ["", ":30"]) {
-      $("lesion_clock").append(el("option", { value: `${hour}${minutes}`, text: `${hour}${minutes || ":00"} o'clock` }));
-    }
-  }
-  const capital = (text) => text[0].toUpperCase() + text.slice(1);
+  $("lesion_clock").append(...CLOCK.map((c) => el("option", { value: c.value, text: c.label })));
   $("dvt-segments").replaceChildren(...dvt.segments.map(({ value, label }) => el("tr", { "data-segment": value },
     el("td", {}, el("label", { class: "inline" },
       el("input", { type: "checkbox", name: "dvt.segment", value }), capital(label))),
-    el("td", {}, el("select", { name: `dvt.compressibility.${value}`, "aria-label": `Compressibility of the ${label}` },
-      el("option", { value: "", text: "—" }),
-      ...dvt.compressibility.map((c) => el("option", { value: c.value, text: capital(c.label) })))),
+    el("td", {}, options(dvt.compressibility.map((c) => ({ value: c.value, label: capital(c.label) })),
+      { name: `dvt.compressibility.${value}`, "aria-label": `Compressibility of the ${label}` })),
     ...(dvt.findings ? findingControls(dvt, value, label).map((control) => el("td", {}, control)) : []),
   )));
   // A first-read lesion starts where the request says the lesion is, with its category.

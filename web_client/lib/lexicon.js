@@ -7,7 +7,8 @@ import { el } from "./dom.js";
 const SIZES = 3; // up to three diameters, mm
 const SIZE_MM_MAX = 300;
 const NIPPLE_CM_MAX = 30;
-const CLOCK = Array.from({ length: 12 }, (_, i) => [`${i + 1}`, `${i + 1}:30`]).flat()
+// The clock-face positions, on the hour and the half hour ({value, label}).
+export const CLOCK = Array.from({ length: 12 }, (_, i) => [`${i + 1}`, `${i + 1}:30`]).flat()
   .map((value) => ({ value, label: `${value.includes(":") ? value : `${value}:00`} o'clock` }));
 
 let asked = null;
@@ -20,10 +21,10 @@ export function vocabulary(token) {
   return asked;
 }
 
-const capital = (text) => (text ? text[0].toUpperCase() + text.slice(1) : text);
+export const capital = (text) => (text ? text[0].toUpperCase() + text.slice(1) : text);
 
 // A select offering `choices` ([{value, label}]) after "—" (not said), or after what it is for.
-function options(choices, attributes = {}, unset = "—") {
+export function options(choices, attributes = {}, unset = "—") {
   return el("select", attributes, el("option", { value: "", text: unset }),
     ...choices.map((c) => el("option", { value: c.value, text: c.label })));
 }
@@ -35,6 +36,9 @@ function choose(select, value, label = value) {
   }
   select.value = value ?? "";
 }
+
+// The label of `value` among `choices` ([{value, label}]), or the value in words.
+const labelOf = (choices, value) => choices?.find((c) => c.value === value)?.label ?? String(value).replaceAll("_", " ");
 
 const picked = (root, selector) => [...root.querySelectorAll(selector)].filter((i) => i.checked).map((i) => i.value);
 const prune = (object) => Object.fromEntries(Object.entries(object).filter(([, v]) => v !== undefined && v !== ""));
@@ -265,7 +269,7 @@ export class SegmentTable {
 
 // How a lesion is said in one line, in the lexicon's words.
 export function sayLesion(lesion, breast) {
-  const said = (field, value) => breast?.lesion[field]?.find((c) => c.value === value)?.label ?? String(value).replaceAll("_", " ");
+  const said = (field, value) => labelOf(breast?.lesion[field], value);
   const category = breast?.categories.find((c) => c.value === lesion.category)?.label.replace(/ \(.*\)$/, "")
     ?? (lesion.category && `BI-RADS ${lesion.category}`);
   const where = [lesion.side && capital(said("side", lesion.side)), lesion.clock && `${lesion.clock} o'clock`,
@@ -281,10 +285,9 @@ export function sayLesion(lesion, breast) {
 
 // How an examined segment is said in one line.
 export function saySegment(finding, dvt) {
-  const said = (list, value) => list?.find((c) => c.value === value)?.label ?? String(value).replaceAll("_", " ");
-  const segment = said(dvt?.segments, finding.segment);
-  return `${capital(segment)}: ${[finding.compressibility && said(dvt?.compressibility, finding.compressibility),
-    finding.thrombus && `thrombus ${said(dvt?.findings.thrombus, finding.thrombus)}`,
-    finding.extent && said(dvt?.findings.extent, finding.extent),
-    finding.flow?.length && `flow ${finding.flow.map((f) => said(dvt?.findings.flow, f)).join(", ")}`].filter(Boolean).join(", ") || "examined"}`;
+  const segment = labelOf(dvt?.segments, finding.segment);
+  return `${capital(segment)}: ${[finding.compressibility && labelOf(dvt?.compressibility, finding.compressibility),
+    finding.thrombus && `thrombus ${labelOf(dvt?.findings.thrombus, finding.thrombus)}`,
+    finding.extent && labelOf(dvt?.findings.extent, finding.extent),
+    finding.flow?.length && `flow ${finding.flow.map((f) => labelOf(dvt?.findings.flow, f)).join(", ")}`].filter(Boolean).join(", ") || "examined"}`;
 }
